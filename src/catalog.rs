@@ -1,0 +1,624 @@
+//! Read-only introspection of one server: its identity, settings, roles, extensions, schemas
+//! and relations, read into plain serialisable data.
+//!
+//! This is the only module that reads system catalogs. It changes nothing (every query is a
+//! `SELECT` in a read-only transaction) and issues one bulk query per kind of object, never one
+//! per object, so thousands of tables read in about the time of one. Everything downstream
+//! (`preflight`, the planner) works on [`Catalog`] values and can be tested without a server.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+use tokio_postgres::Client;
+
+/// Settings read from `pg_settings` (those preflight checks use).
+pub const SETTINGS: &[&str] = &[
+    "server_version_num",
+    "wal_level",
+    "max_replication_slots",
+    "max_wal_senders",
+    "max_worker_processes",
+    "max_logical_replication_workers",
+    "max_slot_wal_keep_size",
+    "max_connections",
+    "lc_collate",
+    "lc_ctype",
+];
+
+/// Everything pgtransit knows about one database on one server.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Catalog {
+    /// Who and what the server is.
+    pub server: Server,
+    /// The settings in [`SETTINGS`] (name → value as `pg_settings` shows it).
+    pub settings: BTreeMap<String, String>,
+    /// Every role of the cluster.
+    pub roles: Vec<Role>,
+    /// Extensions installed in this database.
+    pub extensions: Vec<Extension>,
+    /// Extensions the server could install: name → available versions.
+    pub available_extensions: BTreeMap<String, Vec<String>>,
+    /// Non-system schemas.
+    pub schemas: Vec<Schema>,
+    /// Tables, partitioned tables, foreign tables, views, materialized views and sequences in
+    /// non-system schemas.
+    pub relations: Vec<Relation>,
+    /// Functions and types (their owners and grantees matter for roles).
+    pub routines_and_types: Vec<OwnedObject>,
+    /// Large objects: how many, and their owners.
+    pub large_objects: LargeObjects,
+    /// Replication slots of the whole cluster.
+    pub replication_slots: Vec<ReplicationSlot>,
+    /// WAL senders running now.
+    pub active_wal_senders: i64,
+}
+
+/// Identity of the server and of the connecting role.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Server {
+    /// `server_version_num`, e.g. 150018.
+    pub version_num: i32,
+    /// `version()`.
+    pub version: String,
+    /// `pg_control_system().system_identifier`, when the role may read it.
+    pub system_identifier: Option<String>,
+    /// `current_database()`.
+    pub database: String,
+    /// Database encoding, e.g. `UTF8`.
+    pub encoding: String,
+    /// `datcollate`.
+    pub collate: String,
+    /// `datctype`.
+    pub ctype: String,
+    /// Locale provider of the database: `libc`, `icu` or `builtin`.
+    pub locale_provider: String,
+    /// ICU or builtin locale, when the provider is not libc.
+    pub locale: Option<String>,
+    /// The connecting role.
+    pub current_user: String,
+    /// Whether it is a superuser.
+    pub is_superuser: bool,
+    /// Whether it may open replication connections (REPLICATION, superuser, or a cloud
+    /// provider's replication role such as `rds_replication`).
+    pub can_replicate: bool,
+    /// Whether it may create schemas in this database.
+    pub can_create_schema: bool,
+    /// Whether it owns the database.
+    pub owns_database: bool,
+}
+
+impl Server {
+    /// The major version (15 for 150018).
+    pub fn major(&self) -> i32 {
+        self.version_num / 10000
+    }
+}
+
+/// A role.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Role {
+    /// Name.
+    pub name: String,
+    /// SUPERUSER.
+    pub superuser: bool,
+    /// LOGIN.
+    pub login: bool,
+    /// REPLICATION.
+    pub replication: bool,
+}
+
+/// An installed extension.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Extension {
+    /// Name.
+    pub name: String,
+    /// Installed version.
+    pub version: String,
+    /// Schema it was installed in.
+    pub schema: String,
+}
+
+/// A schema.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Schema {
+    /// Name.
+    pub name: String,
+    /// Owner.
+    pub owner: String,
+    /// Roles granted privileges on it (`PUBLIC` for the public pseudo-role).
+    pub grantees: Vec<String>,
+    /// Whether the connecting role may create objects in it.
+    pub can_create: bool,
+    /// Whether the connecting role may use it.
+    pub can_use: bool,
+    /// The extension it belongs to, if any.
+    pub extension: Option<String>,
+}
+
+/// Kind of a relation (`pg_class.relkind`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RelKind {
+    /// `r`
+    #[default]
+    Table,
+    /// `p`
+    PartitionedTable,
+    /// `f`
+    ForeignTable,
+    /// `v`
+    View,
+    /// `m`
+    MaterializedView,
+    /// `S`
+    Sequence,
+}
+
+impl RelKind {
+    fn from_relkind(c: &str) -> Option<RelKind> {
+        Some(match c {
+            "r" => RelKind::Table,
+            "p" => RelKind::PartitionedTable,
+            "f" => RelKind::ForeignTable,
+            "v" => RelKind::View,
+            "m" => RelKind::MaterializedView,
+            "S" => RelKind::Sequence,
+            _ => return None,
+        })
+    }
+
+    /// Whether rows of this kind are copied (tables, and partitioned tables through their
+    /// partitions).
+    pub fn holds_data(self) -> bool {
+        matches!(self, RelKind::Table | RelKind::PartitionedTable)
+    }
+
+    /// Lowercase words, as in messages.
+    pub fn describe(self) -> &'static str {
+        match self {
+            RelKind::Table => "table",
+            RelKind::PartitionedTable => "partitioned table",
+            RelKind::ForeignTable => "foreign table",
+            RelKind::View => "view",
+            RelKind::MaterializedView => "materialized view",
+            RelKind::Sequence => "sequence",
+        }
+    }
+}
+
+/// A table, view, materialized view or sequence.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Relation {
+    /// `pg_class.oid` (differs between servers; only for joining within one catalog).
+    pub oid: u32,
+    /// Schema.
+    pub schema: String,
+    /// Name.
+    pub name: String,
+    /// Kind.
+    pub kind: RelKind,
+    /// `UNLOGGED`.
+    pub unlogged: bool,
+    /// Owner.
+    pub owner: String,
+    /// Roles granted privileges on it.
+    pub grantees: Vec<String>,
+    /// Has a primary key.
+    pub has_primary_key: bool,
+    /// `relreplident`: `d` default (primary key), `n` nothing, `f` full, `i` index.
+    pub replica_identity: String,
+    /// For `i`: whether the replica identity index exists.
+    pub has_replica_identity_index: bool,
+    /// The parent, if this is a partition: (schema, name).
+    pub partition_of: Option<(String, String)>,
+    /// Estimated rows (`reltuples`, 0 when never analysed).
+    pub estimated_rows: i64,
+    /// Size on disk in bytes (`pg_table_size`).
+    pub bytes: i64,
+    /// Whether the connecting role may read it.
+    pub readable: bool,
+    /// Generated (stored) columns.
+    pub generated_columns: Vec<String>,
+    /// Identity columns.
+    pub identity_columns: Vec<String>,
+    /// The extension it belongs to, if any (created by `CREATE EXTENSION`, not copied).
+    pub extension: Option<String>,
+}
+
+impl Relation {
+    /// `schema.name`, quoted where needed, for messages.
+    pub fn qualified(&self) -> String {
+        crate::sql::qualified(&self.schema, &self.name)
+    }
+
+    /// Whether UPDATE and DELETE on it can be published: it has a usable replica identity.
+    pub fn has_usable_replica_identity(&self) -> bool {
+        match self.replica_identity.as_str() {
+            "d" => self.has_primary_key,
+            "i" => self.has_replica_identity_index,
+            "f" => true,
+            _ => false,
+        }
+    }
+}
+
+/// A function, procedure, aggregate or type, with who owns it and who was granted on it.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct OwnedObject {
+    /// `function` or `type`.
+    pub kind: String,
+    /// Schema.
+    pub schema: String,
+    /// Name (with argument types for functions).
+    pub name: String,
+    /// Owner.
+    pub owner: String,
+    /// Grantees.
+    pub grantees: Vec<String>,
+}
+
+/// Large objects (`pg_largeobject_metadata`).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct LargeObjects {
+    /// How many.
+    pub count: i64,
+    /// Their distinct owners.
+    pub owners: Vec<String>,
+}
+
+/// A replication slot.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ReplicationSlot {
+    /// Name.
+    pub name: String,
+    /// `logical` or `physical`.
+    pub slot_type: String,
+    /// Output plugin (logical slots).
+    pub plugin: Option<String>,
+    /// Database (logical slots).
+    pub database: Option<String>,
+    /// In use now.
+    pub active: bool,
+}
+
+/// Reading a catalog failed.
+#[derive(Debug, thiserror::Error)]
+#[error("reading the catalog ({what}) failed: {source}")]
+pub struct CatalogError {
+    what: &'static str,
+    #[source]
+    source: tokio_postgres::Error,
+}
+
+fn ctx(what: &'static str) -> impl FnOnce(tokio_postgres::Error) -> CatalogError {
+    move |source| CatalogError { what, source }
+}
+
+/// Reads the catalog of the database `client` is connected to, in one read-only
+/// repeatable-read transaction (so every query sees the same moment).
+pub async fn read(client: &Client) -> Result<Catalog, CatalogError> {
+    client
+        .batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+        .await
+        .map_err(ctx("begin"))?;
+    let result = read_in_transaction(client).await;
+    // Read-only: there is nothing to keep, so the transaction always ends with ROLLBACK.
+    let _ = client.batch_execute("ROLLBACK").await;
+    result
+}
+
+async fn read_in_transaction(client: &Client) -> Result<Catalog, CatalogError> {
+    let mut cat = Catalog::default();
+
+    let rows = client
+        .query("SELECT name, setting FROM pg_settings WHERE name = ANY($1)", &[&SETTINGS])
+        .await
+        .map_err(ctx("settings"))?;
+    for r in rows {
+        cat.settings.insert(r.get(0), r.get(1));
+    }
+    let version_num: i32 =
+        cat.settings.get("server_version_num").and_then(|v| v.parse().ok()).unwrap_or(0);
+    cat.server = read_server(client, version_num).await?;
+
+    cat.roles = client
+        .query(
+            "SELECT rolname::text, rolsuper, rolcanlogin, rolreplication FROM pg_roles \
+             ORDER BY rolname",
+            &[],
+        )
+        .await
+        .map_err(ctx("roles"))?
+        .iter()
+        .map(|r| Role {
+            name: r.get(0),
+            superuser: r.get(1),
+            login: r.get(2),
+            replication: r.get(3),
+        })
+        .collect();
+
+    cat.extensions = client
+        .query(
+            "SELECT e.extname::text, e.extversion, n.nspname::text FROM pg_extension e \
+             JOIN pg_namespace n ON n.oid = e.extnamespace ORDER BY e.extname",
+            &[],
+        )
+        .await
+        .map_err(ctx("extensions"))?
+        .iter()
+        .map(|r| Extension { name: r.get(0), version: r.get(1), schema: r.get(2) })
+        .collect();
+
+    for r in client
+        .query(
+            "SELECT name::text, version FROM pg_available_extension_versions ORDER BY name, version",
+            &[],
+        )
+        .await
+        .map_err(ctx("available extensions"))?
+    {
+        cat.available_extensions.entry(r.get(0)).or_default().push(r.get(1));
+    }
+
+    cat.schemas = client
+        .query(&schemas_sql(), &[])
+        .await
+        .map_err(ctx("schemas"))?
+        .iter()
+        .map(|r| Schema {
+            name: r.get(0),
+            owner: r.get(1),
+            grantees: r.get(2),
+            can_create: r.get(3),
+            can_use: r.get(4),
+            extension: r.get(5),
+        })
+        .collect();
+
+    cat.relations = client
+        .query(&relations_sql(), &[])
+        .await
+        .map_err(ctx("relations"))?
+        .iter()
+        .filter_map(|r| {
+            let kind = RelKind::from_relkind(r.get::<_, &str>(3))?;
+            let parent_schema: Option<String> = r.get(10);
+            let parent_name: Option<String> = r.get(11);
+            Some(Relation {
+                oid: r.get(0),
+                schema: r.get(1),
+                name: r.get(2),
+                kind,
+                unlogged: r.get::<_, &str>(4) == "u",
+                owner: r.get(5),
+                grantees: r.get(6),
+                has_primary_key: r.get(7),
+                replica_identity: r.get(8),
+                has_replica_identity_index: r.get(9),
+                partition_of: parent_schema.zip(parent_name),
+                estimated_rows: r.get::<_, i64>(12).max(0),
+                bytes: r.get(13),
+                readable: r.get(14),
+                generated_columns: r.get(15),
+                identity_columns: r.get(16),
+                extension: r.get(17),
+            })
+        })
+        .collect();
+
+    cat.routines_and_types = client
+        .query(&owned_objects_sql(), &[])
+        .await
+        .map_err(ctx("functions and types"))?
+        .iter()
+        .map(|r| OwnedObject {
+            kind: r.get(0),
+            schema: r.get(1),
+            name: r.get(2),
+            owner: r.get(3),
+            grantees: r.get(4),
+        })
+        .collect();
+
+    let lo = client
+        .query_one(
+            "SELECT count(*), COALESCE(array_agg(DISTINCT pg_get_userbyid(lomowner)::text), '{}') \
+             FROM pg_largeobject_metadata",
+            &[],
+        )
+        .await
+        .map_err(ctx("large objects"))?;
+    cat.large_objects = LargeObjects { count: lo.get(0), owners: lo.get(1) };
+
+    cat.replication_slots = client
+        .query(
+            "SELECT slot_name::text, slot_type, plugin::text, database::text, active \
+             FROM pg_replication_slots ORDER BY slot_name",
+            &[],
+        )
+        .await
+        .map_err(ctx("replication slots"))?
+        .iter()
+        .map(|r| ReplicationSlot {
+            name: r.get(0),
+            slot_type: r.get(1),
+            plugin: r.get(2),
+            database: r.get(3),
+            active: r.get(4),
+        })
+        .collect();
+
+    cat.active_wal_senders = client
+        .query_one("SELECT count(*) FROM pg_stat_replication", &[])
+        .await
+        .map_err(ctx("wal senders"))?
+        .get(0);
+
+    Ok(cat)
+}
+
+async fn read_server(client: &Client, version_num: i32) -> Result<Server, CatalogError> {
+    // The locale columns of pg_database changed across versions: 15 added datlocprovider and
+    // daticulocale, 17 renamed daticulocale to datlocale and added the builtin provider.
+    let locale_cols = if version_num >= 170000 {
+        "d.datlocprovider::text, d.datlocale"
+    } else if version_num >= 150000 {
+        "d.datlocprovider::text, d.daticulocale"
+    } else {
+        "'c'::text, NULL::text"
+    };
+    let sql = format!(
+        "SELECT version(), current_database()::text, pg_encoding_to_char(d.encoding)::text, \
+                d.datcollate::text, d.datctype::text, {locale_cols}, current_user::text, \
+                r.rolsuper, \
+                r.rolsuper OR r.rolreplication OR EXISTS ( \
+                    SELECT 1 FROM pg_roles g WHERE g.rolname = 'rds_replication' \
+                    AND pg_has_role(current_user, g.oid, 'MEMBER')), \
+                has_database_privilege(current_database(), 'CREATE'), \
+                pg_has_role(current_user, d.datdba, 'USAGE') \
+         FROM pg_database d, pg_roles r \
+         WHERE d.datname = current_database() AND r.rolname = current_user"
+    );
+    let r = client.query_one(&sql, &[]).await.map_err(ctx("server"))?;
+    let provider: String = r.get(5);
+    // pg_control_system() is not granted to every role: without it, the identifier stays
+    // unknown (and the stale-plan check relies on the catalog fingerprint alone).
+    client.batch_execute("SAVEPOINT sysid").await.map_err(ctx("savepoint"))?;
+    let system_identifier = match client
+        .query_one("SELECT system_identifier::text FROM pg_control_system()", &[])
+        .await
+    {
+        Ok(row) => Some(row.get::<_, String>(0)),
+        Err(_) => {
+            client.batch_execute("ROLLBACK TO SAVEPOINT sysid").await.map_err(ctx("savepoint"))?;
+            None
+        }
+    };
+    Ok(Server {
+        version_num,
+        version: r.get(0),
+        system_identifier,
+        database: r.get(1),
+        encoding: r.get(2),
+        collate: r.get(3),
+        ctype: r.get(4),
+        locale_provider: match provider.as_str() {
+            "i" => "icu",
+            "b" => "builtin",
+            _ => "libc",
+        }
+        .to_string(),
+        locale: r.get(6),
+        current_user: r.get(7),
+        is_superuser: r.get(8),
+        can_replicate: r.get(9),
+        can_create_schema: r.get(10),
+        owns_database: r.get(11),
+    })
+}
+
+/// `text[]` of the roles granted privileges in the ACL column `acl` (`PUBLIC` for 0).
+fn grantees(acl: &str) -> String {
+    format!(
+        "COALESCE((SELECT array_agg(DISTINCT CASE WHEN x.grantee = 0 THEN 'PUBLIC' \
+                   ELSE pg_get_userbyid(x.grantee)::text END) FROM aclexplode({acl}) x), '{{}}')"
+    )
+}
+
+/// The name of the extension the object (`catalog`, `oid`) belongs to, or NULL.
+fn extension_of(catalog: &str, oid: &str) -> String {
+    format!(
+        "(SELECT e.extname::text FROM pg_depend d JOIN pg_extension e ON e.oid = d.refobjid \
+          WHERE d.classid = '{catalog}'::regclass AND d.objid = {oid} \
+            AND d.refclassid = 'pg_extension'::regclass AND d.deptype = 'e' LIMIT 1)"
+    )
+}
+
+/// Non-system schemas with owner, grantees, the connecting role's privileges, and extension.
+fn schemas_sql() -> String {
+    format!(
+        "
+SELECT n.nspname::text,
+       pg_get_userbyid(n.nspowner)::text,
+       {grantees_nspacl},
+       has_schema_privilege(n.oid, 'CREATE'),
+       has_schema_privilege(n.oid, 'USAGE'),
+       {extension_ns}
+FROM pg_namespace n
+WHERE n.nspname NOT IN ('pg_catalog', 'information_schema')
+  AND n.nspname NOT LIKE 'pg\\_toast%' AND n.nspname NOT LIKE 'pg\\_temp\\_%'
+ORDER BY n.nspname",
+        grantees_nspacl = grantees("n.nspacl"),
+        extension_ns = extension_of("pg_namespace", "n.oid"),
+    )
+}
+
+/// Relations in non-system schemas, one row each, with everything preflight needs.
+fn relations_sql() -> String {
+    format!(
+        "
+SELECT c.oid,
+       n.nspname::text,
+       c.relname::text,
+       c.relkind::text,
+       c.relpersistence::text,
+       pg_get_userbyid(c.relowner)::text,
+       {grantees_relacl},
+       EXISTS (SELECT 1 FROM pg_constraint k WHERE k.conrelid = c.oid AND k.contype = 'p'),
+       c.relreplident::text,
+       EXISTS (SELECT 1 FROM pg_index i WHERE i.indrelid = c.oid AND i.indisreplident),
+       pn.nspname::text,
+       pc.relname::text,
+       c.reltuples::int8,
+       CASE WHEN c.relkind IN ('r', 'm', 'S') THEN pg_table_size(c.oid) ELSE 0 END,
+       CASE WHEN c.relkind = 'S' THEN has_sequence_privilege(c.oid, 'SELECT')
+            ELSE has_table_privilege(c.oid, 'SELECT') END,
+       COALESCE((SELECT array_agg(a.attname::text ORDER BY a.attnum) FROM pg_attribute a
+                 WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped
+                   AND a.attgenerated <> ''), '{{}}'),
+       COALESCE((SELECT array_agg(a.attname::text ORDER BY a.attnum) FROM pg_attribute a
+                 WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped
+                   AND a.attidentity <> ''), '{{}}'),
+       {extension_rel}
+FROM pg_class c
+JOIN pg_namespace n ON n.oid = c.relnamespace
+LEFT JOIN pg_inherits inh ON inh.inhrelid = c.oid AND c.relispartition
+LEFT JOIN pg_class pc ON pc.oid = inh.inhparent
+LEFT JOIN pg_namespace pn ON pn.oid = pc.relnamespace
+WHERE c.relkind IN ('r', 'p', 'f', 'v', 'm', 'S')
+  AND n.nspname NOT IN ('pg_catalog', 'information_schema')
+  AND n.nspname NOT LIKE 'pg\\_toast%' AND n.nspname NOT LIKE 'pg\\_temp\\_%'
+ORDER BY n.nspname, c.relname",
+        grantees_relacl = grantees("c.relacl"),
+        extension_rel = extension_of("pg_class", "c.oid"),
+    )
+}
+
+/// Functions and user-defined types (not table row types, not extension members).
+fn owned_objects_sql() -> String {
+    format!(
+        "
+SELECT 'function', n.nspname::text, p.oid::regprocedure::text,
+       pg_get_userbyid(p.proowner)::text,
+       {grantees_proacl}
+FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace
+WHERE n.nspname NOT IN ('pg_catalog', 'information_schema')
+  AND NOT EXISTS (SELECT 1 FROM pg_depend d WHERE d.classid = 'pg_proc'::regclass
+                  AND d.objid = p.oid AND d.deptype = 'e')
+UNION ALL
+SELECT 'type', n.nspname::text, format_type(t.oid, NULL),
+       pg_get_userbyid(t.typowner)::text,
+       {grantees_typacl}
+FROM pg_type t JOIN pg_namespace n ON n.oid = t.typnamespace
+WHERE n.nspname NOT IN ('pg_catalog', 'information_schema')
+  AND n.nspname NOT LIKE 'pg\\_toast%'
+  AND t.typtype IN ('e', 'd', 'r', 'm', 'c')
+  AND (t.typrelid = 0 OR (SELECT c.relkind FROM pg_class c WHERE c.oid = t.typrelid) = 'c')
+  AND NOT EXISTS (SELECT 1 FROM pg_depend d WHERE d.classid = 'pg_type'::regclass
+                  AND d.objid = t.oid AND d.deptype = 'e')
+ORDER BY 1, 2, 3",
+        grantees_proacl = grantees("p.proacl"),
+        grantees_typacl = grantees("t.typacl"),
+    )
+}

@@ -1,0 +1,219 @@
+//! The command line: clap types, logging setup, dispatch, and the one exit-code policy.
+//!
+//! Exit codes (Terraform's): `0` success; `1` any failure, including a preflight error, an
+//! invalid migration plan or a usage error; `2` success with changes planned, only with
+//! `plan --detailed-exitcode`.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+use crate::report::{self, Format};
+
+/// Move a live PostgreSQL database between servers from a reviewable, resumable plan.
+#[derive(Debug, Parser)]
+#[command(name = "pgtransit", version, about, max_term_width = 100)]
+pub struct Cli {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+    /// When to colour the output.
+    #[arg(long, global = true, value_enum, default_value_t = ColorWhen::Auto)]
+    pub color: ColorWhen,
+    /// Log line format on stderr.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+    /// More log output (-v info, -vv debug). `PGTRANSIT_LOG` (e.g. `pgtransit=debug`) overrides.
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+}
+
+/// The commands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Connect to both servers, run every preflight check, and show what the migration will do.
+    #[command(display_order = 1)]
+    Plan(PlanArgs),
+    /// Check migration plan files without connecting to any server (for CI on `plans/`).
+    #[command(display_order = 2)]
+    Validate {
+        /// Migration plan files.
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+    },
+    /// Print the JSON Schema of the migration plan format (draft-07, for YAML editors).
+    #[command(display_order = 3)]
+    Schema {
+        /// Write it to this file instead of stdout.
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+    /// Start two throwaway local servers, fill one with a sample, and migrate it to the other.
+    #[command(display_order = 4)]
+    Demo(DemoArgs),
+}
+
+/// `pgtransit plan`.
+#[derive(Debug, Args)]
+pub struct PlanArgs {
+    /// The migration plan (YAML).
+    pub file: PathBuf,
+    /// Output format.
+    #[arg(long, value_enum, default_value_t = Format::Text)]
+    pub format: Format,
+    /// Exit 0 when there is nothing to do, 2 when changes are planned (1 stays "failed").
+    #[arg(long)]
+    pub detailed_exitcode: bool,
+    #[command(flatten)]
+    pub connect: ConnectArgs,
+}
+
+/// Connection behaviour shared by every command that connects.
+#[derive(Debug, Clone, Args)]
+pub struct ConnectArgs {
+    /// How long to keep retrying a server that is unreachable or starting up (e.g. 30s, 2m).
+    #[arg(long, value_parser = parse_duration, default_value = "15s")]
+    pub retry_for: Duration,
+}
+
+/// `pgtransit demo`.
+#[derive(Debug, Args)]
+pub struct DemoArgs {
+    /// Directory for the demo's migration plan and state (default: a new temporary directory).
+    #[arg(long)]
+    pub dir: Option<PathBuf>,
+    /// Leave both servers running at the end (the demo prints how to stop them).
+    #[arg(long)]
+    pub keep: bool,
+}
+
+/// `--color`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ColorWhen {
+    /// When stdout is a terminal and `NO_COLOR` is unset.
+    Auto,
+    /// Always.
+    Always,
+    /// Never.
+    Never,
+}
+
+/// `--log-format`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    let t = s.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let n: u64 = t[..split].parse().map_err(|_| format!("`{s}` is not a duration like 30s"))?;
+    match &t[split..] {
+        "ms" => Ok(Duration::from_millis(n)),
+        "s" | "" => Ok(Duration::from_secs(n)),
+        "m" => Ok(Duration::from_secs(n * 60)),
+        other => Err(format!("unknown unit `{other}` (use ms, s or m)")),
+    }
+}
+
+/// What a successful command tells the exit-code policy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// Done; nothing to report through the exit code.
+    Done,
+    /// A plan with changes (exit 2 under `--detailed-exitcode`).
+    ChangesPlanned,
+    /// A plan with nothing to do.
+    NothingToDo,
+    /// The command ran but found errors it already reported (e.g. failing preflight checks).
+    Failed,
+}
+
+/// Parses the command line, runs the command, and maps the result to the exit code.
+pub fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            let _ = e.print();
+            // --help and --version are not failures; every usage error exits 1.
+            return if e.use_stderr() { ExitCode::from(1) } else { ExitCode::SUCCESS };
+        }
+    };
+    match cli.color {
+        ColorWhen::Auto => {}
+        ColorWhen::Always => anstream::ColorChoice::Always.write_global(),
+        ColorWhen::Never => anstream::ColorChoice::Never.write_global(),
+    }
+    init_logging(&cli);
+    let detailed = matches!(&cli.command, Command::Plan(p) if p.detailed_exitcode);
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            report_error(miette::miette!("cannot start the async runtime: {e}"));
+            return ExitCode::from(1);
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(Outcome::Done) | Ok(Outcome::NothingToDo) => ExitCode::SUCCESS,
+        Ok(Outcome::ChangesPlanned) => ExitCode::from(if detailed { 2 } else { 0 }),
+        Ok(Outcome::Failed) => ExitCode::from(1),
+        Err(e) => {
+            report_error(e);
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn report_error(e: miette::Report) {
+    let mut err = anstream::stderr();
+    let _ = writeln!(err, "{e:?}");
+}
+
+fn init_logging(cli: &Cli) {
+    use tracing_subscriber::EnvFilter;
+    let default = match cli.verbose {
+        0 => "pgtransit=warn",
+        1 => "pgtransit=info",
+        _ => "pgtransit=debug",
+    };
+    let filter =
+        EnvFilter::try_from_env("PGTRANSIT_LOG").unwrap_or_else(|_| EnvFilter::new(default));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let _ = match cli.log_format {
+        LogFormat::Json => builder.json().try_init(),
+        LogFormat::Text => builder.with_ansi(cli.color != ColorWhen::Never).try_init(),
+    };
+}
+
+/// Runs one command.
+pub async fn run(cli: Cli) -> miette::Result<Outcome> {
+    let mut out = anstream::stdout();
+    match cli.command {
+        Command::Plan(args) => crate::commands::plan::run(&args, &mut out).await,
+        Command::Validate { files } => crate::commands::plan::validate(&files, &mut out),
+        Command::Schema { out: path } => {
+            let schema = crate::spec::json_schema();
+            match path {
+                Some(p) => {
+                    std::fs::write(&p, schema)
+                        .map_err(|e| miette::miette!("cannot write {}: {e}", p.display()))?;
+                    report::wrote(&mut out, "JSON Schema", &p).map_err(io_err)?;
+                }
+                None => report::raw(&mut out, &schema).map_err(io_err)?,
+            }
+            Ok(Outcome::Done)
+        }
+        Command::Demo(args) => crate::commands::demo::run(&args, &mut out).await,
+    }
+}
+
+/// Writing to stdout failed (a closed pipe, usually).
+pub fn io_err(e: std::io::Error) -> miette::Report {
+    miette::miette!("cannot write the output: {e}")
+}

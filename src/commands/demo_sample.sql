@@ -1,0 +1,73 @@
+-- The sample `pgtransit demo` migrates: a small shop with an enum, a free-standing sequence,
+-- identity and serial columns, foreign keys (one with ON DELETE CASCADE), a CHECK constraint,
+-- and two triggers (one rewrites rows, one draws from the sequence).
+CREATE TYPE order_status AS ENUM ('pending', 'paid', 'shipped', 'cancelled');
+
+CREATE SEQUENCE invoice_number_seq START 1000;
+
+CREATE TABLE customers (
+    id         bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    email      text NOT NULL UNIQUE,
+    name       text NOT NULL,
+    created_at timestamptz NOT NULL DEFAULT now()
+);
+
+CREATE TABLE products (
+    id    serial PRIMARY KEY,
+    sku   text NOT NULL UNIQUE,
+    title text NOT NULL,
+    price numeric(10, 2) NOT NULL CHECK (price >= 0)
+);
+
+CREATE TABLE orders (
+    id             bigserial PRIMARY KEY,
+    customer_id    bigint NOT NULL REFERENCES customers (id),
+    status         order_status NOT NULL DEFAULT 'pending',
+    invoice_number bigint UNIQUE,
+    updated_at     timestamptz NOT NULL DEFAULT now()
+);
+
+CREATE TABLE order_items (
+    order_id   bigint NOT NULL REFERENCES orders (id) ON DELETE CASCADE,
+    product_id integer NOT NULL REFERENCES products (id),
+    quantity   integer NOT NULL CHECK (quantity > 0),
+    unit_price numeric(10, 2) NOT NULL,
+    PRIMARY KEY (order_id, product_id)
+);
+
+CREATE FUNCTION touch_updated_at() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    NEW.updated_at := now();
+    RETURN NEW;
+END $$;
+
+CREATE FUNCTION assign_invoice_number() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    IF NEW.status = 'paid' AND NEW.invoice_number IS NULL THEN
+        NEW.invoice_number := nextval('invoice_number_seq');
+    END IF;
+    RETURN NEW;
+END $$;
+
+CREATE TRIGGER orders_touch BEFORE UPDATE ON orders
+    FOR EACH ROW EXECUTE FUNCTION touch_updated_at();
+CREATE TRIGGER orders_invoice BEFORE INSERT OR UPDATE OF status ON orders
+    FOR EACH ROW EXECUTE FUNCTION assign_invoice_number();
+
+INSERT INTO customers (email, name)
+SELECT 'customer' || i || '@example.com', 'Customer ' || i FROM generate_series(1, 1000) i;
+
+INSERT INTO products (sku, title, price)
+SELECT 'SKU-' || lpad(i::text, 5, '0'), 'Product ' || i, (i % 97) + 0.99
+FROM generate_series(1, 200) i;
+
+INSERT INTO orders (customer_id)
+SELECT 1 + (i * 7919) % 1000 FROM generate_series(1, 5000) i;
+
+INSERT INTO order_items (order_id, product_id, quantity, unit_price)
+SELECT o.id, 1 + (o.id + k * 61) % 200, k, ((o.id * k) % 97) + 0.99
+FROM orders o, generate_series(1, 3) k;
+
+UPDATE orders SET status = 'paid' WHERE id % 3 = 0;
+
+ANALYZE;

@@ -1,0 +1,5 @@
+//! The `pgtransit` binary: everything happens in the library; see `pgtransit::cli`.
+
+fn main() -> std::process::ExitCode {
+    pgtransit::cli::main()
+}

@@ -1,0 +1,40 @@
+//! Names of everything pgtransit creates outside its state directory (replication slot,
+//! publication, replication origin), derived only from the migration's name, so a resumed or
+//! repeated run finds and reuses its own objects instead of creating others.
+
+/// The migration name as an SQL-name fragment: `-` becomes `_` (slot names allow only lowercase
+/// letters, digits and `_`).
+fn stem(migration: &str) -> String {
+    migration.replace('-', "_")
+}
+
+/// The logical replication slot on the source.
+pub fn slot_name(migration: &str) -> String {
+    format!("pgtransit_{}", stem(migration))
+}
+
+/// The publication on the source.
+pub fn publication_name(migration: &str) -> String {
+    format!("pgtransit_{}", stem(migration))
+}
+
+/// The replication origin on the target.
+pub fn origin_name(migration: &str) -> String {
+    format!("pgtransit_{}", stem(migration))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_are_deterministic_and_valid_slot_names() {
+        let name = slot_name("shop-2024_eu");
+        assert_eq!(name, "pgtransit_shop_2024_eu");
+        assert_eq!(name, slot_name("shop-2024_eu"));
+        assert!(name.len() <= 63);
+        assert!(name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_'));
+        assert_eq!(publication_name("a-b"), "pgtransit_a_b");
+        assert_eq!(origin_name("a"), "pgtransit_a");
+    }
+}

@@ -1,0 +1,1112 @@
+//! Preflight checks: can this migration work between these two servers, and what must change
+//! first? Pure functions over the migration plan and the two catalogs (no I/O), returning every
+//! finding at once, each with a stable code, a severity, the object, a message and the fix.
+//!
+//! The codes are part of pgtransit's interface (scripts match on them): never rename one; add
+//! new ones. The README lists them.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use serde::Serialize;
+
+use crate::catalog::{Catalog, RelKind, Relation};
+use crate::scope::Scope;
+use crate::spec::{KeylessTables, MissingRoles, Mode, Spec};
+use crate::sql::{display, ident, literal, qualified_ident};
+
+/// Oldest source major version pgtransit supports (logical decoding with pgoutput).
+pub const MIN_SOURCE_MAJOR: i32 = 10;
+/// Oldest source major version the test suite covers.
+pub const MIN_TESTED_MAJOR: i32 = 13;
+
+/// How bad a finding is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Severity {
+    /// The migration cannot work until this is fixed: `plan` exits 1.
+    Error,
+    /// It will work, but something needs attention or will behave differently.
+    Warning,
+    /// What the migration will do about something notable.
+    Info,
+}
+
+/// One finding.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Check {
+    /// Stable identifier, e.g. `wal_level_not_logical`.
+    pub code: &'static str,
+    /// Error, warning or info.
+    pub severity: Severity,
+    /// What it is about, e.g. `source`, `table public.film`, `role app_owner`.
+    pub object: String,
+    /// What was found, and what pgtransit will do about it.
+    pub message: String,
+    /// The exact fix (SQL, or the setting and whether it needs a restart), when there is one.
+    pub fix: Option<String>,
+}
+
+/// Whether any finding is an error.
+pub fn has_errors(checks: &[Check]) -> bool {
+    checks.iter().any(|c| c.severity == Severity::Error)
+}
+
+struct Findings(Vec<Check>);
+
+impl Findings {
+    fn add(
+        &mut self,
+        code: &'static str,
+        severity: Severity,
+        object: impl Into<String>,
+        message: impl Into<String>,
+        fix: Option<String>,
+    ) {
+        self.0.push(Check { code, severity, object: object.into(), message: message.into(), fix });
+    }
+}
+
+/// A server could not be reached or read: the finding that stands in for all its checks.
+pub fn unreachable(which: Side, message: String, fix: Option<String>) -> Check {
+    let code = match which {
+        Side::Source => "source_unreachable",
+        Side::Target => "target_unreachable",
+    };
+    Check { code, severity: Severity::Error, object: which.to_string(), message, fix }
+}
+
+/// Which server.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Side {
+    /// Where the data comes from.
+    Source,
+    /// Where it goes.
+    Target,
+}
+
+impl std::fmt::Display for Side {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Side::Source => "source",
+            Side::Target => "target",
+        })
+    }
+}
+
+/// The relations of `cat` in the migration's scope (extension members excluded: `CREATE
+/// EXTENSION` makes those).
+pub fn relations_in_scope<'a>(cat: &'a Catalog, scope: &Scope) -> Vec<&'a Relation> {
+    cat.relations
+        .iter()
+        .filter(|r| r.extension.is_none() && scope.table_in_scope(&r.schema, &r.name))
+        .collect()
+}
+
+/// Runs every check. A catalog is `None` when its server could not be read (the caller adds
+/// that finding): checks needing it are skipped, all others still run.
+pub fn run(spec: &Spec, source: Option<&Catalog>, target: Option<&Catalog>) -> Vec<Check> {
+    let scope = Scope::new(&spec.objects);
+    let mut f = Findings(vec![]);
+    if let Some(src) = source {
+        check_scope(&mut f, &scope, src);
+        check_source_version(&mut f, src);
+        if spec.mode == Mode::Online {
+            check_replication(&mut f, spec, src);
+        }
+        check_source_privileges(&mut f, &scope, src);
+        check_keys(&mut f, spec, &scope, src);
+        check_notable_objects(&mut f, spec, &scope, src);
+        check_database_name(&mut f, Side::Source, src);
+    }
+    if let Some(tgt) = target {
+        check_database_name(&mut f, Side::Target, tgt);
+        check_target_settings(&mut f, tgt);
+    }
+    if let (Some(src), Some(tgt)) = (source, target) {
+        check_versions(&mut f, src, tgt);
+        check_extensions(&mut f, &scope, src, tgt);
+        check_roles(&mut f, spec, &scope, src, tgt);
+        check_encoding(&mut f, src, tgt);
+        check_target_privileges(&mut f, &scope, src, tgt);
+        check_target_objects(&mut f, &scope, tgt);
+    }
+    let mut checks = f.0;
+    // Errors first, then warnings, then info; the order within a severity is the order above.
+    checks.sort_by_key(|c| c.severity);
+    checks
+}
+
+fn setting_i64(cat: &Catalog, name: &str) -> Option<i64> {
+    cat.settings.get(name).and_then(|v| v.parse().ok())
+}
+
+fn version_text(cat: &Catalog) -> String {
+    let v = cat.server.version_num;
+    if v >= 100000 {
+        format!("{}.{}", v / 10000, v % 10000)
+    } else {
+        format!("{}.{}.{}", v / 10000, v / 100 % 100, v % 100)
+    }
+}
+
+fn check_scope(f: &mut Findings, scope: &Scope, src: &Catalog) {
+    let schemas: Vec<&str> = src.schemas.iter().map(|s| s.name.as_str()).collect();
+    let tables: Vec<(&str, &str)> =
+        src.relations.iter().map(|r| (r.schema.as_str(), r.name.as_str())).collect();
+    for pattern in scope.unmatched_patterns(&schemas, &tables) {
+        f.add(
+            "scope_pattern_unmatched",
+            Severity::Error,
+            format!("pattern {pattern}"),
+            format!("the objects pattern `{pattern}` matches nothing on the source"),
+            Some(
+                "fix the pattern in `objects:` (names are case-sensitive; write schema.table) or \
+                 remove it"
+                    .into(),
+            ),
+        );
+    }
+    let in_scope = relations_in_scope(src, scope);
+    let tables: Vec<_> = in_scope.iter().filter(|r| r.kind == RelKind::Table).collect();
+    if tables.is_empty() {
+        f.add(
+            "scope_empty",
+            Severity::Warning,
+            "source",
+            "no table of the source is in scope: there is no data to move",
+            Some("check `objects:` in the migration plan".into()),
+        );
+    } else {
+        let rows: i64 = tables.iter().map(|r| r.estimated_rows).sum();
+        let bytes: i64 = tables.iter().map(|r| r.bytes).sum();
+        let schemas: BTreeSet<&str> = in_scope.iter().map(|r| r.schema.as_str()).collect();
+        f.add(
+            "scope",
+            Severity::Info,
+            "source",
+            format!(
+                "{} tables in {} schemas are in scope: about {} rows, {}",
+                tables.len(),
+                schemas.len(),
+                thousands(rows),
+                human_bytes(bytes)
+            ),
+            None,
+        );
+    }
+}
+
+/// `21200` → `21,200`.
+pub fn thousands(n: i64) -> String {
+    let digits = n.unsigned_abs().to_string();
+    let mut out = String::new();
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i) % 3 == 0 {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    if n < 0 { format!("-{out}") } else { out }
+}
+
+/// `1234567` → `1.2 MB`.
+pub fn human_bytes(bytes: i64) -> String {
+    let units = ["B", "kB", "MB", "GB", "TB"];
+    let mut v = bytes as f64;
+    let mut u = 0;
+    while v >= 1000.0 && u < units.len() - 1 {
+        v /= 1000.0;
+        u += 1;
+    }
+    if u == 0 { format!("{bytes} B") } else { format!("{v:.1} {}", units[u]) }
+}
+
+fn check_source_version(f: &mut Findings, src: &Catalog) {
+    let major = src.server.major();
+    if major < MIN_SOURCE_MAJOR {
+        f.add(
+            "source_version_unsupported",
+            Severity::Error,
+            "source",
+            format!(
+                "the source runs PostgreSQL {}; pgtransit needs {MIN_SOURCE_MAJOR} or later \
+                 (logical decoding with pgoutput)",
+                version_text(src)
+            ),
+            Some(format!("upgrade the source to PostgreSQL {MIN_SOURCE_MAJOR} or later first")),
+        );
+    } else if major < MIN_TESTED_MAJOR {
+        f.add(
+            "source_version_untested",
+            Severity::Warning,
+            "source",
+            format!(
+                "the source runs PostgreSQL {}; pgtransit is tested from {MIN_TESTED_MAJOR} on",
+                version_text(src)
+            ),
+            None,
+        );
+    }
+}
+
+fn check_versions(f: &mut Findings, src: &Catalog, tgt: &Catalog) {
+    if tgt.server.major() < src.server.major() {
+        f.add(
+            "target_version_older",
+            Severity::Error,
+            "target",
+            format!(
+                "the target runs PostgreSQL {}, older than the source's {}: pgtransit moves \
+                 databases to the same or a newer major version",
+                version_text(tgt),
+                version_text(src)
+            ),
+            Some(format!("use a target running PostgreSQL {} or later", src.server.major())),
+        );
+    } else {
+        f.add(
+            "versions",
+            Severity::Info,
+            "servers",
+            format!("PostgreSQL {} → {}", version_text(src), version_text(tgt)),
+            None,
+        );
+    }
+}
+
+fn check_replication(f: &mut Findings, spec: &Spec, src: &Catalog) {
+    let wal_level = src.settings.get("wal_level").map(String::as_str).unwrap_or("unknown");
+    if wal_level != "logical" {
+        f.add(
+            "wal_level_not_logical",
+            Severity::Error,
+            "source",
+            format!(
+                "wal_level is `{wal_level}`; online mode streams changes with logical \
+                 decoding, which needs `logical`"
+            ),
+            Some(
+                "ALTER SYSTEM SET wal_level = logical; then restart the source server (the \
+                 setting needs a restart). On managed services set the parameter instead \
+                 (RDS/Aurora: rds.logical_replication = 1; Azure: wal_level = logical; Cloud \
+                 SQL: cloudsql.logical_decoding = on). Or use `mode: offline`."
+                    .into(),
+            ),
+        );
+    }
+    let slot_name = crate::naming::slot_name(&spec.name.value);
+    let ours = src.replication_slots.iter().any(|s| s.name == slot_name);
+    let used = src.replication_slots.len() as i64;
+    if let Some(max) = setting_i64(src, "max_replication_slots")
+        && !ours
+        && used >= max
+    {
+        {
+            f.add(
+                "no_free_replication_slot",
+                Severity::Error,
+                "source",
+                format!(
+                    "all {max} replication slots (max_replication_slots) are in use; pgtransit \
+                     needs one"
+                ),
+                Some(format!(
+                    "ALTER SYSTEM SET max_replication_slots = {}; then restart the source (needs \
+                     a restart), or drop an unused slot: SELECT pg_drop_replication_slot('...');",
+                    used + 1
+                )),
+            );
+        }
+    }
+    if let Some(max) = setting_i64(src, "max_wal_senders")
+        && src.active_wal_senders >= max
+    {
+        {
+            f.add(
+                "no_free_wal_sender",
+                Severity::Error,
+                "source",
+                format!(
+                    "all {max} WAL senders (max_wal_senders) are busy; pgtransit's change \
+                     stream needs one"
+                ),
+                Some(format!(
+                    "ALTER SYSTEM SET max_wal_senders = {}; then restart the source (needs a \
+                     restart)",
+                    src.active_wal_senders + 1
+                )),
+            );
+        }
+    }
+    if ours {
+        f.add(
+            "replication_slot_exists",
+            Severity::Info,
+            "source",
+            format!(
+                "the replication slot {slot_name} exists: it belongs to this migration and \
+                 will be reused"
+            ),
+            None,
+        );
+    }
+    if !src.server.can_replicate {
+        let user = &src.server.current_user;
+        f.add(
+            "source_role_cannot_replicate",
+            Severity::Error,
+            format!("role {}", display(user)),
+            format!(
+                "the source role {} has neither REPLICATION nor SUPERUSER: it cannot create a \
+                 replication slot or stream changes",
+                display(user)
+            ),
+            Some(format!(
+                "ALTER ROLE {} REPLICATION; (on RDS/Aurora: GRANT rds_replication TO {};)",
+                ident(user),
+                ident(user)
+            )),
+        );
+    }
+}
+
+fn check_source_privileges(f: &mut Findings, scope: &Scope, src: &Catalog) {
+    let user = ident(&src.server.current_user);
+    for s in src.schemas.iter().filter(|s| scope.schema_in_scope(&s.name) && !s.can_use) {
+        f.add(
+            "source_schema_not_readable",
+            Severity::Error,
+            format!("schema {}", display(&s.name)),
+            format!("the source role may not use schema {}", display(&s.name)),
+            Some(format!("GRANT USAGE ON SCHEMA {} TO {user};", ident(&s.name))),
+        );
+    }
+    for r in relations_in_scope(src, scope) {
+        if r.readable || !matches!(r.kind, RelKind::Table | RelKind::Sequence) {
+            continue;
+        }
+        let what = if r.kind == RelKind::Sequence { "SEQUENCE " } else { "" };
+        f.add(
+            "source_relation_not_readable",
+            Severity::Error,
+            format!("{} {}", r.kind.describe(), r.qualified()),
+            format!("the source role may not read {} {}", r.kind.describe(), r.qualified()),
+            Some(format!(
+                "GRANT SELECT ON {what}{} TO {user};",
+                qualified_ident(&r.schema, &r.name)
+            )),
+        );
+    }
+}
+
+fn check_keys(f: &mut Findings, spec: &Spec, scope: &Scope, src: &Catalog) {
+    for r in relations_in_scope(src, scope) {
+        if r.kind != RelKind::Table || r.has_usable_replica_identity() {
+            continue;
+        }
+        let object = format!("table {}", r.qualified());
+        let name = qualified_ident(&r.schema, &r.name);
+        match (spec.mode, spec.sync.tables_without_key) {
+            (Mode::Offline, _) => f.add(
+                "table_without_key",
+                Severity::Info,
+                object,
+                format!(
+                    "{} has no primary key: it is copied as is, and verification compares \
+                     whole rows",
+                    r.qualified()
+                ),
+                None,
+            ),
+            (Mode::Online, KeylessTables::ReplicaIdentityFull) => f.add(
+                "table_without_key",
+                Severity::Warning,
+                object,
+                format!(
+                    "{} has no primary key or replica identity: pgtransit will set REPLICA \
+                     IDENTITY FULL on the source (sync.tables_without_key), so updates and \
+                     deletes log the whole old row (more WAL)",
+                    r.qualified()
+                ),
+                None,
+            ),
+            (Mode::Online, KeylessTables::Error) => f.add(
+                "table_without_key",
+                Severity::Error,
+                object,
+                format!(
+                    "{} has no primary key or replica identity: once it is published, UPDATE and \
+                     DELETE on it fail on the source, and changes cannot be matched on the target",
+                    r.qualified()
+                ),
+                Some(format!(
+                    "ALTER TABLE {name} ADD PRIMARY KEY (...); or ALTER TABLE {name} REPLICA \
+                     IDENTITY USING INDEX <unique index on NOT NULL columns>; or set \
+                     `sync.tables_without_key: replica_identity_full` in the migration plan, or \
+                     exclude the table in `objects.tables.exclude`"
+                )),
+            ),
+        }
+    }
+}
+
+fn check_notable_objects(f: &mut Findings, spec: &Spec, scope: &Scope, src: &Catalog) {
+    let online = spec.mode == Mode::Online;
+    let in_scope = relations_in_scope(src, scope);
+    if src.large_objects.count > 0 {
+        let (severity, message) = if online {
+            (
+                Severity::Warning,
+                format!(
+                    "{} large objects: logical decoding does not carry large objects, so they \
+                     are copied once during the load and later changes to them are not streamed",
+                    src.large_objects.count
+                ),
+            )
+        } else {
+            (Severity::Info, format!("{} large objects will be copied", src.large_objects.count))
+        };
+        f.add("large_objects_present", severity, "source", message, None);
+    }
+    for r in &in_scope {
+        let object = format!("{} {}", r.kind.describe(), r.qualified());
+        if r.unlogged && r.kind == RelKind::Table {
+            let (severity, message) = if online {
+                (
+                    Severity::Warning,
+                    format!(
+                        "{} is UNLOGGED: its changes are not in the WAL, so it is copied during \
+                         the load but not kept in sync afterwards",
+                        r.qualified()
+                    ),
+                )
+            } else {
+                (
+                    Severity::Info,
+                    format!("{} is UNLOGGED; it is created UNLOGGED and copied", r.qualified()),
+                )
+            };
+            f.add("unlogged_table", severity, &object, message, None);
+        }
+        match r.kind {
+            RelKind::ForeignTable => f.add(
+                "foreign_table",
+                Severity::Warning,
+                &object,
+                format!(
+                    "{} is a foreign table: its definition is created on the target, its data \
+                     stays on the remote server, which the target must be able to reach (with \
+                     the same foreign data wrapper, server and user mapping)",
+                    r.qualified()
+                ),
+                None,
+            ),
+            RelKind::MaterializedView => f.add(
+                "materialized_view",
+                Severity::Info,
+                &object,
+                format!("{} is created after the load and refreshed on the target", r.qualified()),
+                None,
+            ),
+            RelKind::PartitionedTable => f.add(
+                "partitioned_table",
+                Severity::Info,
+                &object,
+                format!(
+                    "{} is partitioned: its partitions are created, copied and streamed one by \
+                     one",
+                    r.qualified()
+                ),
+                None,
+            ),
+            _ => {}
+        }
+        if !r.generated_columns.is_empty() {
+            f.add(
+                "generated_columns",
+                Severity::Info,
+                &object,
+                format!(
+                    "generated columns {} are not copied: the target computes them",
+                    r.generated_columns.iter().map(|c| display(c)).collect::<Vec<_>>().join(", ")
+                ),
+                None,
+            );
+        }
+        if !r.identity_columns.is_empty() {
+            f.add(
+                "identity_columns",
+                Severity::Info,
+                &object,
+                format!(
+                    "identity columns {} keep their values; their sequences are set on the \
+                     target from the source's",
+                    r.identity_columns.iter().map(|c| display(c)).collect::<Vec<_>>().join(", ")
+                ),
+                None,
+            );
+        }
+    }
+    // Names that differ only by case: both move (every identifier is quoted), but anything
+    // that folds case (unquoted SQL, some tools and ORMs) sees one name for two objects.
+    let mut by_folded: BTreeMap<(String, String), Vec<&Relation>> = BTreeMap::new();
+    for r in &in_scope {
+        by_folded.entry((r.schema.to_lowercase(), r.name.to_lowercase())).or_default().push(r);
+    }
+    for group in by_folded.values().filter(|g| g.len() > 1) {
+        let names: Vec<String> = group.iter().map(|r| r.qualified()).collect();
+        f.add(
+            "case_colliding_names",
+            Severity::Warning,
+            names.join(", "),
+            format!(
+                "{} differ only by case: pgtransit quotes every identifier so each moves as \
+                 itself, but unquoted SQL and case-folding tools will confuse them",
+                names.join(" and ")
+            ),
+            None,
+        );
+    }
+}
+
+fn check_database_name(f: &mut Findings, side: Side, cat: &Catalog) {
+    let db = &cat.server.database;
+    if db.contains(';') || db.contains('\'') || db.contains('"') {
+        f.add(
+            "database_name_special",
+            Severity::Warning,
+            format!("{side} database {}", display(db)),
+            format!(
+                "the {side} database name {} contains `;` or quotes: pgtransit quotes it, but \
+                 shell scripts and other tools around the migration may break on it",
+                ident(db)
+            ),
+            None,
+        );
+    }
+}
+
+fn check_target_settings(f: &mut Findings, tgt: &Catalog) {
+    if let Some(n) = setting_i64(tgt, "max_worker_processes")
+        && n < 4
+    {
+        f.add(
+            "target_few_worker_processes",
+            Severity::Warning,
+            "target",
+            format!(
+                "max_worker_processes is {n} on the target: index builds after the load cannot \
+                 use parallel workers"
+            ),
+            Some(
+                "ALTER SYSTEM SET max_worker_processes = 8; then restart the target (needs a \
+                 restart)"
+                    .into(),
+            ),
+        );
+    }
+}
+
+fn check_extensions(f: &mut Findings, scope: &Scope, src: &Catalog, tgt: &Catalog) {
+    for ext in &src.extensions {
+        if ext.name == "plpgsql"
+            || !scope.schema_in_scope(&ext.schema) && ext.schema != "pg_catalog"
+        {
+            continue;
+        }
+        let installed = tgt.extensions.iter().find(|e| e.name == ext.name);
+        let available = tgt.available_extensions.get(&ext.name);
+        let object = format!("extension {}", ext.name);
+        match (installed, available) {
+            (Some(t), _) if t.version == ext.version => {}
+            (Some(t), _) => f.add(
+                "extension_version_differs",
+                Severity::Warning,
+                object,
+                format!(
+                    "extension {} is {} on the source and {} on the target",
+                    ext.name, ext.version, t.version
+                ),
+                Some(format!(
+                    "ALTER EXTENSION {} UPDATE;  -- on whichever side is older",
+                    ident(&ext.name)
+                )),
+            ),
+            (None, None) => f.add(
+                "extension_unavailable",
+                Severity::Error,
+                object,
+                format!(
+                    "extension {} {} is installed on the source but not available on the \
+                     target server",
+                    ext.name, ext.version
+                ),
+                Some(format!(
+                    "install it on the target server (Debian/Ubuntu: the \
+                     postgresql-{}-{} or postgresql-contrib package; managed services: allow it \
+                     in the parameters, e.g. azure.extensions), or exclude the objects that use it",
+                    tgt.server.major(),
+                    ext.name
+                )),
+            ),
+            (None, Some(versions)) if !versions.contains(&ext.version) => f.add(
+                "extension_version_unavailable",
+                Severity::Warning,
+                object,
+                format!(
+                    "extension {} is {} on the source; the target offers {}: the target's \
+                     default version will be installed",
+                    ext.name,
+                    ext.version,
+                    versions.join(", ")
+                ),
+                None,
+            ),
+            (None, Some(_)) => {}
+        }
+    }
+}
+
+fn check_roles(f: &mut Findings, spec: &Spec, scope: &Scope, src: &Catalog, tgt: &Catalog) {
+    // role → what it owns, and what it is granted privileges on, in scope.
+    let add = |role: &str, what: String, uses: &mut BTreeMap<String, Vec<String>>| {
+        if role != "PUBLIC" {
+            uses.entry(role.to_string()).or_default().push(what);
+        }
+    };
+    let mut owned: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    let mut granted: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for s in src.schemas.iter().filter(|s| s.extension.is_none() && scope.schema_in_scope(&s.name))
+    {
+        let what = format!("schema {}", display(&s.name));
+        add(&s.owner, what.clone(), &mut owned);
+        for g in &s.grantees {
+            add(g, what.clone(), &mut granted);
+        }
+    }
+    for r in relations_in_scope(src, scope) {
+        let what = format!("{} {}", r.kind.describe(), r.qualified());
+        add(&r.owner, what.clone(), &mut owned);
+        for g in &r.grantees {
+            add(g, what.clone(), &mut granted);
+        }
+    }
+    for o in src.routines_and_types.iter().filter(|o| scope.schema_in_scope(&o.schema)) {
+        let what = format!("{} {}", o.kind, o.name);
+        add(&o.owner, what.clone(), &mut owned);
+        for g in &o.grantees {
+            add(g, what.clone(), &mut granted);
+        }
+    }
+    for owner in &src.large_objects.owners {
+        add(owner, "large objects".into(), &mut owned);
+    }
+    let referenced: BTreeSet<&String> = owned.keys().chain(granted.keys()).collect();
+    let exists = |name: &str| tgt.roles.iter().any(|r| r.name == name);
+    for (from, to) in &spec.roles.map {
+        if !src.roles.iter().any(|r| &r.name == from) {
+            f.add(
+                "role_mapping_unused",
+                Severity::Warning,
+                format!("role {}", display(from)),
+                format!("roles.map names {}, which does not exist on the source", display(from)),
+                Some("remove the entry or fix its name (role names are case-sensitive)".into()),
+            );
+        } else if !exists(to) {
+            f.add(
+                "role_mapping_target_missing",
+                Severity::Error,
+                format!("role {}", display(to)),
+                format!(
+                    "roles.map maps {} to {}, which does not exist on the target",
+                    display(from),
+                    display(to)
+                ),
+                Some(format!(
+                    "CREATE ROLE {} NOLOGIN;  -- on the target, or fix roles.map",
+                    ident(to)
+                )),
+            );
+        }
+    }
+    for role in referenced {
+        if spec.roles.map.contains_key(role) || exists(role) {
+            continue;
+        }
+        let o = owned.get(role).map(Vec::as_slice).unwrap_or(&[]);
+        let g = granted.get(role).map(Vec::as_slice).unwrap_or(&[]);
+        let mut parts = vec![];
+        if !o.is_empty() {
+            parts.push(format!("owns {} ({})", plural(o.len(), "object"), examples(o)));
+        }
+        if !g.is_empty() {
+            parts.push(format!(
+                "is granted privileges on {} ({})",
+                plural(g.len(), "object"),
+                examples(g)
+            ));
+        }
+        let object = format!("role {}", display(role));
+        let what = format!("role {} {}", display(role), parts.join(" and "));
+        match spec.roles.missing {
+            MissingRoles::Error => f.add(
+                "role_missing",
+                Severity::Error,
+                object,
+                format!("{what}, but does not exist on the target"),
+                Some(format!(
+                    "CREATE ROLE {} NOLOGIN;  -- on the target; or map it: roles.map: {{ {}: \
+                     <target role> }}; or set roles.missing: create | skip",
+                    ident(role),
+                    literal(role)
+                )),
+            ),
+            MissingRoles::Create => f.add(
+                "role_missing",
+                Severity::Info,
+                object,
+                format!("{what}; pgtransit will create it on the target as NOLOGIN (roles.missing: create)"),
+                None,
+            ),
+            MissingRoles::Skip => f.add(
+                "role_missing",
+                Severity::Warning,
+                object,
+                format!(
+                    "{what}; its objects will be owned by the target's connecting role {} and \
+                     its grants left out (roles.missing: skip)",
+                    display(&tgt.server.current_user)
+                ),
+                None,
+            ),
+        }
+    }
+}
+
+fn plural(n: usize, word: &str) -> String {
+    if n == 1 { format!("1 {word}") } else { format!("{n} {word}s") }
+}
+
+fn examples(items: &[String]) -> String {
+    let shown: Vec<&str> = items.iter().take(3).map(String::as_str).collect();
+    if items.len() > 3 { format!("{}, ...", shown.join(", ")) } else { shown.join(", ") }
+}
+
+fn check_encoding(f: &mut Findings, src: &Catalog, tgt: &Catalog) {
+    let (s, t) = (&src.server, &tgt.server);
+    if s.encoding != t.encoding {
+        if t.encoding == "UTF8" && s.encoding != "SQL_ASCII" {
+            f.add(
+                "encoding_differs",
+                Severity::Warning,
+                "servers",
+                format!("the source database is {} and the target UTF8: text is converted to UTF8 as it is copied", s.encoding),
+                None,
+            );
+        } else {
+            f.add(
+                "encoding_mismatch",
+                Severity::Error,
+                "target",
+                format!(
+                    "the source database is {} and the target {}: text may not convert, or may \
+                     convert wrongly",
+                    s.encoding, t.encoding
+                ),
+                Some(format!(
+                    "create the target database with ENCODING '{}' (or UTF8): CREATE DATABASE \
+                     {} ENCODING 'UTF8' TEMPLATE template0 LOCALE '...';",
+                    s.encoding,
+                    ident(&t.database)
+                )),
+            );
+        }
+    }
+    if s.locale_provider != t.locale_provider {
+        f.add(
+            "collation_provider_differs",
+            Severity::Warning,
+            "servers",
+            format!(
+                "the source database uses the {} locale provider and the target {}: text may \
+                 sort differently, so ORDER BY results and index order can change",
+                s.locale_provider, t.locale_provider
+            ),
+            Some("create the target database with the same LOCALE_PROVIDER as the source".into()),
+        );
+    }
+    if s.collate != t.collate || s.ctype != t.ctype || s.locale != t.locale {
+        f.add(
+            "collation_differs",
+            Severity::Warning,
+            "servers",
+            format!(
+                "the databases' locales differ (source LC_COLLATE {} LC_CTYPE {}, target {} and \
+                 {}): text may sort and compare differently on the target",
+                s.collate, s.ctype, t.collate, t.ctype
+            ),
+            Some(format!(
+                "create the target database with LC_COLLATE {} LC_CTYPE {} TEMPLATE template0",
+                literal(&s.collate),
+                literal(&s.ctype)
+            )),
+        );
+    }
+}
+
+fn check_target_privileges(f: &mut Findings, scope: &Scope, src: &Catalog, tgt: &Catalog) {
+    let user = ident(&tgt.server.current_user);
+    let needed: BTreeSet<&str> = relations_in_scope(src, scope)
+        .iter()
+        .map(|r| r.schema.as_str())
+        .chain(
+            src.schemas
+                .iter()
+                .filter(|s| s.extension.is_none() && scope.schema_in_scope(&s.name))
+                .map(|s| s.name.as_str()),
+        )
+        .collect();
+    for schema in needed {
+        match tgt.schemas.iter().find(|s| s.name == schema) {
+            Some(s) if !s.can_create && !tgt.server.is_superuser => f.add(
+                "target_schema_not_writable",
+                Severity::Error,
+                format!("schema {}", display(schema)),
+                format!(
+                    "schema {} exists on the target but the target role {} may not create \
+                     objects in it",
+                    display(schema),
+                    display(&tgt.server.current_user)
+                ),
+                Some(format!("GRANT CREATE, USAGE ON SCHEMA {} TO {user};", ident(schema))),
+            ),
+            None if !tgt.server.can_create_schema && !tgt.server.is_superuser => f.add(
+                "target_cannot_create_schema",
+                Severity::Error,
+                format!("schema {}", display(schema)),
+                format!(
+                    "schema {} must be created on the target, but the target role {} may not \
+                     create schemas in database {}",
+                    display(schema),
+                    display(&tgt.server.current_user),
+                    display(&tgt.server.database)
+                ),
+                Some(format!(
+                    "GRANT CREATE ON DATABASE {} TO {user};",
+                    ident(&tgt.server.database)
+                )),
+            ),
+            _ => {}
+        }
+    }
+}
+
+fn check_target_objects(f: &mut Findings, scope: &Scope, tgt: &Catalog) {
+    let existing = relations_in_scope(tgt, scope);
+    if existing.is_empty() {
+        return;
+    }
+    let names: Vec<String> =
+        existing.iter().map(|r| format!("{} {}", r.kind.describe(), r.qualified())).collect();
+    f.add(
+        "target_objects_exist",
+        Severity::Warning,
+        "target",
+        format!(
+            "{} in scope already exist on the target ({}): the execution plan compares them \
+             with the source and never drops or overwrites them unless the migration plan allows it",
+            plural(existing.len(), "relation"),
+            examples(&names)
+        ),
+        None,
+    );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::catalog::{Extension, Role, Server};
+
+    fn spec(extra: &str) -> Spec {
+        let text = format!(
+            "version: 1\nname: t\nsource: {{url: 'host=s'}}\ntarget: {{url: 'host=t'}}\n{extra}"
+        );
+        crate::spec::parse(std::path::Path::new("t.yaml"), text, &|_| None).unwrap().spec
+    }
+
+    fn catalog(version_num: i32) -> Catalog {
+        let mut c = Catalog {
+            server: Server {
+                version_num,
+                database: "app".into(),
+                encoding: "UTF8".into(),
+                collate: "C.UTF-8".into(),
+                ctype: "C.UTF-8".into(),
+                locale_provider: "libc".into(),
+                current_user: "postgres".into(),
+                is_superuser: true,
+                can_replicate: true,
+                can_create_schema: true,
+                ..Default::default()
+            },
+            roles: vec![Role { name: "postgres".into(), superuser: true, ..Default::default() }],
+            ..Default::default()
+        };
+        for (k, v) in [
+            ("wal_level", "logical"),
+            ("max_replication_slots", "10"),
+            ("max_wal_senders", "10"),
+            ("max_worker_processes", "8"),
+        ] {
+            c.settings.insert(k.into(), v.into());
+        }
+        c
+    }
+
+    fn table(name: &str, owner: &str, pk: bool) -> Relation {
+        Relation {
+            schema: "public".into(),
+            name: name.into(),
+            owner: owner.into(),
+            has_primary_key: pk,
+            replica_identity: "d".into(),
+            readable: true,
+            ..Default::default()
+        }
+    }
+
+    fn codes(checks: &[Check]) -> Vec<(&'static str, Severity)> {
+        checks.iter().map(|c| (c.code, c.severity)).collect()
+    }
+
+    #[test]
+    fn target_older_than_source_is_an_error() {
+        let checks = run(&spec(""), Some(&catalog(160004)), Some(&catalog(150018)));
+        assert!(codes(&checks).contains(&("target_version_older", Severity::Error)));
+        let checks = run(&spec(""), Some(&catalog(150018)), Some(&catalog(170002)));
+        let v = checks.iter().find(|c| c.code == "versions").unwrap();
+        assert_eq!(v.message, "PostgreSQL 15.18 → 17.2");
+    }
+
+    #[test]
+    fn source_versions_below_10_are_refused_and_below_13_untested() {
+        let checks = run(&spec(""), Some(&catalog(90624)), Some(&catalog(150018)));
+        let c = checks.iter().find(|c| c.code == "source_version_unsupported").unwrap();
+        assert_eq!(c.severity, Severity::Error);
+        assert!(c.message.contains("9.6.24"));
+        let checks = run(&spec(""), Some(&catalog(120020)), Some(&catalog(150018)));
+        assert!(codes(&checks).contains(&("source_version_untested", Severity::Warning)));
+    }
+
+    #[test]
+    fn errors_come_first_in_the_result() {
+        let mut src = catalog(150018);
+        src.settings.insert("wal_level".into(), "replica".into());
+        src.relations.push(table("t", "postgres", true));
+        let checks = run(&spec(""), Some(&src), Some(&catalog(150018)));
+        assert_eq!(checks[0].severity, Severity::Error);
+        assert!(checks.windows(2).all(|w| w[0].severity <= w[1].severity));
+    }
+
+    #[test]
+    fn keyless_table_is_a_warning_when_the_plan_asks_for_replica_identity_full() {
+        let mut src = catalog(150018);
+        src.relations.push(table("log", "postgres", false));
+        let strict = run(&spec(""), Some(&src), Some(&catalog(150018)));
+        assert!(codes(&strict).contains(&("table_without_key", Severity::Error)));
+        let lenient = run(
+            &spec("sync: {tables_without_key: replica_identity_full}"),
+            Some(&src),
+            Some(&catalog(150018)),
+        );
+        assert!(codes(&lenient).contains(&("table_without_key", Severity::Warning)));
+        assert!(!has_errors(&lenient));
+    }
+
+    #[test]
+    fn replica_identity_index_or_full_counts_as_a_key() {
+        let mut t = table("t", "postgres", false);
+        t.replica_identity = "f".into();
+        assert!(t.has_usable_replica_identity());
+        t.replica_identity = "i".into();
+        assert!(!t.has_usable_replica_identity());
+        t.has_replica_identity_index = true;
+        assert!(t.has_usable_replica_identity());
+        t.replica_identity = "n".into();
+        assert!(!t.has_usable_replica_identity());
+    }
+
+    #[test]
+    fn missing_roles_follow_roles_missing() {
+        let mut src = catalog(150018);
+        src.relations.push(table("t", "app", true));
+        let tgt = catalog(150018);
+        let by = |extra: &str| {
+            let checks = run(&spec(extra), Some(&src), Some(&tgt));
+            checks.iter().find(|c| c.code == "role_missing").map(|c| c.severity)
+        };
+        assert_eq!(by(""), Some(Severity::Error));
+        assert_eq!(by("roles: {missing: create}"), Some(Severity::Info));
+        assert_eq!(by("roles: {missing: skip}"), Some(Severity::Warning));
+        assert_eq!(by("roles: {map: {app: postgres}}"), None);
+    }
+
+    #[test]
+    fn extension_versions_are_compared() {
+        let mut src = catalog(150018);
+        src.extensions.push(Extension {
+            name: "hstore".into(),
+            version: "1.8".into(),
+            schema: "public".into(),
+        });
+        let mut tgt = catalog(150018);
+        tgt.available_extensions.insert("hstore".into(), vec!["1.7".into()]);
+        let checks = run(&spec(""), Some(&src), Some(&tgt));
+        assert!(codes(&checks).contains(&("extension_version_unavailable", Severity::Warning)));
+        tgt.available_extensions.insert("hstore".into(), vec!["1.7".into(), "1.8".into()]);
+        let checks = run(&spec(""), Some(&src), Some(&tgt));
+        assert!(!checks.iter().any(|c| c.code.starts_with("extension")));
+    }
+
+    #[test]
+    fn conversion_to_utf8_is_a_warning_and_provider_difference_is_reported() {
+        let mut src = catalog(150018);
+        src.server.encoding = "LATIN1".into();
+        let mut tgt = catalog(150018);
+        tgt.server.locale_provider = "icu".into();
+        let checks = run(&spec(""), Some(&src), Some(&tgt));
+        assert!(codes(&checks).contains(&("encoding_differs", Severity::Warning)));
+        assert!(codes(&checks).contains(&("collation_provider_differs", Severity::Warning)));
+    }
+
+    #[test]
+    fn our_own_slot_is_reused_and_does_not_count_against_max_replication_slots() {
+        let mut src = catalog(150018);
+        src.settings.insert("max_replication_slots".into(), "1".into());
+        src.replication_slots.push(crate::catalog::ReplicationSlot {
+            name: "pgtransit_t".into(),
+            slot_type: "logical".into(),
+            ..Default::default()
+        });
+        let checks = run(&spec(""), Some(&src), Some(&catalog(150018)));
+        assert!(!codes(&checks).iter().any(|(c, _)| *c == "no_free_replication_slot"));
+        assert!(codes(&checks).contains(&("replication_slot_exists", Severity::Info)));
+    }
+
+    #[test]
+    fn unreachable_server_still_runs_the_other_servers_checks() {
+        let mut src = catalog(150018);
+        src.settings.insert("wal_level".into(), "minimal".into());
+        let checks = run(&spec(""), Some(&src), None);
+        assert!(codes(&checks).contains(&("wal_level_not_logical", Severity::Error)));
+    }
+
+    #[test]
+    fn human_bytes_uses_decimal_units() {
+        assert_eq!(human_bytes(999), "999 B");
+        assert_eq!(human_bytes(1_500_000), "1.5 MB");
+        assert_eq!(thousands(21200), "21,200");
+        assert_eq!(thousands(-1234567), "-1,234,567");
+        assert_eq!(thousands(999), "999");
+    }
+}

@@ -1,0 +1,21 @@
+//! `pgtransit demo` end to end: it must work on a fresh machine, as the README promises.
+
+use crate::support::{TempDir, run};
+
+#[test]
+fn demo_starts_two_servers_writes_a_plan_and_passes_preflight() {
+    let dir = TempDir::new("demo");
+    let work = dir.path().join("work");
+    let out = run(dir.path(), &["demo", "--dir", work.to_str().unwrap()]);
+    assert_eq!(out.code, 0, "{out:?}");
+    // The plan it wrote is shown, and is a valid migration plan.
+    assert!(out.stdout.contains("name: shop"), "{out:?}");
+    let plan = work.join("plans/shop.yaml");
+    pgtransit::spec::load(&plan, &|_| None).unwrap();
+    // Preflight ran against the sample and found what the sample has.
+    assert!(out.stdout.contains("Preflight passed: 0 errors"), "{out:?}");
+    assert!(out.stdout.contains("identity_columns"), "{out:?}");
+    assert!(out.stdout.contains("4 tables in 1 schemas"), "{out:?}");
+    // And cleaned up after itself: no server of the demo is left running.
+    assert!(out.stdout.contains("stopping and removing both servers"), "{out:?}");
+}

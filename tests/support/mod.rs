@@ -1,0 +1,163 @@
+//! Helpers for the integration tests: throwaway clusters, running the binary, plan files.
+
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+pub use pgtransit::cluster::{ClusterOptions, LocalCluster};
+
+/// The pagila sample (`../shared/fixtures/pagila`), which CI has beside the repository.
+pub fn pagila_dir() -> PathBuf {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/fixtures/pagila");
+    assert!(
+        dir.join("schema.sql").exists(),
+        "the pagila fixture is missing at {}: clone the repository with ../shared beside it",
+        dir.display()
+    );
+    dir
+}
+
+/// Starts a cluster with these postgresql.conf settings.
+pub fn cluster(name: &str, settings: &[(&str, &str)]) -> LocalCluster {
+    cluster_with(ClusterOptions {
+        name: name.into(),
+        settings: settings.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+        ..Default::default()
+    })
+}
+
+/// Starts a cluster with full options.
+pub fn cluster_with(opts: ClusterOptions) -> LocalCluster {
+    LocalCluster::start(opts).unwrap_or_else(|e| panic!("cannot start a test cluster: {e}"))
+}
+
+/// A source with `wal_level=logical`, as online migrations need.
+pub fn logical_source(name: &str) -> LocalCluster {
+    cluster(name, &[("wal_level", "logical")])
+}
+
+/// Loads pagila into a new database `db` of `c`.
+pub fn load_pagila(c: &LocalCluster, db: &str) {
+    c.create_database(db).unwrap();
+    let dir = pagila_dir();
+    c.psql_file(db, &dir.join("schema.sql")).unwrap();
+    c.psql_file(db, &dir.join("data.sql")).unwrap();
+}
+
+/// Runs SQL, panicking with the error.
+pub fn sql(c: &LocalCluster, db: &str, sql: &str) -> String {
+    c.psql(db, sql).unwrap_or_else(|e| panic!("SQL failed: {e}\n{sql}"))
+}
+
+/// A scratch directory, removed on drop.
+pub struct TempDir(pub PathBuf);
+
+impl TempDir {
+    pub fn new(name: &str) -> TempDir {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        static N: AtomicUsize = AtomicUsize::new(0);
+        let dir = std::env::temp_dir().join(format!(
+            "pgtransit-test-{name}-{}-{}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::SeqCst)
+        ));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        TempDir(dir)
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+
+    /// Writes a file and returns its path.
+    pub fn write(&self, name: &str, text: &str) -> PathBuf {
+        let p = self.0.join(name);
+        std::fs::write(&p, text).unwrap();
+        p
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// A minimal migration plan between two URLs, with extra YAML appended.
+pub fn plan_yaml(name: &str, source_url: &str, target_url: &str, extra: &str) -> String {
+    format!(
+        "version: 1\nname: {name}\nsource:\n  url: {source_url}\ntarget:\n  url: {target_url}\n{extra}"
+    )
+}
+
+/// The pgtransit binary, with a clean environment: no PG* variables, HOME in a scratch dir (so
+/// the runner's ~/.pgpass does not count), no colour.
+pub fn pgtransit(home: &Path) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_pgtransit"));
+    for (k, _) in std::env::vars() {
+        if k.starts_with("PG") {
+            cmd.env_remove(k);
+        }
+    }
+    cmd.env("HOME", home).env("NO_COLOR", "1").env_remove("PGTRANSIT_LOG");
+    cmd
+}
+
+/// Output of a finished command, with helpers.
+pub struct Run {
+    pub code: i32,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl Run {
+    pub fn of(out: Output) -> Run {
+        Run {
+            code: out.status.code().unwrap_or(-1),
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        }
+    }
+
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_str(&self.stdout).unwrap_or_else(|e| {
+            panic!("stdout is not JSON ({e}):\n{}\n{}", self.stdout, self.stderr)
+        })
+    }
+}
+
+impl std::fmt::Debug for Run {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "exit {}\n--- stdout\n{}\n--- stderr\n{}", self.code, self.stdout, self.stderr)
+    }
+}
+
+/// Runs the binary with these arguments.
+pub fn run(home: &Path, args: &[&str]) -> Run {
+    Run::of(pgtransit(home).args(args).output().expect("run pgtransit"))
+}
+
+/// Finds the checks with this code in a `plan --format json` document.
+pub fn checks<'a>(doc: &'a serde_json::Value, code: &str) -> Vec<&'a serde_json::Value> {
+    doc["checks"].as_array().unwrap().iter().filter(|c| c["code"] == code).collect()
+}
+
+/// The single check with this code and severity whose object contains `object`.
+pub fn find_check<'a>(
+    doc: &'a serde_json::Value,
+    code: &str,
+    severity: &str,
+    object: &str,
+) -> &'a serde_json::Value {
+    checks(doc, code)
+        .into_iter()
+        .find(|c| c["severity"] == severity && c["object"].as_str().unwrap().contains(object))
+        .unwrap_or_else(|| {
+            panic!(
+                "no {severity} check {code} about {object} in:\n{}",
+                serde_json::to_string_pretty(&doc["checks"]).unwrap()
+            )
+        })
+}

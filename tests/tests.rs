@@ -1,0 +1,12 @@
+//! The integration suite: one binary. Tests start their own throwaway PostgreSQL clusters (see
+//! `pgtransit::cluster`) and run the real `pgtransit` binary against them.
+
+// Shared helpers: clusters, the binary, migration plan files.
+mod support;
+
+// `plans/` examples, the committed JSON Schema, `validate`, located YAML errors, secrets.
+mod plan_files;
+// `pgtransit plan` preflight checks against real servers.
+mod preflight;
+// `pgtransit demo` end to end.
+mod demo;

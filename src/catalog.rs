@@ -51,6 +51,27 @@ pub struct Catalog {
     pub replication_slots: Vec<ReplicationSlot>,
     /// WAL senders running now.
     pub active_wal_senders: i64,
+    /// Every sequence in non-system schemas with its current value.
+    pub sequences: Vec<SequenceValue>,
+    /// Tables (qualified, quoted where needed) that hold at least one row; filled by
+    /// [`read_tables_with_rows`] for the tables a caller asks about, empty otherwise.
+    pub tables_with_rows: std::collections::BTreeSet<String>,
+    /// Tables asked about that the connecting role may not read, so whether they hold rows is
+    /// unknown.
+    pub tables_unreadable: std::collections::BTreeSet<String>,
+}
+
+/// A sequence's current value (`pg_sequences`), and the column that owns it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SequenceValue {
+    /// Schema.
+    pub schema: String,
+    /// Name.
+    pub name: String,
+    /// `last_value`, or None when `nextval` was never called (or the role may not read it).
+    pub last_value: Option<i64>,
+    /// The table whose column owns it (serial or identity), if any.
+    pub owned_by: Option<(String, String)>,
 }
 
 /// Identity of the server and of the connecting role.
@@ -223,6 +244,8 @@ pub struct Relation {
     pub identity_columns: Vec<String>,
     /// The extension it belongs to, if any (created by `CREATE EXTENSION`, not copied).
     pub extension: Option<String>,
+    /// Materialized views: whether it holds data (`relispopulated`).
+    pub populated: bool,
 }
 
 impl Relation {
@@ -283,15 +306,24 @@ pub struct ReplicationSlot {
 
 /// Reading a catalog failed.
 #[derive(Debug, thiserror::Error)]
-#[error("reading the catalog ({what}) failed: {source}")]
+#[error("reading the catalog ({what}) failed: {message}")]
 pub struct CatalogError {
     what: &'static str,
+    /// The server's message (tokio-postgres' own Display says only "db error").
+    message: String,
     #[source]
     source: tokio_postgres::Error,
 }
 
 fn ctx(what: &'static str) -> impl FnOnce(tokio_postgres::Error) -> CatalogError {
-    move |source| CatalogError { what, source }
+    move |source| CatalogError {
+        what,
+        message: match source.as_db_error() {
+            Some(db) => format!("{}: {}", db.severity(), db.message()),
+            None => source.to_string(),
+        },
+        source,
+    }
 }
 
 /// Reads the catalog of the database `client` is connected to, in one read-only
@@ -403,6 +435,7 @@ async fn read_in_transaction(client: &Client) -> Result<Catalog, CatalogError> {
                 generated_columns: r.get(15),
                 identity_columns: r.get(16),
                 extension: r.get(17),
+                populated: r.get(18),
             })
         })
         .collect();
@@ -446,6 +479,23 @@ async fn read_in_transaction(client: &Client) -> Result<Catalog, CatalogError> {
             plugin: r.get(2),
             database: r.get(3),
             active: r.get(4),
+        })
+        .collect();
+
+    cat.sequences = client
+        .query(SEQUENCES_SQL, &[])
+        .await
+        .map_err(ctx("sequences"))?
+        .iter()
+        .map(|r| {
+            let ts: Option<String> = r.get(3);
+            let tn: Option<String> = r.get(4);
+            SequenceValue {
+                schema: r.get(0),
+                name: r.get(1),
+                last_value: r.get(2),
+                owned_by: ts.zip(tn),
+            }
         })
         .collect();
 
@@ -518,6 +568,61 @@ async fn read_server(client: &Client, version_num: i32) -> Result<Server, Catalo
     })
 }
 
+/// Sequences with their values and owning tables. `pg_sequences.last_value` is NULL for a
+/// sequence never used, and for one the role may not read.
+const SEQUENCES_SQL: &str = "
+SELECT s.schemaname::text, s.sequencename::text, s.last_value, tn.nspname::text, t.relname::text
+FROM pg_sequences s
+JOIN pg_namespace n ON n.nspname = s.schemaname
+JOIN pg_class c ON c.relnamespace = n.oid AND c.relname = s.sequencename
+LEFT JOIN pg_depend d ON d.classid = 'pg_class'::regclass AND d.objid = c.oid
+     AND d.refclassid = 'pg_class'::regclass AND d.deptype IN ('a', 'i')
+LEFT JOIN pg_class t ON t.oid = d.refobjid
+LEFT JOIN pg_namespace tn ON tn.oid = t.relnamespace
+WHERE s.schemaname NOT IN ('pg_catalog', 'information_schema')
+ORDER BY 1, 2";
+
+/// Fills `cat.tables_with_rows` for `tables` (schema, name): one query for all of them, each
+/// table probed with `EXISTS (SELECT 1 FROM t)` (reads one row at most, changes nothing).
+pub async fn read_tables_with_rows(
+    client: &Client,
+    cat: &mut Catalog,
+    tables: &[(String, String)],
+) -> Result<(), CatalogError> {
+    cat.tables_with_rows.clear();
+    cat.tables_unreadable.clear();
+    // Only tables the role may read can be probed: one unreadable table would fail the query.
+    let readable =
+        |s: &str, t: &str| cat.relations.iter().any(|r| r.schema == s && r.name == t && r.readable);
+    let (tables, unreadable): (Vec<_>, Vec<_>) =
+        tables.iter().cloned().partition(|(s, t)| readable(s, t));
+    for (s, t) in unreadable {
+        cat.tables_unreadable.insert(crate::sql::qualified(&s, &t));
+    }
+    for chunk in tables.chunks(500) {
+        let probes: Vec<String> = chunk
+            .iter()
+            .enumerate()
+            .map(|(i, (s, t))| {
+                format!(
+                    "SELECT {i} WHERE EXISTS (SELECT 1 FROM {})",
+                    crate::sql::qualified_ident(s, t)
+                )
+            })
+            .collect();
+        let rows = client
+            .query(&probes.join(" UNION ALL "), &[])
+            .await
+            .map_err(ctx("which tables hold rows"))?;
+        for r in rows {
+            let i: i32 = r.get(0);
+            let (s, t) = &chunk[i as usize];
+            cat.tables_with_rows.insert(crate::sql::qualified(s, t));
+        }
+    }
+    Ok(())
+}
+
 /// `text[]` of the roles granted privileges in the ACL column `acl` (`PUBLIC` for 0).
 fn grantees(acl: &str) -> String {
     format!(
@@ -580,7 +685,8 @@ SELECT c.oid,
        COALESCE((SELECT array_agg(a.attname::text ORDER BY a.attnum) FROM pg_attribute a
                  WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped
                    AND a.attidentity <> ''), '{{}}'),
-       {extension_rel}
+       {extension_rel},
+       c.relispopulated
 FROM pg_class c
 JOIN pg_namespace n ON n.oid = c.relnamespace
 LEFT JOIN pg_inherits inh ON inh.inhrelid = c.oid AND c.relispartition

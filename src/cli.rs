@@ -37,22 +37,25 @@ pub enum Command {
     /// Connect to both servers, run every preflight check, and show what the migration will do.
     #[command(display_order = 1)]
     Plan(PlanArgs),
-    /// Check migration plan files without connecting to any server (for CI on `plans/`).
+    /// Run an execution plan: schema, data, post-load objects; resumable.
     #[command(display_order = 2)]
+    Apply(ApplyArgs),
+    /// Check migration plan files without connecting to any server (for CI on `plans/`).
+    #[command(display_order = 3)]
     Validate {
         /// Migration plan files.
         #[arg(required = true)]
         files: Vec<PathBuf>,
     },
     /// Print the JSON Schema of the migration plan format (draft-07, for YAML editors).
-    #[command(display_order = 3)]
+    #[command(display_order = 4)]
     Schema {
         /// Write it to this file instead of stdout.
         #[arg(long)]
         out: Option<PathBuf>,
     },
     /// Start two throwaway local servers, fill one with a sample, and migrate it to the other.
-    #[command(display_order = 4)]
+    #[command(display_order = 5)]
     Demo(DemoArgs),
 }
 
@@ -67,6 +70,25 @@ pub struct PlanArgs {
     /// Exit 0 when there is nothing to do, 2 when changes are planned (1 stays "failed").
     #[arg(long)]
     pub detailed_exitcode: bool,
+    /// Save the execution plan to this file (JSON) for `pgtransit apply FILE`.
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    #[command(flatten)]
+    pub connect: ConnectArgs,
+}
+
+/// `pgtransit apply`.
+#[derive(Debug, Args)]
+pub struct ApplyArgs {
+    /// A saved execution plan (from `plan --out`, applied exactly as reviewed), or a migration
+    /// plan (YAML: planned afresh, shown, and applied after confirmation).
+    pub file: PathBuf,
+    /// Apply a freshly computed plan without asking.
+    #[arg(long)]
+    pub auto_approve: bool,
+    /// Tables copied at once (default: `load.jobs` from the migration plan, else 4).
+    #[arg(long)]
+    pub jobs: Option<usize>,
     #[command(flatten)]
     pub connect: ConnectArgs,
 }
@@ -196,6 +218,7 @@ pub async fn run(cli: Cli) -> miette::Result<Outcome> {
     let mut out = anstream::stdout();
     match cli.command {
         Command::Plan(args) => crate::commands::plan::run(&args, &mut out).await,
+        Command::Apply(args) => crate::commands::apply::run(&args, &mut out).await,
         Command::Validate { files } => crate::commands::plan::validate(&files, &mut out),
         Command::Schema { out: path } => {
             let schema = crate::spec::json_schema();

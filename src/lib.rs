@@ -9,14 +9,19 @@
 //! `conn` makes libpq-compatible connections; `cluster` starts throwaway local servers for the
 //! demo, the tests and the benchmark.
 
+pub mod apply;
 pub mod catalog;
 pub mod cli;
 pub mod cluster;
 pub mod commands;
 pub mod conn;
 pub mod naming;
+pub mod objects;
+pub mod plan;
+pub mod planner;
 pub mod preflight;
 pub mod report;
 pub mod scope;
 pub mod spec;
 pub mod sql;
+pub mod state;

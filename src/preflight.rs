@@ -7,7 +7,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::catalog::{Catalog, RelKind, Relation};
 use crate::scope::Scope;
@@ -20,7 +20,7 @@ pub const MIN_SOURCE_MAJOR: i32 = 10;
 pub const MIN_TESTED_MAJOR: i32 = 13;
 
 /// How bad a finding is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Severity {
     /// The migration cannot work until this is fixed: `plan` exits 1.
@@ -32,10 +32,10 @@ pub enum Severity {
 }
 
 /// One finding.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Check {
     /// Stable identifier, e.g. `wal_level_not_logical`.
-    pub code: &'static str,
+    pub code: String,
     /// Error, warning or info.
     pub severity: Severity,
     /// What it is about, e.g. `source`, `table public.film`, `role app_owner`.
@@ -62,7 +62,13 @@ impl Findings {
         message: impl Into<String>,
         fix: Option<String>,
     ) {
-        self.0.push(Check { code, severity, object: object.into(), message: message.into(), fix });
+        self.0.push(Check {
+            code: code.to_string(),
+            severity,
+            object: object.into(),
+            message: message.into(),
+            fix,
+        });
     }
 }
 
@@ -72,7 +78,13 @@ pub fn unreachable(which: Side, message: String, fix: Option<String>) -> Check {
         Side::Source => "source_unreachable",
         Side::Target => "target_unreachable",
     };
-    Check { code, severity: Severity::Error, object: which.to_string(), message, fix }
+    Check {
+        code: code.to_string(),
+        severity: Severity::Error,
+        object: which.to_string(),
+        message,
+        fix,
+    }
 }
 
 /// Which server.
@@ -201,7 +213,7 @@ pub fn thousands(n: i64) -> String {
     let digits = n.unsigned_abs().to_string();
     let mut out = String::new();
     for (i, c) in digits.chars().enumerate() {
-        if i > 0 && (digits.len() - i) % 3 == 0 {
+        if i > 0 && (digits.len() - i).is_multiple_of(3) {
             out.push(',');
         }
         out.push(c);
@@ -975,8 +987,8 @@ mod tests {
         }
     }
 
-    fn codes(checks: &[Check]) -> Vec<(&'static str, Severity)> {
-        checks.iter().map(|c| (c.code, c.severity)).collect()
+    fn codes(checks: &[Check]) -> Vec<(&str, Severity)> {
+        checks.iter().map(|c| (c.code.as_str(), c.severity)).collect()
     }
 
     #[test]

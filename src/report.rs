@@ -10,6 +10,7 @@ use std::io::{self, Write};
 use anstyle::{AnsiColor, Style};
 use serde::Serialize;
 
+use crate::plan::{Action, Phase, Plan, PlanSummary, Step};
 use crate::preflight::{Check, Severity};
 use crate::spec::Mode;
 
@@ -21,6 +22,8 @@ pub enum Format {
     Text,
     /// One JSON document, for machines.
     Json,
+    /// Markdown, for a pull-request comment.
+    Markdown,
 }
 
 /// One server, as shown in reports (never with a password).
@@ -47,6 +50,10 @@ pub struct PlanReport {
     pub checks: Vec<Check>,
     /// Counts by severity.
     pub summary: Summary,
+    /// The execution plan's steps (empty when a server could not be read).
+    pub steps: Vec<Step>,
+    /// Counts of steps by action, when there is an execution plan.
+    pub plan_summary: Option<PlanSummary>,
 }
 
 /// Counts of findings by severity.
@@ -68,6 +75,7 @@ impl PlanReport {
         source: ServerSummary,
         target: ServerSummary,
         checks: Vec<Check>,
+        plan: Option<&Plan>,
     ) -> PlanReport {
         let count = |s: Severity| checks.iter().filter(|c| c.severity == s).count();
         let summary = Summary {
@@ -82,6 +90,8 @@ impl PlanReport {
             target,
             checks,
             summary,
+            steps: plan.map(|p| p.steps.clone()).unwrap_or_default(),
+            plan_summary: plan.map(|p| p.summary),
         }
     }
 }
@@ -105,6 +115,7 @@ pub fn plan(out: &mut dyn Write, report: &PlanReport, format: Format) -> io::Res
             writeln!(out)
         }
         Format::Text => plan_text(out, report),
+        Format::Markdown => plan_markdown(out, report),
     }
 }
 
@@ -119,15 +130,27 @@ fn plan_text(out: &mut dyn Write, r: &PlanReport) -> io::Result<()> {
     for c in &r.checks {
         check_text(out, c)?;
     }
-    writeln!(out)?;
     let Summary { errors, warnings, info } = r.summary;
     let line = format!("{errors} errors, {warnings} warnings, {info} info.");
     if errors > 0 {
         writeln!(out, "{} {line}", paint(RED, "Preflight failed:"))?;
-        writeln!(out, "Fix the errors above, then run `pgtransit plan` again.")
+        writeln!(out, "Fix the errors above, then run `pgtransit plan` again.")?;
     } else {
-        writeln!(out, "{} {line}", paint(GREEN, "Preflight passed:"))
+        writeln!(out, "{} {line}", paint(GREEN, "Preflight passed:"))?;
     }
+    if let Some(summary) = &r.plan_summary {
+        writeln!(out)?;
+        steps_text(out, &r.steps, summary)?;
+        if summary.conflicts > 0 {
+            writeln!(
+                out,
+                "{} resolve the conflicts above on the target (pgtransit never alters or drops \
+                 existing objects), then run `pgtransit plan` again.",
+                paint(RED, "Blocked:")
+            )?;
+        }
+    }
+    Ok(())
 }
 
 fn check_text(out: &mut dyn Write, c: &Check) -> io::Result<()> {
@@ -136,12 +159,196 @@ fn check_text(out: &mut dyn Write, c: &Check) -> io::Result<()> {
         Severity::Warning => ("! warning", YELLOW),
         Severity::Info => ("· info   ", CYAN),
     };
-    writeln!(out, "  {} {}  {}", paint(style, mark), paint(BOLD, c.code), paint(DIM, &c.object))?;
+    writeln!(out, "  {} {}  {}", paint(style, mark), paint(BOLD, &c.code), paint(DIM, &c.object))?;
     writeln!(out, "      {}", c.message)?;
     if let Some(fix) = &c.fix {
         writeln!(out, "      {} {fix}", paint(BOLD, "fix:"))?;
     }
     Ok(())
+}
+
+fn steps_text(out: &mut dyn Write, steps: &[Step], summary: &PlanSummary) -> io::Result<()> {
+    writeln!(out, "{}", paint(BOLD, "Execution plan"))?;
+    let mut phase: Option<Phase> = None;
+    for step in steps.iter().filter(|s| s.action != Action::Unchanged) {
+        if phase != Some(step.phase) {
+            phase = Some(step.phase);
+            writeln!(out, "  {}", paint(BOLD, step.phase.title()))?;
+        }
+        let style = match step.action {
+            Action::Create | Action::Copy => GREEN,
+            Action::Update | Action::Run => YELLOW,
+            Action::Conflict => RED,
+            Action::Unchanged => DIM,
+        };
+        let mut line = format!(
+            "    {} {} {}",
+            paint(style, step.action.symbol()),
+            step.action.name(),
+            step.object
+        );
+        if let Some(e) = step.estimate.filter(|_| step.action == Action::Copy) {
+            line.push_str(&paint(
+                DIM,
+                &format!(
+                    "  (~{} rows, {})",
+                    crate::preflight::thousands(e.rows),
+                    crate::preflight::human_bytes(e.bytes)
+                ),
+            ));
+        }
+        writeln!(out, "{line}")?;
+        if let Some(note) = &step.note {
+            writeln!(out, "        {}", paint(DIM, &format!("-- {note}")))?;
+        }
+        for l in step.sql.lines() {
+            writeln!(out, "        {l}")?;
+        }
+        if let Some(diff) = &step.diff {
+            for l in diff.lines() {
+                writeln!(out, "        {l}")?;
+            }
+        }
+    }
+    if summary.unchanged > 0 {
+        writeln!(
+            out,
+            "  {} {} objects already on the target and identical (listed with --format json)",
+            paint(DIM, Action::Unchanged.symbol()),
+            summary.unchanged
+        )?;
+    }
+    writeln!(out)?;
+    writeln!(out, "{} {}", paint(BOLD, "Plan:"), summary_line(summary))
+}
+
+/// "N to create, M to update, C to copy, R to run, U unchanged, K conflicts."
+pub fn summary_line(s: &PlanSummary) -> String {
+    format!(
+        "{} to create, {} to update, {} to copy, {} to run, {} unchanged, {} conflicts.",
+        s.create, s.update, s.copy, s.run, s.unchanged, s.conflicts
+    )
+}
+
+const MARKDOWN_TEMPLATE: &str = include_str!("templates/plan.md.j2");
+
+fn plan_markdown(out: &mut dyn Write, r: &PlanReport) -> io::Result<()> {
+    let mut env = minijinja::Environment::new();
+    env.set_undefined_behavior(minijinja::UndefinedBehavior::Strict);
+    env.add_filter("thousands", |n: i64| crate::preflight::thousands(n));
+    env.add_filter("bytes", |n: i64| crate::preflight::human_bytes(n));
+    env.add_template("plan.md", MARKDOWN_TEMPLATE).map_err(io::Error::other)?;
+    let phases: Vec<serde_json::Value> =
+        [Phase::Schema, Phase::Load, Phase::PostLoad, Phase::Sync, Phase::Cutover]
+            .iter()
+            .filter_map(|p| {
+                let steps: Vec<&Step> = r
+                    .steps
+                    .iter()
+                    .filter(|s| s.phase == *p && s.action != Action::Unchanged)
+                    .collect();
+                (!steps.is_empty()).then(|| {
+                    serde_json::json!({
+                        "title": p.title(),
+                        "steps": steps.iter().map(|s| serde_json::json!({
+                            "symbol": s.action.symbol(),
+                            "action": s.action.name(),
+                            "object": s.object,
+                            "sql": s.sql,
+                            "note": s.note,
+                            "diff": s.diff,
+                            "estimate": s.estimate,
+                        })).collect::<Vec<_>>(),
+                    })
+                })
+            })
+            .collect();
+    let text = env
+        .get_template("plan.md")
+        .and_then(|t| {
+            t.render(minijinja::context! {
+                r => minijinja::Value::from(minijinja::value::Serde(r)),
+                phases => minijinja::Value::from(minijinja::value::Serde(&phases)),
+                summary_line => r.plan_summary.as_ref().map(summary_line),
+            })
+        })
+        .map_err(io::Error::other)?;
+    out.write_all(text.as_bytes())
+}
+
+/// What apply is doing, one line per event.
+pub fn apply_event(out: &mut dyn Write, e: &crate::apply::Event) -> io::Result<()> {
+    use crate::apply::Event;
+    match e {
+        Event::Phase(p) => writeln!(out, "{}", paint(BOLD, p.title())),
+        Event::Started { .. } => Ok(()),
+        Event::Done { object, rows, elapsed, .. } => {
+            let rows = rows.map(|r| format!(", {} rows", crate::preflight::thousands(r as i64)));
+            writeln!(
+                out,
+                "  {} {object} {}",
+                paint(GREEN, "done"),
+                paint(
+                    DIM,
+                    &format!("({:.2} s{})", elapsed.as_secs_f64(), rows.unwrap_or_default())
+                )
+            )
+        }
+        Event::Skipped { object, reason } => {
+            writeln!(
+                out,
+                "  {} {object} {}",
+                paint(DIM, "skip"),
+                paint(DIM, &format!("({reason})"))
+            )
+        }
+    }
+}
+
+/// The end of a successful apply.
+pub fn apply_done(
+    out: &mut dyn Write,
+    plan: &Plan,
+    state_file: &std::path::Path,
+) -> io::Result<()> {
+    let s = &plan.summary;
+    writeln!(out)?;
+    writeln!(
+        out,
+        "{} {} created, {} updated, {} tables copied, {} other steps run.",
+        paint(GREEN, "Apply complete:"),
+        s.create,
+        s.update,
+        s.copy,
+        s.run
+    )?;
+    writeln!(out, "State: {}", state_file.display())
+}
+
+/// Nothing to apply.
+pub fn nothing_to_do(out: &mut dyn Write) -> io::Result<()> {
+    writeln!(
+        out,
+        "{} the target already matches the source for this migration.",
+        paint(GREEN, "Nothing to do:")
+    )
+}
+
+/// The confirmation question before a fresh plan is applied.
+pub fn confirm_prompt(out: &mut dyn Write, plan: &Plan) -> io::Result<()> {
+    write!(
+        out,
+        "\n{} {}\nOnly 'yes' is accepted: ",
+        paint(BOLD, "Apply this plan?"),
+        summary_line(&plan.summary)
+    )?;
+    out.flush()
+}
+
+/// An error (or a diagnostic that is not fatal) on stderr, rendered by miette.
+pub fn diagnostic(e: &miette::Report) {
+    let mut err = anstream::stderr();
+    let _ = writeln!(err, "{e:?}");
 }
 
 /// A line of narration (demo), to stdout.
@@ -181,12 +388,13 @@ mod tests {
             },
             ServerSummary { endpoint: "postgresql://admin@tgt:5432/pagila".into(), version: None },
             vec![Check {
-                code: "wal_level_not_logical",
+                code: "wal_level_not_logical".into(),
                 severity: Severity::Error,
                 object: "source".into(),
                 message: "wal_level is `replica`".into(),
                 fix: Some("ALTER SYSTEM SET wal_level = logical;".into()),
             }],
+            None,
         )
     }
 

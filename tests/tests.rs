@@ -10,3 +10,9 @@ mod plan_files;
 mod preflight;
 // `pgtransit demo` end to end.
 mod demo;
+// libpq-compatible connections: passwords, pgpass, TLS modes, retries, application_name.
+mod connections;
+// Offline migrations: execution plans, saved plans, apply, state, resume, conflicts, lock.
+mod offline;
+// Golden renderings of an execution plan (text, markdown, JSON); no server.
+mod golden;

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use miette::{IntoDiagnostic, WrapErr};
 
-use crate::cli::{DemoArgs, Outcome, io_err};
+use crate::cli::{ApplyArgs, ConnectArgs, DemoArgs, Outcome, io_err};
 use crate::cluster::{ClusterOptions, LocalCluster};
 use crate::conn::Env;
 use crate::report::{self, Format};
@@ -62,9 +62,29 @@ pub async fn run(args: &DemoArgs, out: &mut dyn Write) -> miette::Result<Outcome
 
     report::say(out, "demo", &format!("pgtransit plan {}", plan_path.display())).map_err(io_err)?;
     let loaded = super::plan::load_spec(&plan_path)?;
-    let result =
-        super::plan::preflight(&loaded, &Env::from_process(), Duration::from_secs(15)).await;
-    report::plan(out, &result.report, Format::Text).map_err(io_err)?;
+    let env = Env::from_process();
+    let computed = super::plan::compute(&loaded, &env, Duration::from_secs(15)).await;
+    report::plan(out, &computed.report, Format::Text).map_err(io_err)?;
+    let Some(plan) = computed.plan.filter(|p| p.is_applicable()) else {
+        return Ok(Outcome::Failed);
+    };
+
+    report::say(out, "demo", &format!("pgtransit apply {} --auto-approve", plan_path.display()))
+        .map_err(io_err)?;
+    let apply_args = ApplyArgs {
+        file: plan_path.clone(),
+        auto_approve: true,
+        jobs: None,
+        connect: ConnectArgs { retry_for: Duration::from_secs(15) },
+    };
+    super::apply::apply_plan(&loaded, &plan, &env, &apply_args, out, false).await?;
+
+    report::say(out, "demo", "planning again: the target now matches the source")
+        .map_err(io_err)?;
+    let again = super::plan::compute(&loaded, &env, Duration::from_secs(15)).await;
+    let summary = again.report.plan_summary.as_ref().map(report::summary_line).unwrap_or_default();
+    report::say(out, "demo", &format!("second plan: {summary}")).map_err(io_err)?;
+    let result = again;
 
     if args.keep {
         report::say(out, "demo", "--keep: the servers keep running; stop them with:")
@@ -105,7 +125,7 @@ fn migration_plan(source: &LocalCluster, target: &LocalCluster) -> String {
          # It holds no secrets: the demo's servers trust local connections.\n\
          version: 1\n\
          name: shop\n\
-         mode: online\n\
+         mode: offline\n\
          source:\n  url: {}\n\
          target:\n  url: {}\n",
         source.url(DATABASE),

@@ -1,5 +1,6 @@
 //! One module per command. Each turns parsed arguments into calls on the pipeline's stages and
 //! hands the results to `report`; none parses arguments or prints on its own.
 
+pub mod apply;
 pub mod demo;
 pub mod plan;

@@ -1,32 +1,50 @@
-//! `pgtransit plan` and `pgtransit validate`: load the migration plan, read both catalogs,
-//! run the preflight checks, and report.
+//! `pgtransit plan` and `pgtransit validate`: load the migration plan, read both servers'
+//! catalogs and schema objects, run the preflight checks, compute the execution plan, report.
 
 use std::io::Write;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
+
+use miette::{IntoDiagnostic, WrapErr};
+use tokio_postgres::Client;
 
 use crate::catalog::{self, Catalog};
 use crate::cli::{Outcome, PlanArgs, io_err};
 use crate::conn::{self, ConnInfo, Env, RetryPolicy};
+use crate::objects::{self, ObjectKind, SchemaObject};
+use crate::plan::Plan;
+use crate::planner;
 use crate::preflight::{self, Check, Side};
 use crate::report::{self, PlanReport, ServerSummary};
 use crate::scope::Scope;
 use crate::spec::{self, LoadedSpec};
+use crate::state::StateDir;
 
 /// `application_name` of the connections `plan` opens.
-pub const APP_PREFLIGHT: &str = "pgtransit/preflight";
+pub const APP_PLAN: &str = "pgtransit/plan";
 
 /// Runs `pgtransit plan FILE`.
 pub async fn run(args: &PlanArgs, out: &mut dyn Write) -> miette::Result<Outcome> {
     let loaded = load_spec(&args.file)?;
-    let env = Env::from_process();
-    let result = preflight(&loaded, &env, args.connect.retry_for).await;
-    report::plan(out, &result.report, args.format).map_err(io_err)?;
-    Ok(result.outcome())
+    let computed = compute(&loaded, &Env::from_process(), args.connect.retry_for).await;
+    report::plan(out, &computed.report, args.format).map_err(io_err)?;
+    if let (Some(path), Some(plan)) = (&args.out, &computed.plan) {
+        save_plan(path, plan)?;
+        report::wrote(out, "execution plan", path).map_err(io_err)?;
+    }
+    Ok(computed.outcome())
+}
+
+/// Writes a saved plan (JSON; it holds no secrets).
+pub fn save_plan(path: &Path, plan: &Plan) -> miette::Result<()> {
+    let text = serde_json::to_string_pretty(plan).into_diagnostic()?;
+    std::fs::write(path, text + "\n")
+        .into_diagnostic()
+        .wrap_err_with(|| format!("cannot write the execution plan to {}", path.display()))
 }
 
 /// Loads a migration plan with the process environment, as a located miette error on failure.
-pub fn load_spec(path: &std::path::Path) -> miette::Result<LoadedSpec> {
+pub fn load_spec(path: &Path) -> miette::Result<LoadedSpec> {
     spec::load(path, &|name| std::env::var(name).ok()).map_err(miette::Report::new)
 }
 
@@ -38,79 +56,127 @@ pub fn validate(files: &[PathBuf], out: &mut dyn Write) -> miette::Result<Outcom
             Ok(_) => report::say(out, "valid", &f.display().to_string()).map_err(io_err)?,
             Err(e) => {
                 failed += 1;
-                let mut err = anstream::stderr();
-                let _ = writeln!(err, "{:?}", miette::Report::new(e));
+                report::diagnostic(&miette::Report::new(e));
             }
         }
     }
     Ok(if failed > 0 { Outcome::Failed } else { Outcome::Done })
 }
 
-/// What preflight found.
-pub struct PreflightResult {
-    /// The report to render.
+/// What `plan` computed.
+pub struct Computed {
+    /// The report to render (checks, and the steps when both servers were read).
     pub report: PlanReport,
-    /// The source catalog, when it could be read.
-    pub source: Option<Catalog>,
-    /// The target catalog, when it could be read.
-    pub target: Option<Catalog>,
-    /// The migration's scope.
-    pub scope: Scope,
+    /// The execution plan, when both servers were read.
+    pub plan: Option<Plan>,
 }
 
-impl PreflightResult {
-    /// The outcome for the exit-code policy: failed on any error; otherwise whether the target
-    /// still lacks something in scope.
+impl Computed {
+    /// For the exit-code policy: failed on any error or conflict; otherwise whether work
+    /// remains.
     pub fn outcome(&self) -> Outcome {
-        if preflight::has_errors(&self.report.checks) {
-            return Outcome::Failed;
+        match &self.plan {
+            None => Outcome::Failed,
+            Some(p) if !p.is_applicable() => Outcome::Failed,
+            Some(p) if p.has_work() => Outcome::ChangesPlanned,
+            Some(_) => Outcome::NothingToDo,
         }
-        match (&self.source, &self.target) {
-            (Some(_), Some(_)) if self.work_remains() => Outcome::ChangesPlanned,
-            _ => Outcome::NothingToDo,
-        }
-    }
-
-    /// Whether some relation in scope on the source is missing on the target.
-    fn work_remains(&self) -> bool {
-        let (Some(src), Some(tgt)) = (&self.source, &self.target) else { return false };
-        preflight::relations_in_scope(src, &self.scope)
-            .iter()
-            .any(|r| !tgt.relations.iter().any(|t| t.schema == r.schema && t.name == r.name))
     }
 }
 
-/// Connects to both servers (at once), reads their catalogs and runs every check. Never fails:
-/// a server that cannot be reached or read becomes an error finding.
-pub async fn preflight(loaded: &LoadedSpec, env: &Env, retry_for: Duration) -> PreflightResult {
+/// One server, read.
+struct Inspected {
+    endpoint: String,
+    catalog: Option<Catalog>,
+    objects: Vec<SchemaObject>,
+    client: Option<Client>,
+    problem: Option<Check>,
+}
+
+/// Connects to both servers (at once), reads their catalogs and objects, runs every check and
+/// computes the execution plan. Never fails: a server that cannot be reached or read becomes an
+/// error finding, and the plan is then absent.
+pub async fn compute(loaded: &LoadedSpec, env: &Env, retry_for: Duration) -> Computed {
     let policy = RetryPolicy { max_elapsed: retry_for, ..RetryPolicy::default() };
-    let (source, target) = tokio::join!(
+    let (mut source, mut target) = tokio::join!(
         inspect(Side::Source, &loaded.source_conninfo, env, &policy),
         inspect(Side::Target, &loaded.target_conninfo, env, &policy),
     );
-    let mut checks = vec![];
-    let mut summary = |r: &Inspected| {
-        if let Some(problem) = &r.problem {
-            checks.push(problem.clone());
+    // Which tables in scope hold rows: on the target, the plan never overwrites them; on the
+    // source, a table empty on both sides needs no copy.
+    let scope = Scope::new(&loaded.spec.objects);
+    for (side, which) in [(&mut source, Side::Source), (&mut target, Side::Target)] {
+        let (Some(cat), Some(client)) = (side.catalog.as_mut(), side.client.as_ref()) else {
+            continue;
+        };
+        let tables: Vec<(String, String)> = side
+            .objects
+            .iter()
+            .filter(|o| o.key.kind == ObjectKind::Table && planner::in_scope(o, &scope))
+            .filter(|o| o.table_info.as_ref().is_some_and(|t| !t.partitioned))
+            .map(|o| (o.key.schema.clone(), o.key.name.clone()))
+            .collect();
+        if let Err(e) = catalog::read_tables_with_rows(client, cat, &tables).await {
+            side.problem = Some(preflight::unreachable(
+                which,
+                format!("could not tell which {which} tables hold rows: {e}"),
+                None,
+            ));
+            side.catalog = None;
         }
-        ServerSummary {
-            endpoint: r.endpoint.clone(),
-            version: r.catalog.as_ref().map(|c| format!("PostgreSQL {}", short_version(c))),
+    }
+    let mut checks = vec![];
+    for side in [&source, &target] {
+        if let Some(p) = &side.problem {
+            checks.push(p.clone());
+        }
+    }
+    let state_dir = StateDir::new(loaded.state_dir());
+    let state = match state_dir.load() {
+        Ok(s) => s,
+        Err(e) => {
+            checks.push(Check {
+                code: "state_unreadable".into(),
+                severity: preflight::Severity::Error,
+                object: state_dir.state_file().display().to_string(),
+                message: e.to_string(),
+                fix: miette::Diagnostic::help(&e).map(|h| h.to_string()),
+            });
+            None
         }
     };
-    let source_summary = summary(&source);
-    let target_summary = summary(&target);
     checks.extend(preflight::run(&loaded.spec, source.catalog.as_ref(), target.catalog.as_ref()));
     checks.sort_by_key(|c| c.severity);
+    let summary = |r: &Inspected| ServerSummary {
+        endpoint: r.endpoint.clone(),
+        version: r.catalog.as_ref().map(|c| format!("PostgreSQL {}", short_version(c))),
+    };
+    let (source_summary, target_summary) = (summary(&source), summary(&target));
+    let plan = match (&source.catalog, &target.catalog) {
+        (Some(src), Some(tgt)) => Some(planner::plan(planner::Inputs {
+            spec: loaded,
+            source: src,
+            target: tgt,
+            source_objects: &source.objects,
+            target_objects: &target.objects,
+            checks: checks.clone(),
+            state: state.as_ref(),
+            source_endpoint: source.endpoint.clone(),
+            target_endpoint: target.endpoint.clone(),
+        })),
+        _ => None,
+    };
+    source.client.take();
+    target.client.take();
     let report = PlanReport::new(
         &loaded.spec.name.value,
         loaded.spec.mode,
         source_summary,
         target_summary,
         checks,
+        plan.as_ref(),
     );
-    let scope = Scope::new(&loaded.spec.objects);
-    PreflightResult { report, source: source.catalog, target: target.catalog, scope }
+    Computed { report, plan }
 }
 
 fn short_version(c: &Catalog) -> String {
@@ -118,46 +184,53 @@ fn short_version(c: &Catalog) -> String {
     c.server.version.split_whitespace().nth(1).unwrap_or("?").to_string()
 }
 
-struct Inspected {
-    endpoint: String,
-    catalog: Option<Catalog>,
-    problem: Option<Check>,
-}
-
 async fn inspect(side: Side, info: &ConnInfo, env: &Env, policy: &RetryPolicy) -> Inspected {
+    let mut result = Inspected {
+        endpoint: "(invalid)".into(),
+        catalog: None,
+        objects: vec![],
+        client: None,
+        problem: None,
+    };
     let resolved = match info.resolve(env) {
         Ok(r) => r,
         Err(e) => {
             let help = miette::Diagnostic::help(&e).map(|h| h.to_string());
-            return Inspected {
-                endpoint: "(invalid)".into(),
-                catalog: None,
-                problem: Some(preflight::unreachable(side, format!("{side}.url: {e}"), help)),
-            };
+            result.problem = Some(preflight::unreachable(side, format!("{side}.url: {e}"), help));
+            return result;
         }
     };
-    let endpoint = resolved.display();
-    let client = match conn::connect_with(&resolved, APP_PREFLIGHT, policy).await {
+    result.endpoint = resolved.display();
+    let client = match conn::connect_with(&resolved, APP_PLAN, policy).await {
         Ok(c) => c,
         Err(e) => {
             let help = miette::Diagnostic::help(&e).map(|h| h.to_string());
-            return Inspected {
-                endpoint,
-                catalog: None,
-                problem: Some(preflight::unreachable(side, e.to_string(), help)),
-            };
+            result.problem = Some(preflight::unreachable(side, e.to_string(), help));
+            return result;
         }
     };
-    match catalog::read(&client).await {
-        Ok(catalog) => Inspected { endpoint, catalog: Some(catalog), problem: None },
-        Err(e) => Inspected {
-            endpoint: endpoint.clone(),
-            catalog: None,
-            problem: Some(preflight::unreachable(
-                side,
-                format!("connected to {endpoint} but could not read its catalog: {e}"),
-                Some("check that the role may read the system catalogs (pg_catalog)".into()),
-            )),
-        },
+    let unreadable = |what: &str, e: &dyn std::fmt::Display| {
+        preflight::unreachable(
+            side,
+            format!("connected to {} but could not read its {what}: {e}", result.endpoint),
+            Some("check that the role may read the system catalogs (pg_catalog)".into()),
+        )
+    };
+    let catalog = match catalog::read(&client).await {
+        Ok(c) => c,
+        Err(e) => {
+            result.problem = Some(unreadable("catalog", &e));
+            return result;
+        }
+    };
+    match objects::read(&client, catalog.server.version_num).await {
+        Ok(objects) => result.objects = objects,
+        Err(e) => {
+            result.problem = Some(unreadable("schema objects", &e));
+            return result;
+        }
     }
+    result.catalog = Some(catalog);
+    result.client = Some(client);
+    result
 }

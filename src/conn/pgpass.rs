@@ -12,6 +12,27 @@ pub(crate) struct Lookup<'a> {
     pub(crate) user: &'a str,
 }
 
+/// Why the password file at `path` exists but is not used, if it is ignored: for error messages.
+pub(crate) fn ignored_because(path: &Path) -> Option<String> {
+    use std::os::unix::fs::PermissionsExt;
+    let meta = std::fs::metadata(path).ok()?;
+    if !meta.is_file() {
+        return Some(format!(
+            "the password file {} is not a plain file, so it was ignored",
+            path.display()
+        ));
+    }
+    let mode = meta.permissions().mode() & 0o777;
+    (mode & 0o077 != 0).then(|| {
+        format!(
+            "the password file {} was ignored because others may read it (mode {mode:04o}): run \
+             chmod 0600 {}",
+            path.display(),
+            path.display()
+        )
+    })
+}
+
 /// Reads the password file at `path` and returns the password of the first line matching any of
 /// `lookups` (tried in order). A missing file yields `None`; a file that is not a regular file or
 /// that the group or others can access is ignored with a warning, as libpq does.

@@ -217,6 +217,8 @@ pub struct Resolved {
     pub(super) user: String,
     pub(super) password: Option<String>,
     pub(super) password_source: PasswordSource,
+    /// When a password file exists but was ignored (permissions): why, for error messages.
+    pub(super) passfile_note: Option<String>,
     pub(super) sslmode: SslMode,
     pub(super) verify: Verify,
     pub(super) sslrootcert: Option<SslRootCert>,
@@ -500,7 +502,8 @@ pub(super) fn resolve(info: &ConnInfo, env: &Env) -> Result<Resolved, ConnInfoEr
     };
     let dbname = l.get("dbname").map_or_else(|| user.clone(), |s| s.value);
 
-    let (password, password_source) = resolve_password(&l, env, &targets, &dbname, &user);
+    let (password, password_source, passfile_note) =
+        resolve_password(&l, env, &targets, &dbname, &user);
 
     let connect_timeout = l.int("connect_timeout")?.filter(|n| *n > 0).map(|n| {
         // libpq: the minimum is 2 seconds.
@@ -558,6 +561,7 @@ pub(super) fn resolve(info: &ConnInfo, env: &Env) -> Result<Resolved, ConnInfoEr
         user,
         password,
         password_source,
+        passfile_note,
         sslmode: SslMode::Prefer,
         verify: Verify::None,
         sslrootcert: None,
@@ -703,17 +707,17 @@ fn resolve_password(
     targets: &[Target],
     dbname: &str,
     user: &str,
-) -> (Option<String>, PasswordSource) {
+) -> (Option<String>, PasswordSource, Option<String>) {
     if let Some(s) = l.get("password") {
         let source =
             if s.env.is_some() { PasswordSource::Environment } else { PasswordSource::ConnInfo };
-        return (Some(s.value), source);
+        return (Some(s.value), source, None);
     }
     let path = match l.get("passfile") {
         Some(s) => PathBuf::from(s.value),
         None => match env.home() {
             Some(home) => home.join(".pgpass"),
-            None => return (None, PasswordSource::None),
+            None => return (None, PasswordSource::None, None),
         },
     };
     let hosts: Vec<(String, String)> = targets
@@ -731,8 +735,8 @@ fn resolve_password(
     let lookups: Vec<pgpass::Lookup<'_>> =
         hosts.iter().map(|(host, port)| pgpass::Lookup { host, port, dbname, user }).collect();
     match pgpass::lookup(&path, &lookups) {
-        Some(pw) => (Some(pw), PasswordSource::Passfile(path)),
-        None => (None, PasswordSource::None),
+        Some(pw) => (Some(pw), PasswordSource::Passfile(path), None),
+        None => (None, PasswordSource::None, pgpass::ignored_because(&path)),
     }
 }
 

@@ -161,3 +161,63 @@ pub fn find_check<'a>(
             )
         })
 }
+
+/// `pg_dump --schema-only` of a database, with a fixed `\restrict` key so two dumps compare.
+pub fn schema_dump(c: &LocalCluster, db: &str) -> String {
+    let mut cmd = Command::new(c.bin("pg_dump"));
+    cmd.args(["--schema-only", "--no-sync", "-h", c.host(), "-p", &c.port().to_string()])
+        .args(["-U", "postgres", "-d", db]);
+    if dump_supports_restrict_key(c) {
+        cmd.arg("--restrict-key=pgtransit");
+    }
+    let out = cmd.env_remove("PGDATABASE").output().expect("run pg_dump");
+    assert!(out.status.success(), "pg_dump failed: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8(out.stdout).unwrap()
+}
+
+fn dump_supports_restrict_key(c: &LocalCluster) -> bool {
+    Command::new(c.bin("pg_dump"))
+        .arg("--help")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).contains("--restrict-key"))
+        .unwrap_or(false)
+}
+
+/// Asserts two schema dumps are identical, printing a unified diff when they are not.
+pub fn assert_same_schema(source: &str, target: &str) {
+    if source != target {
+        let diff = similar::TextDiff::from_lines(source, target)
+            .unified_diff()
+            .context_radius(2)
+            .header("source", "target")
+            .to_string();
+        let changed = diff.lines().filter(|l| l.starts_with('+') || l.starts_with('-')).count();
+        panic!("schema dumps differ ({changed} lines):\n{diff}");
+    }
+}
+
+/// Per-table row checksums of every ordinary table (not partitioned parents, whose rows are
+/// their partitions'): `md5` of all rows' text, sorted, and the row count.
+pub fn table_checksums(c: &LocalCluster, db: &str) -> std::collections::BTreeMap<String, String> {
+    let tables = sql(
+        c,
+        db,
+        "SELECT format('%I.%I', n.nspname, c.relname) FROM pg_class c \
+         JOIN pg_namespace n ON n.oid = c.relnamespace \
+         WHERE c.relkind = 'r' AND n.nspname NOT IN ('pg_catalog', 'information_schema') \
+         AND n.nspname NOT LIKE 'pg_toast%' ORDER BY 1",
+    );
+    let mut out = std::collections::BTreeMap::new();
+    for t in tables.lines().filter(|l| !l.is_empty()) {
+        let v = sql(
+            c,
+            db,
+            &format!(
+                "SELECT count(*) || ' ' || md5(coalesce(string_agg(x::text, E'\\n' ORDER BY \
+                 x::text), '')) FROM ONLY {t} AS x"
+            ),
+        );
+        out.insert(t.to_string(), v);
+    }
+    out
+}

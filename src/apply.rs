@@ -1,0 +1,492 @@
+//! `apply`: runs an execution plan's steps against the servers, recording each in the state.
+//!
+//! This is the only code (with the step bodies below) that changes a server. Rules:
+//! - Every step is one target transaction: it either happened completely or not at all.
+//! - The state says `running` before a step starts and `done` after its transaction commits.
+//!   A step found `running` on a later run was interrupted: if its transaction had committed
+//!   (the target says "already exists"), it is recorded done; otherwise it runs again. Copies
+//!   always run again: `TRUNCATE` then `COPY` in one transaction, so rows are never doubled.
+//! - All copies of one run read one snapshot of the source, exported by a connection that stays
+//!   open until the load ends. A resumed run copies the remaining tables under a new snapshot:
+//!   in offline mode the source is expected to be quiet, so each table is consistent in itself
+//!   and the whole is consistent when nothing wrote to the source in between (see README).
+//! - Ctrl-C (or SIGTERM) stops between steps, or aborts the running copy (its transaction
+//!   rolls back); the state is saved and the next `apply` continues.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use futures_util::{SinkExt, StreamExt};
+use tokio::sync::Mutex;
+use tokio_postgres::Client;
+
+use crate::conn::{self, Env, Resolved, RetryPolicy};
+use crate::plan::{Action, Phase, Plan, Step, Work};
+use crate::sql::{ident, literal, qualified_ident};
+use crate::state::{State, StateDir, StepStatus};
+
+/// What apply tells the report, as it goes.
+#[derive(Debug, Clone)]
+pub enum Event {
+    /// A phase begins.
+    Phase(Phase),
+    /// A step begins.
+    Started {
+        /// The step.
+        id: String,
+        /// What it is about.
+        object: String,
+        /// Its action.
+        action: Action,
+    },
+    /// A step finished.
+    Done {
+        /// The step.
+        id: String,
+        /// What it is about.
+        object: String,
+        /// Rows copied, for copies.
+        rows: Option<u64>,
+        /// How long it took.
+        elapsed: Duration,
+    },
+    /// A step was skipped.
+    Skipped {
+        /// What it is about.
+        object: String,
+        /// Why.
+        reason: &'static str,
+    },
+}
+
+/// Why apply stopped.
+#[derive(Debug, thiserror::Error, miette::Diagnostic)]
+pub enum ApplyError {
+    /// The plan cannot be applied as it is.
+    #[error("the execution plan has {0}")]
+    #[diagnostic(help("run `pgtransit plan` and resolve the errors and conflicts it shows"))]
+    NotApplicable(String),
+    /// The servers changed since the plan was computed.
+    #[error("stale plan: {0}")]
+    #[diagnostic(
+        code(pgtransit::stale_plan),
+        help("nothing was changed. Run `pgtransit plan` again, review the new plan, and apply it")
+    )]
+    Stale(String),
+    /// Stopped on request.
+    #[error("interrupted: the state is saved; run `pgtransit apply` again to continue")]
+    Interrupted,
+    /// A step failed (its transaction was rolled back).
+    #[error("step {id} ({object}) failed: {message}")]
+    #[diagnostic(help(
+        "the step was rolled back and the state records where apply stopped: fix the cause, then \
+         run `pgtransit apply` again to continue"
+    ))]
+    StepFailed {
+        /// Step id.
+        id: String,
+        /// Its object.
+        object: String,
+        /// The server's error.
+        message: String,
+    },
+    /// Could not connect.
+    #[error(transparent)]
+    #[diagnostic(transparent)]
+    Connect(#[from] conn::ConnectError),
+    /// State problems.
+    #[error(transparent)]
+    #[diagnostic(transparent)]
+    State(#[from] crate::state::StateError),
+}
+
+/// A flag set by Ctrl-C / SIGTERM.
+#[derive(Debug, Clone, Default)]
+pub struct Cancel(Arc<AtomicBool>);
+
+impl Cancel {
+    /// A flag that Ctrl-C and SIGTERM set.
+    pub fn on_signals() -> Cancel {
+        let c = Cancel::default();
+        let flag = c.0.clone();
+        tokio::spawn(async move {
+            let mut term =
+                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+            let terminated = async {
+                match term.as_mut() {
+                    Some(t) => {
+                        t.recv().await;
+                    }
+                    None => std::future::pending::<()>().await,
+                }
+            };
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = terminated => {}
+            }
+            flag.store(true, Ordering::SeqCst);
+        });
+        c
+    }
+
+    /// Whether a stop was requested.
+    pub fn requested(&self) -> bool {
+        self.0.load(Ordering::SeqCst)
+    }
+
+    async fn wait(&self) {
+        while !self.requested() {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
+
+/// The connections apply uses.
+pub struct Servers {
+    /// Source settings.
+    pub source: Resolved,
+    /// Target settings.
+    pub target: Resolved,
+    /// Retry policy for every connection.
+    pub policy: RetryPolicy,
+}
+
+impl Servers {
+    /// Resolves both endpoints of a migration plan.
+    pub fn new(
+        loaded: &crate::spec::LoadedSpec,
+        env: &Env,
+        retry_for: Duration,
+    ) -> Result<Servers, conn::ConnInfoError> {
+        Ok(Servers {
+            source: loaded.source_conninfo.resolve(env)?,
+            target: loaded.target_conninfo.resolve(env)?,
+            policy: RetryPolicy { max_elapsed: retry_for, ..RetryPolicy::default() },
+        })
+    }
+}
+
+/// Failpoints for the resume tests (debug builds only): `PGTRANSIT_FAILPOINT=after:<step id>`
+/// aborts the process right after that step's work commits and before the state records it;
+/// `before:<step id>` aborts just before the step starts.
+fn failpoint(when: &str, id: &str) {
+    if cfg!(debug_assertions)
+        && let Ok(fp) = std::env::var("PGTRANSIT_FAILPOINT")
+        && fp == format!("{when}:{id}")
+    {
+        std::process::abort();
+    }
+}
+
+/// SQLSTATEs that mean "it is already there" (the interrupted step had committed).
+fn already_exists(e: &tokio_postgres::Error) -> bool {
+    e.code().is_some_and(|c| {
+        matches!(c.code(), "42P07" | "42710" | "42723" | "42P06" | "42P16" | "42701" | "42P05")
+    })
+}
+
+fn db_message(e: &tokio_postgres::Error) -> String {
+    match e.as_db_error() {
+        Some(db) => {
+            let mut m = format!("{}: {}", db.severity(), db.message());
+            if let Some(d) = db.detail() {
+                m.push_str(&format!(" ({d})"));
+            }
+            m
+        }
+        None => e.to_string(),
+    }
+}
+
+/// What every part of a run shares.
+pub struct Ctx<'a> {
+    /// Where to connect.
+    pub servers: &'a Servers,
+    /// Where the state is saved.
+    pub state_dir: &'a StateDir,
+    /// Tables copied at once.
+    pub jobs: usize,
+    /// Ctrl-C / SIGTERM.
+    pub cancel: &'a Cancel,
+    /// Where events go.
+    pub events: &'a (dyn Fn(Event) + Sync),
+}
+
+/// Runs the plan. `state` was loaded and checked by the caller, who holds the lock.
+pub async fn run(plan: &Plan, ctx: &Ctx<'_>, state: &mut State) -> Result<(), ApplyError> {
+    let Ctx { servers, events, .. } = *ctx;
+    let target = conn::connect_with(&servers.target, "pgtransit/apply", &servers.policy).await?;
+    let source = conn::connect_with(&servers.source, "pgtransit/apply", &servers.policy).await?;
+    let mut phase = None;
+    let mut i = 0;
+    while i < plan.steps.len() {
+        let step = &plan.steps[i];
+        if phase != Some(step.phase) {
+            phase = Some(step.phase);
+            events(Event::Phase(step.phase));
+        }
+        if step.phase == Phase::Load {
+            // The whole load phase at once: copies run in parallel under one snapshot.
+            let end = plan.steps[i..]
+                .iter()
+                .position(|s| s.phase != Phase::Load)
+                .map_or(plan.steps.len(), |p| i + p);
+            load(&plan.steps[i..end], ctx, state).await?;
+            i = end;
+            continue;
+        }
+        run_step(step, &source, &target, ctx, state).await?;
+        i += 1;
+    }
+    Ok(())
+}
+
+async fn run_step(
+    step: &Step,
+    source: &Client,
+    target: &Client,
+    ctx: &Ctx<'_>,
+    state: &mut State,
+) -> Result<(), ApplyError> {
+    let Ctx { state_dir, cancel, events, .. } = *ctx;
+    if !step.action.is_work() {
+        return Ok(());
+    }
+    if state.is_done(&step.id) {
+        events(Event::Skipped { object: step.object.clone(), reason: "done by an earlier apply" });
+        return Ok(());
+    }
+    if cancel.requested() {
+        state_dir.save(state)?;
+        return Err(ApplyError::Interrupted);
+    }
+    let interrupted_before =
+        state.steps.get(&step.id).is_some_and(|s| s.status == StepStatus::Running);
+    failpoint("before", &step.id);
+    state.start(&step.id);
+    state_dir.save(state)?;
+    events(Event::Started {
+        id: step.id.clone(),
+        object: step.object.clone(),
+        action: step.action,
+    });
+    let started = Instant::now();
+    let result = match &step.work {
+        Work::TargetSql => target_sql(target, &step.sql).await,
+        Work::SetSequence { schema, sequence } => {
+            set_sequence(source, target, schema, sequence).await
+        }
+        Work::CopyTable { .. } | Work::None => Ok(()),
+    };
+    match result {
+        Ok(()) => {}
+        Err(e) if interrupted_before && step.action == Action::Create && already_exists(&e) => {
+            // The interrupted run had committed this step before it could record it.
+            events(Event::Skipped {
+                object: step.object.clone(),
+                reason: "found on the target: an interrupted apply had completed it",
+            });
+        }
+        Err(e) => {
+            let message = db_message(&e);
+            state.fail(&step.id, message.clone());
+            state_dir.save(state)?;
+            return Err(ApplyError::StepFailed {
+                id: step.id.clone(),
+                object: step.object.clone(),
+                message,
+            });
+        }
+    }
+    failpoint("after", &step.id);
+    state.finish(&step.id, None);
+    state_dir.save(state)?;
+    events(Event::Done {
+        id: step.id.clone(),
+        object: step.object.clone(),
+        rows: None,
+        elapsed: started.elapsed(),
+    });
+    Ok(())
+}
+
+/// Runs SQL on the target in one transaction. `check_function_bodies` is off, as in pg_dump's
+/// scripts: a function body may name tables that are created later in the plan.
+async fn target_sql(target: &Client, sql: &str) -> Result<(), tokio_postgres::Error> {
+    let script = format!("BEGIN;\nSET LOCAL check_function_bodies = false;\n{sql}\nCOMMIT;");
+    match target.batch_execute(&script).await {
+        Ok(()) => Ok(()),
+        Err(e) => {
+            let _ = target.batch_execute("ROLLBACK").await;
+            Err(e)
+        }
+    }
+}
+
+async fn set_sequence(
+    source: &Client,
+    target: &Client,
+    schema: &str,
+    sequence: &str,
+) -> Result<(), tokio_postgres::Error> {
+    let name = qualified_ident(schema, sequence);
+    let row = source.query_one(&format!("SELECT last_value, is_called FROM {name}"), &[]).await?;
+    let (value, called): (i64, bool) = (row.get(0), row.get(1));
+    let sql = format!("SELECT setval({}, {value}, {called})", literal(&name));
+    target_sql(target, &sql).await
+}
+
+/// The load phase: copies run `jobs` at a time, all under one exported snapshot.
+async fn load(steps: &[Step], ctx: &Ctx<'_>, state: &mut State) -> Result<(), ApplyError> {
+    let Ctx { servers, state_dir, jobs, events, .. } = *ctx;
+    let pending: Vec<&Step> =
+        steps.iter().filter(|s| s.action == Action::Copy && !state.is_done(&s.id)).collect();
+    for s in steps.iter().filter(|s| s.action == Action::Copy && state.is_done(&s.id)) {
+        events(Event::Skipped { object: s.object.clone(), reason: "copied by an earlier apply" });
+    }
+    if pending.is_empty() {
+        return Ok(());
+    }
+    // The exporting transaction stays open (and so the snapshot valid) until every copy ends.
+    let exporter =
+        conn::connect_with(&servers.source, "pgtransit/snapshot", &servers.policy).await?;
+    let snapshot: String = async {
+        exporter.batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY").await?;
+        let row = exporter.query_one("SELECT pg_export_snapshot()", &[]).await?;
+        Ok::<_, tokio_postgres::Error>(row.get(0))
+    }
+    .await
+    .map_err(|e| ApplyError::StepFailed {
+        id: "load:snapshot".into(),
+        object: "source snapshot".into(),
+        message: db_message(&e),
+    })?;
+
+    let queue =
+        Arc::new(Mutex::new(pending.into_iter().collect::<std::collections::VecDeque<_>>()));
+    let shared = Arc::new(Mutex::new(std::mem::replace(state, State::new(&state.migration))));
+    let workers = jobs.max(1);
+    let results = {
+        let mut futures = vec![];
+        for n in 0..workers {
+            let queue = queue.clone();
+            let shared = shared.clone();
+            let snapshot = snapshot.clone();
+            futures.push(async move {
+                let app = format!("pgtransit/load-{}", n + 1);
+                let src = conn::connect_with(&servers.source, &app, &servers.policy).await?;
+                let tgt = conn::connect_with(&servers.target, &app, &servers.policy).await?;
+                src.batch_execute(&format!(
+                    "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY; SET TRANSACTION SNAPSHOT {}",
+                    literal(&snapshot)
+                ))
+                .await
+                .map_err(|e| ApplyError::StepFailed {
+                    id: "load:snapshot".into(),
+                    object: "source snapshot".into(),
+                    message: db_message(&e),
+                })?;
+                loop {
+                    let Some(step) = queue.lock().await.pop_front() else { break };
+                    copy_one(step, &src, &tgt, ctx, &shared).await?;
+                }
+                Ok::<(), ApplyError>(())
+            });
+        }
+        futures_util::future::join_all(futures).await
+    };
+    *state = Arc::try_unwrap(shared).expect("workers are done").into_inner();
+    drop(exporter);
+    state_dir.save(state)?;
+    for r in results {
+        r?;
+    }
+    Ok(())
+}
+
+async fn copy_one(
+    step: &Step,
+    src: &Client,
+    tgt: &Client,
+    ctx: &Ctx<'_>,
+    state: &Mutex<State>,
+) -> Result<(), ApplyError> {
+    let Ctx { state_dir, cancel, events, .. } = *ctx;
+    let Work::CopyTable { schema, table, columns } = &step.work else { return Ok(()) };
+    if cancel.requested() {
+        return Err(ApplyError::Interrupted);
+    }
+    failpoint("before", &step.id);
+    {
+        let mut s = state.lock().await;
+        s.start(&step.id);
+        state_dir.save(&mut s)?;
+    }
+    events(Event::Started {
+        id: step.id.clone(),
+        object: step.object.clone(),
+        action: step.action,
+    });
+    let started = Instant::now();
+    let outcome = tokio::select! {
+        r = copy_table(src, tgt, schema, table, columns) => Some(r),
+        _ = cancel.wait() => None,
+    };
+    let rows = match outcome {
+        None => {
+            let _ = tgt.batch_execute("ROLLBACK").await;
+            return Err(ApplyError::Interrupted);
+        }
+        Some(Ok(rows)) => rows,
+        Some(Err(e)) => {
+            let _ = tgt.batch_execute("ROLLBACK").await;
+            let message = db_message(&e);
+            let mut s = state.lock().await;
+            s.fail(&step.id, message.clone());
+            state_dir.save(&mut s)?;
+            return Err(ApplyError::StepFailed {
+                id: step.id.clone(),
+                object: step.object.clone(),
+                message,
+            });
+        }
+    };
+    failpoint("after", &step.id);
+    {
+        let mut s = state.lock().await;
+        s.finish(&step.id, Some(rows));
+        state_dir.save(&mut s)?;
+    }
+    events(Event::Done {
+        id: step.id.clone(),
+        object: step.object.clone(),
+        rows: Some(rows),
+        elapsed: started.elapsed(),
+    });
+    Ok(())
+}
+
+/// Streams one table: source `COPY TO STDOUT` into target `COPY FROM STDIN`, no table held in
+/// memory, inside a target transaction that first empties the table.
+async fn copy_table(
+    src: &Client,
+    tgt: &Client,
+    schema: &str,
+    table: &str,
+    columns: &[String],
+) -> Result<u64, tokio_postgres::Error> {
+    let name = qualified_ident(schema, table);
+    let cols = columns.iter().map(|c| ident(c)).collect::<Vec<_>>().join(", ");
+    tgt.batch_execute(&format!("BEGIN; TRUNCATE {name}")).await?;
+    let out = src.copy_out(&format!("COPY {name} ({cols}) TO STDOUT")).await?;
+    let sink = tgt.copy_in::<_, bytes::Bytes>(&format!("COPY {name} ({cols}) FROM STDIN")).await?;
+    futures_util::pin_mut!(out);
+    futures_util::pin_mut!(sink);
+    while let Some(chunk) = out.next().await {
+        sink.send(chunk?).await?;
+    }
+    let rows = sink.as_mut().finish().await?;
+    tgt.batch_execute("COMMIT").await?;
+    Ok(rows)
+}

@@ -1,0 +1,176 @@
+//! `pgtransit apply FILE`: a saved execution plan is applied exactly as reviewed (refused as
+//! stale when either server changed since); a migration plan is planned afresh, shown, and
+//! applied after confirmation.
+
+use std::io::{BufRead, IsTerminal, Write};
+use std::path::Path;
+
+use miette::IntoDiagnostic;
+
+use crate::apply::{self, ApplyError, Cancel, Servers};
+use crate::cli::{ApplyArgs, Outcome, io_err};
+use crate::conn::Env;
+use crate::plan::{Plan, hash_parts};
+use crate::report::{self, Format};
+use crate::spec::{self, LoadedSpec};
+use crate::state::{State, StateDir};
+
+/// Default number of tables copied at once.
+pub const DEFAULT_JOBS: usize = 4;
+
+/// Runs `pgtransit apply`.
+pub async fn run(args: &ApplyArgs, out: &mut dyn Write) -> miette::Result<Outcome> {
+    let env = Env::from_process();
+    let text = std::fs::read_to_string(&args.file)
+        .into_diagnostic()
+        .map_err(|e| e.wrap_err(format!("cannot read {}", args.file.display())))?;
+    let saved: Option<Plan> = text
+        .trim_start()
+        .starts_with('{')
+        .then(|| serde_json::from_str::<Plan>(&text))
+        .transpose()
+        .map_err(|e| {
+            miette::miette!(
+                help =
+                    "pass a plan saved by `pgtransit plan --out FILE`, or a migration plan (YAML)",
+                "{} is not a saved execution plan: {e}",
+                args.file.display()
+            )
+        })?;
+
+    let is_saved = saved.is_some();
+    let (loaded, plan) = match saved {
+        Some(saved) => {
+            let loaded =
+                spec::parse(Path::new(&saved.spec_path), saved.spec_text.clone(), &|name| {
+                    std::env::var(name).ok()
+                })
+                .map_err(miette::Report::new)?;
+            (loaded, saved)
+        }
+        None => {
+            let loaded = super::plan::load_spec(&args.file)?;
+            let computed = super::plan::compute(&loaded, &env, args.connect.retry_for).await;
+            report::plan(out, &computed.report, Format::Text).map_err(io_err)?;
+            let Some(plan) = computed.plan else { return Ok(Outcome::Failed) };
+            if !plan.is_applicable() {
+                return Ok(Outcome::Failed);
+            }
+            if !plan.has_work() {
+                report::nothing_to_do(out).map_err(io_err)?;
+                return Ok(Outcome::Done);
+            }
+            if !args.auto_approve && !confirmed(out, &plan)? {
+                miette::bail!(help = "nothing was changed", "apply cancelled");
+            }
+            (loaded, plan)
+        }
+    };
+    // A saved plan was computed earlier: check it still describes the servers. A fresh one was
+    // computed a moment ago.
+    apply_plan(&loaded, &plan, &env, args, out, is_saved).await
+}
+
+fn confirmed(out: &mut dyn Write, plan: &Plan) -> miette::Result<bool> {
+    if !std::io::stdin().is_terminal() {
+        miette::bail!(
+            help = "pass --auto-approve to apply a fresh plan without confirmation, or save it \
+                    with `pgtransit plan --out FILE` and apply that file",
+            "cannot ask for confirmation: standard input is not a terminal"
+        );
+    }
+    report::confirm_prompt(out, plan).map_err(io_err)?;
+    let mut answer = String::new();
+    std::io::stdin().lock().read_line(&mut answer).into_diagnostic()?;
+    Ok(answer.trim() == "yes")
+}
+
+/// The identity of a plan, recorded in the state while it is applied.
+fn plan_id(plan: &Plan) -> String {
+    let f = &plan.fingerprint;
+    hash_parts([f.spec.as_str(), f.source.as_str(), f.target.as_str()])
+}
+
+/// Applies `plan`: staleness check (for saved plans), lock, state, steps.
+pub async fn apply_plan(
+    loaded: &LoadedSpec,
+    plan: &Plan,
+    env: &Env,
+    args: &ApplyArgs,
+    out: &mut dyn Write,
+    check_stale: bool,
+) -> miette::Result<Outcome> {
+    if !plan.is_applicable() {
+        let n = crate::preflight::has_errors(&plan.checks);
+        return Err(ApplyError::NotApplicable(if n {
+            "preflight errors".to_string()
+        } else {
+            format!("{} conflicts", plan.summary.conflicts)
+        })
+        .into());
+    }
+    let state_dir = StateDir::new(loaded.state_dir());
+    let command = format!("apply {}", args.file.display());
+    let _lock = state_dir.lock(&command)?;
+    let mut state = state_dir.load()?.unwrap_or_else(|| State::new(&plan.migration));
+    state.check_belongs(
+        &state_dir.state_file(),
+        &plan.migration,
+        plan.source.system_identifier.as_deref(),
+        plan.target.system_identifier.as_deref(),
+    )?;
+    let id = plan_id(plan);
+    if check_stale {
+        // Recompute what the plan was computed from, and refuse it if either side moved. A
+        // plan this state is already applying may find the target changed: apply changed it.
+        let fresh = super::plan::compute(loaded, env, args.connect.retry_for).await;
+        let Some(now) = fresh.plan else {
+            report::plan(out, &fresh.report, Format::Text).map_err(io_err)?;
+            return Ok(Outcome::Failed);
+        };
+        let resuming = state.applying.as_deref() == Some(id.as_str());
+        let mut changed = vec![];
+        if now.fingerprint.spec != plan.fingerprint.spec {
+            changed.push("the migration plan");
+        }
+        if now.fingerprint.source != plan.fingerprint.source {
+            changed.push("the source's schema");
+        }
+        if now.fingerprint.target != plan.fingerprint.target && !resuming {
+            changed.push("the target's schema or data");
+        }
+        if !changed.is_empty() {
+            return Err(ApplyError::Stale(format!(
+                "{} changed since the plan was computed",
+                changed.join(" and ")
+            ))
+            .into());
+        }
+    }
+    state.applying = Some(id);
+    state.source_system_identifier = plan.source.system_identifier.clone();
+    state.target_system_identifier = plan.target.system_identifier.clone();
+    state_dir.save(&mut state)?;
+
+    let servers = Servers::new(loaded, env, args.connect.retry_for)?;
+    let jobs = args.jobs.or(loaded.spec.load.jobs.map(|j| j as usize)).unwrap_or(DEFAULT_JOBS);
+    let cancel = Cancel::on_signals();
+    let events = std::sync::Mutex::new(anstream::stdout());
+    let on_event = |e: apply::Event| {
+        if let Ok(mut o) = events.lock() {
+            let _ = report::apply_event(&mut *o, &e);
+        }
+    };
+    let ctx = apply::Ctx {
+        servers: &servers,
+        state_dir: &state_dir,
+        jobs,
+        cancel: &cancel,
+        events: &on_event,
+    };
+    apply::run(plan, &ctx, &mut state).await?;
+    state.applying = None;
+    state_dir.save(&mut state)?;
+    report::apply_done(out, plan, &state_dir.state_file()).map_err(io_err)?;
+    Ok(Outcome::Done)
+}

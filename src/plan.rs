@@ -1,0 +1,297 @@
+//! The execution plan: what `pgtransit plan` computes and `pgtransit apply` runs. Plain,
+//! serialisable data with no I/O: the planner builds it, `report` renders it, `apply` executes
+//! it, and a saved plan (`plan --out`) is this type as JSON.
+//!
+//! A plan must always be applied against the servers it was computed from: its fingerprint
+//! records what it was computed from (the migration plan, both servers' identities, the catalog
+//! objects in scope), and `apply` refuses a plan whose fingerprint no longer matches.
+
+use serde::{Deserialize, Serialize};
+
+use crate::preflight::Check;
+
+/// Version of the saved-plan format.
+pub const PLAN_FORMAT: u32 = 1;
+
+/// The phases, in the order they run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Phase {
+    /// Pre-data: roles, schemas, extensions, types, functions, sequences, tables, views.
+    Schema,
+    /// Table data.
+    Load,
+    /// After the data: indexes, primary keys, constraints, foreign keys, triggers, materialized
+    /// view refresh, sequence values, statistics.
+    PostLoad,
+    /// Online mode: change streaming until cutover.
+    Sync,
+    /// Online mode: fence, drain, sequences, verification, clean-up.
+    Cutover,
+}
+
+impl Phase {
+    /// Lowercase name, as in step ids and reports.
+    pub fn name(self) -> &'static str {
+        match self {
+            Phase::Schema => "schema",
+            Phase::Load => "load",
+            Phase::PostLoad => "post_load",
+            Phase::Sync => "sync",
+            Phase::Cutover => "cutover",
+        }
+    }
+
+    /// Heading for reports.
+    pub fn title(self) -> &'static str {
+        match self {
+            Phase::Schema => "Schema (before the data)",
+            Phase::Load => "Load (table data)",
+            Phase::PostLoad => "Post-load (after the data)",
+            Phase::Sync => "Sync (change streaming)",
+            Phase::Cutover => "Cutover",
+        }
+    }
+}
+
+/// What a step does to its object.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Action {
+    /// Create it on the target.
+    Create,
+    /// Align an existing target object's owner, grants or comment (never its definition).
+    Update,
+    /// Copy rows.
+    Copy,
+    /// Run something that changes no definition (set a sequence, refresh, analyze).
+    Run,
+    /// Already there and equal: nothing to do (shown for the record).
+    Unchanged,
+    /// There but different: pgtransit will not touch it; the plan cannot be applied.
+    Conflict,
+}
+
+impl Action {
+    /// The symbol reports print, Terraform-style.
+    pub fn symbol(self) -> &'static str {
+        match self {
+            Action::Create => "+",
+            Action::Update => "~",
+            Action::Copy => ">",
+            Action::Run => "*",
+            Action::Unchanged => "=",
+            Action::Conflict => "!",
+        }
+    }
+
+    /// Lowercase name.
+    pub fn name(self) -> &'static str {
+        match self {
+            Action::Create => "create",
+            Action::Update => "update",
+            Action::Copy => "copy",
+            Action::Run => "run",
+            Action::Unchanged => "unchanged",
+            Action::Conflict => "conflict",
+        }
+    }
+
+    /// Whether `apply` has work to do for it.
+    pub fn is_work(self) -> bool {
+        matches!(self, Action::Create | Action::Update | Action::Copy | Action::Run)
+    }
+}
+
+/// Size estimate of a step (from the source's statistics).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Estimate {
+    /// Rows.
+    pub rows: i64,
+    /// Bytes on disk.
+    pub bytes: i64,
+}
+
+/// What `apply` needs to execute a step beyond its SQL text.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Work {
+    /// Run `Step::sql` on the target in one transaction.
+    TargetSql,
+    /// Copy a table: `COPY ... TO STDOUT` on the source under the load snapshot, streamed into
+    /// `TRUNCATE` + `COPY ... FROM STDIN` on the target in one transaction.
+    CopyTable {
+        /// Schema.
+        schema: String,
+        /// Table.
+        table: String,
+        /// Columns copied (generated columns are computed by the target).
+        columns: Vec<String>,
+    },
+    /// Set a target sequence to the source's current value.
+    SetSequence {
+        /// Schema.
+        schema: String,
+        /// Sequence.
+        sequence: String,
+    },
+    /// Nothing to execute (unchanged, conflict).
+    None,
+}
+
+/// One step of the execution plan.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Step {
+    /// Stable identifier: the same inputs give the same id (`schema:table:public.film`).
+    pub id: String,
+    /// When it runs.
+    pub phase: Phase,
+    /// What it does.
+    pub action: Action,
+    /// What it is about (`table public.film`).
+    pub object: String,
+    /// The exact SQL it runs (statements end with `;`), or for copies the two ends of the pipe.
+    pub sql: String,
+    /// Size, where it matters.
+    pub estimate: Option<Estimate>,
+    /// Why it is done this way, for reviewers (e.g. "added after the data").
+    pub note: Option<String>,
+    /// For conflicts: a unified diff of the target's definition against the source's.
+    pub diff: Option<String>,
+    /// How apply executes it.
+    pub work: Work,
+}
+
+/// Who a server is, as recorded in the plan (never with a password).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServerIdentity {
+    /// Redacted connection URL.
+    pub endpoint: String,
+    /// `server_version_num`.
+    pub version_num: i32,
+    /// `pg_control_system().system_identifier`, when readable.
+    pub system_identifier: Option<String>,
+    /// Database name.
+    pub database: String,
+}
+
+/// What the plan was computed from, as hashes (hex SHA-256).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Fingerprint {
+    /// The migration plan text.
+    pub spec: String,
+    /// The source server's identity and its catalog objects in scope.
+    pub source: String,
+    /// The target server's identity, its catalog objects in scope, and which tables hold rows.
+    pub target: String,
+}
+
+/// Counts for the summary line.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PlanSummary {
+    /// Objects to create.
+    pub create: usize,
+    /// Objects to align (owner, grants, comment).
+    pub update: usize,
+    /// Tables to copy.
+    pub copy: usize,
+    /// Other actions (sequences, refreshes, statistics).
+    pub run: usize,
+    /// Objects already there and equal.
+    pub unchanged: usize,
+    /// Objects that differ and block the plan.
+    pub conflicts: usize,
+}
+
+/// The execution plan.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Plan {
+    /// [`PLAN_FORMAT`].
+    pub format: u32,
+    /// The migration's name.
+    pub migration: String,
+    /// `online` or `offline`.
+    pub mode: String,
+    /// The migration plan file it was computed from (for the state directory).
+    pub spec_path: String,
+    /// The migration plan's text (it holds no secrets; `${VAR}` references are resolved at
+    /// apply time).
+    pub spec_text: String,
+    /// What it was computed from.
+    pub fingerprint: Fingerprint,
+    /// The source.
+    pub source: ServerIdentity,
+    /// The target.
+    pub target: ServerIdentity,
+    /// Preflight findings.
+    pub checks: Vec<Check>,
+    /// The steps, in execution order.
+    pub steps: Vec<Step>,
+    /// Counts.
+    pub summary: PlanSummary,
+}
+
+impl Plan {
+    /// Whether any step has work left (`--detailed-exitcode` 2).
+    pub fn has_work(&self) -> bool {
+        self.steps.iter().any(|s| s.action.is_work())
+    }
+
+    /// Whether the plan can be applied: no error check and no conflict.
+    pub fn is_applicable(&self) -> bool {
+        !crate::preflight::has_errors(&self.checks) && self.summary.conflicts == 0
+    }
+
+    /// Counts the steps by action.
+    pub fn summarize(steps: &[Step]) -> PlanSummary {
+        let n = |a: Action| steps.iter().filter(|s| s.action == a).count();
+        PlanSummary {
+            create: n(Action::Create),
+            update: n(Action::Update),
+            copy: n(Action::Copy),
+            run: n(Action::Run),
+            unchanged: n(Action::Unchanged),
+            conflicts: n(Action::Conflict),
+        }
+    }
+}
+
+/// SHA-256 of the parts, hex.
+pub fn hash_parts<'a>(parts: impl IntoIterator<Item = &'a str>) -> String {
+    use sha2::{Digest, Sha256};
+    let mut h = Sha256::new();
+    for p in parts {
+        h.update((p.len() as u64).to_le_bytes());
+        h.update(p.as_bytes());
+    }
+    h.finalize().iter().map(|b| format!("{b:02x}")).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn phases_run_in_declared_order() {
+        let mut phases =
+            vec![Phase::Cutover, Phase::Load, Phase::Schema, Phase::Sync, Phase::PostLoad];
+        phases.sort();
+        assert_eq!(
+            phases,
+            vec![Phase::Schema, Phase::Load, Phase::PostLoad, Phase::Sync, Phase::Cutover]
+        );
+    }
+
+    #[test]
+    fn hashes_separate_their_parts() {
+        assert_ne!(hash_parts(["ab", "c"]), hash_parts(["a", "bc"]));
+        assert_eq!(hash_parts(["x"]), hash_parts(["x"]));
+        assert_eq!(hash_parts(["x"]).len(), 64);
+    }
+
+    #[test]
+    fn only_real_actions_count_as_work() {
+        assert!(Action::Create.is_work() && Action::Copy.is_work() && Action::Run.is_work());
+        assert!(!Action::Unchanged.is_work() && !Action::Conflict.is_work());
+    }
+}

@@ -1,0 +1,587 @@
+//! The planner: a pure function from the migration plan, both catalogs, both servers' schema
+//! objects and the state of earlier applies to the ordered execution plan. No I/O.
+//!
+//! For each source object in scope, in dependency order: missing on the target → create;
+//! there and equal → unchanged; there and different → conflict (with a unified diff), except
+//! that a target `public` schema left as `CREATE DATABASE` made it may have its owner, grants
+//! and comment aligned. Nothing on the target is ever dropped or overwritten. Tables are
+//! copied unless the target already holds their rows (copied by an earlier apply: unchanged;
+//! otherwise: conflict, never overwritten). Then sequences, materialized views and statistics.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+
+use crate::catalog::Catalog;
+use crate::objects::{self, ObjectKey, ObjectKind, SchemaObject, Section};
+use crate::plan::{
+    Action, Estimate, Fingerprint, PLAN_FORMAT, Phase, Plan, ServerIdentity, Step, Work, hash_parts,
+};
+use crate::preflight::Check;
+use crate::scope::Scope;
+use crate::spec::{LoadedSpec, MissingRoles};
+use crate::sql::{ident, qualified, qualified_ident};
+use crate::state::{State, StepStatus};
+
+/// Everything the planner looks at.
+pub struct Inputs<'a> {
+    /// The migration plan.
+    pub spec: &'a LoadedSpec,
+    /// Source catalog (preflight's), with sequence values.
+    pub source: &'a Catalog,
+    /// Target catalog, with `tables_with_rows` filled for the tables in scope.
+    pub target: &'a Catalog,
+    /// Every schema object of the source.
+    pub source_objects: &'a [SchemaObject],
+    /// Every schema object of the target.
+    pub target_objects: &'a [SchemaObject],
+    /// Preflight findings.
+    pub checks: Vec<Check>,
+    /// The state of earlier applies, if any.
+    pub state: Option<&'a State>,
+    /// Redacted source URL.
+    pub source_endpoint: String,
+    /// Redacted target URL.
+    pub target_endpoint: String,
+}
+
+/// Whether a source object is in the migration's scope.
+pub fn in_scope(o: &SchemaObject, scope: &Scope) -> bool {
+    match (&o.table, o.key.kind) {
+        (_, ObjectKind::Extension) => true,
+        (_, ObjectKind::Schema) => scope.schema_in_scope(schema_name(&o.key)),
+        (Some((s, t)), _) => scope.table_in_scope(s, t),
+        (None, ObjectKind::Table | ObjectKind::View | ObjectKind::MaterializedView)
+        | (None, ObjectKind::Sequence) => scope.table_in_scope(&o.key.schema, &o.key.name),
+        (None, _) => scope.schema_in_scope(&o.key.schema),
+    }
+}
+
+fn schema_name(k: &ObjectKey) -> &str {
+    if k.schema.is_empty() { &k.name } else { &k.schema }
+}
+
+fn kind_name(kind: ObjectKind) -> String {
+    serde_json::to_value(kind).ok().and_then(|v| v.as_str().map(str::to_string)).unwrap_or_default()
+}
+
+fn step_id(phase: Phase, what: &str, schema: &str, name: &str) -> String {
+    if schema.is_empty() {
+        format!("{}:{what}:{name}", phase.name())
+    } else {
+        format!("{}:{what}:{schema}.{name}", phase.name())
+    }
+}
+
+fn sql_text(statements: &[String]) -> String {
+    statements
+        .iter()
+        .map(|s| {
+            let s = s.trim_end();
+            if s.ends_with(';') { s.to_string() } else { format!("{s};") }
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// The role names objects get on the target: `roles.map`, else the same name when it exists
+/// on the target (or will be created), else none (`roles.missing: skip`).
+pub fn role_mapper<'a>(
+    spec: &'a LoadedSpec,
+    target: &'a Catalog,
+) -> impl Fn(&str) -> Option<String> + 'a {
+    move |role: &str| {
+        if let Some(to) = spec.spec.roles.map.get(role) {
+            return Some(to.clone());
+        }
+        if role == "PUBLIC"
+            || target.roles.iter().any(|r| r.name == role)
+            || spec.spec.roles.missing == MissingRoles::Create
+            || role.starts_with("pg_")
+        {
+            return Some(role.to_string());
+        }
+        None
+    }
+}
+
+fn roles_used(objects: &[&SchemaObject]) -> BTreeSet<String> {
+    let mut out = BTreeSet::new();
+    for o in objects {
+        if let Some(owner) = &o.owner {
+            out.insert(owner.clone());
+        }
+        for r in o.roles() {
+            out.insert(r);
+        }
+    }
+    out
+}
+
+/// Computes the execution plan.
+pub fn plan(inputs: Inputs<'_>) -> Plan {
+    let spec = &inputs.spec.spec;
+    let scope = Scope::new(&spec.objects);
+    let roles = role_mapper(inputs.spec, inputs.target);
+    let identity = |r: &str| Some(r.to_string());
+
+    let source_in_scope: Vec<SchemaObject> =
+        inputs.source_objects.iter().filter(|o| in_scope(o, &scope)).cloned().collect();
+    let target_by_key: HashMap<&ObjectKey, &SchemaObject> =
+        inputs.target_objects.iter().map(|o| (&o.key, o)).collect();
+    let source_keys: BTreeSet<&ObjectKey> = source_in_scope.iter().map(|o| &o.key).collect();
+
+    let mut steps: Vec<Step> = vec![];
+
+    // Roles the migration creates (roles.missing: create).
+    if spec.roles.missing == MissingRoles::Create {
+        let used = roles_used(&source_in_scope.iter().collect::<Vec<_>>());
+        for role in used {
+            let mapped = spec.roles.map.contains_key(&role);
+            let exists = inputs.target.roles.iter().any(|r| r.name == role);
+            if !mapped && !exists && role != "PUBLIC" && !role.starts_with("pg_") {
+                steps.push(Step {
+                    id: step_id(Phase::Schema, "role", "", &role),
+                    phase: Phase::Schema,
+                    action: Action::Create,
+                    object: format!("role {}", crate::sql::display(&role)),
+                    sql: format!("CREATE ROLE {} NOLOGIN;", ident(&role)),
+                    estimate: None,
+                    note: Some("roles.missing: create".into()),
+                    diff: None,
+                    work: Work::TargetSql,
+                });
+            }
+        }
+    }
+
+    // Schema objects, in dependency order.
+    let order = match objects::creation_order(&source_in_scope) {
+        Ok(order) => order,
+        Err(e) => {
+            // A dependency cycle cannot be created in any order: report it as a conflict.
+            steps.push(conflict_step("cycle", &e.to_string(), None));
+            (0..source_in_scope.len()).collect()
+        }
+    };
+    // A pre-data object that needs a post-data one (a view grouping by a primary key) moves
+    // after it: the effective sections say where each object really goes.
+    let sections = objects::effective_sections(&source_in_scope);
+    let mut post_objects = vec![];
+    for i in order {
+        let o = &source_in_scope[i];
+        let phase = match sections[i] {
+            Section::PreData => Phase::Schema,
+            Section::PostData => Phase::PostLoad,
+        };
+        let step =
+            object_step(o, phase, &target_by_key, &source_keys, &roles, &identity, inputs.target);
+        if phase == Phase::PostLoad {
+            post_objects.push(step);
+        } else {
+            steps.push(step);
+        }
+    }
+
+    // Table data, largest first.
+    let mut tables: Vec<&SchemaObject> = source_in_scope
+        .iter()
+        .filter(|o| o.key.kind == ObjectKind::Table)
+        .filter(|o| o.table_info.as_ref().is_some_and(|t| !t.partitioned))
+        .collect();
+    tables.sort_by(|a, b| {
+        let size = |o: &SchemaObject| o.table_info.as_ref().map(|t| t.bytes).unwrap_or(0);
+        size(b).cmp(&size(a)).then_with(|| a.key.cmp(&b.key))
+    });
+    let mut copied = vec![];
+    for t in tables {
+        let step = copy_step(t, inputs.source, inputs.target, inputs.state);
+        if step.action == Action::Copy {
+            copied.push(qualified_ident(&t.key.schema, &t.key.name));
+        }
+        steps.push(step);
+    }
+
+    steps.extend(post_objects);
+    steps.extend(sequence_steps(&scope, inputs.source, inputs.target, &source_keys));
+    steps.extend(matview_steps(&source_in_scope, inputs.source, inputs.target, &steps));
+    if !copied.is_empty() {
+        steps.push(Step {
+            id: "post_load:analyze".into(),
+            phase: Phase::PostLoad,
+            action: Action::Run,
+            object: format!("statistics of {} copied tables", copied.len()),
+            sql: format!("ANALYZE {};", copied.join(", ")),
+            estimate: None,
+            note: Some("fresh planner statistics for the copied data".into()),
+            diff: None,
+            work: Work::TargetSql,
+        });
+    }
+
+    let fingerprint = fingerprint(&inputs, &source_in_scope, &scope);
+    let summary = Plan::summarize(&steps);
+    Plan {
+        format: PLAN_FORMAT,
+        migration: spec.name.value.clone(),
+        mode: spec.mode.to_string(),
+        spec_path: inputs.spec.path.display().to_string(),
+        spec_text: inputs.spec.text.clone(),
+        fingerprint,
+        source: identity_of(inputs.source, &inputs.source_endpoint),
+        target: identity_of(inputs.target, &inputs.target_endpoint),
+        checks: inputs.checks,
+        steps,
+        summary,
+    }
+}
+
+fn identity_of(cat: &Catalog, endpoint: &str) -> ServerIdentity {
+    ServerIdentity {
+        endpoint: endpoint.to_string(),
+        version_num: cat.server.version_num,
+        system_identifier: cat.server.system_identifier.clone(),
+        database: cat.server.database.clone(),
+    }
+}
+
+fn conflict_step(what: &str, message: &str, diff: Option<String>) -> Step {
+    Step {
+        id: format!("schema:conflict:{what}"),
+        phase: Phase::Schema,
+        action: Action::Conflict,
+        object: what.to_string(),
+        sql: String::new(),
+        estimate: None,
+        note: Some(message.to_string()),
+        diff,
+        work: Work::None,
+    }
+}
+
+fn note_for(o: &SchemaObject) -> Option<String> {
+    Some(
+        match o.key.kind {
+            ObjectKind::ForeignKey => {
+                "added after the data, so tables load in any order; checked as it is added"
+            }
+            ObjectKind::Trigger => "created after the data, so it does not fire for copied rows",
+            ObjectKind::Index => "built after the data (faster than maintaining it row by row)",
+            ObjectKind::Constraint => "added after the data with the index that backs it",
+            ObjectKind::MaterializedView => "created empty; refreshed after the data",
+            _ => return None,
+        }
+        .to_string(),
+    )
+}
+
+#[allow(clippy::too_many_arguments)]
+fn object_step(
+    o: &SchemaObject,
+    phase: Phase,
+    target_by_key: &HashMap<&ObjectKey, &SchemaObject>,
+    source_keys: &BTreeSet<&ObjectKey>,
+    roles: &dyn Fn(&str) -> Option<String>,
+    identity: &dyn Fn(&str) -> Option<String>,
+    target: &Catalog,
+) -> Step {
+    let kind = kind_name(o.key.kind);
+    let id = step_id(phase, &kind, &o.key.schema, &o.key.name);
+    let object = o.key.to_string();
+    let base = Step {
+        id,
+        phase,
+        action: Action::Unchanged,
+        object,
+        sql: String::new(),
+        estimate: o
+            .table_info
+            .as_ref()
+            .map(|t| Estimate { rows: t.estimated_rows, bytes: t.bytes }),
+        note: None,
+        diff: None,
+        work: Work::None,
+    };
+    match target_by_key.get(&o.key) {
+        Some(existing) => {
+            let want = o.definition(roles);
+            let have = existing.definition(identity);
+            if want == have {
+                return base;
+            }
+            let pristine_public = o.key.kind == ObjectKind::Schema
+                && schema_name(&o.key) == "public"
+                && !target.relations.iter().any(|r| r.schema == "public");
+            if pristine_public && let Some(stmts) = o.align_metadata(existing, roles) {
+                return Step {
+                    action: Action::Update,
+                    sql: sql_text(&stmts),
+                    note: Some(
+                        "the target's public schema is as CREATE DATABASE made it: its owner, \
+                         grants and comment are aligned with the source's"
+                            .into(),
+                    ),
+                    work: Work::TargetSql,
+                    ..base
+                };
+            }
+            let diff = similar::TextDiff::from_lines(&have, &want)
+                .unified_diff()
+                .context_radius(3)
+                .header("target (existing)", "source (wanted)")
+                .to_string();
+            Step {
+                action: Action::Conflict,
+                note: Some(
+                    "exists on the target with another definition: pgtransit never alters or \
+                     drops it. Make it match the source (or drop it) on the target, or exclude \
+                     it from objects:, then plan again"
+                        .into(),
+                ),
+                diff: Some(diff),
+                ..base
+            }
+        }
+        None => {
+            let missing: Vec<String> = o
+                .depends_on
+                .iter()
+                .filter(|d| !source_keys.contains(d) && !target_by_key.contains_key(d))
+                .map(|d| d.to_string())
+                .collect();
+            if !missing.is_empty() {
+                return Step {
+                    action: Action::Conflict,
+                    note: Some(format!(
+                        "depends on {}, which is neither in scope nor on the target: widen \
+                         objects: or create it on the target",
+                        missing.join(", ")
+                    )),
+                    ..base
+                };
+            }
+            Step {
+                action: Action::Create,
+                sql: sql_text(&o.create_statements(roles)),
+                note: note_for(o),
+                work: Work::TargetSql,
+                ..base
+            }
+        }
+    }
+}
+
+fn copy_step(t: &SchemaObject, source: &Catalog, target: &Catalog, state: Option<&State>) -> Step {
+    let info = t.table_info.as_ref().expect("tables have table info");
+    let (schema, table) = (&t.key.schema, &t.key.name);
+    let id = step_id(Phase::Load, "table", schema, table);
+    let name = qualified_ident(schema, table);
+    let cols = info.columns_for_copy.iter().map(|c| ident(c)).collect::<Vec<_>>().join(", ");
+    let base = Step {
+        id: id.clone(),
+        phase: Phase::Load,
+        action: Action::Copy,
+        object: format!("table {}", qualified(schema, table)),
+        sql: format!(
+            "-- on the source, under the load snapshot:\nCOPY {name} ({cols}) TO STDOUT;\n\
+             -- on the target, in one transaction:\nTRUNCATE {name};\nCOPY {name} ({cols}) FROM STDIN;"
+        ),
+        estimate: Some(Estimate { rows: info.estimated_rows, bytes: info.bytes }),
+        note: None,
+        diff: None,
+        work: Work::CopyTable {
+            schema: schema.clone(),
+            table: table.clone(),
+            columns: info.columns_for_copy.clone(),
+        },
+    };
+    let name_q = qualified(schema, table);
+    if target.tables_unreadable.contains(&name_q) {
+        return Step {
+            action: Action::Conflict,
+            note: Some(
+                "the target role may not read this existing target table, so pgtransit cannot \
+                 tell whether it holds rows: grant it SELECT (and INSERT, TRUNCATE) on the \
+                 table, or migrate as its owner"
+                    .into(),
+            ),
+            work: Work::None,
+            sql: String::new(),
+            ..base
+        };
+    }
+    if target.tables_with_rows.contains(&name_q) {
+        let recorded = state.and_then(|s| s.steps.get(&id)).map(|s| s.status);
+        if matches!(recorded, Some(StepStatus::Running | StepStatus::Failed)) {
+            // An earlier apply started this copy and was interrupted: the rows are its own
+            // (committed, or not, before the state could say so). Empty and copy again.
+            return Step {
+                note: Some(
+                    "an interrupted apply started this copy: the table is emptied and copied \
+                     again"
+                        .into(),
+                ),
+                ..base
+            };
+        }
+        if recorded == Some(StepStatus::Done) {
+            return Step {
+                action: Action::Unchanged,
+                note: Some("copied by an earlier apply".into()),
+                work: Work::None,
+                sql: String::new(),
+                ..base
+            };
+        }
+        return Step {
+            action: Action::Conflict,
+            note: Some(
+                "the target table already holds rows that pgtransit did not copy: it never \
+                 overwrites them. Empty it on the target (TRUNCATE) if they are not needed, or \
+                 exclude the table from objects:"
+                    .into(),
+            ),
+            work: Work::None,
+            sql: String::new(),
+            ..base
+        };
+    }
+    if !source.tables_with_rows.contains(&name_q) && !source.tables_unreadable.contains(&name_q) {
+        // Empty on both sides: nothing to copy. (A saved plan is stale if it gains rows: the
+        // source fingerprint covers which tables hold rows.)
+        return Step {
+            action: Action::Unchanged,
+            note: Some("empty on the source".into()),
+            work: Work::None,
+            sql: String::new(),
+            ..base
+        };
+    }
+    base
+}
+
+fn sequence_steps(
+    scope: &Scope,
+    source: &Catalog,
+    target: &Catalog,
+    source_keys: &BTreeSet<&ObjectKey>,
+) -> Vec<Step> {
+    let _ = source_keys;
+    let mut out = vec![];
+    for s in &source.sequences {
+        let in_scope = match &s.owned_by {
+            Some((ts, tn)) => scope.table_in_scope(ts, tn),
+            None => scope.table_in_scope(&s.schema, &s.name),
+        };
+        if !in_scope {
+            continue;
+        }
+        let current = target.sequences.iter().find(|t| t.schema == s.schema && t.name == s.name);
+        let already = current.is_some_and(|t| t.last_value == s.last_value);
+        let id = step_id(Phase::PostLoad, "sequence_value", &s.schema, &s.name);
+        let object = format!("sequence {}", qualified(&s.schema, &s.name));
+        let name = crate::sql::literal(&qualified_ident(&s.schema, &s.name));
+        let sql = match s.last_value {
+            Some(v) => format!("SELECT setval({name}, {v}, true);"),
+            // Never used on the source: the target's must not look used either.
+            None => format!("ALTER SEQUENCE {} RESTART;", qualified_ident(&s.schema, &s.name)),
+        };
+        out.push(Step {
+            id,
+            phase: Phase::PostLoad,
+            action: if already { Action::Unchanged } else { Action::Run },
+            object,
+            sql: if already { String::new() } else { sql },
+            estimate: None,
+            note: Some(
+                "set to the source's value as apply reads it (the plan shows the value at \
+                 plan time)"
+                    .into(),
+            ),
+            diff: None,
+            work: if already {
+                Work::None
+            } else {
+                Work::SetSequence { schema: s.schema.clone(), sequence: s.name.clone() }
+            },
+        });
+    }
+    out
+}
+
+fn matview_steps(
+    objects: &[SchemaObject],
+    source: &Catalog,
+    target: &Catalog,
+    steps: &[Step],
+) -> Vec<Step> {
+    let created: BTreeSet<&str> =
+        steps.iter().filter(|s| s.action == Action::Create).map(|s| s.object.as_str()).collect();
+    let populated = |cat: &Catalog, s: &str, n: &str| {
+        cat.relations.iter().any(|r| r.schema == s && r.name == n && r.populated)
+    };
+    let mut out = vec![];
+    for o in objects.iter().filter(|o| o.key.kind == ObjectKind::MaterializedView) {
+        let (s, n) = (&o.key.schema, &o.key.name);
+        if !populated(source, s, n) {
+            continue;
+        }
+        let done = !created.contains(o.key.to_string().as_str()) && populated(target, s, n);
+        out.push(Step {
+            id: step_id(Phase::PostLoad, "refresh", s, n),
+            phase: Phase::PostLoad,
+            action: if done { Action::Unchanged } else { Action::Run },
+            object: format!("materialized view {}", qualified(s, n)),
+            sql: if done {
+                String::new()
+            } else {
+                format!("REFRESH MATERIALIZED VIEW {};", qualified_ident(s, n))
+            },
+            estimate: None,
+            note: Some("populated from the copied data".into()),
+            diff: None,
+            work: if done { Work::None } else { Work::TargetSql },
+        });
+    }
+    out
+}
+
+fn fingerprint(
+    inputs: &Inputs<'_>,
+    source_in_scope: &[SchemaObject],
+    scope: &Scope,
+) -> Fingerprint {
+    let identity = |r: &str| Some(r.to_string());
+    let server = |c: &Catalog| {
+        format!(
+            "{}|{}|{}",
+            c.server.system_identifier.as_deref().unwrap_or("-"),
+            c.server.version_num,
+            c.server.database
+        )
+    };
+    let mut source_parts: BTreeMap<&ObjectKey, String> = BTreeMap::new();
+    for o in source_in_scope {
+        source_parts.insert(&o.key, o.definition(&identity));
+    }
+    let source_server = server(inputs.source);
+    let source_rows: Vec<&str> =
+        inputs.source.tables_with_rows.iter().map(String::as_str).collect();
+    let source = hash_parts(
+        std::iter::once(source_server.as_str())
+            .chain(source_parts.values().map(String::as_str))
+            .chain(std::iter::once("|rows|"))
+            .chain(source_rows),
+    );
+    let mut target_parts: BTreeMap<&ObjectKey, String> = BTreeMap::new();
+    for o in inputs.target_objects.iter().filter(|o| in_scope(o, scope)) {
+        target_parts.insert(&o.key, o.definition(&identity));
+    }
+    let rows: Vec<&str> = inputs.target.tables_with_rows.iter().map(String::as_str).collect();
+    let target_server = server(inputs.target);
+    let target = hash_parts(
+        std::iter::once(target_server.as_str())
+            .chain(target_parts.values().map(String::as_str))
+            .chain(std::iter::once("|rows|"))
+            .chain(rows),
+    );
+    Fingerprint { spec: hash_parts([inputs.spec.text.as_str()]), source, target }
+}

@@ -1,0 +1,389 @@
+//! The state of a migration: what `apply` has done, step by step, in
+//! `<state_dir>/state.json`, and the lock that keeps two applies of one migration apart.
+//!
+//! Rules: the state is written before a step starts (`running`) and after it ends (`done` or
+//! `failed`), always atomically (a temporary file, fsync, rename, fsync of the directory), so a
+//! crash leaves either the old state or the new one. It holds no secrets: endpoints are redacted
+//! and no SQL with values is stored. The lock is an OS file lock (`flock`) on
+//! `<state_dir>/lock`: the kernel releases it when the process dies, so a lock left by a killed
+//! process never blocks the next run; the file's text says who holds it.
+
+use std::collections::BTreeMap;
+use std::fs::{self, File, OpenOptions};
+use std::io::{Read, Seek, Write};
+use std::path::{Path, PathBuf};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use serde::{Deserialize, Serialize};
+
+/// Version of the state file format.
+pub const STATE_FORMAT: u32 = 1;
+
+/// Seconds since the Unix epoch.
+pub fn now() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+}
+
+/// Where a step is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StepStatus {
+    /// Set by apply just before the step starts. Found on a later run, it means the run was
+    /// interrupted during the step: apply checks the target to tell whether it completed.
+    Running,
+    /// Set by apply when the step's work is committed on the target.
+    Done,
+    /// Set by apply when the step failed (its transaction was rolled back).
+    Failed,
+}
+
+/// One step's record.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StepState {
+    /// Where it is.
+    pub status: StepStatus,
+    /// When it (last) started, Unix seconds.
+    pub started_at: u64,
+    /// When it ended.
+    #[serde(default)]
+    pub finished_at: Option<u64>,
+    /// Rows copied (copies).
+    #[serde(default)]
+    pub rows: Option<u64>,
+    /// The error, when it failed.
+    #[serde(default)]
+    pub error: Option<String>,
+}
+
+/// The state of one migration.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct State {
+    /// [`STATE_FORMAT`].
+    pub format: u32,
+    /// The migration's name: a state is only ever used for the migration that wrote it.
+    pub migration: String,
+    /// The source's system identifier, when known: a state is refused against another server.
+    pub source_system_identifier: Option<String>,
+    /// The target's system identifier, when known.
+    pub target_system_identifier: Option<String>,
+    /// The fingerprint (`Fingerprint::source`) of the execution plan being applied, set when
+    /// apply starts it: resuming that plan accepts a target that has changed since (apply
+    /// changed it).
+    pub applying: Option<String>,
+    /// Step id → record.
+    pub steps: BTreeMap<String, StepState>,
+    /// Last write, Unix seconds.
+    pub updated_at: u64,
+}
+
+/// Problems with the state directory.
+#[derive(Debug, thiserror::Error, miette::Diagnostic)]
+pub enum StateError {
+    /// Another apply holds the lock.
+    #[error("another pgtransit run holds the lock on {path}: {holder}")]
+    #[diagnostic(
+        code(pgtransit::locked),
+        help(
+            "wait for it to finish, or stop it (Ctrl-C) and run again; a lock left by a process \
+              that died is released by the system and never blocks"
+        )
+    )]
+    Locked {
+        /// The lock file.
+        path: PathBuf,
+        /// What the holder wrote: pid, host, start time, command.
+        holder: String,
+    },
+    /// The state belongs to another migration or another server.
+    #[error("the state in {path} {problem}")]
+    #[diagnostic(
+        code(pgtransit::state_mismatch),
+        help(
+            "point `state_dir` at this migration's own directory, or move the old state away if \
+              this migration really starts over"
+        )
+    )]
+    Mismatch {
+        /// The state file.
+        path: PathBuf,
+        /// What does not match.
+        problem: String,
+    },
+    /// Reading or writing failed.
+    #[error("{what} {path}: {source}")]
+    Io {
+        /// What was being done.
+        what: &'static str,
+        /// The path.
+        path: PathBuf,
+        /// The error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The file is not a state file.
+    #[error("{path} is not a pgtransit state file: {message}")]
+    #[diagnostic(help("move it away; pgtransit will start a new state"))]
+    Corrupt {
+        /// The file.
+        path: PathBuf,
+        /// The parse error.
+        message: String,
+    },
+}
+
+fn io(what: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> StateError {
+    let path = path.to_owned();
+    move |source| StateError::Io { what, path, source }
+}
+
+/// A held lock on a state directory; released on drop (or when the process dies).
+#[derive(Debug)]
+pub struct Lock {
+    _file: File,
+}
+
+/// The state directory of one migration.
+#[derive(Debug, Clone)]
+pub struct StateDir {
+    dir: PathBuf,
+}
+
+impl StateDir {
+    /// The directory (created when first locked).
+    pub fn new(dir: PathBuf) -> StateDir {
+        StateDir { dir }
+    }
+
+    /// Its path.
+    pub fn path(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The state file.
+    pub fn state_file(&self) -> PathBuf {
+        self.dir.join("state.json")
+    }
+
+    /// Takes the lock, or says who holds it.
+    pub fn lock(&self, command: &str) -> Result<Lock, StateError> {
+        fs::create_dir_all(&self.dir)
+            .map_err(io("cannot create the state directory", &self.dir))?;
+        let path = self.dir.join("lock");
+        let mut file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&path)
+            .map_err(io("cannot open the lock file", &path))?;
+        match file.try_lock() {
+            Ok(()) => {}
+            Err(fs::TryLockError::WouldBlock) => {
+                let mut holder = String::new();
+                let _ = file.read_to_string(&mut holder);
+                let holder = holder.trim();
+                let holder = if holder.is_empty() { "unknown process" } else { holder };
+                return Err(StateError::Locked { path, holder: holder.to_string() });
+            }
+            Err(fs::TryLockError::Error(e)) => return Err(io("cannot lock", &path)(e)),
+        }
+        let host = fs::read_to_string("/proc/sys/kernel/hostname")
+            .map(|h| h.trim().to_string())
+            .unwrap_or_else(|_| "unknown host".into());
+        let text = format!(
+            "pid {} on {host}, started at {} (Unix time), running `pgtransit {command}`\n",
+            std::process::id(),
+            now()
+        );
+        file.set_len(0).map_err(io("cannot write the lock file", &path))?;
+        file.rewind().map_err(io("cannot write the lock file", &path))?;
+        file.write_all(text.as_bytes()).map_err(io("cannot write the lock file", &path))?;
+        Ok(Lock { _file: file })
+    }
+
+    /// Reads the state, if there is one.
+    pub fn load(&self) -> Result<Option<State>, StateError> {
+        let path = self.state_file();
+        let text = match fs::read_to_string(&path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(io("cannot read", &path)(e)),
+        };
+        let state: State = serde_json::from_str(&text)
+            .map_err(|e| StateError::Corrupt { path: path.clone(), message: e.to_string() })?;
+        if state.format != STATE_FORMAT {
+            return Err(StateError::Corrupt {
+                path,
+                message: format!("format {} (this pgtransit writes {STATE_FORMAT})", state.format),
+            });
+        }
+        Ok(Some(state))
+    }
+
+    /// Writes the state atomically (temporary file, fsync, rename, fsync of the directory).
+    pub fn save(&self, state: &mut State) -> Result<(), StateError> {
+        state.updated_at = now();
+        fs::create_dir_all(&self.dir)
+            .map_err(io("cannot create the state directory", &self.dir))?;
+        let path = self.state_file();
+        let tmp = self.dir.join(format!(".state.json.{}.tmp", std::process::id()));
+        let text = serde_json::to_string_pretty(state).expect("state serialises");
+        let mut f = File::create(&tmp).map_err(io("cannot write", &tmp))?;
+        f.write_all(text.as_bytes()).map_err(io("cannot write", &tmp))?;
+        f.write_all(b"\n").map_err(io("cannot write", &tmp))?;
+        f.sync_all().map_err(io("cannot sync", &tmp))?;
+        fs::rename(&tmp, &path).map_err(io("cannot replace", &path))?;
+        File::open(&self.dir)
+            .and_then(|d| d.sync_all())
+            .map_err(io("cannot sync the state directory", &self.dir))?;
+        Ok(())
+    }
+}
+
+impl State {
+    /// A new, empty state.
+    pub fn new(migration: &str) -> State {
+        State {
+            format: STATE_FORMAT,
+            migration: migration.to_string(),
+            source_system_identifier: None,
+            target_system_identifier: None,
+            applying: None,
+            steps: BTreeMap::new(),
+            updated_at: now(),
+        }
+    }
+
+    /// Refuses a state written for another migration or against other servers.
+    pub fn check_belongs(
+        &self,
+        path: &Path,
+        migration: &str,
+        source_sysid: Option<&str>,
+        target_sysid: Option<&str>,
+    ) -> Result<(), StateError> {
+        let mismatch = |problem: String| StateError::Mismatch { path: path.to_owned(), problem };
+        if self.migration != migration {
+            return Err(mismatch(format!(
+                "belongs to migration `{}`, not `{migration}`",
+                self.migration
+            )));
+        }
+        for (side, recorded, now) in [
+            ("source", &self.source_system_identifier, source_sysid),
+            ("target", &self.target_system_identifier, target_sysid),
+        ] {
+            if let (Some(r), Some(n)) = (recorded, now)
+                && r != n
+            {
+                return Err(mismatch(format!(
+                    "was written against another {side} server (system identifier {r}, this \
+                     one is {n})"
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// Whether a step is done.
+    pub fn is_done(&self, id: &str) -> bool {
+        self.steps.get(id).is_some_and(|s| s.status == StepStatus::Done)
+    }
+
+    /// Marks a step running (before its work).
+    pub fn start(&mut self, id: &str) {
+        self.steps.insert(
+            id.to_string(),
+            StepState {
+                status: StepStatus::Running,
+                started_at: now(),
+                finished_at: None,
+                rows: None,
+                error: None,
+            },
+        );
+    }
+
+    /// Marks a step done (after its work is committed).
+    pub fn finish(&mut self, id: &str, rows: Option<u64>) {
+        if let Some(s) = self.steps.get_mut(id) {
+            s.status = StepStatus::Done;
+            s.finished_at = Some(now());
+            s.rows = rows;
+            s.error = None;
+        }
+    }
+
+    /// Marks a step failed.
+    pub fn fail(&mut self, id: &str, error: String) {
+        if let Some(s) = self.steps.get_mut(id) {
+            s.status = StepStatus::Failed;
+            s.finished_at = Some(now());
+            s.error = Some(error);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn temp(name: &str) -> StateDir {
+        let dir =
+            std::env::temp_dir().join(format!("pgtransit-state-{name}-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        StateDir::new(dir)
+    }
+
+    #[test]
+    fn state_round_trips_and_leaves_no_temporary_file() {
+        let dir = temp("roundtrip");
+        assert_eq!(dir.load().unwrap(), None);
+        let mut s = State::new("m");
+        s.start("load:public.film");
+        s.finish("load:public.film", Some(1000));
+        dir.save(&mut s).unwrap();
+        let back = dir.load().unwrap().unwrap();
+        assert!(back.is_done("load:public.film"));
+        assert_eq!(back.steps["load:public.film"].rows, Some(1000));
+        let names: Vec<_> =
+            fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
+        assert_eq!(names, vec![std::ffi::OsString::from("state.json")]);
+        fs::remove_dir_all(dir.path()).unwrap();
+    }
+
+    #[test]
+    fn second_lock_is_refused_naming_the_holder_and_released_on_drop() {
+        let dir = temp("lock");
+        let held = dir.lock("apply plans/x.yaml").unwrap();
+        let err = dir.lock("apply plans/x.yaml").unwrap_err();
+        let msg = err.to_string();
+        assert!(msg.contains(&format!("pid {}", std::process::id())), "{msg}");
+        assert!(msg.contains("apply plans/x.yaml"), "{msg}");
+        drop(held);
+        dir.lock("apply").unwrap();
+        fs::remove_dir_all(dir.path()).unwrap();
+    }
+
+    #[test]
+    fn state_of_another_migration_or_server_is_refused() {
+        let mut s = State::new("a");
+        s.source_system_identifier = Some("111".into());
+        let p = Path::new("state.json");
+        assert!(
+            s.check_belongs(p, "b", None, None).unwrap_err().to_string().contains("migration `a`")
+        );
+        let e = s.check_belongs(p, "a", Some("222"), None).unwrap_err().to_string();
+        assert!(e.contains("another source server"), "{e}");
+        s.check_belongs(p, "a", Some("111"), Some("999")).unwrap();
+    }
+
+    #[test]
+    fn garbage_state_is_reported_not_trusted() {
+        let dir = temp("corrupt");
+        fs::create_dir_all(dir.path()).unwrap();
+        fs::write(dir.state_file(), "{not json").unwrap();
+        assert!(matches!(dir.load(), Err(StateError::Corrupt { .. })));
+        fs::remove_dir_all(dir.path()).unwrap();
+    }
+}

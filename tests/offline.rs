@@ -1,0 +1,231 @@
+//! Offline migrations end to end: execution plans, saved plans and stale detection, `apply`
+//! with its state, resuming after a kill, conflicts, and the lock. Every migration is checked
+//! for real: `pg_dump --schema-only` of both sides and per-table row checksums.
+
+use crate::support::{
+    LocalCluster, TempDir, assert_same_schema, cluster, load_pagila, plan_yaml, run, schema_dump,
+    sql, table_checksums,
+};
+
+fn offline_plan(
+    dir: &TempDir,
+    name: &str,
+    src: &LocalCluster,
+    tgt: &LocalCluster,
+    db: &str,
+) -> String {
+    dir.write(
+        &format!("{name}.yaml"),
+        &plan_yaml(name, &src.url(db), &tgt.url(db), "mode: offline\n"),
+    )
+    .to_str()
+    .unwrap()
+    .to_string()
+}
+
+/// A source and a target cluster, each with a database `app`; `source_sql` fills the source.
+fn pair(name: &str, source_sql: &str) -> (LocalCluster, LocalCluster) {
+    let src = cluster(&format!("{name}-src"), &[]);
+    let tgt = cluster(&format!("{name}-tgt"), &[]);
+    src.create_database("app").unwrap();
+    tgt.create_database("app").unwrap();
+    sql(&src, "app", source_sql);
+    (src, tgt)
+}
+
+fn assert_migrated(src: &LocalCluster, tgt: &LocalCluster, db: &str) {
+    assert_same_schema(&schema_dump(src, db), &schema_dump(tgt, db));
+    let (a, b) = (table_checksums(src, db), table_checksums(tgt, db));
+    assert!(!a.is_empty());
+    for (table, sum) in &a {
+        assert_eq!(Some(sum), b.get(table), "rows differ in {table}");
+    }
+    assert_eq!(a.len(), b.len());
+}
+
+#[test]
+fn pagila_offline_migration_is_identical_and_a_second_plan_has_nothing_to_do() {
+    let src = cluster("pagila-off-src", &[]);
+    let tgt = cluster("pagila-off-tgt", &[]);
+    load_pagila(&src, "pagila");
+    tgt.create_database("pagila").unwrap();
+    let dir = TempDir::new("pagila-off");
+    let f = offline_plan(&dir, "pagila", &src, &tgt, "pagila");
+    let saved = dir.path().join("pagila.plan.json");
+
+    let out =
+        run(dir.path(), &["plan", &f, "--out", saved.to_str().unwrap(), "--detailed-exitcode"]);
+    assert_eq!(out.code, 2, "{out:?}");
+    assert!(out.stdout.contains("+ create table public.film"), "{out:?}");
+    assert!(out.stdout.contains("> copy table public.rental"), "{out:?}");
+    // Foreign keys and triggers are explicit post-load steps that say how they are handled.
+    assert!(out.stdout.contains("added after the data"), "{out:?}");
+    assert!(out.stdout.contains("does not fire for copied rows"), "{out:?}");
+
+    let out = run(dir.path(), &["apply", saved.to_str().unwrap()]);
+    assert_eq!(out.code, 0, "{out:?}");
+    assert!(out.stdout.contains("Apply complete"), "{out:?}");
+    assert_migrated(&src, &tgt, "pagila");
+
+    let out = run(dir.path(), &["plan", &f, "--detailed-exitcode"]);
+    assert_eq!(out.code, 0, "a second plan must have nothing to do: {out:?}");
+    assert!(out.stdout.contains("0 to create, 0 to update, 0 to copy, 0 to run"), "{out:?}");
+    assert!(out.stdout.contains("0 conflicts"), "{out:?}");
+}
+
+#[test]
+fn saved_plan_is_refused_as_stale_after_a_source_change_and_the_target_is_untouched() {
+    let (src, tgt) = pair(
+        "stale",
+        "CREATE TABLE items (id int PRIMARY KEY, name text); INSERT INTO items VALUES (1, 'a');",
+    );
+    let dir = TempDir::new("stale");
+    let f = offline_plan(&dir, "stale", &src, &tgt, "app");
+    let saved = dir.path().join("stale.plan.json");
+    let out = run(dir.path(), &["plan", &f, "--out", saved.to_str().unwrap()]);
+    assert_eq!(out.code, 0, "{out:?}");
+
+    sql(&src, "app", "ALTER TABLE items ADD COLUMN price numeric;");
+    let out = run(dir.path(), &["apply", saved.to_str().unwrap()]);
+    assert_eq!(out.code, 1, "{out:?}");
+    assert!(out.stderr.contains("stale plan"), "{out:?}");
+    assert!(out.stderr.contains("the source's schema changed"), "{out:?}");
+    assert_eq!(sql(&tgt, "app", "SELECT count(*) FROM pg_tables WHERE schemaname = 'public'"), "0");
+}
+
+/// Mixed-case and quoted names, partitions, identity and generated columns, an FK cycle, and
+/// a trigger that rewrites rows (it must not fire for copied rows).
+const AWKWARD: &str = r#"
+CREATE SCHEMA "Sales Dept";
+CREATE TYPE "Sales Dept"."Mood" AS ENUM ('happy', 'sad', 'it''s complicated');
+CREATE TABLE "Sales Dept"."Order" (
+    "ID" bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    "select" text NOT NULL,
+    "Mood" "Sales Dept"."Mood",
+    total numeric(10,2),
+    total_with_tax numeric(10,2) GENERATED ALWAYS AS (total * 1.2) STORED,
+    touched int NOT NULL DEFAULT 0
+);
+CREATE FUNCTION "Sales Dept".bump() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN NEW.touched := NEW.touched + 1; RETURN NEW; END $$;
+CREATE TRIGGER "Bump It" BEFORE INSERT OR UPDATE ON "Sales Dept"."Order"
+    FOR EACH ROW EXECUTE FUNCTION "Sales Dept".bump();
+CREATE TABLE public.a (id int PRIMARY KEY, b_id int);
+CREATE TABLE public.b (id int PRIMARY KEY, a_id int REFERENCES public.a (id) DEFERRABLE INITIALLY DEFERRED);
+ALTER TABLE public.a ADD CONSTRAINT a_b FOREIGN KEY (b_id) REFERENCES public.b (id) DEFERRABLE INITIALLY DEFERRED;
+CREATE TABLE public.events (id int, at date, payload jsonb, PRIMARY KEY (id, at)) PARTITION BY RANGE (at);
+CREATE TABLE public.events_2024 PARTITION OF public.events FOR VALUES FROM ('2024-01-01') TO ('2025-01-01');
+CREATE TABLE public.events_other PARTITION OF public.events DEFAULT;
+INSERT INTO "Sales Dept"."Order" ("select", "Mood", total)
+    SELECT 'item ' || i, (ARRAY['happy','sad','it''s complicated'])[1 + i % 3]::"Sales Dept"."Mood", i
+    FROM generate_series(1, 500) i;
+BEGIN;
+INSERT INTO public.a VALUES (1, 1), (2, 2);
+INSERT INTO public.b VALUES (1, 2), (2, 1);
+COMMIT;
+INSERT INTO public.events SELECT i, date '2023-12-25' + i, jsonb_build_object('n', i) FROM generate_series(1, 400) i;
+"#;
+
+#[test]
+fn awkward_schema_migrates_identically_and_row_rewriting_triggers_do_not_fire_on_copy() {
+    let (src, tgt) = pair("awk", AWKWARD);
+    let dir = TempDir::new("awkward");
+    let f = offline_plan(&dir, "awkward", &src, &tgt, "app");
+    let out = run(dir.path(), &["apply", &f, "--auto-approve"]);
+    assert_eq!(out.code, 0, "{out:?}");
+    assert_migrated(&src, &tgt, "app");
+    // Every source row was touched once by the trigger; copying did not touch them again.
+    assert_eq!(sql(&tgt, "app", r#"SELECT DISTINCT touched FROM "Sales Dept"."Order""#), "1");
+    // The trigger exists and fires for new writes on the target.
+    sql(&tgt, "app", r#"INSERT INTO "Sales Dept"."Order" ("select") VALUES ('new')"#);
+    assert_eq!(
+        sql(&tgt, "app", r#"SELECT touched FROM "Sales Dept"."Order" WHERE "select" = 'new'"#),
+        "1"
+    );
+    // Identity continues after the source's values.
+    assert_eq!(sql(&tgt, "app", r#"SELECT max("ID") FROM "Sales Dept"."Order""#), "501");
+}
+
+#[test]
+fn apply_killed_mid_load_resumes_without_duplicates() {
+    let (src, tgt) = pair(
+        "resume",
+        "CREATE TABLE big (id int PRIMARY KEY, v text);
+         INSERT INTO big SELECT i, repeat('x', 100) FROM generate_series(1, 20000) i;
+         CREATE TABLE small (id int PRIMARY KEY, big_id int REFERENCES big (id));
+         INSERT INTO small SELECT i, i FROM generate_series(1, 100) i;",
+    );
+    let dir = TempDir::new("resume");
+    let f = offline_plan(&dir, "resume", &src, &tgt, "app");
+    // Killed right after `big`'s copy committed, before the state recorded it: the worst moment.
+    let out = crate::support::Run::of(
+        crate::support::pgtransit(dir.path())
+            .args(["apply", &f, "--auto-approve", "--jobs", "1"])
+            .env("PGTRANSIT_FAILPOINT", "after:load:table:public.big")
+            .output()
+            .unwrap(),
+    );
+    assert_ne!(out.code, 0, "the failpoint must kill apply: {out:?}");
+    assert_eq!(sql(&tgt, "app", "SELECT count(*) FROM big"), "20000");
+    let state = std::fs::read_to_string(dir.path().join(".pgtransit/resume/state.json")).unwrap();
+    assert!(state.contains("\"running\""), "{state}");
+
+    let out = run(dir.path(), &["apply", &f, "--auto-approve"]);
+    assert_eq!(out.code, 0, "{out:?}");
+    assert_migrated(&src, &tgt, "app");
+    assert_eq!(sql(&tgt, "app", "SELECT count(*) FROM big"), "20000");
+}
+
+#[test]
+fn table_that_differs_on_the_target_is_a_conflict_with_a_diff_and_blocks_apply() {
+    let (src, tgt) =
+        pair("conflict", "CREATE TABLE items (id int PRIMARY KEY, name text NOT NULL);");
+    sql(&tgt, "app", "CREATE TABLE items (id int PRIMARY KEY, name varchar(20));");
+    let dir = TempDir::new("conflict");
+    let f = offline_plan(&dir, "conflict", &src, &tgt, "app");
+    let out = run(dir.path(), &["plan", &f]);
+    assert_eq!(out.code, 1, "{out:?}");
+    assert!(out.stdout.contains("! conflict table public.items"), "{out:?}");
+    assert!(out.stdout.contains("--- target (existing)"), "{out:?}");
+    assert!(out.stdout.contains("1 conflicts"), "{out:?}");
+    let out = run(dir.path(), &["apply", &f, "--auto-approve"]);
+    assert_eq!(out.code, 1, "{out:?}");
+    // Untouched: still the target's own definition.
+    assert_eq!(
+        sql(
+            &tgt,
+            "app",
+            "SELECT data_type FROM information_schema.columns WHERE table_name = 'items' AND column_name = 'name'"
+        ),
+        "character varying"
+    );
+}
+
+#[test]
+fn second_apply_of_the_same_migration_is_refused_while_the_first_holds_the_lock() {
+    let (src, tgt) = pair("lock", "CREATE TABLE t (id int PRIMARY KEY);");
+    let dir = TempDir::new("lock");
+    let f = offline_plan(&dir, "locked", &src, &tgt, "app");
+    // This test process plays the first apply.
+    let held = pgtransit::state::StateDir::new(dir.path().join(".pgtransit/locked"))
+        .lock("apply (the first one)")
+        .unwrap();
+    let out = run(dir.path(), &["apply", &f, "--auto-approve"]);
+    assert_eq!(out.code, 1, "{out:?}");
+    assert!(out.stderr.contains(&format!("pid {}", std::process::id())), "{out:?}");
+    assert!(out.stderr.contains("apply (the first one)"), "{out:?}");
+    drop(held);
+    let out = run(dir.path(), &["apply", &f, "--auto-approve"]);
+    assert_eq!(out.code, 0, "{out:?}");
+}
+
+#[test]
+fn apply_of_a_fresh_plan_without_a_terminal_needs_auto_approve() {
+    let (src, tgt) = pair("tty", "CREATE TABLE t (id int PRIMARY KEY);");
+    let dir = TempDir::new("tty");
+    let f = offline_plan(&dir, "tty", &src, &tgt, "app");
+    let out = run(dir.path(), &["apply", &f]);
+    assert_eq!(out.code, 1, "{out:?}");
+    assert!(out.stderr.contains("--auto-approve"), "{out:?}");
+    assert_eq!(sql(&tgt, "app", "SELECT count(*) FROM pg_tables WHERE schemaname = 'public'"), "0");
+}

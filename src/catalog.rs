@@ -51,6 +51,8 @@ pub struct Catalog {
     pub replication_slots: Vec<ReplicationSlot>,
     /// WAL senders running now.
     pub active_wal_senders: i64,
+    /// Publications in this database.
+    pub publications: Vec<String>,
     /// Every sequence in non-system schemas with its current value.
     pub sequences: Vec<SequenceValue>,
     /// Tables (qualified, quoted where needed) that hold at least one row; filled by
@@ -497,6 +499,14 @@ async fn read_in_transaction(client: &Client) -> Result<Catalog, CatalogError> {
                 owned_by: ts.zip(tn),
             }
         })
+        .collect();
+
+    cat.publications = client
+        .query("SELECT pubname::text FROM pg_publication ORDER BY 1", &[])
+        .await
+        .map_err(ctx("publications"))?
+        .iter()
+        .map(|r| r.get(0))
         .collect();
 
     cat.active_wal_senders = client

@@ -585,3 +585,189 @@ fn fingerprint(
     );
     Fingerprint { spec: hash_parts([inputs.spec.text.as_str()]), source, target }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::objects::TableInfo;
+
+    fn spec(extra: &str) -> LoadedSpec {
+        let text = format!(
+            "version: 1\nname: t\nmode: offline\nsource: {{url: 'host=s'}}\ntarget: {{url: 'host=t'}}\n{extra}"
+        );
+        crate::spec::parse(std::path::Path::new("plans/t.yaml"), text, &|_| None).unwrap()
+    }
+
+    fn key(kind: ObjectKind, schema: &str, name: &str) -> ObjectKey {
+        ObjectKey::new(kind, schema, name)
+    }
+
+    fn table(name: &str, ddl: &str, rows: i64) -> SchemaObject {
+        let mut o = SchemaObject::new(key(ObjectKind::Table, "public", name), vec![ddl.into()]);
+        o.owner = Some("app".into());
+        o.table_info = Some(TableInfo {
+            columns_for_copy: vec!["id".into()],
+            estimated_rows: rows,
+            bytes: rows * 100,
+            ..Default::default()
+        });
+        o
+    }
+
+    fn fk(name: &str, on: &str, to: &str) -> SchemaObject {
+        let mut o = SchemaObject::new(
+            key(ObjectKind::ForeignKey, "public", &format!("{on}.{name}")),
+            vec![format!(
+                "ALTER TABLE public.{on} ADD CONSTRAINT {name} FOREIGN KEY (x) REFERENCES public.{to}"
+            )],
+        );
+        o.table = Some(("public".into(), on.into()));
+        o.depends_on.insert(key(ObjectKind::Table, "public", on));
+        o.depends_on.insert(key(ObjectKind::Table, "public", to));
+        o
+    }
+
+    fn catalog_with_role(role: &str) -> Catalog {
+        let mut c = Catalog::default();
+        c.roles.push(crate::catalog::Role { name: role.into(), ..Default::default() });
+        c
+    }
+
+    fn plan_of(
+        spec: &LoadedSpec,
+        src: &[SchemaObject],
+        tgt: &[SchemaObject],
+        rows: &[&str],
+    ) -> Plan {
+        let mut source = catalog_with_role("app");
+        source.tables_with_rows = rows.iter().map(|r| r.to_string()).collect();
+        let target = catalog_with_role("app");
+        plan(Inputs {
+            spec,
+            source: &source,
+            target: &target,
+            source_objects: src,
+            target_objects: tgt,
+            checks: vec![],
+            state: None,
+            source_endpoint: "s".into(),
+            target_endpoint: "t".into(),
+        })
+    }
+
+    fn actions(p: &Plan) -> Vec<(String, Action)> {
+        p.steps.iter().map(|s| (s.id.clone(), s.action)).collect()
+    }
+
+    #[test]
+    fn missing_objects_are_created_in_phases_and_tables_copied_largest_first() {
+        let s = spec("");
+        let src = vec![
+            fk("b_a", "b", "a"),
+            table("a", "CREATE TABLE a (id int)", 10),
+            table("b", "CREATE TABLE b (id int)", 1000),
+        ];
+        let p = plan_of(&s, &src, &[], &["public.a", "public.b"]);
+        let ids: Vec<&str> = p.steps.iter().map(|s| s.id.as_str()).collect();
+        assert_eq!(
+            ids,
+            vec![
+                "schema:table:public.a",
+                "schema:table:public.b",
+                "load:table:public.b",
+                "load:table:public.a",
+                "post_load:foreign_key:public.b.b_a",
+                "post_load:analyze",
+            ]
+        );
+        assert_eq!(p.summary.create, 3);
+        assert_eq!(p.summary.copy, 2);
+        let fk_step = &p.steps[4];
+        assert!(fk_step.note.as_deref().unwrap().contains("added after the data"));
+        assert!(fk_step.sql.ends_with(';'));
+    }
+
+    #[test]
+    fn the_same_inputs_give_the_same_plan_byte_for_byte() {
+        let s = spec("");
+        let mut src = vec![
+            table("a", "CREATE TABLE a (id int)", 1),
+            table("b", "CREATE TABLE b (id int)", 1),
+            fk("f", "a", "b"),
+        ];
+        let p1 = serde_json::to_string(&plan_of(&s, &src, &[], &["public.a"])).unwrap();
+        src.reverse();
+        let p2 = serde_json::to_string(&plan_of(&s, &src, &[], &["public.a"])).unwrap();
+        assert_eq!(p1, p2);
+    }
+
+    #[test]
+    fn equal_objects_are_unchanged_and_different_ones_conflict_with_a_diff() {
+        let s = spec("");
+        let src = vec![
+            table("same", "CREATE TABLE same (id int)", 0),
+            table("diff", "CREATE TABLE diff (id int)", 0),
+        ];
+        let tgt = vec![
+            table("same", "CREATE TABLE same (id int)", 0),
+            table("diff", "CREATE TABLE diff (id bigint)", 0),
+        ];
+        let p = plan_of(&s, &src, &tgt, &[]);
+        let a = actions(&p);
+        assert!(a.contains(&("schema:table:public.same".into(), Action::Unchanged)));
+        assert!(a.contains(&("schema:table:public.diff".into(), Action::Conflict)));
+        let conflict = p.steps.iter().find(|s| s.action == Action::Conflict).unwrap();
+        let diff = conflict.diff.as_deref().unwrap();
+        assert!(
+            diff.contains("-CREATE TABLE diff (id bigint)")
+                && diff.contains("+CREATE TABLE diff (id int)"),
+            "{diff}"
+        );
+        assert!(conflict.sql.is_empty(), "a conflict runs nothing");
+        assert!(!p.is_applicable());
+    }
+
+    #[test]
+    fn a_table_empty_on_both_sides_needs_no_copy() {
+        let s = spec("");
+        let p = plan_of(&s, &[table("t", "CREATE TABLE t (id int)", 0)], &[], &[]);
+        let copy = p.steps.iter().find(|s| s.id == "load:table:public.t").unwrap();
+        assert_eq!(copy.action, Action::Unchanged);
+    }
+
+    #[test]
+    fn an_object_whose_dependency_is_out_of_scope_and_missing_is_a_conflict() {
+        let s = spec("objects: {tables: {exclude: [public.a]}}");
+        let src = vec![
+            table("a", "CREATE TABLE a (id int)", 0),
+            table("b", "CREATE TABLE b (id int)", 0),
+            fk("b_a", "b", "a"),
+        ];
+        let p = plan_of(&s, &src, &[], &[]);
+        let step = p.steps.iter().find(|s| s.id == "post_load:foreign_key:public.b.b_a").unwrap();
+        assert_eq!(step.action, Action::Conflict);
+        assert!(step.note.as_deref().unwrap().contains("table public.a"), "{:?}", step.note);
+        assert!(!p.steps.iter().any(|s| s.id == "schema:table:public.a"), "excluded table planned");
+    }
+
+    #[test]
+    fn roles_missing_create_plans_create_role_first() {
+        let s = spec("roles: {missing: create}");
+        let mut t = table("t", "CREATE TABLE t (id int)", 0);
+        t.owner = Some("Reporting Team".into());
+        let p = plan_of(&s, &[t], &[], &[]);
+        assert_eq!(p.steps[0].id, "schema:role:Reporting Team");
+        assert_eq!(p.steps[0].sql, "CREATE ROLE \"Reporting Team\" NOLOGIN;");
+    }
+
+    #[test]
+    fn fingerprint_changes_with_the_source_schema_and_with_source_rows() {
+        let s = spec("");
+        let base = plan_of(&s, &[table("t", "CREATE TABLE t (id int)", 0)], &[], &[]);
+        let altered = plan_of(&s, &[table("t", "CREATE TABLE t (id int, x int)", 0)], &[], &[]);
+        let filled = plan_of(&s, &[table("t", "CREATE TABLE t (id int)", 0)], &[], &["public.t"]);
+        assert_ne!(base.fingerprint.source, altered.fingerprint.source);
+        assert_ne!(base.fingerprint.source, filled.fingerprint.source);
+        assert_eq!(base.fingerprint.target, altered.fingerprint.target);
+    }
+}

@@ -506,12 +506,16 @@ fn check_notable_objects(f: &mut Findings, spec: &Spec, scope: &Scope, src: &Cat
                 Severity::Warning,
                 &object,
                 format!(
-                    "{} is a foreign table: its definition is created on the target, its data \
-                     stays on the remote server, which the target must be able to reach (with \
-                     the same foreign data wrapper, server and user mapping)",
+                    "{} is a foreign table: pgtransit does not migrate foreign tables, foreign \
+                     servers or user mappings yet, and its data stays on the remote server",
                     r.qualified()
                 ),
-                None,
+                Some(
+                    "create the foreign data wrapper's extension, the server, the user mapping \
+                     and the foreign table on the target yourself (they must reach the remote \
+                     server from there), or exclude the table in objects.tables.exclude"
+                        .into(),
+                ),
             ),
             RelKind::MaterializedView => f.add(
                 "materialized_view",
@@ -558,6 +562,20 @@ fn check_notable_objects(f: &mut Findings, spec: &Spec, scope: &Scope, src: &Cat
                 None,
             );
         }
+    }
+    let ours = crate::naming::publication_name(&spec.name.value);
+    for p in src.publications.iter().filter(|p| **p != ours) {
+        f.add(
+            "publication_not_migrated",
+            Severity::Info,
+            format!("publication {}", display(p)),
+            format!(
+                "publication {} exists on the source; publications are not migrated: recreate it \
+                 on the target after cutover if subscribers need it",
+                display(p)
+            ),
+            None,
+        );
     }
     // Names that differ only by case: both move (every identifier is quoted), but anything
     // that folds case (unquoted SQL, some tools and ORMs) sees one name for two objects.

@@ -142,6 +142,7 @@ fn every_other_check_is_provoked_on_real_servers() {
         CREATE SERVER remote FOREIGN DATA WRAPPER postgres_fdw;
         CREATE FOREIGN TABLE public.remote_items (id int) SERVER remote;
         SELECT lo_from_bytea(0, 'hello');
+        CREATE PUBLICATION reports FOR TABLE public.readable;
         GRANT USAGE ON SCHEMA sales TO migrator;
         GRANT SELECT ON ALL TABLES IN SCHEMA public, sales TO migrator;
         REVOKE SELECT ON public.secret FROM migrator;"#,
@@ -192,6 +193,7 @@ fn every_other_check_is_provoked_on_real_servers() {
         ("target_objects_exist", "warning", "target"),
         ("scope_pattern_unmatched", "error", "public.nosuch_*"),
         ("versions", "info", "servers"),
+        ("publication_not_migrated", "info", "publication reports"),
     ];
     for (code, severity, object) in expect {
         let c = find_check(&doc, code, severity, object);

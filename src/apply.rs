@@ -186,6 +186,10 @@ fn already_exists(e: &tokio_postgres::Error) -> bool {
     })
 }
 
+fn deadlocked(e: &tokio_postgres::Error) -> bool {
+    e.code().is_some_and(|c| c.code() == "40P01")
+}
+
 fn db_message(e: &tokio_postgres::Error) -> String {
     match e.as_db_error() {
         Some(db) => {
@@ -215,31 +219,142 @@ pub struct Ctx<'a> {
 
 /// Runs the plan. `state` was loaded and checked by the caller, who holds the lock.
 pub async fn run(plan: &Plan, ctx: &Ctx<'_>, state: &mut State) -> Result<(), ApplyError> {
-    let Ctx { servers, events, .. } = *ctx;
-    let target = conn::connect_with(&servers.target, "pgtransit/apply", &servers.policy).await?;
-    let source = conn::connect_with(&servers.source, "pgtransit/apply", &servers.policy).await?;
-    let mut phase = None;
     let mut i = 0;
     while i < plan.steps.len() {
-        let step = &plan.steps[i];
-        if phase != Some(step.phase) {
-            phase = Some(step.phase);
-            events(Event::Phase(step.phase));
+        let phase = plan.steps[i].phase;
+        let end = plan.steps[i..]
+            .iter()
+            .position(|s| s.phase != phase)
+            .map_or(plan.steps.len(), |p| i + p);
+        (ctx.events)(Event::Phase(phase));
+        let steps = &plan.steps[i..end];
+        match phase {
+            // Copies run `jobs` at a time under one snapshot.
+            Phase::Load => load(steps, ctx, state).await?,
+            // Index and constraint builds run `jobs` at a time, each after what it needs.
+            Phase::PostLoad => run_phase(steps, ctx.jobs, ctx, state).await?,
+            // DDL is quick: one connection, in plan order.
+            _ => run_phase(steps, 1, ctx, state).await?,
         }
-        if step.phase == Phase::Load {
-            // The whole load phase at once: copies run in parallel under one snapshot.
-            let end = plan.steps[i..]
-                .iter()
-                .position(|s| s.phase != Phase::Load)
-                .map_or(plan.steps.len(), |p| i + p);
-            load(&plan.steps[i..end], ctx, state).await?;
-            i = end;
-            continue;
-        }
-        run_step(step, &source, &target, ctx, state).await?;
-        i += 1;
+        i = end;
     }
     Ok(())
+}
+
+/// Which steps of a phase are waiting, running and done.
+struct Schedule {
+    waiting: Vec<usize>,
+    running: usize,
+    finished: std::collections::HashSet<String>,
+    error: Option<ApplyError>,
+}
+
+/// Runs the steps of one phase on `jobs` workers (each with its own connections). A step starts
+/// once every step of its `after` list that belongs to this phase has finished; the first error
+/// stops new steps from starting, lets running ones finish, and is returned.
+async fn run_phase(
+    steps: &[Step],
+    jobs: usize,
+    ctx: &Ctx<'_>,
+    state: &mut State,
+) -> Result<(), ApplyError> {
+    let work: Vec<usize> = (0..steps.len()).filter(|&i| steps[i].action.is_work()).collect();
+    if work.is_empty() {
+        return Ok(());
+    }
+    let in_phase: std::collections::HashSet<&str> =
+        work.iter().map(|&i| steps[i].id.as_str()).collect();
+    let shared = Mutex::new(std::mem::replace(state, State::new(&state.migration)));
+    let schedule = Mutex::new(Schedule {
+        waiting: work.clone(),
+        running: 0,
+        finished: Default::default(),
+        error: None,
+    });
+    let wake = tokio::sync::Notify::new();
+    let worker = |n: usize| {
+        let (shared, schedule, wake, in_phase) = (&shared, &schedule, &wake, &in_phase);
+        async move {
+            let app = if jobs > 1 {
+                format!("pgtransit/apply-{}", n + 1)
+            } else {
+                "pgtransit/apply".into()
+            };
+            let servers = ctx.servers;
+            let connected = async {
+                let target = conn::connect_with(&servers.target, &app, &servers.policy).await?;
+                let source = conn::connect_with(&servers.source, &app, &servers.policy).await?;
+                Ok::<_, ApplyError>((source, target))
+            }
+            .await;
+            let (source, target) = match connected {
+                Ok(c) => c,
+                Err(e) => {
+                    let mut s = schedule.lock().await;
+                    s.error.get_or_insert(e);
+                    wake.notify_waiters();
+                    return;
+                }
+            };
+            loop {
+                let notified = wake.notified();
+                let next = {
+                    let mut s = schedule.lock().await;
+                    if s.error.is_some() || s.waiting.is_empty() {
+                        return;
+                    }
+                    let ready = s.waiting.iter().position(|&i| {
+                        steps[i]
+                            .after
+                            .iter()
+                            .all(|a| !in_phase.contains(a.as_str()) || s.finished.contains(a))
+                    });
+                    match ready {
+                        Some(p) => {
+                            s.running += 1;
+                            Some(s.waiting.remove(p))
+                        }
+                        None if s.running == 0 => {
+                            // Nothing runs and nothing can start: a dependency cycle.
+                            let ids: Vec<&str> =
+                                s.waiting.iter().map(|&i| steps[i].id.as_str()).collect();
+                            s.error = Some(ApplyError::StepFailed {
+                                id: ids.join(", "),
+                                object: "post-load schedule".into(),
+                                message: "these steps wait on each other".into(),
+                            });
+                            wake.notify_waiters();
+                            return;
+                        }
+                        None => None,
+                    }
+                };
+                let Some(i) = next else {
+                    notified.await;
+                    continue;
+                };
+                let result = run_step(&steps[i], &source, &target, ctx, shared).await;
+                let mut s = schedule.lock().await;
+                s.running -= 1;
+                match result {
+                    Ok(()) => {
+                        s.finished.insert(steps[i].id.clone());
+                    }
+                    Err(e) => {
+                        s.error.get_or_insert(e);
+                    }
+                }
+                wake.notify_waiters();
+            }
+        }
+    };
+    futures_util::future::join_all((0..jobs.clamp(1, work.len())).map(worker)).await;
+    *state = shared.into_inner();
+    ctx.state_dir.save(state)?;
+    match schedule.into_inner().error {
+        Some(e) => Err(e),
+        None => Ok(()),
+    }
 }
 
 async fn run_step(
@@ -247,38 +362,54 @@ async fn run_step(
     source: &Client,
     target: &Client,
     ctx: &Ctx<'_>,
-    state: &mut State,
+    shared: &Mutex<State>,
 ) -> Result<(), ApplyError> {
     let Ctx { state_dir, cancel, events, .. } = *ctx;
-    if !step.action.is_work() {
-        return Ok(());
-    }
-    if state.is_done(&step.id) {
-        events(Event::Skipped { object: step.object.clone(), reason: "done by an earlier apply" });
-        return Ok(());
-    }
-    if cancel.requested() {
-        state_dir.save(state)?;
-        return Err(ApplyError::Interrupted);
-    }
-    let interrupted_before =
-        state.steps.get(&step.id).is_some_and(|s| s.status == StepStatus::Running);
-    failpoint("before", &step.id);
-    state.start(&step.id);
-    state_dir.save(state)?;
+    let interrupted_before = {
+        let mut state = shared.lock().await;
+        if state.is_done(&step.id) {
+            events(Event::Skipped {
+                object: step.object.clone(),
+                reason: "done by an earlier apply",
+            });
+            return Ok(());
+        }
+        if cancel.requested() {
+            state_dir.save(&mut state)?;
+            return Err(ApplyError::Interrupted);
+        }
+        let interrupted =
+            state.steps.get(&step.id).is_some_and(|s| s.status == StepStatus::Running);
+        failpoint("before", &step.id);
+        state.start(&step.id);
+        state_dir.save(&mut state)?;
+        interrupted
+    };
     events(Event::Started {
         id: step.id.clone(),
         object: step.object.clone(),
         action: step.action,
     });
     let started = Instant::now();
-    let result = match &step.work {
-        Work::TargetSql => target_sql(target, &step.sql).await,
-        Work::SetSequence { schema, sequence } => {
-            set_sequence(source, target, schema, sequence).await
+    let mut attempt = 1;
+    let result = loop {
+        let result = match &step.work {
+            Work::TargetSql => target_sql(target, &step.sql).await,
+            Work::SetSequence { schema, sequence } => {
+                set_sequence(source, target, schema, sequence).await
+            }
+            Work::CopyTable { .. } | Work::None => Ok(()),
+        };
+        // A deadlock victim was rolled back whole: run it again (the other side went on).
+        match result {
+            Err(e) if deadlocked(&e) && attempt < 3 => {
+                attempt += 1;
+                tokio::time::sleep(Duration::from_millis(200 * attempt)).await;
+            }
+            other => break other,
         }
-        Work::CopyTable { .. } | Work::None => Ok(()),
     };
+    let mut state = shared.lock().await;
     match result {
         Ok(()) => {}
         Err(e) if interrupted_before && step.action == Action::Create && already_exists(&e) => {
@@ -291,7 +422,7 @@ async fn run_step(
         Err(e) => {
             let message = db_message(&e);
             state.fail(&step.id, message.clone());
-            state_dir.save(state)?;
+            state_dir.save(&mut state)?;
             return Err(ApplyError::StepFailed {
                 id: step.id.clone(),
                 object: step.object.clone(),
@@ -301,7 +432,8 @@ async fn run_step(
     }
     failpoint("after", &step.id);
     state.finish(&step.id, None);
-    state_dir.save(state)?;
+    state_dir.save(&mut state)?;
+    drop(state);
     events(Event::Done {
         id: step.id.clone(),
         object: step.object.clone(),
@@ -413,7 +545,7 @@ async fn copy_one(
     state: &Mutex<State>,
 ) -> Result<(), ApplyError> {
     let Ctx { state_dir, cancel, events, .. } = *ctx;
-    let Work::CopyTable { schema, table, columns } = &step.work else { return Ok(()) };
+    let Work::CopyTable { schema, table, columns, binary } = &step.work else { return Ok(()) };
     if cancel.requested() {
         return Err(ApplyError::Interrupted);
     }
@@ -430,7 +562,7 @@ async fn copy_one(
     });
     let started = Instant::now();
     let outcome = tokio::select! {
-        r = copy_table(src, tgt, schema, table, columns) => Some(r),
+        r = copy_table(src, tgt, schema, table, columns, *binary) => Some(r),
         _ = cancel.wait() => None,
     };
     let rows = match outcome {
@@ -475,12 +607,16 @@ async fn copy_table(
     schema: &str,
     table: &str,
     columns: &[String],
+    binary: bool,
 ) -> Result<u64, tokio_postgres::Error> {
     let name = qualified_ident(schema, table);
     let cols = columns.iter().map(|c| ident(c)).collect::<Vec<_>>().join(", ");
+    let (out_opts, in_opts) = crate::planner::copy_options(binary);
     tgt.batch_execute(&format!("BEGIN; TRUNCATE {name}")).await?;
-    let out = src.copy_out(&format!("COPY {name} ({cols}) TO STDOUT")).await?;
-    let sink = tgt.copy_in::<_, bytes::Bytes>(&format!("COPY {name} ({cols}) FROM STDIN")).await?;
+    let out = src.copy_out(&format!("COPY {name} ({cols}) TO STDOUT{out_opts}")).await?;
+    let sink = tgt
+        .copy_in::<_, bytes::Bytes>(&format!("COPY {name} ({cols}) FROM STDIN{in_opts}"))
+        .await?;
     futures_util::pin_mut!(out);
     futures_util::pin_mut!(sink);
     while let Some(chunk) = out.next().await {

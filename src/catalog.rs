@@ -53,6 +53,10 @@ pub struct Catalog {
     pub active_wal_senders: i64,
     /// Publications in this database.
     pub publications: Vec<String>,
+    /// Primary key and unique constraints that can be built as `CREATE UNIQUE INDEX` (in
+    /// parallel with other index builds) then attached with `ADD CONSTRAINT ... USING INDEX`:
+    /// on plain tables, not deferrable.
+    pub index_backed_constraints: Vec<IndexBackedConstraint>,
     /// Every sequence in non-system schemas with its current value.
     pub sequences: Vec<SequenceValue>,
     /// Tables (qualified, quoted where needed) that hold at least one row; filled by
@@ -61,6 +65,21 @@ pub struct Catalog {
     /// Tables asked about that the connecting role may not read, so whether they hold rows is
     /// unknown.
     pub tables_unreadable: std::collections::BTreeSet<String>,
+}
+
+/// A primary key or unique constraint and the definition of the index behind it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IndexBackedConstraint {
+    /// Schema.
+    pub schema: String,
+    /// Table.
+    pub table: String,
+    /// Constraint (and index) name.
+    pub name: String,
+    /// `PRIMARY KEY` or `UNIQUE`.
+    pub kind: String,
+    /// `pg_get_indexdef` of the index.
+    pub index_def: String,
 }
 
 /// A sequence's current value (`pg_sequences`), and the column that owns it.
@@ -248,6 +267,9 @@ pub struct Relation {
     pub extension: Option<String>,
     /// Materialized views: whether it holds data (`relispopulated`).
     pub populated: bool,
+    /// Whether every column's type (and array element type) is built in: binary COPY embeds
+    /// type OIDs in arrays and composites, and user types' OIDs differ between servers.
+    pub builtin_types_only: bool,
 }
 
 impl Relation {
@@ -438,6 +460,7 @@ async fn read_in_transaction(client: &Client) -> Result<Catalog, CatalogError> {
                 identity_columns: r.get(16),
                 extension: r.get(17),
                 populated: r.get(18),
+                builtin_types_only: r.get(19),
             })
         })
         .collect();
@@ -498,6 +521,32 @@ async fn read_in_transaction(client: &Client) -> Result<Catalog, CatalogError> {
                 last_value: r.get(2),
                 owned_by: ts.zip(tn),
             }
+        })
+        .collect();
+
+    cat.index_backed_constraints = client
+        .query(
+            "SELECT n.nspname::text, c.relname::text, k.conname::text, \
+                    CASE k.contype WHEN 'p' THEN 'PRIMARY KEY' ELSE 'UNIQUE' END, \
+                    pg_get_indexdef(k.conindid) \
+             FROM pg_constraint k JOIN pg_class c ON c.oid = k.conrelid \
+             JOIN pg_namespace n ON n.oid = c.relnamespace \
+             JOIN pg_index i ON i.indexrelid = k.conindid \
+             WHERE k.contype IN ('p', 'u') AND c.relkind = 'r' AND NOT k.condeferrable \
+               AND i.indexprs IS NULL AND i.indpred IS NULL \
+               AND n.nspname NOT IN ('pg_catalog', 'information_schema') \
+             ORDER BY 1, 2, 3",
+            &[],
+        )
+        .await
+        .map_err(ctx("constraints' indexes"))?
+        .iter()
+        .map(|r| IndexBackedConstraint {
+            schema: r.get(0),
+            table: r.get(1),
+            name: r.get(2),
+            kind: r.get(3),
+            index_def: r.get(4),
         })
         .collect();
 
@@ -696,7 +745,10 @@ SELECT c.oid,
                  WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped
                    AND a.attidentity <> ''), '{{}}'),
        {extension_rel},
-       c.relispopulated
+       c.relispopulated,
+       NOT EXISTS (SELECT 1 FROM pg_attribute a JOIN pg_type t ON t.oid = a.atttypid
+                   WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped
+                     AND (t.oid >= 16384 OR t.typelem >= 16384))
 FROM pg_class c
 JOIN pg_namespace n ON n.oid = c.relnamespace
 LEFT JOIN pg_inherits inh ON inh.inhrelid = c.oid AND c.relispartition

@@ -127,6 +127,9 @@ pub enum Work {
         table: String,
         /// Columns copied (generated columns are computed by the target).
         columns: Vec<String>,
+        /// Binary COPY (same major version, built-in types only) or text.
+        #[serde(default)]
+        binary: bool,
     },
     /// Set a target sequence to the source's current value.
     SetSequence {
@@ -160,6 +163,10 @@ pub struct Step {
     pub diff: Option<String>,
     /// How apply executes it.
     pub work: Work,
+    /// Ids of steps of the same phase that must finish first. Steps of a phase whose `after`
+    /// steps are done may run at the same time (post-load index builds run `jobs` at once).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub after: Vec<String>,
 }
 
 /// Who a server is, as recorded in the plan (never with a password).

@@ -148,6 +148,7 @@ pub fn plan(inputs: Inputs<'_>) -> Plan {
                     note: Some("roles.missing: create".into()),
                     diff: None,
                     work: Work::TargetSql,
+                    after: vec![],
                 });
             }
         }
@@ -175,11 +176,12 @@ pub fn plan(inputs: Inputs<'_>) -> Plan {
         let step =
             object_step(o, phase, &target_by_key, &source_keys, &roles, &identity, inputs.target);
         if phase == Phase::PostLoad {
-            post_objects.push(step);
+            post_objects.push((step, o));
         } else {
             steps.push(step);
         }
     }
+    let post_objects = schedule_post_load(post_objects, inputs.source, &roles);
 
     // Table data, largest first.
     let mut tables: Vec<&SchemaObject> = source_in_scope
@@ -200,9 +202,16 @@ pub fn plan(inputs: Inputs<'_>) -> Plan {
         steps.push(step);
     }
 
+    let built: Vec<String> =
+        post_objects.iter().filter(|s| s.action.is_work()).map(|s| s.id.clone()).collect();
     steps.extend(post_objects);
     steps.extend(sequence_steps(&scope, inputs.source, inputs.target, &source_keys));
-    steps.extend(matview_steps(&source_in_scope, inputs.source, inputs.target, &steps));
+    let mut refreshes = matview_steps(&source_in_scope, inputs.source, inputs.target, &steps);
+    for r in refreshes.iter_mut().filter(|r| r.action.is_work()) {
+        // Refreshed once the indexes and constraints exist (they may speed it up).
+        r.after = built.clone();
+    }
+    steps.extend(refreshes);
     if !copied.is_empty() {
         steps.push(Step {
             id: "post_load:analyze".into(),
@@ -214,9 +223,11 @@ pub fn plan(inputs: Inputs<'_>) -> Plan {
             note: Some("fresh planner statistics for the copied data".into()),
             diff: None,
             work: Work::TargetSql,
+            after: vec![],
         });
     }
 
+    serialize_multi_table_steps(&mut steps);
     let fingerprint = fingerprint(&inputs, &source_in_scope, &scope);
     let summary = Plan::summarize(&steps);
     Plan {
@@ -231,6 +242,96 @@ pub fn plan(inputs: Inputs<'_>) -> Plan {
         checks: inputs.checks,
         steps,
         summary,
+    }
+}
+
+/// Orders the post-load object steps for parallel execution: each step waits for the steps of
+/// the objects it depends on; a primary key or unique constraint becomes a `CREATE UNIQUE INDEX`
+/// (built in parallel with the other indexes) and a quick `ADD CONSTRAINT ... USING INDEX`.
+/// [`serialize_multi_table_steps`] then orders what may not run in parallel.
+fn schedule_post_load(
+    post: Vec<(Step, &SchemaObject)>,
+    source: &Catalog,
+    roles: &dyn Fn(&str) -> Option<String>,
+) -> Vec<Step> {
+    let step_of: HashMap<&ObjectKey, String> = post
+        .iter()
+        .filter(|(s, _)| s.action.is_work())
+        .map(|(s, o)| (&o.key, s.id.clone()))
+        .collect();
+    let mut out = vec![];
+    for (mut step, o) in post {
+        if !step.action.is_work() {
+            out.push(step);
+            continue;
+        }
+        step.after = o.depends_on.iter().filter_map(|k| step_of.get(k).cloned()).collect();
+        step.after.sort();
+        step.after.dedup();
+        let backing = o.table.as_ref().and_then(|(schema, table)| {
+            let name = o.key.name.strip_prefix(&format!("{table}."))?;
+            source
+                .index_backed_constraints
+                .iter()
+                .find(|c| &c.schema == schema && &c.table == table && c.name == name)
+        });
+        match backing {
+            Some(c) if step.action == Action::Create && o.ddl.len() == 1 => {
+                let index_id = step.id.replacen(":constraint:", ":unique_index:", 1);
+                out.push(Step {
+                    id: index_id.clone(),
+                    object: format!("unique index for {}", step.object),
+                    sql: format!("{};", c.index_def),
+                    note: Some(
+                        "built in parallel with the other indexes, then attached as the \
+                         constraint"
+                            .into(),
+                    ),
+                    estimate: None,
+                    ..step.clone()
+                });
+                let mut statements = vec![format!(
+                    "ALTER TABLE ONLY {} ADD CONSTRAINT {} {} USING INDEX {}",
+                    qualified_ident(&c.schema, &c.table),
+                    ident(&c.name),
+                    c.kind,
+                    ident(&c.name)
+                )];
+                statements.extend(o.create_statements(roles).into_iter().skip(o.ddl.len()));
+                step.sql = sql_text(&statements);
+                step.note = Some("attached to the index built above: a catalog change only".into());
+                step.after = vec![index_id];
+                out.push(step);
+            }
+            _ => out.push(step),
+        }
+    }
+    out
+}
+
+/// Post-load steps that lock one table each (index builds, constraints) run in parallel; every
+/// other post-load step (foreign keys, triggers, statistics, refreshes, which may lock several
+/// tables) runs after all of them, one at a time, so no two multi-table steps can deadlock.
+fn serialize_multi_table_steps(steps: &mut [Step]) {
+    let parallel = |s: &Step| {
+        ["post_load:index:", "post_load:constraint:", "post_load:unique_index:"]
+            .iter()
+            .any(|p| s.id.starts_with(p))
+    };
+    let builds: Vec<String> = steps
+        .iter()
+        .filter(|s| s.phase == Phase::PostLoad && s.action.is_work() && parallel(s))
+        .map(|s| s.id.clone())
+        .collect();
+    let mut previous: Option<String> = None;
+    for s in steps.iter_mut() {
+        if s.phase != Phase::PostLoad || !s.action.is_work() || parallel(s) {
+            continue;
+        }
+        s.after.extend(builds.iter().cloned());
+        s.after.extend(previous.replace(s.id.clone()));
+        s.after.sort();
+        s.after.dedup();
     }
 }
 
@@ -254,6 +355,7 @@ fn conflict_step(what: &str, message: &str, diff: Option<String>) -> Step {
         note: Some(message.to_string()),
         diff,
         work: Work::None,
+        after: vec![],
     }
 }
 
@@ -299,6 +401,7 @@ fn object_step(
         note: None,
         diff: None,
         work: Work::None,
+        after: vec![],
     };
     match target_by_key.get(&o.key) {
         Some(existing) => {
@@ -375,23 +478,36 @@ fn copy_step(t: &SchemaObject, source: &Catalog, target: &Catalog, state: Option
     let id = step_id(Phase::Load, "table", schema, table);
     let name = qualified_ident(schema, table);
     let cols = info.columns_for_copy.iter().map(|c| ident(c)).collect::<Vec<_>>().join(", ");
+    let binary = copy_binary(source, target, schema, table);
+    let (out_opts, in_opts) = copy_options(binary);
     let base = Step {
         id: id.clone(),
         phase: Phase::Load,
         action: Action::Copy,
         object: format!("table {}", qualified(schema, table)),
         sql: format!(
-            "-- on the source, under the load snapshot:\nCOPY {name} ({cols}) TO STDOUT;\n\
-             -- on the target, in one transaction:\nTRUNCATE {name};\nCOPY {name} ({cols}) FROM STDIN;"
+            "-- on the source, under the load snapshot:\nCOPY {name} ({cols}) TO STDOUT{out_opts};\n\
+             -- on the target, in one transaction:\nTRUNCATE {name};\n\
+             COPY {name} ({cols}) FROM STDIN{in_opts};"
         ),
         estimate: Some(Estimate { rows: info.estimated_rows, bytes: info.bytes }),
-        note: None,
+        note: Some(if binary {
+            "binary COPY (same major version, built-in types only); FREEZE: rows are written \
+             frozen, so no vacuum pass rewrites them later"
+                .into()
+        } else {
+            "text COPY (binary is used only between equal major versions with built-in types); \
+             FREEZE: rows are written frozen"
+                .into()
+        }),
         diff: None,
         work: Work::CopyTable {
             schema: schema.clone(),
             table: table.clone(),
             columns: info.columns_for_copy.clone(),
+            binary,
         },
+        after: vec![],
     };
     let name_q = qualified(schema, table);
     if target.tables_unreadable.contains(&name_q) {
@@ -458,6 +574,23 @@ fn copy_step(t: &SchemaObject, source: &Catalog, target: &Catalog, state: Option
     base
 }
 
+/// Whether a table is copied in binary: only between equal major versions, and only when every
+/// column type is built in (binary arrays and composites carry type OIDs, which differ between
+/// servers for user-defined types).
+fn copy_binary(source: &Catalog, target: &Catalog, schema: &str, table: &str) -> bool {
+    source.server.major() == target.server.major()
+        && source
+            .relations
+            .iter()
+            .any(|r| r.schema == schema && r.name == table && r.builtin_types_only)
+}
+
+/// The `COPY` options of the source (`TO STDOUT`) and target (`FROM STDIN`) ends. The target
+/// table is truncated in the same transaction, which is what `FREEZE` requires.
+pub fn copy_options(binary: bool) -> (&'static str, &'static str) {
+    if binary { (" (FORMAT binary)", " (FORMAT binary, FREEZE)") } else { ("", " (FREEZE)") }
+}
+
 fn sequence_steps(
     scope: &Scope,
     source: &Catalog,
@@ -502,6 +635,7 @@ fn sequence_steps(
             } else {
                 Work::SetSequence { schema: s.schema.clone(), sequence: s.name.clone() }
             },
+            after: vec![],
         });
     }
     out
@@ -539,6 +673,7 @@ fn matview_steps(
             note: Some("populated from the copied data".into()),
             diff: None,
             work: if done { Work::None } else { Work::TargetSql },
+            after: vec![],
         });
     }
     out

@@ -229,3 +229,53 @@ fn apply_of_a_fresh_plan_without_a_terminal_needs_auto_approve() {
     assert!(out.stderr.contains("--auto-approve"), "{out:?}");
     assert_eq!(sql(&tgt, "app", "SELECT count(*) FROM pg_tables WHERE schemaname = 'public'"), "0");
 }
+
+/// Nasty values, twice: `builtin` has built-in types only (copied in binary), `typed` has the same
+/// columns plus a user-defined enum (copied as text). Both must arrive identical.
+const NASTY: &str = r#"
+CREATE TYPE mood AS ENUM ('ok', 'meh');
+CREATE TYPE pair AS (a int, b text);
+CREATE TABLE builtin (
+    id int PRIMARY KEY, n numeric, f float8, r real, ts timestamptz, d date,
+    ints int[], texts text[], nested int[][], b bytea, j jsonb, big text, iv interval, u uuid
+);
+CREATE TABLE typed (LIKE builtin INCLUDING ALL, m mood, p pair, moods mood[]);
+INSERT INTO builtin VALUES
+    (1, 'NaN', 'Infinity', '-Infinity', 'infinity', '-infinity', '{1,NULL,3}', '{"a b","c,d","e\"f",NULL}',
+     '{{1,2},{3,4}}', '\x00ff10', '{"k": [1, "two", null]}', repeat('toast me ', 100000), '1 year 2 mons -3 days',
+     'a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11'),
+    (2, '-0.000000000000000000001', 'NaN', '1e-40', '2000-01-01 00:00:00+00', '0001-01-01 BC', '{}', '{""}',
+     NULL, '\x', 'null', E'tab\there\nnewline\\backslash', '0', NULL),
+    (3, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL);
+INSERT INTO typed SELECT *, 'meh', ROW(id, 'x,y')::pair, '{ok,meh}' FROM builtin;
+"#;
+
+#[test]
+fn binary_and_text_copies_give_identical_rows_for_nasty_values() {
+    let (src, tgt) = pair("nasty", NASTY);
+    let dir = TempDir::new("nasty");
+    let f = offline_plan(&dir, "nasty", &src, &tgt, "app");
+    let out = run(dir.path(), &["plan", &f, "--format", "json"]);
+    let doc = out.json();
+    let sql_of = |id: &str| {
+        doc["steps"].as_array().unwrap().iter().find(|s| s["id"] == id).unwrap()["sql"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    assert!(sql_of("load:table:public.builtin").contains("(FORMAT binary, FREEZE)"));
+    assert!(sql_of("load:table:public.typed").contains("FROM STDIN (FREEZE)"));
+    let out = run(dir.path(), &["apply", &f, "--auto-approve"]);
+    assert_eq!(out.code, 0, "{out:?}");
+    assert_migrated(&src, &tgt, "app");
+    // The TOASTed value arrived whole, and rows were written frozen.
+    assert_eq!(sql(&tgt, "app", "SELECT length(big) FROM builtin WHERE id = 1"), "900000");
+    sql(&tgt, "app", "CREATE EXTENSION pg_visibility");
+    for t in ["builtin", "typed"] {
+        assert_eq!(
+            sql(&tgt, "app", &format!("SELECT bool_and(all_frozen) FROM pg_visibility_map('{t}')")),
+            "t",
+            "COPY FREEZE marks every page of {t} all-frozen"
+        );
+    }
+}

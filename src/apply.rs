@@ -40,6 +40,19 @@ pub enum Event {
         /// Its action.
         action: Action,
     },
+    /// A copy is under way: what it has streamed so far (sent about every 200 ms).
+    Copying {
+        /// The step.
+        id: String,
+        /// What it is about.
+        object: String,
+        /// Bytes streamed.
+        bytes: u64,
+        /// Rows streamed (text COPY counts lines; binary COPY does not say).
+        rows: Option<u64>,
+        /// The plan's estimate for the table.
+        estimate: Option<crate::plan::Estimate>,
+    },
     /// A step finished.
     Done {
         /// The step.
@@ -48,6 +61,8 @@ pub enum Event {
         object: String,
         /// Rows copied, for copies.
         rows: Option<u64>,
+        /// Bytes streamed, for copies.
+        bytes: Option<u64>,
         /// How long it took.
         elapsed: Duration,
     },
@@ -438,6 +453,7 @@ async fn run_step(
         id: step.id.clone(),
         object: step.object.clone(),
         rows: None,
+        bytes: None,
         elapsed: started.elapsed(),
     });
     Ok(())
@@ -561,16 +577,25 @@ async fn copy_one(
         action: step.action,
     });
     let started = Instant::now();
+    let progress = |bytes, rows| {
+        events(Event::Copying {
+            id: step.id.clone(),
+            object: step.object.clone(),
+            bytes,
+            rows: (!*binary).then_some(rows),
+            estimate: step.estimate,
+        })
+    };
     let outcome = tokio::select! {
-        r = copy_table(src, tgt, schema, table, columns, *binary) => Some(r),
+        r = copy_table(src, tgt, schema, table, columns, *binary, &progress) => Some(r),
         _ = cancel.wait() => None,
     };
-    let rows = match outcome {
+    let (rows, bytes) = match outcome {
         None => {
             let _ = tgt.batch_execute("ROLLBACK").await;
             return Err(ApplyError::Interrupted);
         }
-        Some(Ok(rows)) => rows,
+        Some(Ok(done)) => done,
         Some(Err(e)) => {
             let _ = tgt.batch_execute("ROLLBACK").await;
             let message = db_message(&e);
@@ -594,13 +619,19 @@ async fn copy_one(
         id: step.id.clone(),
         object: step.object.clone(),
         rows: Some(rows),
+        bytes: Some(bytes),
         elapsed: started.elapsed(),
     });
     Ok(())
 }
 
-/// Streams one table: source `COPY TO STDOUT` into target `COPY FROM STDIN`, no table held in
-/// memory, inside a target transaction that first empties the table.
+/// Size of the buffers a copy hands to the target.
+const COPY_BATCH: usize = 256 * 1024;
+
+/// Streams one table: source `COPY TO STDOUT` into target `COPY FROM STDIN`, chunk by chunk
+/// (memory stays bounded whatever the table's size), inside a target transaction that first
+/// empties the table. `progress(bytes, rows)` is called about every 200 ms. Returns the rows and
+/// bytes copied.
 async fn copy_table(
     src: &Client,
     tgt: &Client,
@@ -608,7 +639,8 @@ async fn copy_table(
     table: &str,
     columns: &[String],
     binary: bool,
-) -> Result<u64, tokio_postgres::Error> {
+    progress: &(dyn Fn(u64, u64) + Sync),
+) -> Result<(u64, u64), tokio_postgres::Error> {
     let name = qualified_ident(schema, table);
     let cols = columns.iter().map(|c| ident(c)).collect::<Vec<_>>().join(", ");
     let (out_opts, in_opts) = crate::planner::copy_options(binary);
@@ -619,10 +651,33 @@ async fn copy_table(
         .await?;
     futures_util::pin_mut!(out);
     futures_util::pin_mut!(sink);
+    let (mut bytes, mut lines) = (0u64, 0u64);
+    let mut last = Instant::now();
+    // The source sends one CopyData message per row: batch them into buffers of COPY_BATCH
+    // bytes (COPY data need not align with rows) and hand them to the sink without flushing,
+    // so the target gets few large messages. Memory stays bounded by one buffer per copy.
+    let mut buffer = bytes::BytesMut::with_capacity(COPY_BATCH);
     while let Some(chunk) = out.next().await {
-        sink.send(chunk?).await?;
+        let chunk = chunk?;
+        bytes += chunk.len() as u64;
+        if !binary {
+            // Text COPY ends every row with a newline (newlines in values are escaped).
+            lines += chunk.iter().filter(|&&b| b == b'\n').count() as u64;
+        }
+        buffer.extend_from_slice(&chunk);
+        if buffer.len() >= COPY_BATCH {
+            sink.feed(buffer.split().freeze()).await?;
+            buffer.reserve(COPY_BATCH);
+        }
+        if last.elapsed() >= Duration::from_millis(200) {
+            progress(bytes, lines);
+            last = Instant::now();
+        }
+    }
+    if !buffer.is_empty() {
+        sink.feed(buffer.freeze()).await?;
     }
     let rows = sink.as_mut().finish().await?;
     tgt.batch_execute("COMMIT").await?;
-    Ok(rows)
+    Ok((rows, bytes))
 }

@@ -26,7 +26,7 @@ pub struct Cli {
     /// Log line format on stderr.
     #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
-    /// More log output (-v info, -vv debug). `PGTRANSIT_LOG` (e.g. `pgtransit=debug`) overrides.
+    /// More log output (-v debug, -vv trace). `PGTRANSIT_LOG` (e.g. `pgtransit=debug`) overrides.
     #[arg(short, long, global = true, action = clap::ArgAction::Count)]
     pub verbose: u8,
 }
@@ -200,9 +200,9 @@ fn report_error(e: miette::Report) {
 fn init_logging(cli: &Cli) {
     use tracing_subscriber::EnvFilter;
     let default = match cli.verbose {
-        0 => "pgtransit=warn",
-        1 => "pgtransit=info",
-        _ => "pgtransit=debug",
+        0 => "pgtransit=info",
+        1 => "pgtransit=debug",
+        _ => "pgtransit=trace",
     };
     let filter =
         EnvFilter::try_from_env("PGTRANSIT_LOG").unwrap_or_else(|_| EnvFilter::new(default));

@@ -193,6 +193,28 @@ pub struct Fingerprint {
     pub target: String,
 }
 
+/// What the load will move, from the source's statistics.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+pub struct LoadEstimate {
+    /// Tables to copy.
+    pub tables: usize,
+    /// Estimated rows.
+    pub rows: i64,
+    /// Bytes on disk.
+    pub bytes: i64,
+    /// Copies at once.
+    pub jobs: usize,
+    /// A rough duration: bytes at [`ASSUMED_BYTES_PER_SECOND`] per job.
+    pub seconds: f64,
+}
+
+/// The copy rate per job the estimate assumes (a conservative figure for streaming COPY between
+/// two servers; the benchmark measures the real one).
+pub const ASSUMED_BYTES_PER_SECOND: f64 = 50e6;
+
+/// Default number of tables copied (and indexes built) at once.
+pub const DEFAULT_JOBS: usize = 4;
+
 /// Counts for the summary line.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PlanSummary {
@@ -236,6 +258,9 @@ pub struct Plan {
     pub steps: Vec<Step>,
     /// Counts.
     pub summary: PlanSummary,
+    /// What the load will move, when it copies anything.
+    #[serde(default)]
+    pub load_estimate: Option<LoadEstimate>,
 }
 
 impl Plan {

@@ -230,6 +230,7 @@ pub fn plan(inputs: Inputs<'_>) -> Plan {
     serialize_multi_table_steps(&mut steps);
     let fingerprint = fingerprint(&inputs, &source_in_scope, &scope);
     let summary = Plan::summarize(&steps);
+    let load_estimate = estimate_load(&steps, spec.load.jobs.map(|j| j as usize));
     Plan {
         format: PLAN_FORMAT,
         migration: spec.name.value.clone(),
@@ -242,7 +243,23 @@ pub fn plan(inputs: Inputs<'_>) -> Plan {
         checks: inputs.checks,
         steps,
         summary,
+        load_estimate,
     }
+}
+
+fn estimate_load(steps: &[Step], jobs: Option<usize>) -> Option<crate::plan::LoadEstimate> {
+    let copies: Vec<&Step> = steps.iter().filter(|s| s.action == Action::Copy).collect();
+    if copies.is_empty() {
+        return None;
+    }
+    let jobs = jobs.unwrap_or(crate::plan::DEFAULT_JOBS).clamp(1, copies.len());
+    let rows = copies.iter().filter_map(|s| s.estimate).map(|e| e.rows).sum();
+    let bytes: i64 = copies.iter().filter_map(|s| s.estimate).map(|e| e.bytes).sum();
+    // The largest table bounds the time from below when it is bigger than its share.
+    let largest = copies.iter().filter_map(|s| s.estimate).map(|e| e.bytes).max().unwrap_or(0);
+    let rate = crate::plan::ASSUMED_BYTES_PER_SECOND;
+    let seconds = (bytes as f64 / (rate * jobs as f64)).max(largest as f64 / rate);
+    Some(crate::plan::LoadEstimate { tables: copies.len(), rows, bytes, jobs, seconds })
 }
 
 /// Orders the post-load object steps for parallel execution: each step waits for the steps of

@@ -54,6 +54,8 @@ pub struct PlanReport {
     pub steps: Vec<Step>,
     /// Counts of steps by action, when there is an execution plan.
     pub plan_summary: Option<PlanSummary>,
+    /// What the load will move.
+    pub load_estimate: Option<crate::plan::LoadEstimate>,
 }
 
 /// Counts of findings by severity.
@@ -92,6 +94,7 @@ impl PlanReport {
             summary,
             steps: plan.map(|p| p.steps.clone()).unwrap_or_default(),
             plan_summary: plan.map(|p| p.summary),
+            load_estimate: plan.and_then(|p| p.load_estimate),
         }
     }
 }
@@ -141,6 +144,19 @@ fn plan_text(out: &mut dyn Write, r: &PlanReport) -> io::Result<()> {
     if let Some(summary) = &r.plan_summary {
         writeln!(out)?;
         steps_text(out, &r.steps, summary)?;
+        if let Some(e) = &r.load_estimate {
+            writeln!(
+                out,
+                "Load: {} tables, ~{} rows, {}; roughly {} with {} jobs (assuming ~{:.0} MB/s per \
+                 job; the benchmark measures the real rate).",
+                e.tables,
+                crate::preflight::thousands(e.rows),
+                crate::preflight::human_bytes(e.bytes),
+                human_seconds(e.seconds),
+                e.jobs,
+                crate::plan::ASSUMED_BYTES_PER_SECOND / 1e6
+            )?;
+        }
         if summary.conflicts > 0 {
             writeln!(
                 out,
@@ -222,6 +238,17 @@ fn steps_text(out: &mut dyn Write, steps: &[Step], summary: &PlanSummary) -> io:
     writeln!(out, "{} {}", paint(BOLD, "Plan:"), summary_line(summary))
 }
 
+/// `75` → `1 min 15 s`.
+pub fn human_seconds(seconds: f64) -> String {
+    let s = seconds.round() as u64;
+    match s {
+        0 => "under a second".into(),
+        1..=59 => format!("{s} s"),
+        60..=3599 => format!("{} min {} s", s / 60, s % 60),
+        _ => format!("{} h {} min", s / 3600, s % 3600 / 60),
+    }
+}
+
 /// "N to create, M to update, C to copy, R to run, U unchanged, K conflicts."
 pub fn summary_line(s: &PlanSummary) -> String {
     format!(
@@ -276,32 +303,194 @@ fn plan_markdown(out: &mut dyn Write, r: &PlanReport) -> io::Result<()> {
     out.write_all(text.as_bytes())
 }
 
-/// What apply is doing, one line per event.
-pub fn apply_event(out: &mut dyn Write, e: &crate::apply::Event) -> io::Result<()> {
-    use crate::apply::Event;
-    match e {
-        Event::Phase(p) => writeln!(out, "{}", paint(BOLD, p.title())),
-        Event::Started { .. } => Ok(()),
-        Event::Done { object, rows, elapsed, .. } => {
-            let rows = rows.map(|r| format!(", {} rows", crate::preflight::thousands(r as i64)));
+/// One copied table, for the summary at the end of apply.
+#[derive(Debug, Clone, Serialize)]
+pub struct CopySummary {
+    /// The table.
+    pub object: String,
+    /// Rows copied.
+    pub rows: u64,
+    /// Bytes streamed.
+    pub bytes: u64,
+    /// Seconds taken.
+    pub seconds: f64,
+}
+
+/// What the operator sees while apply runs: a line per finished step; for copies, progress
+/// bars on a terminal, or a log line per table every 10 s otherwise (`tracing`, so
+/// `--log-format json` makes them machine-readable); and a per-table summary at the end.
+pub struct ApplyView {
+    bars: Option<indicatif::MultiProgress>,
+    running: std::collections::HashMap<String, (indicatif::ProgressBar, std::time::Instant)>,
+    copies: Vec<CopySummary>,
+    started: std::time::Instant,
+}
+
+impl ApplyView {
+    /// Bars when `interactive` (stdout is a terminal), log lines otherwise.
+    pub fn new(interactive: bool) -> ApplyView {
+        ApplyView {
+            bars: interactive.then(indicatif::MultiProgress::new),
+            running: Default::default(),
+            copies: vec![],
+            started: std::time::Instant::now(),
+        }
+    }
+
+    fn line(&self, out: &mut dyn Write, text: &str) -> io::Result<()> {
+        match &self.bars {
+            // Printed above the bars, so they are not torn; indicatif writes to the terminal
+            // itself, so the colour choice (`--color`, `NO_COLOR`) is applied here.
+            Some(m) => match anstream::AutoStream::choice(&std::io::stdout()) {
+                anstream::ColorChoice::Never => {
+                    m.println(anstream::adapter::strip_str(text).to_string())
+                }
+                _ => m.println(text),
+            },
+            None => writeln!(out, "{text}"),
+        }
+    }
+
+    /// Renders one event.
+    pub fn event(&mut self, out: &mut dyn Write, e: &crate::apply::Event) -> io::Result<()> {
+        use crate::apply::Event;
+        match e {
+            Event::Phase(p) => self.line(out, &paint(BOLD, p.title())),
+            Event::Started { .. } => Ok(()),
+            Event::Copying { id, object, bytes, rows, estimate } => {
+                self.copying(id, object, *bytes, *rows, *estimate);
+                Ok(())
+            }
+            Event::Done { id, object, rows, bytes, elapsed } => {
+                if let Some((bar, _)) = self.running.remove(id) {
+                    bar.finish_and_clear();
+                }
+                let seconds = elapsed.as_secs_f64();
+                let extra = match (rows, bytes) {
+                    (Some(r), Some(b)) => {
+                        self.copies.push(CopySummary {
+                            object: object.clone(),
+                            rows: *r,
+                            bytes: *b,
+                            seconds,
+                        });
+                        format!(
+                            ", {} rows, {}",
+                            crate::preflight::thousands(*r as i64),
+                            crate::preflight::human_bytes(*b as i64)
+                        )
+                    }
+                    _ => String::new(),
+                };
+                let text = format!(
+                    "  {} {object} {}",
+                    paint(GREEN, "done"),
+                    paint(DIM, &format!("({seconds:.2} s{extra})"))
+                );
+                self.line(out, &text)
+            }
+            Event::Skipped { object, reason } => {
+                let text = format!(
+                    "  {} {object} {}",
+                    paint(DIM, "skip"),
+                    paint(DIM, &format!("({reason})"))
+                );
+                self.line(out, &text)
+            }
+        }
+    }
+
+    fn copying(
+        &mut self,
+        id: &str,
+        object: &str,
+        bytes: u64,
+        rows: Option<u64>,
+        estimate: Option<crate::plan::Estimate>,
+    ) {
+        // Bytes streamed against the table's size on disk (a rough guide: the wire format is
+        // not the disk's), with the rows so far when the copy is text (binary does not say).
+        let (pos, len) = match estimate {
+            Some(e) => (bytes, e.bytes.max(bytes as i64) as u64),
+            None => (bytes, bytes),
+        };
+        let rows_text = rows
+            .map(|r| format!("{} rows", crate::preflight::thousands(r as i64)))
+            .unwrap_or_default();
+        let now = std::time::Instant::now();
+        match &self.bars {
+            Some(multi) => {
+                let (bar, _) = self.running.entry(id.to_string()).or_insert_with(|| {
+                    let bar = multi.add(indicatif::ProgressBar::new(len));
+                    let template = "  {prefix:32!} [{bar:24}] {bytes}/~{total_bytes} \
+                                    {bytes_per_sec} ETA {eta} {msg}";
+                    if let Ok(style) = indicatif::ProgressStyle::with_template(template) {
+                        bar.set_style(style.progress_chars("=> "));
+                    }
+                    bar.set_prefix(object.to_string());
+                    (bar, now)
+                });
+                bar.set_length(len);
+                bar.set_position(pos);
+                bar.set_message(rows_text);
+            }
+            None => {
+                let entry = self.running.entry(id.to_string()).or_insert_with(|| {
+                    (indicatif::ProgressBar::hidden(), now - std::time::Duration::from_secs(10))
+                });
+                if now.duration_since(entry.1) >= std::time::Duration::from_secs(10) {
+                    entry.1 = now;
+                    tracing::info!(
+                        table = object,
+                        bytes,
+                        rows = rows.unwrap_or_default(),
+                        estimated = len,
+                        done_percent = (pos as f64 * 100.0 / len.max(1) as f64).round() as u64,
+                        "copying"
+                    );
+                }
+            }
+        }
+    }
+
+    /// The per-table summary (slowest first) and the totals, like pgcopydb's.
+    pub fn summary(&self, out: &mut dyn Write) -> io::Result<()> {
+        if self.copies.is_empty() {
+            return Ok(());
+        }
+        let mut copies = self.copies.clone();
+        copies.sort_by(|a, b| b.seconds.total_cmp(&a.seconds).then(a.object.cmp(&b.object)));
+        writeln!(out)?;
+        writeln!(out, "{}", paint(BOLD, "Copied tables"))?;
+        writeln!(
+            out,
+            "  {:<40} {:>12} {:>10} {:>8} {:>10}",
+            "table", "rows", "bytes", "seconds", "MB/s"
+        )?;
+        let rate = |b: u64, s: f64| if s > 0.0 { b as f64 / s / 1e6 } else { 0.0 };
+        for c in &copies {
             writeln!(
                 out,
-                "  {} {object} {}",
-                paint(GREEN, "done"),
-                paint(
-                    DIM,
-                    &format!("({:.2} s{})", elapsed.as_secs_f64(), rows.unwrap_or_default())
-                )
-            )
+                "  {:<40} {:>12} {:>10} {:>8.2} {:>10.1}",
+                c.object.trim_start_matches("table "),
+                crate::preflight::thousands(c.rows as i64),
+                crate::preflight::human_bytes(c.bytes as i64),
+                c.seconds,
+                rate(c.bytes, c.seconds)
+            )?;
         }
-        Event::Skipped { object, reason } => {
-            writeln!(
-                out,
-                "  {} {object} {}",
-                paint(DIM, "skip"),
-                paint(DIM, &format!("({reason})"))
-            )
-        }
+        let rows: u64 = copies.iter().map(|c| c.rows).sum();
+        let bytes: u64 = copies.iter().map(|c| c.bytes).sum();
+        let wall = self.started.elapsed().as_secs_f64();
+        writeln!(
+            out,
+            "  {:<40} {:>12} {:>10} {:>8.2} {:>10.1}",
+            format!("total ({} tables, wall clock)", copies.len()),
+            crate::preflight::thousands(rows as i64),
+            crate::preflight::human_bytes(bytes as i64),
+            wall,
+            rate(bytes, wall)
+        )
     }
 }
 

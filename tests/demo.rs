@@ -15,7 +15,16 @@ fn demo_starts_two_servers_writes_a_plan_and_passes_preflight() {
     // Preflight ran against the sample and found what the sample has.
     assert!(out.stdout.contains("Preflight passed: 0 errors"), "{out:?}");
     assert!(out.stdout.contains("identity_columns"), "{out:?}");
-    assert!(out.stdout.contains("4 tables in 1 schemas"), "{out:?}");
+    assert!(out.stdout.contains("5 tables in 1 schemas"), "{out:?}");
+    // It applied the plan (the larger table included) and planned again: nothing left to do.
+    assert!(out.stdout.contains("Apply complete"), "{out:?}");
+    assert!(out.stdout.contains("public.order_events"), "{out:?}");
+    assert!(
+        out.stdout.contains("second plan: 0 to create, 0 to update, 0 to copy, 0 to run"),
+        "{out:?}"
+    );
+    // Without a terminal, load progress goes to the log (stderr) as lines, not bars.
+    assert!(out.stderr.contains("copying"), "{out:?}");
     // And cleaned up after itself: no server of the demo is left running.
     assert!(out.stdout.contains("stopping and removing both servers"), "{out:?}");
 }

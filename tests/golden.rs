@@ -120,6 +120,13 @@ fn sample_plan() -> Plan {
             database: "shop".into(),
         },
         summary: Plan::summarize(&steps),
+        load_estimate: Some(pgtransit::plan::LoadEstimate {
+            tables: 1,
+            rows: 120_000,
+            bytes: 9_830_400,
+            jobs: 1,
+            seconds: 0.2,
+        }),
         checks,
         steps,
     }

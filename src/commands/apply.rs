@@ -15,9 +15,6 @@ use crate::report::{self, Format};
 use crate::spec::{self, LoadedSpec};
 use crate::state::{State, StateDir};
 
-/// Default number of tables copied at once.
-pub const DEFAULT_JOBS: usize = 4;
-
 /// Runs `pgtransit apply`.
 pub async fn run(args: &ApplyArgs, out: &mut dyn Write) -> miette::Result<Outcome> {
     let env = Env::from_process();
@@ -153,12 +150,17 @@ pub async fn apply_plan(
     state_dir.save(&mut state)?;
 
     let servers = Servers::new(loaded, env, args.connect.retry_for)?;
-    let jobs = args.jobs.or(loaded.spec.load.jobs.map(|j| j as usize)).unwrap_or(DEFAULT_JOBS);
+    let jobs = args
+        .jobs
+        .or(loaded.spec.load.jobs.map(|j| j as usize))
+        .unwrap_or(crate::plan::DEFAULT_JOBS);
     let cancel = Cancel::on_signals();
-    let events = std::sync::Mutex::new(anstream::stdout());
+    let interactive = std::io::stdout().is_terminal();
+    let view = std::sync::Mutex::new((report::ApplyView::new(interactive), anstream::stdout()));
     let on_event = |e: apply::Event| {
-        if let Ok(mut o) = events.lock() {
-            let _ = report::apply_event(&mut *o, &e);
+        if let Ok(mut guard) = view.lock() {
+            let (view, stdout) = &mut *guard;
+            let _ = view.event(stdout, &e);
         }
     };
     let ctx = apply::Ctx {
@@ -168,7 +170,11 @@ pub async fn apply_plan(
         cancel: &cancel,
         events: &on_event,
     };
-    apply::run(plan, &ctx, &mut state).await?;
+    let result = apply::run(plan, &ctx, &mut state).await;
+    if let Ok(guard) = view.lock() {
+        guard.0.summary(out).map_err(io_err)?;
+    }
+    result?;
     state.applying = None;
     state_dir.save(&mut state)?;
     report::apply_done(out, plan, &state_dir.state_file()).map_err(io_err)?;

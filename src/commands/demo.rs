@@ -46,7 +46,7 @@ pub async fn run(args: &DemoArgs, out: &mut dyn Write) -> miette::Result<Outcome
         out,
         "demo",
         "filling the source's `shop` database: an enum, a sequence, identity columns, foreign \
-         keys, triggers, 1,000 customers, 5,000 orders",
+         keys, triggers, 1,000 customers, 5,000 orders, 400,000 order events",
     )
     .map_err(io_err)?;
     for c in [&source, &target] {

@@ -70,4 +70,19 @@ FROM orders o, generate_series(1, 3) k;
 
 UPDATE orders SET status = 'paid' WHERE id % 3 = 0;
 
+-- A larger table, so the load takes long enough to watch its progress.
+CREATE TABLE order_events (
+    id       bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    order_id bigint NOT NULL REFERENCES orders (id),
+    kind     text NOT NULL,
+    payload  jsonb NOT NULL,
+    at       timestamptz NOT NULL DEFAULT now()
+);
+CREATE INDEX order_events_order_id ON order_events (order_id);
+
+INSERT INTO order_events (order_id, kind, payload)
+SELECT 1 + i % 5000, (ARRAY['viewed', 'paid', 'shipped'])[1 + i % 3],
+       jsonb_build_object('session', md5(i::text), 'agent', 'demo/' || (i % 17), 'n', i)
+FROM generate_series(1, 400000) i;
+
 ANALYZE;

@@ -413,7 +413,7 @@ async fn run_step(
             Work::SetSequence { schema, sequence } => {
                 set_sequence(source, target, schema, sequence).await
             }
-            Work::CopyTable { .. } | Work::None => Ok(()),
+            Work::CopyTable { .. } | Work::CopyLargeObjects { .. } | Work::None => Ok(()),
         };
         // A deadlock victim was rolled back whole: run it again (the other side went on).
         match result {
@@ -561,7 +561,9 @@ async fn copy_one(
     state: &Mutex<State>,
 ) -> Result<(), ApplyError> {
     let Ctx { state_dir, cancel, events, .. } = *ctx;
-    let Work::CopyTable { schema, table, columns, binary } = &step.work else { return Ok(()) };
+    if !matches!(step.work, Work::CopyTable { .. } | Work::CopyLargeObjects { .. }) {
+        return Ok(());
+    }
     if cancel.requested() {
         return Err(ApplyError::Interrupted);
     }
@@ -577,17 +579,27 @@ async fn copy_one(
         action: step.action,
     });
     let started = Instant::now();
+    let binary = matches!(step.work, Work::CopyTable { binary: true, .. });
     let progress = |bytes, rows| {
         events(Event::Copying {
             id: step.id.clone(),
             object: step.object.clone(),
             bytes,
-            rows: (!*binary).then_some(rows),
+            rows: (!binary).then_some(rows),
             estimate: step.estimate,
         })
     };
+    let work = async {
+        match &step.work {
+            Work::CopyTable { schema, table, columns, binary } => {
+                copy_table(src, tgt, schema, table, columns, *binary, &progress).await
+            }
+            Work::CopyLargeObjects { owners } => copy_large_objects(src, tgt, owners).await,
+            _ => Ok((0, 0)),
+        }
+    };
     let outcome = tokio::select! {
-        r = copy_table(src, tgt, schema, table, columns, *binary, &progress) => Some(r),
+        r = work => Some(r),
         _ = cancel.wait() => None,
     };
     let (rows, bytes) = match outcome {
@@ -623,6 +635,73 @@ async fn copy_one(
         elapsed: started.elapsed(),
     });
     Ok(())
+}
+
+/// Size of the pieces large objects are copied in.
+const LO_CHUNK: i32 = 1 << 20;
+
+/// Copies every large object with its id, owner and grants, 1 MB at a time (memory stays
+/// bounded whatever their size), in one target transaction. Returns (objects, bytes).
+async fn copy_large_objects(
+    src: &Client,
+    tgt: &Client,
+    owners: &std::collections::BTreeMap<String, String>,
+) -> Result<(u64, u64), tokio_postgres::Error> {
+    let objects = src
+        .query(
+            "SELECT oid, pg_get_userbyid(lomowner)::text, COALESCE(lomacl::text[], '{}') \
+             FROM pg_largeobject_metadata ORDER BY oid",
+            &[],
+        )
+        .await?;
+    tgt.batch_execute("BEGIN").await?;
+    let mut bytes = 0u64;
+    for o in &objects {
+        let oid: u32 = o.get(0);
+        let owner: String = o.get(1);
+        let acl: Vec<String> = o.get(2);
+        tgt.execute("SELECT lo_create($1)", &[&oid]).await?;
+        let mut offset = 0i64;
+        loop {
+            let row = src
+                .query_one("SELECT lo_get($1, $2, $3::int)", &[&oid, &offset, &LO_CHUNK])
+                .await?;
+            let chunk: Vec<u8> = row.get(0);
+            if chunk.is_empty() {
+                break;
+            }
+            tgt.execute("SELECT lo_put($1, $2, $3)", &[&oid, &offset, &chunk]).await?;
+            offset += chunk.len() as i64;
+            bytes += chunk.len() as u64;
+        }
+        if let Some(to) = owners.get(&owner) {
+            tgt.batch_execute(&format!("ALTER LARGE OBJECT {oid} OWNER TO {}", ident(to))).await?;
+        }
+        for item in acl {
+            // `grantee=rw/grantor`: r is SELECT, w is UPDATE; the owner's own entry is implied.
+            let Some((grantee, rest)) = item.split_once('=') else { continue };
+            let privileges = rest.split('/').next().unwrap_or("");
+            if grantee == owner {
+                continue;
+            }
+            let to = if grantee.is_empty() {
+                "PUBLIC".to_string()
+            } else {
+                match owners.get(grantee).map(String::as_str).or(Some(grantee)) {
+                    Some(g) => ident(g),
+                    None => continue,
+                }
+            };
+            for (letter, privilege) in [('r', "SELECT"), ('w', "UPDATE")] {
+                if privileges.contains(letter) {
+                    tgt.batch_execute(&format!("GRANT {privilege} ON LARGE OBJECT {oid} TO {to}"))
+                        .await?;
+                }
+            }
+        }
+    }
+    tgt.batch_execute("COMMIT").await?;
+    Ok((objects.len() as u64, bytes))
 }
 
 /// Size of the buffers a copy hands to the target.

@@ -131,6 +131,12 @@ pub enum Work {
         #[serde(default)]
         binary: bool,
     },
+    /// Copy every large object (offline mode): data in chunks, owner (mapped by
+    /// `owners`: source role → target role) and grants.
+    CopyLargeObjects {
+        /// Source owner → target owner; an owner missing here keeps the target's default.
+        owners: std::collections::BTreeMap<String, String>,
+    },
     /// Set a target sequence to the source's current value.
     SetSequence {
         /// Schema.

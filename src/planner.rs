@@ -201,6 +201,9 @@ pub fn plan(inputs: Inputs<'_>) -> Plan {
         }
         steps.push(step);
     }
+    if let Some(step) = large_objects_step(inputs.source, inputs.target, inputs.state, &roles) {
+        steps.push(step);
+    }
 
     let built: Vec<String> =
         post_objects.iter().filter(|s| s.action.is_work()).map(|s| s.id.clone()).collect();
@@ -589,6 +592,72 @@ fn copy_step(t: &SchemaObject, source: &Catalog, target: &Catalog, state: Option
         };
     }
     base
+}
+
+/// Large objects are copied with the tables (under the same snapshot), all in one step. Logical
+/// decoding does not carry them, so online mode copies them once too (preflight says so).
+fn large_objects_step(
+    source: &Catalog,
+    target: &Catalog,
+    state: Option<&State>,
+    roles: &dyn Fn(&str) -> Option<String>,
+) -> Option<Step> {
+    let count = source.large_objects.count;
+    if count == 0 {
+        return None;
+    }
+    let id = "load:large_objects".to_string();
+    let owners: BTreeMap<String, String> = source
+        .large_objects
+        .owners
+        .iter()
+        .filter_map(|o| roles(o).map(|t| (o.clone(), t)))
+        .collect();
+    let base = Step {
+        id: id.clone(),
+        phase: Phase::Load,
+        action: Action::Copy,
+        object: format!("{} large objects", crate::preflight::thousands(count)),
+        sql: "-- on the source, under the load snapshot, 1 MB at a time:\n\
+              SELECT oid, lomowner, lomacl FROM pg_largeobject_metadata;\n\
+              SELECT lo_get(oid, offset, 1048576);\n\
+              -- on the target, in one transaction:\n\
+              SELECT lo_create(oid); SELECT lo_put(oid, offset, chunk);\n\
+              ALTER LARGE OBJECT oid OWNER TO owner; GRANT ... ON LARGE OBJECT oid TO ...;"
+            .into(),
+        estimate: Some(Estimate { rows: count, bytes: 0 }),
+        note: Some(
+            "same object ids as on the source, so columns that store them stay valid".into(),
+        ),
+        diff: None,
+        work: Work::CopyLargeObjects { owners },
+        after: vec![],
+    };
+    if target.large_objects.count > 0 {
+        return Some(if state.is_some_and(|s| s.is_done(&id)) {
+            Step {
+                action: Action::Unchanged,
+                note: Some("copied by an earlier apply".into()),
+                sql: String::new(),
+                work: Work::None,
+                ..base
+            }
+        } else {
+            Step {
+                action: Action::Conflict,
+                note: Some(
+                    "the target already has large objects that pgtransit did not copy: it never \
+                     overwrites them (remove them with lo_unlink on the target if they are not \
+                     needed)"
+                        .into(),
+                ),
+                sql: String::new(),
+                work: Work::None,
+                ..base
+            }
+        });
+    }
+    Some(base)
 }
 
 /// Whether a table is copied in binary: only between equal major versions, and only when every

@@ -279,3 +279,33 @@ fn binary_and_text_copies_give_identical_rows_for_nasty_values() {
         );
     }
 }
+
+#[test]
+fn large_objects_are_copied_with_their_ids_owners_and_grants() {
+    let (src, tgt) = pair(
+        "lo",
+        "CREATE ROLE lo_owner NOLOGIN; CREATE ROLE lo_reader NOLOGIN;
+         CREATE TABLE docs (id int PRIMARY KEY, content oid);
+         INSERT INTO docs VALUES
+             (1, lo_from_bytea(0, 'small')),
+             (2, lo_from_bytea(0, decode(repeat('0123456789abcdef', 200000), 'hex')));
+         SELECT lo_from_bytea(16500, 'with a chosen id');
+         ALTER LARGE OBJECT 16500 OWNER TO lo_owner;
+         GRANT SELECT ON LARGE OBJECT 16500 TO lo_reader;",
+    );
+    sql(&tgt, "postgres", "CREATE ROLE lo_owner NOLOGIN; CREATE ROLE lo_reader NOLOGIN;");
+    let dir = TempDir::new("lo");
+    let f = offline_plan(&dir, "lo", &src, &tgt, "app");
+    let out = run(dir.path(), &["apply", &f, "--auto-approve"]);
+    assert_eq!(out.code, 0, "{out:?}");
+    let objects = "SELECT string_agg(oid || ':' || pg_get_userbyid(lomowner) || ':' \
+                   || coalesce(lomacl::text, '-') || ':' || md5(lo_get(oid)), ',' ORDER BY oid) \
+                   FROM pg_largeobject_metadata";
+    let on_source = sql(&src, "app", objects);
+    assert!(on_source.contains("16500:lo_owner:"), "{on_source}");
+    assert_eq!(sql(&tgt, "app", objects), on_source);
+    assert_migrated(&src, &tgt, "app");
+    // A second plan knows they were copied.
+    let out = run(dir.path(), &["plan", &f, "--detailed-exitcode"]);
+    assert_eq!(out.code, 0, "{out:?}");
+}

@@ -413,7 +413,10 @@ async fn run_step(
             Work::SetSequence { schema, sequence } => {
                 set_sequence(source, target, schema, sequence).await
             }
-            Work::CopyTable { .. } | Work::CopyLargeObjects { .. } | Work::None => Ok(()),
+            Work::CopyTable { .. }
+            | Work::CopyLargeObjects { .. }
+            | Work::EmptyForParts { .. }
+            | Work::None => Ok(()),
         };
         // A deadlock victim was rolled back whole: run it again (the other side went on).
         match result {
@@ -488,9 +491,25 @@ async fn set_sequence(
 /// The load phase: copies run `jobs` at a time, all under one exported snapshot.
 async fn load(steps: &[Step], ctx: &Ctx<'_>, state: &mut State) -> Result<(), ApplyError> {
     let Ctx { servers, state_dir, jobs, events, .. } = *ctx;
-    let pending: Vec<&Step> =
-        steps.iter().filter(|s| s.action == Action::Copy && !state.is_done(&s.id)).collect();
-    for s in steps.iter().filter(|s| s.action == Action::Copy && state.is_done(&s.id)) {
+    // A split table's `empty` step always runs when planned, and then all its parts (it forgets
+    // them in the state): the plan saw an interrupted part, or nothing of the table yet.
+    let redo: std::collections::HashSet<&str> = steps
+        .iter()
+        .filter(|s| s.action.is_work())
+        .filter_map(|s| match &s.work {
+            Work::EmptyForParts { parts, .. } => Some(parts.iter().map(String::as_str)),
+            _ => None,
+        })
+        .flatten()
+        .collect();
+    let is_pending = |s: &Step| {
+        s.action.is_work()
+            && (matches!(s.work, Work::EmptyForParts { .. })
+                || redo.contains(s.id.as_str())
+                || !state.is_done(&s.id))
+    };
+    let pending: Vec<&Step> = steps.iter().filter(|s| is_pending(s)).collect();
+    for s in steps.iter().filter(|s| s.action.is_work() && !is_pending(s)) {
         events(Event::Skipped { object: s.object.clone(), reason: "copied by an earlier apply" });
     }
     if pending.is_empty() {
@@ -511,23 +530,26 @@ async fn load(steps: &[Step], ctx: &Ctx<'_>, state: &mut State) -> Result<(), Ap
         message: db_message(&e),
     })?;
 
-    let queue =
-        Arc::new(Mutex::new(pending.into_iter().collect::<std::collections::VecDeque<_>>()));
-    let shared = Arc::new(Mutex::new(std::mem::replace(state, State::new(&state.migration))));
-    let workers = jobs.max(1);
-    let results = {
-        let mut futures = vec![];
-        for n in 0..workers {
-            let queue = queue.clone();
-            let shared = shared.clone();
-            let snapshot = snapshot.clone();
-            futures.push(async move {
-                let app = format!("pgtransit/load-{}", n + 1);
+    let in_phase: std::collections::HashSet<&str> = pending.iter().map(|s| s.id.as_str()).collect();
+    let schedule = Mutex::new(Schedule {
+        waiting: (0..pending.len()).collect(),
+        running: 0,
+        finished: Default::default(),
+        error: None,
+    });
+    let wake = tokio::sync::Notify::new();
+    let shared = Mutex::new(std::mem::replace(state, State::new(&state.migration)));
+    let worker = |n: usize| {
+        let (schedule, wake, shared, in_phase, pending, snapshot) =
+            (&schedule, &wake, &shared, &in_phase, &pending, &snapshot);
+        async move {
+            let app = format!("pgtransit/load-{}", n + 1);
+            let connected = async {
                 let src = conn::connect_with(&servers.source, &app, &servers.policy).await?;
                 let tgt = conn::connect_with(&servers.target, &app, &servers.policy).await?;
                 src.batch_execute(&format!(
                     "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY; SET TRANSACTION SNAPSHOT {}",
-                    literal(&snapshot)
+                    literal(snapshot)
                 ))
                 .await
                 .map_err(|e| ApplyError::StepFailed {
@@ -535,22 +557,62 @@ async fn load(steps: &[Step], ctx: &Ctx<'_>, state: &mut State) -> Result<(), Ap
                     object: "source snapshot".into(),
                     message: db_message(&e),
                 })?;
-                loop {
-                    let Some(step) = queue.lock().await.pop_front() else { break };
-                    copy_one(step, &src, &tgt, ctx, &shared).await?;
+                Ok::<_, ApplyError>((src, tgt))
+            }
+            .await;
+            let (src, tgt) = match connected {
+                Ok(c) => c,
+                Err(e) => {
+                    schedule.lock().await.error.get_or_insert(e);
+                    wake.notify_waiters();
+                    return;
                 }
-                Ok::<(), ApplyError>(())
-            });
+            };
+            loop {
+                let notified = wake.notified();
+                let next = {
+                    let mut s = schedule.lock().await;
+                    if s.error.is_some() || s.waiting.is_empty() {
+                        return;
+                    }
+                    let ready = s.waiting.iter().position(|&i| {
+                        pending[i]
+                            .after
+                            .iter()
+                            .all(|a| !in_phase.contains(a.as_str()) || s.finished.contains(a))
+                    });
+                    ready.map(|p| {
+                        s.running += 1;
+                        s.waiting.remove(p)
+                    })
+                };
+                let Some(i) = next else {
+                    notified.await;
+                    continue;
+                };
+                let result = copy_one(pending[i], &src, &tgt, ctx, shared).await;
+                let mut s = schedule.lock().await;
+                s.running -= 1;
+                match result {
+                    Ok(()) => {
+                        s.finished.insert(pending[i].id.clone());
+                    }
+                    Err(e) => {
+                        s.error.get_or_insert(e);
+                    }
+                }
+                wake.notify_waiters();
+            }
         }
-        futures_util::future::join_all(futures).await
     };
-    *state = Arc::try_unwrap(shared).expect("workers are done").into_inner();
+    futures_util::future::join_all((0..jobs.clamp(1, pending.len())).map(worker)).await;
+    *state = shared.into_inner();
     drop(exporter);
     state_dir.save(state)?;
-    for r in results {
-        r?;
+    match schedule.into_inner().error {
+        Some(e) => Err(e),
+        None => Ok(()),
     }
-    Ok(())
 }
 
 async fn copy_one(
@@ -561,7 +623,10 @@ async fn copy_one(
     state: &Mutex<State>,
 ) -> Result<(), ApplyError> {
     let Ctx { state_dir, cancel, events, .. } = *ctx;
-    if !matches!(step.work, Work::CopyTable { .. } | Work::CopyLargeObjects { .. }) {
+    if !matches!(
+        step.work,
+        Work::CopyTable { .. } | Work::CopyLargeObjects { .. } | Work::EmptyForParts { .. }
+    ) {
         return Ok(());
     }
     if cancel.requested() {
@@ -591,8 +656,22 @@ async fn copy_one(
     };
     let work = async {
         match &step.work {
-            Work::CopyTable { schema, table, columns, binary } => {
-                copy_table(src, tgt, schema, table, columns, *binary, &progress).await
+            Work::CopyTable { schema, table, columns, binary, part } => {
+                let part = part.as_deref();
+                copy_table(src, tgt, schema, table, columns, *binary, part, &progress).await
+            }
+            Work::EmptyForParts { schema, table, parts } => {
+                let name = qualified_ident(schema, table);
+                tgt.batch_execute(&format!("TRUNCATE {name}")).await?;
+                // The parts' rows are gone: so are their records.
+                let mut s = state.lock().await;
+                for p in parts {
+                    s.steps.remove(p);
+                }
+                // Saved again when the step finishes; if the process dies first, this step is
+                // found `running` and the plan empties the table again.
+                let _ = state_dir.save(&mut s);
+                Ok((0, 0))
             }
             Work::CopyLargeObjects { owners } => copy_large_objects(src, tgt, owners).await,
             _ => Ok((0, 0)),
@@ -711,6 +790,7 @@ const COPY_BATCH: usize = 256 * 1024;
 /// (memory stays bounded whatever the table's size), inside a target transaction that first
 /// empties the table. `progress(bytes, rows)` is called about every 200 ms. Returns the rows and
 /// bytes copied.
+#[allow(clippy::too_many_arguments)]
 async fn copy_table(
     src: &Client,
     tgt: &Client,
@@ -718,16 +798,34 @@ async fn copy_table(
     table: &str,
     columns: &[String],
     binary: bool,
+    part: Option<&str>,
     progress: &(dyn Fn(u64, u64) + Sync),
 ) -> Result<(u64, u64), tokio_postgres::Error> {
     let name = qualified_ident(schema, table);
     let cols = columns.iter().map(|c| ident(c)).collect::<Vec<_>>().join(", ");
     let (out_opts, in_opts) = crate::planner::copy_options(binary);
-    tgt.batch_execute(&format!("BEGIN; TRUNCATE {name}")).await?;
-    let out = src.copy_out(&format!("COPY {name} ({cols}) TO STDOUT{out_opts}")).await?;
-    let sink = tgt
-        .copy_in::<_, bytes::Bytes>(&format!("COPY {name} ({cols}) FROM STDIN{in_opts}"))
-        .await?;
+    let (source_copy, target_copy) = match part {
+        // A whole table: emptied and frozen in one transaction.
+        None => {
+            tgt.batch_execute(&format!("BEGIN; TRUNCATE {name}")).await?;
+            (
+                format!("COPY {name} ({cols}) TO STDOUT{out_opts}"),
+                format!("COPY {name} ({cols}) FROM STDIN{in_opts}"),
+            )
+        }
+        // A part: appended (its table's `empty` step emptied it); FREEZE needs a truncate in
+        // the same transaction, which parts sharing a table cannot have.
+        Some(condition) => {
+            tgt.batch_execute("BEGIN").await?;
+            let plain = if binary { " (FORMAT binary)" } else { "" };
+            (
+                format!("COPY (SELECT {cols} FROM {name} WHERE {condition}) TO STDOUT{out_opts}"),
+                format!("COPY {name} ({cols}) FROM STDIN{plain}"),
+            )
+        }
+    };
+    let out = src.copy_out(&source_copy).await?;
+    let sink = tgt.copy_in::<_, bytes::Bytes>(&target_copy).await?;
     futures_util::pin_mut!(out);
     futures_util::pin_mut!(sink);
     let (mut bytes, mut lines) = (0u64, 0u64);

@@ -65,6 +65,9 @@ pub struct Catalog {
     /// Tables asked about that the connecting role may not read, so whether they hold rows is
     /// unknown.
     pub tables_unreadable: std::collections::BTreeSet<String>,
+    /// For tables to split by an integer key: qualified name → (min, max) of the key, filled
+    /// by [`read_key_ranges`].
+    pub key_ranges: BTreeMap<String, (i64, i64)>,
 }
 
 /// A primary key or unique constraint and the definition of the index behind it.
@@ -270,6 +273,11 @@ pub struct Relation {
     /// Whether every column's type (and array element type) is built in: binary COPY embeds
     /// type OIDs in arrays and composites, and user types' OIDs differ between servers.
     pub builtin_types_only: bool,
+    /// Pages on disk (`relpages`), for splitting by `ctid` ranges.
+    pub pages: i64,
+    /// A column that identifies rows and splits well: the single integer column of the primary
+    /// key, or of a unique index whose column is NOT NULL.
+    pub integer_key: Option<String>,
 }
 
 impl Relation {
@@ -461,6 +469,8 @@ async fn read_in_transaction(client: &Client) -> Result<Catalog, CatalogError> {
                 extension: r.get(17),
                 populated: r.get(18),
                 builtin_types_only: r.get(19),
+                pages: r.get::<_, i32>(20) as i64,
+                integer_key: r.get(21),
             })
         })
         .collect();
@@ -682,6 +692,37 @@ pub async fn read_tables_with_rows(
     Ok(())
 }
 
+/// Fills `cat.key_ranges` for `tables` (schema, table, integer key column): `min` and `max` of
+/// the key, one index lookup each, all in one query.
+pub async fn read_key_ranges(
+    client: &Client,
+    cat: &mut Catalog,
+    tables: &[(String, String, String)],
+) -> Result<(), CatalogError> {
+    if tables.is_empty() {
+        return Ok(());
+    }
+    let probes: Vec<String> = tables
+        .iter()
+        .enumerate()
+        .map(|(i, (s, t, c))| {
+            format!(
+                "SELECT {i}, min({col})::int8, max({col})::int8 FROM {}",
+                crate::sql::qualified_ident(s, t),
+                col = crate::sql::ident(c)
+            )
+        })
+        .collect();
+    for r in client.query(&probes.join(" UNION ALL "), &[]).await.map_err(ctx("key ranges"))? {
+        let i: i32 = r.get(0);
+        let (s, t, _) = &tables[i as usize];
+        if let (Some(lo), Some(hi)) = (r.get::<_, Option<i64>>(1), r.get::<_, Option<i64>>(2)) {
+            cat.key_ranges.insert(crate::sql::qualified(s, t), (lo, hi));
+        }
+    }
+    Ok(())
+}
+
 /// `text[]` of the roles granted privileges in the ACL column `acl` (`PUBLIC` for 0).
 fn grantees(acl: &str) -> String {
     format!(
@@ -748,7 +789,14 @@ SELECT c.oid,
        c.relispopulated,
        NOT EXISTS (SELECT 1 FROM pg_attribute a JOIN pg_type t ON t.oid = a.atttypid
                    WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped
-                     AND (t.oid >= 16384 OR t.typelem >= 16384))
+                     AND (t.oid >= 16384 OR t.typelem >= 16384)),
+       c.relpages,
+       (SELECT a.attname::text FROM pg_index i
+          JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = i.indkey[0]
+         WHERE i.indrelid = c.oid AND i.indisunique AND i.indnatts = 1 AND i.indpred IS NULL
+           AND i.indexprs IS NULL AND a.attnotnull
+           AND a.atttypid IN ('int2'::regtype, 'int4'::regtype, 'int8'::regtype)
+         ORDER BY i.indisprimary DESC, i.indexrelid LIMIT 1)
 FROM pg_class c
 JOIN pg_namespace n ON n.oid = c.relnamespace
 LEFT JOIN pg_inherits inh ON inh.inhrelid = c.oid AND c.relispartition

@@ -130,6 +130,20 @@ pub enum Work {
         /// Binary COPY (same major version, built-in types only) or text.
         #[serde(default)]
         binary: bool,
+        /// For one part of a split table: the rows it copies (`WHERE` condition). A part is
+        /// appended to the table (its `empty` step emptied it); a whole table is truncated and
+        /// copied with `FREEZE` in one transaction.
+        #[serde(default)]
+        part: Option<String>,
+    },
+    /// Empty a split table before its parts are copied, and forget those parts in the state.
+    EmptyForParts {
+        /// Schema.
+        schema: String,
+        /// Table.
+        table: String,
+        /// The ids of its part steps.
+        parts: Vec<String>,
     },
     /// Copy every large object (offline mode): data in chunks, owner (mapped by
     /// `owners`: source role → target role) and grants.
@@ -217,6 +231,13 @@ pub struct LoadEstimate {
 /// The copy rate per job the estimate assumes (a conservative figure for streaming COPY between
 /// two servers; the benchmark measures the real one).
 pub const ASSUMED_BYTES_PER_SECOND: f64 = 50e6;
+
+/// Tables larger than this are split into parts copied in parallel, unless the migration plan
+/// says otherwise (`load.split_larger_than`).
+pub const DEFAULT_SPLIT_LARGER_THAN: u64 = 10_000_000_000;
+
+/// The most parts a table is split into.
+pub const MAX_PARTS: u64 = 64;
 
 /// Default number of tables copied (and indexes built) at once.
 pub const DEFAULT_JOBS: usize = 4;

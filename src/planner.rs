@@ -194,12 +194,16 @@ pub fn plan(inputs: Inputs<'_>) -> Plan {
         size(b).cmp(&size(a)).then_with(|| a.key.cmp(&b.key))
     });
     let mut copied = vec![];
+    let split_above = split_threshold(spec);
     for t in tables {
-        let step = copy_step(t, inputs.source, inputs.target, inputs.state);
-        if step.action == Action::Copy {
+        let table_steps = match parts_of(t, inputs.source, split_above) {
+            Some(parts) => split_copy_steps(t, &parts, inputs.source, inputs.target, inputs.state),
+            None => vec![copy_step(t, inputs.source, inputs.target, inputs.state)],
+        };
+        if table_steps.iter().any(|s| s.action == Action::Copy) {
             copied.push(qualified_ident(&t.key.schema, &t.key.name));
         }
-        steps.push(step);
+        steps.extend(table_steps);
     }
     if let Some(step) = large_objects_step(inputs.source, inputs.target, inputs.state, &roles) {
         steps.push(step);
@@ -526,6 +530,7 @@ fn copy_step(t: &SchemaObject, source: &Catalog, target: &Catalog, state: Option
             table: table.clone(),
             columns: info.columns_for_copy.clone(),
             binary,
+            part: None,
         },
         after: vec![],
     };
@@ -592,6 +597,152 @@ fn copy_step(t: &SchemaObject, source: &Catalog, target: &Catalog, state: Option
         };
     }
     base
+}
+
+/// The size above which tables are split (`load.split_larger_than`, default 10 GB).
+pub fn split_threshold(spec: &crate::spec::Spec) -> u64 {
+    spec.load
+        .split_larger_than
+        .map(|b| b.0)
+        .unwrap_or(crate::plan::DEFAULT_SPLIT_LARGER_THAN)
+        .max(1)
+}
+
+/// The `WHERE` conditions of a table's parts, when it is larger than `threshold`: ranges of its
+/// integer key (from the key's min and max; the first and last parts are open-ended, so rows
+/// outside the range at plan time are still copied), or else ranges of `ctid` blocks.
+pub fn parts_of(t: &SchemaObject, source: &Catalog, threshold: u64) -> Option<Vec<String>> {
+    let info = t.table_info.as_ref()?;
+    if info.partitioned || info.bytes <= 0 || (info.bytes as u64) <= threshold {
+        return None;
+    }
+    let n = (info.bytes as u64).div_ceil(threshold).clamp(2, crate::plan::MAX_PARTS) as i64;
+    let (schema, name) = (&t.key.schema, &t.key.name);
+    let rel = source.relations.iter().find(|r| &r.schema == schema && &r.name == name)?;
+    let ranges = |lo: i64, hi: i64| -> Vec<i64> {
+        let width = ((hi - lo) / n).max(1);
+        (1..n).map(|k| lo + k * width).collect()
+    };
+    let conditions = |col: &str, bounds: &[i64], fmt: &dyn Fn(i64) -> String| {
+        let mut out = vec![];
+        for k in 0..=bounds.len() {
+            out.push(match (k.checked_sub(1).map(|i| bounds[i]), bounds.get(k)) {
+                (None, Some(hi)) => format!("{col} < {}", fmt(*hi)),
+                (Some(lo), Some(hi)) => format!("{col} >= {} AND {col} < {}", fmt(lo), fmt(*hi)),
+                (Some(lo), None) => format!("{col} >= {}", fmt(lo)),
+                (None, None) => "true".into(),
+            });
+        }
+        out
+    };
+    match (&rel.integer_key, source.key_ranges.get(&qualified(schema, name))) {
+        (Some(col), Some(&(lo, hi))) if hi > lo => {
+            Some(conditions(&ident(col), &ranges(lo, hi + 1), &|v| v.to_string()))
+        }
+        _ if rel.pages > 1 => {
+            let bounds = ranges(0, rel.pages);
+            Some(conditions("ctid", &bounds, &|b| format!("'({b},0)'::tid")))
+        }
+        _ => None,
+    }
+}
+
+/// The steps of a split table: one that empties it, then one per part (copied in parallel).
+/// Resume: parts recorded done stay done; if any part was interrupted, the table is emptied
+/// and every part copied again (an interrupted part may have committed unrecorded rows).
+fn split_copy_steps(
+    t: &SchemaObject,
+    parts: &[String],
+    source: &Catalog,
+    target: &Catalog,
+    state: Option<&State>,
+) -> Vec<Step> {
+    let whole = copy_step(t, source, target, None);
+    let info = t.table_info.as_ref().expect("tables have table info");
+    let (schema, table) = (&t.key.schema, &t.key.name);
+    let name = qualified_ident(schema, table);
+    let cols = info.columns_for_copy.iter().map(|c| ident(c)).collect::<Vec<_>>().join(", ");
+    let binary = matches!(whole.work, Work::CopyTable { binary: true, .. });
+    let (out_opts, _) = copy_options(binary);
+    let in_opts = if binary { " (FORMAT binary)" } else { "" };
+    let n = parts.len();
+    let ids: Vec<String> = (1..=n).map(|k| format!("{}:part-{k}-of-{n}", whole.id)).collect();
+    let empty_id = format!("{}:empty", whole.id);
+    let status = |id: &str| state.and_then(|s| s.steps.get(id)).map(|s| s.status);
+    // The `empty` step itself interrupted also means redo: it may have emptied the table
+    // before the state could forget the parts.
+    let interrupted = ids
+        .iter()
+        .chain(std::iter::once(&empty_id))
+        .any(|id| matches!(status(id), Some(StepStatus::Running | StepStatus::Failed)));
+    let any_done = ids.iter().any(|id| status(id) == Some(StepStatus::Done));
+    let name_q = qualified(schema, table);
+    if !interrupted && !any_done {
+        // Nothing of ours is there: as for a whole table (conflict if the target has rows,
+        // nothing to do if both sides are empty).
+        if whole.action != Action::Copy {
+            return vec![whole];
+        }
+    }
+    let redo = interrupted || !any_done;
+    let mut steps = vec![Step {
+        id: empty_id.clone(),
+        phase: Phase::Load,
+        action: if redo { Action::Run } else { Action::Unchanged },
+        object: format!("table {name_q} (split into {n} parts)"),
+        sql: if redo { format!("TRUNCATE {name};") } else { String::new() },
+        estimate: whole.estimate,
+        note: Some(if interrupted {
+            "a part was interrupted: the table is emptied and every part copied again".into()
+        } else {
+            "emptied once; its parts are copied in parallel under the same snapshot (no FREEZE: \
+             the parts share the table)"
+                .into()
+        }),
+        diff: None,
+        work: if redo {
+            Work::EmptyForParts { schema: schema.clone(), table: table.clone(), parts: ids.clone() }
+        } else {
+            Work::None
+        },
+        after: vec![],
+    }];
+    let per_part =
+        whole.estimate.map(|e| Estimate { rows: e.rows / n as i64, bytes: e.bytes / n as i64 });
+    for (k, (id, condition)) in ids.iter().zip(parts).enumerate() {
+        let done = !redo && status(id) == Some(StepStatus::Done);
+        steps.push(Step {
+            id: id.clone(),
+            phase: Phase::Load,
+            action: if done { Action::Unchanged } else { Action::Copy },
+            object: format!("table {name_q} part {} of {n}", k + 1),
+            sql: if done {
+                String::new()
+            } else {
+                format!(
+                    "-- on the source, under the load snapshot:\n\
+                     COPY (SELECT {cols} FROM {name} WHERE {condition}) TO STDOUT{out_opts};\n\
+                     -- on the target, in one transaction:\nCOPY {name} ({cols}) FROM STDIN{in_opts};"
+                )
+            },
+            estimate: per_part,
+            note: done.then(|| "copied by an earlier apply".to_string()),
+            diff: None,
+            work: if done {
+                Work::None
+            } else {
+                Work::CopyTable {
+                    schema: schema.clone(),
+                    table: table.clone(),
+                    columns: info.columns_for_copy.clone(),
+                    binary,
+                    part: Some(condition.clone()),
+                }
+            },
+            after: vec![empty_id.clone()],
+        });
+    }
+    steps
 }
 
 /// Large objects are copied with the tables (under the same snapshot), all in one step. Logical
@@ -906,6 +1057,35 @@ mod tests {
         let fk_step = &p.steps[4];
         assert!(fk_step.note.as_deref().unwrap().contains("added after the data"));
         assert!(fk_step.sql.ends_with(';'));
+    }
+
+    #[test]
+    fn large_tables_split_into_open_ended_key_ranges_or_ctid_ranges() {
+        let mut t = table("big", "CREATE TABLE big (id int)", 1000);
+        t.table_info.as_mut().unwrap().bytes = 4_000;
+        let mut source = catalog_with_role("app");
+        source.relations.push(crate::catalog::Relation {
+            schema: "public".into(),
+            name: "big".into(),
+            integer_key: Some("id".into()),
+            pages: 8,
+            ..Default::default()
+        });
+        source.key_ranges.insert("public.big".into(), (1, 100));
+        let parts = parts_of(&t, &source, 1_000).unwrap();
+        assert_eq!(
+            parts,
+            vec![
+                "\"id\" < 26",
+                "\"id\" >= 26 AND \"id\" < 51",
+                "\"id\" >= 51 AND \"id\" < 76",
+                "\"id\" >= 76"
+            ]
+        );
+        source.key_ranges.clear();
+        let parts = parts_of(&t, &source, 2_000).unwrap();
+        assert_eq!(parts, vec!["ctid < '(4,0)'::tid", "ctid >= '(4,0)'::tid"]);
+        assert_eq!(parts_of(&t, &source, 4_000), None, "not larger than the threshold");
     }
 
     #[test]

@@ -309,3 +309,66 @@ fn large_objects_are_copied_with_their_ids_owners_and_grants() {
     let out = run(dir.path(), &["plan", &f, "--detailed-exitcode"]);
     assert_eq!(out.code, 0, "{out:?}");
 }
+
+/// `keyed` splits by ranges of its integer key, `heap` (no key) by ranges of ctid blocks.
+const SPLIT: &str = "
+CREATE TABLE keyed (id bigint PRIMARY KEY, v text);
+INSERT INTO keyed SELECT i, md5(i::text) || repeat('x', 200) FROM generate_series(1, 30000) i;
+CREATE TABLE heap (a int, v text);
+INSERT INTO heap SELECT i % 100, md5(i::text) || repeat('y', 200) FROM generate_series(1, 30000) i;
+ANALYZE;";
+
+fn split_plan(dir: &TempDir, src: &LocalCluster, tgt: &LocalCluster) -> String {
+    let extra = "mode: offline\nload:\n  split_larger_than: 2MB\n  jobs: 3\n";
+    dir.write("split.yaml", &plan_yaml("split", &src.url("app"), &tgt.url("app"), extra))
+        .to_str()
+        .unwrap()
+        .to_string()
+}
+
+#[test]
+fn large_tables_split_by_key_and_by_ctid_arrive_complete_without_duplicates() {
+    let (src, tgt) = pair("split", SPLIT);
+    let dir = TempDir::new("split");
+    let f = split_plan(&dir, &src, &tgt);
+    let out = run(dir.path(), &["plan", &f]);
+    assert!(out.stdout.contains("copy table public.keyed part 1 of"), "{out:?}");
+    assert!(out.stdout.contains("WHERE \"id\" < "), "{out:?}");
+    assert!(out.stdout.contains("WHERE ctid >= '("), "{out:?}");
+    let out = run(dir.path(), &["apply", &f, "--auto-approve"]);
+    assert_eq!(out.code, 0, "{out:?}");
+    assert_migrated(&src, &tgt, "app");
+    let out = run(dir.path(), &["plan", &f, "--detailed-exitcode"]);
+    assert_eq!(out.code, 0, "{out:?}");
+}
+
+#[test]
+fn split_load_killed_after_a_part_resumes_without_duplicates() {
+    let (src, tgt) = pair("splitkill", SPLIT);
+    let dir = TempDir::new("splitkill");
+    let f = split_plan(&dir, &src, &tgt);
+    let out = run(dir.path(), &["plan", &f, "--format", "json"]);
+    let first_part = out.json()["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["id"].as_str().unwrap().starts_with("load:table:public.keyed:part-1-of-"))
+        .unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    // Killed after the part committed and before the state recorded it.
+    let killed = crate::support::Run::of(
+        crate::support::pgtransit(dir.path())
+            .args(["apply", &f, "--auto-approve", "--jobs", "1"])
+            .env("PGTRANSIT_FAILPOINT", format!("after:{first_part}"))
+            .output()
+            .unwrap(),
+    );
+    assert_ne!(killed.code, 0, "{killed:?}");
+    let out = run(dir.path(), &["plan", &f]);
+    assert!(out.stdout.contains("a part was interrupted"), "{out:?}");
+    let out = run(dir.path(), &["apply", &f, "--auto-approve"]);
+    assert_eq!(out.code, 0, "{out:?}");
+    assert_migrated(&src, &tgt, "app");
+}

@@ -125,6 +125,33 @@ pub async fn compute(loaded: &LoadedSpec, env: &Env, retry_for: Duration) -> Com
             side.catalog = None;
         }
     }
+    // Tables to split by an integer key need the key's range (one index lookup each).
+    if let (Some(cat), Some(client)) = (source.catalog.as_mut(), source.client.as_ref()) {
+        let threshold = planner::split_threshold(&loaded.spec);
+        let to_split: Vec<(String, String, String)> = source
+            .objects
+            .iter()
+            .filter(|o| o.key.kind == ObjectKind::Table && planner::in_scope(o, &scope))
+            .filter(|o| {
+                o.table_info.as_ref().is_some_and(|t| !t.partitioned && t.bytes as u64 > threshold)
+            })
+            .filter_map(|o| {
+                let rel = cat
+                    .relations
+                    .iter()
+                    .find(|r| r.schema == o.key.schema && r.name == o.key.name)?;
+                Some((o.key.schema.clone(), o.key.name.clone(), rel.integer_key.clone()?))
+            })
+            .collect();
+        if let Err(e) = catalog::read_key_ranges(client, cat, &to_split).await {
+            source.problem = Some(preflight::unreachable(
+                Side::Source,
+                format!("could not read the key ranges of the tables to split: {e}"),
+                None,
+            ));
+            source.catalog = None;
+        }
+    }
     let mut checks = vec![];
     for side in [&source, &target] {
         if let Some(p) = &side.problem {

@@ -518,10 +518,12 @@ async fn load(steps: &[Step], ctx: &Ctx<'_>, state: &mut State) -> Result<(), Ap
     // The exporting transaction stays open (and so the snapshot valid) until every copy ends.
     let exporter =
         conn::connect_with(&servers.source, "pgtransit/snapshot", &servers.policy).await?;
-    let snapshot: String = async {
+    let (snapshot, snapshot_lsn): (String, String) = async {
         exporter.batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY").await?;
-        let row = exporter.query_one("SELECT pg_export_snapshot()", &[]).await?;
-        Ok::<_, tokio_postgres::Error>(row.get(0))
+        let row = exporter
+            .query_one("SELECT pg_export_snapshot(), pg_current_wal_lsn()::text", &[])
+            .await?;
+        Ok::<_, tokio_postgres::Error>((row.get(0), row.get(1)))
     }
     .await
     .map_err(|e| ApplyError::StepFailed {
@@ -540,8 +542,8 @@ async fn load(steps: &[Step], ctx: &Ctx<'_>, state: &mut State) -> Result<(), Ap
     let wake = tokio::sync::Notify::new();
     let shared = Mutex::new(std::mem::replace(state, State::new(&state.migration)));
     let worker = |n: usize| {
-        let (schedule, wake, shared, in_phase, pending, snapshot) =
-            (&schedule, &wake, &shared, &in_phase, &pending, &snapshot);
+        let (schedule, wake, shared, in_phase, pending, snapshot, snapshot_lsn) =
+            (&schedule, &wake, &shared, &in_phase, &pending, &snapshot, &snapshot_lsn);
         async move {
             let app = format!("pgtransit/load-{}", n + 1);
             let connected = async {
@@ -590,7 +592,7 @@ async fn load(steps: &[Step], ctx: &Ctx<'_>, state: &mut State) -> Result<(), Ap
                     notified.await;
                     continue;
                 };
-                let result = copy_one(pending[i], &src, &tgt, ctx, shared).await;
+                let result = copy_one(pending[i], &src, &tgt, ctx, shared, snapshot_lsn).await;
                 let mut s = schedule.lock().await;
                 s.running -= 1;
                 match result {
@@ -621,6 +623,7 @@ async fn copy_one(
     tgt: &Client,
     ctx: &Ctx<'_>,
     state: &Mutex<State>,
+    snapshot_lsn: &str,
 ) -> Result<(), ApplyError> {
     let Ctx { state_dir, cancel, events, .. } = *ctx;
     if !matches!(
@@ -704,6 +707,9 @@ async fn copy_one(
     {
         let mut s = state.lock().await;
         s.finish(&step.id, Some(rows));
+        if let Some(record) = s.steps.get_mut(&step.id) {
+            record.source_lsn = Some(snapshot_lsn.to_string());
+        }
         state_dir.save(&mut s)?;
     }
     events(Event::Done {

@@ -53,6 +53,11 @@ pub struct StepState {
     /// The error, when it failed.
     #[serde(default)]
     pub error: Option<String>,
+    /// Copies: the source's WAL position when the snapshot the copy read was taken (an upper
+    /// bound of the point in the source's history the copied rows correspond to; change
+    /// streaming skips what the copy already holds).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source_lsn: Option<String>,
 }
 
 /// The state of one migration.
@@ -300,6 +305,7 @@ impl State {
                 finished_at: None,
                 rows: None,
                 error: None,
+                source_lsn: None,
             },
         );
     }

@@ -174,6 +174,28 @@ fn apply_killed_mid_load_resumes_without_duplicates() {
     assert_eq!(out.code, 0, "{out:?}");
     assert_migrated(&src, &tgt, "app");
     assert_eq!(sql(&tgt, "app", "SELECT count(*) FROM big"), "20000");
+    // Each copy records the source position its snapshot corresponds to.
+    let state: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(dir.path().join(".pgtransit/resume/state.json")).unwrap(),
+    )
+    .unwrap();
+    let lsn = state["steps"]["load:table:public.big"]["source_lsn"].as_str().unwrap();
+    assert!(lsn.contains('/'), "an LSN like 0/1A2B3C: {lsn}");
+}
+
+#[test]
+fn online_mode_apply_is_refused_until_change_streaming_exists() {
+    let src = cluster("online-src", &[("wal_level", "logical")]);
+    let tgt = cluster("online-tgt", &[]);
+    src.create_database("app").unwrap();
+    tgt.create_database("app").unwrap();
+    sql(&src, "app", "CREATE TABLE t (id int PRIMARY KEY); INSERT INTO t VALUES (1);");
+    let dir = TempDir::new("online");
+    let f = dir.write("online.yaml", &plan_yaml("online", &src.url("app"), &tgt.url("app"), ""));
+    let out = run(dir.path(), &["apply", f.to_str().unwrap(), "--auto-approve"]);
+    assert_eq!(out.code, 1, "{out:?}");
+    assert!(out.stderr.contains("mode: offline"), "{out:?}");
+    assert_eq!(sql(&tgt, "app", "SELECT count(*) FROM pg_tables WHERE schemaname = 'public'"), "0");
 }
 
 #[test]

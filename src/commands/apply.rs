@@ -97,6 +97,16 @@ pub async fn apply_plan(
     out: &mut dyn Write,
     check_stale: bool,
 ) -> miette::Result<Outcome> {
+    if plan.mode == "online" {
+        // Copying a source that keeps taking writes, with no change stream behind the copy,
+        // would leave the target silently behind: refuse rather than pretend.
+        miette::bail!(
+            help = "set `mode: offline` in the migration plan (stop writes to the source during \
+                    the migration), or wait for online sync",
+            "this pgtransit cannot apply online migrations yet: change streaming (logical \
+             replication) is not built"
+        );
+    }
     if !plan.is_applicable() {
         let n = crate::preflight::has_errors(&plan.checks);
         return Err(ApplyError::NotApplicable(if n {

@@ -24,7 +24,7 @@ use tokio_postgres::Client;
 use crate::conn::{self, Env, Resolved, RetryPolicy};
 use crate::plan::{Action, Phase, Plan, Step, Work};
 use crate::sql::{ident, literal, qualified_ident};
-use crate::state::{State, StateDir, StepStatus};
+use crate::state::{State, StateDir};
 
 /// What apply tells the report, as it goes.
 #[derive(Debug, Clone)]
@@ -194,15 +194,29 @@ fn failpoint(when: &str, id: &str) {
     }
 }
 
-/// SQLSTATEs that mean "it is already there" (the interrupted step had committed).
+/// SQLSTATEs that mean "it is already there": duplicate relation, object, function, schema,
+/// column, prepared statement; 42P16 "multiple primary keys" and 55000 "index is already
+/// associated with a constraint" (re-adding a primary key). Only consulted for a step the state
+/// says an earlier run started, so they mean that run had committed it.
 fn already_exists(e: &tokio_postgres::Error) -> bool {
     e.code().is_some_and(|c| {
-        matches!(c.code(), "42P07" | "42710" | "42723" | "42P06" | "42P16" | "42701" | "42P05")
+        matches!(
+            c.code(),
+            "42P07" | "42710" | "42723" | "42P06" | "42P16" | "42701" | "42P05" | "55000"
+        )
     })
 }
 
 fn deadlocked(e: &tokio_postgres::Error) -> bool {
     e.code().is_some_and(|c| c.code() == "40P01")
+}
+
+/// The server's error without its DETAIL, which can quote row values: what the state records.
+fn db_summary(e: &tokio_postgres::Error) -> String {
+    match e.as_db_error() {
+        Some(db) => format!("{}: {}", db.severity(), db.message()),
+        None => e.to_string(),
+    }
 }
 
 fn db_message(e: &tokio_postgres::Error) -> String {
@@ -382,7 +396,7 @@ async fn run_step(
     let Ctx { state_dir, cancel, events, .. } = *ctx;
     let interrupted_before = {
         let mut state = shared.lock().await;
-        if state.is_done(&step.id) {
+        if state.is_done_in_this_plan(&step.id) {
             events(Event::Skipped {
                 object: step.object.clone(),
                 reason: "done by an earlier apply",
@@ -393,8 +407,9 @@ async fn run_step(
             state_dir.save(&mut state)?;
             return Err(ApplyError::Interrupted);
         }
-        let interrupted =
-            state.steps.get(&step.id).is_some_and(|s| s.status == StepStatus::Running);
+        // Any earlier record (running, failed, or done under another plan) means an earlier
+        // run executed this step, possibly to its commit.
+        let interrupted = state.steps.contains_key(&step.id);
         failpoint("before", &step.id);
         state.start(&step.id);
         state_dir.save(&mut state)?;
@@ -431,7 +446,8 @@ async fn run_step(
     match result {
         Ok(()) => {}
         Err(e) if interrupted_before && step.action == Action::Create && already_exists(&e) => {
-            // The interrupted run had committed this step before it could record it.
+            // An earlier run had committed this step (before it could record it, or under an
+            // earlier plan): what the step creates is there.
             events(Event::Skipped {
                 object: step.object.clone(),
                 reason: "found on the target: an interrupted apply had completed it",
@@ -439,7 +455,7 @@ async fn run_step(
         }
         Err(e) => {
             let message = db_message(&e);
-            state.fail(&step.id, message.clone());
+            state.fail(&step.id, db_summary(&e));
             state_dir.save(&mut state)?;
             return Err(ApplyError::StepFailed {
                 id: step.id.clone(),
@@ -491,22 +507,26 @@ async fn set_sequence(
 /// The load phase: copies run `jobs` at a time, all under one exported snapshot.
 async fn load(steps: &[Step], ctx: &Ctx<'_>, state: &mut State) -> Result<(), ApplyError> {
     let Ctx { servers, state_dir, jobs, events, .. } = *ctx;
-    // A split table's `empty` step always runs when planned, and then all its parts (it forgets
-    // them in the state): the plan saw an interrupted part, or nothing of the table yet.
-    let redo: std::collections::HashSet<&str> = steps
-        .iter()
-        .filter(|s| s.action.is_work())
-        .filter_map(|s| match &s.work {
-            Work::EmptyForParts { parts, .. } => Some(parts.iter().map(String::as_str)),
-            _ => None,
-        })
-        .flatten()
-        .collect();
+    // A split table is redone whole (its `empty` step, then every part) unless the state says
+    // all of it was done under this plan: the planner's rule, applied to the state as it is now.
+    let mut redo: std::collections::HashSet<&str> = Default::default();
+    let mut complete: std::collections::HashSet<&str> = Default::default();
+    for s in steps.iter().filter(|s| s.action.is_work()) {
+        if let Work::EmptyForParts { parts, .. } = &s.work {
+            let done = |id: &str| state.is_done_in_this_plan(id);
+            if crate::planner::split_table_complete(&s.id, parts, &done) {
+                complete.insert(s.id.as_str());
+                complete.extend(parts.iter().map(String::as_str));
+            } else {
+                redo.insert(s.id.as_str());
+                redo.extend(parts.iter().map(String::as_str));
+            }
+        }
+    }
     let is_pending = |s: &Step| {
         s.action.is_work()
-            && (matches!(s.work, Work::EmptyForParts { .. })
-                || redo.contains(s.id.as_str())
-                || !state.is_done(&s.id))
+            && !complete.contains(s.id.as_str())
+            && (redo.contains(s.id.as_str()) || !state.is_done_in_this_plan(&s.id))
     };
     let pending: Vec<&Step> = steps.iter().filter(|s| is_pending(s)).collect();
     for s in steps.iter().filter(|s| s.action.is_work() && !is_pending(s)) {
@@ -521,7 +541,11 @@ async fn load(steps: &[Step], ctx: &Ctx<'_>, state: &mut State) -> Result<(), Ap
     let (snapshot, snapshot_lsn): (String, String) = async {
         exporter.batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY").await?;
         let row = exporter
-            .query_one("SELECT pg_export_snapshot(), pg_current_wal_lsn()::text", &[])
+            .query_one(
+                "SELECT pg_export_snapshot(), CASE WHEN pg_is_in_recovery() \
+                 THEN pg_last_wal_replay_lsn() ELSE pg_current_wal_lsn() END::text",
+                &[],
+            )
             .await?;
         Ok::<_, tokio_postgres::Error>((row.get(0), row.get(1)))
     }
@@ -676,7 +700,7 @@ async fn copy_one(
                 let _ = state_dir.save(&mut s);
                 Ok((0, 0))
             }
-            Work::CopyLargeObjects { owners } => copy_large_objects(src, tgt, owners).await,
+            Work::CopyLargeObjects { roles } => copy_large_objects(src, tgt, roles).await,
             _ => Ok((0, 0)),
         }
     };
@@ -694,7 +718,7 @@ async fn copy_one(
             let _ = tgt.batch_execute("ROLLBACK").await;
             let message = db_message(&e);
             let mut s = state.lock().await;
-            s.fail(&step.id, message.clone());
+            s.fail(&step.id, db_summary(&e));
             state_dir.save(&mut s)?;
             return Err(ApplyError::StepFailed {
                 id: step.id.clone(),
@@ -726,16 +750,24 @@ async fn copy_one(
 const LO_CHUNK: i32 = 1 << 20;
 
 /// Copies every large object with its id, owner and grants, 1 MB at a time (memory stays
-/// bounded whatever their size), in one target transaction. Returns (objects, bytes).
+/// bounded whatever their size), in one target transaction. An object with the same id already
+/// on the target is one an interrupted run of this step copied (the planner made sure): it is
+/// replaced. Returns (objects, bytes).
 async fn copy_large_objects(
     src: &Client,
     tgt: &Client,
-    owners: &std::collections::BTreeMap<String, String>,
+    roles: &std::collections::BTreeMap<String, String>,
 ) -> Result<(u64, u64), tokio_postgres::Error> {
     let objects = src
         .query(
-            "SELECT oid, pg_get_userbyid(lomowner)::text, COALESCE(lomacl::text[], '{}') \
-             FROM pg_largeobject_metadata ORDER BY oid",
+            "SELECT l.oid, pg_get_userbyid(l.lomowner)::text, \
+                    COALESCE(array_agg(CASE WHEN x.grantee = 0 THEN '' \
+                                            ELSE pg_get_userbyid(x.grantee)::text END) \
+                             FILTER (WHERE x.grantee IS NOT NULL AND x.grantee <> l.lomowner), '{}'), \
+                    COALESCE(array_agg(x.privilege_type::text) \
+                             FILTER (WHERE x.grantee IS NOT NULL AND x.grantee <> l.lomowner), '{}') \
+             FROM pg_largeobject_metadata l LEFT JOIN LATERAL aclexplode(l.lomacl) x ON true \
+             GROUP BY l.oid, l.lomowner ORDER BY l.oid",
             &[],
         )
         .await?;
@@ -744,7 +776,10 @@ async fn copy_large_objects(
     for o in &objects {
         let oid: u32 = o.get(0);
         let owner: String = o.get(1);
-        let acl: Vec<String> = o.get(2);
+        let grantees: Vec<String> = o.get(2);
+        let privileges: Vec<String> = o.get(3);
+        tgt.execute("SELECT lo_unlink(oid) FROM pg_largeobject_metadata WHERE oid = $1", &[&oid])
+            .await?;
         tgt.execute("SELECT lo_create($1)", &[&oid]).await?;
         let mut offset = 0i64;
         loop {
@@ -759,29 +794,21 @@ async fn copy_large_objects(
             offset += chunk.len() as i64;
             bytes += chunk.len() as u64;
         }
-        if let Some(to) = owners.get(&owner) {
+        if let Some(to) = roles.get(&owner) {
             tgt.batch_execute(&format!("ALTER LARGE OBJECT {oid} OWNER TO {}", ident(to))).await?;
         }
-        for item in acl {
-            // `grantee=rw/grantor`: r is SELECT, w is UPDATE; the owner's own entry is implied.
-            let Some((grantee, rest)) = item.split_once('=') else { continue };
-            let privileges = rest.split('/').next().unwrap_or("");
-            if grantee == owner {
-                continue;
-            }
-            let to = if grantee.is_empty() {
-                "PUBLIC".to_string()
-            } else {
-                match owners.get(grantee).map(String::as_str).or(Some(grantee)) {
-                    Some(g) => ident(g),
+        for (grantee, privilege) in grantees.iter().zip(&privileges) {
+            // PUBLIC keeps its name; a role the target lacks (roles.missing: skip) is left out.
+            let to = match grantee.as_str() {
+                "" => "PUBLIC".to_string(),
+                g => match roles.get(g) {
+                    Some(t) => ident(t),
                     None => continue,
-                }
+                },
             };
-            for (letter, privilege) in [('r', "SELECT"), ('w', "UPDATE")] {
-                if privileges.contains(letter) {
-                    tgt.batch_execute(&format!("GRANT {privilege} ON LARGE OBJECT {oid} TO {to}"))
-                        .await?;
-                }
+            if matches!(privilege.as_str(), "SELECT" | "UPDATE") {
+                tgt.batch_execute(&format!("GRANT {privilege} ON LARGE OBJECT {oid} TO {to}"))
+                    .await?;
             }
         }
     }

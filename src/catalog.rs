@@ -319,6 +319,9 @@ pub struct LargeObjects {
     pub count: i64,
     /// Their distinct owners.
     pub owners: Vec<String>,
+    /// The distinct roles granted privileges on them (not PUBLIC).
+    #[serde(default)]
+    pub grantees: Vec<String>,
 }
 
 /// A replication slot.
@@ -497,7 +500,18 @@ async fn read_in_transaction(client: &Client) -> Result<Catalog, CatalogError> {
         )
         .await
         .map_err(ctx("large objects"))?;
-    cat.large_objects = LargeObjects { count: lo.get(0), owners: lo.get(1) };
+    let grantees = client
+        .query(
+            "SELECT DISTINCT pg_get_userbyid(x.grantee)::text FROM pg_largeobject_metadata l, \
+             aclexplode(l.lomacl) x WHERE x.grantee <> 0 ORDER BY 1",
+            &[],
+        )
+        .await
+        .map_err(ctx("large objects' grantees"))?
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    cat.large_objects = LargeObjects { count: lo.get(0), owners: lo.get(1), grantees };
 
     cat.replication_slots = client
         .query(

@@ -145,11 +145,13 @@ pub enum Work {
         /// The ids of its part steps.
         parts: Vec<String>,
     },
-    /// Copy every large object (offline mode): data in chunks, owner (mapped by
-    /// `owners`: source role → target role) and grants.
+    /// Copy every large object (offline mode): data in chunks, owner and grants, with roles
+    /// mapped by `roles` (source role → target role; a role missing here keeps the target's
+    /// default owner, and its grants are left out).
     CopyLargeObjects {
-        /// Source owner → target owner; an owner missing here keeps the target's default.
-        owners: std::collections::BTreeMap<String, String>,
+        /// Source role → target role, for owners and grantees.
+        #[serde(alias = "owners")]
+        roles: std::collections::BTreeMap<String, String>,
     },
     /// Set a target sequence to the source's current value.
     SetSequence {
@@ -288,6 +290,9 @@ pub struct Plan {
     /// What the load will move, when it copies anything.
     #[serde(default)]
     pub load_estimate: Option<LoadEstimate>,
+    /// SHA-256 of the steps as computed: a saved plan whose steps were edited is refused.
+    #[serde(default)]
+    pub steps_hash: String,
 }
 
 impl Plan {

@@ -238,6 +238,7 @@ pub fn plan(inputs: Inputs<'_>) -> Plan {
     let fingerprint = fingerprint(&inputs, &source_in_scope, &scope);
     let summary = Plan::summarize(&steps);
     let load_estimate = estimate_load(&steps, spec.load.jobs.map(|j| j as usize));
+    let steps_hash = steps_hash(&steps);
     Plan {
         format: PLAN_FORMAT,
         migration: spec.name.value.clone(),
@@ -251,7 +252,13 @@ pub fn plan(inputs: Inputs<'_>) -> Plan {
         steps,
         summary,
         load_estimate,
+        steps_hash,
     }
+}
+
+/// SHA-256 of the steps' JSON.
+pub fn steps_hash(steps: &[Step]) -> String {
+    hash_parts([serde_json::to_string(steps).expect("steps serialise").as_str()])
 }
 
 fn estimate_load(steps: &[Step], jobs: Option<usize>) -> Option<crate::plan::LoadEstimate> {
@@ -619,9 +626,11 @@ pub fn parts_of(t: &SchemaObject, source: &Catalog, threshold: u64) -> Option<Ve
     let n = (info.bytes as u64).div_ceil(threshold).clamp(2, crate::plan::MAX_PARTS) as i64;
     let (schema, name) = (&t.key.schema, &t.key.name);
     let rel = source.relations.iter().find(|r| &r.schema == schema && &r.name == name)?;
+    // In i128: a key range near the i64 limits must not overflow.
     let ranges = |lo: i64, hi: i64| -> Vec<i64> {
-        let width = ((hi - lo) / n).max(1);
-        (1..n).map(|k| lo + k * width).collect()
+        let (lo, hi) = (lo as i128, hi as i128);
+        let width = ((hi - lo) / n as i128).max(1);
+        (1..n as i128).map(|k| (lo + k * width).min(i64::MAX as i128) as i64).collect()
     };
     let conditions = |col: &str, bounds: &[i64], fmt: &dyn Fn(i64) -> String| {
         let mut out = vec![];
@@ -637,7 +646,7 @@ pub fn parts_of(t: &SchemaObject, source: &Catalog, threshold: u64) -> Option<Ve
     };
     match (&rel.integer_key, source.key_ranges.get(&qualified(schema, name))) {
         (Some(col), Some(&(lo, hi))) if hi > lo => {
-            Some(conditions(&ident(col), &ranges(lo, hi + 1), &|v| v.to_string()))
+            Some(conditions(&ident(col), &ranges(lo, hi.saturating_add(1)), &|v| v.to_string()))
         }
         _ if rel.pages > 1 => {
             let bounds = ranges(0, rel.pages);
@@ -668,23 +677,18 @@ fn split_copy_steps(
     let n = parts.len();
     let ids: Vec<String> = (1..=n).map(|k| format!("{}:part-{k}-of-{n}", whole.id)).collect();
     let empty_id = format!("{}:empty", whole.id);
-    let status = |id: &str| state.and_then(|s| s.steps.get(id)).map(|s| s.status);
-    // The `empty` step itself interrupted also means redo: it may have emptied the table
-    // before the state could forget the parts.
-    let interrupted = ids
-        .iter()
-        .chain(std::iter::once(&empty_id))
-        .any(|id| matches!(status(id), Some(StepStatus::Running | StepStatus::Failed)));
-    let any_done = ids.iter().any(|id| status(id) == Some(StepStatus::Done));
+    let recorded = |id: &str| state.is_some_and(|s| s.steps.contains_key(id));
+    let complete =
+        split_table_complete(&empty_id, &ids, &|id| state.is_some_and(|s| s.is_done(id)));
+    let anything_recorded = recorded(&empty_id) || ids.iter().any(|id| recorded(id));
     let name_q = qualified(schema, table);
-    if !interrupted && !any_done {
+    if !anything_recorded && whole.action != Action::Copy {
         // Nothing of ours is there: as for a whole table (conflict if the target has rows,
         // nothing to do if both sides are empty).
-        if whole.action != Action::Copy {
-            return vec![whole];
-        }
+        return vec![whole];
     }
-    let redo = interrupted || !any_done;
+    let interrupted = anything_recorded && !complete;
+    let redo = !complete;
     let mut steps = vec![Step {
         id: empty_id.clone(),
         phase: Phase::Load,
@@ -710,7 +714,7 @@ fn split_copy_steps(
     let per_part =
         whole.estimate.map(|e| Estimate { rows: e.rows / n as i64, bytes: e.bytes / n as i64 });
     for (k, (id, condition)) in ids.iter().zip(parts).enumerate() {
-        let done = !redo && status(id) == Some(StepStatus::Done);
+        let done = !redo;
         steps.push(Step {
             id: id.clone(),
             phase: Phase::Load,
@@ -745,6 +749,14 @@ fn split_copy_steps(
     steps
 }
 
+/// Whether a split table is complete: its `empty` step and every part done (`done` says which
+/// records count: any plan's for the planner, the applied plan's for apply). Anything less and
+/// the table is emptied and every part copied again, all under one snapshot: parts copied under
+/// different snapshots (or different boundaries) would not add up to one consistent table.
+pub fn split_table_complete(empty_id: &str, parts: &[String], done: &dyn Fn(&str) -> bool) -> bool {
+    done(empty_id) && parts.iter().all(|p| done(p))
+}
+
 /// Large objects are copied with the tables (under the same snapshot), all in one step. Logical
 /// decoding does not carry them, so online mode copies them once too (preflight says so).
 fn large_objects_step(
@@ -758,10 +770,11 @@ fn large_objects_step(
         return None;
     }
     let id = "load:large_objects".to_string();
-    let owners: BTreeMap<String, String> = source
+    let mapped: BTreeMap<String, String> = source
         .large_objects
         .owners
         .iter()
+        .chain(&source.large_objects.grantees)
         .filter_map(|o| roles(o).map(|t| (o.clone(), t)))
         .collect();
     let base = Step {
@@ -781,11 +794,20 @@ fn large_objects_step(
             "same object ids as on the source, so columns that store them stay valid".into(),
         ),
         diff: None,
-        work: Work::CopyLargeObjects { owners },
+        work: Work::CopyLargeObjects { roles: mapped },
         after: vec![],
     };
+    let recorded = state.and_then(|s| s.steps.get(&id)).map(|s| s.status);
+    if target.large_objects.count > 0 && recorded.is_some() && recorded != Some(StepStatus::Done) {
+        // An earlier apply started copying them (its transaction may have committed before it
+        // could say so): they are ours, and the copy replaces them.
+        return Some(Step {
+            note: Some("an interrupted apply started this copy: it is done again".into()),
+            ..base
+        });
+    }
     if target.large_objects.count > 0 {
-        return Some(if state.is_some_and(|s| s.is_done(&id)) {
+        return Some(if recorded == Some(StepStatus::Done) {
             Step {
                 action: Action::Unchanged,
                 note: Some("copied by an earlier apply".into()),
@@ -935,8 +957,10 @@ fn fingerprint(
         source_parts.insert(&o.key, o.definition(&identity));
     }
     let source_server = server(inputs.source);
-    let source_rows: Vec<&str> =
+    let mut source_rows: Vec<&str> =
         inputs.source.tables_with_rows.iter().map(String::as_str).collect();
+    let source_lo = format!("large objects: {}", inputs.source.large_objects.count);
+    source_rows.push(&source_lo);
     let source = hash_parts(
         std::iter::once(source_server.as_str())
             .chain(source_parts.values().map(String::as_str))
@@ -947,7 +971,9 @@ fn fingerprint(
     for o in inputs.target_objects.iter().filter(|o| in_scope(o, scope)) {
         target_parts.insert(&o.key, o.definition(&identity));
     }
-    let rows: Vec<&str> = inputs.target.tables_with_rows.iter().map(String::as_str).collect();
+    let mut rows: Vec<&str> = inputs.target.tables_with_rows.iter().map(String::as_str).collect();
+    let target_lo = format!("large objects: {}", inputs.target.large_objects.count);
+    rows.push(&target_lo);
     let target_server = server(inputs.target);
     let target = hash_parts(
         std::iter::once(target_server.as_str())

@@ -320,6 +320,10 @@ pub struct CopySummary {
 /// bars on a terminal, or a log line per table every 10 s otherwise (`tracing`, so
 /// `--log-format json` makes them machine-readable); and a per-table summary at the end.
 pub struct ApplyView {
+    /// Steps that ran and finished.
+    pub ran: usize,
+    /// Steps skipped because they were done already.
+    pub skipped: usize,
     bars: Option<indicatif::MultiProgress>,
     running: std::collections::HashMap<String, (indicatif::ProgressBar, std::time::Instant)>,
     copies: Vec<CopySummary>,
@@ -330,6 +334,8 @@ impl ApplyView {
     /// Bars when `interactive` (stdout is a terminal), log lines otherwise.
     pub fn new(interactive: bool) -> ApplyView {
         ApplyView {
+            ran: 0,
+            skipped: 0,
             bars: interactive.then(indicatif::MultiProgress::new),
             running: Default::default(),
             copies: vec![],
@@ -362,6 +368,7 @@ impl ApplyView {
                 Ok(())
             }
             Event::Done { id, object, rows, bytes, elapsed } => {
+                self.ran += 1;
                 if let Some((bar, _)) = self.running.remove(id) {
                     bar.finish_and_clear();
                 }
@@ -390,6 +397,7 @@ impl ApplyView {
                 self.line(out, &text)
             }
             Event::Skipped { object, reason } => {
+                self.skipped += 1;
                 let text = format!(
                     "  {} {object} {}",
                     paint(DIM, "skip"),
@@ -494,22 +502,20 @@ impl ApplyView {
     }
 }
 
-/// The end of a successful apply.
+/// The end of a successful apply: what actually ran (not what the plan said).
 pub fn apply_done(
     out: &mut dyn Write,
-    plan: &Plan,
+    view: &ApplyView,
     state_file: &std::path::Path,
 ) -> io::Result<()> {
-    let s = &plan.summary;
     writeln!(out)?;
     writeln!(
         out,
-        "{} {} created, {} updated, {} tables copied, {} other steps run.",
+        "{} {} steps run ({} tables copied), {} skipped as already done.",
         paint(GREEN, "Apply complete:"),
-        s.create,
-        s.update,
-        s.copy,
-        s.run
+        view.ran,
+        view.copies.len(),
+        view.skipped
     )?;
     writeln!(out, "State: {}", state_file.display())
 }

@@ -486,7 +486,10 @@ pub fn parse(
     }
     let source_conninfo = endpoint_conninfo("source", &spec.source, &at, env)?;
     let target_conninfo = endpoint_conninfo("target", &spec.target, &at, env)?;
-    Ok(LoadedSpec { spec, path: path.to_owned(), text, source_conninfo, target_conninfo })
+    // The absolute path: a saved plan records it, and the state directory is found from it
+    // wherever `apply` runs from.
+    let path = std::path::absolute(path).unwrap_or_else(|_| path.to_owned());
+    Ok(LoadedSpec { spec, path, text, source_conninfo, target_conninfo })
 }
 
 /// Checks one endpoint's raw URL (no literal password), interpolates `${VAR}` and parses it.
@@ -705,7 +708,8 @@ mod tests {
         assert_eq!(l.spec.mode, Mode::Online);
         assert_eq!(l.spec.cutover.mode, CutoverMode::Manual);
         assert!(l.spec.verify.checksums);
-        assert_eq!(l.state_dir(), Path::new("plans/.pgtransit/pagila"));
+        assert!(l.state_dir().is_absolute());
+        assert!(l.state_dir().ends_with("plans/.pgtransit/pagila"));
     }
 
     #[test]

@@ -53,6 +53,11 @@ pub struct StepState {
     /// The error, when it failed.
     #[serde(default)]
     pub error: Option<String>,
+    /// The execution plan (its id) under which the step was last run: `apply` skips a step as
+    /// done only when it was done under the plan being applied (a new plan was computed from
+    /// the target as it is now, and says itself what remains).
+    #[serde(default)]
+    pub plan: Option<String>,
     /// Copies: the source's WAL position when the snapshot the copy read was taken (an upper
     /// bound of the point in the source's history the copied rows correspond to; change
     /// streaming skips what the copy already holds).
@@ -71,10 +76,18 @@ pub struct State {
     pub source_system_identifier: Option<String>,
     /// The target's system identifier, when known.
     pub target_system_identifier: Option<String>,
-    /// The fingerprint (`Fingerprint::source`) of the execution plan being applied, set when
-    /// apply starts it: resuming that plan accepts a target that has changed since (apply
-    /// changed it).
+    /// The source database: a state is refused against another database.
+    #[serde(default)]
+    pub source_database: Option<String>,
+    /// The target database.
+    #[serde(default)]
+    pub target_database: Option<String>,
+    /// The run being applied: a saved plan's id (stable, so resuming that plan accepts a
+    /// target apply has changed since, and skips what it did), or a fresh plan's unique run id.
     pub applying: Option<String>,
+    /// Ids of saved execution plans applied to completion: applying one again is refused.
+    #[serde(default)]
+    pub completed: Vec<String>,
     /// Step id → record.
     pub steps: BTreeMap<String, StepState>,
     /// Last write, Unix seconds.
@@ -253,7 +266,10 @@ impl State {
             migration: migration.to_string(),
             source_system_identifier: None,
             target_system_identifier: None,
+            source_database: None,
+            target_database: None,
             applying: None,
+            completed: vec![],
             steps: BTreeMap::new(),
             updated_at: now(),
         }
@@ -266,6 +282,7 @@ impl State {
         migration: &str,
         source_sysid: Option<&str>,
         target_sysid: Option<&str>,
+        databases: (Option<&str>, Option<&str>),
     ) -> Result<(), StateError> {
         let mismatch = |problem: String| StateError::Mismatch { path: path.to_owned(), problem };
         if self.migration != migration {
@@ -273,6 +290,18 @@ impl State {
                 "belongs to migration `{}`, not `{migration}`",
                 self.migration
             )));
+        }
+        for (side, recorded, now) in [
+            ("source", &self.source_database, databases.0),
+            ("target", &self.target_database, databases.1),
+        ] {
+            if let (Some(r), Some(n)) = (recorded, now)
+                && r != n
+            {
+                return Err(mismatch(format!(
+                    "was written against another {side} database (`{r}`, this one is `{n}`)"
+                )));
+            }
         }
         for (side, recorded, now) in [
             ("source", &self.source_system_identifier, source_sysid),
@@ -290,9 +319,16 @@ impl State {
         Ok(())
     }
 
-    /// Whether a step is done.
+    /// Whether a step is done (by any plan: the planner's view of what the target holds).
     pub fn is_done(&self, id: &str) -> bool {
         self.steps.get(id).is_some_and(|s| s.status == StepStatus::Done)
+    }
+
+    /// Whether a step was done under the plan being applied (`applying`): what `apply` skips.
+    pub fn is_done_in_this_plan(&self, id: &str) -> bool {
+        self.steps.get(id).is_some_and(|s| {
+            s.status == StepStatus::Done && s.plan.is_some() && s.plan == self.applying
+        })
     }
 
     /// Marks a step running (before its work).
@@ -306,6 +342,7 @@ impl State {
                 rows: None,
                 error: None,
                 source_lsn: None,
+                plan: self.applying.clone(),
             },
         );
     }
@@ -376,12 +413,27 @@ mod tests {
         let mut s = State::new("a");
         s.source_system_identifier = Some("111".into());
         let p = Path::new("state.json");
-        assert!(
-            s.check_belongs(p, "b", None, None).unwrap_err().to_string().contains("migration `a`")
-        );
-        let e = s.check_belongs(p, "a", Some("222"), None).unwrap_err().to_string();
+        let none = (None, None);
+        let e = s.check_belongs(p, "b", None, None, none).unwrap_err().to_string();
+        assert!(e.contains("migration `a`"), "{e}");
+        let e = s.check_belongs(p, "a", Some("222"), None, none).unwrap_err().to_string();
         assert!(e.contains("another source server"), "{e}");
-        s.check_belongs(p, "a", Some("111"), Some("999")).unwrap();
+        s.check_belongs(p, "a", Some("111"), Some("999"), none).unwrap();
+        s.target_database = Some("shop".into());
+        let e = s.check_belongs(p, "a", None, None, (None, Some("shop2"))).unwrap_err().to_string();
+        assert!(e.contains("another target database"), "{e}");
+    }
+
+    #[test]
+    fn done_counts_for_apply_only_under_the_plan_being_applied() {
+        let mut s = State::new("m");
+        s.applying = Some("plan-1".into());
+        s.start("x");
+        s.finish("x", None);
+        assert!(s.is_done_in_this_plan("x"));
+        s.applying = Some("plan-2".into());
+        assert!(!s.is_done_in_this_plan("x"), "a new plan says itself what remains");
+        assert!(s.is_done("x"), "the planner still knows it was done");
     }
 
     #[test]

@@ -120,6 +120,7 @@ fn sample_plan() -> Plan {
             database: "shop".into(),
         },
         summary: Plan::summarize(&steps),
+        steps_hash: String::new(),
         load_estimate: Some(pgtransit::plan::LoadEstimate {
             tables: 1,
             rows: 120_000,

@@ -394,3 +394,108 @@ fn split_load_killed_after_a_part_resumes_without_duplicates() {
     assert_eq!(out.code, 0, "{out:?}");
     assert_migrated(&src, &tgt, "app");
 }
+
+// Regression tests from the review of resume semantics.
+
+#[test]
+fn apply_into_a_recreated_target_copies_everything_again_instead_of_trusting_old_state() {
+    let (src, tgt) = pair(
+        "recreate",
+        "CREATE TABLE t (id int PRIMARY KEY); INSERT INTO t SELECT generate_series(1, 100);",
+    );
+    let dir = TempDir::new("recreate");
+    let f = offline_plan(&dir, "recreate", &src, &tgt, "app");
+    assert_eq!(run(dir.path(), &["apply", &f, "--auto-approve"]).code, 0);
+    sql(&tgt, "postgres", "DROP DATABASE app; CREATE DATABASE app;");
+    let out = run(dir.path(), &["apply", &f, "--auto-approve"]);
+    assert_eq!(out.code, 0, "{out:?}");
+    assert_migrated(&src, &tgt, "app");
+    // And a table emptied on the target after a complete apply is copied again.
+    sql(&tgt, "app", "TRUNCATE t");
+    let out = run(dir.path(), &["apply", &f, "--auto-approve"]);
+    assert_eq!(out.code, 0, "{out:?}");
+    assert_eq!(sql(&tgt, "app", "SELECT count(*) FROM t"), "100");
+}
+
+#[test]
+fn saved_plan_of_a_split_table_resumed_after_a_kill_has_no_duplicates() {
+    let (src, tgt) = pair("splitsaved", &SPLIT.replace("PRIMARY KEY", ""));
+    let dir = TempDir::new("splitsaved");
+    let f = split_plan(&dir, &src, &tgt);
+    let saved = dir.path().join("saved.json");
+    let out = run(dir.path(), &["plan", &f, "--out", saved.to_str().unwrap(), "--format", "json"]);
+    let part = out.json()["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["id"].as_str().unwrap().to_string())
+        .find(|id| id.starts_with("load:table:public.keyed:part-2-of-"))
+        .unwrap();
+    let killed = crate::support::Run::of(
+        crate::support::pgtransit(dir.path())
+            .args(["apply", saved.to_str().unwrap(), "--jobs", "1"])
+            .env("PGTRANSIT_FAILPOINT", format!("after:{part}"))
+            .output()
+            .unwrap(),
+    );
+    assert_ne!(killed.code, 0, "{killed:?}");
+    // No key on the table: duplicates would survive, so identical checksums prove there are none.
+    let out = run(dir.path(), &["apply", saved.to_str().unwrap()]);
+    assert_eq!(out.code, 0, "{out:?}");
+    assert_migrated(&src, &tgt, "app");
+}
+
+#[test]
+fn large_objects_copy_killed_after_commit_resumes() {
+    let (src, tgt) = pair("loresume", "SELECT lo_from_bytea(0, 'one'), lo_from_bytea(0, 'two');");
+    let dir = TempDir::new("loresume");
+    let f = offline_plan(&dir, "loresume", &src, &tgt, "app");
+    let killed = crate::support::Run::of(
+        crate::support::pgtransit(dir.path())
+            .args(["apply", &f, "--auto-approve"])
+            .env("PGTRANSIT_FAILPOINT", "after:load:large_objects")
+            .output()
+            .unwrap(),
+    );
+    assert_ne!(killed.code, 0, "{killed:?}");
+    let out = run(dir.path(), &["apply", &f, "--auto-approve"]);
+    assert_eq!(out.code, 0, "{out:?}");
+    let objects =
+        "SELECT string_agg(oid || md5(lo_get(oid)), ',' ORDER BY oid) FROM pg_largeobject_metadata";
+    assert_eq!(sql(&tgt, "app", objects), sql(&src, "app", objects));
+}
+
+#[test]
+fn saved_plan_applied_from_another_directory_uses_the_migrations_own_state() {
+    let (src, tgt) = pair("cwd", "CREATE TABLE t (id int PRIMARY KEY);");
+    let dir = TempDir::new("cwd");
+    let f = offline_plan(&dir, "cwd", &src, &tgt, "app");
+    let saved = dir.path().join("saved.json");
+    assert_eq!(run(dir.path(), &["plan", &f, "--out", saved.to_str().unwrap()]).code, 0);
+    let elsewhere = TempDir::new("cwd-elsewhere");
+    let out = crate::support::Run::of(
+        crate::support::pgtransit(elsewhere.path())
+            .current_dir(elsewhere.path())
+            .args(["apply", saved.to_str().unwrap()])
+            .output()
+            .unwrap(),
+    );
+    assert_eq!(out.code, 0, "{out:?}");
+    assert!(dir.path().join(".pgtransit/cwd/state.json").exists(), "state beside the plan file");
+    assert!(!elsewhere.path().join(".pgtransit").exists());
+}
+
+#[test]
+fn saved_plan_with_edited_steps_is_refused() {
+    let (src, tgt) = pair("edited", "CREATE TABLE t (id int PRIMARY KEY);");
+    let dir = TempDir::new("edited");
+    let f = offline_plan(&dir, "edited", &src, &tgt, "app");
+    let saved = dir.path().join("saved.json");
+    assert_eq!(run(dir.path(), &["plan", &f, "--out", saved.to_str().unwrap()]).code, 0);
+    let text =
+        std::fs::read_to_string(&saved).unwrap().replace("CREATE TABLE", "CREATE UNLOGGED TABLE");
+    std::fs::write(&saved, text).unwrap();
+    let out = run(dir.path(), &["apply", saved.to_str().unwrap()]);
+    assert_eq!(out.code, 1, "{out:?}");
+    assert!(out.stderr.contains("was modified after it was"), "{out:?}");
+}

@@ -36,17 +36,30 @@ pub async fn run(args: &ApplyArgs, out: &mut dyn Write) -> miette::Result<Outcom
         })?;
 
     let is_saved = saved.is_some();
-    let (loaded, plan) = match saved {
+    let command = format!("apply {}", args.file.display());
+    let (loaded, plan, state_dir, _lock) = match saved {
         Some(saved) => {
+            if crate::planner::steps_hash(&saved.steps) != saved.steps_hash {
+                miette::bail!(
+                    help = "a saved plan is applied exactly as reviewed: save it again with \
+                            `pgtransit plan --out FILE`",
+                    "{} was modified after it was saved (its steps no longer match their hash)",
+                    args.file.display()
+                );
+            }
             let loaded =
                 spec::parse(Path::new(&saved.spec_path), saved.spec_text.clone(), &|name| {
                     std::env::var(name).ok()
                 })
                 .map_err(miette::Report::new)?;
-            (loaded, saved)
+            let (state_dir, lock) = lock(&loaded, &command)?;
+            (loaded, saved, state_dir, lock)
         }
         None => {
             let loaded = super::plan::load_spec(&args.file)?;
+            // Locked before planning, so the plan is not computed from a state another apply
+            // is changing.
+            let (state_dir, lock) = lock(&loaded, &command)?;
             let computed = super::plan::compute(&loaded, &env, args.connect.retry_for).await;
             report::plan(out, &computed.report, Format::Text).map_err(io_err)?;
             let Some(plan) = computed.plan else { return Ok(Outcome::Failed) };
@@ -60,12 +73,19 @@ pub async fn run(args: &ApplyArgs, out: &mut dyn Write) -> miette::Result<Outcom
             if !args.auto_approve && !confirmed(out, &plan)? {
                 miette::bail!(help = "nothing was changed", "apply cancelled");
             }
-            (loaded, plan)
+            (loaded, plan, state_dir, lock)
         }
     };
     // A saved plan was computed earlier: check it still describes the servers. A fresh one was
     // computed a moment ago.
-    apply_plan(&loaded, &plan, &env, args, out, is_saved).await
+    apply_plan(&loaded, &plan, &state_dir, &env, args, out, is_saved).await
+}
+
+/// Takes the migration's lock (held until the returned guard drops).
+pub fn lock(loaded: &LoadedSpec, command: &str) -> miette::Result<(StateDir, crate::state::Lock)> {
+    let state_dir = StateDir::new(loaded.state_dir());
+    let lock = state_dir.lock(command)?;
+    Ok((state_dir, lock))
 }
 
 fn confirmed(out: &mut dyn Write, plan: &Plan) -> miette::Result<bool> {
@@ -88,10 +108,21 @@ fn plan_id(plan: &Plan) -> String {
     hash_parts([f.spec.as_str(), f.source.as_str(), f.target.as_str()])
 }
 
-/// Applies `plan`: staleness check (for saved plans), lock, state, steps.
+/// A unique id for one apply of a freshly computed plan.
+fn run_id(plan: &Plan) -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0);
+    hash_parts([plan_id(plan).as_str(), &nanos.to_string(), &std::process::id().to_string()])
+}
+
+/// Applies `plan`: staleness check (for saved plans), state, steps. The caller holds the lock
+/// of `state_dir` (see [`lock`]).
 pub async fn apply_plan(
     loaded: &LoadedSpec,
     plan: &Plan,
+    state_dir: &StateDir,
     env: &Env,
     args: &ApplyArgs,
     out: &mut dyn Write,
@@ -116,17 +147,24 @@ pub async fn apply_plan(
         })
         .into());
     }
-    let state_dir = StateDir::new(loaded.state_dir());
-    let command = format!("apply {}", args.file.display());
-    let _lock = state_dir.lock(&command)?;
     let mut state = state_dir.load()?.unwrap_or_else(|| State::new(&plan.migration));
     state.check_belongs(
         &state_dir.state_file(),
         &plan.migration,
         plan.source.system_identifier.as_deref(),
         plan.target.system_identifier.as_deref(),
+        (Some(plan.source.database.as_str()), Some(plan.target.database.as_str())),
     )?;
-    let id = plan_id(plan);
+    // A saved plan has a stable id (resuming it skips what it did); a fresh plan gets a unique
+    // run id, so nothing recorded by earlier runs counts as done by it (the planner already
+    // looked at the state and the target, and says itself what remains).
+    let id = if check_stale { plan_id(plan) } else { run_id(plan) };
+    if check_stale && state.completed.contains(&id) {
+        miette::bail!(
+            help = "run `pgtransit plan` again: it shows what (if anything) remains",
+            "this saved plan was already applied to completion"
+        );
+    }
     if check_stale {
         // Recompute what the plan was computed from, and refuse it if either side moved. A
         // plan this state is already applying may find the target changed: apply changed it.
@@ -154,9 +192,11 @@ pub async fn apply_plan(
             .into());
         }
     }
-    state.applying = Some(id);
+    state.applying = Some(id.clone());
     state.source_system_identifier = plan.source.system_identifier.clone();
     state.target_system_identifier = plan.target.system_identifier.clone();
+    state.source_database = Some(plan.source.database.clone());
+    state.target_database = Some(plan.target.database.clone());
     state_dir.save(&mut state)?;
 
     let servers = Servers::new(loaded, env, args.connect.retry_for)?;
@@ -173,20 +213,16 @@ pub async fn apply_plan(
             let _ = view.event(stdout, &e);
         }
     };
-    let ctx = apply::Ctx {
-        servers: &servers,
-        state_dir: &state_dir,
-        jobs,
-        cancel: &cancel,
-        events: &on_event,
-    };
+    let ctx = apply::Ctx { servers: &servers, state_dir, jobs, cancel: &cancel, events: &on_event };
     let result = apply::run(plan, &ctx, &mut state).await;
-    if let Ok(guard) = view.lock() {
-        guard.0.summary(out).map_err(io_err)?;
-    }
+    let guard = view.lock().map_err(|_| miette::miette!("the output lock was poisoned"))?;
+    guard.0.summary(out).map_err(io_err)?;
     result?;
+    if check_stale {
+        state.completed.push(id);
+    }
     state.applying = None;
     state_dir.save(&mut state)?;
-    report::apply_done(out, plan, &state_dir.state_file()).map_err(io_err)?;
+    report::apply_done(out, &guard.0, &state_dir.state_file()).map_err(io_err)?;
     Ok(Outcome::Done)
 }

@@ -77,7 +77,9 @@ pub async fn run(args: &DemoArgs, out: &mut dyn Write) -> miette::Result<Outcome
         jobs: None,
         connect: ConnectArgs { retry_for: Duration::from_secs(15) },
     };
-    super::apply::apply_plan(&loaded, &plan, &env, &apply_args, out, false).await?;
+    let (state_dir, _lock) = super::apply::lock(&loaded, "demo")?;
+    super::apply::apply_plan(&loaded, &plan, &state_dir, &env, &apply_args, out, false).await?;
+    drop(_lock);
 
     report::say(out, "demo", "planning again: the target now matches the source")
         .map_err(io_err)?;

@@ -30,7 +30,11 @@ pub async fn run(args: &PlanArgs, out: &mut dyn Write) -> miette::Result<Outcome
     report::plan(out, &computed.report, args.format).map_err(io_err)?;
     if let (Some(path), Some(plan)) = (&args.out, &computed.plan) {
         save_plan(path, plan)?;
-        report::wrote(out, "execution plan", path).map_err(io_err)?;
+        // JSON and markdown on stdout stay one clean document: the note goes to the log.
+        match args.format {
+            report::Format::Text => report::wrote(out, "execution plan", path).map_err(io_err)?,
+            _ => tracing::info!(path = %path.display(), "wrote the execution plan"),
+        }
     }
     Ok(computed.outcome())
 }

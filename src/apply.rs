@@ -247,25 +247,38 @@ pub struct Ctx<'a> {
 }
 
 /// Runs the plan. `state` was loaded and checked by the caller, who holds the lock.
+///
+/// Order: the schema phase on one connection; then the load, whose workers also build each
+/// table's indexes and constraints as soon as that table's copy is done; then the rest of the
+/// post-load phase (foreign keys, triggers, sequences, refreshes, statistics); then sync and
+/// cutover.
 pub async fn run(plan: &Plan, ctx: &Ctx<'_>, state: &mut State) -> Result<(), ApplyError> {
-    let mut i = 0;
-    while i < plan.steps.len() {
-        let phase = plan.steps[i].phase;
-        let end = plan.steps[i..]
-            .iter()
-            .position(|s| s.phase != phase)
-            .map_or(plan.steps.len(), |p| i + p);
-        (ctx.events)(Event::Phase(phase));
-        let steps = &plan.steps[i..end];
-        match phase {
-            // Copies run `jobs` at a time under one snapshot.
-            Phase::Load => load(steps, ctx, state).await?,
-            // Index and constraint builds run `jobs` at a time, each after what it needs.
-            Phase::PostLoad => run_phase(steps, ctx.jobs, ctx, state).await?,
-            // DDL is quick: one connection, in plan order.
-            _ => run_phase(steps, 1, ctx, state).await?,
+    let of = |p: Phase| plan.steps.iter().filter(|s| s.phase == p).collect::<Vec<&Step>>();
+    let (early, late): (Vec<&Step>, Vec<&Step>) =
+        of(Phase::PostLoad).into_iter().partition(|s| crate::planner::is_table_build(s));
+    let mut load_steps = of(Phase::Load);
+    load_steps.extend(early);
+    let phases: [(Phase, Vec<&Step>); 5] = [
+        (Phase::Schema, of(Phase::Schema)),
+        (Phase::Load, load_steps),
+        (Phase::PostLoad, late),
+        (Phase::Sync, of(Phase::Sync)),
+        (Phase::Cutover, of(Phase::Cutover)),
+    ];
+    for (phase, steps) in phases {
+        if !steps.iter().any(|s| s.action.is_work()) {
+            continue;
         }
-        i = end;
+        (ctx.events)(Event::Phase(phase));
+        match phase {
+            // Copies (and each copied table's index builds) run `jobs` at a time; copies read
+            // one snapshot.
+            Phase::Load => load(&steps, ctx, state).await?,
+            // What may lock several tables runs after the builds, each after what it needs.
+            Phase::PostLoad => run_phase(&steps, ctx.jobs, ctx, state).await?,
+            // DDL is quick: one connection, in plan order.
+            _ => run_phase(&steps, 1, ctx, state).await?,
+        }
     }
     Ok(())
 }
@@ -282,7 +295,7 @@ struct Schedule {
 /// once every step of its `after` list that belongs to this phase has finished; the first error
 /// stops new steps from starting, lets running ones finish, and is returned.
 async fn run_phase(
-    steps: &[Step],
+    steps: &[&Step],
     jobs: usize,
     ctx: &Ctx<'_>,
     state: &mut State,
@@ -362,7 +375,7 @@ async fn run_phase(
                     notified.await;
                     continue;
                 };
-                let result = run_step(&steps[i], &source, &target, ctx, shared).await;
+                let result = run_step(steps[i], &source, &target, ctx, shared).await;
                 let mut s = schedule.lock().await;
                 s.running -= 1;
                 match result {
@@ -505,7 +518,7 @@ async fn set_sequence(
 }
 
 /// The load phase: copies run `jobs` at a time, all under one exported snapshot.
-async fn load(steps: &[Step], ctx: &Ctx<'_>, state: &mut State) -> Result<(), ApplyError> {
+async fn load(steps: &[&Step], ctx: &Ctx<'_>, state: &mut State) -> Result<(), ApplyError> {
     let Ctx { servers, state_dir, jobs, events, .. } = *ctx;
     // A split table is redone whole (its `empty` step, then every part) unless the state says
     // all of it was done under this plan: the planner's rule, applied to the state as it is now.
@@ -528,7 +541,7 @@ async fn load(steps: &[Step], ctx: &Ctx<'_>, state: &mut State) -> Result<(), Ap
             && !complete.contains(s.id.as_str())
             && (redo.contains(s.id.as_str()) || !state.is_done_in_this_plan(&s.id))
     };
-    let pending: Vec<&Step> = steps.iter().filter(|s| is_pending(s)).collect();
+    let pending: Vec<&Step> = steps.iter().copied().filter(|s| is_pending(s)).collect();
     for s in steps.iter().filter(|s| s.action.is_work() && !is_pending(s)) {
         events(Event::Skipped { object: s.object.clone(), reason: "copied by an earlier apply" });
     }
@@ -607,16 +620,35 @@ async fn load(steps: &[Step], ctx: &Ctx<'_>, state: &mut State) -> Result<(), Ap
                             .iter()
                             .all(|a| !in_phase.contains(a.as_str()) || s.finished.contains(a))
                     });
-                    ready.map(|p| {
-                        s.running += 1;
-                        s.waiting.remove(p)
-                    })
+                    match ready {
+                        Some(p) => {
+                            s.running += 1;
+                            Some(s.waiting.remove(p))
+                        }
+                        None if s.running == 0 => {
+                            // Nothing runs and nothing can start: never hang, say so.
+                            let ids: Vec<&str> =
+                                s.waiting.iter().map(|&i| pending[i].id.as_str()).collect();
+                            s.error = Some(ApplyError::StepFailed {
+                                id: ids.join(", "),
+                                object: "load schedule".into(),
+                                message: "these steps wait on each other".into(),
+                            });
+                            wake.notify_waiters();
+                            return;
+                        }
+                        None => None,
+                    }
                 };
                 let Some(i) = next else {
                     notified.await;
                     continue;
                 };
-                let result = copy_one(pending[i], &src, &tgt, ctx, shared, snapshot_lsn).await;
+                let step = pending[i];
+                let result = match step.work {
+                    Work::TargetSql => run_step(step, &src, &tgt, ctx, shared).await,
+                    _ => copy_one(step, &src, &tgt, ctx, shared, snapshot_lsn).await,
+                };
                 let mut s = schedule.lock().await;
                 s.running -= 1;
                 match result {

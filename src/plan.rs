@@ -189,6 +189,10 @@ pub struct Step {
     /// steps are done may run at the same time (post-load index builds run `jobs` at once).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub after: Vec<String>,
+    /// The table a post-load build belongs to (`schema.table`, quoted where needed): its index
+    /// and constraint builds start as soon as that table's copy is done.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub table: Option<String>,
 }
 
 /// Who a server is, as recorded in the plan (never with a password).

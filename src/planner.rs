@@ -149,6 +149,7 @@ pub fn plan(inputs: Inputs<'_>) -> Plan {
                     diff: None,
                     work: Work::TargetSql,
                     after: vec![],
+                    table: None,
                 });
             }
         }
@@ -231,6 +232,7 @@ pub fn plan(inputs: Inputs<'_>) -> Plan {
             diff: None,
             work: Work::TargetSql,
             after: vec![],
+            table: None,
         });
     }
 
@@ -340,20 +342,41 @@ fn schedule_post_load(
     out
 }
 
+/// Whether a post-load step builds an index or constraint of one table (locks that table only:
+/// such steps run in parallel, alongside the load).
+pub fn is_table_build(s: &Step) -> bool {
+    ["post_load:index:", "post_load:constraint:", "post_load:unique_index:"]
+        .iter()
+        .any(|p| s.id.starts_with(p))
+}
+
 /// Post-load steps that lock one table each (index builds, constraints) run in parallel; every
 /// other post-load step (foreign keys, triggers, statistics, refreshes, which may lock several
 /// tables) runs after all of them, one at a time, so no two multi-table steps can deadlock.
 fn serialize_multi_table_steps(steps: &mut [Step]) {
-    let parallel = |s: &Step| {
-        ["post_load:index:", "post_load:constraint:", "post_load:unique_index:"]
-            .iter()
-            .any(|p| s.id.starts_with(p))
-    };
+    let parallel = |s: &Step| is_table_build(s);
     let builds: Vec<String> = steps
         .iter()
         .filter(|s| s.phase == Phase::PostLoad && s.action.is_work() && parallel(s))
         .map(|s| s.id.clone())
         .collect();
+    // A table's index and constraint builds start as soon as its copy is done (they run with
+    // the load, sharing its workers), not after every table's copy.
+    let mut copies: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for s in steps.iter().filter(|s| s.phase == Phase::Load && s.action.is_work()) {
+        if let Work::CopyTable { schema, table, .. } | Work::EmptyForParts { schema, table, .. } =
+            &s.work
+        {
+            copies.entry(qualified(schema, table)).or_default().push(s.id.clone());
+        }
+    }
+    for s in steps.iter_mut().filter(|s| s.phase == Phase::PostLoad && parallel(s)) {
+        if let Some(ids) = s.table.as_ref().and_then(|t| copies.get(t)) {
+            s.after.extend(ids.iter().cloned());
+            s.after.sort();
+            s.after.dedup();
+        }
+    }
     let mut previous: Option<String> = None;
     for s in steps.iter_mut() {
         if s.phase != Phase::PostLoad || !s.action.is_work() || parallel(s) {
@@ -387,6 +410,7 @@ fn conflict_step(what: &str, message: &str, diff: Option<String>) -> Step {
         diff,
         work: Work::None,
         after: vec![],
+        table: None,
     }
 }
 
@@ -433,6 +457,7 @@ fn object_step(
         diff: None,
         work: Work::None,
         after: vec![],
+        table: o.table.as_ref().map(|(s, t)| qualified(s, t)),
     };
     match target_by_key.get(&o.key) {
         Some(existing) => {
@@ -540,6 +565,7 @@ fn copy_step(t: &SchemaObject, source: &Catalog, target: &Catalog, state: Option
             part: None,
         },
         after: vec![],
+        table: None,
     };
     let name_q = qualified(schema, table);
     if target.tables_unreadable.contains(&name_q) {
@@ -710,6 +736,7 @@ fn split_copy_steps(
             Work::None
         },
         after: vec![],
+        table: None,
     }];
     let per_part =
         whole.estimate.map(|e| Estimate { rows: e.rows / n as i64, bytes: e.bytes / n as i64 });
@@ -744,6 +771,7 @@ fn split_copy_steps(
                 }
             },
             after: vec![empty_id.clone()],
+            table: None,
         });
     }
     steps
@@ -796,6 +824,7 @@ fn large_objects_step(
         diff: None,
         work: Work::CopyLargeObjects { roles: mapped },
         after: vec![],
+        table: None,
     };
     let recorded = state.and_then(|s| s.steps.get(&id)).map(|s| s.status);
     if target.large_objects.count > 0 && recorded.is_some() && recorded != Some(StepStatus::Done) {
@@ -895,6 +924,7 @@ fn sequence_steps(
                 Work::SetSequence { schema: s.schema.clone(), sequence: s.name.clone() }
             },
             after: vec![],
+            table: None,
         });
     }
     out
@@ -933,6 +963,7 @@ fn matview_steps(
             diff: None,
             work: if done { Work::None } else { Work::TargetSql },
             after: vec![],
+            table: None,
         });
     }
     out

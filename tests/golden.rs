@@ -20,6 +20,7 @@ fn step(id: &str, phase: Phase, action: Action, object: &str, sql: &str) -> Step
         diff: None,
         work: if action.is_work() { Work::TargetSql } else { Work::None },
         after: vec![],
+        table: None,
     }
 }
 

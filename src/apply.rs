@@ -283,7 +283,42 @@ pub async fn run(plan: &Plan, ctx: &Ctx<'_>, state: &mut State) -> Result<(), Ap
     Ok(())
 }
 
-/// Which steps of a phase are waiting, running and done.
+/// Runs the steps of one phase on `jobs` workers (each with its own connections), each step
+/// after what it needs (see [`schedule`]).
+async fn run_phase(
+    steps: &[&Step],
+    jobs: usize,
+    ctx: &Ctx<'_>,
+    state: &mut State,
+) -> Result<(), ApplyError> {
+    let work: Vec<&Step> = steps.iter().copied().filter(|s| s.action.is_work()).collect();
+    if work.is_empty() {
+        return Ok(());
+    }
+    let shared = Mutex::new(std::mem::replace(state, State::new(&state.migration)));
+    let servers = ctx.servers;
+    let result = schedule(
+        &work,
+        jobs,
+        async |n| {
+            let app = if jobs > 1 {
+                format!("pgtransit/apply-{}", n + 1)
+            } else {
+                "pgtransit/apply".into()
+            };
+            let target = conn::connect_with(&servers.target, &app, &servers.policy).await?;
+            let source = conn::connect_with(&servers.source, &app, &servers.policy).await?;
+            Ok((source, target))
+        },
+        async |step, (source, target)| run_step(step, source, target, ctx, &shared).await,
+    )
+    .await;
+    *state = shared.into_inner();
+    ctx.state_dir.save(state)?;
+    result
+}
+
+/// Which steps are waiting, running and done.
 struct Schedule {
     waiting: Vec<usize>,
     running: usize,
@@ -291,109 +326,90 @@ struct Schedule {
     error: Option<ApplyError>,
 }
 
-/// Runs the steps of one phase on `jobs` workers (each with its own connections). A step starts
-/// once every step of its `after` list that belongs to this phase has finished; the first error
-/// stops new steps from starting, lets running ones finish, and is returned.
-async fn run_phase(
+/// Runs `steps` on `jobs` workers. Each worker opens its connections with `connect(n)`, then
+/// repeatedly takes the first waiting step whose `after` steps (those among `steps`; others
+/// are done already) have finished, and runs it with `run`. The first error stops new steps
+/// from starting, lets running ones finish, and is returned; so is a set of steps that wait on
+/// each other (never a hang).
+async fn schedule<C>(
     steps: &[&Step],
     jobs: usize,
-    ctx: &Ctx<'_>,
-    state: &mut State,
+    connect: impl AsyncFn(usize) -> Result<C, ApplyError>,
+    run: impl AsyncFn(&Step, &C) -> Result<(), ApplyError>,
 ) -> Result<(), ApplyError> {
-    let work: Vec<usize> = (0..steps.len()).filter(|&i| steps[i].action.is_work()).collect();
-    if work.is_empty() {
+    if steps.is_empty() {
         return Ok(());
     }
-    let in_phase: std::collections::HashSet<&str> =
-        work.iter().map(|&i| steps[i].id.as_str()).collect();
-    let shared = Mutex::new(std::mem::replace(state, State::new(&state.migration)));
-    let schedule = Mutex::new(Schedule {
-        waiting: work.clone(),
+    let in_phase: std::collections::HashSet<&str> = steps.iter().map(|s| s.id.as_str()).collect();
+    let state = Mutex::new(Schedule {
+        waiting: (0..steps.len()).collect(),
         running: 0,
         finished: Default::default(),
         error: None,
     });
     let wake = tokio::sync::Notify::new();
-    let worker = |n: usize| {
-        let (shared, schedule, wake, in_phase) = (&shared, &schedule, &wake, &in_phase);
-        async move {
-            let app = if jobs > 1 {
-                format!("pgtransit/apply-{}", n + 1)
-            } else {
-                "pgtransit/apply".into()
-            };
-            let servers = ctx.servers;
-            let connected = async {
-                let target = conn::connect_with(&servers.target, &app, &servers.policy).await?;
-                let source = conn::connect_with(&servers.source, &app, &servers.policy).await?;
-                Ok::<_, ApplyError>((source, target))
+    let worker = async |n: usize| {
+        let connections = match connect(n).await {
+            Ok(c) => c,
+            Err(e) => {
+                state.lock().await.error.get_or_insert(e);
+                wake.notify_waiters();
+                return;
             }
-            .await;
-            let (source, target) = match connected {
-                Ok(c) => c,
-                Err(e) => {
-                    let mut s = schedule.lock().await;
-                    s.error.get_or_insert(e);
-                    wake.notify_waiters();
+        };
+        loop {
+            // Created before looking, so a wake-up between the look and the wait is not lost.
+            let notified = wake.notified();
+            let next = {
+                let mut s = state.lock().await;
+                if s.error.is_some() || s.waiting.is_empty() {
                     return;
                 }
-            };
-            loop {
-                let notified = wake.notified();
-                let next = {
-                    let mut s = schedule.lock().await;
-                    if s.error.is_some() || s.waiting.is_empty() {
+                let ready = s.waiting.iter().position(|&i| {
+                    steps[i]
+                        .after
+                        .iter()
+                        .all(|a| !in_phase.contains(a.as_str()) || s.finished.contains(a))
+                });
+                match ready {
+                    Some(p) => {
+                        s.running += 1;
+                        Some(s.waiting.remove(p))
+                    }
+                    None if s.running == 0 => {
+                        let ids: Vec<&str> =
+                            s.waiting.iter().map(|&i| steps[i].id.as_str()).collect();
+                        s.error = Some(ApplyError::StepFailed {
+                            id: ids.join(", "),
+                            object: "schedule".into(),
+                            message: "these steps wait on each other".into(),
+                        });
+                        wake.notify_waiters();
                         return;
                     }
-                    let ready = s.waiting.iter().position(|&i| {
-                        steps[i]
-                            .after
-                            .iter()
-                            .all(|a| !in_phase.contains(a.as_str()) || s.finished.contains(a))
-                    });
-                    match ready {
-                        Some(p) => {
-                            s.running += 1;
-                            Some(s.waiting.remove(p))
-                        }
-                        None if s.running == 0 => {
-                            // Nothing runs and nothing can start: a dependency cycle.
-                            let ids: Vec<&str> =
-                                s.waiting.iter().map(|&i| steps[i].id.as_str()).collect();
-                            s.error = Some(ApplyError::StepFailed {
-                                id: ids.join(", "),
-                                object: "post-load schedule".into(),
-                                message: "these steps wait on each other".into(),
-                            });
-                            wake.notify_waiters();
-                            return;
-                        }
-                        None => None,
-                    }
-                };
-                let Some(i) = next else {
-                    notified.await;
-                    continue;
-                };
-                let result = run_step(steps[i], &source, &target, ctx, shared).await;
-                let mut s = schedule.lock().await;
-                s.running -= 1;
-                match result {
-                    Ok(()) => {
-                        s.finished.insert(steps[i].id.clone());
-                    }
-                    Err(e) => {
-                        s.error.get_or_insert(e);
-                    }
+                    None => None,
                 }
-                wake.notify_waiters();
+            };
+            let Some(i) = next else {
+                notified.await;
+                continue;
+            };
+            let result = run(steps[i], &connections).await;
+            let mut s = state.lock().await;
+            s.running -= 1;
+            match result {
+                Ok(()) => {
+                    s.finished.insert(steps[i].id.clone());
+                }
+                Err(e) => {
+                    s.error.get_or_insert(e);
+                }
             }
+            wake.notify_waiters();
         }
     };
-    futures_util::future::join_all((0..jobs.clamp(1, work.len())).map(worker)).await;
-    *state = shared.into_inner();
-    ctx.state_dir.save(state)?;
-    match schedule.into_inner().error {
+    futures_util::future::join_all((0..jobs.clamp(1, steps.len())).map(worker)).await;
+    match state.into_inner().error {
         Some(e) => Err(e),
         None => Ok(()),
     }
@@ -569,108 +585,38 @@ async fn load(steps: &[&Step], ctx: &Ctx<'_>, state: &mut State) -> Result<(), A
         message: db_message(&e),
     })?;
 
-    let in_phase: std::collections::HashSet<&str> = pending.iter().map(|s| s.id.as_str()).collect();
-    let schedule = Mutex::new(Schedule {
-        waiting: (0..pending.len()).collect(),
-        running: 0,
-        finished: Default::default(),
-        error: None,
-    });
-    let wake = tokio::sync::Notify::new();
     let shared = Mutex::new(std::mem::replace(state, State::new(&state.migration)));
-    let worker = |n: usize| {
-        let (schedule, wake, shared, in_phase, pending, snapshot, snapshot_lsn) =
-            (&schedule, &wake, &shared, &in_phase, &pending, &snapshot, &snapshot_lsn);
-        async move {
+    let (snapshot, snapshot_lsn) = (&snapshot, &snapshot_lsn);
+    let result = schedule(
+        &pending,
+        jobs,
+        async |n| {
             let app = format!("pgtransit/load-{}", n + 1);
-            let connected = async {
-                let src = conn::connect_with(&servers.source, &app, &servers.policy).await?;
-                let tgt = conn::connect_with(&servers.target, &app, &servers.policy).await?;
-                src.batch_execute(&format!(
-                    "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY; SET TRANSACTION SNAPSHOT {}",
-                    literal(snapshot)
-                ))
-                .await
-                .map_err(|e| ApplyError::StepFailed {
-                    id: "load:snapshot".into(),
-                    object: "source snapshot".into(),
-                    message: db_message(&e),
-                })?;
-                Ok::<_, ApplyError>((src, tgt))
-            }
-            .await;
-            let (src, tgt) = match connected {
-                Ok(c) => c,
-                Err(e) => {
-                    schedule.lock().await.error.get_or_insert(e);
-                    wake.notify_waiters();
-                    return;
-                }
-            };
-            loop {
-                let notified = wake.notified();
-                let next = {
-                    let mut s = schedule.lock().await;
-                    if s.error.is_some() || s.waiting.is_empty() {
-                        return;
-                    }
-                    let ready = s.waiting.iter().position(|&i| {
-                        pending[i]
-                            .after
-                            .iter()
-                            .all(|a| !in_phase.contains(a.as_str()) || s.finished.contains(a))
-                    });
-                    match ready {
-                        Some(p) => {
-                            s.running += 1;
-                            Some(s.waiting.remove(p))
-                        }
-                        None if s.running == 0 => {
-                            // Nothing runs and nothing can start: never hang, say so.
-                            let ids: Vec<&str> =
-                                s.waiting.iter().map(|&i| pending[i].id.as_str()).collect();
-                            s.error = Some(ApplyError::StepFailed {
-                                id: ids.join(", "),
-                                object: "load schedule".into(),
-                                message: "these steps wait on each other".into(),
-                            });
-                            wake.notify_waiters();
-                            return;
-                        }
-                        None => None,
-                    }
-                };
-                let Some(i) = next else {
-                    notified.await;
-                    continue;
-                };
-                let step = pending[i];
-                let result = match step.work {
-                    Work::TargetSql => run_step(step, &src, &tgt, ctx, shared).await,
-                    _ => copy_one(step, &src, &tgt, ctx, shared, snapshot_lsn).await,
-                };
-                let mut s = schedule.lock().await;
-                s.running -= 1;
-                match result {
-                    Ok(()) => {
-                        s.finished.insert(pending[i].id.clone());
-                    }
-                    Err(e) => {
-                        s.error.get_or_insert(e);
-                    }
-                }
-                wake.notify_waiters();
-            }
-        }
-    };
-    futures_util::future::join_all((0..jobs.clamp(1, pending.len())).map(worker)).await;
+            let src = conn::connect_with(&servers.source, &app, &servers.policy).await?;
+            let tgt = conn::connect_with(&servers.target, &app, &servers.policy).await?;
+            src.batch_execute(&format!(
+                "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY; SET TRANSACTION SNAPSHOT {}",
+                literal(snapshot)
+            ))
+            .await
+            .map_err(|e| ApplyError::StepFailed {
+                id: "load:snapshot".into(),
+                object: "source snapshot".into(),
+                message: db_message(&e),
+            })?;
+            Ok((src, tgt))
+        },
+        async |step, (src, tgt)| match step.work {
+            // A table's index and constraint builds, once its copy is done.
+            Work::TargetSql => run_step(step, src, tgt, ctx, &shared).await,
+            _ => copy_one(step, src, tgt, ctx, &shared, snapshot_lsn).await,
+        },
+    )
+    .await;
     *state = shared.into_inner();
     drop(exporter);
     state_dir.save(state)?;
-    match schedule.into_inner().error {
-        Some(e) => Err(e),
-        None => Ok(()),
-    }
+    result
 }
 
 async fn copy_one(

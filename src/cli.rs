@@ -209,7 +209,18 @@ fn init_logging(cli: &Cli) {
     let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
     let _ = match cli.log_format {
         LogFormat::Json => builder.json().try_init(),
-        LogFormat::Text => builder.with_ansi(cli.color != ColorWhen::Never).try_init(),
+        LogFormat::Text => {
+            // Colour in log lines only where it would show: a terminal, no NO_COLOR.
+            use std::io::IsTerminal;
+            let ansi = match cli.color {
+                ColorWhen::Always => true,
+                ColorWhen::Never => false,
+                ColorWhen::Auto => {
+                    std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none()
+                }
+            };
+            builder.with_ansi(ansi).try_init()
+        }
     };
 }
 

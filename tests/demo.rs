@@ -25,6 +25,7 @@ fn demo_starts_two_servers_writes_a_plan_and_passes_preflight() {
     );
     // Without a terminal, load progress goes to the log (stderr) as lines, not bars.
     assert!(out.stderr.contains("copying"), "{out:?}");
+    assert!(!out.stderr.contains('\u{1b}'), "no colour codes in piped logs: {out:?}");
     // And cleaned up after itself: no server of the demo is left running.
     assert!(out.stdout.contains("stopping and removing both servers"), "{out:?}");
 }

@@ -944,7 +944,7 @@ fn check_target_objects(f: &mut Findings, scope: &Scope, tgt: &Catalog) {
         "target",
         format!(
             "{} in scope already exist on the target ({}): the execution plan compares them \
-             with the source and never drops or overwrites them unless the migration plan allows it",
+             with the source and never drops or overwrites them",
             plural(existing.len(), "relation"),
             examples(&names)
         ),

@@ -387,6 +387,34 @@ fn join_all(pumps: Vec<Pump>) {
     }
 }
 
+/// Runs `first | second` (both with stdout and stderr piped), their other output pumped into
+/// the log under their tags, and waits for both: (first's status, second's status).
+fn pipe(
+    log: &Log,
+    (first, first_tag): (&mut Command, &'static str),
+    (second, second_tag): (&mut Command, &'static str),
+) -> R<(std::process::ExitStatus, std::process::ExitStatus)> {
+    let mut a = spawn(first, first_tag)?;
+    second.stdin(Stdio::from(a.stdout.take().expect("piped")));
+    let mut b = match spawn(second, second_tag) {
+        Ok(b) => b,
+        Err(e) => {
+            let _ = a.kill();
+            let _ = a.wait();
+            return Err(e);
+        }
+    };
+    let pumps = vec![
+        log.pump(a.stderr.take().expect("piped"), first_tag, false),
+        log.pump(b.stdout.take().expect("piped"), second_tag, false),
+        log.pump(b.stderr.take().expect("piped"), second_tag, false),
+    ];
+    let bs = b.wait().map_err(|e| format!("waiting for {second_tag}: {e}"))?;
+    let as_ = a.wait().map_err(|e| format!("waiting for {first_tag}: {e}"))?;
+    join_all(pumps);
+    Ok((as_, bs))
+}
+
 fn spawn(cmd: &mut Command, what: &str) -> R<Child> {
     cmd.spawn().map_err(|e| format!("cannot run {what}: {e}"))
 }
@@ -1039,25 +1067,8 @@ impl Bench {
         let start = Instant::now();
         let log = Log::create(log_path, start)?;
         log.note(&format!("{dump:?} | {restore:?}"));
-        let mut d = spawn(&mut dump, "pg_dump")?;
-        restore.stdin(Stdio::from(d.stdout.take().expect("piped")));
-        let mut r = match spawn(&mut restore, "pg_restore") {
-            Ok(r) => r,
-            Err(e) => {
-                let _ = d.kill();
-                let _ = d.wait();
-                return Err(e);
-            }
-        };
-        let pumps = vec![
-            log.pump(d.stderr.take().expect("piped"), "pg_dump", false),
-            log.pump(r.stdout.take().expect("piped"), "pg_restore", false),
-            log.pump(r.stderr.take().expect("piped"), "pg_restore", false),
-        ];
-        let rs = r.wait().map_err(|e| format!("waiting for pg_restore: {e}"))?;
-        let ds = d.wait().map_err(|e| format!("waiting for pg_dump: {e}"))?;
+        let (ds, rs) = pipe(&log, (&mut dump, "pg_dump"), (&mut restore, "pg_restore"))?;
         let seconds = start.elapsed().as_secs_f64();
-        join_all(pumps);
         log.note(&format!("pg_dump exit {ds}, pg_restore exit {rs}, after {seconds:.3} s"));
         if !ds.success() || !rs.success() {
             return Err(format!(
@@ -1087,24 +1098,7 @@ impl Bench {
                 .stdout(Stdio::piped())
                 .stderr(Stdio::piped());
             let t = Instant::now();
-            let mut o = spawn(&mut out, "psql")?;
-            inp.stdin(Stdio::from(o.stdout.take().expect("piped")));
-            let mut i = match spawn(&mut inp, "psql") {
-                Ok(i) => i,
-                Err(e) => {
-                    let _ = o.kill();
-                    let _ = o.wait();
-                    return Err(e);
-                }
-            };
-            let pumps = vec![
-                log.pump(o.stderr.take().expect("piped"), "copy-out", false),
-                log.pump(i.stdout.take().expect("piped"), "copy-in", false),
-                log.pump(i.stderr.take().expect("piped"), "copy-in", false),
-            ];
-            let is = i.wait().map_err(|e| format!("waiting for psql: {e}"))?;
-            let os = o.wait().map_err(|e| format!("waiting for psql: {e}"))?;
-            join_all(pumps);
+            let (os, is) = pipe(&log, (&mut out, "copy-out"), (&mut inp, "copy-in"))?;
             log.note(&format!("{table}: {:.3} s (out {os}, in {is})", t.elapsed().as_secs_f64()));
             if os.success() && is.success() {
                 Ok(())

@@ -211,6 +211,21 @@ fn deadlocked(e: &tokio_postgres::Error) -> bool {
     e.code().is_some_and(|c| c.code() == "40P01")
 }
 
+/// Records a failed step (its transaction was rolled back) and returns the error to stop on.
+/// The state keeps the error without DETAIL (row values); the operator sees all of it. A state
+/// that cannot be saved is the error returned instead.
+fn failed(step: &Step, e: &tokio_postgres::Error, state: &mut State, dir: &StateDir) -> ApplyError {
+    state.fail(&step.id, db_summary(e));
+    if let Err(save) = dir.save(state) {
+        return save.into();
+    }
+    ApplyError::StepFailed {
+        id: step.id.clone(),
+        object: step.object.clone(),
+        message: db_message(e),
+    }
+}
+
 /// The server's error without its DETAIL, which can quote row values: what the state records.
 fn db_summary(e: &tokio_postgres::Error) -> String {
     match e.as_db_error() {
@@ -482,16 +497,7 @@ async fn run_step(
                 reason: "found on the target: an interrupted apply had completed it",
             });
         }
-        Err(e) => {
-            let message = db_message(&e);
-            state.fail(&step.id, db_summary(&e));
-            state_dir.save(&mut state)?;
-            return Err(ApplyError::StepFailed {
-                id: step.id.clone(),
-                object: step.object.clone(),
-                message,
-            });
-        }
+        Err(e) => return Err(failed(step, &e, &mut state, state_dir)),
     }
     failpoint("after", &step.id);
     state.finish(&step.id, None);
@@ -694,15 +700,7 @@ async fn copy_one(
         Some(Ok(done)) => done,
         Some(Err(e)) => {
             let _ = tgt.batch_execute("ROLLBACK").await;
-            let message = db_message(&e);
-            let mut s = state.lock().await;
-            s.fail(&step.id, db_summary(&e));
-            state_dir.save(&mut s)?;
-            return Err(ApplyError::StepFailed {
-                id: step.id.clone(),
-                object: step.object.clone(),
-                message,
-            });
+            return Err(failed(step, &e, &mut *state.lock().await, state_dir));
         }
     };
     failpoint("after", &step.id);

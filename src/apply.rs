@@ -66,6 +66,17 @@ pub enum Event {
         /// How long it took.
         elapsed: Duration,
     },
+    /// Change streaming's progress (about every second).
+    Streaming {
+        /// Source WAL not yet applied.
+        lag_bytes: u64,
+        /// Age of the oldest change not yet applied (0 when caught up).
+        lag_seconds: f64,
+        /// Changes applied so far.
+        applied: crate::state::Counters,
+        /// The lag is under `sync.max_lag`.
+        ready: bool,
+    },
     /// A step was skipped.
     Skipped {
         /// What it is about.
@@ -106,6 +117,17 @@ pub enum ApplyError {
         /// The server's error.
         message: String,
     },
+    /// The source's schema changed while streaming: DDL is not replicated.
+    #[error("the source's schema changed: {0}")]
+    #[diagnostic(
+        code(pgtransit::schema_drift),
+        help(
+            "DDL on the source is not replicated. Make the same change on the target (`pgtransit \
+             plan` shows what differs), then run `pgtransit apply` again: it resumes streaming \
+             where it stopped, and the slot keeps every change until then"
+        )
+    )]
+    Drift(String),
     /// Could not connect.
     #[error(transparent)]
     #[diagnostic(transparent)]
@@ -234,7 +256,7 @@ fn db_summary(e: &tokio_postgres::Error) -> String {
     }
 }
 
-fn db_message(e: &tokio_postgres::Error) -> String {
+pub(crate) fn db_message(e: &tokio_postgres::Error) -> String {
     match e.as_db_error() {
         Some(db) => {
             let mut m = format!("{}: {}", db.severity(), db.message());
@@ -259,7 +281,21 @@ pub struct Ctx<'a> {
     pub cancel: &'a Cancel,
     /// Where events go.
     pub events: &'a (dyn Fn(Event) + Sync),
+    /// The migration plan (sync options, scope).
+    pub spec: &'a crate::spec::Spec,
 }
+
+/// How a run ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Finished {
+    /// Every step is done.
+    Complete,
+    /// Change streaming was stopped on request (Ctrl-C, SIGTERM): the next `apply` resumes it.
+    StreamingStopped,
+}
+
+/// How often the source's schema is compared with what it was when streaming began.
+pub const DRIFT_CHECK: Duration = Duration::from_secs(5);
 
 /// Runs the plan. `state` was loaded and checked by the caller, who holds the lock.
 ///
@@ -267,7 +303,17 @@ pub struct Ctx<'a> {
 /// table's indexes and constraints as soon as that table's copy is done; then the rest of the
 /// post-load phase (foreign keys, triggers, sequences, refreshes, statistics); then sync and
 /// cutover.
-pub async fn run(plan: &Plan, ctx: &Ctx<'_>, state: &mut State) -> Result<(), ApplyError> {
+pub async fn run(plan: &Plan, ctx: &Ctx<'_>, state: &mut State) -> Result<Finished, ApplyError> {
+    if let Some(Work::Stream { slot, publication, origin, tables }) =
+        plan.steps.iter().map(|s| &s.work).find(|w| matches!(w, Work::Stream { .. }))
+    {
+        let sync = state.sync.get_or_insert_with(Default::default);
+        sync.slot = slot.clone();
+        sync.publication = publication.clone();
+        sync.origin = origin.clone();
+        sync.tables = tables.clone();
+        ctx.state_dir.save(state)?;
+    }
     let of = |p: Phase| plan.steps.iter().filter(|s| s.phase == p).collect::<Vec<&Step>>();
     let (early, late): (Vec<&Step>, Vec<&Step>) =
         of(Phase::PostLoad).into_iter().partition(|s| crate::planner::is_table_build(s));
@@ -291,12 +337,44 @@ pub async fn run(plan: &Plan, ctx: &Ctx<'_>, state: &mut State) -> Result<(), Ap
             Phase::Load => load(&steps, ctx, state).await?,
             // What may lock several tables runs after the builds, each after what it needs.
             Phase::PostLoad => run_phase(&steps, ctx.jobs, ctx, state).await?,
+            Phase::Sync => {
+                let (streams, others): (Vec<&Step>, Vec<&Step>) =
+                    steps.iter().partition(|s| matches!(s.work, Work::Stream { .. }));
+                run_phase(&others, 1, ctx, state).await?;
+                if let Some(step) = streams.first()
+                    && let Work::Stream { slot, publication, origin, tables } = &step.work
+                {
+                    (ctx.events)(Event::Started {
+                        id: step.id.clone(),
+                        object: step.object.clone(),
+                        action: step.action,
+                    });
+                    let scope = crate::scope::Scope::new(&ctx.spec.objects);
+                    let max_lag = ctx.spec.sync.max_lag.map(|d| d.0).unwrap_or(DEFAULT_MAX_LAG);
+                    crate::sync::stream(
+                        ctx,
+                        slot,
+                        publication,
+                        origin,
+                        tables,
+                        max_lag,
+                        DRIFT_CHECK,
+                        &scope,
+                        state,
+                    )
+                    .await?;
+                    return Ok(Finished::StreamingStopped);
+                }
+            }
             // DDL is quick: one connection, in plan order.
             _ => run_phase(&steps, 1, ctx, state).await?,
         }
     }
-    Ok(())
+    Ok(Finished::Complete)
 }
+
+/// `sync.max_lag` when the migration plan does not say.
+pub const DEFAULT_MAX_LAG: Duration = Duration::from_secs(5);
 
 /// Runs the steps of one phase on `jobs` workers (each with its own connections), each step
 /// after what it needs (see [`schedule`]).
@@ -472,9 +550,30 @@ async fn run_step(
             Work::SetSequence { schema, sequence } => {
                 set_sequence(source, target, schema, sequence).await
             }
+            Work::SourceSql => in_transaction(source, &step.sql).await,
+            Work::ReplicaIdentityFull { tables } => {
+                let sql = tables
+                    .iter()
+                    .map(|t| format!("ALTER TABLE {t} REPLICA IDENTITY FULL;"))
+                    .collect::<String>();
+                let r = in_transaction(source, &sql).await;
+                if r.is_ok() {
+                    let mut state = shared.lock().await;
+                    if let Some(sync) = state.sync.as_mut() {
+                        for t in tables {
+                            if !sync.replica_identity_full.contains(t) {
+                                sync.replica_identity_full.push(t.clone());
+                            }
+                        }
+                    }
+                }
+                r
+            }
             Work::CopyTable { .. }
             | Work::CopyLargeObjects { .. }
             | Work::EmptyForParts { .. }
+            | Work::CreateSlot { .. }
+            | Work::Stream { .. }
             | Work::None => Ok(()),
         };
         // A deadlock victim was rolled back whole: run it again (the other side went on).
@@ -526,6 +625,17 @@ async fn target_sql(target: &Client, sql: &str) -> Result<(), tokio_postgres::Er
     }
 }
 
+/// Runs SQL on a server in one transaction.
+async fn in_transaction(client: &Client, sql: &str) -> Result<(), tokio_postgres::Error> {
+    match client.batch_execute(&format!("BEGIN;\n{sql}\nCOMMIT;")).await {
+        Ok(()) => Ok(()),
+        Err(e) => {
+            let _ = client.batch_execute("ROLLBACK").await;
+            Err(e)
+        }
+    }
+}
+
 async fn set_sequence(
     source: &Client,
     target: &Client,
@@ -542,6 +652,22 @@ async fn set_sequence(
 /// The load phase: copies run `jobs` at a time, all under one exported snapshot.
 async fn load(steps: &[&Step], ctx: &Ctx<'_>, state: &mut State) -> Result<(), ApplyError> {
     let Ctx { servers, state_dir, jobs, events, .. } = *ctx;
+    // Online mode: the source's replica identities and publication, then the slot, before any
+    // copy: the copies read the snapshot the slot exports.
+    let (setup, steps): (Vec<&Step>, Vec<&Step>) = steps.iter().partition(|s| {
+        matches!(
+            s.work,
+            Work::SourceSql | Work::ReplicaIdentityFull { .. } | Work::CreateSlot { .. }
+        )
+    });
+    let mut slot_session = None;
+    for step in setup.into_iter().filter(|s| s.action.is_work()) {
+        match &step.work {
+            Work::CreateSlot { slot } => slot_session = create_slot(step, slot, ctx, state).await?,
+            _ => run_phase(&[step], 1, ctx, state).await?,
+        }
+    }
+    let steps = &steps[..];
     // A split table is redone whole (its `empty` step, then every part) unless the state says
     // all of it was done under this plan: the planner's rule, applied to the state as it is now.
     let mut redo: std::collections::HashSet<&str> = Default::default();
@@ -570,10 +696,15 @@ async fn load(steps: &[&Step], ctx: &Ctx<'_>, state: &mut State) -> Result<(), A
     if pending.is_empty() {
         return Ok(());
     }
-    // The exporting transaction stays open (and so the snapshot valid) until every copy ends.
+    // The exporting transaction (or the slot's replication session) stays open, and so the
+    // snapshot valid, until every copy ends.
     let exporter =
         conn::connect_with(&servers.source, "pgtransit/snapshot", &servers.policy).await?;
     let (snapshot, snapshot_lsn): (String, String) = async {
+        if let Some(session) = &slot_session {
+            let s: &crate::stream::SlotSession = session;
+            return Ok((s.snapshot.clone(), crate::stream::lsn_text(s.consistent_point)));
+        }
         exporter.batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY").await?;
         let row = exporter
             .query_one(
@@ -621,8 +752,64 @@ async fn load(steps: &[&Step], ctx: &Ctx<'_>, state: &mut State) -> Result<(), A
     .await;
     *state = shared.into_inner();
     drop(exporter);
+    drop(slot_session);
     state_dir.save(state)?;
     result
+}
+
+/// The slot step: creates the slot on a replication session and returns that session (its
+/// snapshot is the one the copies read). A slot already there (an earlier run created it and
+/// stopped before recording so) is reused: the copies then read a snapshot of their own.
+async fn create_slot(
+    step: &Step,
+    slot: &str,
+    ctx: &Ctx<'_>,
+    state: &mut State,
+) -> Result<Option<crate::stream::SlotSession>, ApplyError> {
+    let Ctx { servers, state_dir, events, .. } = *ctx;
+    if state.is_done_in_this_plan(&step.id) {
+        events(Event::Skipped { object: step.object.clone(), reason: "done by an earlier apply" });
+        return Ok(None);
+    }
+    let fail = |message: String| ApplyError::StepFailed {
+        id: step.id.clone(),
+        object: step.object.clone(),
+        message,
+    };
+    state.start(&step.id);
+    state_dir.save(state)?;
+    events(Event::Started {
+        id: step.id.clone(),
+        object: step.object.clone(),
+        action: step.action,
+    });
+    let started = Instant::now();
+    let source = conn::connect_with(&servers.source, "pgtransit/apply", &servers.policy).await?;
+    let existing =
+        crate::catalog::read_slot(&source, slot).await.map_err(|e| fail(e.to_string()))?;
+    let session = match existing {
+        Some(_) => None,
+        None => Some(
+            crate::stream::create_slot(&servers.source, slot, "pgtransit/slot").await.map_err(
+                |e| {
+                    state.fail(&step.id, e.message.clone());
+                    let _ = state_dir.save(state);
+                    fail(e.message)
+                },
+            )?,
+        ),
+    };
+    failpoint("after", &step.id);
+    state.finish(&step.id, None);
+    state_dir.save(state)?;
+    events(Event::Done {
+        id: step.id.clone(),
+        object: step.object.clone(),
+        rows: None,
+        bytes: None,
+        elapsed: started.elapsed(),
+    });
+    Ok(session)
 }
 
 async fn copy_one(
@@ -655,6 +842,12 @@ async fn copy_one(
         action: step.action,
     });
     let started = Instant::now();
+    // The snapshot this copy reads: change streaming skips, for this table, exactly the
+    // transactions it sees.
+    let snapshot = match src.query_one("SELECT pg_current_snapshot()::text", &[]).await {
+        Ok(row) => Some(row.get::<_, String>(0)),
+        Err(e) => return Err(failed(step, &e, &mut *state.lock().await, state_dir)),
+    };
     let binary = matches!(step.work, Work::CopyTable { binary: true, .. });
     let progress = |bytes, rows| {
         events(Event::Copying {
@@ -709,6 +902,7 @@ async fn copy_one(
         s.finish(&step.id, Some(rows));
         if let Some(record) = s.steps.get_mut(&step.id) {
             record.source_lsn = Some(snapshot_lsn.to_string());
+            record.source_snapshot = snapshot;
         }
         state_dir.save(&mut s)?;
     }

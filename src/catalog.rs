@@ -852,3 +852,100 @@ ORDER BY 1, 2, 3",
         grantees_typacl = grantees("t.typacl"),
     )
 }
+
+/// A column of a target table, as change streaming needs it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ColumnInfo {
+    /// Its name.
+    pub name: String,
+    /// `GENERATED ALWAYS AS IDENTITY`: an `UPDATE` may not set it.
+    pub identity_always: bool,
+}
+
+/// The columns of `schema.table` that hold data of their own (not dropped, not generated), in
+/// order; `None` if the table does not exist.
+pub async fn read_table_columns(
+    client: &Client,
+    schema: &str,
+    table: &str,
+) -> Result<Option<Vec<ColumnInfo>>, CatalogError> {
+    let rows = client
+        .query(
+            "SELECT a.attname::text, a.attidentity = 'a' FROM pg_class c \
+             JOIN pg_namespace n ON n.oid = c.relnamespace \
+             LEFT JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum > 0 \
+                  AND NOT a.attisdropped AND a.attgenerated = '' \
+             WHERE n.nspname = $1 AND c.relname = $2 ORDER BY a.attnum",
+            &[&schema, &table],
+        )
+        .await
+        .map_err(ctx("table columns"))?;
+    if rows.is_empty() {
+        return Ok(None);
+    }
+    Ok(Some(
+        rows.iter()
+            .filter_map(|r| {
+                let name: Option<String> = r.get(0);
+                let always: Option<bool> = r.get(1);
+                Some(ColumnInfo { name: name?, identity_always: always.unwrap_or(false) })
+            })
+            .collect(),
+    ))
+}
+
+/// A replication slot's health, for `status` and `abort`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SlotHealth {
+    /// Held by a session now.
+    pub active: bool,
+    /// The session's pid.
+    pub active_pid: Option<i32>,
+    /// `reserved`, `extended`, `unreserved` or `lost` (PostgreSQL 13+).
+    pub wal_status: Option<String>,
+    /// WAL the slot keeps on the source's disk, bytes.
+    pub retained_bytes: Option<i64>,
+    /// Bytes of WAL still writable before the slot is invalidated (`max_slot_wal_keep_size`),
+    /// when that setting limits it.
+    pub safe_wal_size: Option<i64>,
+    /// Confirmed position.
+    pub confirmed_flush_lsn: Option<String>,
+}
+
+/// The slot `name` of the connected database, if it exists.
+pub async fn read_slot(client: &Client, name: &str) -> Result<Option<SlotHealth>, CatalogError> {
+    let row = client
+        .query_opt(
+            "SELECT active, active_pid, wal_status, \
+                    pg_wal_lsn_diff(pg_current_wal_lsn(), restart_lsn)::int8, \
+                    safe_wal_size, confirmed_flush_lsn::text \
+             FROM pg_replication_slots WHERE slot_name = $1",
+            &[&name],
+        )
+        .await
+        .map_err(ctx("replication slot"))?;
+    Ok(row.map(|r| SlotHealth {
+        active: r.get(0),
+        active_pid: r.get(1),
+        wal_status: r.get(2),
+        retained_bytes: r.get(3),
+        safe_wal_size: r.get(4),
+        confirmed_flush_lsn: r.get(5),
+    }))
+}
+
+/// Whether the target has the replication origin `name`, and the source position it records.
+pub async fn read_origin(
+    client: &Client,
+    name: &str,
+) -> Result<Option<Option<String>>, CatalogError> {
+    let row = client
+        .query_opt(
+            "SELECT pg_replication_origin_progress(roname, true)::text FROM pg_replication_origin \
+             WHERE roname = $1",
+            &[&name],
+        )
+        .await
+        .map_err(ctx("replication origin"))?;
+    Ok(row.map(|r| r.get(0)))
+}

@@ -25,3 +25,5 @@ pub mod scope;
 pub mod spec;
 pub mod sql;
 pub mod state;
+pub mod stream;
+pub mod sync;

@@ -160,8 +160,48 @@ pub enum Work {
         /// Sequence.
         sequence: String,
     },
+    /// Run `Step::sql` on the source in one transaction (online mode: the publication, replica
+    /// identities).
+    SourceSql,
+    /// Online mode (`sync.tables_without_key: replica_identity_full`): `ALTER TABLE ...
+    /// REPLICA IDENTITY FULL` on the source for these tables (quoted names).
+    ReplicaIdentityFull {
+        /// The tables, `schema.table` quoted.
+        tables: Vec<String>,
+    },
+    /// Online mode: create the logical replication slot on the source, on a replication session
+    /// whose exported snapshot the load then copies under (a slot that exists is reused).
+    CreateSlot {
+        /// The slot.
+        slot: String,
+    },
+    /// Online mode: stream the slot's changes into the target until cutover (or Ctrl-C).
+    Stream {
+        /// The slot on the source.
+        slot: String,
+        /// The publication on the source.
+        publication: String,
+        /// The replication origin on the target (applied position, committed with the changes).
+        origin: String,
+        /// Every published table (`schema.table`, display form) and its copy step.
+        tables: Vec<StreamTable>,
+    },
     /// Nothing to execute (unchanged, conflict).
     None,
+}
+
+/// A table the stream applies changes to.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StreamTable {
+    /// Schema.
+    pub schema: String,
+    /// Name.
+    pub table: String,
+    /// Its copy step (a split table's `empty` step).
+    pub copy_step: String,
+    /// Its part steps, for a split table.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub parts: Vec<String>,
 }
 
 /// One step of the execution plan.

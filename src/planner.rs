@@ -13,11 +13,12 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use crate::catalog::Catalog;
 use crate::objects::{self, ObjectKey, ObjectKind, SchemaObject, Section};
 use crate::plan::{
-    Action, Estimate, Fingerprint, PLAN_FORMAT, Phase, Plan, ServerIdentity, Step, Work, hash_parts,
+    Action, Estimate, Fingerprint, PLAN_FORMAT, Phase, Plan, ServerIdentity, Step, StreamTable,
+    Work, hash_parts,
 };
 use crate::preflight::Check;
 use crate::scope::Scope;
-use crate::spec::{LoadedSpec, MissingRoles};
+use crate::spec::{KeylessTables, LoadedSpec, MissingRoles, Mode};
 use crate::sql::{ident, qualified, qualified_ident};
 use crate::state::{State, StepStatus};
 
@@ -123,8 +124,37 @@ pub fn plan(inputs: Inputs<'_>) -> Plan {
     let roles = role_mapper(inputs.spec, inputs.target);
     let identity = |r: &str| Some(r.to_string());
 
-    let source_in_scope: Vec<SchemaObject> =
+    let online = spec.mode == Mode::Online;
+    let mut source_in_scope: Vec<SchemaObject> =
         inputs.source_objects.iter().filter(|o| in_scope(o, &scope)).cloned().collect();
+    // Online mode with `sync.tables_without_key: replica_identity_full`: a keyless table is
+    // planned as it will be once the load step sets REPLICA IDENTITY FULL on the source (so
+    // the target's copy of it says the same, and a later plan finds both sides equal).
+    let mut made_full = vec![];
+    if online && spec.sync.tables_without_key == KeylessTables::ReplicaIdentityFull {
+        for o in source_in_scope.iter_mut().filter(|o| o.key.kind == ObjectKind::Table) {
+            let keyless = inputs.source.relations.iter().any(|r| {
+                r.schema == o.key.schema
+                    && r.name == o.key.name
+                    && r.kind == crate::catalog::RelKind::Table
+                    && !r.has_usable_replica_identity()
+            });
+            if keyless && with_replica_identity_full(o) {
+                made_full.push(qualified_ident(&o.key.schema, &o.key.name));
+            }
+        }
+    }
+    // Online mode: copies count only while the slot that streams what came after them exists
+    // (a slot dropped since, by `abort` or by hand, means every table is copied again).
+    let slot = crate::naming::slot_name(&spec.name.value);
+    let slot_exists = inputs.source.replication_slots.iter().any(|s| s.name == slot);
+    let without_slot;
+    let state = if online && !slot_exists && inputs.state.is_some() {
+        without_slot = inputs.state.map(|s| s.with_copies_interrupted());
+        without_slot.as_ref()
+    } else {
+        inputs.state
+    };
     let target_by_key: HashMap<&ObjectKey, &SchemaObject> =
         inputs.target_objects.iter().map(|o| (&o.key, o)).collect();
     let source_keys: BTreeSet<&ObjectKey> = source_in_scope.iter().map(|o| &o.key).collect();
@@ -195,19 +225,31 @@ pub fn plan(inputs: Inputs<'_>) -> Plan {
         size(b).cmp(&size(a)).then_with(|| a.key.cmp(&b.key))
     });
     let mut copied = vec![];
+    let mut streamed = vec![];
     let split_above = split_threshold(spec);
     for t in tables {
         let table_steps = match parts_of(t, inputs.source, split_above) {
-            Some(parts) => split_copy_steps(t, &parts, inputs.source, inputs.target, inputs.state),
-            None => vec![copy_step(t, inputs.source, inputs.target, inputs.state)],
+            Some(parts) => split_copy_steps(t, &parts, inputs.source, inputs.target, state),
+            None => vec![copy_step(t, inputs.source, inputs.target, state, online)],
         };
         if table_steps.iter().any(|s| s.action == Action::Copy) {
             copied.push(qualified_ident(&t.key.schema, &t.key.name));
         }
+        streamed.push(StreamTable {
+            schema: t.key.schema.clone(),
+            table: t.key.name.clone(),
+            copy_step: table_steps[0].id.clone(),
+            parts: table_steps.iter().skip(1).map(|s| s.id.clone()).collect(),
+        });
         steps.extend(table_steps);
     }
-    if let Some(step) = large_objects_step(inputs.source, inputs.target, inputs.state, &roles) {
+    if let Some(step) = large_objects_step(inputs.source, inputs.target, state, &roles) {
         steps.push(step);
+    }
+    if online {
+        let first_copy = steps.iter().position(|s| s.phase == Phase::Load).unwrap_or(steps.len());
+        let prefix = online_load_steps(&spec.name.value, inputs.source, &streamed, &made_full);
+        steps.splice(first_copy..first_copy, prefix);
     }
 
     let built: Vec<String> =
@@ -236,6 +278,9 @@ pub fn plan(inputs: Inputs<'_>) -> Plan {
         });
     }
 
+    if online {
+        steps.extend(sync_steps(&spec.name.value, streamed));
+    }
     serialize_multi_table_steps(&mut steps);
     let fingerprint = fingerprint(&inputs, &source_in_scope, &scope);
     let summary = Plan::summarize(&steps);
@@ -528,7 +573,13 @@ fn object_step(
     }
 }
 
-fn copy_step(t: &SchemaObject, source: &Catalog, target: &Catalog, state: Option<&State>) -> Step {
+fn copy_step(
+    t: &SchemaObject,
+    source: &Catalog,
+    target: &Catalog,
+    state: Option<&State>,
+    online: bool,
+) -> Step {
     let info = t.table_info.as_ref().expect("tables have table info");
     let (schema, table) = (&t.key.schema, &t.key.name);
     let id = step_id(Phase::Load, "table", schema, table);
@@ -618,7 +669,10 @@ fn copy_step(t: &SchemaObject, source: &Catalog, target: &Catalog, state: Option
             ..base
         };
     }
-    if !source.tables_with_rows.contains(&name_q) && !source.tables_unreadable.contains(&name_q) {
+    if !online
+        && !source.tables_with_rows.contains(&name_q)
+        && !source.tables_unreadable.contains(&name_q)
+    {
         // Empty on both sides: nothing to copy. (A saved plan is stale if it gains rows: the
         // source fingerprint covers which tables hold rows.)
         return Step {
@@ -692,7 +746,7 @@ fn split_copy_steps(
     target: &Catalog,
     state: Option<&State>,
 ) -> Vec<Step> {
-    let whole = copy_step(t, source, target, None);
+    let whole = copy_step(t, source, target, None, false);
     let info = t.table_info.as_ref().expect("tables have table info");
     let (schema, table) = (&t.key.schema, &t.key.name);
     let name = qualified_ident(schema, table);
@@ -877,6 +931,189 @@ fn copy_binary(source: &Catalog, target: &Catalog, schema: &str, table: &str) ->
 /// table is truncated in the same transaction, which is what `FREEZE` requires.
 pub fn copy_options(binary: bool) -> (&'static str, &'static str) {
     if binary { (" (FORMAT binary)", " (FORMAT binary, FREEZE)") } else { ("", " (FREEZE)") }
+}
+
+/// Makes a table's definition say `REPLICA IDENTITY FULL`, where the catalog would put it
+/// (before its row-security statements). Returns false when it already says so.
+fn with_replica_identity_full(o: &mut SchemaObject) -> bool {
+    let name = qualified_ident(&o.key.schema, &o.key.name);
+    let full = format!("ALTER TABLE ONLY {name} REPLICA IDENTITY FULL");
+    if o.ddl.contains(&full) {
+        return false;
+    }
+    o.ddl.retain(|d| !d.starts_with(&format!("ALTER TABLE ONLY {name} REPLICA IDENTITY ")));
+    let at = o
+        .ddl
+        .iter()
+        .position(|d| {
+            *d == format!("ALTER TABLE {name} ENABLE ROW LEVEL SECURITY")
+                || *d == format!("ALTER TABLE ONLY {name} FORCE ROW LEVEL SECURITY")
+        })
+        .unwrap_or(o.ddl.len());
+    o.ddl.insert(at, full);
+    if let Some(info) = o.table_info.as_mut() {
+        info.replica_identity = "f".into();
+    }
+    true
+}
+
+/// Online mode, before the copies: the source's replica identities (when the migration plan
+/// asks for them), the publication, and the slot whose snapshot the copies read.
+fn online_load_steps(
+    migration: &str,
+    source: &Catalog,
+    tables: &[StreamTable],
+    made_full: &[String],
+) -> Vec<Step> {
+    let slot = crate::naming::slot_name(migration);
+    let publication = crate::naming::publication_name(migration);
+    let blank = |id: &str, object: String| Step {
+        id: id.into(),
+        phase: Phase::Load,
+        action: Action::Run,
+        object,
+        sql: String::new(),
+        estimate: None,
+        note: None,
+        diff: None,
+        work: Work::None,
+        after: vec![],
+        table: None,
+    };
+    let mut out = vec![];
+    if !made_full.is_empty() {
+        out.push(Step {
+            sql: made_full
+                .iter()
+                .map(|t| format!("ALTER TABLE {t} REPLICA IDENTITY FULL;"))
+                .collect::<Vec<_>>()
+                .join("\n"),
+            note: Some(
+                "on the source (sync.tables_without_key: replica_identity_full): updates and \
+                 deletes of these tables carry the whole old row, which the target matches on"
+                    .into(),
+            ),
+            work: Work::ReplicaIdentityFull { tables: made_full.to_vec() },
+            ..blank(
+                "load:replica_identity",
+                format!("replica identity of {} tables", made_full.len()),
+            )
+        });
+    }
+    let names: Vec<String> = tables.iter().map(|t| qualified_ident(&t.schema, &t.table)).collect();
+    let exists = source.publications.contains(&publication);
+    out.push(Step {
+        action: if exists { Action::Unchanged } else { Action::Create },
+        sql: if exists {
+            String::new()
+        } else if names.is_empty() {
+            format!("CREATE PUBLICATION {};", ident(&publication))
+        } else {
+            format!("CREATE PUBLICATION {} FOR TABLE {};", ident(&publication), names.join(", "))
+        },
+        note: Some(if exists {
+            "exists: created by an earlier apply".into()
+        } else {
+            format!("on the source: the {} tables whose changes are streamed", names.len())
+        }),
+        work: if exists { Work::None } else { Work::SourceSql },
+        ..blank("load:publication", format!("publication {}", crate::sql::display(&publication)))
+    });
+    let slot_exists = source.replication_slots.iter().any(|s| s.name == slot);
+    out.push(Step {
+        action: if slot_exists { Action::Unchanged } else { Action::Create },
+        sql: if slot_exists {
+            String::new()
+        } else {
+            format!(
+                "-- on a replication session of the source, kept open during the load:\n{};\n\
+                 -- every copy reads the snapshot it exports: SET TRANSACTION SNAPSHOT '<name>';",
+                crate::stream::create_slot_command(&slot)
+            )
+        },
+        note: Some(if slot_exists {
+            "exists: created by an earlier apply; tables still to copy are copied under a new \
+             snapshot, and the stream skips, for each table, the transactions its copy holds"
+                .into()
+        } else {
+            "logical decoding (pgoutput): it keeps every change made after its snapshot until \
+             the target has applied it. Never left behind: `pgtransit abort` or the cutover \
+             drops it"
+                .into()
+        }),
+        work: if slot_exists { Work::None } else { Work::CreateSlot { slot: slot.clone() } },
+        ..blank("load:slot", format!("replication slot {}", crate::sql::display(&slot)))
+    });
+    out
+}
+
+/// Online mode, after the load: the target's replication origin and the change stream.
+fn sync_steps(migration: &str, tables: Vec<StreamTable>) -> Vec<Step> {
+    let slot = crate::naming::slot_name(migration);
+    let publication = crate::naming::publication_name(migration);
+    let origin = crate::naming::origin_name(migration);
+    let o = crate::sql::literal(&origin);
+    let pinned = crate::conn::PINNED_SETTINGS
+        .iter()
+        .map(|(k, v)| format!("SET {k} = {};", crate::sql::literal(v)))
+        .collect::<Vec<_>>()
+        .join(" ");
+    vec![
+        Step {
+            id: "sync:origin".into(),
+            phase: Phase::Sync,
+            action: Action::Run,
+            object: format!("replication origin {}", crate::sql::display(&origin)),
+            sql: format!(
+                "SELECT pg_replication_origin_create({o}) WHERE NOT EXISTS \
+                 (SELECT FROM pg_replication_origin WHERE roname = {o});"
+            ),
+            estimate: None,
+            note: Some(
+                "on the target: records the source position applied, in the same transaction \
+                 as the changes (exactly once, crash-safe)"
+                    .into(),
+            ),
+            diff: None,
+            work: Work::TargetSql,
+            after: vec![],
+            table: None,
+        },
+        Step {
+            id: "sync:stream".into(),
+            phase: Phase::Sync,
+            action: Action::Run,
+            object: format!("changes of {} tables", tables.len()),
+            sql: format!(
+                "-- on a replication session of the source, from the origin's position:\n\
+                 START_REPLICATION SLOT {} LOGICAL <pg_replication_origin_progress({o}, true)> \
+                 (proto_version '1', publication_names '{}', messages 'true');\n\
+                 -- on the target, once per session:\n\
+                 SET session_replication_role = replica; {pinned}\n\
+                 SELECT pg_replication_origin_session_setup({o});\n\
+                 -- then for each batch of source transactions, in commit order:\n\
+                 BEGIN;\n\
+                 INSERT INTO t (...) OVERRIDING SYSTEM VALUE VALUES (...); \
+                 UPDATE t SET ... WHERE <key> = ...; DELETE FROM t WHERE <key> = ...; TRUNCATE t;\n\
+                 SELECT pg_replication_origin_xact_setup(<commit end>, <commit time>);\n\
+                 COMMIT;\n\
+                 -- and on the source, every second (lag and liveness):\n\
+                 SELECT pg_logical_emit_message(false, 'pgtransit', '<heartbeat>');",
+                ident(&slot),
+                ident(&publication),
+            ),
+            estimate: None,
+            note: Some(
+                "runs until the cutover, or until Ctrl-C (the next apply resumes from the \
+                 origin's position). Triggers and foreign keys do not fire for replicated rows"
+                    .into(),
+            ),
+            diff: None,
+            work: Work::Stream { slot, publication, origin, tables },
+            after: vec![],
+            table: None,
+        },
+    ]
 }
 
 fn sequence_steps(

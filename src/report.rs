@@ -328,6 +328,30 @@ pub struct ApplyView {
     running: std::collections::HashMap<String, (indicatif::ProgressBar, std::time::Instant)>,
     copies: Vec<CopySummary>,
     started: std::time::Instant,
+    stream_bar: Option<indicatif::ProgressBar>,
+    stream_line: Option<std::time::Instant>,
+    was_ready: bool,
+}
+
+/// One line about change streaming: lag, counts, readiness.
+pub fn streaming_line(
+    lag_bytes: u64,
+    lag_seconds: f64,
+    applied: &crate::state::Counters,
+    ready: bool,
+) -> String {
+    let t = |n: u64| crate::preflight::thousands(n as i64);
+    format!(
+        "lag {lag_seconds:.1} s ({}); applied {} inserts, {} updates, {} deletes, {} truncates \
+         in {} transactions{}",
+        crate::preflight::human_bytes(lag_bytes as i64),
+        t(applied.inserts),
+        t(applied.updates),
+        t(applied.deletes),
+        t(applied.truncates),
+        t(applied.transactions),
+        if ready { " - ready for cutover" } else { "" }
+    )
 }
 
 impl ApplyView {
@@ -340,6 +364,9 @@ impl ApplyView {
             running: Default::default(),
             copies: vec![],
             started: std::time::Instant::now(),
+            stream_bar: None,
+            stream_line: None,
+            was_ready: false,
         }
     }
 
@@ -395,6 +422,26 @@ impl ApplyView {
                     paint(DIM, &format!("({seconds:.2} s{extra})"))
                 );
                 self.line(out, &text)
+            }
+            Event::Streaming { lag_bytes, lag_seconds, applied, ready } => {
+                let text = streaming_line(*lag_bytes, *lag_seconds, applied, *ready);
+                if let Some(m) = &self.bars {
+                    let bar = self.stream_bar.get_or_insert_with(|| {
+                        let b = m.add(indicatif::ProgressBar::new_spinner());
+                        b.enable_steady_tick(std::time::Duration::from_millis(200));
+                        b
+                    });
+                    bar.set_message(format!("streaming: {text}"));
+                    return Ok(());
+                }
+                // Without a terminal: a line every 10 seconds, and when readiness changes.
+                let due = self.stream_line.is_none_or(|t| t.elapsed().as_secs() >= 10);
+                if due || *ready != self.was_ready {
+                    self.stream_line = Some(std::time::Instant::now());
+                    self.was_ready = *ready;
+                    tracing::info!("streaming: {text}");
+                }
+                Ok(())
             }
             Event::Skipped { object, reason } => {
                 self.skipped += 1;
@@ -516,6 +563,24 @@ pub fn apply_done(
         view.ran,
         view.copies.len(),
         view.skipped
+    )?;
+    writeln!(out, "State: {}", state_file.display())
+}
+
+/// `apply` stopped streaming on request.
+pub fn streaming_stopped(
+    out: &mut dyn Write,
+    sync: Option<&crate::state::SyncState>,
+    state_file: &std::path::Path,
+) -> io::Result<()> {
+    writeln!(out)?;
+    let at = sync.and_then(|s| s.applied_lsn.clone()).unwrap_or_else(|| "-".into());
+    writeln!(
+        out,
+        "{} applied up to source position {at}. The replication slot keeps every later change: \
+         run `pgtransit apply` again to resume, or `pgtransit abort` to remove what pgtransit \
+         created for this migration.",
+        paint(BOLD, "Streaming stopped:")
     )?;
     writeln!(out, "State: {}", state_file.display())
 }

@@ -63,6 +63,91 @@ pub struct StepState {
     /// streaming skips what the copy already holds).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub source_lsn: Option<String>,
+    /// Copies: the snapshot the copy read, as `pg_current_snapshot()` prints it
+    /// (`xmin:xmax:xip,...`). Change streaming skips, for this table, exactly the transactions
+    /// this snapshot sees (their rows are in the copy).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source_snapshot: Option<String>,
+}
+
+/// Change streaming (online mode): what the running or last `apply` reported.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct SyncState {
+    /// The slot on the source.
+    pub slot: String,
+    /// The publication on the source.
+    pub publication: String,
+    /// The replication origin on the target.
+    pub origin: String,
+    /// The streamed tables and their copy steps.
+    pub tables: Vec<crate::plan::StreamTable>,
+    /// Tables whose replica identity apply set to FULL on the source (`abort` sets them back).
+    #[serde(default)]
+    pub replica_identity_full: Vec<String>,
+    /// Whether changes are being applied now (by the process holding the lock).
+    #[serde(default)]
+    pub streaming: bool,
+    /// The source position applied on the target (committed with the changes).
+    #[serde(default)]
+    pub applied_lsn: Option<String>,
+    /// The source's current WAL position, as last read.
+    #[serde(default)]
+    pub source_lsn: Option<String>,
+    /// Bytes of source WAL not yet applied.
+    #[serde(default)]
+    pub lag_bytes: Option<u64>,
+    /// How old the newest change not yet applied is (0 when caught up).
+    #[serde(default)]
+    pub lag_seconds: Option<f64>,
+    /// When the target was last caught up (Unix seconds).
+    #[serde(default)]
+    pub caught_up_at: Option<f64>,
+    /// The lag under which the migration is ready for cutover (`sync.max_lag`).
+    #[serde(default)]
+    pub max_lag_seconds: f64,
+    /// Changes applied, all tables.
+    #[serde(default)]
+    pub applied: Counters,
+    /// Changes applied, per table (`schema.table`).
+    #[serde(default)]
+    pub per_table: BTreeMap<String, Counters>,
+    /// Why streaming stopped, when it failed.
+    #[serde(default)]
+    pub error: Option<String>,
+    /// When the streamer last wrote this (Unix seconds, fractional).
+    #[serde(default)]
+    pub reported_at: f64,
+}
+
+/// Counts of applied changes.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Counters {
+    /// Rows inserted.
+    pub inserts: u64,
+    /// Rows updated.
+    pub updates: u64,
+    /// Rows deleted.
+    pub deletes: u64,
+    /// Tables truncated.
+    pub truncates: u64,
+    /// Source transactions applied.
+    pub transactions: u64,
+}
+
+impl Counters {
+    /// Adds `other`.
+    pub fn add(&mut self, other: &Counters) {
+        self.inserts += other.inserts;
+        self.updates += other.updates;
+        self.deletes += other.deletes;
+        self.truncates += other.truncates;
+        self.transactions += other.transactions;
+    }
+}
+
+/// Seconds since the Unix epoch, fractional.
+pub fn now_f64() -> f64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs_f64()).unwrap_or(0.0)
 }
 
 /// The state of one migration.
@@ -90,6 +175,9 @@ pub struct State {
     pub completed: Vec<String>,
     /// Step id → record.
     pub steps: BTreeMap<String, StepState>,
+    /// Online mode: the change stream.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sync: Option<SyncState>,
     /// Last write, Unix seconds.
     pub updated_at: u64,
 }
@@ -219,6 +307,20 @@ impl StateDir {
         Ok(Lock { _file: file })
     }
 
+    /// Who holds the lock, if anyone (a running `apply`): the holder's text.
+    pub fn holder(&self) -> Option<String> {
+        let path = self.dir.join("lock");
+        let mut file = OpenOptions::new().read(true).write(true).open(&path).ok()?;
+        match file.try_lock() {
+            Ok(()) => None,
+            Err(_) => {
+                let mut holder = String::new();
+                let _ = file.read_to_string(&mut holder);
+                Some(holder.trim().to_string())
+            }
+        }
+    }
+
     /// Reads the state, if there is one.
     pub fn load(&self) -> Result<Option<State>, StateError> {
         let path = self.state_file();
@@ -271,6 +373,7 @@ impl State {
             applying: None,
             completed: vec![],
             steps: BTreeMap::new(),
+            sync: None,
             updated_at: now(),
         }
     }
@@ -331,6 +434,18 @@ impl State {
         })
     }
 
+    /// This state with every copy done taken as interrupted (so planned again): online mode,
+    /// when the slot that streams what came after those copies is gone.
+    pub fn with_copies_interrupted(&self) -> State {
+        let mut s = self.clone();
+        for (id, r) in s.steps.iter_mut() {
+            if id.starts_with("load:") && r.status == StepStatus::Done {
+                r.status = StepStatus::Running;
+            }
+        }
+        s
+    }
+
     /// Marks a step running (before its work).
     pub fn start(&mut self, id: &str) {
         self.steps.insert(
@@ -342,6 +457,7 @@ impl State {
                 rows: None,
                 error: None,
                 source_lsn: None,
+                source_snapshot: None,
                 plan: self.applying.clone(),
             },
         );

@@ -16,3 +16,5 @@ mod connections;
 mod offline;
 // Golden renderings of an execution plan (text, markdown, JSON); no server.
 mod golden;
+// Online migrations: slot and snapshot, change streaming, status, abort, resume, drift.
+mod online;

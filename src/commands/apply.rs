@@ -128,16 +128,6 @@ pub async fn apply_plan(
     out: &mut dyn Write,
     check_stale: bool,
 ) -> miette::Result<Outcome> {
-    if plan.mode == "online" {
-        // Copying a source that keeps taking writes, with no change stream behind the copy,
-        // would leave the target silently behind: refuse rather than pretend.
-        miette::bail!(
-            help = "set `mode: offline` in the migration plan (stop writes to the source during \
-                    the migration), or wait for online sync",
-            "this pgtransit cannot apply online migrations yet: change streaming (logical \
-             replication) is not built"
-        );
-    }
     if !plan.is_applicable() {
         let n = crate::preflight::has_errors(&plan.checks);
         return Err(ApplyError::NotApplicable(if n {
@@ -213,16 +203,30 @@ pub async fn apply_plan(
             let _ = view.event(stdout, &e);
         }
     };
-    let ctx = apply::Ctx { servers: &servers, state_dir, jobs, cancel: &cancel, events: &on_event };
+    let ctx = apply::Ctx {
+        servers: &servers,
+        state_dir,
+        jobs,
+        cancel: &cancel,
+        events: &on_event,
+        spec: &loaded.spec,
+    };
     let result = apply::run(plan, &ctx, &mut state).await;
     let guard = view.lock().map_err(|_| miette::miette!("the output lock was poisoned"))?;
     guard.0.summary(out).map_err(io_err)?;
-    result?;
-    if check_stale {
-        state.completed.push(id);
+    match result? {
+        apply::Finished::Complete => {
+            if check_stale {
+                state.completed.push(id);
+            }
+            state.applying = None;
+            state_dir.save(&mut state)?;
+            report::apply_done(out, &guard.0, &state_dir.state_file()).map_err(io_err)?;
+        }
+        apply::Finished::StreamingStopped => {
+            report::streaming_stopped(out, state.sync.as_ref(), &state_dir.state_file())
+                .map_err(io_err)?;
+        }
     }
-    state.applying = None;
-    state_dir.save(&mut state)?;
-    report::apply_done(out, &guard.0, &state_dir.state_file()).map_err(io_err)?;
     Ok(Outcome::Done)
 }

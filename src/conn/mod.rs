@@ -10,6 +10,7 @@ mod connect;
 mod conninfo;
 mod env;
 mod pgpass;
+mod replication;
 mod resolve;
 mod tls;
 mod x509;
@@ -17,6 +18,7 @@ mod x509;
 pub use connect::{ConnectError, ConnectErrorKind, RetryPolicy, connect, connect_with};
 pub use conninfo::{ConnInfo, ConnInfoError};
 pub use env::Env;
+pub use replication::{PINNED_SETTINGS, replication_config};
 pub use resolve::{
     ChannelBinding, Host, PasswordSource, Resolved, SslMode, SslRootCert, Target,
     TargetSessionAttrs,

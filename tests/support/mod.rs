@@ -163,9 +163,12 @@ pub fn find_check<'a>(
 }
 
 /// `pg_dump --schema-only` of a database, with a fixed `\restrict` key so two dumps compare.
+/// Publications and subscriptions are left out: pgtransit does not migrate them (preflight
+/// says so), and an online migration's own publication is on the source only.
 pub fn schema_dump(c: &LocalCluster, db: &str) -> String {
     let mut cmd = Command::new(c.bin("pg_dump"));
-    cmd.args(["--schema-only", "--no-sync", "-h", c.host(), "-p", &c.port().to_string()])
+    cmd.args(["--schema-only", "--no-sync", "--no-publications", "--no-subscriptions"])
+        .args(["-h", c.host(), "-p", &c.port().to_string()])
         .args(["-U", "postgres", "-d", db]);
     if dump_supports_restrict_key(c) {
         cmd.arg("--restrict-key=pgtransit");

@@ -1,0 +1,1011 @@
+//! Change streaming (online mode): the slot's changes applied to the target, exactly once.
+//!
+//! - **Exactly once.** Every target transaction ends with
+//!   `pg_replication_origin_xact_setup(<source commit end>, ...)`: the applied source position is
+//!   committed with the changes. A restart reads it back and streams from there; only then is
+//!   the slot told (standby status update) that the position is durable.
+//! - **Consistent with the copies.** Each table was copied under a snapshot whose visible
+//!   transactions the stream skips for that table (`XidSnapshot::sees`), and applies the rest.
+//! - **Fast.** Source transactions are batched into target transactions (up to
+//!   [`BATCH_CHANGES`] changes or [`BATCH_AGE`]), statements are prepared once per table and
+//!   shape, and pipelined (up to [`PIPELINE`] in flight). Memory stays bounded whatever the size
+//!   of a source transaction.
+//! - **Faithful.** Values travel in their text form under pinned session settings; `INSERT`
+//!   says `OVERRIDING SYSTEM VALUE` (identity columns); unchanged TOAST values are left out of
+//!   `UPDATE`; a key change moves the row; `session_replication_role = replica` keeps target
+//!   triggers and foreign-key checks from firing for replicated rows.
+//! - **Watched.** A heartbeat (`pg_logical_emit_message`) every second measures the lag; the
+//!   source's schema is compared every few seconds with what it was when streaming began, and a
+//!   change stops the stream with what changed (DDL is not replicated).
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::error::Error as StdError;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::{Bytes, BytesMut};
+use futures_util::StreamExt;
+use futures_util::stream::FuturesOrdered;
+use postgres_types::{Format, IsNull, ToSql, Type, to_sql_checked};
+use tokio_postgres::{Client, Statement};
+
+use crate::apply::{ApplyError, Ctx, Event};
+use crate::plan::StreamTable;
+use crate::sql::{ident, literal, qualified, qualified_ident};
+use crate::state::{Counters, State, SyncState, now_f64};
+use crate::stream::{Change, ChangeSource, PgoutputStream, Relation, StreamSettings, Tuple, Value};
+
+/// A target transaction is committed after this many changes...
+pub const BATCH_CHANGES: usize = 20_000;
+/// ... or when it is this old, at the next source commit.
+pub const BATCH_AGE: Duration = Duration::from_millis(100);
+/// Statements sent ahead of their results.
+pub const PIPELINE: usize = 1024;
+/// How often the heartbeat is emitted on the source.
+pub const HEARTBEAT: Duration = Duration::from_secs(1);
+
+/// A transaction snapshot as `pg_current_snapshot()` prints it: which transactions it sees.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct XidSnapshot {
+    xmin: u64,
+    xmax: u64,
+    xip: Vec<u64>,
+}
+
+impl XidSnapshot {
+    /// Parses `xmin:xmax:xip,...`.
+    pub fn parse(s: &str) -> Option<XidSnapshot> {
+        let mut it = s.trim().splitn(3, ':');
+        let xmin = it.next()?.parse().ok()?;
+        let xmax = it.next()?.parse().ok()?;
+        let xip = match it.next()? {
+            "" => vec![],
+            list => list.split(',').map(|x| x.parse().ok()).collect::<Option<Vec<u64>>>()?,
+        };
+        Some(XidSnapshot { xmin, xmax, xip })
+    }
+
+    /// Whether the snapshot sees (the commit of) transaction `xid`, a 32-bit id as the stream
+    /// carries it (widened with the epoch nearest the snapshot's).
+    pub fn sees(&self, xid: u32) -> bool {
+        let x = widen(xid, self.xmax);
+        x < self.xmin || (x < self.xmax && !self.xip.contains(&x))
+    }
+}
+
+/// The 64-bit transaction id nearest `reference` whose low 32 bits are `xid`.
+fn widen(xid: u32, reference: u64) -> u64 {
+    let candidate = (reference & !0xffff_ffff) | xid as u64;
+    if candidate > reference.saturating_add(1 << 31) && candidate >= 1 << 32 {
+        candidate - (1 << 32)
+    } else if candidate.saturating_add(1 << 31) < reference {
+        candidate + (1 << 32)
+    } else {
+        candidate
+    }
+}
+
+/// A statement parameter sent in text form: the server parses it with the column type's input
+/// function, exactly as pgoutput printed it with the output function.
+#[derive(Debug, Clone)]
+struct Text(Option<Bytes>);
+
+impl ToSql for Text {
+    fn to_sql(
+        &self,
+        _: &Type,
+        out: &mut BytesMut,
+    ) -> Result<IsNull, Box<dyn StdError + Sync + Send>> {
+        match &self.0 {
+            None => Ok(IsNull::Yes),
+            Some(b) => {
+                out.extend_from_slice(b);
+                Ok(IsNull::No)
+            }
+        }
+    }
+
+    fn accepts(_: &Type) -> bool {
+        true
+    }
+
+    fn encode_format(&self, _: &Type) -> Format {
+        Format::Text
+    }
+
+    to_sql_checked!();
+}
+
+type Pending = Pin<Box<dyn Future<Output = Result<Outcome, tokio_postgres::Error>> + Send>>;
+
+/// What a pipelined statement reports back.
+struct Outcome {
+    /// Rows it changed.
+    rows: u64,
+    /// For updates and deletes: the table, to count rows that were not found.
+    expect_row: Option<Arc<str>>,
+}
+
+/// Statements sent to the target ahead of their results.
+struct Pipeline {
+    client: Arc<Client>,
+    inflight: FuturesOrdered<Pending>,
+    missing: u64,
+}
+
+impl Pipeline {
+    /// Sends a statement now (its request is queued on the connection before this returns, so
+    /// statements run in the order they were pushed) and keeps its result for later.
+    async fn push(&mut self, mut f: Pending) -> Result<(), tokio_postgres::Error> {
+        if let std::task::Poll::Ready(r) = futures_util::poll!(f.as_mut()) {
+            self.take(r)?;
+        } else {
+            self.inflight.push_back(f);
+        }
+        while self.inflight.len() > PIPELINE {
+            if let Some(r) = self.inflight.next().await {
+                self.take(r)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn take(
+        &mut self,
+        r: Result<Outcome, tokio_postgres::Error>,
+    ) -> Result<(), tokio_postgres::Error> {
+        let o = r?;
+        if o.rows == 0
+            && let Some(table) = o.expect_row
+        {
+            self.missing += 1;
+            tracing::warn!(table = %table, "a replicated update or delete found no row on the target");
+        }
+        Ok(())
+    }
+
+    async fn execute(
+        &mut self,
+        stmt: &Statement,
+        params: Vec<Text>,
+        expect_row: Option<Arc<str>>,
+    ) -> Result<(), tokio_postgres::Error> {
+        let (client, stmt) = (self.client.clone(), stmt.clone());
+        self.push(Box::pin(async move {
+            let rows = client.execute_raw(&stmt, params.iter()).await?;
+            Ok(Outcome { rows, expect_row })
+        }))
+        .await
+    }
+
+    async fn sql(&mut self, sql: String) -> Result<(), tokio_postgres::Error> {
+        let client = self.client.clone();
+        self.push(Box::pin(async move {
+            client.batch_execute(&sql).await?;
+            Ok(Outcome { rows: 0, expect_row: None })
+        }))
+        .await
+    }
+
+    /// Waits for every result; the first error wins.
+    async fn drain(&mut self) -> Result<(), tokio_postgres::Error> {
+        let mut first = None;
+        while let Some(r) = self.inflight.next().await {
+            if let Err(e) = self.take(r)
+                && first.is_none()
+            {
+                first = Some(e);
+            }
+        }
+        first.map_or(Ok(()), Err)
+    }
+}
+
+/// Kinds of prepared statement.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+enum Shape {
+    Insert,
+    /// Columns set (by index), then the key columns matched.
+    Update(Vec<usize>, Vec<usize>),
+    Delete(Vec<usize>),
+}
+
+/// A published table as the applier knows it.
+struct Table {
+    rel: Relation,
+    name_sql: String,
+    display: Arc<str>,
+    /// Copy snapshot: the transactions whose changes the copy already holds.
+    skip: Option<XidSnapshot>,
+    /// Matched on every column (replica identity full): by `ctid`, one row at a time.
+    full: bool,
+    identity_always: Vec<bool>,
+    statements: HashMap<Shape, Statement>,
+}
+
+impl Table {
+    fn key_columns(&self) -> Vec<usize> {
+        self.rel.columns.iter().enumerate().filter(|(_, c)| c.key).map(|(i, _)| i).collect()
+    }
+
+    fn sql(&self, shape: &Shape) -> String {
+        let col = |i: usize| ident(&self.rel.columns[i].name);
+        let matcher = |keys: &[usize], first: usize| {
+            let conds: Vec<String> = keys
+                .iter()
+                .enumerate()
+                .map(|(n, &i)| {
+                    if self.full {
+                        format!("{}::text IS NOT DISTINCT FROM ${}::text", col(i), first + n)
+                    } else {
+                        format!("{} = ${}", col(i), first + n)
+                    }
+                })
+                .collect();
+            let conds = if conds.is_empty() { "false".to_string() } else { conds.join(" AND ") };
+            if self.full {
+                format!("ctid = (SELECT ctid FROM {} WHERE {conds} LIMIT 1)", self.name_sql)
+            } else {
+                conds
+            }
+        };
+        match shape {
+            Shape::Insert => {
+                let n = self.rel.columns.len();
+                format!(
+                    "INSERT INTO {} ({}) OVERRIDING SYSTEM VALUE VALUES ({})",
+                    self.name_sql,
+                    (0..n).map(col).collect::<Vec<_>>().join(", "),
+                    (1..=n).map(|i| format!("${i}")).collect::<Vec<_>>().join(", ")
+                )
+            }
+            Shape::Update(set, keys) => format!(
+                "UPDATE {} SET {} WHERE {}",
+                self.name_sql,
+                set.iter()
+                    .enumerate()
+                    .map(|(n, &i)| format!("{} = ${}", col(i), n + 1))
+                    .collect::<Vec<_>>()
+                    .join(", "),
+                matcher(keys, set.len() + 1)
+            ),
+            Shape::Delete(keys) => {
+                format!("DELETE FROM {} WHERE {}", self.name_sql, matcher(keys, 1))
+            }
+        }
+    }
+}
+
+fn text(v: &Value) -> Text {
+    match v {
+        Value::Text(b) => Text(Some(b.clone())),
+        Value::Null | Value::Unchanged => Text(None),
+    }
+}
+
+/// Why streaming stopped without an error.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stopped {
+    /// Ctrl-C or SIGTERM: the next `apply` resumes.
+    OnRequest,
+}
+
+/// An error of the stream, with the operator's fix.
+fn sync_error(message: impl Into<String>) -> ApplyError {
+    ApplyError::StepFailed {
+        id: "sync:stream".into(),
+        object: "change stream".into(),
+        message: message.into(),
+    }
+}
+
+/// Schema changes on the source since streaming began.
+fn drift_error(what: String) -> ApplyError {
+    ApplyError::Drift(what)
+}
+
+fn pg(e: tokio_postgres::Error) -> ApplyError {
+    sync_error(crate::apply::db_message(&e))
+}
+
+/// What the heartbeat task shares with the applier.
+#[derive(Default)]
+struct Live {
+    /// Heartbeats emitted and not yet seen in the stream: (sequence, when).
+    pending: VecDeque<(u64, f64)>,
+    /// The source's current WAL position at the last heartbeat.
+    source_lsn: u64,
+    /// A schema change found on the source.
+    drift: Option<String>,
+    /// The heartbeat connection failed (transient: the applier reconnects).
+    failed: Option<String>,
+}
+
+/// Everything the applier keeps between batches.
+struct Applier<'a> {
+    ctx: &'a Ctx<'a>,
+    tables_by_name: HashMap<(String, String), Option<XidSnapshot>>,
+    tables: HashMap<u32, Table>,
+    pipe: Pipeline,
+    /// A target transaction is open.
+    open: bool,
+    /// A source transaction is being received: (xid).
+    in_source_tx: Option<u32>,
+    batch_started: Instant,
+    batch_changes: usize,
+    /// The last commit received, not yet committed on the target: (end, time).
+    last_commit: Option<(u64, i64)>,
+    batch_counts: BTreeMap<Arc<str>, Counters>,
+    batch_total: Counters,
+    /// Changes of the current source transaction skipped for a table (already in its copy).
+    applied_lsn: u64,
+    confirmed: u64,
+    sync: SyncState,
+    prefix: String,
+}
+
+impl<'a> Applier<'a> {
+    async fn begin_batch(&mut self) -> Result<(), tokio_postgres::Error> {
+        if !self.open {
+            self.pipe.sql("BEGIN".into()).await?;
+            self.open = true;
+            self.batch_started = Instant::now();
+            self.batch_changes = 0;
+        }
+        Ok(())
+    }
+
+    /// Commits the open target transaction with the position of the last source commit in it.
+    /// Returns the position now durable on the target.
+    async fn commit_batch(
+        &mut self,
+        stream: &impl ChangeSource,
+    ) -> Result<(), tokio_postgres::Error> {
+        if !self.open {
+            return Ok(());
+        }
+        if let Some((end, time)) = self.last_commit {
+            let secs = time as f64 / 1e6 + 946_684_800.0;
+            self.pipe
+                .sql(format!(
+                    "SELECT pg_replication_origin_xact_setup({}::pg_lsn, to_timestamp({secs}))",
+                    literal(&crate::stream::lsn_text(end))
+                ))
+                .await?;
+        }
+        self.pipe.sql("COMMIT".into()).await?;
+        self.pipe.drain().await?;
+        self.open = false;
+        if let Some((end, time)) = self.last_commit.take() {
+            self.applied_lsn = end;
+            self.confirmed = self.confirmed.max(end);
+            stream.ack(end);
+            let _ = time;
+        }
+        self.sync.applied.add(&self.batch_total);
+        for (t, c) in std::mem::take(&mut self.batch_counts) {
+            self.sync.per_table.entry(t.to_string()).or_default().add(&c);
+        }
+        self.batch_total = Counters::default();
+        Ok(())
+    }
+
+    async fn rollback(&mut self) {
+        if self.open {
+            let _ = self.pipe.drain().await;
+            let _ = self.pipe.client.batch_execute("ROLLBACK").await;
+            self.open = false;
+        }
+        self.last_commit = None;
+        self.batch_counts.clear();
+        self.batch_total = Counters::default();
+    }
+
+    fn count(&mut self, table: &Arc<str>, f: impl Fn(&mut Counters)) {
+        f(self.batch_counts.entry(table.clone()).or_default());
+        f(&mut self.batch_total);
+    }
+
+    /// A relation message: checks the table against the target (DDL drift) and prepares it.
+    async fn relation(&mut self, rel: Relation) -> Result<(), ApplyError> {
+        let key = (rel.schema.clone(), rel.name.clone());
+        let display: Arc<str> = qualified(&rel.schema, &rel.name).into();
+        let Some(skip) = self.tables_by_name.get(&key).cloned() else {
+            return Err(drift_error(format!(
+                "the stream carries table {display}, which the execution plan does not stream"
+            )));
+        };
+        if let Some(t) = self.tables.get(&rel.id)
+            && t.rel == rel
+        {
+            return Ok(());
+        }
+        // Pending statements first: a failed one must be reported as itself.
+        self.pipe.drain().await.map_err(pg)?;
+        let columns = crate::catalog::read_table_columns(&self.pipe.client, &rel.schema, &rel.name)
+            .await
+            .map_err(|e| sync_error(e.to_string()))?
+            .ok_or_else(|| {
+                drift_error(format!("table {display} no longer exists on the target"))
+            })?;
+        let source: Vec<&str> = rel.columns.iter().map(|c| c.name.as_str()).collect();
+        let target: Vec<&str> = columns.iter().map(|c| c.name.as_str()).collect();
+        if source.iter().collect::<std::collections::BTreeSet<_>>()
+            != target.iter().collect::<std::collections::BTreeSet<_>>()
+        {
+            let added: Vec<&&str> = source.iter().filter(|c| !target.contains(c)).collect();
+            let dropped: Vec<&&str> = target.iter().filter(|c| !source.contains(c)).collect();
+            let mut what = vec![];
+            if !added.is_empty() {
+                what.push(format!("has columns the target's lacks: {added:?}"));
+            }
+            if !dropped.is_empty() {
+                what.push(format!("lacks columns the target's has: {dropped:?}"));
+            }
+            return Err(drift_error(format!("the source's table {display} {}", what.join("; "))));
+        }
+        let identity_always = rel
+            .columns
+            .iter()
+            .map(|c| columns.iter().any(|t| t.name == c.name && t.identity_always))
+            .collect();
+        let full = rel.replica_identity == 'f';
+        self.tables.insert(
+            rel.id,
+            Table {
+                name_sql: qualified_ident(&rel.schema, &rel.name),
+                display,
+                skip,
+                full,
+                identity_always,
+                statements: HashMap::new(),
+                rel,
+            },
+        );
+        Ok(())
+    }
+
+    async fn statement(&mut self, rel: u32, shape: Shape) -> Result<Statement, ApplyError> {
+        let t = self
+            .tables
+            .get(&rel)
+            .ok_or_else(|| sync_error("a change names an unknown relation"))?;
+        if let Some(s) = t.statements.get(&shape) {
+            return Ok(s.clone());
+        }
+        let sql = t.sql(&shape);
+        // Earlier statements first: a failure must be reported as itself.
+        self.pipe.drain().await.map_err(pg)?;
+        let stmt = self.pipe.client.prepare(&sql).await.map_err(pg)?;
+        if let Some(t) = self.tables.get_mut(&rel) {
+            t.statements.insert(shape, stmt.clone());
+        }
+        Ok(stmt)
+    }
+
+    /// Whether the change to `rel` is already in the table's copy.
+    fn skipped(&self, rel: u32) -> bool {
+        match (self.in_source_tx, self.tables.get(&rel).and_then(|t| t.skip.as_ref())) {
+            (Some(xid), Some(snapshot)) => snapshot.sees(xid),
+            _ => false,
+        }
+    }
+
+    async fn change(&mut self, c: Change) -> Result<(), ApplyError> {
+        match c {
+            Change::Relation(rel) => self.relation(rel).await?,
+            Change::Insert { rel, new } => {
+                if self.skipped(rel) {
+                    return Ok(());
+                }
+                let stmt = self.statement(rel, Shape::Insert).await?;
+                let display = self.tables[&rel].display.clone();
+                self.begin_batch().await.map_err(pg)?;
+                self.pipe.execute(&stmt, new.iter().map(text).collect(), None).await.map_err(pg)?;
+                self.count(&display, |c| c.inserts += 1);
+                self.batch_changes += 1;
+            }
+            Change::Update { rel, old, new } => {
+                if self.skipped(rel) {
+                    return Ok(());
+                }
+                self.update(rel, old, new).await?;
+                self.batch_changes += 1;
+            }
+            Change::Delete { rel, old } => {
+                if self.skipped(rel) {
+                    return Ok(());
+                }
+                let t = &self.tables[&rel];
+                let keys: Vec<usize> = if t.full {
+                    (0..old.len()).filter(|&i| old[i] != Value::Unchanged).collect()
+                } else {
+                    t.key_columns()
+                };
+                let display = t.display.clone();
+                let stmt = self.statement(rel, Shape::Delete(keys.clone())).await?;
+                self.begin_batch().await.map_err(pg)?;
+                let params = keys.iter().map(|&i| text(&old[i])).collect();
+                self.pipe.execute(&stmt, params, Some(display.clone())).await.map_err(pg)?;
+                self.count(&display, |c| c.deletes += 1);
+                self.batch_changes += 1;
+            }
+            Change::Truncate { rels, restart_identity, .. } => {
+                let mut names = vec![];
+                for rel in rels {
+                    if self.skipped(rel) {
+                        continue;
+                    }
+                    let t = self
+                        .tables
+                        .get(&rel)
+                        .ok_or_else(|| sync_error("a truncate names an unknown relation"))?;
+                    names.push((t.name_sql.clone(), t.display.clone()));
+                }
+                if names.is_empty() {
+                    return Ok(());
+                }
+                self.begin_batch().await.map_err(pg)?;
+                let list = names.iter().map(|(n, _)| n.as_str()).collect::<Vec<_>>().join(", ");
+                let restart = if restart_identity { " RESTART IDENTITY" } else { "" };
+                self.pipe.sql(format!("TRUNCATE {list}{restart}")).await.map_err(pg)?;
+                for (_, display) in &names {
+                    self.count(display, |c| c.truncates += 1);
+                }
+                self.batch_changes += 1;
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+
+    async fn update(&mut self, rel: u32, old: Option<Tuple>, new: Tuple) -> Result<(), ApplyError> {
+        let t = &self.tables[&rel];
+        let display = t.display.clone();
+        let keys: Vec<usize> = match (&old, t.full) {
+            (Some(o), true) => (0..o.len()).filter(|&i| o[i] != Value::Unchanged).collect(),
+            _ => t.key_columns(),
+        };
+        let key_values: Vec<Text> = keys
+            .iter()
+            .map(|&i| match &old {
+                Some(o) => text(&o[i]),
+                None => text(&new[i]),
+            })
+            .collect();
+        // An identity column GENERATED ALWAYS cannot be updated to a value: when it changed,
+        // the row is moved (delete + insert with OVERRIDING SYSTEM VALUE); when it did not, it
+        // is left out of the SET list.
+        let always_changed = old.as_ref().is_some_and(|o| {
+            t.identity_always.iter().enumerate().any(|(i, &a)| {
+                a && o.get(i).is_some_and(|v| *v != Value::Unchanged && *v != new[i])
+            })
+        });
+        if always_changed && !new.contains(&Value::Unchanged) {
+            let delete = self.statement(rel, Shape::Delete(keys.clone())).await?;
+            let insert = self.statement(rel, Shape::Insert).await?;
+            self.begin_batch().await.map_err(pg)?;
+            self.pipe.execute(&delete, key_values, Some(display.clone())).await.map_err(pg)?;
+            self.pipe.execute(&insert, new.iter().map(text).collect(), None).await.map_err(pg)?;
+            self.count(&display, |c| c.updates += 1);
+            return Ok(());
+        }
+        let set: Vec<usize> = (0..new.len())
+            .filter(|&i| new[i] != Value::Unchanged && !t.identity_always[i])
+            .collect();
+        if set.is_empty() {
+            self.count(&display, |c| c.updates += 1);
+            return Ok(());
+        }
+        let stmt = self.statement(rel, Shape::Update(set.clone(), keys)).await?;
+        self.begin_batch().await.map_err(pg)?;
+        let mut params: Vec<Text> = set.iter().map(|&i| text(&new[i])).collect();
+        params.extend(key_values);
+        self.pipe.execute(&stmt, params, Some(display.clone())).await.map_err(pg)?;
+        self.count(&display, |c| c.updates += 1);
+        Ok(())
+    }
+}
+
+/// Streams changes until Ctrl-C (or an error). `tables` are the published tables and their
+/// copy steps; `state` has their copy snapshots and receives the progress.
+#[allow(clippy::too_many_arguments)]
+pub async fn stream(
+    ctx: &Ctx<'_>,
+    slot: &str,
+    publication: &str,
+    origin: &str,
+    tables: &[StreamTable],
+    max_lag: Duration,
+    drift_every: Duration,
+    scope: &crate::scope::Scope,
+    state: &mut State,
+) -> Result<Stopped, ApplyError> {
+    let servers = ctx.servers;
+    let mut tables_by_name = HashMap::new();
+    for t in tables {
+        let record = t.parts.first().unwrap_or(&t.copy_step);
+        let snapshot = state
+            .steps
+            .get(record)
+            .and_then(|r| r.source_snapshot.as_deref())
+            .and_then(XidSnapshot::parse);
+        tables_by_name.insert((t.schema.clone(), t.table.clone()), snapshot);
+    }
+    let mut sync = state.sync.clone().unwrap_or_default();
+    sync.streaming = true;
+    sync.error = None;
+    sync.max_lag_seconds = max_lag.as_secs_f64();
+
+    // Target: one session, its origin set up; the position it has applied.
+    let target =
+        crate::conn::connect_with(&servers.target, "pgtransit/sync", &servers.policy).await?;
+    let pinned = crate::conn::PINNED_SETTINGS
+        .iter()
+        .map(|(k, v)| format!("SET {k} = {};", literal(v)))
+        .collect::<String>();
+    target
+        .batch_execute(&format!("SET session_replication_role = replica; {pinned}"))
+        .await
+        .map_err(pg)?;
+    target
+        .query_one("SELECT pg_replication_origin_session_setup($1)", &[&origin])
+        .await
+        .map_err(pg)?;
+    let start: Option<String> = target
+        .query_one("SELECT pg_replication_origin_progress($1, true)::text", &[&origin])
+        .await
+        .map_err(pg)?
+        .get(0);
+    let start = start.as_deref().and_then(crate::stream::parse_lsn).unwrap_or(0);
+
+    // Source: heartbeat and schema watch on their own connection.
+    let live = Arc::new(std::sync::Mutex::new(Live::default()));
+    let prefix = format!("pgtransit:{slot}");
+    let heartbeat = {
+        let source =
+            crate::conn::connect_with(&servers.source, "pgtransit/heartbeat", &servers.policy)
+                .await?;
+        let version: i32 = source
+            .query_one("SELECT current_setting('server_version_num')::int", &[])
+            .await
+            .map_err(pg)?
+            .get(0);
+        let baseline = schema_of(&source, version, scope).await.map_err(sync_error)?;
+        let (live, prefix, scope) = (live.clone(), prefix.clone(), scope.clone());
+        tokio::spawn(async move {
+            watch(source, version, baseline, scope, live, prefix, drift_every).await
+        })
+    };
+    struct AbortOnDrop(tokio::task::JoinHandle<()>);
+    impl Drop for AbortOnDrop {
+        fn drop(&mut self) {
+            self.0.abort();
+        }
+    }
+    let _heartbeat = AbortOnDrop(heartbeat);
+
+    let mut stream = PgoutputStream::start(StreamSettings {
+        source: &servers.source,
+        slot,
+        publication,
+        start,
+        application_name: "pgtransit/sync",
+    })
+    .await
+    .map_err(|e| sync_error(format!("cannot start streaming from slot {slot}: {e}")))?;
+    tracing::info!(slot, from = %crate::stream::lsn_text(start), "streaming changes");
+
+    let target = Arc::new(target);
+    let mut a = Applier {
+        ctx,
+        tables_by_name,
+        tables: HashMap::new(),
+        pipe: Pipeline { client: target.clone(), inflight: FuturesOrdered::new(), missing: 0 },
+        open: false,
+        in_source_tx: None,
+        batch_started: Instant::now(),
+        batch_changes: 0,
+        last_commit: None,
+        batch_counts: BTreeMap::new(),
+        batch_total: Counters::default(),
+        applied_lsn: start,
+        confirmed: start,
+        sync,
+        prefix,
+    };
+    let result = run_stream(&mut a, &mut stream, &live, state).await;
+    if result.is_err() {
+        a.rollback().await;
+    }
+    a.sync.streaming = false;
+    if let Err(e) = &result {
+        a.sync.error = Some(e.to_string());
+    }
+    report(&mut a, &live, state);
+    ctx.state_dir.save(state)?;
+    stream.stop().await;
+    result
+}
+
+/// The definitions of the source's objects in scope, by name.
+async fn schema_of(
+    client: &Client,
+    version: i32,
+    scope: &crate::scope::Scope,
+) -> Result<BTreeMap<String, String>, String> {
+    let objects = crate::objects::read(client, version).await.map_err(|e| e.to_string())?;
+    let identity = |r: &str| Some(r.to_string());
+    Ok(objects
+        .iter()
+        .filter(|o| crate::planner::in_scope(o, scope))
+        .map(|o| (o.key.to_string(), o.definition(&identity)))
+        .collect())
+}
+
+/// The heartbeat task: emits a heartbeat every second, reads the source's WAL position, and
+/// compares the source's schema with `baseline` every `drift_every`.
+async fn watch(
+    source: Client,
+    version: i32,
+    baseline: BTreeMap<String, String>,
+    scope: crate::scope::Scope,
+    live: Arc<std::sync::Mutex<Live>>,
+    prefix: String,
+    drift_every: Duration,
+) {
+    let mut seq = 0u64;
+    let mut last_check = Instant::now();
+    loop {
+        seq += 1;
+        let emitted = now_f64();
+        match source
+            .query_one(
+                "SELECT pg_logical_emit_message(false, $1::text, $2::text)::text, \
+                        pg_current_wal_lsn()::text",
+                &[&prefix, &seq.to_string()],
+            )
+            .await
+        {
+            Ok(row) => {
+                let at: String = row.get(0);
+                let current: String = row.get(1);
+                let mut l = live.lock().expect("live lock");
+                l.pending.push_back((seq, emitted));
+                let pos = |s: &str| crate::stream::parse_lsn(s).unwrap_or(0);
+                l.source_lsn = l.source_lsn.max(pos(&at)).max(pos(&current));
+            }
+            Err(e) => {
+                live.lock().expect("live lock").failed = Some(crate::apply::db_message(&e));
+                return;
+            }
+        }
+        if last_check.elapsed() >= drift_every {
+            last_check = Instant::now();
+            match schema_of(&source, version, &scope).await {
+                Ok(now) if now != baseline => {
+                    let mut what = vec![];
+                    for (k, v) in &now {
+                        match baseline.get(k) {
+                            None => what.push(format!("{k} was created")),
+                            Some(b) if b != v => what.push(format!("{k} was altered")),
+                            _ => {}
+                        }
+                    }
+                    for k in baseline.keys().filter(|k| !now.contains_key(*k)) {
+                        what.push(format!("{k} was dropped"));
+                    }
+                    live.lock().expect("live lock").drift = Some(what.join(", "));
+                    return;
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    live.lock().expect("live lock").failed = Some(e);
+                    return;
+                }
+            }
+        }
+        tokio::time::sleep(HEARTBEAT).await;
+    }
+}
+
+/// Writes the progress into the state and tells the report.
+fn report(a: &mut Applier<'_>, live: &std::sync::Mutex<Live>, state: &mut State) {
+    let now = now_f64();
+    let l = live.lock().expect("live lock");
+    let lag_seconds = l.pending.front().map(|(_, at)| (now - at).max(0.0)).unwrap_or(0.0);
+    let lag_bytes = l.source_lsn.saturating_sub(a.confirmed);
+    a.sync.source_lsn = (l.source_lsn > 0).then(|| crate::stream::lsn_text(l.source_lsn));
+    drop(l);
+    a.sync.applied_lsn = Some(crate::stream::lsn_text(a.applied_lsn));
+    a.sync.lag_bytes = Some(lag_bytes);
+    a.sync.lag_seconds = Some(lag_seconds);
+    if lag_seconds == 0.0 {
+        a.sync.caught_up_at = Some(now);
+    }
+    a.sync.reported_at = now;
+    state.sync = Some(a.sync.clone());
+    (a.ctx.events)(Event::Streaming {
+        lag_bytes,
+        lag_seconds,
+        applied: a.sync.applied,
+        ready: lag_seconds <= a.sync.max_lag_seconds,
+    });
+}
+
+async fn run_stream(
+    a: &mut Applier<'_>,
+    stream: &mut PgoutputStream,
+    live: &std::sync::Mutex<Live>,
+    state: &mut State,
+) -> Result<Stopped, ApplyError> {
+    let mut tick = tokio::time::interval(Duration::from_millis(50));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut last_report = Instant::now();
+    loop {
+        let next = tokio::select! {
+            c = stream.next() => Some(c),
+            _ = tick.tick() => None,
+        };
+        match next {
+            None => {
+                // Between source transactions, an old batch is committed.
+                if a.open && a.in_source_tx.is_none() && a.batch_started.elapsed() >= BATCH_AGE {
+                    a.commit_batch(stream).await.map_err(pg)?;
+                }
+            }
+            Some(Err(e)) => {
+                return Err(sync_error(format!("the replication stream ended: {e}")));
+            }
+            Some(Ok(None)) => return Err(sync_error("the source ended the replication stream")),
+            Some(Ok(Some(change))) => match change {
+                Change::Begin { xid, final_lsn, .. } => {
+                    if final_lsn < a.applied_lsn {
+                        tracing::debug!(xid, "transaction already applied");
+                    }
+                    a.in_source_tx = Some(xid);
+                }
+                Change::Commit { end_lsn, commit_time } => {
+                    a.in_source_tx = None;
+                    if end_lsn <= a.applied_lsn {
+                        // Applied before (a resumed stream may send it again).
+                    } else if !a.open {
+                        // Nothing of it applied (every change was in a copy already): nothing
+                        // to commit. Were the process to stop now, the stream would send it
+                        // again, and it would be skipped again.
+                        a.applied_lsn = end_lsn;
+                    } else {
+                        a.last_commit = Some((end_lsn, commit_time));
+                        a.batch_total.transactions += 1;
+                        if a.batch_changes >= BATCH_CHANGES
+                            || a.batch_started.elapsed() >= BATCH_AGE
+                        {
+                            a.commit_batch(stream).await.map_err(pg)?;
+                        }
+                    }
+                }
+                Change::Message { prefix, content, transactional: false, .. }
+                    if prefix == a.prefix =>
+                {
+                    // A heartbeat: everything before it was received. Commit what is open, so
+                    // what was received is applied.
+                    if a.in_source_tx.is_none() {
+                        a.commit_batch(stream).await.map_err(pg)?;
+                    }
+                    let seq: u64 = std::str::from_utf8(&content)
+                        .ok()
+                        .and_then(|s| s.parse().ok())
+                        .unwrap_or(0);
+                    live.lock().expect("live lock").pending.retain(|(s, _)| *s > seq);
+                }
+                Change::KeepAlive { wal_end } => {
+                    if !a.open && a.in_source_tx.is_none() && wal_end > a.confirmed {
+                        a.confirmed = wal_end;
+                        stream.ack(wal_end);
+                    }
+                }
+                other => a.change(other).await?,
+            },
+        }
+        if last_report.elapsed() >= Duration::from_secs(1) {
+            last_report = Instant::now();
+            let (drift, failed) = {
+                let l = live.lock().expect("live lock");
+                (l.drift.clone(), l.failed.clone())
+            };
+            if let Some(what) = drift {
+                if a.in_source_tx.is_none() {
+                    a.commit_batch(stream).await.map_err(pg)?;
+                }
+                return Err(drift_error(format!("since streaming began on the source: {what}")));
+            }
+            if let Some(e) = failed {
+                return Err(sync_error(format!(
+                    "the heartbeat connection to the source failed: {e}"
+                )));
+            }
+            report(a, live, state);
+            a.ctx.state_dir.save(state)?;
+        }
+        if a.ctx.cancel.requested() {
+            if a.in_source_tx.is_none() {
+                a.commit_batch(stream).await.map_err(pg)?;
+            } else {
+                a.rollback().await;
+            }
+            return Ok(Stopped::OnRequest);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_snapshot_sees_committed_transactions_and_not_running_or_later_ones() {
+        let s = XidSnapshot::parse("100:105:101,103").unwrap();
+        assert!(s.sees(99) && s.sees(100 - 1));
+        assert!(s.sees(100), "below xmin... 100 is xmin: not running, committed before");
+        assert!(!s.sees(101) && !s.sees(103), "in progress at the snapshot");
+        assert!(s.sees(102) && s.sees(104));
+        assert!(!s.sees(105) && !s.sees(200), "started after the snapshot");
+        assert_eq!(XidSnapshot::parse("7:7:"), Some(XidSnapshot { xmin: 7, xmax: 7, xip: vec![] }));
+        assert_eq!(XidSnapshot::parse("garbage"), None);
+    }
+
+    #[test]
+    fn stream_xids_are_widened_with_the_snapshots_epoch() {
+        // Snapshot in epoch 1, just after wraparound; the stream's 32-bit xid is from before it.
+        let xmax = (1u64 << 32) + 10;
+        let s = XidSnapshot { xmin: xmax, xmax, xip: vec![] };
+        assert!(s.sees(0xffff_fff0), "epoch 0's last xids are older than the snapshot");
+        assert!(!s.sees(20), "epoch 1's xid 20 is newer");
+        assert_eq!(widen(5, 1 << 33), (1 << 33) + 5);
+    }
+
+    fn table(full: bool) -> Table {
+        Table {
+            rel: Relation {
+                id: 1,
+                schema: "s".into(),
+                name: "T".into(),
+                replica_identity: if full { 'f' } else { 'd' },
+                columns: vec![
+                    crate::stream::Column { name: "id".into(), key: true },
+                    crate::stream::Column { name: "note".into(), key: full },
+                ],
+            },
+            name_sql: r#"s."T""#.into(),
+            display: "s.T".into(),
+            skip: None,
+            full,
+            identity_always: vec![false, false],
+            statements: HashMap::new(),
+        }
+    }
+
+    #[test]
+    fn statements_quote_names_match_on_the_key_and_skip_unchanged_columns() {
+        let t = table(false);
+        assert_eq!(
+            t.sql(&Shape::Insert),
+            r#"INSERT INTO s."T" ("id", "note") OVERRIDING SYSTEM VALUE VALUES ($1, $2)"#
+        );
+        assert_eq!(
+            t.sql(&Shape::Update(vec![1], vec![0])),
+            r#"UPDATE s."T" SET "note" = $1 WHERE "id" = $2"#
+        );
+        assert_eq!(t.sql(&Shape::Delete(vec![0])), r#"DELETE FROM s."T" WHERE "id" = $1"#);
+    }
+
+    #[test]
+    fn tables_without_a_key_match_one_row_on_every_column() {
+        let t = table(true);
+        assert_eq!(
+            t.sql(&Shape::Delete(vec![0, 1])),
+            r#"DELETE FROM s."T" WHERE ctid = (SELECT ctid FROM s."T" WHERE "id"::text IS NOT DISTINCT FROM $1::text AND "note"::text IS NOT DISTINCT FROM $2::text LIMIT 1)"#
+        );
+    }
+}

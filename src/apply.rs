@@ -901,6 +901,7 @@ async fn copy_one(
         let mut s = state.lock().await;
         s.finish(&step.id, Some(rows));
         if let Some(record) = s.steps.get_mut(&step.id) {
+            record.bytes = Some(bytes);
             record.source_lsn = Some(snapshot_lsn.to_string());
             record.source_snapshot = snapshot;
         }

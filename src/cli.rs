@@ -40,22 +40,29 @@ pub enum Command {
     /// Run an execution plan: schema, data, post-load objects; resumable.
     #[command(display_order = 2)]
     Apply(ApplyArgs),
-    /// Check migration plan files without connecting to any server (for CI on `plans/`).
+    /// Show where a migration is: phase, tables, lag, applied changes, readiness for cutover.
     #[command(display_order = 3)]
+    Status(StatusArgs),
+    /// Remove everything pgtransit created for a migration on the source (replication slot,
+    /// publication, replica identities) and the target's replication bookkeeping.
+    #[command(display_order = 4)]
+    Abort(AbortArgs),
+    /// Check migration plan files without connecting to any server (for CI on `plans/`).
+    #[command(display_order = 5)]
     Validate {
         /// Migration plan files.
         #[arg(required = true)]
         files: Vec<PathBuf>,
     },
     /// Print the JSON Schema of the migration plan format (draft-07, for YAML editors).
-    #[command(display_order = 4)]
+    #[command(display_order = 6)]
     Schema {
         /// Write it to this file instead of stdout.
         #[arg(long)]
         out: Option<PathBuf>,
     },
     /// Start two throwaway local servers, fill one with a sample, and migrate it to the other.
-    #[command(display_order = 5)]
+    #[command(display_order = 7)]
     Demo(DemoArgs),
 }
 
@@ -89,6 +96,31 @@ pub struct ApplyArgs {
     /// Tables copied at once (default: `load.jobs` from the migration plan, else 4).
     #[arg(long)]
     pub jobs: Option<usize>,
+    #[command(flatten)]
+    pub connect: ConnectArgs,
+}
+
+/// `pgtransit status`.
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    /// The migration plan (YAML), or a saved execution plan.
+    pub file: PathBuf,
+    /// Output format (`json` has `phase`, `ready_for_cutover`, `lag_bytes`, `lag_seconds`,
+    /// `tables`, `applied`).
+    #[arg(long, value_enum, default_value_t = Format::Text)]
+    pub format: Format,
+    #[command(flatten)]
+    pub connect: ConnectArgs,
+}
+
+/// `pgtransit abort`.
+#[derive(Debug, Args)]
+pub struct AbortArgs {
+    /// The migration plan (YAML), or a saved execution plan.
+    pub file: PathBuf,
+    /// Remove without asking.
+    #[arg(long)]
+    pub auto_approve: bool,
     #[command(flatten)]
     pub connect: ConnectArgs,
 }
@@ -230,6 +262,8 @@ pub async fn run(cli: Cli) -> miette::Result<Outcome> {
     match cli.command {
         Command::Plan(args) => crate::commands::plan::run(&args, &mut out).await,
         Command::Apply(args) => crate::commands::apply::run(&args, &mut out).await,
+        Command::Status(args) => crate::commands::status::run(&args, &mut out).await,
+        Command::Abort(args) => crate::commands::abort::run(&args, &mut out).await,
         Command::Validate { files } => crate::commands::plan::validate(&files, &mut out),
         Command::Schema { out: path } => {
             let schema = crate::spec::json_schema();

@@ -25,5 +25,6 @@ pub mod scope;
 pub mod spec;
 pub mod sql;
 pub mod state;
+pub mod status;
 pub mod stream;
 pub mod sync;

@@ -1098,9 +1098,10 @@ fn sync_steps(migration: &str, tables: Vec<StreamTable>) -> Vec<Step> {
                  SELECT pg_replication_origin_xact_setup(<commit end>, <commit time>);\n\
                  COMMIT;\n\
                  -- and on the source, every second (lag and liveness):\n\
-                 SELECT pg_logical_emit_message(false, 'pgtransit', '<heartbeat>');",
+                 SELECT pg_logical_emit_message(false, {}, '<n>');",
                 ident(&slot),
                 ident(&publication),
+                crate::sql::literal(&format!("pgtransit:{slot}")),
             ),
             estimate: None,
             note: Some(

@@ -585,6 +585,152 @@ pub fn streaming_stopped(
     writeln!(out, "State: {}", state_file.display())
 }
 
+/// `pgtransit status`.
+pub fn status(out: &mut dyn Write, st: &crate::status::Status, format: Format) -> io::Result<()> {
+    if format == Format::Json {
+        serde_json::to_writer_pretty(&mut *out, st)?;
+        return writeln!(out);
+    }
+    let md = format == Format::Markdown;
+    let heading = if md { "## Migration" } else { "Migration" };
+    writeln!(out, "{} {} - {}", paint(BOLD, heading), st.migration, st.phase.replace('_', " "))?;
+    if let Some(r) = &st.running {
+        writeln!(out, "  running: {r}")?;
+    }
+    if st.max_lag_seconds.is_some() {
+        let lag = match (st.lag_seconds, st.lag_bytes) {
+            (Some(s), Some(b)) => format!("{s:.1} s ({})", crate::preflight::human_bytes(b as i64)),
+            (Some(s), None) => format!("{s:.1} s"),
+            (None, Some(b)) => crate::preflight::human_bytes(b as i64),
+            (None, None) => "unknown".into(),
+        };
+        writeln!(
+            out,
+            "  lag: {lag} (ready for cutover under {:.1} s)",
+            st.max_lag_seconds.unwrap_or_default()
+        )?;
+        let a = &st.applied;
+        let t = |n: u64| crate::preflight::thousands(n as i64);
+        writeln!(
+            out,
+            "  applied: {} inserts, {} updates, {} deletes, {} truncates in {} transactions",
+            t(a.inserts),
+            t(a.updates),
+            t(a.deletes),
+            t(a.truncates),
+            t(a.transactions)
+        )?;
+        if let Some(at) = &st.applied_lsn {
+            writeln!(
+                out,
+                "  applied up to: {at} (source now at {})",
+                st.source_lsn.as_deref().unwrap_or("?")
+            )?;
+        }
+        let ready = if st.ready_for_cutover {
+            paint(GREEN, "ready for cutover: yes")
+        } else {
+            paint(YELLOW, "ready for cutover: no")
+        };
+        writeln!(out, "  {ready}")?;
+    }
+    if !st.tables.is_empty() {
+        writeln!(out)?;
+        if md {
+            writeln!(out, "| table | state | rows copied | bytes | inserts | updates | deletes |")?;
+            writeln!(out, "|---|---|---:|---:|---:|---:|---:|")?;
+        } else {
+            writeln!(out, "{}", paint(BOLD, "Tables"))?;
+        }
+        for t in &st.tables {
+            let rows = t.rows.map(|r| crate::preflight::thousands(r as i64)).unwrap_or("-".into());
+            let bytes =
+                t.bytes.map(|b| crate::preflight::human_bytes(b as i64)).unwrap_or("-".into());
+            let a = &t.applied;
+            if md {
+                writeln!(
+                    out,
+                    "| {} | {} | {rows} | {bytes} | {} | {} | {} |",
+                    t.name, t.state, a.inserts, a.updates, a.deletes
+                )?;
+            } else {
+                writeln!(
+                    out,
+                    "  {:<10} {}  {}",
+                    t.state,
+                    t.name,
+                    paint(
+                        DIM,
+                        &format!(
+                            "({rows} rows, {bytes} copied; +{} ~{} -{} since)",
+                            a.inserts, a.updates, a.deletes
+                        )
+                    )
+                )?;
+            }
+        }
+    }
+    if let Some(slot) = &st.slot {
+        writeln!(out)?;
+        writeln!(
+            out,
+            "Slot: {}, retains {} of WAL{}",
+            if slot.active { "active" } else { "inactive" },
+            slot.retained_bytes.map(crate::preflight::human_bytes).unwrap_or("?".into()),
+            slot.wal_status.as_deref().map(|w| format!(", wal_status {w}")).unwrap_or_default()
+        )?;
+    }
+    for w in &st.warnings {
+        writeln!(out, "{} {w}", paint(YELLOW, "warning:"))?;
+    }
+    if let Some(e) = &st.error {
+        writeln!(out, "{} {e}", paint(RED, "stopped by an error:"))?;
+    }
+    Ok(())
+}
+
+/// `abort`: what will be removed.
+pub fn abort_preview(
+    out: &mut dyn Write,
+    migration: &str,
+    items: &[(String, String)],
+) -> io::Result<()> {
+    writeln!(out, "{} {migration} will remove:", paint(BOLD, "Abort"))?;
+    for (what, sql) in items {
+        writeln!(out, "  - {what}")?;
+        writeln!(out, "      {}", paint(DIM, &format!("{sql};")))?;
+    }
+    writeln!(out, "The target's tables and rows stay as they are.")
+}
+
+/// `abort`: there is nothing to remove.
+pub fn abort_nothing(out: &mut dyn Write, migration: &str) -> io::Result<()> {
+    writeln!(
+        out,
+        "{} pgtransit has no replication slot, publication, replica identity or replication \
+         origin for {migration} on either server.",
+        paint(GREEN, "Nothing to remove:")
+    )
+}
+
+/// `abort`: the question.
+pub fn abort_prompt(out: &mut dyn Write) -> io::Result<()> {
+    write!(out, "\nRemove them? Only 'yes' is accepted: ")?;
+    out.flush()
+}
+
+/// `abort`: done.
+pub fn abort_done(out: &mut dyn Write, removed: bool) -> io::Result<()> {
+    if removed {
+        writeln!(
+            out,
+            "{} a later `pgtransit apply` starts the migration's copy and stream again.",
+            paint(GREEN, "Aborted:")
+        )?;
+    }
+    Ok(())
+}
+
 /// Nothing to apply.
 pub fn nothing_to_do(out: &mut dyn Write) -> io::Result<()> {
     writeln!(

@@ -50,6 +50,9 @@ pub struct StepState {
     /// Rows copied (copies).
     #[serde(default)]
     pub rows: Option<u64>,
+    /// Bytes streamed (copies).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bytes: Option<u64>,
     /// The error, when it failed.
     #[serde(default)]
     pub error: Option<String>,
@@ -455,6 +458,7 @@ impl State {
                 started_at: now(),
                 finished_at: None,
                 rows: None,
+                bytes: None,
                 error: None,
                 source_lsn: None,
                 source_snapshot: None,

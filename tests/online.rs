@@ -207,6 +207,30 @@ fn online_sync_streams_every_change_kind_exactly_once_and_abort_leaves_nothing()
     );
     assert_same_schema(&schema_dump(&src, "app"), &schema_dump(&tgt, "app"));
 
+    // `status` while streaming: every table streams, the counters count, ready for cutover.
+    // (The streamer reports about every second: wait for the report that follows the changes.)
+    wait_for(Duration::from_secs(10), "status to report every change", || {
+        let st = run(dir.path(), &["status", &plan, "--format", "json"]).json();
+        st["ready_for_cutover"] == true && st["applied"]["inserts"].as_u64() >= Some(20_012)
+    });
+    let st = run(dir.path(), &["status", &plan, "--format", "json"]).json();
+    assert_eq!(st["phase"], "streaming", "{st}");
+    assert!(st["lag_seconds"].as_f64().unwrap() < 5.0, "{st}");
+    assert!(st["lag_bytes"].is_u64(), "{st}");
+    // 1 customer, 1 order and its audit row, 7 events moved to another partition (delete +
+    // insert), 1 keyless, 1 scratch, 20,000 bulk events.
+    assert_eq!(st["applied"]["inserts"], 20_012, "{st}");
+    // 10 customers, 5 order keys, 2 order rows, 2 keyless rows.
+    assert_eq!(st["applied"]["updates"], 19, "{st}");
+    // 11 orders, 7 events (moved), 1 keyless.
+    assert_eq!(st["applied"]["deletes"], 19, "{st}");
+    assert_eq!(st["applied"]["truncates"], 1, "{st}");
+    let tables = st["tables"].as_array().unwrap();
+    assert_eq!(tables.len(), 7, "{st}");
+    assert!(tables.iter().all(|t| t["state"] == "streaming"), "{st}");
+    let text = run(dir.path(), &["status", &plan]);
+    assert!(text.stdout.contains("ready for cutover: yes"), "{text:?}");
+
     let code = stop(&mut child);
     assert_eq!(code, 0, "{}", apply_output(&dir));
     assert!(apply_output(&dir).contains("Streaming stopped"), "{}", apply_output(&dir));
@@ -222,4 +246,30 @@ fn online_sync_streams_every_change_kind_exactly_once_and_abort_leaves_nothing()
     wait_identical(&src, &tgt, &dir);
     assert_eq!(stop(&mut child), 0, "{}", apply_output(&dir));
     assert!(slots(&src).contains("pgtransit_kinds"));
+    let st = run(dir.path(), &["status", &plan, "--format", "json"]).json();
+    assert_eq!(st["phase"], "stopped", "{st}");
+    assert_eq!(st["ready_for_cutover"], false, "{st}");
+
+    // abort removes the slot, the publication, the replica identities it set, the origin.
+    let out = run(dir.path(), &["abort", &plan]);
+    assert_eq!(out.code, 1, "abort must ask first: {out:?}");
+    assert!(out.stderr.contains("--auto-approve"), "{out:?}");
+    let out = run(dir.path(), &["abort", &plan, "--auto-approve"]);
+    assert_eq!(out.code, 0, "{out:?}");
+    assert!(out.stdout.contains("removed replication slot pgtransit_kinds"), "{out:?}");
+    assert!(out.stdout.contains("removed publication pgtransit_kinds"), "{out:?}");
+    assert!(out.stdout.contains("removed replication origin pgtransit_kinds"), "{out:?}");
+    assert_eq!(slots(&src), "");
+    assert_eq!(sql(&src, "app", "SELECT count(*) FROM pg_publication"), "0");
+    assert_eq!(
+        sql(&src, "app", "SELECT relreplident FROM pg_class WHERE relname = 'keyless'"),
+        "d"
+    );
+    assert_eq!(sql(&tgt, "app", "SELECT count(*) FROM pg_replication_origin"), "0");
+    let out = run(dir.path(), &["abort", &plan, "--auto-approve"]);
+    assert!(out.stdout.contains("Nothing to remove"), "{out:?}");
+    // The slot being gone, a new plan copies every table again (its rows are pgtransit's own).
+    let out = run(dir.path(), &["plan", &plan]);
+    assert!(out.stdout.contains("7 to copy"), "{out:?}");
+    assert!(out.stdout.contains("0 conflicts"), "{out:?}");
 }

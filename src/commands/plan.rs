@@ -52,6 +52,25 @@ pub fn load_spec(path: &Path) -> miette::Result<LoadedSpec> {
     spec::load(path, &|name| std::env::var(name).ok()).map_err(miette::Report::new)
 }
 
+/// The migration plan of `path`: a migration plan (YAML), or the one a saved execution plan
+/// (`plan --out`, JSON) was computed from.
+pub fn load_spec_or_saved(path: &Path) -> miette::Result<LoadedSpec> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| miette::miette!("cannot read {}: {e}", path.display()))?;
+    if !text.trim_start().starts_with('{') {
+        return load_spec(path);
+    }
+    let saved: crate::plan::Plan = serde_json::from_str(&text).map_err(|e| {
+        miette::miette!(
+            help = "pass a migration plan (YAML) or a plan saved by `pgtransit plan --out FILE`",
+            "{} is not a saved execution plan: {e}",
+            path.display()
+        )
+    })?;
+    spec::parse(Path::new(&saved.spec_path), saved.spec_text, &|name| std::env::var(name).ok())
+        .map_err(miette::Report::new)
+}
+
 /// Runs `pgtransit validate FILE...`: every file is checked; all problems are reported.
 pub fn validate(files: &[PathBuf], out: &mut dyn Write) -> miette::Result<Outcome> {
     let mut failed = 0;

@@ -1,0 +1,38 @@
+//! `pgtransit status FILE`: where a migration is, from its state and (when they answer) the
+//! servers' live positions. It takes no lock and changes nothing.
+
+use std::io::Write;
+
+use crate::apply::Servers;
+use crate::cli::{Outcome, StatusArgs, io_err};
+use crate::conn::{self, Env};
+use crate::state::StateDir;
+use crate::status::{self, Live};
+
+/// Runs `pgtransit status`.
+pub async fn run(args: &StatusArgs, out: &mut dyn Write) -> miette::Result<Outcome> {
+    let loaded = super::plan::load_spec_or_saved(&args.file)?;
+    let migration = loaded.spec.name.value.clone();
+    let dir = StateDir::new(loaded.state_dir());
+    let state = dir.load()?;
+    let running = dir.holder();
+    let servers = Servers::new(&loaded, &Env::from_process(), args.connect.retry_for)
+        .map_err(miette::Report::new)?;
+    let mut live = Live::default();
+    match conn::connect_with(&servers.source, "pgtransit/status", &servers.policy).await {
+        Ok(source) => {
+            live.reachable = true;
+            live.source_lsn = source
+                .query_one("SELECT pg_current_wal_lsn()::text", &[])
+                .await
+                .ok()
+                .and_then(|r| crate::stream::parse_lsn(&r.get::<_, String>(0)));
+            let slot = crate::naming::slot_name(&migration);
+            live.slot = crate::catalog::read_slot(&source, &slot).await.ok().flatten();
+        }
+        Err(e) => tracing::warn!("the source did not answer ({e}): status from the state only"),
+    }
+    let st = status::compute(&migration, state.as_ref(), running, &live, crate::state::now_f64());
+    crate::report::status(out, &st, args.format).map_err(io_err)?;
+    Ok(Outcome::Done)
+}

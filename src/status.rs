@@ -1,0 +1,298 @@
+//! What `pgtransit status` reports: computed from the state (and, when the servers answer,
+//! their live WAL position and slot), as plain data the report renders. No I/O here.
+
+use serde::Serialize;
+
+use crate::catalog::SlotHealth;
+use crate::state::{Counters, State, StepStatus};
+
+/// Retained WAL above which `status` warns (the slot keeps the source's WAL on its disk).
+pub const RETAINED_WAL_WARNING: i64 = 1 << 30;
+
+/// One table.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct TableStatus {
+    /// `schema.table`.
+    pub name: String,
+    /// `pending`, `copying`, `copied` or `streaming`.
+    pub state: &'static str,
+    /// Rows copied.
+    pub rows: Option<u64>,
+    /// Bytes copied.
+    pub bytes: Option<u64>,
+    /// Changes applied to it since the copy.
+    pub applied: Counters,
+}
+
+/// The migration's status.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Status {
+    /// The migration's name.
+    pub migration: String,
+    /// `not_started`, `applying` (schema, load, post-load), `streaming`, `stopped` (streaming
+    /// stopped, resumable), `failed`, `complete` (offline).
+    pub phase: &'static str,
+    /// The process applying now (the lock holder's description), if any.
+    pub running: Option<String>,
+    /// Every table streams and the lag is under `sync.max_lag`.
+    pub ready_for_cutover: bool,
+    /// Source WAL not yet applied on the target.
+    pub lag_bytes: Option<u64>,
+    /// Age of the oldest change not yet applied (0 when caught up).
+    pub lag_seconds: Option<f64>,
+    /// `sync.max_lag`, seconds.
+    pub max_lag_seconds: Option<f64>,
+    /// The source position applied on the target.
+    pub applied_lsn: Option<String>,
+    /// The source's current position.
+    pub source_lsn: Option<String>,
+    /// Changes applied, all tables.
+    pub applied: Counters,
+    /// Per table.
+    pub tables: Vec<TableStatus>,
+    /// The slot on the source, when it could be read.
+    pub slot: Option<SlotHealth>,
+    /// Things the operator should look at.
+    pub warnings: Vec<String>,
+    /// Why streaming or apply stopped, when it failed.
+    pub error: Option<String>,
+}
+
+/// What was read live from the source, when it answered.
+#[derive(Debug, Clone, Default)]
+pub struct Live {
+    /// `pg_current_wal_lsn()`.
+    pub source_lsn: Option<u64>,
+    /// The migration's slot.
+    pub slot: Option<SlotHealth>,
+    /// Whether the source answered at all.
+    pub reachable: bool,
+}
+
+/// Computes the status. `running` is the lock holder, if an apply runs now; `now` is Unix time.
+pub fn compute(
+    migration: &str,
+    state: Option<&State>,
+    running: Option<String>,
+    live: &Live,
+    now: f64,
+) -> Status {
+    let mut st = Status {
+        migration: migration.to_string(),
+        phase: "not_started",
+        running: running.clone(),
+        ready_for_cutover: false,
+        lag_bytes: None,
+        lag_seconds: None,
+        max_lag_seconds: None,
+        applied_lsn: None,
+        source_lsn: live.source_lsn.map(crate::stream::lsn_text),
+        applied: Counters::default(),
+        tables: vec![],
+        slot: live.slot.clone(),
+        warnings: vec![],
+        error: None,
+    };
+    let Some(state) = state else { return st };
+    let failed = state.steps.values().find(|s| s.status == StepStatus::Failed);
+    st.error = failed.and_then(|s| s.error.clone());
+    let Some(sync) = &state.sync else {
+        st.phase = match (running.is_some(), state.applying.is_some(), failed.is_some()) {
+            (true, _, _) => "applying",
+            (false, _, true) => "failed",
+            (false, true, false) => "stopped",
+            (false, false, false) => "complete",
+        };
+        return st;
+    };
+    // Streaming now: the apply holding the lock says so, and said it lately.
+    let streaming = sync.streaming && running.is_some() && now - sync.reported_at < 10.0;
+    st.max_lag_seconds = Some(sync.max_lag_seconds);
+    st.applied = sync.applied;
+    st.applied_lsn = sync.applied_lsn.clone();
+    if sync.error.is_some() {
+        st.error = sync.error.clone();
+    }
+    let mut all_copied = !sync.tables.is_empty();
+    for t in &sync.tables {
+        let record = state.steps.get(&t.copy_step);
+        let parts: Vec<_> = t.parts.iter().filter_map(|p| state.steps.get(p)).collect();
+        let done =
+            |r: Option<&crate::state::StepState>| r.is_some_and(|r| r.status == StepStatus::Done);
+        let copied = done(record) && t.parts.iter().all(|p| done(state.steps.get(p)));
+        let copying = record.is_some() || !parts.is_empty();
+        all_copied &= copied;
+        let name = crate::sql::qualified(&t.schema, &t.table);
+        let (rows, bytes) = if parts.is_empty() {
+            (record.and_then(|r| r.rows), record.and_then(|r| r.bytes))
+        } else {
+            (
+                Some(parts.iter().filter_map(|r| r.rows).sum()),
+                Some(parts.iter().filter_map(|r| r.bytes).sum()),
+            )
+        };
+        st.tables.push(TableStatus {
+            state: match (copied, copying, streaming) {
+                (true, _, true) => "streaming",
+                (true, _, false) => "copied",
+                (false, true, _) => "copying",
+                (false, false, _) => "pending",
+            },
+            rows,
+            bytes,
+            applied: sync.per_table.get(&name).copied().unwrap_or_default(),
+            name,
+        });
+    }
+    if streaming {
+        st.phase = "streaming";
+        st.lag_bytes = sync.lag_bytes;
+        st.lag_seconds = sync.lag_seconds;
+        st.source_lsn = st.source_lsn.clone().or(sync.source_lsn.clone());
+    } else {
+        st.phase = if running.is_some() {
+            "applying"
+        } else if st.error.is_some() {
+            "failed"
+        } else if all_copied {
+            "stopped"
+        } else if state.steps.is_empty() {
+            "not_started"
+        } else {
+            "stopped"
+        };
+        // Not applying: the lag grows from where the target was last caught up.
+        let applied = sync.applied_lsn.as_deref().and_then(crate::stream::parse_lsn);
+        st.lag_bytes = match (live.source_lsn, applied) {
+            (Some(now_at), Some(a)) => Some(now_at.saturating_sub(a)),
+            _ => sync.lag_bytes,
+        };
+        st.lag_seconds = sync.caught_up_at.map(|t| (now - t).max(0.0));
+    }
+    st.ready_for_cutover =
+        streaming && all_copied && st.lag_seconds.is_some_and(|l| l <= sync.max_lag_seconds);
+    // The slot: gone, at risk, or keeping much WAL.
+    if live.reachable {
+        match &live.slot {
+            None if all_copied || !state.steps.is_empty() => st.warnings.push(format!(
+                "the replication slot {} does not exist on the source: changes since the copies \
+                 are lost to this migration. Run `pgtransit plan` (it copies every table again)",
+                sync.slot
+            )),
+            None => {}
+            Some(slot) => {
+                if let Some(r) = slot.retained_bytes.filter(|r| *r > RETAINED_WAL_WARNING) {
+                    st.warnings.push(format!(
+                        "the slot keeps {} of WAL on the source's disk: keep `apply` streaming \
+                         (or `pgtransit abort` to release it)",
+                        crate::preflight::human_bytes(r)
+                    ));
+                }
+                match slot.wal_status.as_deref() {
+                    Some("unreserved") => st.warnings.push(
+                        "the slot is about to be invalidated (max_slot_wal_keep_size): the \
+                         source will remove WAL it still needs at the next checkpoint"
+                            .into(),
+                    ),
+                    Some("lost") => st.warnings.push(
+                        "the slot was invalidated (max_slot_wal_keep_size): run `pgtransit \
+                         abort`, then apply again (every table is copied again)"
+                            .into(),
+                    ),
+                    _ => {}
+                }
+                if let Some(safe) = slot.safe_wal_size.filter(|s| *s < RETAINED_WAL_WARNING) {
+                    st.warnings.push(format!(
+                        "only {} of WAL left before max_slot_wal_keep_size invalidates the slot",
+                        crate::preflight::human_bytes(safe.max(0))
+                    ));
+                }
+            }
+        }
+    }
+    st
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::plan::StreamTable;
+    use crate::state::SyncState;
+
+    fn state(done: bool) -> State {
+        let mut s = State::new("m");
+        s.start("load:table:public.t");
+        if done {
+            s.finish("load:table:public.t", Some(10));
+        }
+        s.sync = Some(SyncState {
+            slot: "pgtransit_m".into(),
+            tables: vec![StreamTable {
+                schema: "public".into(),
+                table: "t".into(),
+                copy_step: "load:table:public.t".into(),
+                parts: vec![],
+            }],
+            streaming: true,
+            lag_seconds: Some(0.4),
+            lag_bytes: Some(100),
+            max_lag_seconds: 5.0,
+            reported_at: 1000.0,
+            ..Default::default()
+        });
+        s
+    }
+
+    fn live() -> Live {
+        Live { source_lsn: Some(5000), slot: Some(slot(None)), reachable: true }
+    }
+
+    fn slot(wal_status: Option<&str>) -> SlotHealth {
+        SlotHealth {
+            active: true,
+            active_pid: Some(1),
+            wal_status: wal_status.map(String::from),
+            retained_bytes: Some(10),
+            safe_wal_size: None,
+            confirmed_flush_lsn: None,
+        }
+    }
+
+    #[test]
+    fn ready_for_cutover_once_every_table_streams_under_the_lag_threshold() {
+        let s = compute("m", Some(&state(true)), Some("pid 1".into()), &live(), 1001.0);
+        assert_eq!(s.phase, "streaming");
+        assert_eq!(s.tables[0].state, "streaming");
+        assert!(s.ready_for_cutover);
+        let copying = compute("m", Some(&state(false)), Some("pid 1".into()), &live(), 1001.0);
+        assert_eq!(copying.tables[0].state, "copying");
+        assert!(!copying.ready_for_cutover);
+    }
+
+    #[test]
+    fn a_stopped_apply_is_not_ready_and_its_lag_grows() {
+        let mut st = state(true);
+        st.sync.as_mut().unwrap().caught_up_at = Some(900.0);
+        st.sync.as_mut().unwrap().applied_lsn = Some("0/1000".into());
+        let s = compute("m", Some(&st), None, &live(), 1001.0);
+        assert_eq!(s.phase, "stopped");
+        assert!(!s.ready_for_cutover);
+        assert_eq!(s.lag_seconds, Some(101.0));
+        assert_eq!(s.lag_bytes, Some(5000 - 0x1000));
+        // A stale report from a process that holds the lock but stopped reporting is not
+        // streaming either.
+        let s = compute("m", Some(&state(true)), Some("pid 1".into()), &live(), 2000.0);
+        assert_eq!(s.phase, "applying");
+        assert!(!s.ready_for_cutover);
+    }
+
+    #[test]
+    fn a_missing_or_invalidated_slot_is_a_warning() {
+        let gone = Live { slot: None, ..live() };
+        let s = compute("m", Some(&state(true)), None, &gone, 1001.0);
+        assert!(s.warnings[0].contains("does not exist"), "{:?}", s.warnings);
+        let lost = Live { slot: Some(slot(Some("lost"))), ..live() };
+        let s = compute("m", Some(&state(true)), None, &lost, 1001.0);
+        assert!(s.warnings.iter().any(|w| w.contains("invalidated")), "{:?}", s.warnings);
+    }
+}

@@ -633,8 +633,19 @@ fn copy_step(
             ..base
         };
     }
+    let recorded = state.and_then(|s| s.steps.get(&id)).map(|s| s.status);
+    if online && recorded == Some(StepStatus::Done) {
+        // Copied, and streamed since (the target table may be empty now because the source's
+        // is: the stream applied its deletes).
+        return Step {
+            action: Action::Unchanged,
+            note: Some("copied by an earlier apply; its changes stream".into()),
+            work: Work::None,
+            sql: String::new(),
+            ..base
+        };
+    }
     if target.tables_with_rows.contains(&name_q) {
-        let recorded = state.and_then(|s| s.steps.get(&id)).map(|s| s.status);
         if matches!(recorded, Some(StepStatus::Running | StepStatus::Failed)) {
             // An earlier apply started this copy and was interrupted: the rows are its own
             // (committed, or not, before the state could say so). Empty and copy again.
@@ -1089,7 +1100,7 @@ fn sync_steps(migration: &str, tables: Vec<StreamTable>) -> Vec<Step> {
                  START_REPLICATION SLOT {} LOGICAL <pg_replication_origin_progress({o}, true)> \
                  (proto_version '1', publication_names '{}', messages 'true');\n\
                  -- on the target, once per session:\n\
-                 SET session_replication_role = replica; {pinned}\n\
+                 SET session_replication_role = replica; SET enable_seqscan = off; {pinned}\n\
                  SELECT pg_replication_origin_session_setup({o});\n\
                  -- then for each batch of source transactions, in commit order:\n\
                  BEGIN;\n\
@@ -1226,10 +1237,18 @@ fn fingerprint(
         source_parts.insert(&o.key, o.definition(&identity));
     }
     let source_server = server(inputs.source);
-    let mut source_rows: Vec<&str> =
-        inputs.source.tables_with_rows.iter().map(String::as_str).collect();
+    // Which source tables hold rows: part of what an offline plan was computed from, but not
+    // of an online one's (the source keeps taking writes, which the stream carries).
+    let online = inputs.spec.spec.mode == Mode::Online;
+    let mut source_rows: Vec<&str> = if online {
+        vec![]
+    } else {
+        inputs.source.tables_with_rows.iter().map(String::as_str).collect()
+    };
     let source_lo = format!("large objects: {}", inputs.source.large_objects.count);
-    source_rows.push(&source_lo);
+    if !online {
+        source_rows.push(&source_lo);
+    }
     let source = hash_parts(
         std::iter::once(source_server.as_str())
             .chain(source_parts.values().map(String::as_str))

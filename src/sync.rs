@@ -646,7 +646,11 @@ pub async fn stream(
         .map(|(k, v)| format!("SET {k} = {};", literal(v)))
         .collect::<String>();
     target
-        .batch_execute(&format!("SET session_replication_role = replica; {pinned}"))
+        // Updates and deletes find their row by key: always through the key's index (a table
+        // that was tiny when the statement was planned must not be scanned whole ever after).
+        .batch_execute(&format!(
+            "SET session_replication_role = replica; SET enable_seqscan = off; {pinned}"
+        ))
         .await
         .map_err(pg)?;
     target

@@ -184,21 +184,6 @@ fn apply_killed_mid_load_resumes_without_duplicates() {
 }
 
 #[test]
-fn online_mode_apply_is_refused_until_change_streaming_exists() {
-    let src = cluster("online-src", &[("wal_level", "logical")]);
-    let tgt = cluster("online-tgt", &[]);
-    src.create_database("app").unwrap();
-    tgt.create_database("app").unwrap();
-    sql(&src, "app", "CREATE TABLE t (id int PRIMARY KEY); INSERT INTO t VALUES (1);");
-    let dir = TempDir::new("online");
-    let f = dir.write("online.yaml", &plan_yaml("online", &src.url("app"), &tgt.url("app"), ""));
-    let out = run(dir.path(), &["apply", f.to_str().unwrap(), "--auto-approve"]);
-    assert_eq!(out.code, 1, "{out:?}");
-    assert!(out.stderr.contains("mode: offline"), "{out:?}");
-    assert_eq!(sql(&tgt, "app", "SELECT count(*) FROM pg_tables WHERE schemaname = 'public'"), "0");
-}
-
-#[test]
 fn table_that_differs_on_the_target_is_a_conflict_with_a_diff_and_blocks_apply() {
     let (src, tgt) =
         pair("conflict", "CREATE TABLE items (id int PRIMARY KEY, name text NOT NULL);");

@@ -71,13 +71,21 @@ fn wait_for(limit: Duration, what: &str, mut ok: impl FnMut() -> bool) {
     }
 }
 
-/// Waits until the background apply streams with no lag.
+/// Waits until this background apply streams with no lag (as `status` says: a killed apply's
+/// state may still say it streamed).
 fn wait_streaming(dir: &TempDir, name: &str, child: &mut Child) {
     let start = Instant::now();
+    let plan = dir.path().join(format!("{name}.yaml"));
+    let me = format!("pid {} ", child.id());
     loop {
         let s = state(dir, name);
         if s["sync"]["streaming"] == true && s["sync"]["lag_seconds"].as_f64() == Some(0.0) {
-            return;
+            let st = run(dir.path(), &["status", plan.to_str().unwrap(), "--format", "json"]);
+            let st = st.json();
+            if st["phase"] == "streaming" && st["running"].as_str().is_some_and(|r| r.contains(&me))
+            {
+                return;
+            }
         }
         if let Ok(Some(status)) = child.try_wait() {
             panic!("apply exited ({status}) before streaming:\n{}", apply_output(dir));
@@ -272,4 +280,162 @@ fn online_sync_streams_every_change_kind_exactly_once_and_abort_leaves_nothing()
     let out = run(dir.path(), &["plan", &plan]);
     assert!(out.stdout.contains("7 to copy"), "{out:?}");
     assert!(out.stdout.contains("0 conflicts"), "{out:?}");
+}
+
+/// Runs `pgbench` against the source's `app` (as the harness's superuser, over TCP).
+fn pgbench(src: &LocalCluster, args: &[&str]) -> std::process::Output {
+    std::process::Command::new(src.bin("pgbench"))
+        .args(["-h", src.host(), "-p", &src.port().to_string(), "-U", "postgres"])
+        .args(args)
+        .arg("app")
+        .env_remove("PGDATABASE")
+        .output()
+        .expect("run pgbench")
+}
+
+/// A writer on the source, in the background: `n` transactions, each inserting a row into a
+/// keyless table and incrementing a counter. A change lost shows as a missing row or a lower
+/// counter; a change applied twice, as an extra row or a higher counter.
+fn writer(src: &LocalCluster, n: usize) -> std::thread::JoinHandle<()> {
+    let url = src.conninfo("app");
+    let psql = src.bin("psql");
+    std::thread::spawn(move || {
+        let script: String = (0..n)
+            .map(|i| {
+                format!(
+                    "BEGIN; INSERT INTO ticks VALUES ({i}, now()); \
+                     UPDATE counter SET n = n + 1; COMMIT;\n"
+                )
+            })
+            .collect();
+        let mut child = std::process::Command::new(psql)
+            .args(["-X", "-q", "-v", "ON_ERROR_STOP=1", "-d", &url, "-f", "-"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("run psql");
+        use std::io::Write;
+        child.stdin.take().unwrap().write_all(script.as_bytes()).unwrap();
+        assert!(child.wait().unwrap().success(), "the writer failed");
+    })
+}
+
+#[test]
+fn kill_9_while_streaming_then_resume_loses_and_doubles_nothing() {
+    let (src, tgt) = pair(
+        "online-kill",
+        "CREATE TABLE ticks (i int, at timestamptz);
+         CREATE TABLE counter (id int PRIMARY KEY, n bigint);
+         INSERT INTO counter VALUES (1, 0);",
+    );
+    let dir = TempDir::new("online-kill");
+    let plan = online_plan(
+        &dir,
+        "kill",
+        &src,
+        &tgt,
+        "sync:\n  tables_without_key: replica_identity_full\n",
+    );
+    let mut child = start_apply(&dir, &plan, &[]);
+    wait_streaming(&dir, "kill", &mut child);
+
+    let w = writer(&src, 4000);
+    // Kill -9 twice while the writer runs, resuming each time.
+    for _ in 0..2 {
+        wait_for(Duration::from_secs(30), "some ticks to reach the target", || {
+            sql(&tgt, "app", "SELECT count(*) FROM ticks").parse::<i64>().unwrap() > 0
+        });
+        std::thread::sleep(Duration::from_millis(700));
+        child.kill().unwrap();
+        let _ = child.wait();
+        // The killed stream's walsender may hold the slot a moment: apply waits for it.
+        child = start_apply(&dir, &plan, &[]);
+        wait_streaming(&dir, "kill", &mut child);
+    }
+    w.join().unwrap();
+    wait_identical(&src, &tgt, &dir);
+    assert_eq!(sql(&tgt, "app", "SELECT n FROM counter"), "4000");
+    assert_eq!(sql(&tgt, "app", "SELECT count(*), count(DISTINCT i) FROM ticks"), "4000|4000");
+    assert_eq!(stop(&mut child), 0, "{}", apply_output(&dir));
+    let out = run(dir.path(), &["abort", &plan, "--auto-approve"]);
+    assert_eq!(out.code, 0, "{out:?}");
+    assert_eq!(slots(&src), "");
+}
+
+#[test]
+fn ddl_on_the_source_stops_the_stream_with_what_changed_and_apply_resumes_once_fixed() {
+    let (src, tgt) = pair(
+        "online-ddl",
+        "CREATE TABLE items (id int PRIMARY KEY, name text); INSERT INTO items VALUES (1, 'a');",
+    );
+    let dir = TempDir::new("online-ddl");
+    let plan = online_plan(&dir, "ddl", &src, &tgt, "");
+    let mut child = start_apply(&dir, &plan, &[]);
+    wait_streaming(&dir, "ddl", &mut child);
+
+    sql(
+        &src,
+        "app",
+        "ALTER TABLE items ADD COLUMN price numeric; INSERT INTO items VALUES (2, 'b', 9.5);",
+    );
+    let start = Instant::now();
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        assert!(start.elapsed() < Duration::from_secs(30), "apply kept streaming after DDL");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let output = apply_output(&dir);
+    assert_eq!(status.code(), Some(1), "{output}");
+    assert!(output.contains("the source's schema changed"), "{output}");
+    assert!(output.contains("public.items"), "{output}");
+    assert!(output.contains("DDL on the source is not replicated"), "{output}");
+    // Nothing after the DDL was applied, and nothing is lost: the slot kept it.
+    assert_eq!(sql(&tgt, "app", "SELECT count(*) FROM items"), "1");
+    let st = run(dir.path(), &["status", &plan, "--format", "json"]).json();
+    assert_eq!(st["phase"], "failed", "{st}");
+    assert!(st["error"].as_str().unwrap().contains("items"), "{st}");
+
+    // The operator applies the same DDL on the target; the next apply resumes.
+    sql(&tgt, "app", "ALTER TABLE items ADD COLUMN price numeric;");
+    let mut child = start_apply(&dir, &plan, &[]);
+    wait_streaming(&dir, "ddl", &mut child);
+    wait_identical(&src, &tgt, &dir);
+    assert_eq!(stop(&mut child), 0, "{}", apply_output(&dir));
+    run(dir.path(), &["abort", &plan, "--auto-approve"]);
+}
+
+#[test]
+fn pgbench_writing_during_sync_ends_with_identical_tables_and_a_later_row_arrives() {
+    let (src, tgt) = pair("online-pgbench", "SELECT 1;");
+    let init = pgbench(&src, &["-i", "-s", "2", "-q"]);
+    assert!(init.status.success(), "{}", String::from_utf8_lossy(&init.stderr));
+    let dir = TempDir::new("online-pgbench");
+    // pgbench_history has no key: its inserts replicate; updates and deletes would need FULL.
+    let plan = online_plan(
+        &dir,
+        "bench",
+        &src,
+        &tgt,
+        "sync:\n  tables_without_key: replica_identity_full\n",
+    );
+    let mut child = start_apply(&dir, &plan, &[]);
+    wait_streaming(&dir, "bench", &mut child);
+
+    let bench = pgbench(&src, &["-n", "-c", "4", "-T", "5"]);
+    assert!(bench.status.success(), "{}", String::from_utf8_lossy(&bench.stderr));
+    sql(
+        &src,
+        "app",
+        "INSERT INTO pgbench_history (tid, bid, aid, delta, mtime) VALUES (0, 0, 0, 424242, now())",
+    );
+    let sent = Instant::now();
+    wait_for(Duration::from_secs(30), "the row inserted after pgbench", || {
+        sql(&tgt, "app", "SELECT count(*) FROM pgbench_history WHERE delta = 424242") == "1"
+    });
+    eprintln!("a row inserted after pgbench stopped reached the target in {:?}", sent.elapsed());
+    wait_identical(&src, &tgt, &dir);
+    assert_eq!(stop(&mut child), 0, "{}", apply_output(&dir));
+    run(dir.path(), &["abort", &plan, "--auto-approve"]);
 }

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use miette::{IntoDiagnostic, WrapErr};
 
-use crate::cli::{ApplyArgs, ConnectArgs, DemoArgs, Outcome, io_err};
+use crate::cli::{DemoArgs, Outcome, io_err};
 use crate::cluster::{ClusterOptions, LocalCluster};
 use crate::conn::Env;
 use crate::report::{self, Format};
@@ -69,24 +69,169 @@ pub async fn run(args: &DemoArgs, out: &mut dyn Write) -> miette::Result<Outcome
         return Ok(Outcome::Failed);
     };
 
-    report::say(out, "demo", &format!("pgtransit apply {} --auto-approve", plan_path.display()))
-        .map_err(io_err)?;
-    let apply_args = ApplyArgs {
-        file: plan_path.clone(),
-        auto_approve: true,
-        jobs: None,
-        connect: ConnectArgs { retry_for: Duration::from_secs(15) },
-    };
-    let (state_dir, _lock) = super::apply::lock(&loaded, "demo")?;
-    super::apply::apply_plan(&loaded, &plan, &state_dir, &env, &apply_args, out, false).await?;
-    drop(_lock);
+    // Online: `pgtransit apply` runs as its own process (as an operator would run it), while
+    // the demo writes to the source and watches the lag; SIGTERM stops the stream.
+    report::say(
+        out,
+        "demo",
+        &format!("pgtransit apply {} --auto-approve   (in the background)", plan_path.display()),
+    )
+    .map_err(io_err)?;
+    let exe = std::env::current_exe().into_diagnostic()?;
+    let mut apply = tokio::process::Command::new(&exe)
+        .args(["apply", &plan_path.to_string_lossy(), "--auto-approve"])
+        .stdin(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .into_diagnostic()
+        .wrap_err("cannot start `pgtransit apply`")?;
+    let state_dir = crate::state::StateDir::new(loaded.state_dir());
+    let streaming = wait_until(&mut apply, Duration::from_secs(300), || {
+        state_dir.load().ok().flatten().and_then(|s| s.sync).is_some_and(|s| s.streaming)
+    })
+    .await?;
+    if !streaming {
+        return Ok(Outcome::Failed);
+    }
 
-    report::say(out, "demo", "planning again: the target now matches the source")
+    report::say(
+        out,
+        "demo",
+        "a writer on the source: new orders and items, payments (a trigger numbers the invoice, \
+         another touches updated_at), events, deletes - for 8 seconds",
+    )
+    .map_err(io_err)?;
+    let policy = crate::conn::RetryPolicy::default();
+    let src_conn = crate::conn::ConnInfo::parse(&source.conninfo(DATABASE))
+        .and_then(|c| c.resolve(&env))
+        .into_diagnostic()?;
+    let writer_client = crate::conn::connect_with(&src_conn, "demo/writer", &policy).await?;
+    let writer =
+        tokio::spawn(async move { write_for(&writer_client, Duration::from_secs(8)).await });
+    let mut watch = tokio::time::interval(Duration::from_secs(2));
+    watch.tick().await;
+    while !writer.is_finished() {
+        watch.tick().await;
+        if let Some(sync) = state_dir.load().ok().flatten().and_then(|s| s.sync) {
+            let line = report::streaming_line(
+                sync.lag_bytes.unwrap_or(0),
+                sync.lag_seconds.unwrap_or(0.0),
+                &sync.applied,
+                false,
+            );
+            report::say(out, "status", &line).map_err(io_err)?;
+        }
+    }
+    let transactions = writer.await.into_diagnostic()?.into_diagnostic()?;
+    report::say(
+        out,
+        "demo",
+        &format!("the writer committed {transactions} transactions and stopped"),
+    )
+    .map_err(io_err)?;
+
+    // One more row, timed from its commit until the target has it.
+    let started = std::time::Instant::now();
+    let probe = crate::conn::connect_with(&src_conn, "demo/probe", &policy).await?;
+    probe
+        .batch_execute(
+            "INSERT INTO products (sku, title, price) VALUES ('SKU-LAST', 'Last one', 1)",
+        )
+        .await
+        .into_diagnostic()?;
+    let tgt_conn = crate::conn::ConnInfo::parse(&target.conninfo(DATABASE))
+        .and_then(|c| c.resolve(&env))
+        .into_diagnostic()?;
+    let check = crate::conn::connect_with(&tgt_conn, "demo/check", &policy).await?;
+    loop {
+        let n: i64 = check
+            .query_one("SELECT count(*) FROM products WHERE sku = 'SKU-LAST'", &[])
+            .await
+            .into_diagnostic()?
+            .get(0);
+        if n == 1 || started.elapsed() > Duration::from_secs(30) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    report::say(
+        out,
+        "demo",
+        &format!(
+            "a row inserted on the source now reached the target in {} ms",
+            started.elapsed().as_millis()
+        ),
+    )
+    .map_err(io_err)?;
+    let tables: Vec<(String, String)> = plan
+        .steps
+        .iter()
+        .find_map(|s| match &s.work {
+            crate::plan::Work::Stream { tables, .. } => {
+                Some(tables.iter().map(|t| (t.schema.clone(), t.table.clone())).collect())
+            }
+            _ => None,
+        })
+        .unwrap_or_default();
+    let mut same = 0;
+    for _ in 0..50 {
+        same = 0;
+        for (schema, table) in &tables {
+            let q = format!(
+                "SELECT count(*)::text || md5(coalesce(string_agg(x::text, '|' ORDER BY x::text), '')) \
+                 FROM {} x",
+                crate::sql::qualified_ident(schema, table)
+            );
+            let a: String = probe.query_one(&q, &[]).await.into_diagnostic()?.get(0);
+            let b: String = check.query_one(&q, &[]).await.into_diagnostic()?.get(0);
+            same += usize::from(a == b);
+        }
+        if same == tables.len() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    report::say(
+        out,
+        "demo",
+        &format!(
+            "rows identical on both sides in {same} of {} tables (count and md5 of every row)",
+            tables.len()
+        ),
+    )
+    .map_err(io_err)?;
+
+    report::say(out, "demo", "pgtransit status").map_err(io_err)?;
+    let st = crate::status::compute(
+        &loaded.spec.name.value,
+        state_dir.load()?.as_ref(),
+        state_dir.holder(),
+        &crate::status::Live::default(),
+        crate::state::now_f64(),
+    );
+    report::status(out, &st, Format::Text).map_err(io_err)?;
+
+    report::say(out, "demo", "stopping the stream (SIGTERM): the next apply would resume it")
         .map_err(io_err)?;
-    let again = super::plan::compute(&loaded, &env, Duration::from_secs(15)).await;
-    let summary = again.report.plan_summary.as_ref().map(report::summary_line).unwrap_or_default();
-    report::say(out, "demo", &format!("second plan: {summary}")).map_err(io_err)?;
-    let result = again;
+    if let Some(pid) = apply.id() {
+        let _ = std::process::Command::new("kill").args(["-TERM", &pid.to_string()]).status();
+    }
+    let _ = apply.wait().await;
+    report::say(
+        out,
+        "demo",
+        &format!(
+            "pgtransit abort {} --auto-approve   (cutover comes next; this demo cleans up)",
+            plan_path.display()
+        ),
+    )
+    .map_err(io_err)?;
+    let abort = std::process::Command::new(&exe)
+        .args(["abort", &plan_path.to_string_lossy(), "--auto-approve"])
+        .status()
+        .into_diagnostic()?;
+    let result =
+        if same == tables.len() && abort.success() { Outcome::Done } else { Outcome::Failed };
 
     if args.keep {
         report::say(out, "demo", "--keep: the servers keep running; stop them with:")
@@ -103,7 +248,53 @@ pub async fn run(args: &DemoArgs, out: &mut dyn Write) -> miette::Result<Outcome
             let _ = std::fs::remove_dir_all(&dir);
         }
     }
-    Ok(if result.outcome() == Outcome::Failed { Outcome::Failed } else { Outcome::Done })
+    Ok(result)
+}
+
+/// Waits until `ready` holds (checked every 200 ms), or the process ends (false).
+async fn wait_until(
+    child: &mut tokio::process::Child,
+    limit: Duration,
+    ready: impl Fn() -> bool,
+) -> miette::Result<bool> {
+    let started = std::time::Instant::now();
+    while !ready() {
+        if child.try_wait().into_diagnostic()?.is_some() || started.elapsed() > limit {
+            return Ok(false);
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    Ok(true)
+}
+
+/// The demo's writer: small shop transactions for `how_long`. Returns how many committed.
+async fn write_for(
+    client: &tokio_postgres::Client,
+    how_long: Duration,
+) -> Result<u64, tokio_postgres::Error> {
+    let started = std::time::Instant::now();
+    let mut n = 0u64;
+    while started.elapsed() < how_long {
+        let i = n as i64;
+        client
+            .batch_execute(&format!(
+                "BEGIN;
+                 WITH o AS (INSERT INTO orders (customer_id) VALUES ({c}) RETURNING id)
+                 INSERT INTO order_items (order_id, product_id, quantity, unit_price)
+                 SELECT id, {p}, 1 + {i} % 5, 9.99 FROM o;
+                 UPDATE orders SET status = 'paid' WHERE id = (SELECT max(id) FROM orders) - 7;
+                 INSERT INTO order_events (order_id, kind, payload)
+                 VALUES ({c}, 'viewed', '{{\"writer\": {i}}}');
+                 DELETE FROM order_events WHERE id = {d};
+                 COMMIT;",
+                c = 1 + (i * 31) % 1000,
+                p = 1 + (i * 7) % 200,
+                d = 1 + i * 13,
+            ))
+            .await?;
+        n += 1;
+    }
+    Ok(n)
 }
 
 fn start_clusters() -> miette::Result<(LocalCluster, LocalCluster)> {
@@ -127,7 +318,7 @@ fn migration_plan(source: &LocalCluster, target: &LocalCluster) -> String {
          # It holds no secrets: the demo's servers trust local connections.\n\
          version: 1\n\
          name: shop\n\
-         mode: offline\n\
+         mode: online\n\
          source:\n  url: {}\n\
          target:\n  url: {}\n",
         source.url(DATABASE),

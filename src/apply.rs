@@ -351,7 +351,7 @@ pub async fn run(plan: &Plan, ctx: &Ctx<'_>, state: &mut State) -> Result<Finish
                     });
                     let scope = crate::scope::Scope::new(&ctx.spec.objects);
                     let max_lag = ctx.spec.sync.max_lag.map(|d| d.0).unwrap_or(DEFAULT_MAX_LAG);
-                    crate::sync::stream(
+                    let stream = crate::sync::stream(
                         ctx,
                         slot,
                         publication,
@@ -361,8 +361,21 @@ pub async fn run(plan: &Plan, ctx: &Ctx<'_>, state: &mut State) -> Result<Finish
                         DRIFT_CHECK,
                         &scope,
                         state,
-                    )
-                    .await?;
+                    );
+                    // The stream, its target connection and the replication session share one
+                    // thread of their own: every statement passes between them, and a wake-up
+                    // across threads for each would cost more than the statement.
+                    tokio::task::block_in_place(|| {
+                        tokio::runtime::Builder::new_current_thread()
+                            .enable_all()
+                            .build()
+                            .map_err(|e| ApplyError::StepFailed {
+                                id: step.id.clone(),
+                                object: step.object.clone(),
+                                message: format!("cannot start the stream's runtime: {e}"),
+                            })?
+                            .block_on(stream)
+                    })?;
                     return Ok(Finished::StreamingStopped);
                 }
             }

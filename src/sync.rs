@@ -42,6 +42,9 @@ pub const BATCH_CHANGES: usize = 20_000;
 pub const BATCH_AGE: Duration = Duration::from_millis(100);
 /// Statements sent ahead of their results.
 pub const PIPELINE: usize = 1024;
+/// A batch open between source transactions is committed once the stream has been quiet this
+/// long (so a lone transaction is applied at once, and a busy stream fills batches).
+pub const IDLE: Duration = Duration::from_millis(5);
 /// How often the heartbeat is emitted on the source.
 pub const HEARTBEAT: Duration = Duration::from_secs(1);
 
@@ -844,18 +847,21 @@ async fn run_stream(
     live: &std::sync::Mutex<Live>,
     state: &mut State,
 ) -> Result<Stopped, ApplyError> {
-    let mut tick = tokio::time::interval(Duration::from_millis(50));
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut last_report = Instant::now();
+    let mut last_event = Instant::now();
     loop {
+        // Between source transactions with a batch open, a quiet stream (nothing for IDLE)
+        // commits it at once; otherwise wake up now and then for the reports and Ctrl-C.
+        let idle = a.open && a.in_source_tx.is_none();
+        let wake =
+            if idle { last_event + IDLE } else { Instant::now() + Duration::from_millis(50) };
         let next = tokio::select! {
             c = stream.next() => Some(c),
-            _ = tick.tick() => None,
+            _ = tokio::time::sleep_until(wake.into()) => None,
         };
         match next {
             None => {
-                // Between source transactions, an old batch is committed.
-                if a.open && a.in_source_tx.is_none() && a.batch_started.elapsed() >= BATCH_AGE {
+                if a.open && a.in_source_tx.is_none() {
                     a.commit_batch(stream).await.map_err(pg)?;
                 }
             }
@@ -863,54 +869,57 @@ async fn run_stream(
                 return Err(sync_error(format!("the replication stream ended: {e}")));
             }
             Some(Ok(None)) => return Err(sync_error("the source ended the replication stream")),
-            Some(Ok(Some(change))) => match change {
-                Change::Begin { xid, final_lsn, .. } => {
-                    if final_lsn < a.applied_lsn {
-                        tracing::debug!(xid, "transaction already applied");
+            Some(Ok(Some(change))) => {
+                last_event = Instant::now();
+                match change {
+                    Change::Begin { xid, final_lsn, .. } => {
+                        if final_lsn < a.applied_lsn {
+                            tracing::debug!(xid, "transaction already applied");
+                        }
+                        a.in_source_tx = Some(xid);
                     }
-                    a.in_source_tx = Some(xid);
-                }
-                Change::Commit { end_lsn, commit_time } => {
-                    a.in_source_tx = None;
-                    if end_lsn <= a.applied_lsn {
-                        // Applied before (a resumed stream may send it again).
-                    } else if !a.open {
-                        // Nothing of it applied (every change was in a copy already): nothing
-                        // to commit. Were the process to stop now, the stream would send it
-                        // again, and it would be skipped again.
-                        a.applied_lsn = end_lsn;
-                    } else {
-                        a.last_commit = Some((end_lsn, commit_time));
-                        a.batch_total.transactions += 1;
-                        if a.batch_changes >= BATCH_CHANGES
-                            || a.batch_started.elapsed() >= BATCH_AGE
-                        {
-                            a.commit_batch(stream).await.map_err(pg)?;
+                    Change::Commit { end_lsn, commit_time } => {
+                        a.in_source_tx = None;
+                        if end_lsn <= a.applied_lsn {
+                            // Applied before (a resumed stream may send it again).
+                        } else if !a.open {
+                            // Nothing of it applied (every change was in a copy already): nothing
+                            // to commit. Were the process to stop now, the stream would send it
+                            // again, and it would be skipped again.
+                            a.applied_lsn = end_lsn;
+                        } else {
+                            a.last_commit = Some((end_lsn, commit_time));
+                            a.batch_total.transactions += 1;
+                            if a.batch_changes >= BATCH_CHANGES
+                                || a.batch_started.elapsed() >= BATCH_AGE
+                            {
+                                a.commit_batch(stream).await.map_err(pg)?;
+                            }
                         }
                     }
-                }
-                Change::Message { prefix, content, transactional: false, .. }
-                    if prefix == a.prefix =>
-                {
-                    // A heartbeat: everything before it was received. Commit what is open, so
-                    // what was received is applied.
-                    if a.in_source_tx.is_none() {
-                        a.commit_batch(stream).await.map_err(pg)?;
+                    Change::Message { prefix, content, transactional: false, .. }
+                        if prefix == a.prefix =>
+                    {
+                        // A heartbeat: everything before it was received. Commit what is open, so
+                        // what was received is applied.
+                        if a.in_source_tx.is_none() {
+                            a.commit_batch(stream).await.map_err(pg)?;
+                        }
+                        let seq: u64 = std::str::from_utf8(&content)
+                            .ok()
+                            .and_then(|s| s.parse().ok())
+                            .unwrap_or(0);
+                        live.lock().expect("live lock").pending.retain(|(s, _)| *s > seq);
                     }
-                    let seq: u64 = std::str::from_utf8(&content)
-                        .ok()
-                        .and_then(|s| s.parse().ok())
-                        .unwrap_or(0);
-                    live.lock().expect("live lock").pending.retain(|(s, _)| *s > seq);
-                }
-                Change::KeepAlive { wal_end } => {
-                    if !a.open && a.in_source_tx.is_none() && wal_end > a.confirmed {
-                        a.confirmed = wal_end;
-                        stream.ack(wal_end);
+                    Change::KeepAlive { wal_end } => {
+                        if !a.open && a.in_source_tx.is_none() && wal_end > a.confirmed {
+                            a.confirmed = wal_end;
+                            stream.ack(wal_end);
+                        }
                     }
+                    other => a.change(other).await?,
                 }
-                other => a.change(other).await?,
-            },
+            }
         }
         if last_report.elapsed() >= Duration::from_secs(1) {
             last_report = Instant::now();

@@ -128,6 +128,17 @@ pub enum ApplyError {
         )
     )]
     Drift(String),
+    /// Verification found differences: the cutover stopped and the fence was lifted.
+    #[error("verification failed: rows differ in {0}")]
+    #[diagnostic(
+        code(pgtransit::verify_failed),
+        help(
+            "the cutover stopped before declaring the target ready, and the source takes writes \
+             again (the fence was lifted). Find out why the rows differ (`pgtransit verify FILE` \
+             compares them at any time), fix it, and run `pgtransit cutover` again"
+        )
+    )]
+    VerifyFailed(String),
     /// Could not connect.
     #[error(transparent)]
     #[diagnostic(transparent)]
@@ -283,6 +294,9 @@ pub struct Ctx<'a> {
     pub events: &'a (dyn Fn(Event) + Sync),
     /// The migration plan (sync options, scope).
     pub spec: &'a crate::spec::Spec,
+    /// Cut over as soon as ready, whatever `cutover.mode` says (`pgtransit cutover` with no
+    /// apply running).
+    pub cutover_now: bool,
 }
 
 /// How a run ended.
@@ -292,6 +306,8 @@ pub enum Finished {
     Complete,
     /// Change streaming was stopped on request (Ctrl-C, SIGTERM): the next `apply` resumes it.
     StreamingStopped,
+    /// The cutover is done: the target is ready for the applications.
+    CutOver,
 }
 
 /// How often the source's schema is compared with what it was when streaming began.
@@ -341,42 +357,8 @@ pub async fn run(plan: &Plan, ctx: &Ctx<'_>, state: &mut State) -> Result<Finish
                 let (streams, others): (Vec<&Step>, Vec<&Step>) =
                     steps.iter().partition(|s| matches!(s.work, Work::Stream { .. }));
                 run_phase(&others, 1, ctx, state).await?;
-                if let Some(step) = streams.first()
-                    && let Work::Stream { slot, publication, origin, tables } = &step.work
-                {
-                    (ctx.events)(Event::Started {
-                        id: step.id.clone(),
-                        object: step.object.clone(),
-                        action: step.action,
-                    });
-                    let scope = crate::scope::Scope::new(&ctx.spec.objects);
-                    let max_lag = ctx.spec.sync.max_lag.map(|d| d.0).unwrap_or(DEFAULT_MAX_LAG);
-                    let stream = crate::sync::stream(
-                        ctx,
-                        slot,
-                        publication,
-                        origin,
-                        tables,
-                        max_lag,
-                        DRIFT_CHECK,
-                        &scope,
-                        state,
-                    );
-                    // The stream, its target connection and the replication session share one
-                    // thread of their own: every statement passes between them, and a wake-up
-                    // across threads for each would cost more than the statement.
-                    tokio::task::block_in_place(|| {
-                        tokio::runtime::Builder::new_current_thread()
-                            .enable_all()
-                            .build()
-                            .map_err(|e| ApplyError::StepFailed {
-                                id: step.id.clone(),
-                                object: step.object.clone(),
-                                message: format!("cannot start the stream's runtime: {e}"),
-                            })?
-                            .block_on(stream)
-                    })?;
-                    return Ok(Finished::StreamingStopped);
+                if let Some(step) = streams.first() {
+                    return sync_and_cutover(step, &of(Phase::Cutover), ctx, state);
                 }
             }
             // DDL is quick: one connection, in plan order.
@@ -386,8 +368,96 @@ pub async fn run(plan: &Plan, ctx: &Ctx<'_>, state: &mut State) -> Result<Finish
     Ok(Finished::Complete)
 }
 
+/// The stream, then (when asked, or when ready with `cutover.mode: auto`) the cutover.
+///
+/// The stream, its target connection and the replication session share one thread of their
+/// own (a current-thread runtime): every statement passes between them, and a wake-up across
+/// threads for each would cost more than the statement. The cutover runs there too, as the
+/// session that put up the fence must outlive the drain.
+fn sync_and_cutover(
+    step: &Step,
+    cutover_steps: &[&Step],
+    ctx: &Ctx<'_>,
+    state: &mut State,
+) -> Result<Finished, ApplyError> {
+    let Work::Stream { slot, publication, origin, tables } = &step.work else {
+        return Ok(Finished::Complete);
+    };
+    (ctx.events)(Event::Started {
+        id: step.id.clone(),
+        object: step.object.clone(),
+        action: step.action,
+    });
+    let scope = crate::scope::Scope::new(&ctx.spec.objects);
+    let max_lag = ctx.spec.sync.max_lag.map(|d| d.0).unwrap_or(DEFAULT_MAX_LAG);
+    let trigger = if ctx.cutover_now || ctx.spec.cutover.mode == crate::spec::CutoverMode::Auto {
+        crate::sync::Trigger::WhenReady
+    } else {
+        crate::sync::Trigger::Requested(ctx.state_dir.path().join(CUTOVER_REQUEST))
+    };
+    let fence = cutover_steps.iter().find(|s| matches!(s.work, Work::Fence { .. }));
+    let cutover = fence.map(|f| crate::sync::Cutover { trigger, fence: f });
+    let work = async {
+        let stopped = crate::sync::stream(
+            ctx,
+            slot,
+            publication,
+            origin,
+            tables,
+            max_lag,
+            DRIFT_CHECK,
+            &scope,
+            cutover.as_ref(),
+            state,
+        )
+        .await;
+        match stopped {
+            Ok(crate::sync::Stopped::OnRequest) => Ok(Finished::StreamingStopped),
+            Ok(crate::sync::Stopped::Drained(fenced)) => {
+                crate::cutover::finish(ctx, cutover_steps, fenced, state).await?;
+                Ok(Finished::CutOver)
+            }
+            Err(e) => {
+                // Fenced, but not drained: lift the fence.
+                let fenced = state
+                    .cutover
+                    .as_ref()
+                    .is_some_and(|c| matches!(c.status.as_str(), "fencing" | "draining"));
+                if fenced && let Some(Work::Fence { database, .. }) = fence.map(|f| &f.work) {
+                    crate::cutover::lift(ctx, database, state, &e.to_string()).await;
+                }
+                Err(e)
+            }
+        }
+    };
+    tokio::task::block_in_place(|| {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| ApplyError::StepFailed {
+                id: step.id.clone(),
+                object: step.object.clone(),
+                message: format!("cannot start the stream's runtime: {e}"),
+            })?
+            .block_on(work)
+    })
+}
+
+/// The file `pgtransit cutover` creates in the state directory to ask a running apply to cut
+/// over.
+pub const CUTOVER_REQUEST: &str = "cutover.request";
+
 /// `sync.max_lag` when the migration plan does not say.
 pub const DEFAULT_MAX_LAG: Duration = Duration::from_secs(5);
+
+/// Runs `steps` one at a time, in order.
+pub(crate) async fn run_steps(
+    steps: &[&Step],
+    ctx: &Ctx<'_>,
+    state: &mut State,
+) -> Result<(), ApplyError> {
+    run_phase(steps, 1, ctx, state).await
+}
 
 /// Runs the steps of one phase on `jobs` workers (each with its own connections), each step
 /// after what it needs (see [`schedule`]).
@@ -560,8 +630,8 @@ async fn run_step(
     let result = loop {
         let result = match &step.work {
             Work::TargetSql => target_sql(target, &step.sql).await,
-            Work::SetSequence { schema, sequence } => {
-                set_sequence(source, target, schema, sequence).await
+            Work::SetSequence { schema, sequence, margin } => {
+                set_sequence(source, target, schema, sequence, *margin).await
             }
             Work::SourceSql => in_transaction(source, &step.sql).await,
             Work::ReplicaIdentityFull { tables } => {
@@ -587,6 +657,10 @@ async fn run_step(
             | Work::EmptyForParts { .. }
             | Work::CreateSlot { .. }
             | Work::Stream { .. }
+            | Work::Fence { .. }
+            | Work::Drain
+            | Work::Verify { .. }
+            | Work::Cleanup { .. }
             | Work::None => Ok(()),
         };
         // A deadlock victim was rolled back whole: run it again (the other side went on).
@@ -654,10 +728,14 @@ async fn set_sequence(
     target: &Client,
     schema: &str,
     sequence: &str,
+    margin: u64,
 ) -> Result<(), tokio_postgres::Error> {
     let name = qualified_ident(schema, sequence);
     let row = source.query_one(&format!("SELECT last_value, is_called FROM {name}"), &[]).await?;
     let (value, called): (i64, bool) = (row.get(0), row.get(1));
+    // A margin moves the value on (a sequence that counts down is left as it is).
+    let value = value.saturating_add(i64::try_from(margin).unwrap_or(i64::MAX));
+    let called = called || margin > 0;
     let sql = format!("SELECT setval({}, {value}, {called})", literal(&name));
     target_sql(target, &sql).await
 }

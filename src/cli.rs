@@ -43,6 +43,13 @@ pub enum Command {
     /// Show where a migration is: phase, tables, lag, applied changes, readiness for cutover.
     #[command(display_order = 3)]
     Status(StatusArgs),
+    /// Cut over an online migration: fence the source's writers, drain, set sequences, verify,
+    /// clean up, and report the write gap.
+    #[command(display_order = 3)]
+    Cutover(CutoverArgs),
+    /// Compare source and target now: schema (as `plan` does) and rows (counts and checksums).
+    #[command(display_order = 3)]
+    Verify(VerifyArgs),
     /// Remove everything pgtransit created for a migration on the source (replication slot,
     /// publication, replica identities) and the target's replication bookkeeping.
     #[command(display_order = 4)]
@@ -107,6 +114,30 @@ pub struct StatusArgs {
     pub file: PathBuf,
     /// Output format (`json` has `phase`, `ready_for_cutover`, `lag_bytes`, `lag_seconds`,
     /// `tables`, `applied`).
+    #[arg(long, value_enum, default_value_t = Format::Text)]
+    pub format: Format,
+    #[command(flatten)]
+    pub connect: ConnectArgs,
+}
+
+/// `pgtransit cutover`.
+#[derive(Debug, Args)]
+pub struct CutoverArgs {
+    /// The migration plan (YAML), or a saved execution plan.
+    pub file: PathBuf,
+    /// Cut over without asking.
+    #[arg(long)]
+    pub auto_approve: bool,
+    #[command(flatten)]
+    pub connect: ConnectArgs,
+}
+
+/// `pgtransit verify`.
+#[derive(Debug, Args)]
+pub struct VerifyArgs {
+    /// The migration plan (YAML), or a saved execution plan.
+    pub file: PathBuf,
+    /// Output format.
     #[arg(long, value_enum, default_value_t = Format::Text)]
     pub format: Format,
     #[command(flatten)]
@@ -263,6 +294,8 @@ pub async fn run(cli: Cli) -> miette::Result<Outcome> {
         Command::Plan(args) => crate::commands::plan::run(&args, &mut out).await,
         Command::Apply(args) => crate::commands::apply::run(&args, &mut out).await,
         Command::Status(args) => crate::commands::status::run(&args, &mut out).await,
+        Command::Cutover(args) => crate::commands::cutover::run(&args, &mut out).await,
+        Command::Verify(args) => crate::commands::verify::run(&args, &mut out).await,
         Command::Abort(args) => crate::commands::abort::run(&args, &mut out).await,
         Command::Validate { files } => crate::commands::plan::validate(&files, &mut out),
         Command::Schema { out: path } => {

@@ -153,12 +153,40 @@ pub enum Work {
         #[serde(alias = "owners")]
         roles: std::collections::BTreeMap<String, String>,
     },
-    /// Set a target sequence to the source's current value.
+    /// Set a target sequence to the source's current value (plus `margin`).
     SetSequence {
         /// Schema.
         schema: String,
         /// Sequence.
         sequence: String,
+        /// Added to the source's value (`cutover.sequence_margin`; 0 after the load).
+        #[serde(default)]
+        margin: u64,
+    },
+    /// Cutover: stop writes on the source for every session but pgtransit's (`Step::sql`), and
+    /// record when.
+    Fence {
+        /// The source database.
+        database: String,
+        /// `read_only` or `lock_tables`.
+        mode: String,
+    },
+    /// Cutover: a barrier on the source after the fence; the stream applies everything up to it.
+    Drain,
+    /// Cutover: row counts and checksums of every table, source (fenced) against target.
+    Verify {
+        /// The tables, with their single-column key when they have one (for chunked
+        /// checksums that say where rows differ).
+        tables: Vec<VerifyTable>,
+    },
+    /// Cutover: drop the slot and the publication on the source, the origin on the target.
+    Cleanup {
+        /// The slot.
+        slot: String,
+        /// The publication.
+        publication: String,
+        /// The replication origin.
+        origin: String,
     },
     /// Run `Step::sql` on the source in one transaction (online mode: the publication, replica
     /// identities).
@@ -188,6 +216,18 @@ pub enum Work {
     },
     /// Nothing to execute (unchanged, conflict).
     None,
+}
+
+/// A table verification compares.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VerifyTable {
+    /// Schema.
+    pub schema: String,
+    /// Name.
+    pub table: String,
+    /// Its primary key when that is one integer column.
+    #[serde(default)]
+    pub key: Option<String>,
 }
 
 /// A table the stream applies changes to.
@@ -334,6 +374,9 @@ pub struct Plan {
     /// What the load will move, when it copies anything.
     #[serde(default)]
     pub load_estimate: Option<LoadEstimate>,
+    /// Every table in scope (what `verify` compares).
+    #[serde(default)]
+    pub tables: Vec<VerifyTable>,
     /// SHA-256 of the steps as computed: a saved plan whose steps were edited is refused.
     #[serde(default)]
     pub steps_hash: String,

@@ -14,7 +14,7 @@ use crate::catalog::Catalog;
 use crate::objects::{self, ObjectKey, ObjectKind, SchemaObject, Section};
 use crate::plan::{
     Action, Estimate, Fingerprint, PLAN_FORMAT, Phase, Plan, ServerIdentity, Step, StreamTable,
-    Work, hash_parts,
+    VerifyTable, Work, hash_parts,
 };
 use crate::preflight::Check;
 use crate::scope::Scope;
@@ -149,6 +149,10 @@ pub fn plan(inputs: Inputs<'_>) -> Plan {
     let slot = crate::naming::slot_name(&spec.name.value);
     let slot_exists = inputs.source.replication_slots.iter().any(|s| s.name == slot);
     let without_slot;
+    // After a cutover, the migration is over: the slot is gone on purpose.
+    let cut_over =
+        inputs.state.and_then(|s| s.cutover.as_ref()).is_some_and(|c| c.status == "done");
+    let online = online && !cut_over;
     let state = if online && !slot_exists && inputs.state.is_some() {
         without_slot = inputs.state.map(|s| s.with_copies_interrupted());
         without_slot.as_ref()
@@ -278,8 +282,13 @@ pub fn plan(inputs: Inputs<'_>) -> Plan {
         });
     }
 
+    let all_tables = verify_tables(inputs.source, &streamed);
     if online {
+        let matviews: Vec<&SchemaObject> =
+            source_in_scope.iter().filter(|o| o.key.kind == ObjectKind::MaterializedView).collect();
+        let cutover = cutover_steps(spec, inputs.source, &streamed, &matviews, &scope);
         steps.extend(sync_steps(&spec.name.value, streamed));
+        steps.extend(cutover);
     }
     serialize_multi_table_steps(&mut steps);
     let fingerprint = fingerprint(&inputs, &source_in_scope, &scope);
@@ -299,6 +308,7 @@ pub fn plan(inputs: Inputs<'_>) -> Plan {
         steps,
         summary,
         load_estimate,
+        tables: all_tables,
         steps_hash,
     }
 }
@@ -1128,6 +1138,162 @@ fn sync_steps(migration: &str, tables: Vec<StreamTable>) -> Vec<Step> {
     ]
 }
 
+/// The tables verification compares, with their single integer key when they have one.
+fn verify_tables(source: &Catalog, tables: &[StreamTable]) -> Vec<VerifyTable> {
+    tables
+        .iter()
+        .map(|t| VerifyTable {
+            schema: t.schema.clone(),
+            table: t.table.clone(),
+            key: source
+                .relations
+                .iter()
+                .find(|r| r.schema == t.schema && r.name == t.table)
+                .and_then(|r| r.integer_key.clone()),
+        })
+        .collect()
+}
+
+/// Online mode: the cutover, in order. Fence the source's writers, drain the stream to a
+/// barrier, set every sequence, refresh materialized views, verify every table, clean up.
+fn cutover_steps(
+    spec: &crate::spec::Spec,
+    source: &Catalog,
+    tables: &[StreamTable],
+    matviews: &[&SchemaObject],
+    scope: &Scope,
+) -> Vec<Step> {
+    let migration = &spec.name.value;
+    let slot = crate::naming::slot_name(migration);
+    let db = &source.server.database;
+    let step = |id: &str, object: String, sql: String, note: &str, work: Work| Step {
+        id: format!("cutover:{id}"),
+        phase: Phase::Cutover,
+        action: Action::Run,
+        object,
+        sql,
+        estimate: None,
+        note: Some(note.into()),
+        diff: None,
+        work,
+        after: vec![],
+        table: None,
+    };
+    let ours = "application_name LIKE 'pgtransit/%'";
+    let terminate = format!(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity\n\
+         WHERE datname = {} AND pid <> pg_backend_pid() AND backend_type = 'client backend'\n  \
+         AND NOT {ours};",
+        crate::sql::literal(db)
+    );
+    let read_only = format!("ALTER DATABASE {} SET default_transaction_read_only = on;", ident(db));
+    let (mode, fence_sql, fence_note) = match spec.cutover.fence {
+        crate::spec::Fence::ReadOnly => (
+            "read_only",
+            format!("{read_only}\n{terminate}"),
+            "on the source: new sessions are read-only, and every session but pgtransit's is \
+             ended (applications reconnect read-only). It holds after pgtransit exits; a failure \
+             before verification passes lifts it (ALTER DATABASE ... RESET \
+             default_transaction_read_only)",
+        ),
+        crate::spec::Fence::LockTables => (
+            "lock_tables",
+            format!(
+                "LOCK TABLE {} IN EXCLUSIVE MODE;  -- held until the cutover ends\n{read_only}",
+                tables
+                    .iter()
+                    .map(|t| qualified_ident(&t.schema, &t.table))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+            "on the source: writes to the tables in scope wait for the lock (reads go on), then \
+             new sessions are read-only, which holds after pgtransit exits",
+        ),
+    };
+    let mut out = vec![
+        step(
+            "fence",
+            format!("writes on the source database {}", crate::sql::display(db)),
+            fence_sql,
+            fence_note,
+            Work::Fence { database: db.clone(), mode: mode.into() },
+        ),
+        step(
+            "drain",
+            "changes up to the fence".into(),
+            format!(
+                "SELECT pg_logical_emit_message(false, {}, '<barrier>');\n\
+                 -- the stream applies everything up to the barrier, then stops",
+                crate::sql::literal(&format!("pgtransit:{slot}:barrier"))
+            ),
+            "on the source, after the fence: nothing commits after the barrier",
+            Work::Drain,
+        ),
+    ];
+    let margin = spec.cutover.sequence_margin;
+    for s in &source.sequences {
+        let in_scope = match &s.owned_by {
+            Some((ts, tn)) => scope.table_in_scope(ts, tn),
+            None => scope.table_in_scope(&s.schema, &s.name),
+        };
+        if !in_scope {
+            continue;
+        }
+        let name = qualified_ident(&s.schema, &s.name);
+        out.push(step(
+            &format!("sequence:{}", qualified(&s.schema, &s.name)),
+            format!("sequence {}", qualified(&s.schema, &s.name)),
+            format!(
+                "-- value read on the fenced source:\nSELECT setval({}, <last_value> + {margin}, \
+                 <is_called>);",
+                crate::sql::literal(&name)
+            ),
+            "sequences are not replicated: each one, owned by a column or not, is set from the \
+             fenced source",
+            Work::SetSequence { schema: s.schema.clone(), sequence: s.name.clone(), margin },
+        ));
+    }
+    for m in matviews {
+        let (s, n) = (&m.key.schema, &m.key.name);
+        if !source.relations.iter().any(|r| r.schema == *s && r.name == *n && r.populated) {
+            continue;
+        }
+        out.push(step(
+            &format!("refresh:{}", qualified(s, n)),
+            format!("materialized view {}", qualified(s, n)),
+            format!("REFRESH MATERIALIZED VIEW {};", qualified_ident(s, n)),
+            "refreshed from the final data",
+            Work::TargetSql,
+        ));
+    }
+    let verify = verify_tables(source, tables);
+    out.push(step(
+        "verify",
+        format!("rows of {} tables", verify.len()),
+        "-- on both servers, per table (a difference stops the cutover and lifts the fence):\n\
+         SELECT count(*), sum(hashtextextended(t::text, 0)::numeric) FROM ONLY <table> t;"
+            .into(),
+        "exact: nothing changes on either side now",
+        Work::Verify { tables: verify },
+    ));
+    let publication = crate::naming::publication_name(migration);
+    let origin = crate::naming::origin_name(migration);
+    out.push(step(
+        "cleanup",
+        "replication slot, publication and origin".into(),
+        format!(
+            "SELECT pg_drop_replication_slot({});  -- source\nDROP PUBLICATION {};  -- source\n\
+             SELECT pg_replication_origin_drop({});  -- target",
+            crate::sql::literal(&slot),
+            ident(&publication),
+            crate::sql::literal(&origin)
+        ),
+        "nothing of the migration is left on either server",
+        Work::Cleanup { slot, publication, origin },
+    ));
+    out
+}
+
 fn sequence_steps(
     scope: &Scope,
     source: &Catalog,
@@ -1170,7 +1336,7 @@ fn sequence_steps(
             work: if already {
                 Work::None
             } else {
-                Work::SetSequence { schema: s.schema.clone(), sequence: s.name.clone() }
+                Work::SetSequence { schema: s.schema.clone(), sequence: s.name.clone(), margin: 0 }
             },
             after: vec![],
             table: None,

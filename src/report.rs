@@ -567,6 +567,34 @@ pub fn apply_done(
     writeln!(out, "State: {}", state_file.display())
 }
 
+/// The cutover is done.
+pub fn cutover_done(
+    out: &mut dyn Write,
+    cut: &crate::state::CutoverState,
+    target: &str,
+) -> io::Result<()> {
+    writeln!(out)?;
+    writeln!(
+        out,
+        "{} the write gap was {:.2} s (from the fence on the source to the end of the cutover).",
+        paint(GREEN, "Cutover complete:"),
+        cut.write_gap_seconds.unwrap_or_default()
+    )?;
+    let rows: i64 = cut.verified.iter().map(|c| c.target_rows).sum();
+    writeln!(
+        out,
+        "Verified: {} tables, row counts and checksums identical on both sides ({} rows).",
+        cut.verified.len(),
+        crate::preflight::thousands(rows)
+    )?;
+    writeln!(
+        out,
+        "The source database is read-only for new sessions (default_transaction_read_only); the \
+         replication slot, publication and origin are gone."
+    )?;
+    writeln!(out, "{} point the applications at the target: {target}", paint(BOLD, "Next:"))
+}
+
 /// `apply` stopped streaming on request.
 pub fn streaming_stopped(
     out: &mut dyn Write,
@@ -680,6 +708,24 @@ pub fn status(out: &mut dyn Write, st: &crate::status::Status, format: Format) -
             slot.wal_status.as_deref().map(|w| format!(", wal_status {w}")).unwrap_or_default()
         )?;
     }
+    if let Some(c) = &st.cutover {
+        writeln!(out)?;
+        match c.status.as_str() {
+            "done" => writeln!(
+                out,
+                "Cutover: done, write gap {:.2} s, {} tables verified identical",
+                c.write_gap_seconds.unwrap_or_default(),
+                c.verified.len()
+            )?,
+            "failed" => writeln!(
+                out,
+                "Cutover: failed ({}); {}",
+                c.error.as_deref().unwrap_or("-"),
+                if c.fence_lifted { "the fence was lifted" } else { "the source may be fenced" }
+            )?,
+            other => writeln!(out, "Cutover: {other}")?,
+        }
+    }
     for w in &st.warnings {
         writeln!(out, "{} {w}", paint(YELLOW, "warning:"))?;
     }
@@ -687,6 +733,69 @@ pub fn status(out: &mut dyn Write, st: &crate::status::Status, format: Format) -
         writeln!(out, "{} {e}", paint(RED, "stopped by an error:"))?;
     }
     Ok(())
+}
+
+/// `pgtransit verify`.
+pub fn verify(out: &mut dyn Write, r: &crate::verify::Report, format: Format) -> io::Result<()> {
+    if format == Format::Json {
+        let mut v = serde_json::to_value(r)?;
+        v["identical"] = r.identical().into();
+        serde_json::to_writer_pretty(&mut *out, &v)?;
+        return writeln!(out);
+    }
+    writeln!(out, "{} {}", paint(BOLD, "Verify"), r.migration)?;
+    if r.schema_differences.is_empty() {
+        writeln!(out, "  {} schema: every object in scope is identical", paint(GREEN, "ok"))?;
+    } else {
+        writeln!(
+            out,
+            "  {} schema: {} differences",
+            paint(RED, "differ"),
+            r.schema_differences.len()
+        )?;
+        for d in &r.schema_differences {
+            writeln!(out, "      {d}")?;
+        }
+    }
+    let mut differ = 0;
+    for c in &r.tables {
+        if c.equal() {
+            writeln!(
+                out,
+                "  {} {} {}",
+                paint(GREEN, "ok"),
+                c.table,
+                paint(DIM, &format!("({} rows)", crate::preflight::thousands(c.target_rows)))
+            )?;
+        } else {
+            differ += 1;
+            let label = if r.sync_running { paint(YELLOW, "behind") } else { paint(RED, "differ") };
+            let mut text = format!(
+                "  {label} {}: {} rows on the source, {} on the target{}",
+                c.table,
+                c.source_rows,
+                c.target_rows,
+                if c.checksums_equal { "" } else { ", checksums differ" }
+            );
+            if !c.differing_ranges.is_empty() {
+                text.push_str(&format!(" (at {})", c.differing_ranges.join(", ")));
+            }
+            writeln!(out, "{text}")?;
+        }
+    }
+    if r.identical() {
+        writeln!(out, "{} source and target are identical.", paint(GREEN, "Identical:"))
+    } else if r.sync_running && r.schema_differences.is_empty() {
+        writeln!(
+            out,
+            "{} {differ} tables differ while changes stream: within the lag, they may be changes \
+             not yet applied (compare again after the cutover's fence, or with apply stopped and \
+             the source quiet).",
+            paint(YELLOW, "Behind:")
+        )
+    } else {
+        writeln!(out, "{} {differ} tables differ.", paint(RED, "Different:"))
+    }
 }
 
 /// `abort`: what will be removed.

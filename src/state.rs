@@ -122,6 +122,36 @@ pub struct SyncState {
     pub reported_at: f64,
 }
 
+/// The cutover.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct CutoverState {
+    /// `fencing`, `draining`, `finishing` (sequences, refreshes), `verifying`, `cleaning_up`,
+    /// `done`, or `failed`.
+    pub status: String,
+    /// When it was asked for (Unix seconds).
+    #[serde(default)]
+    pub requested_at: Option<f64>,
+    /// When the fence went up.
+    #[serde(default)]
+    pub fenced_at: Option<f64>,
+    /// When it ended.
+    #[serde(default)]
+    pub finished_at: Option<f64>,
+    /// From the fence to the end: how long the source took no writes and the target was not yet
+    /// declared ready.
+    #[serde(default)]
+    pub write_gap_seconds: Option<f64>,
+    /// What verification compared.
+    #[serde(default)]
+    pub verified: Vec<crate::verify::TableCheck>,
+    /// Why it failed.
+    #[serde(default)]
+    pub error: Option<String>,
+    /// After a failure: the fence was lifted (the source takes writes again).
+    #[serde(default)]
+    pub fence_lifted: bool,
+}
+
 /// Counts of applied changes.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Counters {
@@ -181,6 +211,9 @@ pub struct State {
     /// Online mode: the change stream.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sync: Option<SyncState>,
+    /// Online mode: the cutover, once started.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cutover: Option<CutoverState>,
     /// Last write, Unix seconds.
     pub updated_at: u64,
 }
@@ -377,6 +410,7 @@ impl State {
             completed: vec![],
             steps: BTreeMap::new(),
             sync: None,
+            cutover: None,
             updated_at: now(),
         }
     }

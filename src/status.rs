@@ -30,7 +30,7 @@ pub struct Status {
     /// The migration's name.
     pub migration: String,
     /// `not_started`, `applying` (schema, load, post-load), `streaming`, `stopped` (streaming
-    /// stopped, resumable), `failed`, `complete` (offline).
+    /// stopped, resumable), `cutting_over`, `cut_over`, `failed`, `complete` (offline).
     pub phase: &'static str,
     /// The process applying now (the lock holder's description), if any.
     pub running: Option<String>,
@@ -56,6 +56,8 @@ pub struct Status {
     pub warnings: Vec<String>,
     /// Why streaming or apply stopped, when it failed.
     pub error: Option<String>,
+    /// The cutover, once started: status, write gap, what was verified.
+    pub cutover: Option<crate::state::CutoverState>,
 }
 
 /// What was read live from the source, when it answered.
@@ -92,8 +94,10 @@ pub fn compute(
         slot: live.slot.clone(),
         warnings: vec![],
         error: None,
+        cutover: None,
     };
     let Some(state) = state else { return st };
+    st.cutover = state.cutover.clone();
     let failed = state.steps.values().find(|s| s.status == StepStatus::Failed);
     st.error = failed.and_then(|s| s.error.clone());
     let Some(sync) = &state.sync else {
@@ -168,6 +172,16 @@ pub fn compute(
             _ => sync.lag_bytes,
         };
         st.lag_seconds = sync.caught_up_at.map(|t| (now - t).max(0.0));
+    }
+    match st.cutover.as_ref().map(|c| c.status.as_str()) {
+        Some("done") => {
+            st.phase = "cut_over";
+            st.warnings.clear();
+            return st;
+        }
+        Some("failed") | None => {}
+        Some(_) if running.is_some() => st.phase = "cutting_over",
+        Some(_) => {}
     }
     st.ready_for_cutover =
         streaming && all_copied && st.lag_seconds.is_some_and(|l| l <= sync.max_lag_seconds);

@@ -45,6 +45,8 @@ pub const PIPELINE: usize = 1024;
 /// A batch open between source transactions is committed once the stream has been quiet this
 /// long (so a lone transaction is applied at once, and a busy stream fills batches).
 pub const IDLE: Duration = Duration::from_millis(5);
+/// The longest the drain may take after the fence (the lag was under `sync.max_lag`).
+pub const DRAIN_LIMIT: Duration = Duration::from_secs(120);
 /// How often the heartbeat is emitted on the source.
 pub const HEARTBEAT: Duration = Duration::from_secs(1);
 
@@ -288,10 +290,39 @@ fn text(v: &Value) -> Text {
 }
 
 /// Why streaming stopped without an error.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Stopped {
     /// Ctrl-C or SIGTERM: the next `apply` resumes.
     OnRequest,
+    /// The cutover fenced the source and the stream applied everything up to the barrier.
+    Drained(Fenced),
+}
+
+/// When the stream stops for the cutover.
+#[derive(Debug, Clone)]
+pub enum Trigger {
+    /// When `pgtransit cutover` asks: this file appears (in the state directory).
+    Requested(std::path::PathBuf),
+    /// As soon as the migration is ready (`cutover.mode: auto`, or `pgtransit cutover` with no
+    /// apply running).
+    WhenReady,
+}
+
+/// The cutover, as the stream carries out its first part.
+pub struct Cutover<'a> {
+    /// When.
+    pub trigger: Trigger,
+    /// The fence step (its SQL and mode).
+    pub fence: &'a crate::plan::Step,
+}
+
+/// The fence, up.
+pub struct Fenced {
+    /// The session that put it up: for `lock_tables` it holds the locks until it ends.
+    pub client: Client,
+    /// The source database.
+    pub database: String,
+    /// When it went up.
+    pub at: Instant,
 }
 
 /// An error of the stream, with the operator's fix.
@@ -623,6 +654,7 @@ pub async fn stream(
     max_lag: Duration,
     drift_every: Duration,
     scope: &crate::scope::Scope,
+    cutover: Option<&Cutover<'_>>,
     state: &mut State,
 ) -> Result<Stopped, ApplyError> {
     let servers = ctx.servers;
@@ -722,7 +754,7 @@ pub async fn stream(
         sync,
         prefix,
     };
-    let result = run_stream(&mut a, &mut stream, &live, state).await;
+    let result = run_stream(&mut a, &mut stream, &live, cutover, state).await;
     if result.is_err() {
         a.rollback().await;
     }
@@ -817,8 +849,72 @@ async fn watch(
     }
 }
 
-/// Writes the progress into the state and tells the report.
-fn report(a: &mut Applier<'_>, live: &std::sync::Mutex<Live>, state: &mut State) {
+/// Whether the cutover is due.
+fn triggered(t: &Trigger) -> bool {
+    match t {
+        Trigger::WhenReady => true,
+        Trigger::Requested(file) => file.exists(),
+    }
+}
+
+/// Puts the fence up on the source and emits the barrier after it.
+async fn fence(
+    a: &mut Applier<'_>,
+    c: &Cutover<'_>,
+    barrier: &str,
+    state: &mut State,
+) -> Result<Fenced, ApplyError> {
+    let crate::plan::Work::Fence { database, mode } = &c.fence.work else {
+        return Err(sync_error("the cutover's fence step is missing"));
+    };
+    let servers = a.ctx.servers;
+    let cut = state.cutover.get_or_insert_with(Default::default);
+    *cut = crate::state::CutoverState {
+        status: "fencing".into(),
+        requested_at: Some(now_f64()),
+        ..Default::default()
+    };
+    a.ctx.state_dir.save(state)?;
+    if let Trigger::Requested(file) = &c.trigger {
+        let _ = std::fs::remove_file(file);
+    }
+    let fail = |e: tokio_postgres::Error| ApplyError::StepFailed {
+        id: c.fence.id.clone(),
+        object: c.fence.object.clone(),
+        message: crate::apply::db_message(&e),
+    };
+    let client =
+        crate::conn::connect_with(&servers.source, "pgtransit/cutover", &servers.policy).await?;
+    if mode == "lock_tables" {
+        // The locks are held by this session's open transaction until the cutover ends; the
+        // read-only default is committed at once by another.
+        let (lock, read_only) = c.fence.sql.split_once('\n').unwrap_or((&c.fence.sql, ""));
+        client.batch_execute(&format!("BEGIN; {lock}")).await.map_err(fail)?;
+        let other =
+            crate::conn::connect_with(&servers.source, "pgtransit/cutover", &servers.policy)
+                .await?;
+        other.batch_execute(read_only).await.map_err(fail)?;
+    } else {
+        client.batch_execute(&c.fence.sql).await.map_err(fail)?;
+    }
+    let at = Instant::now();
+    client
+        .query_one(
+            "SELECT pg_logical_emit_message(false, $1::text, $2::text)::text",
+            &[&barrier, &format!("{}", now_f64())],
+        )
+        .await
+        .map_err(fail)?;
+    let cut = state.cutover.get_or_insert_with(Default::default);
+    cut.status = "draining".into();
+    cut.fenced_at = Some(now_f64());
+    a.ctx.state_dir.save(state)?;
+    tracing::info!(database = %database, mode = %mode, "source fenced; draining to the barrier");
+    Ok(Fenced { client, database: database.clone(), at })
+}
+
+/// Writes the progress into the state and tells the report. Returns the lag in seconds.
+fn report(a: &mut Applier<'_>, live: &std::sync::Mutex<Live>, state: &mut State) -> f64 {
     let now = now_f64();
     let l = live.lock().expect("live lock");
     let lag_seconds = l.pending.front().map(|(_, at)| (now - at).max(0.0)).unwrap_or(0.0);
@@ -839,14 +935,18 @@ fn report(a: &mut Applier<'_>, live: &std::sync::Mutex<Live>, state: &mut State)
         applied: a.sync.applied,
         ready: lag_seconds <= a.sync.max_lag_seconds,
     });
+    lag_seconds
 }
 
 async fn run_stream(
     a: &mut Applier<'_>,
     stream: &mut PgoutputStream,
     live: &std::sync::Mutex<Live>,
+    cutover: Option<&Cutover<'_>>,
     state: &mut State,
 ) -> Result<Stopped, ApplyError> {
+    let mut fenced: Option<Fenced> = None;
+    let barrier = format!("{}:barrier", a.prefix);
     let mut last_report = Instant::now();
     let mut last_event = Instant::now();
     loop {
@@ -897,6 +997,16 @@ async fn run_stream(
                             }
                         }
                     }
+                    Change::Message { prefix, transactional: false, .. }
+                        if prefix == barrier && fenced.is_some() =>
+                    {
+                        // Everything committed before the fence is applied: drained.
+                        a.commit_batch(stream).await.map_err(pg)?;
+                        report(a, live, state);
+                        if let Some(f) = fenced.take() {
+                            return Ok(Stopped::Drained(f));
+                        }
+                    }
                     Change::Message { prefix, content, transactional: false, .. }
                         if prefix == a.prefix =>
                     {
@@ -938,10 +1048,25 @@ async fn run_stream(
                     "the heartbeat connection to the source failed: {e}"
                 )));
             }
-            report(a, live, state);
+            let lag = report(a, live, state);
             a.ctx.state_dir.save(state)?;
+            if let Some(c) = cutover
+                && fenced.is_none()
+                && lag <= a.sync.max_lag_seconds
+                && triggered(&c.trigger)
+            {
+                fenced = Some(fence(a, c, &barrier, state).await?);
+            }
         }
-        if a.ctx.cancel.requested() {
+        if let Some(f) = &fenced
+            && f.at.elapsed() > DRAIN_LIMIT
+        {
+            return Err(sync_error(format!(
+                "the barrier emitted after the fence did not come through the stream within {} s",
+                DRAIN_LIMIT.as_secs()
+            )));
+        }
+        if a.ctx.cancel.requested() && fenced.is_none() {
             if a.in_source_tx.is_none() {
                 a.commit_batch(stream).await.map_err(pg)?;
             } else {

@@ -16,13 +16,15 @@ fn demo_starts_two_servers_writes_a_plan_and_passes_preflight() {
     assert!(out.stdout.contains("Preflight passed: 0 errors"), "{out:?}");
     assert!(out.stdout.contains("identity_columns"), "{out:?}");
     assert!(out.stdout.contains("5 tables in 1 schemas"), "{out:?}");
-    // It applied the plan (the larger table included) and planned again: nothing left to do.
-    assert!(out.stdout.contains("Apply complete"), "{out:?}");
+    // It copied (the larger table included), streamed a writer's changes, showed the lag and
+    // the status, and ended with identical rows and no slot left on the source.
     assert!(out.stdout.contains("public.order_events"), "{out:?}");
-    assert!(
-        out.stdout.contains("second plan: 0 to create, 0 to update, 0 to copy, 0 to run"),
-        "{out:?}"
-    );
+    assert!(out.stdout.contains("status lag"), "{out:?}");
+    assert!(out.stdout.contains("reached the target in"), "{out:?}");
+    assert!(out.stdout.contains("rows identical on both sides in 5 of 5 tables"), "{out:?}");
+    assert!(out.stdout.contains("Migration shop - streaming"), "{out:?}");
+    assert!(out.stdout.contains("Streaming stopped"), "{out:?}");
+    assert!(out.stdout.contains("removed replication slot pgtransit_shop"), "{out:?}");
     // Without a terminal, load progress goes to the log (stderr) as lines, not bars.
     assert!(out.stderr.contains("copying"), "{out:?}");
     assert!(!out.stderr.contains('\u{1b}'), "no colour codes in piped logs: {out:?}");

@@ -122,6 +122,7 @@ fn sample_plan() -> Plan {
         },
         summary: Plan::summarize(&steps),
         steps_hash: String::new(),
+        tables: vec![],
         load_estimate: Some(pgtransit::plan::LoadEstimate {
             tables: 1,
             rows: 120_000,

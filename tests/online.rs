@@ -423,7 +423,9 @@ fn pgbench_writing_during_sync_ends_with_identical_tables_and_a_later_row_arrive
     let mut child = start_apply(&dir, &plan, &[]);
     wait_streaming(&dir, "bench", &mut child);
 
-    let bench = pgbench(&src, &["-n", "-c", "4", "-T", "5"]);
+    // 5 s here; the README's figure comes from PGTRANSIT_TEST_PGBENCH_SECONDS=15.
+    let seconds = std::env::var("PGTRANSIT_TEST_PGBENCH_SECONDS").unwrap_or_else(|_| "5".into());
+    let bench = pgbench(&src, &["-n", "-c", "4", "-T", &seconds]);
     assert!(bench.status.success(), "{}", String::from_utf8_lossy(&bench.stderr));
     sql(
         &src,
@@ -434,8 +436,170 @@ fn pgbench_writing_during_sync_ends_with_identical_tables_and_a_later_row_arrive
     wait_for(Duration::from_secs(30), "the row inserted after pgbench", || {
         sql(&tgt, "app", "SELECT count(*) FROM pgbench_history WHERE delta = 424242") == "1"
     });
-    eprintln!("a row inserted after pgbench stopped reached the target in {:?}", sent.elapsed());
+    let tps = String::from_utf8_lossy(&bench.stdout)
+        .lines()
+        .find(|l| l.starts_with("tps"))
+        .unwrap_or_default()
+        .to_string();
+    eprintln!(
+        "pgbench -c 4 -T {seconds} ({tps}); a row inserted after it stopped reached the target in {:?}",
+        sent.elapsed()
+    );
     wait_identical(&src, &tgt, &dir);
     assert_eq!(stop(&mut child), 0, "{}", apply_output(&dir));
     run(dir.path(), &["abort", &plan, "--auto-approve"]);
+}
+
+/// A writer as role `role` on the source that keeps going until the fence ends its session:
+/// orders drawing invoice numbers from a sequence no column owns. Returns how many committed.
+fn app_writer(src: &LocalCluster, role: &str) -> std::thread::JoinHandle<()> {
+    let url = format!("host={} port={} user={role} dbname=app", src.host(), src.port());
+    let psql = src.bin("psql");
+    std::thread::spawn(move || {
+        let script: String = (0..100_000)
+            .map(|i| {
+                format!(
+                    "INSERT INTO orders (customer, total, big) VALUES (1 + {i} % 50, nextval('invoice_no'), 'w');\n"
+                )
+            })
+            .collect();
+        let mut child = std::process::Command::new(psql)
+            .args(["-X", "-q", "-v", "ON_ERROR_STOP=1", "-d", &url, "-f", "-"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("run psql");
+        use std::io::Write;
+        // The fence ends the session: the write fails, and so may this pipe.
+        let _ = child.stdin.take().unwrap().write_all(script.as_bytes());
+        let _ = child.wait();
+    })
+}
+
+/// Runs SQL on the source's `app` as `role`, over TCP.
+fn psql_as(src: &LocalCluster, role: &str, sql: &str) -> std::process::Output {
+    let url = format!("host={} port={} user={role} dbname=app", src.host(), src.port());
+    std::process::Command::new(src.bin("psql"))
+        .args(["-X", "-v", "ON_ERROR_STOP=1", "-d", &url, "-c", sql])
+        .output()
+        .expect("run psql")
+}
+
+const APP_ROLE: &str = "
+CREATE SEQUENCE invoice_no START 500;
+CREATE ROLE app LOGIN;
+GRANT USAGE ON SCHEMA public TO app;
+GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA public TO app;
+GRANT USAGE, SELECT, UPDATE ON ALL SEQUENCES IN SCHEMA public TO app;
+";
+
+#[test]
+fn cutover_fences_every_writer_drains_sets_sequences_verifies_and_leaves_no_slot() {
+    let (src, tgt) = pair("cutover", &format!("{SHOP}{APP_ROLE}"));
+    sql(&tgt, "app", "CREATE ROLE app LOGIN;");
+    let dir = TempDir::new("cutover");
+    let plan = online_plan(
+        &dir,
+        "cut",
+        &src,
+        &tgt,
+        "sync:\n  tables_without_key: replica_identity_full\n",
+    );
+    let out = run(dir.path(), &["plan", &plan]);
+    assert!(
+        out.stdout.contains("ALTER DATABASE \"app\" SET default_transaction_read_only = on"),
+        "{out:?}"
+    );
+    assert!(out.stdout.contains("sequence public.invoice_no"), "{out:?}");
+    let mut child = start_apply(&dir, &plan, &[]);
+    wait_streaming(&dir, "cut", &mut child);
+
+    // An application role writes to the source through the cutover.
+    let writer = app_writer(&src, "app");
+    wait_for(Duration::from_secs(30), "the writer's rows on the target", || {
+        sql(&tgt, "app", "SELECT count(*) FROM orders WHERE big = 'w'").parse::<i64>().unwrap()
+            > 200
+    });
+    let out = run(dir.path(), &["cutover", &plan, "--auto-approve"]);
+    assert_eq!(out.code, 0, "{out:?}\n{}", apply_output(&dir));
+    assert!(out.stdout.contains("Cutover complete: the write gap was"), "{out:?}");
+    writer.join().unwrap();
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), Some(0), "{}", apply_output(&dir));
+    assert!(apply_output(&dir).contains("Cutover complete"), "{}", apply_output(&dir));
+
+    // The application role cannot write to the source any more (new sessions are read-only).
+    let denied = psql_as(&src, "app", "INSERT INTO customers (name) VALUES ('late')");
+    assert!(!denied.status.success());
+    let err = String::from_utf8_lossy(&denied.stderr);
+    assert!(err.contains("read-only transaction"), "{err}");
+    // Every committed transaction is on the target; rows and schema identical.
+    assert_eq!(table_checksums(&src, "app"), table_checksums(&tgt, "app"));
+    assert_same_schema(&schema_dump(&src, "app"), &schema_dump(&tgt, "app"));
+    // Sequences, owned or not, at or above the source's.
+    for seq in ["invoice_no", "orders_id_seq", "customers_id_seq"] {
+        let q = format!("SELECT last_value FROM {seq}");
+        let (s, t): (i64, i64) =
+            (sql(&src, "app", &q).parse().unwrap(), sql(&tgt, "app", &q).parse().unwrap());
+        assert!(t >= s, "{seq}: target {t} < source {s}");
+    }
+    let out = run(dir.path(), &["plan", &plan, "--detailed-exitcode"]);
+    assert_eq!(out.code, 0, "after the cutover there is nothing to do: {out:?}");
+    // The target's triggers fire for new writes.
+    let before: i64 = sql(&tgt, "app", "SELECT count(*) FROM audit").parse().unwrap();
+    sql(&tgt, "app", "INSERT INTO orders (customer, total) VALUES (1, 1)");
+    let after: i64 = sql(&tgt, "app", "SELECT count(*) FROM audit").parse().unwrap();
+    assert_eq!(after, before + 1);
+    // Nothing of the migration is left.
+    assert_eq!(slots(&src), "");
+    assert_eq!(sql(&src, "app", "SELECT count(*) FROM pg_publication"), "0");
+    assert_eq!(sql(&tgt, "app", "SELECT count(*) FROM pg_replication_origin"), "0");
+    let st = run(dir.path(), &["status", &plan, "--format", "json"]).json();
+    assert_eq!(st["phase"], "cut_over", "{st}");
+    assert!(st["cutover"]["write_gap_seconds"].as_f64().unwrap() < 10.0, "{st}");
+    eprintln!("write gap: {} s", st["cutover"]["write_gap_seconds"]);
+}
+
+#[test]
+fn verification_catches_a_corrupted_row_and_the_failed_cutover_leaves_the_source_writable() {
+    let (src, tgt) = pair(
+        "verify",
+        "CREATE TABLE items (id int PRIMARY KEY, name text);
+         INSERT INTO items SELECT g, 'n' || g FROM generate_series(1, 1000) g;",
+    );
+    let dir = TempDir::new("verify");
+    let plan = online_plan(&dir, "ver", &src, &tgt, "");
+    let mut child = start_apply(&dir, &plan, &[]);
+    wait_streaming(&dir, "ver", &mut child);
+    let out = run(dir.path(), &["verify", &plan]);
+    assert_eq!(out.code, 0, "{out:?}");
+    assert!(out.stdout.contains("Identical"), "{out:?}");
+
+    // Someone changes a row on the target behind pgtransit's back.
+    sql(&tgt, "app", "UPDATE items SET name = 'corrupted' WHERE id = 500");
+    let out = run(dir.path(), &["verify", &plan, "--format", "json"]);
+    let v = out.json();
+    assert_eq!(v["identical"], false, "{v}");
+    let out = run(dir.path(), &["cutover", &plan, "--auto-approve"]);
+    assert_eq!(out.code, 1, "{out:?}");
+    assert!(out.stderr.contains("public.items"), "{out:?}");
+    assert!(out.stderr.contains("fence was lifted"), "{out:?}");
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), Some(1), "{}", apply_output(&dir));
+    assert!(apply_output(&dir).contains("id 0..99999"), "{}", apply_output(&dir));
+    // The source takes writes again, from new sessions too.
+    sql(&src, "app", "INSERT INTO items VALUES (1001, 'after')");
+    assert_eq!(sql(&src, "app", "SHOW default_transaction_read_only"), "off");
+    let st = run(dir.path(), &["status", &plan, "--format", "json"]).json();
+    assert_eq!(st["cutover"]["status"], "failed", "{st}");
+    assert_eq!(st["cutover"]["fence_lifted"], true, "{st}");
+
+    // Fixed, the cutover runs again (no apply running: it resumes the stream itself).
+    sql(&tgt, "app", "UPDATE items SET name = 'n500' WHERE id = 500");
+    let out = run(dir.path(), &["cutover", &plan, "--auto-approve"]);
+    assert_eq!(out.code, 0, "{out:?}");
+    assert!(out.stdout.contains("Cutover complete"), "{out:?}");
+    assert_eq!(table_checksums(&src, "app"), table_checksums(&tgt, "app"));
+    assert_eq!(slots(&src), "");
 }

@@ -43,7 +43,9 @@ fn target_that_already_has_everything_exits_0_with_detailed_exitcode() {
         sql(c, "app", ddl);
     }
     let dir = TempDir::new("done");
-    let file = dir.write("p.yaml", &plan_yaml("done", &src.url("app"), &tgt.url("app"), ""));
+    // Offline: an online plan always has work (the slot, the stream, the cutover).
+    let extra = "mode: offline\n";
+    let file = dir.write("p.yaml", &plan_yaml("done", &src.url("app"), &tgt.url("app"), extra));
     let out = run(dir.path(), &["plan", file.to_str().unwrap(), "--detailed-exitcode"]);
     assert_eq!(out.code, 0, "{out:?}");
 }

@@ -5,9 +5,6 @@
 //! tables and rows stay (a later apply copies every table again).
 
 use std::io::{BufRead, IsTerminal, Write};
-use std::time::{Duration, Instant};
-
-use tokio_postgres::Client;
 
 use crate::apply::Servers;
 use crate::cli::{AbortArgs, Outcome, io_err};
@@ -118,7 +115,7 @@ pub async fn run(args: &AbortArgs, out: &mut dyn Write) -> miette::Result<Outcom
         for r in &removals {
             let client = if r.on_source { &source } else { &target };
             if r.sql.starts_with("SELECT pg_drop_replication_slot") {
-                release_slot(&source, &slot).await.map_err(|e| fail(&r.what, e))?;
+                crate::cutover::release_slot(&source, &slot).await.map_err(|e| fail(&r.what, e))?;
             }
             client.batch_execute(&r.sql).await.map_err(|e| fail(&r.what, e))?;
             crate::report::say(out, "removed", &r.what).map_err(io_err)?;
@@ -136,30 +133,6 @@ pub async fn run(args: &AbortArgs, out: &mut dyn Write) -> miette::Result<Outcom
     }
     crate::report::abort_done(out, !removals.is_empty()).map_err(io_err)?;
     Ok(Outcome::Done)
-}
-
-/// Waits (up to 10 s) for the slot to be released by the session that held it (an apply that
-/// was just stopped or killed); then ends that session.
-async fn release_slot(source: &Client, slot: &str) -> Result<(), tokio_postgres::Error> {
-    let started = Instant::now();
-    loop {
-        let pid: Option<i32> = source
-            .query_opt(
-                "SELECT active_pid FROM pg_replication_slots WHERE slot_name = $1 AND active",
-                &[&slot],
-            )
-            .await?
-            .map(|r| r.get(0));
-        let Some(pid) = pid else { return Ok(()) };
-        if started.elapsed() > Duration::from_secs(20) {
-            // Dropping it fails and says why.
-            return Ok(());
-        }
-        if started.elapsed() > Duration::from_secs(10) {
-            source.execute("SELECT pg_terminate_backend($1)", &[&pid]).await?;
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
 }
 
 fn confirmed(out: &mut dyn Write) -> miette::Result<bool> {

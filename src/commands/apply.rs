@@ -17,6 +17,16 @@ use crate::state::{State, StateDir};
 
 /// Runs `pgtransit apply`.
 pub async fn run(args: &ApplyArgs, out: &mut dyn Write) -> miette::Result<Outcome> {
+    run_with(args, out, false).await
+}
+
+/// Runs `pgtransit apply`; `cutover_now`: cut over as soon as ready (`pgtransit cutover` when
+/// no apply runs).
+pub async fn run_with(
+    args: &ApplyArgs,
+    out: &mut dyn Write,
+    cutover_now: bool,
+) -> miette::Result<Outcome> {
     let env = Env::from_process();
     let text = std::fs::read_to_string(&args.file)
         .into_diagnostic()
@@ -78,7 +88,7 @@ pub async fn run(args: &ApplyArgs, out: &mut dyn Write) -> miette::Result<Outcom
     };
     // A saved plan was computed earlier: check it still describes the servers. A fresh one was
     // computed a moment ago.
-    apply_plan(&loaded, &plan, &state_dir, &env, args, out, is_saved).await
+    apply_plan(&loaded, &plan, &state_dir, &env, args, out, is_saved, cutover_now).await
 }
 
 /// Takes the migration's lock (held until the returned guard drops).
@@ -118,7 +128,8 @@ fn run_id(plan: &Plan) -> String {
 }
 
 /// Applies `plan`: staleness check (for saved plans), state, steps. The caller holds the lock
-/// of `state_dir` (see [`lock`]).
+/// of `state_dir` (see [`lock`]). `cutover_now`: cut over as soon as ready.
+#[allow(clippy::too_many_arguments)]
 pub async fn apply_plan(
     loaded: &LoadedSpec,
     plan: &Plan,
@@ -127,6 +138,7 @@ pub async fn apply_plan(
     args: &ApplyArgs,
     out: &mut dyn Write,
     check_stale: bool,
+    cutover_now: bool,
 ) -> miette::Result<Outcome> {
     if !plan.is_applicable() {
         let n = crate::preflight::has_errors(&plan.checks);
@@ -210,18 +222,23 @@ pub async fn apply_plan(
         cancel: &cancel,
         events: &on_event,
         spec: &loaded.spec,
+        cutover_now,
     };
     let result = apply::run(plan, &ctx, &mut state).await;
     let guard = view.lock().map_err(|_| miette::miette!("the output lock was poisoned"))?;
     guard.0.summary(out).map_err(io_err)?;
     match result? {
-        apply::Finished::Complete => {
+        apply::Finished::Complete | apply::Finished::CutOver => {
             if check_stale {
                 state.completed.push(id);
             }
             state.applying = None;
             state_dir.save(&mut state)?;
-            report::apply_done(out, &guard.0, &state_dir.state_file()).map_err(io_err)?;
+            match state.cutover.as_ref().filter(|c| c.status == "done") {
+                Some(cut) => report::cutover_done(out, cut, &plan.target.endpoint),
+                None => report::apply_done(out, &guard.0, &state_dir.state_file()),
+            }
+            .map_err(io_err)?;
         }
         apply::Finished::StreamingStopped => {
             report::streaming_stopped(out, state.sync.as_ref(), &state_dir.state_file())

@@ -3,6 +3,8 @@
 
 pub mod abort;
 pub mod apply;
+pub mod cutover;
 pub mod demo;
 pub mod plan;
 pub mod status;
+pub mod verify;

@@ -1,0 +1,110 @@
+//! `pgtransit cutover FILE`: asks a running `apply` to cut over and waits for the result, or,
+//! with no apply running, resumes the stream itself and cuts over as soon as ready.
+
+use std::io::{BufRead, IsTerminal, Write};
+use std::time::Duration;
+
+use crate::cli::{ApplyArgs, CutoverArgs, Outcome, io_err};
+use crate::report;
+use crate::state::{StateDir, now_f64};
+
+/// Runs `pgtransit cutover`.
+pub async fn run(args: &CutoverArgs, out: &mut dyn Write) -> miette::Result<Outcome> {
+    let loaded = super::plan::load_spec_or_saved(&args.file)?;
+    if loaded.spec.mode != crate::spec::Mode::Online {
+        miette::bail!(
+            help = "an offline migration is complete when `pgtransit apply` ends",
+            "cutover is for online migrations (this migration plan says `mode: offline`)"
+        );
+    }
+    let dir = StateDir::new(loaded.state_dir());
+    if !args.auto_approve && !confirmed(out)? {
+        miette::bail!(help = "nothing was changed", "cutover cancelled");
+    }
+    let Some(holder) = dir.holder() else {
+        // No apply runs: this command applies (resuming the stream) and cuts over when ready.
+        report::say(out, "cutover", "no apply is running: resuming the stream to cut over")
+            .map_err(io_err)?;
+        let apply = ApplyArgs {
+            file: args.file.clone(),
+            auto_approve: true,
+            jobs: None,
+            connect: args.connect.clone(),
+        };
+        return super::apply::run_with(&apply, out, true).await;
+    };
+    let asked = now_f64();
+    let request = dir.path().join(crate::apply::CUTOVER_REQUEST);
+    std::fs::write(&request, format!("{asked}\n"))
+        .map_err(|e| miette::miette!("cannot write {}: {e}", request.display()))?;
+    report::say(
+        out,
+        "cutover",
+        &format!("asked the running apply ({holder}) to cut over once ready; waiting"),
+    )
+    .map_err(io_err)?;
+    loop {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let state = dir.load()?;
+        let cut = state
+            .as_ref()
+            .and_then(|s| s.cutover.clone())
+            .filter(|c| c.finished_at.is_some_and(|f| f >= asked));
+        match cut {
+            Some(c) if c.status == "done" => {
+                let target = crate::apply::Servers::new(
+                    &loaded,
+                    &crate::conn::Env::from_process(),
+                    args.connect.retry_for,
+                )
+                .map(|s| s.target.display())
+                .unwrap_or_default();
+                report::cutover_done(out, &c, &target).map_err(io_err)?;
+                return Ok(Outcome::Done);
+            }
+            Some(c) => {
+                miette::bail!(
+                    help = if c.fence_lifted {
+                        "the fence was lifted: the source takes writes again. Fix the cause and \
+                         run `pgtransit cutover` again"
+                    } else {
+                        "see `pgtransit status`; the source may still be fenced"
+                    },
+                    "the cutover failed: {}",
+                    c.error.unwrap_or_default()
+                );
+            }
+            None if dir.holder().is_none() => {
+                let _ = std::fs::remove_file(&request);
+                miette::bail!(
+                    help = "run `pgtransit status` to see where it stopped, then `pgtransit \
+                            cutover` again",
+                    "the apply stopped before it cut over"
+                );
+            }
+            None => {}
+        }
+    }
+}
+
+fn confirmed(out: &mut dyn Write) -> miette::Result<bool> {
+    if !std::io::stdin().is_terminal() {
+        miette::bail!(
+            help = "pass --auto-approve to cut over without confirmation",
+            "cannot ask for confirmation: standard input is not a terminal"
+        );
+    }
+    write!(
+        out,
+        "Cut over: writes on the source are stopped for every session but pgtransit's. Only \
+         'yes' is accepted: "
+    )
+    .map_err(io_err)?;
+    out.flush().map_err(io_err)?;
+    let mut answer = String::new();
+    std::io::stdin()
+        .lock()
+        .read_line(&mut answer)
+        .map_err(|e| miette::miette!("cannot read the answer: {e}"))?;
+    Ok(answer.trim() == "yes")
+}

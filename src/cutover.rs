@@ -1,0 +1,273 @@
+//! The cutover after the drain: sequences, refreshes, verification, clean-up, and the write gap.
+//! The fence and the drain happen in the stream (`sync`); a failure before verification passes
+//! lifts the fence, so the source takes writes again and `pgtransit cutover` can run again.
+
+use std::time::{Duration, Instant};
+
+use tokio_postgres::Client;
+
+use crate::apply::{ApplyError, Ctx, Event};
+use crate::plan::{Step, Work};
+use crate::sql::ident;
+use crate::state::{State, now_f64};
+use crate::sync::Fenced;
+
+/// Runs the cutover steps after the drain (`steps`: the cutover phase, fence and drain
+/// included, which are recorded done).
+pub async fn finish(
+    ctx: &Ctx<'_>,
+    steps: &[&Step],
+    fenced: Fenced,
+    state: &mut State,
+) -> Result<(), ApplyError> {
+    let result = finish_steps(ctx, steps, state).await;
+    let verified = state.cutover.as_ref().is_some_and(|c| c.status == "cleaning_up");
+    match result {
+        Ok(()) => {
+            let cut = state.cutover.get_or_insert_with(Default::default);
+            cut.status = "done".into();
+            cut.finished_at = Some(now_f64());
+            cut.write_gap_seconds = Some(fenced.at.elapsed().as_secs_f64());
+            ctx.state_dir.save(state)?;
+            // The session that put the fence up ends: `lock_tables` locks go, the read-only
+            // default stays.
+            drop(fenced);
+            Ok(())
+        }
+        Err(e) if !verified => {
+            let database = fenced.database.clone();
+            drop(fenced);
+            lift(ctx, &database, state, &e.to_string()).await;
+            Err(e)
+        }
+        Err(e) => {
+            // Verified: the target is the new primary; what failed is the clean-up, which
+            // `pgtransit abort` or another cutover finishes.
+            let cut = state.cutover.get_or_insert_with(Default::default);
+            cut.error = Some(e.to_string());
+            ctx.state_dir.save(state)?;
+            Err(e)
+        }
+    }
+}
+
+async fn finish_steps(ctx: &Ctx<'_>, steps: &[&Step], state: &mut State) -> Result<(), ApplyError> {
+    let set_status = |state: &mut State, status: &str| {
+        state.cutover.get_or_insert_with(Default::default).status = status.into();
+        ctx.state_dir.save(state)
+    };
+    set_status(state, "finishing")?;
+    for step in steps {
+        match &step.work {
+            Work::Fence { .. } | Work::Drain => {
+                state.start(&step.id);
+                state.finish(&step.id, None);
+            }
+            Work::Verify { tables } => {
+                set_status(state, "verifying")?;
+                (ctx.events)(Event::Started {
+                    id: step.id.clone(),
+                    object: step.object.clone(),
+                    action: step.action,
+                });
+                let started = Instant::now();
+                let checksums = ctx.spec.verify.checksums;
+                let (source, target) = connect_pinned(ctx).await?;
+                let checks = crate::verify::compare(&source, &target, tables, checksums)
+                    .await
+                    .map_err(|e| failed(step, &e))?;
+                let differ: Vec<String> = checks
+                    .iter()
+                    .filter(|c| !c.equal())
+                    .map(|c| {
+                        let mut s = format!(
+                            "{} ({} rows on the source, {} on the target{})",
+                            c.table,
+                            c.source_rows,
+                            c.target_rows,
+                            if c.checksums_equal { "" } else { ", checksums differ" }
+                        );
+                        if !c.differing_ranges.is_empty() {
+                            s.push_str(&format!("; at {}", c.differing_ranges.join(", ")));
+                        }
+                        s
+                    })
+                    .collect();
+                state.cutover.get_or_insert_with(Default::default).verified = checks;
+                if !differ.is_empty() {
+                    return Err(ApplyError::VerifyFailed(differ.join("; ")));
+                }
+                state.start(&step.id);
+                state.finish(&step.id, None);
+                set_status(state, "cleaning_up")?;
+                done(ctx, step, started);
+            }
+            Work::Cleanup { slot, publication, origin } => {
+                let started = Instant::now();
+                let source = crate::conn::connect_with(
+                    &ctx.servers.source,
+                    "pgtransit/cutover",
+                    &ctx.servers.policy,
+                )
+                .await?;
+                let target = crate::conn::connect_with(
+                    &ctx.servers.target,
+                    "pgtransit/cutover",
+                    &ctx.servers.policy,
+                )
+                .await?;
+                cleanup(&source, &target, slot, publication, origin)
+                    .await
+                    .map_err(|e| failed(step, &e))?;
+                state.start(&step.id);
+                state.finish(&step.id, None);
+                done(ctx, step, started);
+            }
+            _ => crate::apply::run_steps(&[step], ctx, state).await?,
+        }
+    }
+    Ok(())
+}
+
+fn done(ctx: &Ctx<'_>, step: &Step, started: Instant) {
+    (ctx.events)(Event::Done {
+        id: step.id.clone(),
+        object: step.object.clone(),
+        rows: None,
+        bytes: None,
+        elapsed: started.elapsed(),
+    });
+}
+
+fn failed(step: &Step, e: &tokio_postgres::Error) -> ApplyError {
+    ApplyError::StepFailed {
+        id: step.id.clone(),
+        object: step.object.clone(),
+        message: crate::apply::db_message(e),
+    }
+}
+
+async fn connect_pinned(ctx: &Ctx<'_>) -> Result<(Client, Client), ApplyError> {
+    let servers = ctx.servers;
+    let source =
+        crate::conn::connect_with(&servers.source, "pgtransit/verify", &servers.policy).await?;
+    let target =
+        crate::conn::connect_with(&servers.target, "pgtransit/verify", &servers.policy).await?;
+    for c in [&source, &target] {
+        crate::verify::pin(c).await.map_err(|e| ApplyError::StepFailed {
+            id: "cutover:verify".into(),
+            object: "verification".into(),
+            message: crate::apply::db_message(&e),
+        })?;
+    }
+    Ok((source, target))
+}
+
+/// Lifts the fence after a failure: the source takes writes again. Best effort: what could not
+/// be done is recorded (and said) for the operator.
+pub async fn lift(ctx: &Ctx<'_>, database: &str, state: &mut State, why: &str) {
+    let sql = format!("ALTER DATABASE {} RESET default_transaction_read_only", ident(database));
+    let lifted = match crate::conn::connect_with(
+        &ctx.servers.source,
+        "pgtransit/cutover",
+        &ctx.servers.policy,
+    )
+    .await
+    {
+        // (Two statements: one implicit transaction would start read-only.)
+        Ok(c) => match c.batch_execute("SET default_transaction_read_only = off").await {
+            Ok(()) => c.batch_execute(&sql).await.map_err(|e| crate::apply::db_message(&e)),
+            Err(e) => Err(crate::apply::db_message(&e)),
+        },
+        Err(e) => Err(e.to_string()),
+    };
+    if let Err(e) = &lifted {
+        tracing::error!("the fence could not be lifted ({e}): run `{sql};` on the source");
+    }
+    let cut = state.cutover.get_or_insert_with(Default::default);
+    cut.status = "failed".into();
+    cut.error = Some(why.to_string());
+    cut.fence_lifted = lifted.is_ok();
+    cut.finished_at = Some(now_f64());
+    let _ = ctx.state_dir.save(state);
+}
+
+/// Drops the slot (once released), the publication and the origin (once released), whichever
+/// exist. Returns what it dropped.
+pub async fn cleanup(
+    source: &Client,
+    target: &Client,
+    slot: &str,
+    publication: &str,
+    origin: &str,
+) -> Result<Vec<String>, tokio_postgres::Error> {
+    let mut dropped = vec![];
+    // A session opened after the fence is read-only by default; pgtransit's own may write.
+    source.batch_execute("SET default_transaction_read_only = off").await?;
+    release_slot(source, slot).await?;
+    let n = source
+        .execute(
+            "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots \
+             WHERE slot_name = $1",
+            &[&slot],
+        )
+        .await?;
+    if n > 0 {
+        dropped.push(format!("replication slot {slot} (source)"));
+    }
+    let exists = source
+        .query_opt("SELECT 1 FROM pg_publication WHERE pubname = $1", &[&publication])
+        .await?
+        .is_some();
+    if exists {
+        source.batch_execute(&format!("DROP PUBLICATION {}", ident(publication))).await?;
+        dropped.push(format!("publication {publication} (source)"));
+    }
+    // The stream's target session may take a moment to end and release the origin.
+    let started = Instant::now();
+    loop {
+        let r = target
+            .execute(
+                "SELECT pg_replication_origin_drop(roname) FROM pg_replication_origin \
+                 WHERE roname = $1",
+                &[&origin],
+            )
+            .await;
+        match r {
+            Ok(0) => break,
+            Ok(_) => {
+                dropped.push(format!("replication origin {origin} (target)"));
+                break;
+            }
+            Err(e) if started.elapsed() < Duration::from_secs(10) && e.code().is_some() => {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(dropped)
+}
+
+/// Waits (up to 10 s) for the slot to be released by the session that held it (an apply that
+/// was just stopped or killed); then ends that session.
+pub async fn release_slot(source: &Client, slot: &str) -> Result<(), tokio_postgres::Error> {
+    let started = Instant::now();
+    loop {
+        let pid: Option<i32> = source
+            .query_opt(
+                "SELECT active_pid FROM pg_replication_slots WHERE slot_name = $1 AND active",
+                &[&slot],
+            )
+            .await?
+            .map(|r| r.get(0));
+        let Some(pid) = pid else { return Ok(()) };
+        if started.elapsed() > Duration::from_secs(20) {
+            // Dropping it fails and says why.
+            return Ok(());
+        }
+        if started.elapsed() > Duration::from_secs(10) {
+            source.execute("SELECT pg_terminate_backend($1)", &[&pid]).await?;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}

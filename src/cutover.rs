@@ -240,7 +240,7 @@ pub async fn cleanup(
                 break;
             }
             Err(e) if started.elapsed() < Duration::from_secs(10) && e.code().is_some() => {
-                tokio::time::sleep(Duration::from_millis(200)).await;
+                tokio::time::sleep(Duration::from_millis(20)).await;
             }
             Err(e) => return Err(e),
         }
@@ -268,6 +268,6 @@ pub async fn release_slot(source: &Client, slot: &str) -> Result<(), tokio_postg
         if started.elapsed() > Duration::from_secs(10) {
             source.execute("SELECT pg_terminate_backend($1)", &[&pid]).await?;
         }
-        tokio::time::sleep(Duration::from_millis(200)).await;
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }

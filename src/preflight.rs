@@ -133,6 +133,9 @@ pub fn run(spec: &Spec, source: Option<&Catalog>, target: Option<&Catalog>) -> V
     if let Some(tgt) = target {
         check_database_name(&mut f, Side::Target, tgt);
         check_target_settings(&mut f, tgt);
+        if spec.mode == Mode::Online {
+            check_target_apply_role(&mut f, tgt);
+        }
     }
     if let (Some(src), Some(tgt)) = (source, target) {
         check_versions(&mut f, src, tgt);
@@ -637,6 +640,45 @@ fn check_target_settings(f: &mut Findings, tgt: &Catalog) {
     }
 }
 
+/// Online mode: the stream's target session sets `session_replication_role` (so target triggers
+/// and foreign keys do not fire for replicated rows) and uses a replication origin: superuser
+/// things, which PostgreSQL 15 lets a superuser grant.
+fn check_target_apply_role(f: &mut Findings, tgt: &Catalog) {
+    if tgt.server.is_superuser {
+        return;
+    }
+    let user = ident(&tgt.server.current_user);
+    let grantable = tgt.server.version_num >= 150000;
+    f.add(
+        "target_apply_privileges",
+        if grantable { Severity::Warning } else { Severity::Error },
+        "target",
+        format!(
+            "the target role {} is not a superuser: change streaming sets \
+             session_replication_role = replica and records its position with a replication \
+             origin{}",
+            display(&tgt.server.current_user),
+            if grantable {
+                ", which need the grants below"
+            } else {
+                ", which only a superuser may do before PostgreSQL 15"
+            }
+        ),
+        Some(if grantable {
+            format!(
+                "GRANT SET ON PARAMETER session_replication_role TO {user}; GRANT EXECUTE ON \
+                 FUNCTION pg_replication_origin_create(text), pg_replication_origin_drop(text), \
+                 pg_replication_origin_session_setup(text), \
+                 pg_replication_origin_xact_setup(pg_lsn, timestamptz), \
+                 pg_replication_origin_progress(text, boolean) TO {user}; (or migrate as the \
+                 provider's admin role: rds_superuser, azure_pg_admin, cloudsqlsuperuser)"
+            )
+        } else {
+            "connect to the target as a superuser (or the provider's admin role)".to_string()
+        }),
+    );
+}
+
 fn check_extensions(f: &mut Findings, scope: &Scope, src: &Catalog, tgt: &Catalog) {
     for ext in &src.extensions {
         if ext.name == "plpgsql"
@@ -1007,6 +1049,24 @@ mod tests {
 
     fn codes(checks: &[Check]) -> Vec<(&str, Severity)> {
         checks.iter().map(|c| (c.code.as_str(), c.severity)).collect()
+    }
+
+    #[test]
+    fn online_needs_a_target_role_that_may_apply_as_a_replica() {
+        let mut tgt = catalog(150018);
+        tgt.server.is_superuser = false;
+        tgt.server.current_user = "mig".into();
+        let checks = run(&spec(""), Some(&catalog(150018)), Some(&tgt));
+        let c = checks.iter().find(|c| c.code == "target_apply_privileges").unwrap();
+        assert_eq!(c.severity, Severity::Warning);
+        assert!(
+            c.fix.as_deref().unwrap().contains("GRANT SET ON PARAMETER session_replication_role")
+        );
+        let old = Catalog { server: Server { version_num: 140010, ..tgt.server.clone() }, ..tgt };
+        let checks = run(&spec(""), Some(&catalog(140010)), Some(&old));
+        assert!(codes(&checks).contains(&("target_apply_privileges", Severity::Error)));
+        let checks = run(&spec("mode: offline"), Some(&catalog(140010)), Some(&old));
+        assert!(!codes(&checks).iter().any(|(c, _)| *c == "target_apply_privileges"));
     }
 
     #[test]

@@ -331,6 +331,8 @@ pub struct ApplyView {
     stream_bar: Option<indicatif::ProgressBar>,
     stream_line: Option<std::time::Instant>,
     was_ready: bool,
+    /// When change streaming began: the copies' wall clock ends there.
+    sync_started: Option<std::time::Instant>,
 }
 
 /// One line about change streaming: lag, counts, readiness.
@@ -367,6 +369,7 @@ impl ApplyView {
             stream_bar: None,
             stream_line: None,
             was_ready: false,
+            sync_started: None,
         }
     }
 
@@ -388,7 +391,12 @@ impl ApplyView {
     pub fn event(&mut self, out: &mut dyn Write, e: &crate::apply::Event) -> io::Result<()> {
         use crate::apply::Event;
         match e {
-            Event::Phase(p) => self.line(out, &paint(BOLD, p.title())),
+            Event::Phase(p) => {
+                if *p == crate::plan::Phase::Sync {
+                    self.sync_started.get_or_insert_with(std::time::Instant::now);
+                }
+                self.line(out, &paint(BOLD, p.title()))
+            }
             Event::Started { .. } => Ok(()),
             Event::Copying { id, object, bytes, rows, estimate } => {
                 self.copying(id, object, *bytes, *rows, *estimate);
@@ -536,7 +544,11 @@ impl ApplyView {
         }
         let rows: u64 = copies.iter().map(|c| c.rows).sum();
         let bytes: u64 = copies.iter().map(|c| c.bytes).sum();
-        let wall = self.started.elapsed().as_secs_f64();
+        let wall = self
+            .sync_started
+            .map(|t| t.duration_since(self.started))
+            .unwrap_or_else(|| self.started.elapsed())
+            .as_secs_f64();
         writeln!(
             out,
             "  {:<40} {:>12} {:>10} {:>8.2} {:>10.1}",

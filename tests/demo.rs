@@ -23,8 +23,9 @@ fn demo_starts_two_servers_writes_a_plan_and_passes_preflight() {
     assert!(out.stdout.contains("reached the target in"), "{out:?}");
     assert!(out.stdout.contains("rows identical on both sides in 5 of 5 tables"), "{out:?}");
     assert!(out.stdout.contains("Migration shop - streaming"), "{out:?}");
-    assert!(out.stdout.contains("Streaming stopped"), "{out:?}");
-    assert!(out.stdout.contains("removed replication slot pgtransit_shop"), "{out:?}");
+    assert!(out.stdout.contains("Cutover complete: the write gap was"), "{out:?}");
+    assert!(out.stdout.contains("Verified: 5 tables"), "{out:?}");
+    assert!(out.stdout.contains("cut over: the source is read-only"), "{out:?}");
     // Without a terminal, load progress goes to the log (stderr) as lines, not bars.
     assert!(out.stderr.contains("copying"), "{out:?}");
     assert!(!out.stderr.contains('\u{1b}'), "no colour codes in piped logs: {out:?}");

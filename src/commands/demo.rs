@@ -70,7 +70,7 @@ pub async fn run(args: &DemoArgs, out: &mut dyn Write) -> miette::Result<Outcome
     };
 
     // Online: `pgtransit apply` runs as its own process (as an operator would run it), while
-    // the demo writes to the source and watches the lag; SIGTERM stops the stream.
+    // the demo writes to the source and watches the lag; `pgtransit cutover` ends it.
     report::say(
         out,
         "demo",
@@ -211,27 +211,39 @@ pub async fn run(args: &DemoArgs, out: &mut dyn Write) -> miette::Result<Outcome
     );
     report::status(out, &st, Format::Text).map_err(io_err)?;
 
-    report::say(out, "demo", "stopping the stream (SIGTERM): the next apply would resume it")
-        .map_err(io_err)?;
-    if let Some(pid) = apply.id() {
-        let _ = std::process::Command::new("kill").args(["-TERM", &pid.to_string()]).status();
-    }
-    let _ = apply.wait().await;
+    // The fence ends every session but pgtransit's: the demo's own end here first.
+    drop((probe, check));
     report::say(
         out,
         "demo",
         &format!(
-            "pgtransit abort {} --auto-approve   (cutover comes next; this demo cleans up)",
+            "pgtransit cutover {} --auto-approve   (fence the source, drain, sequences, verify, \
+             clean up)",
             plan_path.display()
         ),
     )
     .map_err(io_err)?;
-    let abort = std::process::Command::new(&exe)
-        .args(["abort", &plan_path.to_string_lossy(), "--auto-approve"])
+    out.flush().map_err(io_err)?;
+    let cutover = tokio::process::Command::new(&exe)
+        .args(["cutover", &plan_path.to_string_lossy(), "--auto-approve"])
         .status()
+        .await
         .into_diagnostic()?;
-    let result =
-        if same == tables.len() && abort.success() { Outcome::Done } else { Outcome::Failed };
+    let applied = apply.wait().await.into_diagnostic()?;
+    let ended = state_dir.load()?.and_then(|s| s.cutover).filter(|c| c.status == "done");
+    if let Some(c) = &ended {
+        report::say(
+            out,
+            "demo",
+            &format!(
+                "cut over: the source is read-only, the target has every row; write gap {:.2} s",
+                c.write_gap_seconds.unwrap_or_default()
+            ),
+        )
+        .map_err(io_err)?;
+    }
+    let ok = same == tables.len() && cutover.success() && applied.success() && ended.is_some();
+    let result = if ok { Outcome::Done } else { Outcome::Failed };
 
     if args.keep {
         report::say(out, "demo", "--keep: the servers keep running; stop them with:")

@@ -139,6 +139,18 @@ pub enum ApplyError {
         )
     )]
     VerifyFailed(String),
+    /// A server went away during the stream (network, restart) and did not come back within
+    /// `--retry-for`.
+    #[error("lost the connection to a server while streaming: {0}")]
+    #[diagnostic(
+        code(pgtransit::connection_lost),
+        help(
+            "nothing is lost: the target holds the position it applied, and the slot keeps every \
+             later change. Once the server answers again, run `pgtransit apply` to resume (apply \
+             itself retries for --retry-for)"
+        )
+    )]
+    ConnectionLost(String),
     /// Could not connect.
     #[error(transparent)]
     #[diagnostic(transparent)]
@@ -147,6 +159,17 @@ pub enum ApplyError {
     #[error(transparent)]
     #[diagnostic(transparent)]
     State(#[from] crate::state::StateError),
+}
+
+impl ApplyError {
+    /// A server went away (or could not be reached): trying again may work.
+    pub fn is_connection_loss(&self) -> bool {
+        match self {
+            ApplyError::ConnectionLost(_) => true,
+            ApplyError::Connect(e) => e.is_transient(),
+            _ => false,
+        }
+    }
 }
 
 /// A flag set by Ctrl-C / SIGTERM.
@@ -198,6 +221,22 @@ pub struct Servers {
     pub target: Resolved,
     /// Retry policy for every connection.
     pub policy: RetryPolicy,
+}
+
+/// A target session for apply's work. Its commits are durable before they return
+/// (`synchronous_commit = on`, whatever the server's default): the state records a step done,
+/// and the stream acknowledges the source, only after such a commit, so a target crash right
+/// after cannot take back what the state or the slot were told.
+pub async fn connect_target(servers: &Servers, app: &str) -> Result<Client, ApplyError> {
+    let client = conn::connect_with(&servers.target, app, &servers.policy).await?;
+    client.batch_execute("SET synchronous_commit = on").await.map_err(|e| {
+        ApplyError::StepFailed {
+            id: "connect".into(),
+            object: "target session".into(),
+            message: db_message(&e),
+        }
+    })?;
+    Ok(client)
 }
 
 impl Servers {
@@ -324,6 +363,7 @@ pub async fn run(plan: &Plan, ctx: &Ctx<'_>, state: &mut State) -> Result<Finish
         plan.steps.iter().map(|s| &s.work).find(|w| matches!(w, Work::Stream { .. }))
     {
         let sync = state.sync.get_or_insert_with(Default::default);
+        sync.streaming = false;
         sync.slot = slot.clone();
         sync.publication = publication.clone();
         sync.origin = origin.clone();
@@ -398,19 +438,49 @@ fn sync_and_cutover(
     let fence = cutover_steps.iter().find(|s| matches!(s.work, Work::Fence { .. }));
     let cutover = fence.map(|f| crate::sync::Cutover { trigger, fence: f });
     let work = async {
-        let stopped = crate::sync::stream(
-            ctx,
-            slot,
-            publication,
-            origin,
-            tables,
-            max_lag,
-            DRIFT_CHECK,
-            &scope,
-            cutover.as_ref(),
-            state,
-        )
-        .await;
+        // A server that goes away (network, restart) is waited for, with backoff, for
+        // --retry-for from the first failure; the stream then resumes from the target's
+        // recorded position.
+        let window = ctx.servers.policy.max_elapsed;
+        let mut lost_since: Option<Instant> = None;
+        let mut backoff = Duration::from_millis(500);
+        let stopped = loop {
+            let attempt = Instant::now();
+            let stopped = crate::sync::stream(
+                ctx,
+                slot,
+                publication,
+                origin,
+                tables,
+                max_lag,
+                DRIFT_CHECK,
+                &scope,
+                cutover.as_ref(),
+                state,
+            )
+            .await;
+            let fencing = state
+                .cutover
+                .as_ref()
+                .is_some_and(|c| matches!(c.status.as_str(), "fencing" | "draining"));
+            match &stopped {
+                Err(e) if e.is_connection_loss() && !fencing && !ctx.cancel.requested() => {
+                    if attempt.elapsed() > window {
+                        // It streamed a good while: a new loss has a new window.
+                        lost_since = None;
+                        backoff = Duration::from_millis(500);
+                    }
+                    let since = *lost_since.get_or_insert_with(Instant::now);
+                    if since.elapsed() >= window {
+                        break stopped;
+                    }
+                    tracing::warn!("{e}; reconnecting in {:.1} s", backoff.as_secs_f64());
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                }
+                _ => break stopped,
+            }
+        };
         match stopped {
             Ok(crate::sync::Stopped::OnRequest) => Ok(Finished::StreamingStopped),
             Ok(crate::sync::Stopped::Drained(fenced)) => {
@@ -482,7 +552,7 @@ async fn run_phase(
             } else {
                 "pgtransit/apply".into()
             };
-            let target = conn::connect_with(&servers.target, &app, &servers.policy).await?;
+            let target = connect_target(servers, &app).await?;
             let source = conn::connect_with(&servers.source, &app, &servers.policy).await?;
             Ok((source, target))
         },
@@ -821,7 +891,7 @@ async fn load(steps: &[&Step], ctx: &Ctx<'_>, state: &mut State) -> Result<(), A
         async |n| {
             let app = format!("pgtransit/load-{}", n + 1);
             let src = conn::connect_with(&servers.source, &app, &servers.policy).await?;
-            let tgt = conn::connect_with(&servers.target, &app, &servers.policy).await?;
+            let tgt = connect_target(servers, &app).await?;
             src.batch_execute(&format!(
                 "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY; SET TRANSACTION SNAPSHOT {}",
                 literal(snapshot)

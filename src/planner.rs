@@ -1110,7 +1110,8 @@ fn sync_steps(migration: &str, tables: Vec<StreamTable>) -> Vec<Step> {
                  START_REPLICATION SLOT {} LOGICAL <pg_replication_origin_progress({o}, true)> \
                  (proto_version '1', publication_names '{}', messages 'true');\n\
                  -- on the target, once per session:\n\
-                 SET session_replication_role = replica; SET enable_seqscan = off; {pinned}\n\
+                 SET synchronous_commit = on; SET session_replication_role = replica; \
+                 SET enable_seqscan = off; {pinned}\n\
                  SELECT pg_replication_origin_session_setup({o});\n\
                  -- then for each batch of source transactions, in commit order:\n\
                  BEGIN;\n\

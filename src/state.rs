@@ -90,6 +90,10 @@ pub struct SyncState {
     /// Whether changes are being applied now (by the process holding the lock).
     #[serde(default)]
     pub streaming: bool,
+    /// The process that streams (or last streamed): `streaming` holds only while that process
+    /// holds the lock (a killed one leaves `streaming: true` behind).
+    #[serde(default)]
+    pub pid: Option<u32>,
     /// The source position applied on the target (committed with the changes).
     #[serde(default)]
     pub applied_lsn: Option<String>,

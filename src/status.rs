@@ -110,7 +110,11 @@ pub fn compute(
         return st;
     };
     // Streaming now: the apply holding the lock says so, and said it lately.
-    let streaming = sync.streaming && running.is_some() && now - sync.reported_at < 10.0;
+    let reporter_runs = match (&running, sync.pid) {
+        (Some(holder), Some(pid)) => holder.starts_with(&format!("pid {pid} ")),
+        _ => false,
+    };
+    let streaming = sync.streaming && reporter_runs && now - sync.reported_at < 10.0;
     st.max_lag_seconds = Some(sync.max_lag_seconds);
     st.applied = sync.applied;
     st.applied_lsn = sync.applied_lsn.clone();
@@ -248,6 +252,7 @@ mod tests {
                 parts: vec![],
             }],
             streaming: true,
+            pid: Some(1),
             lag_seconds: Some(0.4),
             lag_bytes: Some(100),
             max_lag_seconds: 5.0,
@@ -274,11 +279,11 @@ mod tests {
 
     #[test]
     fn ready_for_cutover_once_every_table_streams_under_the_lag_threshold() {
-        let s = compute("m", Some(&state(true)), Some("pid 1".into()), &live(), 1001.0);
+        let s = compute("m", Some(&state(true)), Some("pid 1 on h".into()), &live(), 1001.0);
         assert_eq!(s.phase, "streaming");
         assert_eq!(s.tables[0].state, "streaming");
         assert!(s.ready_for_cutover);
-        let copying = compute("m", Some(&state(false)), Some("pid 1".into()), &live(), 1001.0);
+        let copying = compute("m", Some(&state(false)), Some("pid 1 on h".into()), &live(), 1001.0);
         assert_eq!(copying.tables[0].state, "copying");
         assert!(!copying.ready_for_cutover);
     }
@@ -295,7 +300,15 @@ mod tests {
         assert_eq!(s.lag_bytes, Some(5000 - 0x1000));
         // A stale report from a process that holds the lock but stopped reporting is not
         // streaming either.
-        let s = compute("m", Some(&state(true)), Some("pid 1".into()), &live(), 2000.0);
+        let s = compute("m", Some(&state(true)), Some("pid 1 on h".into()), &live(), 2000.0);
+        assert_eq!(s.phase, "applying");
+        assert!(!s.ready_for_cutover);
+    }
+
+    #[test]
+    fn a_killed_streamers_state_does_not_make_the_next_apply_look_streaming() {
+        // pid 1 streamed and was killed; pid 2 holds the lock now and is still planning.
+        let s = compute("m", Some(&state(true)), Some("pid 2 on h".into()), &live(), 1001.0);
         assert_eq!(s.phase, "applying");
         assert!(!s.ready_for_cutover);
     }

@@ -340,7 +340,24 @@ fn drift_error(what: String) -> ApplyError {
 }
 
 fn pg(e: tokio_postgres::Error) -> ApplyError {
-    sync_error(crate::apply::db_message(&e))
+    if lost(&e) {
+        ApplyError::ConnectionLost(crate::apply::db_message(&e))
+    } else {
+        sync_error(crate::apply::db_message(&e))
+    }
+}
+
+/// Whether an error means the connection went away (closed, network, server shutting down or
+/// starting up) rather than a problem with what was sent.
+fn lost(e: &tokio_postgres::Error) -> bool {
+    match e.code() {
+        None => true,
+        Some(c) => {
+            let c = c.code();
+            // 55006: an origin or slot still held by the session of a stream that just ended.
+            c.starts_with("08") || matches!(c, "57P01" | "57P02" | "57P03" | "53300" | "55006")
+        }
+    }
 }
 
 /// What the heartbeat task shares with the applier.
@@ -352,8 +369,8 @@ struct Live {
     source_lsn: u64,
     /// A schema change found on the source.
     drift: Option<String>,
-    /// The heartbeat connection failed (transient: the applier reconnects).
-    failed: Option<String>,
+    /// The heartbeat connection failed: why, and whether the connection went away.
+    failed: Option<(String, bool)>,
 }
 
 /// Everything the applier keeps between batches.
@@ -366,6 +383,8 @@ struct Applier<'a> {
     open: bool,
     /// A source transaction is being received: (xid).
     in_source_tx: Option<u32>,
+    /// The transaction being received was applied before: its changes are skipped.
+    replayed: bool,
     batch_started: Instant,
     batch_changes: usize,
     /// The last commit received, not yet committed on the target: (end, time).
@@ -520,6 +539,9 @@ impl<'a> Applier<'a> {
 
     /// Whether the change to `rel` is already in the table's copy.
     fn skipped(&self, rel: u32) -> bool {
+        if self.replayed {
+            return true;
+        }
         match (self.in_source_tx, self.tables.get(&rel).and_then(|t| t.skip.as_ref())) {
             (Some(xid), Some(snapshot)) => snapshot.sees(xid),
             _ => false,
@@ -670,12 +692,12 @@ pub async fn stream(
     }
     let mut sync = state.sync.clone().unwrap_or_default();
     sync.streaming = true;
+    sync.pid = Some(std::process::id());
     sync.error = None;
     sync.max_lag_seconds = max_lag.as_secs_f64();
 
     // Target: one session, its origin set up; the position it has applied.
-    let target =
-        crate::conn::connect_with(&servers.target, "pgtransit/sync", &servers.policy).await?;
+    let target = crate::apply::connect_target(servers, "pgtransit/sync").await?;
     let pinned = crate::conn::PINNED_SETTINGS
         .iter()
         .map(|(k, v)| format!("SET {k} = {};", literal(v)))
@@ -733,7 +755,16 @@ pub async fn stream(
         application_name: "pgtransit/sync",
     })
     .await
-    .map_err(|e| sync_error(format!("cannot start streaming from slot {slot}: {e}")))?;
+    .map_err(|e| {
+        let message = format!("cannot start streaming from slot {slot}: {e}");
+        // A slot still held by the session of a stream that just ended (killed, or lost)
+        // is released in a moment: worth another try.
+        if e.transient || e.message.contains("is active for PID") {
+            ApplyError::ConnectionLost(message)
+        } else {
+            sync_error(message)
+        }
+    })?;
     tracing::info!(slot, from = %crate::stream::lsn_text(start), "streaming changes");
 
     let target = Arc::new(target);
@@ -744,6 +775,7 @@ pub async fn stream(
         pipe: Pipeline { client: target.clone(), inflight: FuturesOrdered::new(), missing: 0 },
         open: false,
         in_source_tx: None,
+        replayed: false,
         batch_started: Instant::now(),
         batch_changes: 0,
         last_commit: None,
@@ -816,7 +848,8 @@ async fn watch(
                 l.source_lsn = l.source_lsn.max(pos(&at)).max(pos(&current));
             }
             Err(e) => {
-                live.lock().expect("live lock").failed = Some(crate::apply::db_message(&e));
+                live.lock().expect("live lock").failed =
+                    Some((crate::apply::db_message(&e), lost(&e)));
                 return;
             }
         }
@@ -840,7 +873,7 @@ async fn watch(
                 }
                 Ok(_) => {}
                 Err(e) => {
-                    live.lock().expect("live lock").failed = Some(e);
+                    live.lock().expect("live lock").failed = Some((e, false));
                     return;
                 }
             }
@@ -965,15 +998,26 @@ async fn run_stream(
                     a.commit_batch(stream).await.map_err(pg)?;
                 }
             }
+            Some(Err(e)) if e.transient => {
+                return Err(ApplyError::ConnectionLost(format!("the replication stream: {e}")));
+            }
             Some(Err(e)) => {
                 return Err(sync_error(format!("the replication stream ended: {e}")));
             }
-            Some(Ok(None)) => return Err(sync_error("the source ended the replication stream")),
+            Some(Ok(None)) => {
+                return Err(ApplyError::ConnectionLost(
+                    "the source ended the replication stream".into(),
+                ));
+            }
             Some(Ok(Some(change))) => {
                 last_event = Instant::now();
                 match change {
                     Change::Begin { xid, final_lsn, .. } => {
-                        if final_lsn < a.applied_lsn {
+                        // A transaction whose commit lies before what the target has applied
+                        // was applied already (a resumed stream may send it again): all of it
+                        // is skipped.
+                        a.replayed = final_lsn < a.applied_lsn;
+                        if a.replayed {
                             tracing::debug!(xid, "transaction already applied");
                         }
                         a.in_source_tx = Some(xid);
@@ -1043,10 +1087,13 @@ async fn run_stream(
                 }
                 return Err(drift_error(format!("since streaming began on the source: {what}")));
             }
-            if let Some(e) = failed {
-                return Err(sync_error(format!(
-                    "the heartbeat connection to the source failed: {e}"
-                )));
+            if let Some((e, gone)) = failed {
+                let message = format!("the heartbeat connection to the source: {e}");
+                return Err(if gone {
+                    ApplyError::ConnectionLost(message)
+                } else {
+                    sync_error(message)
+                });
             }
             let lag = report(a, live, state);
             a.ctx.state_dir.save(state)?;

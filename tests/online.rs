@@ -603,3 +603,48 @@ fn verification_catches_a_corrupted_row_and_the_failed_cutover_leaves_the_source
     assert_eq!(table_checksums(&src, "app"), table_checksums(&tgt, "app"));
     assert_eq!(slots(&src), "");
 }
+
+#[test]
+fn a_crash_of_either_server_during_sync_is_waited_for_and_nothing_is_lost_or_doubled() {
+    let (mut src, mut tgt) = pair(
+        "online-crash",
+        "CREATE TABLE ticks (i int, at timestamptz);
+         CREATE TABLE counter (id int PRIMARY KEY, n bigint);
+         INSERT INTO counter VALUES (1, 0);",
+    );
+    let dir = TempDir::new("online-crash");
+    let plan = online_plan(
+        &dir,
+        "crash",
+        &src,
+        &tgt,
+        "sync:\n  tables_without_key: replica_identity_full\n",
+    );
+    let mut child = start_apply(&dir, &plan, &[]);
+    wait_streaming(&dir, "crash", &mut child);
+
+    // The target crashes (immediate stop) while the writer runs, and comes back.
+    let w = writer(&src, 1500);
+    wait_for(Duration::from_secs(30), "some ticks on the target", || {
+        sql(&tgt, "app", "SELECT count(*) FROM ticks").parse::<i64>().unwrap() > 100
+    });
+    tgt.crash().unwrap();
+    std::thread::sleep(Duration::from_secs(1));
+    tgt.start_again().unwrap();
+    w.join().unwrap();
+    wait_identical(&src, &tgt, &dir);
+    assert!(child.try_wait().unwrap().is_none(), "apply gave up:\n{}", apply_output(&dir));
+
+    // The source crashes and comes back; writes after it stream too.
+    src.crash().unwrap();
+    std::thread::sleep(Duration::from_secs(1));
+    src.start_again().unwrap();
+    writer(&src, 500).join().unwrap();
+    wait_identical(&src, &tgt, &dir);
+    assert_eq!(sql(&tgt, "app", "SELECT n FROM counter"), "2000");
+    assert_eq!(sql(&tgt, "app", "SELECT count(*), count(DISTINCT i) FROM ticks"), "2000|1500");
+    assert!(apply_output(&dir).contains("reconnecting"), "{}", apply_output(&dir));
+    assert_eq!(stop(&mut child), 0, "{}", apply_output(&dir));
+    run(dir.path(), &["abort", &plan, "--auto-approve"]);
+    assert_eq!(slots(&src), "");
+}

@@ -438,6 +438,17 @@ fn sync_and_cutover(
     let fence = cutover_steps.iter().find(|s| matches!(s.work, Work::Fence { .. }));
     let cutover = fence.map(|f| crate::sync::Cutover { trigger, fence: f });
     let work = async {
+        // A cutover interrupted before verification passed (kill -9, a crash) may have left
+        // the source fenced: lift it before anything else.
+        let interrupted = state.cutover.as_ref().is_some_and(|c| {
+            matches!(c.status.as_str(), "fencing" | "draining" | "finishing" | "verifying")
+        });
+        if interrupted && let Some(Work::Fence { database, .. }) = fence.map(|f| &f.work) {
+            tracing::warn!(
+                "an earlier cutover was interrupted before verification: lifting its fence"
+            );
+            crate::cutover::lift(ctx, database, state, "interrupted before verification").await;
+        }
         // A server that goes away (network, restart) is waited for, with backoff, for
         // --retry-for from the first failure; the stream then resumes from the target's
         // recorded position.
@@ -801,10 +812,21 @@ async fn set_sequence(
     margin: u64,
 ) -> Result<(), tokio_postgres::Error> {
     let name = qualified_ident(schema, sequence);
-    let row = source.query_one(&format!("SELECT last_value, is_called FROM {name}"), &[]).await?;
-    let (value, called): (i64, bool) = (row.get(0), row.get(1));
-    // A margin moves the value on (a sequence that counts down is left as it is).
-    let value = value.saturating_add(i64::try_from(margin).unwrap_or(i64::MAX));
+    let row = source
+        .query_one(
+            &format!(
+                "SELECT s.last_value, s.is_called, p.seqincrement FROM {name} s, pg_sequence p \
+                 WHERE p.seqrelid = {}::regclass",
+                literal(&name)
+            ),
+            &[],
+        )
+        .await?;
+    let (value, called, increment): (i64, bool, i64) = (row.get(0), row.get(1), row.get(2));
+    // A margin moves the value on in the sequence's own direction.
+    let margin = i64::try_from(margin).unwrap_or(i64::MAX);
+    let value =
+        if increment < 0 { value.saturating_sub(margin) } else { value.saturating_add(margin) };
     let called = called || margin > 0;
     let sql = format!("SELECT setval({}, {value}, {called})", literal(&name));
     target_sql(target, &sql).await
@@ -1005,7 +1027,8 @@ async fn copy_one(
     let started = Instant::now();
     // The snapshot this copy reads: change streaming skips, for this table, exactly the
     // transactions it sees.
-    let snapshot = match src.query_one("SELECT pg_current_snapshot()::text", &[]).await {
+    // (txid_current_snapshot: pg_current_snapshot's older name, in every supported version.)
+    let snapshot = match src.query_one("SELECT txid_current_snapshot()::text", &[]).await {
         Ok(row) => Some(row.get::<_, String>(0)),
         Err(e) => return Err(failed(step, &e, &mut *state.lock().await, state_dir)),
     };

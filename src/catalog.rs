@@ -914,12 +914,22 @@ pub struct SlotHealth {
 
 /// The slot `name` of the connected database, if it exists.
 pub async fn read_slot(client: &Client, name: &str) -> Result<Option<SlotHealth>, CatalogError> {
+    let version: i32 = client
+        .query_one("SELECT current_setting('server_version_num')::int", &[])
+        .await
+        .map_err(ctx("server version"))?
+        .get(0);
+    // wal_status and safe_wal_size exist from PostgreSQL 13.
+    let health =
+        if version >= 130000 { "wal_status, safe_wal_size" } else { "NULL::text, NULL::int8" };
     let row = client
         .query_opt(
-            "SELECT active, active_pid, wal_status, \
-                    pg_wal_lsn_diff(pg_current_wal_lsn(), restart_lsn)::int8, \
-                    safe_wal_size, confirmed_flush_lsn::text \
-             FROM pg_replication_slots WHERE slot_name = $1",
+            &format!(
+                "SELECT active, active_pid, {health}, \
+                        pg_wal_lsn_diff(pg_current_wal_lsn(), restart_lsn)::int8, \
+                        confirmed_flush_lsn::text \
+                 FROM pg_replication_slots WHERE slot_name = $1"
+            ),
             &[&name],
         )
         .await
@@ -928,8 +938,8 @@ pub async fn read_slot(client: &Client, name: &str) -> Result<Option<SlotHealth>
         active: r.get(0),
         active_pid: r.get(1),
         wal_status: r.get(2),
-        retained_bytes: r.get(3),
-        safe_wal_size: r.get(4),
+        safe_wal_size: r.get(3),
+        retained_bytes: r.get(4),
         confirmed_flush_lsn: r.get(5),
     }))
 }

@@ -42,11 +42,18 @@ pub async fn finish(
         }
         Err(e) => {
             // Verified: the target is the new primary; what failed is the clean-up, which
-            // `pgtransit abort` or another cutover finishes.
+            // `pgtransit abort` finishes.
             let cut = state.cutover.get_or_insert_with(Default::default);
             cut.error = Some(e.to_string());
             ctx.state_dir.save(state)?;
-            Err(e)
+            Err(ApplyError::StepFailed {
+                id: "cutover:cleanup".into(),
+                object: "clean-up".into(),
+                message: format!(
+                    "{e}. The target was verified and is ready for the applications; run \
+                     `pgtransit abort FILE --auto-approve` to remove what is left"
+                ),
+            })
         }
     }
 }

@@ -150,8 +150,11 @@ pub fn plan(inputs: Inputs<'_>) -> Plan {
     let slot_exists = inputs.source.replication_slots.iter().any(|s| s.name == slot);
     let without_slot;
     // After a cutover, the migration is over: the slot is gone on purpose.
-    let cut_over =
-        inputs.state.and_then(|s| s.cutover.as_ref()).is_some_and(|c| c.status == "done");
+    // (Verified but not cleaned up counts: the target is the new primary either way.)
+    let cut_over = inputs
+        .state
+        .and_then(|s| s.cutover.as_ref())
+        .is_some_and(|c| matches!(c.status.as_str(), "done" | "cleaning_up"));
     let online = online && !cut_over;
     let state = if online && !slot_exists && inputs.state.is_some() {
         without_slot = inputs.state.map(|s| s.with_copies_interrupted());
@@ -289,6 +292,16 @@ pub fn plan(inputs: Inputs<'_>) -> Plan {
         let cutover = cutover_steps(spec, inputs.source, &streamed, &matviews, &scope);
         steps.extend(sync_steps(&spec.name.value, streamed));
         steps.extend(cutover);
+    }
+    if cut_over {
+        // The applications write to the target now: nothing is copied, set or created on it
+        // again (not even a sequence the target has moved on).
+        for step in steps.iter_mut().filter(|s| s.action.is_work()) {
+            step.action = Action::Unchanged;
+            step.work = Work::None;
+            step.sql = String::new();
+            step.note = Some("the migration was cut over: the target is the primary".into());
+        }
     }
     serialize_multi_table_steps(&mut steps);
     let fingerprint = fingerprint(&inputs, &source_in_scope, &scope);
@@ -1182,12 +1195,17 @@ fn cutover_steps(
     };
     let ours = "application_name LIKE 'pgtransit/%'";
     let terminate = format!(
-        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity\n\
+        "-- then, until none is left (pg_terminate_backend only signals):\n\
+         SELECT pg_terminate_backend(pid) FROM pg_stat_activity\n\
          WHERE datname = {} AND pid <> pg_backend_pid() AND backend_type = 'client backend'\n  \
          AND NOT {ours};",
         crate::sql::literal(db)
     );
-    let read_only = format!("ALTER DATABASE {} SET default_transaction_read_only = on;", ident(db));
+    let read_only = format!(
+        "-- refused while pg_prepared_xacts has transactions of this database\n\
+         ALTER DATABASE {} SET default_transaction_read_only = on;",
+        ident(db)
+    );
     let (mode, fence_sql, fence_note) = match spec.cutover.fence {
         crate::spec::Fence::ReadOnly => (
             "read_only",
@@ -1200,15 +1218,17 @@ fn cutover_steps(
         crate::spec::Fence::LockTables => (
             "lock_tables",
             format!(
-                "LOCK TABLE {} IN EXCLUSIVE MODE;  -- held until the cutover ends\n{read_only}",
+                "LOCK TABLE {} IN EXCLUSIVE MODE;  -- held until the cutover ends (lock_timeout \
+                 60s)\n{read_only}\n{terminate}",
                 tables
                     .iter()
                     .map(|t| qualified_ident(&t.schema, &t.table))
                     .collect::<Vec<_>>()
                     .join(", ")
             ),
-            "on the source: writes to the tables in scope wait for the lock (reads go on), then \
-             new sessions are read-only, which holds after pgtransit exits",
+            "on the source: writes to the tables in scope wait for the lock (reads go on), new \
+             sessions are read-only (which holds after pgtransit exits), and every session but \
+             pgtransit's is ended",
         ),
     };
     let mut out = vec![
@@ -1272,7 +1292,7 @@ fn cutover_steps(
         "verify",
         format!("rows of {} tables", verify.len()),
         "-- on both servers, per table (a difference stops the cutover and lifts the fence):\n\
-         SELECT count(*), sum(hashtextextended(t::text, 0)::numeric) FROM ONLY <table> t;"
+         SELECT count(*), sum(hashtextextended(ROW(r.*)::text, 0)::numeric) FROM ONLY <table> r;"
             .into(),
         "exact: nothing changes on either side now",
         Work::Verify { tables: verify },

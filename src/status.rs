@@ -185,7 +185,20 @@ pub fn compute(
         }
         Some("failed") | None => {}
         Some(_) if running.is_some() => st.phase = "cutting_over",
-        Some(_) => {}
+        Some(_) => st.warnings.push(
+            "a cutover was interrupted before verification passed: the source may still be \
+             fenced (read-only). `pgtransit apply` lifts the fence and resumes; `pgtransit \
+             abort` lifts it too"
+                .into(),
+        ),
+    }
+    if st.cutover.as_ref().is_some_and(|c| c.status == "failed" && !c.fence_lifted) {
+        st.warnings.push(
+            "the failed cutover could not lift its fence: the source is still read-only for new \
+             sessions (`pgtransit abort` lifts it, or ALTER DATABASE ... RESET \
+             default_transaction_read_only)"
+                .into(),
+        );
     }
     st.ready_for_cutover =
         streaming && all_copied && st.lag_seconds.is_some_and(|l| l <= sync.max_lag_seconds);

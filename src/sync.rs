@@ -222,7 +222,9 @@ struct Table {
     name_sql: String,
     display: Arc<str>,
     /// Copy snapshot: the transactions whose changes the copy already holds.
-    skip: Option<XidSnapshot>,
+    /// The copy's snapshot and the source position it was taken at (every transaction it sees
+    /// committed before that position).
+    skip: Option<(XidSnapshot, u64)>,
     /// Matched on every column (replica identity full): by `ctid`, one row at a time.
     full: bool,
     identity_always: Vec<bool>,
@@ -323,6 +325,9 @@ pub struct Fenced {
     pub database: String,
     /// When it went up.
     pub at: Instant,
+    /// Where the barrier emitted after it is (an older barrier, from a cutover that failed
+    /// earlier, may come through the stream first).
+    pub barrier_lsn: u64,
 }
 
 /// An error of the stream, with the operator's fix.
@@ -369,6 +374,11 @@ struct Live {
     source_lsn: u64,
     /// A schema change found on the source.
     drift: Option<String>,
+    /// This run's heartbeats say so in their content (older ones may come through the stream
+    /// after a restart, and measure nothing).
+    nonce: String,
+    /// One of this run's heartbeats came through: the lag is measured.
+    own_seen: bool,
     /// The heartbeat connection failed: why, and whether the connection went away.
     failed: Option<(String, bool)>,
 }
@@ -376,7 +386,7 @@ struct Live {
 /// Everything the applier keeps between batches.
 struct Applier<'a> {
     ctx: &'a Ctx<'a>,
-    tables_by_name: HashMap<(String, String), Option<XidSnapshot>>,
+    tables_by_name: HashMap<(String, String), Option<(XidSnapshot, u64)>>,
     tables: HashMap<u32, Table>,
     pipe: Pipeline,
     /// A target transaction is open.
@@ -385,6 +395,8 @@ struct Applier<'a> {
     in_source_tx: Option<u32>,
     /// The transaction being received was applied before: its changes are skipped.
     replayed: bool,
+    /// Where the commit of the transaction being received is.
+    final_lsn: u64,
     batch_started: Instant,
     batch_changes: usize,
     /// The last commit received, not yet committed on the target: (end, time).
@@ -537,13 +549,21 @@ impl<'a> Applier<'a> {
         Ok(stmt)
     }
 
+    fn table(&self, rel: u32) -> Result<&Table, ApplyError> {
+        self.tables
+            .get(&rel)
+            .ok_or_else(|| sync_error(format!("a change names relation {rel}, never described")))
+    }
+
     /// Whether the change to `rel` is already in the table's copy.
     fn skipped(&self, rel: u32) -> bool {
         if self.replayed {
             return true;
         }
+        // A transaction committed at or after the copy's position is not in it (and past that
+        // position, 32-bit xids are not compared: they wrap).
         match (self.in_source_tx, self.tables.get(&rel).and_then(|t| t.skip.as_ref())) {
-            (Some(xid), Some(snapshot)) => snapshot.sees(xid),
+            (Some(xid), Some((snapshot, at))) => self.final_lsn < *at && snapshot.sees(xid),
             _ => false,
         }
     }
@@ -556,7 +576,7 @@ impl<'a> Applier<'a> {
                     return Ok(());
                 }
                 let stmt = self.statement(rel, Shape::Insert).await?;
-                let display = self.tables[&rel].display.clone();
+                let display = self.table(rel)?.display.clone();
                 self.begin_batch().await.map_err(pg)?;
                 self.pipe.execute(&stmt, new.iter().map(text).collect(), None).await.map_err(pg)?;
                 self.count(&display, |c| c.inserts += 1);
@@ -573,7 +593,7 @@ impl<'a> Applier<'a> {
                 if self.skipped(rel) {
                     return Ok(());
                 }
-                let t = &self.tables[&rel];
+                let t = self.table(rel)?;
                 let keys: Vec<usize> = if t.full {
                     (0..old.len()).filter(|&i| old[i] != Value::Unchanged).collect()
                 } else {
@@ -617,7 +637,7 @@ impl<'a> Applier<'a> {
     }
 
     async fn update(&mut self, rel: u32, old: Option<Tuple>, new: Tuple) -> Result<(), ApplyError> {
-        let t = &self.tables[&rel];
+        let t = self.table(rel)?;
         let display = t.display.clone();
         let keys: Vec<usize> = match (&old, t.full) {
             (Some(o), true) => (0..o.len()).filter(|&i| o[i] != Value::Unchanged).collect(),
@@ -638,7 +658,14 @@ impl<'a> Applier<'a> {
                 a && o.get(i).is_some_and(|v| *v != Value::Unchanged && *v != new[i])
             })
         });
-        if always_changed && !new.contains(&Value::Unchanged) {
+        if always_changed && new.contains(&Value::Unchanged) {
+            return Err(sync_error(format!(
+                "an update of {display} changes a GENERATED ALWAYS identity column and leaves a \
+                 TOASTed value unchanged: pgtransit cannot apply it without the old value. Set \
+                 REPLICA IDENTITY FULL on the source table, abort and migrate again"
+            )));
+        }
+        if always_changed {
             let delete = self.statement(rel, Shape::Delete(keys.clone())).await?;
             let insert = self.statement(rel, Shape::Insert).await?;
             self.begin_batch().await.map_err(pg)?;
@@ -683,11 +710,11 @@ pub async fn stream(
     let mut tables_by_name = HashMap::new();
     for t in tables {
         let record = t.parts.first().unwrap_or(&t.copy_step);
-        let snapshot = state
-            .steps
-            .get(record)
-            .and_then(|r| r.source_snapshot.as_deref())
-            .and_then(XidSnapshot::parse);
+        let snapshot = state.steps.get(record).and_then(|r| {
+            let snapshot = XidSnapshot::parse(r.source_snapshot.as_deref()?)?;
+            let at = crate::stream::parse_lsn(r.source_lsn.as_deref()?)?;
+            Some((snapshot, at))
+        });
         tables_by_name.insert((t.schema.clone(), t.table.clone()), snapshot);
     }
     let mut sync = state.sync.clone().unwrap_or_default();
@@ -722,7 +749,10 @@ pub async fn stream(
     let start = start.as_deref().and_then(crate::stream::parse_lsn).unwrap_or(0);
 
     // Source: heartbeat and schema watch on their own connection.
-    let live = Arc::new(std::sync::Mutex::new(Live::default()));
+    let live = Arc::new(std::sync::Mutex::new(Live {
+        nonce: format!("{}.{}", std::process::id(), now_f64()),
+        ..Live::default()
+    }));
     let prefix = format!("pgtransit:{slot}");
     let heartbeat = {
         let source =
@@ -776,6 +806,7 @@ pub async fn stream(
         open: false,
         in_source_tx: None,
         replayed: false,
+        final_lsn: 0,
         batch_started: Instant::now(),
         batch_changes: 0,
         last_commit: None,
@@ -828,6 +859,7 @@ async fn watch(
 ) {
     let mut seq = 0u64;
     let mut last_check = Instant::now();
+    let nonce = live.lock().expect("live lock").nonce.clone();
     loop {
         seq += 1;
         let emitted = now_f64();
@@ -835,7 +867,7 @@ async fn watch(
             .query_one(
                 "SELECT pg_logical_emit_message(false, $1::text, $2::text)::text, \
                         pg_current_wal_lsn()::text",
-                &[&prefix, &seq.to_string()],
+                &[&prefix, &format!("{nonce}:{seq}")],
             )
             .await
         {
@@ -882,15 +914,72 @@ async fn watch(
     }
 }
 
-/// Whether the cutover is due.
+/// Whether the cutover is due: `WhenReady`, or a request file whose writer (`pgtransit
+/// cutover`, waiting for the result) is still alive; a request left by one that was stopped is
+/// removed.
 fn triggered(t: &Trigger) -> bool {
     match t {
         Trigger::WhenReady => true,
-        Trigger::Requested(file) => file.exists(),
+        Trigger::Requested(file) => {
+            let Ok(text) = std::fs::read_to_string(file) else { return false };
+            let alive = text
+                .split_whitespace()
+                .nth(1)
+                .is_some_and(|pid| std::path::Path::new("/proc").join(pid).exists());
+            if !alive {
+                let _ = std::fs::remove_file(file);
+            }
+            alive
+        }
     }
 }
 
-/// Puts the fence up on the source and emits the barrier after it.
+/// Ends every client session of the source database that is not pgtransit's, and waits until
+/// they are gone (`pg_terminate_backend` only signals). Re-scans, so sessions that connected
+/// meanwhile are ended too. A session pgtransit may not end is an error naming it.
+async fn end_sessions(client: &Client, database: &str) -> Result<(), String> {
+    let started = Instant::now();
+    loop {
+        let rows = client
+            .query(
+                "SELECT pid, usename::text FROM pg_stat_activity WHERE datname = $1 \
+                 AND pid <> pg_backend_pid() AND backend_type = 'client backend' \
+                 AND application_name NOT LIKE 'pgtransit/%'",
+                &[&database],
+            )
+            .await
+            .map_err(|e| crate::apply::db_message(&e))?;
+        if rows.is_empty() {
+            return Ok(());
+        }
+        if started.elapsed() > Duration::from_secs(15) {
+            let who: Vec<String> = rows
+                .iter()
+                .map(|r| format!("pid {} ({})", r.get::<_, i32>(0), r.get::<_, String>(1)))
+                .collect();
+            return Err(format!("these sessions did not end within 15 s: {}", who.join(", ")));
+        }
+        for r in &rows {
+            let pid: i32 = r.get(0);
+            if let Err(e) = client.execute("SELECT pg_terminate_backend($1)", &[&pid]).await {
+                let user: String = r.get(1);
+                return Err(format!(
+                    "cannot end session pid {pid} of {user}: {} (connect as a superuser, or a \
+                     member of pg_signal_backend, to cut over)",
+                    crate::apply::db_message(&e)
+                ));
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Puts the fence up on the source and emits the barrier after it:
+/// 1. no prepared transaction may be pending (`COMMIT PREPARED` works in a read-only session);
+/// 2. `lock_tables`: this session locks the tables (until the cutover ends);
+/// 3. the read-only default is committed (new sessions are read-only);
+/// 4. every other session is ended, and gone;
+/// 5. the barrier.
 async fn fence(
     a: &mut Applier<'_>,
     c: &Cutover<'_>,
@@ -907,57 +996,87 @@ async fn fence(
         requested_at: Some(now_f64()),
         ..Default::default()
     };
+    // A cutover runs whole: the records of an earlier attempt (a saved plan keeps its id) do
+    // not make this one skip its sequences.
+    state.steps.retain(|id, _| !id.starts_with("cutover:"));
     a.ctx.state_dir.save(state)?;
     if let Trigger::Requested(file) = &c.trigger {
         let _ = std::fs::remove_file(file);
     }
-    let fail = |e: tokio_postgres::Error| ApplyError::StepFailed {
+    let failed = |message: String| ApplyError::StepFailed {
         id: c.fence.id.clone(),
         object: c.fence.object.clone(),
-        message: crate::apply::db_message(&e),
+        message,
     };
+    let fail = |e: tokio_postgres::Error| failed(crate::apply::db_message(&e));
     let client =
         crate::conn::connect_with(&servers.source, "pgtransit/cutover", &servers.policy).await?;
-    if mode == "lock_tables" {
-        // The locks are held by this session's open transaction until the cutover ends; the
-        // read-only default is committed at once by another.
-        let (lock, read_only) = c.fence.sql.split_once('\n').unwrap_or((&c.fence.sql, ""));
-        client.batch_execute(&format!("BEGIN; {lock}")).await.map_err(fail)?;
-        let other =
-            crate::conn::connect_with(&servers.source, "pgtransit/cutover", &servers.policy)
-                .await?;
-        other.batch_execute(read_only).await.map_err(fail)?;
-    } else {
-        client.batch_execute(&c.fence.sql).await.map_err(fail)?;
+    client.batch_execute("SET default_transaction_read_only = off").await.map_err(fail)?;
+    let prepared: i64 = client
+        .query_one("SELECT count(*) FROM pg_prepared_xacts WHERE database = $1", &[database])
+        .await
+        .map_err(fail)?
+        .get(0);
+    if prepared > 0 {
+        return Err(failed(format!(
+            "{prepared} prepared transactions are pending in {database} (they could still \
+             commit after the fence): COMMIT PREPARED or ROLLBACK PREPARED them, then cut over"
+        )));
     }
+    if mode == "lock_tables" {
+        // The locks are held by this session's open transaction until the cutover ends.
+        let lock = c.fence.sql.lines().find(|l| l.starts_with("LOCK TABLE")).unwrap_or_default();
+        client
+            .batch_execute(&format!("BEGIN; SET LOCAL lock_timeout = '60s'; {lock}"))
+            .await
+            .map_err(fail)?;
+    }
+    // Committed on its own (in one implicit transaction with what follows, a session that
+    // connected in between would come back read-write).
+    let other =
+        crate::conn::connect_with(&servers.source, "pgtransit/cutover", &servers.policy).await?;
+    other
+        .batch_execute(&format!(
+            "ALTER DATABASE {} SET default_transaction_read_only = on",
+            crate::sql::ident(database)
+        ))
+        .await
+        .map_err(fail)?;
+    end_sessions(&other, database).await.map_err(failed)?;
     let at = Instant::now();
-    client
+    let emitted: String = client
         .query_one(
             "SELECT pg_logical_emit_message(false, $1::text, $2::text)::text",
             &[&barrier, &format!("{}", now_f64())],
         )
         .await
-        .map_err(fail)?;
+        .map_err(fail)?
+        .get(0);
+    let barrier_lsn = crate::stream::parse_lsn(&emitted).unwrap_or(u64::MAX);
     let cut = state.cutover.get_or_insert_with(Default::default);
     cut.status = "draining".into();
     cut.fenced_at = Some(now_f64());
     a.ctx.state_dir.save(state)?;
     tracing::info!(database = %database, mode = %mode, "source fenced; draining to the barrier");
-    Ok(Fenced { client, database: database.clone(), at })
+    Ok(Fenced { client, database: database.clone(), at, barrier_lsn })
 }
 
 /// Writes the progress into the state and tells the report. Returns the lag in seconds.
-fn report(a: &mut Applier<'_>, live: &std::sync::Mutex<Live>, state: &mut State) -> f64 {
+fn report(a: &mut Applier<'_>, live: &std::sync::Mutex<Live>, state: &mut State) -> Option<f64> {
     let now = now_f64();
     let l = live.lock().expect("live lock");
-    let lag_seconds = l.pending.front().map(|(_, at)| (now - at).max(0.0)).unwrap_or(0.0);
+    let measured = l.pending.front().map(|(_, at)| (now - at).max(0.0)).unwrap_or(0.0);
+    // Until one of this run's heartbeats came through, the stream may still be replaying a
+    // backlog of unknown size: the lag is unknown (and the migration not ready).
+    let known = l.own_seen;
+    let lag_seconds = if known { measured } else { measured.max(a.sync.max_lag_seconds + 1.0) };
     let lag_bytes = l.source_lsn.saturating_sub(a.confirmed);
     a.sync.source_lsn = (l.source_lsn > 0).then(|| crate::stream::lsn_text(l.source_lsn));
     drop(l);
     a.sync.applied_lsn = Some(crate::stream::lsn_text(a.applied_lsn));
     a.sync.lag_bytes = Some(lag_bytes);
-    a.sync.lag_seconds = Some(lag_seconds);
-    if lag_seconds == 0.0 {
+    a.sync.lag_seconds = known.then_some(lag_seconds);
+    if known && lag_seconds == 0.0 {
         a.sync.caught_up_at = Some(now);
     }
     a.sync.reported_at = now;
@@ -966,9 +1085,9 @@ fn report(a: &mut Applier<'_>, live: &std::sync::Mutex<Live>, state: &mut State)
         lag_bytes,
         lag_seconds,
         applied: a.sync.applied,
-        ready: lag_seconds <= a.sync.max_lag_seconds,
+        ready: known && lag_seconds <= a.sync.max_lag_seconds,
     });
-    lag_seconds
+    known.then_some(lag_seconds)
 }
 
 async fn run_stream(
@@ -1017,6 +1136,7 @@ async fn run_stream(
                         // was applied already (a resumed stream may send it again): all of it
                         // is skipped.
                         a.replayed = final_lsn < a.applied_lsn;
+                        a.final_lsn = final_lsn;
                         if a.replayed {
                             tracing::debug!(xid, "transaction already applied");
                         }
@@ -1041,8 +1161,9 @@ async fn run_stream(
                             }
                         }
                     }
-                    Change::Message { prefix, transactional: false, .. }
-                        if prefix == barrier && fenced.is_some() =>
+                    Change::Message { prefix, lsn, transactional: false, .. }
+                        if prefix == barrier
+                            && fenced.as_ref().is_some_and(|f| lsn >= f.barrier_lsn) =>
                     {
                         // Everything committed before the fence is applied: drained.
                         a.commit_batch(stream).await.map_err(pg)?;
@@ -1059,11 +1180,15 @@ async fn run_stream(
                         if a.in_source_tx.is_none() {
                             a.commit_batch(stream).await.map_err(pg)?;
                         }
-                        let seq: u64 = std::str::from_utf8(&content)
-                            .ok()
-                            .and_then(|s| s.parse().ok())
-                            .unwrap_or(0);
-                        live.lock().expect("live lock").pending.retain(|(s, _)| *s > seq);
+                        let text = std::str::from_utf8(&content).unwrap_or_default();
+                        let mut l = live.lock().expect("live lock");
+                        if let Some((nonce, seq)) = text.rsplit_once(':')
+                            && nonce == l.nonce
+                            && let Ok(seq) = seq.parse::<u64>()
+                        {
+                            l.own_seen = true;
+                            l.pending.retain(|(s, _)| *s > seq);
+                        }
                     }
                     Change::KeepAlive { wal_end } => {
                         if !a.open && a.in_source_tx.is_none() && wal_end > a.confirmed {
@@ -1097,9 +1222,13 @@ async fn run_stream(
             }
             let lag = report(a, live, state);
             a.ctx.state_dir.save(state)?;
+            // An idle stream sends the target nothing: make sure it is still there.
+            if !a.open {
+                a.pipe.client.batch_execute("").await.map_err(pg)?;
+            }
             if let Some(c) = cutover
                 && fenced.is_none()
-                && lag <= a.sync.max_lag_seconds
+                && lag.is_some_and(|l| l <= a.sync.max_lag_seconds)
                 && triggered(&c.trigger)
             {
                 fenced = Some(fence(a, c, &barrier, state).await?);

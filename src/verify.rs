@@ -1,7 +1,7 @@
 //! Verification: per-table row counts and checksums, source against target.
 //!
-//! A table's checksum is the sum of a 64-bit hash of each row's text (`hashtextextended(t::text,
-//! 0)`), so it does not depend on row order and needs no sort, under the same pinned session
+//! A table's checksum is the sum of a 64-bit hash of each row's text
+//! (`hashtextextended(ROW(r.*)::text, 0)`: the whole row, even with a column named like the alias), so it does not depend on row order and needs no sort, under the same pinned session
 //! settings on both sides (`conn::PINNED_SETTINGS`), one pass over each table. A table whose
 //! checksum differs and that has a single integer key is compared again in chunks of
 //! [`CHUNK`] keys, which says where its rows differ.
@@ -53,13 +53,16 @@ async fn aggregate(
     checksums: bool,
 ) -> Result<(i64, String), tokio_postgres::Error> {
     let sum = if checksums {
-        "coalesce(sum(hashtextextended(t::text, 0)::numeric), 0)::text"
+        "coalesce(sum(hashtextextended(ROW(pgtransit_row.*)::text, 0)::numeric), 0)::text"
     } else {
         "''"
     };
     let row = client
         .query_one(
-            &format!("SELECT count(*), {sum} FROM ONLY {} t", qualified_ident(&t.schema, &t.table)),
+            &format!(
+                "SELECT count(*), {sum} FROM ONLY {} pgtransit_row",
+                qualified_ident(&t.schema, &t.table)
+            ),
             &[],
         )
         .await?;
@@ -75,8 +78,9 @@ async fn chunks(
         .query(
             &format!(
                 "SELECT floor({k}::numeric / {CHUNK})::int8 AS chunk, count(*), \
-                        coalesce(sum(hashtextextended(t::text, 0)::numeric), 0)::text \
-                 FROM ONLY {} t GROUP BY 1 ORDER BY 1",
+                        coalesce(sum(hashtextextended(ROW(pgtransit_row.*)::text, 0)::numeric), \
+                                 0)::text \
+                 FROM ONLY {} pgtransit_row GROUP BY 1 ORDER BY 1",
                 qualified_ident(&t.schema, &t.table),
                 k = ident(key)
             ),

@@ -32,6 +32,11 @@ pub async fn run(args: &AbortArgs, out: &mut dyn Write) -> miette::Result<Outcom
     let servers = Servers::new(&loaded, &Env::from_process(), args.connect.retry_for)
         .map_err(miette::Report::new)?;
     let source = conn::connect_with(&servers.source, "pgtransit/abort", &servers.policy).await?;
+    // Under a cutover's fence new sessions are read-only; pgtransit's own may write.
+    source
+        .batch_execute("SET default_transaction_read_only = off")
+        .await
+        .map_err(|e| miette::miette!("{}", crate::apply::db_message(&e)))?;
     let target = conn::connect_with(&servers.target, "pgtransit/abort", &servers.policy).await?;
     let fail = |what: &str, e: tokio_postgres::Error| {
         miette::miette!(
@@ -91,6 +96,19 @@ pub async fn run(args: &AbortArgs, out: &mut dyn Write) -> miette::Result<Outcom
             });
         }
     }
+    // A cutover that stopped before verification passed, without lifting its fence.
+    let fenced = state.as_ref().and_then(|s| s.cutover.as_ref()).is_some_and(|c| {
+        matches!(c.status.as_str(), "fencing" | "draining" | "finishing" | "verifying")
+            || (c.status == "failed" && !c.fence_lifted)
+    });
+    if fenced {
+        let db = &loaded_database(&source).await?;
+        removals.push(Removal {
+            what: format!("the cutover's fence on database {db}: it takes writes again (source)"),
+            on_source: true,
+            sql: format!("ALTER DATABASE {} RESET default_transaction_read_only", ident(db)),
+        });
+    }
     if crate::catalog::read_origin(&target, &origin)
         .await
         .map_err(|e| miette::miette!("{e}"))?
@@ -125,6 +143,7 @@ pub async fn run(args: &AbortArgs, out: &mut dyn Write) -> miette::Result<Outcom
         // What the removed objects' steps recorded no longer holds: a new plan creates them
         // again (and, the slot being gone, copies every table again).
         state.sync = None;
+        state.cutover = None;
         state.steps.retain(|id, _| {
             !matches!(id.as_str(), "load:slot" | "load:publication" | "load:replica_identity")
                 && !id.starts_with("sync:")
@@ -133,6 +152,14 @@ pub async fn run(args: &AbortArgs, out: &mut dyn Write) -> miette::Result<Outcom
     }
     crate::report::abort_done(out, !removals.is_empty()).map_err(io_err)?;
     Ok(Outcome::Done)
+}
+
+async fn loaded_database(source: &tokio_postgres::Client) -> miette::Result<String> {
+    source
+        .query_one("SELECT current_database()::text", &[])
+        .await
+        .map(|r| r.get(0))
+        .map_err(|e| miette::miette!("{}", crate::apply::db_message(&e)))
 }
 
 fn confirmed(out: &mut dyn Write) -> miette::Result<bool> {

@@ -35,7 +35,9 @@ pub async fn run(args: &CutoverArgs, out: &mut dyn Write) -> miette::Result<Outc
     };
     let asked = now_f64();
     let request = dir.path().join(crate::apply::CUTOVER_REQUEST);
-    std::fs::write(&request, format!("{asked}\n"))
+    // The running apply acts on it only while this process waits (a request left by a
+    // cutover command that was stopped is ignored and removed).
+    std::fs::write(&request, format!("{asked} {}\n", std::process::id()))
         .map_err(|e| miette::miette!("cannot write {}: {e}", request.display()))?;
     report::say(
         out,

@@ -1037,20 +1037,31 @@ fn online_load_steps(
     let names: Vec<String> = tables.iter().map(|t| qualified_ident(&t.schema, &t.table)).collect();
     let exists = source.publications.contains(&publication);
     out.push(Step {
-        action: if exists { Action::Unchanged } else { Action::Create },
-        sql: if exists {
-            String::new()
-        } else if names.is_empty() {
-            format!("CREATE PUBLICATION {};", ident(&publication))
-        } else {
-            format!("CREATE PUBLICATION {} FOR TABLE {};", ident(&publication), names.join(", "))
+        action: if exists { Action::Update } else { Action::Create },
+        sql: match (exists, names.is_empty()) {
+            (false, true) => format!("CREATE PUBLICATION {};", ident(&publication)),
+            (false, false) => format!(
+                "CREATE PUBLICATION {} FOR TABLE {};",
+                ident(&publication),
+                names.join(", ")
+            ),
+            // Kept in step with the scope: a table that came into scope (a new partition,
+            // wider `objects:`) is streamed from here on, and copied under a snapshot taken
+            // after this.
+            (true, true) => String::new(),
+            (true, false) => {
+                format!("ALTER PUBLICATION {} SET TABLE {};", ident(&publication), names.join(", "))
+            }
         },
         note: Some(if exists {
-            "exists: created by an earlier apply".into()
+            format!(
+                "exists (an earlier apply created it): its tables are set to the {} in scope now",
+                names.len()
+            )
         } else {
             format!("on the source: the {} tables whose changes are streamed", names.len())
         }),
-        work: if exists { Work::None } else { Work::SourceSql },
+        work: if exists && names.is_empty() { Work::None } else { Work::SourceSql },
         ..blank("load:publication", format!("publication {}", crate::sql::display(&publication)))
     });
     let slot_exists = source.replication_slots.iter().any(|s| s.name == slot);

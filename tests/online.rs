@@ -648,3 +648,35 @@ fn a_crash_of_either_server_during_sync_is_waited_for_and_nothing_is_lost_or_dou
     run(dir.path(), &["abort", &plan, "--auto-approve"]);
     assert_eq!(slots(&src), "");
 }
+
+#[test]
+fn a_table_that_comes_into_scope_later_is_copied_and_then_streamed() {
+    let (src, tgt) = pair(
+        "online-scope",
+        "CREATE TABLE a (id int PRIMARY KEY); CREATE TABLE b (id int PRIMARY KEY);
+         INSERT INTO a VALUES (1); INSERT INTO b VALUES (1);",
+    );
+    let dir = TempDir::new("online-scope");
+    let narrow = online_plan(
+        &dir,
+        "scope",
+        &src,
+        &tgt,
+        "objects:\n  tables:\n    include: [\"public.a\"]\n",
+    );
+    let mut child = start_apply(&dir, &narrow, &[]);
+    wait_streaming(&dir, "scope", &mut child);
+    assert_eq!(stop(&mut child), 0, "{}", apply_output(&dir));
+
+    // The same migration, with b in scope now.
+    let wide = online_plan(&dir, "scope", &src, &tgt, "");
+    let out = run(dir.path(), &["plan", &wide]);
+    assert!(out.stdout.contains("ALTER PUBLICATION \"pgtransit_scope\" SET TABLE"), "{out:?}");
+    let mut child = start_apply(&dir, &wide, &[]);
+    wait_streaming(&dir, "scope", &mut child);
+    sql(&src, "app", "INSERT INTO a VALUES (2); INSERT INTO b VALUES (2);");
+    wait_identical(&src, &tgt, &dir);
+    assert_eq!(sql(&tgt, "app", "SELECT count(*) FROM b"), "2");
+    assert_eq!(stop(&mut child), 0, "{}", apply_output(&dir));
+    run(dir.path(), &["abort", &wide, "--auto-approve"]);
+}

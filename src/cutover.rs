@@ -100,7 +100,9 @@ async fn finish_steps(ctx: &Ctx<'_>, steps: &[&Step], state: &mut State) -> Resu
                         s
                     })
                     .collect();
-                state.cutover.get_or_insert_with(Default::default).verified = checks;
+                let cut = state.cutover.get_or_insert_with(Default::default);
+                cut.verified = checks;
+                cut.checksums_compared = checksums;
                 if !differ.is_empty() {
                     return Err(ApplyError::VerifyFailed(differ.join("; ")));
                 }

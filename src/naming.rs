@@ -3,9 +3,14 @@
 //! repeated run finds and reuses its own objects instead of creating others.
 
 /// The migration name as an SQL-name fragment: `-` becomes `_` (slot names allow only lowercase
-/// letters, digits and `_`).
+/// letters, digits and `_`), and then a short hash of the name is appended, so `a-b` and `a_b`
+/// never share a slot (an `abort` of one must not remove the other's).
 fn stem(migration: &str) -> String {
-    migration.replace('-', "_")
+    if !migration.contains('-') {
+        return migration.to_string();
+    }
+    let hash = crate::plan::hash_parts([migration]);
+    format!("{}_{}", migration.replace('-', "_"), &hash[..8])
 }
 
 /// The logical replication slot on the source.
@@ -30,11 +35,14 @@ mod tests {
     #[test]
     fn names_are_deterministic_and_valid_slot_names() {
         let name = slot_name("shop-2024_eu");
-        assert_eq!(name, "pgtransit_shop_2024_eu");
+        assert!(name.starts_with("pgtransit_shop_2024_eu_"), "{name}");
         assert_eq!(name, slot_name("shop-2024_eu"));
         assert!(name.len() <= 63);
         assert!(name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_'));
-        assert_eq!(publication_name("a-b"), "pgtransit_a_b");
+        assert_ne!(publication_name("a-b"), publication_name("a_b"));
+        assert_eq!(publication_name("a_b"), "pgtransit_a_b");
         assert_eq!(origin_name("a"), "pgtransit_a");
+        let longest = slot_name(&"a-".repeat(20));
+        assert!(longest.len() <= 63, "{longest}");
     }
 }

@@ -148,6 +148,9 @@ pub struct CutoverState {
     /// What verification compared.
     #[serde(default)]
     pub verified: Vec<crate::verify::TableCheck>,
+    /// Whether it compared checksums too (`verify.checksums`), not only row counts.
+    #[serde(default)]
+    pub checksums_compared: bool,
     /// Why it failed.
     #[serde(default)]
     pub error: Option<String>,

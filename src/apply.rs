@@ -495,7 +495,7 @@ fn sync_and_cutover(
         match stopped {
             Ok(crate::sync::Stopped::OnRequest) => Ok(Finished::StreamingStopped),
             Ok(crate::sync::Stopped::Drained(fenced)) => {
-                crate::cutover::finish(ctx, cutover_steps, fenced, state).await?;
+                crate::cutover::finish(ctx, cutover_steps, *fenced, state).await?;
                 Ok(Finished::CutOver)
             }
             Err(e) => {

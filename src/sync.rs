@@ -296,7 +296,7 @@ pub enum Stopped {
     /// Ctrl-C or SIGTERM: the next `apply` resumes.
     OnRequest,
     /// The cutover fenced the source and the stream applied everything up to the barrier.
-    Drained(Fenced),
+    Drained(Box<Fenced>),
 }
 
 /// When the stream stops for the cutover.
@@ -1169,7 +1169,7 @@ async fn run_stream(
                         a.commit_batch(stream).await.map_err(pg)?;
                         report(a, live, state);
                         if let Some(f) = fenced.take() {
-                            return Ok(Stopped::Drained(f));
+                            return Ok(Stopped::Drained(Box::new(f)));
                         }
                     }
                     Change::Message { prefix, content, transactional: false, .. }

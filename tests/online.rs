@@ -680,3 +680,45 @@ fn a_table_that_comes_into_scope_later_is_copied_and_then_streamed() {
     assert_eq!(stop(&mut child), 0, "{}", apply_output(&dir));
     run(dir.path(), &["abort", &wide, "--auto-approve"]);
 }
+
+#[test]
+fn a_saved_online_plan_streams_resumes_and_cuts_over_exactly_as_reviewed() {
+    let (src, tgt) = pair(
+        "online-saved",
+        "CREATE TABLE items (id int PRIMARY KEY, name text);
+         INSERT INTO items SELECT g, 'n' || g FROM generate_series(1, 100) g;",
+    );
+    let dir = TempDir::new("online-saved");
+    let yaml = online_plan(&dir, "saved", &src, &tgt, "");
+    let saved = dir.path().join("saved.plan.json");
+    let out = run(dir.path(), &["plan", &yaml, "--out", saved.to_str().unwrap()]);
+    assert_eq!(out.code, 0, "{out:?}");
+    let saved = saved.to_str().unwrap().to_string();
+    // The source keeps taking writes after the plan was saved: an online plan is not stale for
+    // that (its rows stream).
+    sql(&src, "app", "INSERT INTO items VALUES (101, 'after the plan')");
+    let out_file = std::fs::File::create(dir.path().join("apply.out")).unwrap();
+    let err_file = std::fs::File::create(dir.path().join("apply.err")).unwrap();
+    let mut child = pgtransit(dir.path())
+        .args(["apply", &saved])
+        .stdout(out_file)
+        .stderr(err_file)
+        .stdin(Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_streaming(&dir, "saved", &mut child);
+    sql(&src, "app", "UPDATE items SET name = 'streamed' WHERE id = 1");
+    wait_identical(&src, &tgt, &dir);
+    assert_eq!(stop(&mut child), 0, "{}", apply_output(&dir));
+
+    // With no apply running, cutover of the saved plan resumes it and cuts over.
+    sql(&src, "app", "DELETE FROM items WHERE id = 2");
+    let out = run(dir.path(), &["cutover", &saved, "--auto-approve"]);
+    assert_eq!(out.code, 0, "{out:?}");
+    assert!(out.stdout.contains("Cutover complete"), "{out:?}");
+    assert_eq!(table_checksums(&src, "app"), table_checksums(&tgt, "app"));
+    assert_eq!(slots(&src), "");
+    let out = run(dir.path(), &["apply", &saved]);
+    assert_eq!(out.code, 1, "{out:?}");
+    assert!(out.stderr.contains("already applied to completion"), "{out:?}");
+}

@@ -42,6 +42,10 @@ pub const BATCH_CHANGES: usize = 20_000;
 pub const BATCH_AGE: Duration = Duration::from_millis(100);
 /// Statements sent ahead of their results.
 pub const PIPELINE: usize = 1024;
+/// Consecutive inserts into one table sent as one statement, at most.
+pub const INSERT_ROWS: usize = 100;
+/// The protocol's limit of parameters per statement.
+const MAX_PARAMS: usize = 65_535;
 /// A batch open between source transactions is committed once the stream has been quiet this
 /// long (so a lone transaction is applied at once, and a busy stream fills batches).
 pub const IDLE: Duration = Duration::from_millis(5);
@@ -210,7 +214,8 @@ impl Pipeline {
 /// Kinds of prepared statement.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 enum Shape {
-    Insert,
+    /// This many rows in one statement.
+    Insert(usize),
     /// Columns set (by index), then the key columns matched.
     Update(Vec<usize>, Vec<usize>),
     Delete(Vec<usize>),
@@ -258,13 +263,19 @@ impl Table {
             }
         };
         match shape {
-            Shape::Insert => {
+            Shape::Insert(rows) => {
                 let n = self.rel.columns.len();
+                let values: Vec<String> = (0..*rows)
+                    .map(|r| {
+                        let row: Vec<String> = (1..=n).map(|i| format!("${}", r * n + i)).collect();
+                        format!("({})", row.join(", "))
+                    })
+                    .collect();
                 format!(
-                    "INSERT INTO {} ({}) OVERRIDING SYSTEM VALUE VALUES ({})",
+                    "INSERT INTO {} ({}) OVERRIDING SYSTEM VALUE VALUES {}",
                     self.name_sql,
                     (0..n).map(col).collect::<Vec<_>>().join(", "),
-                    (1..=n).map(|i| format!("${i}")).collect::<Vec<_>>().join(", ")
+                    values.join(", ")
                 )
             }
             Shape::Update(set, keys) => format!(
@@ -397,6 +408,8 @@ struct Applier<'a> {
     replayed: bool,
     /// Where the commit of the transaction being received is.
     final_lsn: u64,
+    /// Consecutive inserts into one table, not sent yet.
+    inserts: Option<(u32, Vec<Tuple>)>,
     batch_started: Instant,
     batch_changes: usize,
     /// The last commit received, not yet committed on the target: (end, time).
@@ -463,6 +476,7 @@ impl<'a> Applier<'a> {
             self.open = false;
         }
         self.last_commit = None;
+        self.inserts = None;
         self.batch_counts.clear();
         self.batch_total = Counters::default();
     }
@@ -568,19 +582,41 @@ impl<'a> Applier<'a> {
         }
     }
 
+    /// Sends the buffered inserts.
+    async fn flush_inserts(&mut self) -> Result<(), ApplyError> {
+        let Some((rel, rows)) = self.inserts.take() else { return Ok(()) };
+        let stmt = self.statement(rel, Shape::Insert(rows.len())).await?;
+        let display = self.table(rel)?.display.clone();
+        self.begin_batch().await.map_err(pg)?;
+        let n = rows.len() as u64;
+        let params = rows.iter().flat_map(|r| r.iter().map(text)).collect();
+        self.pipe.execute(&stmt, params, None).await.map_err(pg)?;
+        self.count(&display, |c| c.inserts += n);
+        self.batch_changes += rows.len();
+        Ok(())
+    }
+
     async fn change(&mut self, c: Change) -> Result<(), ApplyError> {
+        if !matches!(c, Change::Insert { .. }) {
+            // Changes keep their order: buffered inserts go first.
+            self.flush_inserts().await?;
+        }
         match c {
             Change::Relation(rel) => self.relation(rel).await?,
             Change::Insert { rel, new } => {
                 if self.skipped(rel) {
                     return Ok(());
                 }
-                let stmt = self.statement(rel, Shape::Insert).await?;
-                let display = self.table(rel)?.display.clone();
-                self.begin_batch().await.map_err(pg)?;
-                self.pipe.execute(&stmt, new.iter().map(text).collect(), None).await.map_err(pg)?;
-                self.count(&display, |c| c.inserts += 1);
-                self.batch_changes += 1;
+                // Consecutive inserts into one table go out as one multi-row INSERT.
+                if self.inserts.as_ref().is_some_and(|(r, _)| *r != rel) {
+                    self.flush_inserts().await?;
+                }
+                let cap = (MAX_PARAMS / new.len().max(1)).clamp(1, INSERT_ROWS);
+                let (_, rows) = self.inserts.get_or_insert_with(|| (rel, Vec::new()));
+                rows.push(new);
+                if rows.len() >= cap {
+                    self.flush_inserts().await?;
+                }
             }
             Change::Update { rel, old, new } => {
                 if self.skipped(rel) {
@@ -667,7 +703,7 @@ impl<'a> Applier<'a> {
         }
         if always_changed {
             let delete = self.statement(rel, Shape::Delete(keys.clone())).await?;
-            let insert = self.statement(rel, Shape::Insert).await?;
+            let insert = self.statement(rel, Shape::Insert(1)).await?;
             self.begin_batch().await.map_err(pg)?;
             self.pipe.execute(&delete, key_values, Some(display.clone())).await.map_err(pg)?;
             self.pipe.execute(&insert, new.iter().map(text).collect(), None).await.map_err(pg)?;
@@ -807,6 +843,7 @@ pub async fn stream(
         in_source_tx: None,
         replayed: false,
         final_lsn: 0,
+        inserts: None,
         batch_started: Instant::now(),
         batch_changes: 0,
         last_commit: None,
@@ -1143,6 +1180,7 @@ async fn run_stream(
                         a.in_source_tx = Some(xid);
                     }
                     Change::Commit { end_lsn, commit_time } => {
+                        a.flush_inserts().await?;
                         a.in_source_tx = None;
                         if end_lsn <= a.applied_lsn {
                             // Applied before (a resumed stream may send it again).
@@ -1304,8 +1342,12 @@ mod tests {
     fn statements_quote_names_match_on_the_key_and_skip_unchanged_columns() {
         let t = table(false);
         assert_eq!(
-            t.sql(&Shape::Insert),
+            t.sql(&Shape::Insert(1)),
             r#"INSERT INTO s."T" ("id", "note") OVERRIDING SYSTEM VALUE VALUES ($1, $2)"#
+        );
+        assert_eq!(
+            t.sql(&Shape::Insert(2)),
+            r#"INSERT INTO s."T" ("id", "note") OVERRIDING SYSTEM VALUE VALUES ($1, $2), ($3, $4)"#
         );
         assert_eq!(
             t.sql(&Shape::Update(vec![1], vec![0])),

@@ -359,6 +359,19 @@ pub const DRIFT_CHECK: Duration = Duration::from_secs(5);
 /// post-load phase (foreign keys, triggers, sequences, refreshes, statistics); then sync and
 /// cutover.
 pub async fn run(plan: &Plan, ctx: &Ctx<'_>, state: &mut State) -> Result<Finished, ApplyError> {
+    // A cutover interrupted before verification passed (kill -9, a crash) may have left the
+    // source fenced: lift it before anything else writes there (the publication step does).
+    let interrupted = state.cutover.as_ref().is_some_and(|c| {
+        matches!(c.status.as_str(), "fencing" | "draining" | "finishing" | "verifying")
+    });
+    let fence = plan.steps.iter().find_map(|s| match &s.work {
+        Work::Fence { database, .. } => Some(database),
+        _ => None,
+    });
+    if interrupted && let Some(database) = fence {
+        tracing::warn!("an earlier cutover was interrupted before verification: lifting its fence");
+        crate::cutover::lift(ctx, database, state, "interrupted before verification").await;
+    }
     if let Some(Work::Stream { slot, publication, origin, tables }) =
         plan.steps.iter().map(|s| &s.work).find(|w| matches!(w, Work::Stream { .. }))
     {
@@ -438,17 +451,6 @@ fn sync_and_cutover(
     let fence = cutover_steps.iter().find(|s| matches!(s.work, Work::Fence { .. }));
     let cutover = fence.map(|f| crate::sync::Cutover { trigger, fence: f });
     let work = async {
-        // A cutover interrupted before verification passed (kill -9, a crash) may have left
-        // the source fenced: lift it before anything else.
-        let interrupted = state.cutover.as_ref().is_some_and(|c| {
-            matches!(c.status.as_str(), "fencing" | "draining" | "finishing" | "verifying")
-        });
-        if interrupted && let Some(Work::Fence { database, .. }) = fence.map(|f| &f.work) {
-            tracing::warn!(
-                "an earlier cutover was interrupted before verification: lifting its fence"
-            );
-            crate::cutover::lift(ctx, database, state, "interrupted before verification").await;
-        }
         // A server that goes away (network, restart) is waited for, with backoff, for
         // --retry-for from the first failure; the stream then resumes from the target's
         // recorded position.
@@ -828,7 +830,10 @@ async fn set_sequence(
     let value =
         if increment < 0 { value.saturating_sub(margin) } else { value.saturating_add(margin) };
     let called = called || margin > 0;
-    let sql = format!("SELECT setval({}, {value}, {called})", literal(&name));
+    // setval alone assigns no transaction id, and such a commit is not flushed even with
+    // synchronous_commit = on: txid_current() makes this one durable before it returns.
+    let sql =
+        format!("SELECT txid_current(); SELECT setval({}, {value}, {called});", literal(&name));
     target_sql(target, &sql).await
 }
 

@@ -350,6 +350,13 @@ pub struct CatalogError {
     source: tokio_postgres::Error,
 }
 
+impl CatalogError {
+    /// The driver's error.
+    pub fn postgres(&self) -> &tokio_postgres::Error {
+        &self.source
+    }
+}
+
 fn ctx(what: &'static str) -> impl FnOnce(tokio_postgres::Error) -> CatalogError {
     move |source| CatalogError {
         what,

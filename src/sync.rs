@@ -504,7 +504,13 @@ impl<'a> Applier<'a> {
         self.pipe.drain().await.map_err(pg)?;
         let columns = crate::catalog::read_table_columns(&self.pipe.client, &rel.schema, &rel.name)
             .await
-            .map_err(|e| sync_error(e.to_string()))?
+            .map_err(|e| {
+                if lost(e.postgres()) {
+                    ApplyError::ConnectionLost(e.to_string())
+                } else {
+                    sync_error(e.to_string())
+                }
+            })?
             .ok_or_else(|| {
                 drift_error(format!("table {display} no longer exists on the target"))
             })?;
@@ -799,7 +805,9 @@ pub async fn stream(
             .await
             .map_err(pg)?
             .get(0);
-        let baseline = schema_of(&source, version, scope).await.map_err(sync_error)?;
+        // (Failing to read it right after connecting is most likely the server going away.)
+        let baseline =
+            schema_of(&source, version, scope).await.map_err(ApplyError::ConnectionLost)?;
         let (live, prefix, scope) = (live.clone(), prefix.clone(), scope.clone());
         tokio::spawn(async move {
             watch(source, version, baseline, scope, live, prefix, drift_every).await

@@ -319,6 +319,17 @@ pub(crate) fn db_message(e: &tokio_postgres::Error) -> String {
     }
 }
 
+/// Tells the report a step finished (not a copy: no rows or bytes).
+pub(crate) fn step_done(events: &(dyn Fn(Event) + Sync), step: &Step, started: Instant) {
+    events(Event::Done {
+        id: step.id.clone(),
+        object: step.object.clone(),
+        rows: None,
+        bytes: None,
+        elapsed: started.elapsed(),
+    });
+}
+
 /// What every part of a run shares.
 pub struct Ctx<'a> {
     /// Where to connect.
@@ -772,13 +783,7 @@ async fn run_step(
     state.finish(&step.id, None);
     state_dir.save(&mut state)?;
     drop(state);
-    events(Event::Done {
-        id: step.id.clone(),
-        object: step.object.clone(),
-        rows: None,
-        bytes: None,
-        elapsed: started.elapsed(),
-    });
+    step_done(events, step, started);
     Ok(())
 }
 
@@ -990,13 +995,7 @@ async fn create_slot(
     failpoint("after", &step.id);
     state.finish(&step.id, None);
     state_dir.save(state)?;
-    events(Event::Done {
-        id: step.id.clone(),
-        object: step.object.clone(),
-        rows: None,
-        bytes: None,
-        elapsed: started.elapsed(),
-    });
+    step_done(events, step, started);
     Ok(session)
 }
 

@@ -139,13 +139,7 @@ async fn finish_steps(ctx: &Ctx<'_>, steps: &[&Step], state: &mut State) -> Resu
 }
 
 fn done(ctx: &Ctx<'_>, step: &Step, started: Instant) {
-    (ctx.events)(Event::Done {
-        id: step.id.clone(),
-        object: step.object.clone(),
-        rows: None,
-        bytes: None,
-        elapsed: started.elapsed(),
-    });
+    crate::apply::step_done(ctx.events, step, started);
 }
 
 fn failed(step: &Step, e: &tokio_postgres::Error) -> ApplyError {

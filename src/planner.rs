@@ -1179,6 +1179,18 @@ fn verify_tables(source: &Catalog, tables: &[StreamTable]) -> Vec<VerifyTable> {
         .collect()
 }
 
+/// The source's sequences in scope: those owned by a table in scope, and free-standing ones
+/// that are themselves in scope.
+fn sequences_in_scope<'a>(
+    source: &'a Catalog,
+    scope: &'a Scope,
+) -> impl Iterator<Item = &'a crate::catalog::SequenceValue> {
+    source.sequences.iter().filter(|s| match &s.owned_by {
+        Some((ts, tn)) => scope.table_in_scope(ts, tn),
+        None => scope.table_in_scope(&s.schema, &s.name),
+    })
+}
+
 /// Online mode: the cutover, in order. Fence the source's writers, drain the stream to a
 /// barrier, set every sequence, refresh materialized views, verify every table, clean up.
 fn cutover_steps(
@@ -1263,14 +1275,7 @@ fn cutover_steps(
         ),
     ];
     let margin = spec.cutover.sequence_margin;
-    for s in &source.sequences {
-        let in_scope = match &s.owned_by {
-            Some((ts, tn)) => scope.table_in_scope(ts, tn),
-            None => scope.table_in_scope(&s.schema, &s.name),
-        };
-        if !in_scope {
-            continue;
-        }
+    for s in sequences_in_scope(source, scope) {
         let name = qualified_ident(&s.schema, &s.name);
         out.push(step(
             &format!("sequence:{}", qualified(&s.schema, &s.name)),
@@ -1334,14 +1339,7 @@ fn sequence_steps(
 ) -> Vec<Step> {
     let _ = source_keys;
     let mut out = vec![];
-    for s in &source.sequences {
-        let in_scope = match &s.owned_by {
-            Some((ts, tn)) => scope.table_in_scope(ts, tn),
-            None => scope.table_in_scope(&s.schema, &s.name),
-        };
-        if !in_scope {
-            continue;
-        }
+    for s in sequences_in_scope(source, scope) {
         let current = target.sequences.iter().find(|t| t.schema == s.schema && t.name == s.name);
         let already = current.is_some_and(|t| t.last_value == s.last_value);
         let id = step_id(Phase::PostLoad, "sequence_value", &s.schema, &s.name);

@@ -4,7 +4,7 @@
 //! abandoned slot keeps the source's WAL forever: abort never leaves it behind. The target's
 //! tables and rows stay (a later apply copies every table again).
 
-use std::io::{BufRead, IsTerminal, Write};
+use std::io::Write;
 
 use crate::apply::Servers;
 use crate::cli::{AbortArgs, Outcome, io_err};
@@ -163,17 +163,9 @@ async fn loaded_database(source: &tokio_postgres::Client) -> miette::Result<Stri
 }
 
 fn confirmed(out: &mut dyn Write) -> miette::Result<bool> {
-    if !std::io::stdin().is_terminal() {
-        miette::bail!(
-            help = "pass --auto-approve to remove them without confirmation",
-            "cannot ask for confirmation: standard input is not a terminal"
-        );
-    }
-    crate::report::abort_prompt(out).map_err(io_err)?;
-    let mut answer = String::new();
-    std::io::stdin()
-        .lock()
-        .read_line(&mut answer)
-        .map_err(|e| miette::miette!("cannot read the answer: {e}"))?;
-    Ok(answer.trim() == "yes")
+    super::confirm(
+        out,
+        crate::report::abort_prompt,
+        "pass --auto-approve to remove them without confirmation",
+    )
 }

@@ -2,7 +2,7 @@
 //! stale when either server changed since); a migration plan is planned afresh, shown, and
 //! applied after confirmation.
 
-use std::io::{BufRead, IsTerminal, Write};
+use std::io::{IsTerminal, Write};
 use std::path::Path;
 
 use miette::IntoDiagnostic;
@@ -99,17 +99,12 @@ pub fn lock(loaded: &LoadedSpec, command: &str) -> miette::Result<(StateDir, cra
 }
 
 fn confirmed(out: &mut dyn Write, plan: &Plan) -> miette::Result<bool> {
-    if !std::io::stdin().is_terminal() {
-        miette::bail!(
-            help = "pass --auto-approve to apply a fresh plan without confirmation, or save it \
-                    with `pgtransit plan --out FILE` and apply that file",
-            "cannot ask for confirmation: standard input is not a terminal"
-        );
-    }
-    report::confirm_prompt(out, plan).map_err(io_err)?;
-    let mut answer = String::new();
-    std::io::stdin().lock().read_line(&mut answer).into_diagnostic()?;
-    Ok(answer.trim() == "yes")
+    super::confirm(
+        out,
+        |out| report::confirm_prompt(out, plan),
+        "pass --auto-approve to apply a fresh plan without confirmation, or save it with \
+         `pgtransit plan --out FILE` and apply that file",
+    )
 }
 
 /// The identity of a plan, recorded in the state while it is applied.

@@ -1,7 +1,7 @@
 //! `pgtransit cutover FILE`: asks a running `apply` to cut over and waits for the result, or,
 //! with no apply running, resumes the stream itself and cuts over as soon as ready.
 
-use std::io::{BufRead, IsTerminal, Write};
+use std::io::Write;
 use std::time::Duration;
 
 use crate::cli::{ApplyArgs, CutoverArgs, Outcome, io_err};
@@ -90,23 +90,15 @@ pub async fn run(args: &CutoverArgs, out: &mut dyn Write) -> miette::Result<Outc
 }
 
 fn confirmed(out: &mut dyn Write) -> miette::Result<bool> {
-    if !std::io::stdin().is_terminal() {
-        miette::bail!(
-            help = "pass --auto-approve to cut over without confirmation",
-            "cannot ask for confirmation: standard input is not a terminal"
-        );
-    }
-    write!(
+    super::confirm(
         out,
-        "Cut over: writes on the source are stopped for every session but pgtransit's. Only \
-         'yes' is accepted: "
+        |out| {
+            write!(
+                out,
+                "Cut over: writes on the source are stopped for every session but pgtransit's. \
+                 Only 'yes' is accepted: "
+            )
+        },
+        "pass --auto-approve to cut over without confirmation",
     )
-    .map_err(io_err)?;
-    out.flush().map_err(io_err)?;
-    let mut answer = String::new();
-    std::io::stdin()
-        .lock()
-        .read_line(&mut answer)
-        .map_err(|e| miette::miette!("cannot read the answer: {e}"))?;
-    Ok(answer.trim() == "yes")
 }

@@ -139,15 +139,15 @@ pub enum ApplyError {
         )
     )]
     VerifyFailed(String),
-    /// A server went away during the stream (network, restart) and did not come back within
-    /// `--retry-for`.
-    #[error("lost the connection to a server while streaming: {0}")]
+    /// A server went away (network, restart) and did not come back within `--retry-for`.
+    #[error("lost the connection to a server: {0}")]
     #[diagnostic(
         code(pgtransit::connection_lost),
         help(
-            "nothing is lost: the target holds the position it applied, and the slot keeps every \
-             later change. Once the server answers again, run `pgtransit apply` to resume (apply \
-             itself retries for --retry-for)"
+            "nothing is lost: the state records every step done, the target the position it \
+             applied, and the slot keeps every later change. Once the server answers again, run \
+             `pgtransit apply` to resume (apply itself waits for --retry-for; pass a longer one \
+             to ride out a longer outage)"
         )
     )]
     ConnectionLost(String),
@@ -229,13 +229,10 @@ pub struct Servers {
 /// after cannot take back what the state or the slot were told.
 pub async fn connect_target(servers: &Servers, app: &str) -> Result<Client, ApplyError> {
     let client = conn::connect_with(&servers.target, app, &servers.policy).await?;
-    client.batch_execute("SET synchronous_commit = on").await.map_err(|e| {
-        ApplyError::StepFailed {
-            id: "connect".into(),
-            object: "target session".into(),
-            message: db_message(&e),
-        }
-    })?;
+    client
+        .batch_execute("SET synchronous_commit = on")
+        .await
+        .map_err(|e| step_error("connect", "target session", &e))?;
     Ok(client)
 }
 
@@ -291,10 +288,85 @@ fn failed(step: &Step, e: &tokio_postgres::Error, state: &mut State, dir: &State
     if let Err(save) = dir.save(state) {
         return save.into();
     }
+    if is_lost(e) {
+        return ApplyError::ConnectionLost(format!(
+            "step {} ({}): {}",
+            step.id,
+            step.object,
+            db_message(e)
+        ));
+    }
     ApplyError::StepFailed {
         id: step.id.clone(),
         object: step.object.clone(),
         message: db_message(e),
+    }
+}
+
+/// Whether an error means the connection went away (closed, network, server shutting down or
+/// starting up) rather than a problem with what was sent: trying again on a new connection may
+/// work.
+pub(crate) fn is_lost(e: &tokio_postgres::Error) -> bool {
+    match e.code() {
+        None => true,
+        Some(c) => {
+            let c = c.code();
+            // 55006: an origin or slot still held by the session of a stream that just ended.
+            c.starts_with("08") || matches!(c, "57P01" | "57P02" | "57P03" | "53300" | "55006")
+        }
+    }
+}
+
+/// A server error as an [`ApplyError`] of a step: a lost connection is retried.
+fn step_error(id: &str, object: &str, e: &tokio_postgres::Error) -> ApplyError {
+    if is_lost(e) {
+        return ApplyError::ConnectionLost(format!("{object}: {}", db_message(e)));
+    }
+    ApplyError::StepFailed { id: id.into(), object: object.into(), message: db_message(e) }
+}
+
+/// Waits, with backoff, for a server that went away: for `--retry-for` from the first loss
+/// (a run that went on a good while since starts a new window).
+pub(crate) struct Reconnect {
+    window: Duration,
+    lost_since: Option<Instant>,
+    backoff: Duration,
+    attempt: Instant,
+}
+
+impl Reconnect {
+    pub(crate) fn new(window: Duration) -> Reconnect {
+        Reconnect {
+            window,
+            lost_since: None,
+            backoff: Duration::from_millis(500),
+            attempt: Instant::now(),
+        }
+    }
+
+    /// After `e`: whether to try again (having waited), or give up (the window is over, or
+    /// Ctrl-C).
+    pub(crate) async fn again(&mut self, e: &ApplyError, cancel: &Cancel) -> bool {
+        if !e.is_connection_loss() || cancel.requested() {
+            return false;
+        }
+        if self.attempt.elapsed() > self.window {
+            // It went on a good while: a new loss has a new window.
+            self.lost_since = None;
+            self.backoff = Duration::from_millis(500);
+        }
+        let since = *self.lost_since.get_or_insert_with(Instant::now);
+        if since.elapsed() >= self.window {
+            return false;
+        }
+        tracing::warn!("{e}; trying again in {:.1} s", self.backoff.as_secs_f64());
+        tokio::select! {
+            _ = tokio::time::sleep(self.backoff) => {}
+            _ = cancel.wait() => return false,
+        }
+        self.backoff = (self.backoff * 2).min(Duration::from_secs(5));
+        self.attempt = Instant::now();
+        true
     }
 }
 
@@ -411,25 +483,43 @@ pub async fn run(plan: &Plan, ctx: &Ctx<'_>, state: &mut State) -> Result<Finish
             continue;
         }
         (ctx.events)(Event::Phase(phase));
-        match phase {
+        if phase == Phase::Sync {
+            let (streams, others): (Vec<&Step>, Vec<&Step>) =
+                steps.iter().partition(|s| matches!(s.work, Work::Stream { .. }));
+            with_reconnect(ctx, async || run_phase(&others, 1, ctx, state).await).await?;
+            if let Some(step) = streams.first() {
+                return sync_and_cutover(step, &of(Phase::Cutover), ctx, state);
+            }
+            continue;
+        }
+        // A server that goes away is waited for, and the phase goes on where it stopped: what
+        // is done is recorded, what was cut off was rolled back.
+        with_reconnect(ctx, async || match phase {
             // Copies (and each copied table's index builds) run `jobs` at a time; copies read
             // one snapshot.
-            Phase::Load => load(&steps, ctx, state).await?,
+            Phase::Load => load(&steps, ctx, state).await,
             // What may lock several tables runs after the builds, each after what it needs.
-            Phase::PostLoad => run_phase(&steps, ctx.jobs, ctx, state).await?,
-            Phase::Sync => {
-                let (streams, others): (Vec<&Step>, Vec<&Step>) =
-                    steps.iter().partition(|s| matches!(s.work, Work::Stream { .. }));
-                run_phase(&others, 1, ctx, state).await?;
-                if let Some(step) = streams.first() {
-                    return sync_and_cutover(step, &of(Phase::Cutover), ctx, state);
-                }
-            }
+            Phase::PostLoad => run_phase(&steps, ctx.jobs, ctx, state).await,
             // DDL is quick: one connection, in plan order.
-            _ => run_phase(&steps, 1, ctx, state).await?,
-        }
+            _ => run_phase(&steps, 1, ctx, state).await,
+        })
+        .await?;
     }
     Ok(Finished::Complete)
+}
+
+/// Runs `work` again after a lost connection, with backoff, for `--retry-for`.
+async fn with_reconnect(
+    ctx: &Ctx<'_>,
+    mut work: impl AsyncFnMut() -> Result<(), ApplyError>,
+) -> Result<(), ApplyError> {
+    let mut reconnect = Reconnect::new(ctx.servers.policy.max_elapsed);
+    loop {
+        match work().await {
+            Err(e) if reconnect.again(&e, ctx.cancel).await => continue,
+            other => return other,
+        }
+    }
 }
 
 /// The stream, then (when asked, or when ready with `cutover.mode: auto`) the cutover.
@@ -465,11 +555,8 @@ fn sync_and_cutover(
         // A server that goes away (network, restart) is waited for, with backoff, for
         // --retry-for from the first failure; the stream then resumes from the target's
         // recorded position.
-        let window = ctx.servers.policy.max_elapsed;
-        let mut lost_since: Option<Instant> = None;
-        let mut backoff = Duration::from_millis(500);
+        let mut reconnect = Reconnect::new(ctx.servers.policy.max_elapsed);
         let stopped = loop {
-            let attempt = Instant::now();
             let stopped = crate::sync::stream(
                 ctx,
                 slot,
@@ -488,20 +575,7 @@ fn sync_and_cutover(
                 .as_ref()
                 .is_some_and(|c| matches!(c.status.as_str(), "fencing" | "draining"));
             match &stopped {
-                Err(e) if e.is_connection_loss() && !fencing && !ctx.cancel.requested() => {
-                    if attempt.elapsed() > window {
-                        // It streamed a good while: a new loss has a new window.
-                        lost_since = None;
-                        backoff = Duration::from_millis(500);
-                    }
-                    let since = *lost_since.get_or_insert_with(Instant::now);
-                    if since.elapsed() >= window {
-                        break stopped;
-                    }
-                    tracing::warn!("{e}; reconnecting in {:.1} s", backoff.as_secs_f64());
-                    tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(Duration::from_secs(5));
-                }
+                Err(e) if !fencing && reconnect.again(e, ctx.cancel).await => {}
                 _ => break stopped,
             }
         };
@@ -899,21 +973,22 @@ async fn load(steps: &[&Step], ctx: &Ctx<'_>, state: &mut State) -> Result<(), A
             return Ok((s.snapshot.clone(), crate::stream::lsn_text(s.consistent_point)));
         }
         exporter.batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY").await?;
+        // The insert position, not the write position: a transaction committed asynchronously
+        // is visible before its commit record is written, and its commit must come before
+        // the position the stream compares with.
         let row = exporter
             .query_one(
                 "SELECT pg_export_snapshot(), CASE WHEN pg_is_in_recovery() \
-                 THEN pg_last_wal_replay_lsn() ELSE pg_current_wal_lsn() END::text",
+                 THEN pg_last_wal_replay_lsn() ELSE pg_current_wal_insert_lsn() END::text",
                 &[],
             )
             .await?;
-        Ok::<_, tokio_postgres::Error>((row.get(0), row.get(1)))
+        let (snapshot, lsn): (String, String) = (row.get(0), row.get(1));
+        wait_durable(&exporter, &lsn).await?;
+        Ok::<_, tokio_postgres::Error>((snapshot, lsn))
     }
     .await
-    .map_err(|e| ApplyError::StepFailed {
-        id: "load:snapshot".into(),
-        object: "source snapshot".into(),
-        message: db_message(&e),
-    })?;
+    .map_err(|e| step_error("load:snapshot", "source snapshot", &e))?;
 
     let shared = Mutex::new(std::mem::replace(state, State::new(&state.migration)));
     let (snapshot, snapshot_lsn) = (&snapshot, &snapshot_lsn);
@@ -929,10 +1004,14 @@ async fn load(steps: &[&Step], ctx: &Ctx<'_>, state: &mut State) -> Result<(), A
                 literal(snapshot)
             ))
             .await
-            .map_err(|e| ApplyError::StepFailed {
-                id: "load:snapshot".into(),
-                object: "source snapshot".into(),
-                message: db_message(&e),
+            .map_err(|e| {
+                // The session that exports the snapshot went away (with the source): the load
+                // starts again under a new one.
+                if exporter.is_closed() {
+                    ApplyError::ConnectionLost(format!("source snapshot: {}", db_message(&e)))
+                } else {
+                    step_error("load:snapshot", "source snapshot", &e)
+                }
             })?;
             Ok((src, tgt))
         },
@@ -948,6 +1027,34 @@ async fn load(steps: &[&Step], ctx: &Ctx<'_>, state: &mut State) -> Result<(), A
     drop(slot_session);
     state_dir.save(state)?;
     result
+}
+
+/// Waits until the source has flushed its WAL up to `lsn`: until then, what a snapshot taken
+/// there sees may be lost in a crash of the source (a transaction committed with
+/// `synchronous_commit = off` is visible before it is durable), and its ids and positions
+/// reused after the restart by other transactions, which the copy must not be taken to hold.
+/// The WAL writer flushes such commits within a few `wal_writer_delay`s. (A snapshot a slot
+/// exports needs no wait: logical decoding reads only flushed WAL.)
+async fn wait_durable(probe: &Client, lsn: &str) -> Result<(), tokio_postgres::Error> {
+    let started = Instant::now();
+    loop {
+        let flushed: bool = probe
+            .query_one(
+                "SELECT pg_is_in_recovery() OR pg_current_wal_flush_lsn() >= $1::text::pg_lsn",
+                &[&lsn],
+            )
+            .await?
+            .get(0);
+        if flushed {
+            return Ok(());
+        }
+        if started.elapsed() > Duration::from_secs(60) {
+            // Never seen: the WAL writer flushes asynchronous commits within a second.
+            tracing::warn!("the source has not flushed its WAL up to {lsn} after 60 s");
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
 
 /// The slot step: creates the slot on a replication session and returns that session (its
@@ -987,7 +1094,11 @@ async fn create_slot(
                 |e| {
                     state.fail(&step.id, e.message.clone());
                     let _ = state_dir.save(state);
-                    fail(e.message)
+                    if e.transient {
+                        ApplyError::ConnectionLost(format!("{}: {}", step.object, e.message))
+                    } else {
+                        fail(e.message)
+                    }
                 },
             )?,
         ),

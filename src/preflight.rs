@@ -151,6 +151,62 @@ pub fn run(spec: &Spec, source: Option<&Catalog>, target: Option<&Catalog>) -> V
     checks
 }
 
+/// The state against the servers: a state written for another migration or other servers is
+/// refused (`state_mismatch`); so is a missing state while the source holds this migration's
+/// slot (`state_missing`: an earlier apply ran from another state directory, or the state was
+/// lost), as planning afresh would then ignore what that apply did.
+pub fn check_state(
+    spec: &Spec,
+    state: Option<&crate::state::State>,
+    state_file: &std::path::Path,
+    source: Option<&Catalog>,
+    target: Option<&Catalog>,
+) -> Vec<Check> {
+    let mut f = Findings(vec![]);
+    let file = state_file.display().to_string();
+    match state {
+        Some(st) => {
+            let sysid = |c: Option<&Catalog>| c.and_then(|c| c.server.system_identifier.clone());
+            let db = |c: Option<&Catalog>| c.map(|c| c.server.database.clone());
+            let (ss, ts, sd, td) = (sysid(source), sysid(target), db(source), db(target));
+            if let Err(e) = st.check_belongs(
+                state_file,
+                &spec.name.value,
+                ss.as_deref(),
+                ts.as_deref(),
+                (sd.as_deref(), td.as_deref()),
+            ) {
+                let fix = miette::Diagnostic::help(&e).map(|h| h.to_string());
+                f.add("state_mismatch", Severity::Error, file, e.to_string(), fix);
+            }
+        }
+        None => {
+            let slot = crate::naming::slot_name(&spec.name.value);
+            if let Some(src) = source
+                && src.replication_slots.iter().any(|s| s.name == slot)
+            {
+                f.add(
+                    "state_missing",
+                    Severity::Error,
+                    file,
+                    format!(
+                        "there is no state in {}, but the source holds replication slot {slot}: \
+                         an earlier apply of this migration ran, and its state is elsewhere or lost",
+                        state_file.display()
+                    ),
+                    Some(
+                        "run pgtransit where that state is (`state_dir` in the migration plan), \
+                         or put the state file back; to start over instead, `pgtransit abort` \
+                         removes the slot and publication, then empty the target's tables"
+                            .into(),
+                    ),
+                );
+            }
+        }
+    }
+    f.0
+}
+
 fn setting_i64(cat: &Catalog, name: &str) -> Option<i64> {
     cat.settings.get(name).and_then(|v| v.parse().ok())
 }
@@ -1049,6 +1105,41 @@ mod tests {
 
     fn codes(checks: &[Check]) -> Vec<(&str, Severity)> {
         checks.iter().map(|c| (c.code.as_str(), c.severity)).collect()
+    }
+
+    #[test]
+    fn a_missing_state_is_refused_while_the_source_holds_the_migrations_slot() {
+        let s = spec("mode: online\n");
+        let file = std::path::Path::new("/x/.pgtransit/t/state.json");
+        let mut src = catalog(150000);
+        assert!(check_state(&s, None, file, Some(&src), None).is_empty(), "a first run");
+        src.replication_slots.push(crate::catalog::ReplicationSlot {
+            name: crate::naming::slot_name("t"),
+            ..Default::default()
+        });
+        let checks = check_state(&s, None, file, Some(&src), None);
+        assert_eq!(codes(&checks), [("state_missing", Severity::Error)]);
+        assert!(checks[0].message.contains(&crate::naming::slot_name("t")), "{:?}", checks[0]);
+        assert!(checks[0].fix.as_deref().unwrap().contains("pgtransit abort"));
+        // With its state, the slot is this migration's own: nothing to say.
+        let st = crate::state::State::new("t");
+        assert!(check_state(&s, Some(&st), file, Some(&src), None).is_empty());
+    }
+
+    #[test]
+    fn a_state_from_another_server_or_migration_is_refused() {
+        let s = spec("");
+        let file = std::path::Path::new("state.json");
+        let mut src = catalog(150000);
+        src.server.system_identifier = Some("222".into());
+        let mut st = crate::state::State::new("t");
+        st.source_system_identifier = Some("111".into());
+        let checks = check_state(&s, Some(&st), file, Some(&src), None);
+        assert_eq!(codes(&checks), [("state_mismatch", Severity::Error)]);
+        assert!(checks[0].message.contains("111") && checks[0].message.contains("222"));
+        let other = crate::state::State::new("another");
+        let checks = check_state(&s, Some(&other), file, None, None);
+        assert_eq!(codes(&checks), [("state_mismatch", Severity::Error)]);
     }
 
     #[test]

@@ -184,6 +184,10 @@ pub struct SyncOptions {
     /// `REPLICA IDENTITY FULL` on them on the source (shown in the plan).
     #[serde(default)]
     pub tables_without_key: KeylessTables,
+    /// `pgtransit status` warns when the slot keeps more WAL than this on the source's disk
+    /// (`"1GB"`, the default; `"50GB"` for a busy source with room to spare).
+    #[serde(default)]
+    pub slot_wal_warning: Option<ByteSize>,
 }
 
 /// See `sync.tables_without_key`.

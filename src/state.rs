@@ -233,8 +233,9 @@ pub enum StateError {
     #[diagnostic(
         code(pgtransit::locked),
         help(
-            "wait for it to finish, or stop it (Ctrl-C) and run again; a lock left by a process \
-              that died is released by the system and never blocks"
+            "wait for it to finish, or stop it (Ctrl-C, or `kill` that pid) and run again; a \
+              lock left by a process that died is released by the system and never blocks (the \
+              next run takes it over)"
         )
     )]
     Locked {
@@ -286,9 +287,21 @@ fn io(what: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> StateEr
 }
 
 /// A held lock on a state directory; released on drop (or when the process dies).
+///
+/// The lock is the kernel's (`flock`) on the `lock` file, which names the holder. A run that
+/// ends empties the file; one that dies (kill -9, a crash of the machine) cannot, and the
+/// kernel releases its lock anyway: the next run takes it over, saying whose it was.
 #[derive(Debug)]
 pub struct Lock {
-    _file: File,
+    file: File,
+    /// The holder named in the file when this run took it: a run that died holding it.
+    pub taken_over: Option<String>,
+}
+
+impl Drop for Lock {
+    fn drop(&mut self) {
+        let _ = self.file.set_len(0);
+    }
 }
 
 /// The state directory of one migration.
@@ -336,6 +349,13 @@ impl StateDir {
             }
             Err(fs::TryLockError::Error(e)) => return Err(io("cannot lock", &path)(e)),
         }
+        let mut previous = String::new();
+        let _ = file.read_to_string(&mut previous);
+        let previous = previous.trim();
+        let taken_over = (!previous.is_empty()).then(|| previous.to_string());
+        if let Some(p) = &taken_over {
+            tracing::warn!("took over the lock of a run that ended without releasing it ({p})");
+        }
         let host = fs::read_to_string("/proc/sys/kernel/hostname")
             .map(|h| h.trim().to_string())
             .unwrap_or_else(|_| "unknown host".into());
@@ -347,7 +367,7 @@ impl StateDir {
         file.set_len(0).map_err(io("cannot write the lock file", &path))?;
         file.rewind().map_err(io("cannot write the lock file", &path))?;
         file.write_all(text.as_bytes()).map_err(io("cannot write the lock file", &path))?;
-        Ok(Lock { _file: file })
+        Ok(Lock { file, taken_over })
     }
 
     /// Who holds the lock, if anyone (a running `apply`): the holder's text.
@@ -565,7 +585,25 @@ mod tests {
         assert!(msg.contains(&format!("pid {}", std::process::id())), "{msg}");
         assert!(msg.contains("apply plans/x.yaml"), "{msg}");
         drop(held);
-        dir.lock("apply").unwrap();
+        let again = dir.lock("apply").unwrap();
+        assert_eq!(again.taken_over, None, "a run that ended released its lock");
+        drop(again);
+        fs::remove_dir_all(dir.path()).unwrap();
+    }
+
+    #[test]
+    fn lock_of_a_run_that_died_is_taken_over_naming_it() {
+        let dir = temp("lock-dead");
+        fs::create_dir_all(dir.path()).unwrap();
+        // What a run killed with -9 leaves: its line, and no lock held (the kernel dropped it).
+        let dead =
+            "pid 4242 on somehost, started at 1700000000 (Unix time), running `pgtransit apply`";
+        fs::write(dir.path().join("lock"), format!("{dead}\n")).unwrap();
+        let lock = dir.lock("apply").unwrap();
+        assert_eq!(lock.taken_over.as_deref(), Some(dead));
+        let now = fs::read_to_string(dir.path().join("lock")).unwrap();
+        assert!(now.contains(&format!("pid {}", std::process::id())), "{now}");
+        drop(lock);
         fs::remove_dir_all(dir.path()).unwrap();
     }
 

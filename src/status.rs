@@ -6,8 +6,9 @@ use serde::Serialize;
 use crate::catalog::SlotHealth;
 use crate::state::{Counters, State, StepStatus};
 
-/// Retained WAL above which `status` warns (the slot keeps the source's WAL on its disk).
-pub const RETAINED_WAL_WARNING: i64 = 1 << 30;
+/// Retained WAL above which `status` warns (the slot keeps the source's WAL on its disk), when
+/// the migration plan does not say (`sync.slot_wal_warning`).
+pub const RETAINED_WAL_WARNING: u64 = 1 << 30;
 
 /// One table.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -71,13 +72,15 @@ pub struct Live {
     pub reachable: bool,
 }
 
-/// Computes the status. `running` is the lock holder, if an apply runs now; `now` is Unix time.
+/// Computes the status. `running` is the lock holder, if an apply runs now; `now` is Unix time;
+/// `wal_warning`: the slot's retained WAL that deserves a warning.
 pub fn compute(
     migration: &str,
     state: Option<&State>,
     running: Option<String>,
     live: &Live,
     now: f64,
+    wal_warning: u64,
 ) -> Status {
     let mut st = Status {
         migration: migration.to_string(),
@@ -212,11 +215,14 @@ pub fn compute(
             )),
             None => {}
             Some(slot) => {
-                if let Some(r) = slot.retained_bytes.filter(|r| *r > RETAINED_WAL_WARNING) {
+                let limit = i64::try_from(wal_warning).unwrap_or(i64::MAX);
+                if let Some(r) = slot.retained_bytes.filter(|r| *r > limit) {
                     st.warnings.push(format!(
-                        "the slot keeps {} of WAL on the source's disk: keep `apply` streaming \
-                         (or `pgtransit abort` to release it)",
-                        crate::preflight::human_bytes(r)
+                        "the slot keeps {} of WAL on the source's disk (more than \
+                         sync.slot_wal_warning, {}): keep `apply` streaming, or `pgtransit abort` \
+                         to release it",
+                        crate::preflight::human_bytes(r),
+                        crate::preflight::human_bytes(limit)
                     ));
                 }
                 match slot.wal_status.as_deref() {
@@ -232,10 +238,16 @@ pub fn compute(
                     ),
                     _ => {}
                 }
-                if let Some(safe) = slot.safe_wal_size.filter(|s| *s < RETAINED_WAL_WARNING) {
+                // With max_slot_wal_keep_size set, the slot may keep retained + safe bytes:
+                // warn when less than a quarter of that is left.
+                if let (Some(safe), Some(kept)) = (slot.safe_wal_size, slot.retained_bytes)
+                    && safe < (safe.max(0) + kept.max(0)) / 4
+                {
                     st.warnings.push(format!(
-                        "only {} of WAL left before max_slot_wal_keep_size invalidates the slot",
-                        crate::preflight::human_bytes(safe.max(0))
+                        "only {} of WAL left before max_slot_wal_keep_size invalidates the slot \
+                         (it keeps {}): keep `apply` streaming, or raise max_slot_wal_keep_size",
+                        crate::preflight::human_bytes(safe.max(0)),
+                        crate::preflight::human_bytes(kept.max(0))
                     ));
                 }
             }
@@ -292,11 +304,25 @@ mod tests {
 
     #[test]
     fn ready_for_cutover_once_every_table_streams_under_the_lag_threshold() {
-        let s = compute("m", Some(&state(true)), Some("pid 1 on h".into()), &live(), 1001.0);
+        let s = compute(
+            "m",
+            Some(&state(true)),
+            Some("pid 1 on h".into()),
+            &live(),
+            1001.0,
+            RETAINED_WAL_WARNING,
+        );
         assert_eq!(s.phase, "streaming");
         assert_eq!(s.tables[0].state, "streaming");
         assert!(s.ready_for_cutover);
-        let copying = compute("m", Some(&state(false)), Some("pid 1 on h".into()), &live(), 1001.0);
+        let copying = compute(
+            "m",
+            Some(&state(false)),
+            Some("pid 1 on h".into()),
+            &live(),
+            1001.0,
+            RETAINED_WAL_WARNING,
+        );
         assert_eq!(copying.tables[0].state, "copying");
         assert!(!copying.ready_for_cutover);
     }
@@ -306,14 +332,21 @@ mod tests {
         let mut st = state(true);
         st.sync.as_mut().unwrap().caught_up_at = Some(900.0);
         st.sync.as_mut().unwrap().applied_lsn = Some("0/1000".into());
-        let s = compute("m", Some(&st), None, &live(), 1001.0);
+        let s = compute("m", Some(&st), None, &live(), 1001.0, RETAINED_WAL_WARNING);
         assert_eq!(s.phase, "stopped");
         assert!(!s.ready_for_cutover);
         assert_eq!(s.lag_seconds, Some(101.0));
         assert_eq!(s.lag_bytes, Some(5000 - 0x1000));
         // A stale report from a process that holds the lock but stopped reporting is not
         // streaming either.
-        let s = compute("m", Some(&state(true)), Some("pid 1 on h".into()), &live(), 2000.0);
+        let s = compute(
+            "m",
+            Some(&state(true)),
+            Some("pid 1 on h".into()),
+            &live(),
+            2000.0,
+            RETAINED_WAL_WARNING,
+        );
         assert_eq!(s.phase, "applying");
         assert!(!s.ready_for_cutover);
     }
@@ -321,7 +354,14 @@ mod tests {
     #[test]
     fn a_killed_streamers_state_does_not_make_the_next_apply_look_streaming() {
         // pid 1 streamed and was killed; pid 2 holds the lock now and is still planning.
-        let s = compute("m", Some(&state(true)), Some("pid 2 on h".into()), &live(), 1001.0);
+        let s = compute(
+            "m",
+            Some(&state(true)),
+            Some("pid 2 on h".into()),
+            &live(),
+            1001.0,
+            RETAINED_WAL_WARNING,
+        );
         assert_eq!(s.phase, "applying");
         assert!(!s.ready_for_cutover);
     }
@@ -329,10 +369,33 @@ mod tests {
     #[test]
     fn a_missing_or_invalidated_slot_is_a_warning() {
         let gone = Live { slot: None, ..live() };
-        let s = compute("m", Some(&state(true)), None, &gone, 1001.0);
+        let s = compute("m", Some(&state(true)), None, &gone, 1001.0, RETAINED_WAL_WARNING);
         assert!(s.warnings[0].contains("does not exist"), "{:?}", s.warnings);
         let lost = Live { slot: Some(slot(Some("lost"))), ..live() };
-        let s = compute("m", Some(&state(true)), None, &lost, 1001.0);
+        let s = compute("m", Some(&state(true)), None, &lost, 1001.0, RETAINED_WAL_WARNING);
         assert!(s.warnings.iter().any(|w| w.contains("invalidated")), "{:?}", s.warnings);
+    }
+
+    #[test]
+    fn retained_wal_past_the_threshold_or_near_invalidation_is_a_warning() {
+        let keeping = |retained, safe| Live {
+            slot: Some(SlotHealth {
+                retained_bytes: Some(retained),
+                safe_wal_size: safe,
+                ..slot(Some("reserved"))
+            }),
+            ..live()
+        };
+        let warnings =
+            |l: &Live, limit| compute("m", Some(&state(true)), None, l, 1001.0, limit).warnings;
+        // 2 GB kept: above the default 1 GB, below a threshold of 5 GB.
+        let two_gb = keeping(2 << 30, None);
+        let w = warnings(&two_gb, RETAINED_WAL_WARNING);
+        assert!(w.iter().any(|w| w.contains("keeps 2.1 GB")), "{w:?}");
+        assert!(warnings(&two_gb, 5 << 30).is_empty());
+        // max_slot_wal_keep_size 10 GB: 9 GB kept, 1 GB left (less than a quarter) warns.
+        let w = warnings(&keeping(9 << 30, Some(1 << 30)), 20 << 30);
+        assert!(w.iter().any(|w| w.contains("before max_slot_wal_keep_size")), "{w:?}");
+        assert!(warnings(&keeping(5 << 30, Some(5 << 30)), 20 << 30).is_empty());
     }
 }

@@ -363,17 +363,8 @@ fn pg(e: tokio_postgres::Error) -> ApplyError {
     }
 }
 
-/// Whether an error means the connection went away (closed, network, server shutting down or
-/// starting up) rather than a problem with what was sent.
 fn lost(e: &tokio_postgres::Error) -> bool {
-    match e.code() {
-        None => true,
-        Some(c) => {
-            let c = c.code();
-            // 55006: an origin or slot still held by the session of a stream that just ended.
-            c.starts_with("08") || matches!(c, "57P01" | "57P02" | "57P03" | "53300" | "55006")
-        }
-    }
+    crate::apply::is_lost(e)
 }
 
 /// What the heartbeat task shares with the applier.

@@ -172,6 +172,8 @@ fn apply_killed_mid_load_resumes_without_duplicates() {
 
     let out = run(dir.path(), &["apply", &f, "--auto-approve"]);
     assert_eq!(out.code, 0, "{out:?}");
+    // The killed run could not release its lock: this one says whose it took over.
+    assert!(out.stderr.contains("took over the lock of a run that ended without"), "{out:?}");
     assert_migrated(&src, &tgt, "app");
     assert_eq!(sql(&tgt, "app", "SELECT count(*) FROM big"), "20000");
     // Each copy records the source position its snapshot corresponds to.

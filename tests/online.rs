@@ -643,7 +643,108 @@ fn a_crash_of_either_server_during_sync_is_waited_for_and_nothing_is_lost_or_dou
     wait_identical(&src, &tgt, &dir);
     assert_eq!(sql(&tgt, "app", "SELECT n FROM counter"), "2000");
     assert_eq!(sql(&tgt, "app", "SELECT count(*), count(DISTINCT i) FROM ticks"), "2000|1500");
-    assert!(apply_output(&dir).contains("reconnecting"), "{}", apply_output(&dir));
+    assert!(apply_output(&dir).contains("trying again"), "{}", apply_output(&dir));
+    assert_eq!(stop(&mut child), 0, "{}", apply_output(&dir));
+
+    // Without its state (lost, or another directory), the migration is not started afresh over
+    // what the earlier applies did: the slot on the source says one ran.
+    let state_dir = dir.path().join(".pgtransit/loadcrash");
+    let away = dir.path().join("moved-away");
+    std::fs::rename(&state_dir, &away).unwrap();
+    let out = run(dir.path(), &["apply", &plan, "--auto-approve"]);
+    assert_eq!(out.code, 1, "{out:?}");
+    assert!(out.stdout.contains("state_missing"), "{out:?}");
+    assert!(out.stdout.contains("pgtransit_loadcrash"), "{out:?}");
+    std::fs::rename(&away, &state_dir).unwrap();
+    run(dir.path(), &["abort", &plan, "--auto-approve"]);
+    assert_eq!(slots(&src), "");
+}
+
+#[test]
+fn crashes_of_the_target_and_the_source_during_the_load_are_waited_for_and_the_copy_redone() {
+    let (mut src, mut tgt) = pair(
+        "online-load-crash",
+        "CREATE TABLE big (id int PRIMARY KEY, v text);
+         INSERT INTO big SELECT i, repeat('x', 50) FROM generate_series(1, 20000) i;
+         CREATE TABLE other (id int PRIMARY KEY);
+         INSERT INTO other SELECT generate_series(1, 100);
+         CREATE TABLE ticks (i int, at timestamptz);
+         CREATE TABLE counter (id int PRIMARY KEY, n bigint);
+         INSERT INTO counter VALUES (1, 0);",
+    );
+    // The target's table is there already (identical, empty), and a session holds it: the copy
+    // into it waits, recorded `running`, until the target crashes (reads go on: planning).
+    sql(&tgt, "app", "CREATE TABLE big (id int PRIMARY KEY, v text);");
+    let hold = |c: &LocalCluster, table: &str| {
+        let locker = std::process::Command::new(c.bin("psql"))
+            .args(["-X", "-q", "-d", &c.conninfo("app"), "-c"])
+            .arg(format!("BEGIN; LOCK TABLE {table} IN SHARE MODE; SELECT pg_sleep(120);"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let q = format!("SELECT count(*) FROM pg_locks WHERE relation = '{table}'::regclass");
+        wait_for(Duration::from_secs(10), "the target's table locked", || sql(c, "app", &q) != "0");
+        locker
+    };
+    let mut locker = hold(&tgt, "big");
+    let dir = TempDir::new("online-load-crash");
+    let plan = online_plan(
+        &dir,
+        "loadcrash",
+        &src,
+        &tgt,
+        "sync:\n  tables_without_key: replica_identity_full\n",
+    );
+    let mut child = start_apply(&dir, &plan, &[("PGTRANSIT_LOG", "info")]);
+    let running = |dir: &TempDir| {
+        state(dir, "loadcrash")["steps"]["load:table:public.big"]["status"] == "running"
+    };
+    wait_for(Duration::from_secs(30), "the copy of big to wait on the lock", || running(&dir));
+    let w = writer(&src, 300);
+    std::thread::sleep(Duration::from_millis(300));
+    tgt.crash().unwrap();
+    let _ = locker.wait();
+    std::thread::sleep(Duration::from_secs(1));
+    tgt.start_again().unwrap();
+    w.join().unwrap();
+    wait_streaming(&dir, "loadcrash", &mut child);
+    wait_identical(&src, &tgt, &dir);
+    assert!(apply_output(&dir).contains("trying again"), "{}", apply_output(&dir));
+
+    // Again, the source this time: a resumed load under a new snapshot, while the slot's
+    // changes wait.
+    assert_eq!(stop(&mut child), 0, "{}", apply_output(&dir));
+    sql(&src, "app", "CREATE TABLE late (id int PRIMARY KEY); INSERT INTO late VALUES (1), (2);");
+    sql(&tgt, "app", "CREATE TABLE late (id int PRIMARY KEY);");
+    let mut locker = hold(&tgt, "late");
+    let mut child = start_apply(&dir, &plan, &[]);
+    let start = Instant::now();
+    while state(&dir, "loadcrash")["steps"]["load:table:public.late"]["status"] != "running" {
+        assert!(
+            start.elapsed() < Duration::from_secs(30) && child.try_wait().unwrap().is_none(),
+            "the copy of late did not start:\n{}",
+            apply_output(&dir)
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let w = writer(&src, 300);
+    src.crash().unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    src.start_again().unwrap();
+    let _ = w.join();
+    // The copy saw nothing of the crash while it waited on the target: let it go on.
+    sql(
+        &tgt,
+        "app",
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE query LIKE '%pg_sleep(120)%' \
+         AND pid <> pg_backend_pid()",
+    );
+    let _ = locker.wait();
+    wait_streaming(&dir, "loadcrash", &mut child);
+    wait_identical(&src, &tgt, &dir);
+    assert_eq!(sql(&tgt, "app", "SELECT count(*) FROM late"), "2");
+    assert!(apply_output(&dir).contains("trying again"), "{}", apply_output(&dir));
     assert_eq!(stop(&mut child), 0, "{}", apply_output(&dir));
     run(dir.path(), &["abort", &plan, "--auto-approve"]);
     assert_eq!(slots(&src), "");

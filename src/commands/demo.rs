@@ -208,6 +208,7 @@ pub async fn run(args: &DemoArgs, out: &mut dyn Write) -> miette::Result<Outcome
         state_dir.holder(),
         &crate::status::Live::default(),
         crate::state::now_f64(),
+        crate::status::RETAINED_WAL_WARNING,
     );
     report::status(out, &st, Format::Text).map_err(io_err)?;
 

@@ -196,6 +196,13 @@ pub async fn compute(loaded: &LoadedSpec, env: &Env, retry_for: Duration) -> Com
         }
     };
     checks.extend(preflight::run(&loaded.spec, source.catalog.as_ref(), target.catalog.as_ref()));
+    checks.extend(preflight::check_state(
+        &loaded.spec,
+        state.as_ref(),
+        &state_dir.state_file(),
+        source.catalog.as_ref(),
+        target.catalog.as_ref(),
+    ));
     checks.sort_by_key(|c| c.severity);
     let summary = |r: &Inspected| ServerSummary {
         endpoint: r.endpoint.clone(),

@@ -32,7 +32,15 @@ pub async fn run(args: &StatusArgs, out: &mut dyn Write) -> miette::Result<Outco
         }
         Err(e) => tracing::warn!("the source did not answer ({e}): status from the state only"),
     }
-    let st = status::compute(&migration, state.as_ref(), running, &live, crate::state::now_f64());
+    let wal_warning = loaded.spec.sync.slot_wal_warning.map(|b| b.0);
+    let st = status::compute(
+        &migration,
+        state.as_ref(),
+        running,
+        &live,
+        crate::state::now_f64(),
+        wal_warning.unwrap_or(status::RETAINED_WAL_WARNING),
+    );
     crate::report::status(out, &st, args.format).map_err(io_err)?;
     Ok(Outcome::Done)
 }

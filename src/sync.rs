@@ -53,6 +53,60 @@ pub const IDLE: Duration = Duration::from_millis(5);
 pub const DRAIN_LIMIT: Duration = Duration::from_secs(120);
 /// How often the heartbeat is emitted on the source.
 pub const HEARTBEAT: Duration = Duration::from_secs(1);
+/// The stream counts as stalled when nothing has arrived for this long although the source
+/// says it sent a heartbeat this long ago (a connection a middlebox keeps open but passes
+/// nothing through): it is then dropped and started again, as when lost.
+pub const STALL: Duration = Duration::from_secs(30);
+
+/// A session of a server, exactly: its pid and its start time (pids are reused).
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Session {
+    pid: i32,
+    started: String,
+}
+
+/// The sessions of this process's last stream. After the stream was lost they may live on,
+/// unaware, on their servers (a stalled connection is only noticed by its server after
+/// `wal_sender_timeout` or TCP's timeouts): the walsender still holds the slot, the target
+/// session the replication origin, maybe a batch about to commit. The next stream ends them,
+/// and waits until they are gone, before it reads the applied position.
+static PREVIOUS: std::sync::Mutex<(Option<Session>, Option<Session>)> =
+    std::sync::Mutex::new((None, None));
+
+/// Ends `session` if it still runs (the caller's own role may), and waits until it is gone.
+async fn end_previous(client: &Client, session: &Session, what: &str) -> Result<(), ApplyError> {
+    let started = Instant::now();
+    loop {
+        let alive: bool = client
+            .query_one(
+                "SELECT count(*) > 0 FROM pg_stat_activity \
+                 WHERE pid = $1 AND backend_start::text = $2",
+                &[&session.pid, &session.started],
+            )
+            .await
+            .map_err(pg)?
+            .get(0);
+        if !alive {
+            return Ok(());
+        }
+        if started.elapsed() > Duration::from_secs(30) {
+            return Err(ApplyError::ConnectionLost(format!(
+                "the {what} of the stream before (pid {}) does not end",
+                session.pid
+            )));
+        }
+        tracing::warn!(pid = session.pid, "ending the {what} of the lost stream");
+        client
+            .execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+                 WHERE pid = $1 AND backend_start::text = $2",
+                &[&session.pid, &session.started],
+            )
+            .await
+            .map_err(pg)?;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
 
 /// A transaction snapshot as `pg_current_snapshot()` prints it: which transactions it sees.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -367,11 +421,22 @@ fn lost(e: &tokio_postgres::Error) -> bool {
     crate::apply::is_lost(e)
 }
 
+/// A heartbeat emitted on the source and not yet seen in the stream.
+struct Beat {
+    seq: u64,
+    /// When it was emitted (Unix time).
+    at: f64,
+    /// Its WAL position.
+    lsn: u64,
+    /// When the source was first seen to have sent it (its walsender's `sent_lsn` past it).
+    sent_at: Option<f64>,
+}
+
 /// What the heartbeat task shares with the applier.
 #[derive(Default)]
 struct Live {
-    /// Heartbeats emitted and not yet seen in the stream: (sequence, when).
-    pending: VecDeque<(u64, f64)>,
+    /// Heartbeats emitted and not yet seen in the stream.
+    pending: VecDeque<Beat>,
     /// The source's current WAL position at the last heartbeat.
     source_lsn: u64,
     /// A schema change found on the source.
@@ -770,6 +835,21 @@ pub async fn stream(
         ))
         .await
         .map_err(pg)?;
+    // The target session of a stream this process lost may still hold the origin, or be about
+    // to commit a batch: it ends before the applied position is read.
+    let previous = PREVIOUS.lock().expect("previous lock").0.take();
+    if let Some(session) = previous {
+        end_previous(&target, &session, "target session").await?;
+    }
+    let me = target
+        .query_one(
+            "SELECT pid, backend_start::text FROM pg_stat_activity WHERE pid = pg_backend_pid()",
+            &[],
+        )
+        .await
+        .map_err(pg)?;
+    PREVIOUS.lock().expect("previous lock").0 =
+        Some(Session { pid: me.get(0), started: me.get(1) });
     target
         .query_one("SELECT pg_replication_origin_session_setup($1)", &[&origin])
         .await
@@ -799,9 +879,15 @@ pub async fn stream(
         // (Failing to read it right after connecting is most likely the server going away.)
         let baseline =
             schema_of(&source, version, scope).await.map_err(ApplyError::ConnectionLost)?;
+        // The walsender of a stream this process lost still holds the slot: ended first.
+        let previous = PREVIOUS.lock().expect("previous lock").1.take();
+        if let Some(session) = previous {
+            end_previous(&source, &session, "walsender").await?;
+        }
         let (live, prefix, scope) = (live.clone(), prefix.clone(), scope.clone());
+        let slot = slot.to_string();
         tokio::spawn(async move {
-            watch(source, version, baseline, scope, live, prefix, drift_every).await
+            watch(source, slot, version, baseline, scope, live, prefix, drift_every).await
         })
     };
     struct AbortOnDrop(tokio::task::JoinHandle<()>);
@@ -884,8 +970,10 @@ async fn schema_of(
 
 /// The heartbeat task: emits a heartbeat every second, reads the source's WAL position, and
 /// compares the source's schema with `baseline` every `drift_every`.
+#[allow(clippy::too_many_arguments)]
 async fn watch(
     source: Client,
+    slot: String,
     version: i32,
     baseline: BTreeMap<String, String>,
     scope: crate::scope::Scope,
@@ -902,18 +990,31 @@ async fn watch(
         match source
             .query_one(
                 "SELECT pg_logical_emit_message(false, $1::text, $2::text)::text, \
-                        pg_current_wal_lsn()::text",
-                &[&prefix, &format!("{nonce}:{seq}")],
+                        pg_current_wal_lsn()::text, r.sent_lsn::text, r.pid, \
+                        r.backend_start::text \
+                 FROM (SELECT) one LEFT JOIN pg_replication_slots s ON s.slot_name = $3 \
+                      LEFT JOIN pg_stat_replication r ON r.pid = s.active_pid",
+                &[&prefix, &format!("{nonce}:{seq}"), &slot],
             )
             .await
         {
             Ok(row) => {
-                let at: String = row.get(0);
-                let current: String = row.get(1);
+                let pos = |s: Option<String>| s.and_then(|s| crate::stream::parse_lsn(&s));
+                let (at, current) = (pos(row.get(0)).unwrap_or(0), pos(row.get(1)).unwrap_or(0));
+                let sent = pos(row.get(2));
+                if let (Some(pid), Some(started)) = (row.get(3), row.get(4)) {
+                    // This stream's walsender (the slot is held by it while it streams).
+                    PREVIOUS.lock().expect("previous lock").1 = Some(Session { pid, started });
+                }
+                let now = now_f64();
                 let mut l = live.lock().expect("live lock");
-                l.pending.push_back((seq, emitted));
-                let pos = |s: &str| crate::stream::parse_lsn(s).unwrap_or(0);
-                l.source_lsn = l.source_lsn.max(pos(&at)).max(pos(&current));
+                if let Some(sent) = sent {
+                    for b in l.pending.iter_mut().filter(|b| b.sent_at.is_none() && b.lsn <= sent) {
+                        b.sent_at = Some(now);
+                    }
+                }
+                l.pending.push_back(Beat { seq, at: emitted, lsn: at, sent_at: None });
+                l.source_lsn = l.source_lsn.max(at).max(current);
             }
             Err(e) => {
                 live.lock().expect("live lock").failed =
@@ -1101,7 +1202,7 @@ async fn fence(
 fn report(a: &mut Applier<'_>, live: &std::sync::Mutex<Live>, state: &mut State) -> Option<f64> {
     let now = now_f64();
     let l = live.lock().expect("live lock");
-    let measured = l.pending.front().map(|(_, at)| (now - at).max(0.0)).unwrap_or(0.0);
+    let measured = l.pending.front().map(|b| (now - b.at).max(0.0)).unwrap_or(0.0);
     // Until one of this run's heartbeats came through, the stream may still be replaying a
     // backlog of unknown size: the lag is unknown (and the migration not ready).
     let known = l.own_seen;
@@ -1137,6 +1238,8 @@ async fn run_stream(
     let barrier = format!("{}:barrier", a.prefix);
     let mut last_report = Instant::now();
     let mut last_event = Instant::now();
+    // Since when the applier has been waiting for the stream with nothing to do.
+    let mut waiting_since = Instant::now();
     loop {
         // Between source transactions with a batch open, a quiet stream (nothing for IDLE)
         // commits it at once; otherwise wake up now and then for the reports and Ctrl-C.
@@ -1147,10 +1250,23 @@ async fn run_stream(
             c = stream.next() => Some(c),
             _ = tokio::time::sleep_until(wake.into()) => None,
         };
+        let got_event = matches!(&next, Some(Ok(Some(_))));
         match next {
             None => {
                 if a.open && a.in_source_tx.is_none() {
                     a.commit_batch(stream).await.map_err(pg)?;
+                }
+                if waiting_since.elapsed() > STALL {
+                    let sent =
+                        live.lock().expect("live lock").pending.front().and_then(|b| b.sent_at);
+                    if let Some(t) = sent.filter(|t| now_f64() - t > STALL.as_secs_f64()) {
+                        return Err(ApplyError::ConnectionLost(format!(
+                            "the replication stream is stalled: nothing arrived for {:.0} s, \
+                             though the source sent a heartbeat {:.0} s ago",
+                            waiting_since.elapsed().as_secs_f64(),
+                            now_f64() - t
+                        )));
+                    }
                 }
             }
             Some(Err(e)) if e.transient => {
@@ -1224,7 +1340,7 @@ async fn run_stream(
                             && let Ok(seq) = seq.parse::<u64>()
                         {
                             l.own_seen = true;
-                            l.pending.retain(|(s, _)| *s > seq);
+                            l.pending.retain(|b| b.seq > seq);
                         }
                     }
                     Change::KeepAlive { wal_end } => {
@@ -1236,6 +1352,9 @@ async fn run_stream(
                     other => a.change(other).await?,
                 }
             }
+        }
+        if got_event {
+            waiting_since = Instant::now();
         }
         if last_report.elapsed() >= Duration::from_secs(1) {
             last_report = Instant::now();

@@ -645,17 +645,6 @@ fn a_crash_of_either_server_during_sync_is_waited_for_and_nothing_is_lost_or_dou
     assert_eq!(sql(&tgt, "app", "SELECT count(*), count(DISTINCT i) FROM ticks"), "2000|1500");
     assert!(apply_output(&dir).contains("trying again"), "{}", apply_output(&dir));
     assert_eq!(stop(&mut child), 0, "{}", apply_output(&dir));
-
-    // Without its state (lost, or another directory), the migration is not started afresh over
-    // what the earlier applies did: the slot on the source says one ran.
-    let state_dir = dir.path().join(".pgtransit/loadcrash");
-    let away = dir.path().join("moved-away");
-    std::fs::rename(&state_dir, &away).unwrap();
-    let out = run(dir.path(), &["apply", &plan, "--auto-approve"]);
-    assert_eq!(out.code, 1, "{out:?}");
-    assert!(out.stdout.contains("state_missing"), "{out:?}");
-    assert!(out.stdout.contains("pgtransit_loadcrash"), "{out:?}");
-    std::fs::rename(&away, &state_dir).unwrap();
     run(dir.path(), &["abort", &plan, "--auto-approve"]);
     assert_eq!(slots(&src), "");
 }
@@ -746,6 +735,19 @@ fn crashes_of_the_target_and_the_source_during_the_load_are_waited_for_and_the_c
     assert_eq!(sql(&tgt, "app", "SELECT count(*) FROM late"), "2");
     assert!(apply_output(&dir).contains("trying again"), "{}", apply_output(&dir));
     assert_eq!(stop(&mut child), 0, "{}", apply_output(&dir));
+
+    // Without its state (lost, or another directory), the migration is not started afresh over
+    // what the earlier applies did: the slot on the source says one ran.
+    let state_dir = dir.path().join(".pgtransit/loadcrash");
+    let away = dir.path().join("moved-away");
+    std::fs::rename(&state_dir, &away).unwrap();
+    let out = run(dir.path(), &["apply", &plan, "--auto-approve"]);
+    assert_eq!(out.code, 1, "{out:?}");
+    assert!(out.stdout.contains("state_missing"), "{out:?}");
+    assert!(out.stdout.contains("pgtransit_loadcrash"), "{out:?}");
+    assert!(!state_dir.join("state.json").exists(), "a refused apply writes no state");
+    std::fs::remove_dir_all(&state_dir).unwrap();
+    std::fs::rename(&away, &state_dir).unwrap();
     run(dir.path(), &["abort", &plan, "--auto-approve"]);
     assert_eq!(slots(&src), "");
 }

@@ -27,7 +27,7 @@ pub async fn run(args: &DemoArgs, out: &mut dyn Write) -> miette::Result<Outcome
 
     report::say(out, "demo", "starting two throwaway PostgreSQL servers (source and target)")
         .map_err(io_err)?;
-    let (source, target) = tokio::task::spawn_blocking(start_clusters)
+    let (source, mut target) = tokio::task::spawn_blocking(start_clusters)
         .await
         .into_diagnostic()?
         .wrap_err("the demo could not start its PostgreSQL servers")?;
@@ -78,13 +78,16 @@ pub async fn run(args: &DemoArgs, out: &mut dyn Write) -> miette::Result<Outcome
     )
     .map_err(io_err)?;
     let exe = std::env::current_exe().into_diagnostic()?;
-    let mut apply = tokio::process::Command::new(&exe)
-        .args(["apply", &plan_path.to_string_lossy(), "--auto-approve"])
-        .stdin(std::process::Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .into_diagnostic()
-        .wrap_err("cannot start `pgtransit apply`")?;
+    let start_apply = || {
+        tokio::process::Command::new(&exe)
+            .args(["apply", &plan_path.to_string_lossy(), "--auto-approve"])
+            .stdin(std::process::Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .into_diagnostic()
+            .wrap_err("cannot start `pgtransit apply`")
+    };
+    let mut apply = start_apply()?;
     let state_dir = crate::state::StateDir::new(loaded.state_dir());
     let streaming = wait_until(&mut apply, Duration::from_secs(300), || {
         state_dir.load().ok().flatten().and_then(|s| s.sync).is_some_and(|s| s.streaming)
@@ -110,8 +113,40 @@ pub async fn run(args: &DemoArgs, out: &mut dyn Write) -> miette::Result<Outcome
         tokio::spawn(async move { write_for(&writer_client, Duration::from_secs(8)).await });
     let mut watch = tokio::time::interval(Duration::from_secs(2));
     watch.tick().await;
+    let mut ticks = 0;
     while !writer.is_finished() {
         watch.tick().await;
+        ticks += 1;
+        // Faults, while the writer writes: nothing may be lost or applied twice (the rows
+        // are compared below, and verified by the cutover).
+        if ticks == 1 {
+            report::say(
+                out,
+                "demo",
+                "the target crashes (pg_ctl stop -m immediate) and is started again a second \
+                 later: apply waits for it and resumes from the position the target committed",
+            )
+            .map_err(io_err)?;
+            tokio::task::block_in_place(|| -> miette::Result<()> {
+                target.crash().into_diagnostic()?;
+                std::thread::sleep(Duration::from_secs(1));
+                target.start_again().into_diagnostic()
+            })?;
+        }
+        if ticks == 2 {
+            report::say(
+                out,
+                "demo",
+                &format!(
+                    "kill -9 of pgtransit apply (pid {}) while it streams; started again: it \
+                     takes over the dead run's lock and resumes where the target stands",
+                    apply.id().unwrap_or_default()
+                ),
+            )
+            .map_err(io_err)?;
+            apply.kill().await.into_diagnostic()?;
+            apply = start_apply()?;
+        }
         if let Some(sync) = state_dir.load().ok().flatten().and_then(|s| s.sync) {
             let line = report::streaming_line(
                 sync.lag_bytes.unwrap_or(0),

@@ -283,6 +283,13 @@ enum Wire {
     Tls,
 }
 
+/// TCP keepalives when the connection string does not set them (`keepalives_idle`,
+/// `keepalives_interval`, `keepalives_count`): idle 15 s, then a probe every 5 s, 4 unanswered
+/// probes end the connection.
+const KEEPALIVES_IDLE: Duration = Duration::from_secs(15);
+const KEEPALIVES_INTERVAL: Duration = Duration::from_secs(5);
+const KEEPALIVES_COUNT: u32 = 4;
+
 /// Tries one server, with libpq's fallbacks between plaintext and TLS.
 async fn connect_target(
     ctx: &Ctx<'_>,
@@ -356,15 +363,12 @@ fn pg_config(ctx: &Ctx<'_>, target: &Target, ssl: PgSslMode) -> Config {
     if let Some(t) = r.connect_timeout {
         c.connect_timeout(t);
     }
-    if let Some(t) = r.keepalives_idle {
-        c.keepalives_idle(t);
-    }
-    if let Some(t) = r.keepalives_interval {
-        c.keepalives_interval(t);
-    }
-    if let Some(n) = r.keepalives_count {
-        c.keepalives_retries(n);
-    }
+    // A server that vanished without a word (a network cut, a machine that lost power) is
+    // noticed on an idle connection after about 35 s, not the system's default two hours:
+    // pgtransit's sessions live for hours, and a stream waits on its connection.
+    c.keepalives_idle(r.keepalives_idle.unwrap_or(KEEPALIVES_IDLE));
+    c.keepalives_interval(r.keepalives_interval.unwrap_or(KEEPALIVES_INTERVAL));
+    c.keepalives_retries(r.keepalives_count.unwrap_or(KEEPALIVES_COUNT));
     if let Some(t) = r.tcp_user_timeout {
         c.tcp_user_timeout(t);
     }

@@ -163,14 +163,17 @@ impl std::fmt::Display for Kind {
 /// notices a connection that hangs for long).
 fn network_fault(rng: &mut Rng) -> Kind {
     let server = if rng.chance(50) { Server::Source } else { Server::Target };
-    let mut freeze = rng.ms(500, 8000);
-    if let Some(ms) = std::env::var("PGTRANSIT_CHAOS_FREEZE_MS").ok().and_then(|v| v.parse().ok()) {
-        freeze = Duration::from_millis(ms);
-    }
+    let freeze = |rng: &mut Rng| {
+        let d = rng.ms(500, 8000);
+        match std::env::var("PGTRANSIT_CHAOS_FREEZE_MS").ok().and_then(|v| v.parse().ok()) {
+            Some(ms) => Duration::from_millis(ms),
+            None => d,
+        }
+    };
     let how = match rng.below(100) {
         0..40 => Net::Drop,
-        40..75 => Net::Freeze(freeze),
-        _ => Net::FreezeThenDrop(freeze),
+        40..75 => Net::Freeze(freeze(rng)),
+        _ => Net::FreezeThenDrop(freeze(rng)),
     };
     Kind::Network { server, how }
 }
@@ -1055,9 +1058,12 @@ impl Chaos {
         let seen = match (exited, how) {
             (_, Net::Drop) => String::new(),
             (Some(e), _) => format!(" ({e})"),
+            // (The state's stream report; during the load: the running steps.)
             (None, _) => match self.state()["sync"]["reported_at"].as_f64() {
-                Some(t) => format!(" (apply's last report {:.1} s before)", unix_now() - t),
-                None => String::new(),
+                Some(t) if t > 0.0 && self.state()["sync"]["streaming"] == true => {
+                    format!(" (apply's last stream report {:.1} s before)", unix_now() - t)
+                }
+                _ => format!(" (apply running; steps running: {})", self.running_steps()),
             },
         };
         self.say(format!("network: {what}{seen}"));

@@ -1063,7 +1063,7 @@ impl Chaos {
                 Some(t) if t > 0.0 && self.state()["sync"]["streaming"] == true => {
                     format!(" (apply's last stream report {:.1} s before)", unix_now() - t)
                 }
-                _ => format!(" (apply running; steps running: {})", self.running_steps()),
+                _ => format!(" (not streaming; steps running: {})", self.running_steps()),
             },
         };
         self.say(format!("network: {what}{seen}"));

@@ -18,6 +18,6 @@ mod offline;
 mod golden;
 // Online migrations: slot and snapshot, change streaming, status, abort, resume, drift.
 mod online;
-// Chaos: kills and crashes at seeded moments of an online migration under writes (opt-in:
-// --ignored, until it passes on every seed).
+// Chaos: kills, crashes and network faults at seeded moments of an online migration under
+// writes (opt-in: --ignored, until it passes on every seed).
 mod chaos;

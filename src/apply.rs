@@ -24,7 +24,7 @@ use tokio_postgres::Client;
 use crate::conn::{self, Env, Resolved, RetryPolicy};
 use crate::plan::{Action, Phase, Plan, Step, Work};
 use crate::sql::{ident, literal, qualified_ident};
-use crate::state::{State, StateDir};
+use crate::state::{State, StateDir, StepStatus};
 
 /// What apply tells the report, as it goes.
 #[derive(Debug, Clone)]
@@ -254,7 +254,7 @@ impl Servers {
 /// Failpoints for the resume tests (debug builds only): `PGTRANSIT_FAILPOINT=after:<step id>`
 /// aborts the process right after that step's work commits and before the state records it;
 /// `before:<step id>` aborts just before the step starts.
-fn failpoint(when: &str, id: &str) {
+pub(crate) fn failpoint(when: &str, id: &str) {
     if cfg!(debug_assertions)
         && let Ok(fp) = std::env::var("PGTRANSIT_FAILPOINT")
         && fp == format!("{when}:{id}")
@@ -342,6 +342,13 @@ impl Reconnect {
             backoff: Duration::from_millis(500),
             attempt: Instant::now(),
         }
+    }
+
+    /// The last attempt got somewhere (a step done, the stream caught up): a later loss is
+    /// a new outage, with a window of its own, not more of the same one.
+    pub(crate) fn progressed(&mut self) {
+        self.lost_since = None;
+        self.backoff = Duration::from_millis(500);
     }
 
     /// After `e`: whether to try again (having waited), or give up (the window is over, or
@@ -514,10 +521,24 @@ async fn with_reconnect(
     mut work: impl AsyncFnMut() -> Result<(), ApplyError>,
 ) -> Result<(), ApplyError> {
     let mut reconnect = Reconnect::new(ctx.servers.policy.max_elapsed);
+    let done = || {
+        let state = ctx.state_dir.load().ok().flatten();
+        state.map_or(0, |s| s.steps.values().filter(|r| r.status == StepStatus::Done).count())
+    };
+    let mut before = done();
     loop {
         match work().await {
-            Err(e) if reconnect.again(&e, ctx.cancel).await => continue,
-            other => return other,
+            Err(e) => {
+                let now = done();
+                if now > before {
+                    reconnect.progressed();
+                }
+                before = now;
+                if !reconnect.again(&e, ctx.cancel).await {
+                    return Err(e);
+                }
+            }
+            ok => return ok,
         }
     }
 }
@@ -557,6 +578,7 @@ fn sync_and_cutover(
         // recorded position.
         let mut reconnect = Reconnect::new(ctx.servers.policy.max_elapsed);
         let stopped = loop {
+            let began = crate::state::now_f64();
             let stopped = crate::sync::stream(
                 ctx,
                 slot,
@@ -574,6 +596,10 @@ fn sync_and_cutover(
                 .cutover
                 .as_ref()
                 .is_some_and(|c| matches!(c.status.as_str(), "fencing" | "draining"));
+            let caught_up = state.sync.as_ref().and_then(|s| s.caught_up_at);
+            if caught_up.is_some_and(|t| t >= began) {
+                reconnect.progressed();
+            }
             match &stopped {
                 Err(e) if !fencing && reconnect.again(e, ctx.cancel).await => {}
                 _ => break stopped,
@@ -828,8 +854,20 @@ async fn run_step(
             | Work::Fence { .. }
             | Work::Drain
             | Work::Verify { .. }
-            | Work::Cleanup { .. }
             | Work::None => Ok(()),
+            // A verified cutover's clean-up that was cut off: finished, and the cutover with it.
+            Work::Cleanup { slot, publication, origin } => {
+                let r = crate::cutover::cleanup(source, target, slot, publication, origin).await;
+                if r.is_ok() {
+                    let mut state = shared.lock().await;
+                    if let Some(cut) = state.cutover.as_mut() {
+                        cut.status = "done".into();
+                        cut.error = None;
+                        cut.finished_at.get_or_insert_with(crate::state::now_f64);
+                    }
+                }
+                r.map(|_| ())
+            }
         };
         // A deadlock victim was rolled back whole: run it again (the other side went on).
         match result {
@@ -916,9 +954,22 @@ async fn set_sequence(
     target_sql(target, &sql).await
 }
 
+/// The target sessions of this process's load workers. After a lost or stuck connection they
+/// may live on, unaware, on the target (until TCP or the server notices), inside a copy's
+/// transaction that holds its table's lock: the next load ends them first.
+static LOAD_SESSIONS: std::sync::Mutex<Vec<crate::sync::Session>> =
+    std::sync::Mutex::new(Vec::new());
+
 /// The load phase: copies run `jobs` at a time, all under one exported snapshot.
 async fn load(steps: &[&Step], ctx: &Ctx<'_>, state: &mut State) -> Result<(), ApplyError> {
     let Ctx { servers, state_dir, jobs, events, .. } = *ctx;
+    let earlier = std::mem::take(&mut *LOAD_SESSIONS.lock().expect("sessions lock"));
+    if !earlier.is_empty() {
+        let target = connect_target(servers, "pgtransit/apply").await?;
+        for session in &earlier {
+            crate::sync::end_previous(&target, session, "load session").await?;
+        }
+    }
     // Online mode: the source's replica identities and publication, then the slot, before any
     // copy: the copies read the snapshot the slot exports.
     let (setup, steps): (Vec<&Step>, Vec<&Step>) = steps.iter().partition(|s| {
@@ -999,6 +1050,10 @@ async fn load(steps: &[&Step], ctx: &Ctx<'_>, state: &mut State) -> Result<(), A
             let app = format!("pgtransit/load-{}", n + 1);
             let src = conn::connect_with(&servers.source, &app, &servers.policy).await?;
             let tgt = connect_target(servers, &app).await?;
+            let me = crate::sync::Session::of(&tgt)
+                .await
+                .map_err(|e| step_error("connect", "target session", &e))?;
+            LOAD_SESSIONS.lock().expect("sessions lock").push(me);
             src.batch_execute(&format!(
                 "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY; SET TRANSACTION SNAPSHOT {}",
                 literal(snapshot)
@@ -1148,7 +1203,10 @@ async fn copy_one(
         Err(e) => return Err(failed(step, &e, &mut *state.lock().await, state_dir)),
     };
     let binary = matches!(step.work, Work::CopyTable { binary: true, .. });
+    let watchdog = crate::sync::Progress::default();
+    watchdog.now();
     let progress = |bytes, rows| {
+        watchdog.now();
         events(Event::Copying {
             id: step.id.clone(),
             object: step.object.clone(),
@@ -1181,16 +1239,29 @@ async fn copy_one(
         }
     };
     let outcome = tokio::select! {
-        r = work => Some(r),
+        r = work => Some(Some(r)),
         _ = cancel.wait() => None,
+        // A server that stopped answering on a connection still open.
+        () = watchdog.stuck(), if matches!(step.work, Work::CopyTable { .. }) => Some(None),
     };
     let (rows, bytes) = match outcome {
         None => {
             let _ = tgt.batch_execute("ROLLBACK").await;
             return Err(ApplyError::Interrupted);
         }
-        Some(Ok(done)) => done,
-        Some(Err(e)) => {
+        Some(None) => {
+            let message = format!(
+                "no data moved for {} s: a server stopped answering on a connection that is \
+                 still open (or the copy waits on a lock on the target: see pg_locks)",
+                crate::sync::STUCK.as_secs()
+            );
+            let mut s = state.lock().await;
+            s.fail(&step.id, message.clone());
+            state_dir.save(&mut s)?;
+            return Err(ApplyError::ConnectionLost(format!("{}: {message}", step.object)));
+        }
+        Some(Some(Ok(done))) => done,
+        Some(Some(Err(e))) => {
             let _ = tgt.batch_execute("ROLLBACK").await;
             return Err(failed(step, &e, &mut *state.lock().await, state_dir));
         }

@@ -112,22 +112,29 @@ async fn finish_steps(ctx: &Ctx<'_>, steps: &[&Step], state: &mut State) -> Resu
                 done(ctx, step, started);
             }
             Work::Cleanup { slot, publication, origin } => {
+                crate::apply::failpoint("before", &step.id);
                 let started = Instant::now();
-                let source = crate::conn::connect_with(
-                    &ctx.servers.source,
-                    "pgtransit/cutover",
-                    &ctx.servers.policy,
-                )
-                .await?;
-                let target = crate::conn::connect_with(
-                    &ctx.servers.target,
-                    "pgtransit/cutover",
-                    &ctx.servers.policy,
-                )
-                .await?;
-                cleanup(&source, &target, slot, publication, origin)
-                    .await
-                    .map_err(|e| failed(step, &e))?;
+                // Verified: the target is the primary now. A server that goes away meanwhile
+                // is waited for, as everywhere (everything here is idempotent).
+                let mut reconnect = crate::apply::Reconnect::new(ctx.servers.policy.max_elapsed);
+                loop {
+                    let attempt = async {
+                        let policy = &ctx.servers.policy;
+                        let app = "pgtransit/cutover";
+                        let source =
+                            crate::conn::connect_with(&ctx.servers.source, app, policy).await?;
+                        let target =
+                            crate::conn::connect_with(&ctx.servers.target, app, policy).await?;
+                        cleanup(&source, &target, slot, publication, origin)
+                            .await
+                            .map_err(|e| failed(step, &e))
+                    };
+                    match attempt.await {
+                        Ok(_) => break,
+                        Err(e) if reconnect.again(&e, ctx.cancel).await => {}
+                        Err(e) => return Err(e),
+                    }
+                }
                 state.start(&step.id);
                 state.finish(&step.id, None);
                 done(ctx, step, started);
@@ -143,6 +150,13 @@ fn done(ctx: &Ctx<'_>, step: &Step, started: Instant) {
 }
 
 fn failed(step: &Step, e: &tokio_postgres::Error) -> ApplyError {
+    if crate::apply::is_lost(e) {
+        let message = crate::apply::db_message(e);
+        return ApplyError::ConnectionLost(format!(
+            "step {} ({}): {message}",
+            step.id, step.object
+        ));
+    }
     ApplyError::StepFailed {
         id: step.id.clone(),
         object: step.object.clone(),

@@ -302,6 +302,17 @@ pub fn plan(inputs: Inputs<'_>) -> Plan {
             step.sql = String::new();
             step.note = Some("the migration was cut over: the target is the primary".into());
         }
+        // Verified, but its clean-up was cut off (a crash, a lost connection): finished now.
+        let cleaning_up = inputs
+            .state
+            .and_then(|s| s.cutover.as_ref())
+            .is_some_and(|c| c.status == "cleaning_up");
+        if cleaning_up {
+            steps.push(cleanup_step(
+                &spec.name.value,
+                "the cutover was verified and its clean-up interrupted: finished now",
+            ));
+        }
     }
     serialize_multi_table_steps(&mut steps);
     let fingerprint = fingerprint(&inputs, &source_in_scope, &scope);
@@ -1313,22 +1324,34 @@ fn cutover_steps(
         "exact: nothing changes on either side now",
         Work::Verify { tables: verify },
     ));
+    out.push(cleanup_step(migration, "nothing of the migration is left on either server"));
+    out
+}
+
+/// The cutover's last step: the slot and publication on the source, the origin on the target.
+fn cleanup_step(migration: &str, note: &str) -> Step {
+    let slot = crate::naming::slot_name(migration);
     let publication = crate::naming::publication_name(migration);
     let origin = crate::naming::origin_name(migration);
-    out.push(step(
-        "cleanup",
-        "replication slot, publication and origin".into(),
-        format!(
+    Step {
+        id: "cutover:cleanup".into(),
+        phase: Phase::Cutover,
+        action: Action::Run,
+        object: "replication slot, publication and origin".into(),
+        sql: format!(
             "SELECT pg_drop_replication_slot({});  -- source\nDROP PUBLICATION {};  -- source\n\
              SELECT pg_replication_origin_drop({});  -- target",
             crate::sql::literal(&slot),
             ident(&publication),
             crate::sql::literal(&origin)
         ),
-        "nothing of the migration is left on either server",
-        Work::Cleanup { slot, publication, origin },
-    ));
-    out
+        estimate: None,
+        note: Some(note.into()),
+        diff: None,
+        work: Work::Cleanup { slot, publication, origin },
+        after: vec![],
+        table: None,
+    }
 }
 
 fn sequence_steps(

@@ -57,12 +57,58 @@ pub const HEARTBEAT: Duration = Duration::from_secs(1);
 /// says it sent a heartbeat this long ago (a connection a middlebox keeps open but passes
 /// nothing through): it is then dropped and started again, as when lost.
 pub const STALL: Duration = Duration::from_secs(30);
+/// The applier counts as stuck when neither a statement result nor a change came for this
+/// long (a server, mostly the target, that stopped answering on a connection still open): the
+/// stream is dropped and started again, as when lost. Longer than the fence's `lock_timeout`.
+pub const STUCK: Duration = Duration::from_secs(90);
+
+/// When the applier last got somewhere (a change taken, a statement's result), for the
+/// watchdog: milliseconds since the Unix epoch.
+#[derive(Clone, Default)]
+pub(crate) struct Progress(Arc<std::sync::atomic::AtomicU64>);
+
+impl Progress {
+    pub(crate) fn now(&self) {
+        let ms = (now_f64() * 1000.0) as u64;
+        self.0.store(ms, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    fn idle_for(&self) -> Duration {
+        let last = self.0.load(std::sync::atomic::Ordering::Relaxed);
+        Duration::from_millis(((now_f64() * 1000.0) as u64).saturating_sub(last))
+    }
+
+    /// Returns once nothing has happened for [`STUCK`].
+    pub(crate) async fn stuck(&self) {
+        loop {
+            let idle = self.idle_for();
+            if idle >= STUCK {
+                return;
+            }
+            tokio::time::sleep(STUCK - idle + Duration::from_millis(100)).await;
+        }
+    }
+}
 
 /// A session of a server, exactly: its pid and its start time (pids are reused).
 #[derive(Debug, Clone, PartialEq, Eq)]
-struct Session {
+pub(crate) struct Session {
     pid: i32,
     started: String,
+}
+
+impl Session {
+    /// The session of `client`.
+    pub(crate) async fn of(client: &Client) -> Result<Session, tokio_postgres::Error> {
+        let me = client
+            .query_one(
+                "SELECT pid, backend_start::text FROM pg_stat_activity \
+                 WHERE pid = pg_backend_pid()",
+                &[],
+            )
+            .await?;
+        Ok(Session { pid: me.get(0), started: me.get(1) })
+    }
 }
 
 /// The sessions of this process's last stream. After the stream was lost they may live on,
@@ -74,7 +120,11 @@ static PREVIOUS: std::sync::Mutex<(Option<Session>, Option<Session>)> =
     std::sync::Mutex::new((None, None));
 
 /// Ends `session` if it still runs (the caller's own role may), and waits until it is gone.
-async fn end_previous(client: &Client, session: &Session, what: &str) -> Result<(), ApplyError> {
+pub(crate) async fn end_previous(
+    client: &Client,
+    session: &Session,
+    what: &str,
+) -> Result<(), ApplyError> {
     let started = Instant::now();
     loop {
         let alive: bool = client
@@ -195,6 +245,7 @@ struct Pipeline {
     client: Arc<Client>,
     inflight: FuturesOrdered<Pending>,
     missing: u64,
+    beat: Progress,
 }
 
 impl Pipeline {
@@ -218,6 +269,7 @@ impl Pipeline {
         &mut self,
         r: Result<Outcome, tokio_postgres::Error>,
     ) -> Result<(), tokio_postgres::Error> {
+        self.beat.now();
         let o = r?;
         if o.rows == 0
             && let Some(table) = o.expect_row
@@ -448,6 +500,9 @@ struct Live {
     own_seen: bool,
     /// The heartbeat connection failed: why, and whether the connection went away.
     failed: Option<(String, bool)>,
+    /// When the heartbeat being emitted now was sent off (a source that does not answer it
+    /// makes the lag grow, not vanish).
+    inflight: Option<f64>,
 }
 
 /// Everything the applier keeps between batches.
@@ -841,15 +896,8 @@ pub async fn stream(
     if let Some(session) = previous {
         end_previous(&target, &session, "target session").await?;
     }
-    let me = target
-        .query_one(
-            "SELECT pid, backend_start::text FROM pg_stat_activity WHERE pid = pg_backend_pid()",
-            &[],
-        )
-        .await
-        .map_err(pg)?;
-    PREVIOUS.lock().expect("previous lock").0 =
-        Some(Session { pid: me.get(0), started: me.get(1) });
+    let me = Session::of(&target).await.map_err(pg)?;
+    PREVIOUS.lock().expect("previous lock").0 = Some(me);
     target
         .query_one("SELECT pg_replication_origin_session_setup($1)", &[&origin])
         .await
@@ -919,11 +967,18 @@ pub async fn stream(
     tracing::info!(slot, from = %crate::stream::lsn_text(start), "streaming changes");
 
     let target = Arc::new(target);
+    let beat = Progress::default();
+    beat.now();
     let mut a = Applier {
         ctx,
         tables_by_name,
         tables: HashMap::new(),
-        pipe: Pipeline { client: target.clone(), inflight: FuturesOrdered::new(), missing: 0 },
+        pipe: Pipeline {
+            client: target.clone(),
+            inflight: FuturesOrdered::new(),
+            missing: 0,
+            beat: beat.clone(),
+        },
         open: false,
         in_source_tx: None,
         replayed: false,
@@ -939,9 +994,20 @@ pub async fn stream(
         sync,
         prefix,
     };
-    let result = run_stream(&mut a, &mut stream, &live, cutover, state).await;
+    // The watchdog: a server that stops answering on a connection still open would hold the
+    // applier forever.
+    let result = tokio::select! {
+        r = run_stream(&mut a, &mut stream, &live, cutover, state) => r,
+        () = beat.stuck() => Err(ApplyError::ConnectionLost(format!(
+            "nothing moved for {} s: a server stopped answering on a connection that is still \
+             open (the target, or the source during the cutover)",
+            STUCK.as_secs()
+        ))),
+    };
     if result.is_err() {
-        a.rollback().await;
+        // (A server that stopped answering does not answer this either: its session is ended
+        // by the next stream, before that one reads its position.)
+        let _ = tokio::time::timeout(Duration::from_secs(5), a.rollback()).await;
     }
     a.sync.streaming = false;
     if let Err(e) = &result {
@@ -949,7 +1015,7 @@ pub async fn stream(
     }
     report(&mut a, &live, state);
     ctx.state_dir.save(state)?;
-    stream.stop().await;
+    let _ = tokio::time::timeout(Duration::from_secs(5), stream.stop()).await;
     result
 }
 
@@ -987,17 +1053,28 @@ async fn watch(
     loop {
         seq += 1;
         let emitted = now_f64();
-        match source
-            .query_one(
+        live.lock().expect("live lock").inflight = Some(emitted);
+        let answer = tokio::time::timeout(
+            STALL,
+            source.query_one(
                 "SELECT pg_logical_emit_message(false, $1::text, $2::text)::text, \
                         pg_current_wal_lsn()::text, r.sent_lsn::text, r.pid, \
                         r.backend_start::text \
                  FROM (SELECT) one LEFT JOIN pg_replication_slots s ON s.slot_name = $3 \
                       LEFT JOIN pg_stat_replication r ON r.pid = s.active_pid",
                 &[&prefix, &format!("{nonce}:{seq}"), &slot],
-            )
-            .await
-        {
+            ),
+        )
+        .await;
+        live.lock().expect("live lock").inflight = None;
+        let Ok(answer) = answer else {
+            live.lock().expect("live lock").failed = Some((
+                format!("the source did not answer a heartbeat for {} s", STALL.as_secs()),
+                true,
+            ));
+            return;
+        };
+        match answer {
             Ok(row) => {
                 let pos = |s: Option<String>| s.and_then(|s| crate::stream::parse_lsn(&s));
                 let (at, current) = (pos(row.get(0)).unwrap_or(0), pos(row.get(1)).unwrap_or(0));
@@ -1024,7 +1101,13 @@ async fn watch(
         }
         if last_check.elapsed() >= drift_every {
             last_check = Instant::now();
-            match schema_of(&source, version, &scope).await {
+            let schema = tokio::time::timeout(STALL, schema_of(&source, version, &scope)).await;
+            let Ok(schema) = schema else {
+                live.lock().expect("live lock").failed =
+                    Some((format!("the source did not answer for {} s", STALL.as_secs()), true));
+                return;
+            };
+            match schema {
                 Ok(now) if now != baseline => {
                     let mut what = vec![];
                     for (k, v) in &now {
@@ -1203,6 +1286,8 @@ fn report(a: &mut Applier<'_>, live: &std::sync::Mutex<Live>, state: &mut State)
     let now = now_f64();
     let l = live.lock().expect("live lock");
     let measured = l.pending.front().map(|b| (now - b.at).max(0.0)).unwrap_or(0.0);
+    // A heartbeat the source has not even answered yet counts from when it was sent off.
+    let measured = measured.max(l.inflight.map_or(0.0, |t| (now - t - 1.0).max(0.0)));
     // Until one of this run's heartbeats came through, the stream may still be replaying a
     // backlog of unknown size: the lag is unknown (and the migration not ready).
     let known = l.own_seen;
@@ -1241,6 +1326,7 @@ async fn run_stream(
     // Since when the applier has been waiting for the stream with nothing to do.
     let mut waiting_since = Instant::now();
     loop {
+        a.pipe.beat.now();
         // Between source transactions with a batch open, a quiet stream (nothing for IDLE)
         // commits it at once; otherwise wake up now and then for the reports and Ctrl-C.
         let idle = a.open && a.in_source_tx.is_none();

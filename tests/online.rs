@@ -2,6 +2,7 @@
 //! once, `status`, `abort`, resume after kill -9, and DDL drift. Real servers, real processes;
 //! every check compares source and target for real (row checksums, `pg_dump --schema-only`).
 
+use std::os::unix::process::ExitStatusExt;
 use std::path::PathBuf;
 use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
@@ -559,6 +560,36 @@ fn cutover_fences_every_writer_drains_sets_sequences_verifies_and_leaves_no_slot
     assert_eq!(st["phase"], "cut_over", "{st}");
     assert!(st["cutover"]["write_gap_seconds"].as_f64().unwrap() < 10.0, "{st}");
     eprintln!("write gap: {} s", st["cutover"]["write_gap_seconds"]);
+}
+
+#[test]
+fn a_cutover_cut_off_in_its_clean_up_is_finished_by_the_next_apply() {
+    let (src, tgt) =
+        pair("online-cleanup", "CREATE TABLE t (id int PRIMARY KEY); INSERT INTO t VALUES (1);");
+    let dir = TempDir::new("online-cleanup");
+    let plan = online_plan(&dir, "cleanup", &src, &tgt, "");
+    // Verified, then killed before the slot, publication and origin are dropped.
+    let mut child = start_apply(&dir, &plan, &[("PGTRANSIT_FAILPOINT", "before:cutover:cleanup")]);
+    wait_streaming(&dir, "cleanup", &mut child);
+    let out = run(dir.path(), &["cutover", &plan, "--auto-approve"]);
+    assert_ne!(out.code, 0, "{out:?}");
+    assert!(child.wait().unwrap().signal().is_some(), "{}", apply_output(&dir));
+    assert_eq!(state(&dir, "cleanup")["cutover"]["status"], "cleaning_up");
+    assert_eq!(slots(&src), "pgtransit_cleanup");
+
+    // The next apply has exactly that left to do, and does it.
+    let out = run(dir.path(), &["plan", &plan]);
+    assert!(out.stdout.contains("clean-up interrupted: finished now"), "{out:?}");
+    assert!(out.stdout.contains("0 to copy, 1 to run"), "{out:?}");
+    let out = run(dir.path(), &["apply", &plan, "--auto-approve"]);
+    assert_eq!(out.code, 0, "{out:?}");
+    assert_eq!(slots(&src), "");
+    assert_eq!(sql(&src, "app", "SELECT count(*) FROM pg_publication"), "0");
+    assert_eq!(sql(&tgt, "app", "SELECT count(*) FROM pg_replication_origin"), "0");
+    let st = run(dir.path(), &["status", &plan, "--format", "json"]).json();
+    assert_eq!(st["phase"], "cut_over", "{st}");
+    let out = run(dir.path(), &["plan", &plan, "--detailed-exitcode"]);
+    assert_eq!(out.code, 0, "nothing left to do: {out:?}");
 }
 
 #[test]

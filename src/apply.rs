@@ -1253,7 +1253,7 @@ async fn copy_one(
             let message = format!(
                 "no data moved for {} s: a server stopped answering on a connection that is \
                  still open (or the copy waits on a lock on the target: see pg_locks)",
-                crate::sync::STUCK.as_secs()
+                crate::sync::stuck().as_secs()
             );
             let mut s = state.lock().await;
             s.fail(&step.id, message.clone());

@@ -57,6 +57,20 @@ pub const HEARTBEAT: Duration = Duration::from_secs(1);
 /// says it sent a heartbeat this long ago (a connection a middlebox keeps open but passes
 /// nothing through): it is then dropped and started again, as when lost.
 pub const STALL: Duration = Duration::from_secs(30);
+
+/// [`STALL`], or in debug builds `PGTRANSIT_WATCHDOG_SECS` (for the tests; [`stuck`] is three
+/// times that).
+pub(crate) fn stall() -> Duration {
+    let secs = cfg!(debug_assertions)
+        .then(|| std::env::var("PGTRANSIT_WATCHDOG_SECS").ok()?.parse::<u64>().ok())
+        .flatten();
+    secs.map_or(STALL, Duration::from_secs)
+}
+
+/// [`STUCK`] (see [`stall`]).
+pub(crate) fn stuck() -> Duration {
+    if stall() == STALL { STUCK } else { stall() * 3 }
+}
 /// The applier counts as stuck when neither a statement result nor a change came for this
 /// long (a server, mostly the target, that stopped answering on a connection still open): the
 /// stream is dropped and started again, as when lost. Longer than the fence's `lock_timeout`.
@@ -82,10 +96,10 @@ impl Progress {
     pub(crate) async fn stuck(&self) {
         loop {
             let idle = self.idle_for();
-            if idle >= STUCK {
+            if idle >= stuck() {
                 return;
             }
-            tokio::time::sleep(STUCK - idle + Duration::from_millis(100)).await;
+            tokio::time::sleep(stuck() - idle + Duration::from_millis(100)).await;
         }
     }
 }
@@ -1001,7 +1015,7 @@ pub async fn stream(
         () = beat.stuck() => Err(ApplyError::ConnectionLost(format!(
             "nothing moved for {} s: a server stopped answering on a connection that is still \
              open (the target, or the source during the cutover)",
-            STUCK.as_secs()
+            stuck().as_secs()
         ))),
     };
     if result.is_err() {
@@ -1055,7 +1069,7 @@ async fn watch(
         let emitted = now_f64();
         live.lock().expect("live lock").inflight = Some(emitted);
         let answer = tokio::time::timeout(
-            STALL,
+            stall(),
             source.query_one(
                 "SELECT pg_logical_emit_message(false, $1::text, $2::text)::text, \
                         pg_current_wal_lsn()::text, r.sent_lsn::text, r.pid, \
@@ -1069,7 +1083,7 @@ async fn watch(
         live.lock().expect("live lock").inflight = None;
         let Ok(answer) = answer else {
             live.lock().expect("live lock").failed = Some((
-                format!("the source did not answer a heartbeat for {} s", STALL.as_secs()),
+                format!("the source did not answer a heartbeat for {} s", stall().as_secs()),
                 true,
             ));
             return;
@@ -1101,10 +1115,10 @@ async fn watch(
         }
         if last_check.elapsed() >= drift_every {
             last_check = Instant::now();
-            let schema = tokio::time::timeout(STALL, schema_of(&source, version, &scope)).await;
+            let schema = tokio::time::timeout(stall(), schema_of(&source, version, &scope)).await;
             let Ok(schema) = schema else {
                 live.lock().expect("live lock").failed =
-                    Some((format!("the source did not answer for {} s", STALL.as_secs()), true));
+                    Some((format!("the source did not answer for {} s", stall().as_secs()), true));
                 return;
             };
             match schema {
@@ -1342,10 +1356,10 @@ async fn run_stream(
                 if a.open && a.in_source_tx.is_none() {
                     a.commit_batch(stream).await.map_err(pg)?;
                 }
-                if waiting_since.elapsed() > STALL {
+                if waiting_since.elapsed() > stall() {
                     let sent =
                         live.lock().expect("live lock").pending.front().and_then(|b| b.sent_at);
-                    if let Some(t) = sent.filter(|t| now_f64() - t > STALL.as_secs_f64()) {
+                    if let Some(t) = sent.filter(|t| now_f64() - t > stall().as_secs_f64()) {
                         return Err(ApplyError::ConnectionLost(format!(
                             "the replication stream is stalled: nothing arrived for {:.0} s, \
                              though the source sent a heartbeat {:.0} s ago",

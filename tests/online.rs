@@ -8,7 +8,7 @@ use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
 use crate::support::{
-    LocalCluster, TempDir, assert_same_schema, cluster, logical_source, pgtransit, plan_yaml, run,
+    LocalCluster, Proxy, TempDir, assert_same_schema, cluster, logical_source, pgtransit, plan_yaml, run,
     schema_dump, sql, table_checksums,
 };
 
@@ -779,6 +779,58 @@ fn crashes_of_the_target_and_the_source_during_the_load_are_waited_for_and_the_c
     assert!(!state_dir.join("state.json").exists(), "a refused apply writes no state");
     std::fs::remove_dir_all(&state_dir).unwrap();
     std::fs::rename(&away, &state_dir).unwrap();
+    run(dir.path(), &["abort", &plan, "--auto-approve"]);
+    assert_eq!(slots(&src), "");
+}
+
+#[test]
+fn a_server_that_stops_answering_on_an_open_connection_is_given_up_on_and_the_stream_resumes() {
+    let (src, tgt) = pair(
+        "online-freeze",
+        "CREATE TABLE ticks (i int, at timestamptz);
+         CREATE TABLE counter (id int PRIMARY KEY, n bigint);
+         INSERT INTO counter VALUES (1, 0);",
+    );
+    // pgtransit reaches both servers through proxies that can stop forwarding (connections
+    // stay open: no error, no reset, nothing arrives), as a frozen VM or a middlebox would.
+    let (src_proxy, tgt_proxy) = (Proxy::start(src.port()), Proxy::start(tgt.port()));
+    let dir = TempDir::new("online-freeze");
+    let text = plan_yaml(
+        "freeze",
+        &src_proxy.url("app"),
+        &tgt_proxy.url("app"),
+        "mode: online\nsync:\n  tables_without_key: replica_identity_full\n",
+    );
+    let plan = dir.write("freeze.yaml", &text).to_str().unwrap().to_string();
+    // Watchdogs scaled down for the test: the stream stalls after 3 s, the applier after 9 s.
+    let mut child = start_apply(&dir, &plan, &[("PGTRANSIT_WATCHDOG_SECS", "3")]);
+    wait_streaming(&dir, "freeze", &mut child);
+
+    // The target stops answering while changes arrive: the applier gives up on that session,
+    // and the next one ends it before it reads the applied position.
+    let w = writer(&src, 400);
+    wait_for(Duration::from_secs(30), "some ticks on the target", || {
+        sql(&tgt, "app", "SELECT count(*) FROM ticks").parse::<i64>().unwrap() > 50
+    });
+    tgt_proxy.freeze(Duration::from_secs(12), |_| {});
+    w.join().unwrap();
+    wait_identical(&src, &tgt, &dir);
+    let log = apply_output(&dir);
+    assert!(log.contains("nothing moved for 9 s"), "{log}");
+    assert!(child.try_wait().unwrap().is_none(), "apply gave up:\n{log}");
+
+    // The source stops answering: the heartbeat is not answered, the lag grows (never ready
+    // for cutover meanwhile), and the stream starts again once it answers.
+    let w = writer(&src, 200);
+    src_proxy.freeze(Duration::from_secs(8), |_| {});
+    w.join().unwrap();
+    wait_identical(&src, &tgt, &dir);
+    let log = apply_output(&dir);
+    assert!(log.contains("did not answer a heartbeat for 3 s"), "{log}");
+    assert!(child.try_wait().unwrap().is_none(), "apply gave up:\n{log}");
+    assert_eq!(sql(&tgt, "app", "SELECT n FROM counter"), "600");
+    assert_eq!(sql(&tgt, "app", "SELECT count(*), count(DISTINCT i) FROM ticks"), "600|400");
+    assert_eq!(stop(&mut child), 0, "{}", apply_output(&dir));
     run(dir.path(), &["abort", &plan, "--auto-approve"]);
     assert_eq!(slots(&src), "");
 }

@@ -19,5 +19,5 @@ mod golden;
 // Online migrations: slot and snapshot, change streaming, status, abort, resume, drift.
 mod online;
 // Chaos: kills, crashes and network faults at seeded moments of an online migration under
-// writes (opt-in: --ignored, until it passes on every seed).
+// writes.
 mod chaos;

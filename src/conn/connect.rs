@@ -357,9 +357,16 @@ fn pg_config(ctx: &Ctx<'_>, target: &Target, ssl: PgSslMode) -> Config {
     if let Some(pw) = &r.password {
         c.password(pw);
     }
-    if let Some(o) = &r.options {
-        c.options(o);
-    }
+    // Whatever pgtransit changes on a server is durable before it goes on: the state records
+    // a step done, the cutover reports the fence up or the slot and publication gone, only
+    // after a commit that a crash of the server cannot take back (a server that commits
+    // asynchronously by default would lose it; the chaos test found a dropped publication
+    // back after such a crash).
+    let durable = "-c synchronous_commit=on";
+    c.options(&match &r.options {
+        Some(o) => format!("{o} {durable}"),
+        None => durable.to_string(),
+    });
     if let Some(t) = r.connect_timeout {
         c.connect_timeout(t);
     }

@@ -7,6 +7,9 @@ use std::process::{Command, Output};
 
 pub use pgtransit::cluster::{ClusterOptions, LocalCluster};
 
+mod proxy;
+pub use proxy::Proxy;
+
 /// The pagila sample (`../shared/fixtures/pagila`), which CI has beside the repository.
 pub fn pagila_dir() -> PathBuf {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/fixtures/pagila");

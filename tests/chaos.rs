@@ -24,8 +24,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use crate::support::{
-    LocalCluster, Proxy, TempDir, assert_same_schema, cluster, logical_source, pgtransit, plan_yaml, run,
-    schema_dump, sql, table_checksums,
+    LocalCluster, Proxy, TempDir, assert_same_schema, cluster, logical_source, pgtransit,
+    plan_yaml, run, schema_dump, sql, table_checksums,
 };
 
 const NAME: &str = "chaos";

@@ -8,8 +8,8 @@ use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
 use crate::support::{
-    LocalCluster, Proxy, TempDir, assert_same_schema, cluster, logical_source, pgtransit, plan_yaml, run,
-    schema_dump, sql, table_checksums,
+    LocalCluster, Proxy, TempDir, assert_same_schema, cluster, logical_source, pgtransit,
+    plan_yaml, run, schema_dump, sql, table_checksums,
 };
 
 /// A source with `wal_level=logical` and a target, each with a database `app`; `source_sql`
@@ -821,6 +821,7 @@ fn a_server_that_stops_answering_on_an_open_connection_is_given_up_on_and_the_st
 
     // The source stops answering: the heartbeat is not answered, the lag grows (never ready
     // for cutover meanwhile), and the stream starts again once it answers.
+    wait_streaming(&dir, "freeze", &mut child);
     let w = writer(&src, 200);
     src_proxy.freeze(Duration::from_secs(8), |_| {});
     w.join().unwrap();

@@ -182,4 +182,3 @@ impl Drop for Proxy {
         self.drop_all();
     }
 }
-

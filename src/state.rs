@@ -185,6 +185,27 @@ impl Counters {
     }
 }
 
+/// `2026-11-21 06:58:47 UTC` for a Unix time (the proleptic Gregorian calendar, as `date -u`).
+pub fn utc_text(secs: u64) -> String {
+    let (days, rest) = (secs / 86_400, secs % 86_400);
+    // Days since 1970-01-01 to a civil date (Howard Hinnant's algorithm).
+    let z = days as i64 + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02} {:02}:{:02}:{:02} UTC",
+        rest / 3600,
+        rest % 3600 / 60,
+        rest % 60
+    )
+}
+
 /// Seconds since the Unix epoch, fractional.
 pub fn now_f64() -> f64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs_f64()).unwrap_or(0.0)
@@ -360,9 +381,9 @@ impl StateDir {
             .map(|h| h.trim().to_string())
             .unwrap_or_else(|_| "unknown host".into());
         let text = format!(
-            "pid {} on {host}, started at {} (Unix time), running `pgtransit {command}`\n",
+            "pid {} on {host}, started at {}, running `pgtransit {command}`\n",
             std::process::id(),
-            now()
+            utc_text(now())
         );
         file.set_len(0).map_err(io("cannot write the lock file", &path))?;
         file.rewind().map_err(io("cannot write the lock file", &path))?;
@@ -592,12 +613,19 @@ mod tests {
     }
 
     #[test]
+    fn unix_times_print_as_utc_dates() {
+        assert_eq!(utc_text(0), "1970-01-01 00:00:00 UTC");
+        assert_eq!(utc_text(951_782_400), "2000-02-29 00:00:00 UTC");
+        assert_eq!(utc_text(1_795_244_327), "2026-11-21 06:58:47 UTC");
+    }
+
+    #[test]
     fn lock_of_a_run_that_died_is_taken_over_naming_it() {
         let dir = temp("lock-dead");
         fs::create_dir_all(dir.path()).unwrap();
         // What a run killed with -9 leaves: its line, and no lock held (the kernel dropped it).
         let dead =
-            "pid 4242 on somehost, started at 1700000000 (Unix time), running `pgtransit apply`";
+            "pid 4242 on somehost, started at 2023-11-14 22:13:20 UTC, running `pgtransit apply`";
         fs::write(dir.path().join("lock"), format!("{dead}\n")).unwrap();
         let lock = dir.lock("apply").unwrap();
         assert_eq!(lock.taken_over.as_deref(), Some(dead));

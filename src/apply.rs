@@ -307,8 +307,12 @@ fn failed(step: &Step, e: &tokio_postgres::Error, state: &mut State, dir: &State
 /// starting up) rather than a problem with what was sent: trying again on a new connection may
 /// work.
 pub(crate) fn is_lost(e: &tokio_postgres::Error) -> bool {
+    use std::error::Error as _;
     match e.code() {
-        None => true,
+        // No SQLSTATE: the connection closed, or an I/O error; not a client-side problem (a
+        // value that does not convert, an unexpected row count), which trying again would
+        // not fix.
+        None => e.is_closed() || e.source().is_some_and(|s| s.is::<std::io::Error>()),
         Some(c) => {
             let c = c.code();
             // 55006: an origin or slot still held by the session of a stream that just ended.
@@ -318,30 +322,25 @@ pub(crate) fn is_lost(e: &tokio_postgres::Error) -> bool {
 }
 
 /// A server error as an [`ApplyError`] of a step: a lost connection is retried.
-fn step_error(id: &str, object: &str, e: &tokio_postgres::Error) -> ApplyError {
+pub(crate) fn step_error(id: &str, object: &str, e: &tokio_postgres::Error) -> ApplyError {
     if is_lost(e) {
-        return ApplyError::ConnectionLost(format!("{object}: {}", db_message(e)));
+        return ApplyError::ConnectionLost(format!("{id} ({object}): {}", db_message(e)));
     }
     ApplyError::StepFailed { id: id.into(), object: object.into(), message: db_message(e) }
 }
 
-/// Waits, with backoff, for a server that went away: for `--retry-for` from the first loss
-/// (a run that went on a good while since starts a new window).
+/// Waits, with backoff, for a server that went away: for `--retry-for` from the first loss.
+/// Only an attempt that got somewhere ([`Reconnect::progressed`]) starts a new window: one that
+/// merely took long (a connection attempt to a silent host, a watchdog) does not.
 pub(crate) struct Reconnect {
     window: Duration,
     lost_since: Option<Instant>,
     backoff: Duration,
-    attempt: Instant,
 }
 
 impl Reconnect {
     pub(crate) fn new(window: Duration) -> Reconnect {
-        Reconnect {
-            window,
-            lost_since: None,
-            backoff: Duration::from_millis(500),
-            attempt: Instant::now(),
-        }
+        Reconnect { window, lost_since: None, backoff: Duration::from_millis(500) }
     }
 
     /// The last attempt got somewhere (a step done, the stream caught up): a later loss is
@@ -357,11 +356,6 @@ impl Reconnect {
         if !e.is_connection_loss() || cancel.requested() {
             return false;
         }
-        if self.attempt.elapsed() > self.window {
-            // It went on a good while: a new loss has a new window.
-            self.lost_since = None;
-            self.backoff = Duration::from_millis(500);
-        }
         let since = *self.lost_since.get_or_insert_with(Instant::now);
         if since.elapsed() >= self.window {
             return false;
@@ -372,7 +366,6 @@ impl Reconnect {
             _ = cancel.wait() => return false,
         }
         self.backoff = (self.backoff * 2).min(Duration::from_secs(5));
-        self.attempt = Instant::now();
         true
     }
 }
@@ -579,6 +572,7 @@ fn sync_and_cutover(
         let mut reconnect = Reconnect::new(ctx.servers.policy.max_elapsed);
         let stopped = loop {
             let began = crate::state::now_f64();
+            let applied_before = state.sync.as_ref().and_then(|s| s.applied_lsn.clone());
             let stopped = crate::sync::stream(
                 ctx,
                 slot,
@@ -596,8 +590,16 @@ fn sync_and_cutover(
                 .cutover
                 .as_ref()
                 .is_some_and(|c| matches!(c.status.as_str(), "fencing" | "draining"));
-            let caught_up = state.sync.as_ref().and_then(|s| s.caught_up_at);
-            if caught_up.is_some_and(|t| t >= began) {
+            // Progress: it caught up, or applied something (a long backlog replayed).
+            let sync = state.sync.as_ref();
+            let caught_up = sync.and_then(|s| s.caught_up_at).is_some_and(|t| t >= began);
+            let applied = sync.and_then(|s| s.applied_lsn.clone());
+            let moved = match (&applied_before, &applied) {
+                (Some(a), Some(b)) => crate::stream::parse_lsn(b) > crate::stream::parse_lsn(a),
+                (None, Some(_)) => true,
+                _ => false,
+            };
+            if caught_up || moved {
                 reconnect.progressed();
             }
             match &stopped {
@@ -963,12 +965,13 @@ static LOAD_SESSIONS: std::sync::Mutex<Vec<crate::sync::Session>> =
 /// The load phase: copies run `jobs` at a time, all under one exported snapshot.
 async fn load(steps: &[&Step], ctx: &Ctx<'_>, state: &mut State) -> Result<(), ApplyError> {
     let Ctx { servers, state_dir, jobs, events, .. } = *ctx;
-    let earlier = std::mem::take(&mut *LOAD_SESSIONS.lock().expect("sessions lock"));
+    let earlier = LOAD_SESSIONS.lock().expect("sessions lock").clone();
     if !earlier.is_empty() {
         let target = connect_target(servers, "pgtransit/apply").await?;
         for session in &earlier {
             crate::sync::end_previous(&target, session, "load session").await?;
         }
+        LOAD_SESSIONS.lock().expect("sessions lock").retain(|s| !earlier.contains(s));
     }
     // Online mode: the source's replica identities and publication, then the slot, before any
     // copy: the copies read the snapshot the slot exports.
@@ -1018,10 +1021,10 @@ async fn load(steps: &[&Step], ctx: &Ctx<'_>, state: &mut State) -> Result<(), A
     // snapshot valid, until every copy ends.
     let exporter =
         conn::connect_with(&servers.source, "pgtransit/snapshot", &servers.policy).await?;
-    let (snapshot, snapshot_lsn): (String, String) = async {
+    let (snapshot, snapshot_lsn, durable): (String, String, bool) = async {
         if let Some(session) = &slot_session {
             let s: &crate::stream::SlotSession = session;
-            return Ok((s.snapshot.clone(), crate::stream::lsn_text(s.consistent_point)));
+            return Ok((s.snapshot.clone(), crate::stream::lsn_text(s.consistent_point), true));
         }
         exporter.batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY").await?;
         // The insert position, not the write position: a transaction committed asynchronously
@@ -1035,11 +1038,22 @@ async fn load(steps: &[&Step], ctx: &Ctx<'_>, state: &mut State) -> Result<(), A
             )
             .await?;
         let (snapshot, lsn): (String, String) = (row.get(0), row.get(1));
-        wait_durable(&exporter, &lsn).await?;
-        Ok::<_, tokio_postgres::Error>((snapshot, lsn))
+        let durable = wait_durable(&exporter, &lsn).await?;
+        Ok::<_, tokio_postgres::Error>((snapshot, lsn, durable))
     }
     .await
     .map_err(|e| step_error("load:snapshot", "source snapshot", &e))?;
+    if !durable {
+        return Err(ApplyError::StepFailed {
+            id: "load:snapshot".into(),
+            object: "source snapshot".into(),
+            message: format!(
+                "the source has not flushed its WAL up to {snapshot_lsn} within 60 s (its WAL \
+                 writer flushes within a second normally: is its disk stalled?); the copies \
+                 wait for it, so that a crash cannot take back rows they hold"
+            ),
+        });
+    }
 
     let shared = Mutex::new(std::mem::replace(state, State::new(&state.migration)));
     let (snapshot, snapshot_lsn) = (&snapshot, &snapshot_lsn);
@@ -1090,7 +1104,8 @@ async fn load(steps: &[&Step], ctx: &Ctx<'_>, state: &mut State) -> Result<(), A
 /// reused after the restart by other transactions, which the copy must not be taken to hold.
 /// The WAL writer flushes such commits within a few `wal_writer_delay`s. (A snapshot a slot
 /// exports needs no wait: logical decoding reads only flushed WAL.)
-async fn wait_durable(probe: &Client, lsn: &str) -> Result<(), tokio_postgres::Error> {
+/// Returns whether it did within 60 s.
+async fn wait_durable(probe: &Client, lsn: &str) -> Result<bool, tokio_postgres::Error> {
     let started = Instant::now();
     loop {
         let flushed: bool = probe
@@ -1101,12 +1116,11 @@ async fn wait_durable(probe: &Client, lsn: &str) -> Result<(), tokio_postgres::E
             .await?
             .get(0);
         if flushed {
-            return Ok(());
+            return Ok(true);
         }
         if started.elapsed() > Duration::from_secs(60) {
             // Never seen: the WAL writer flushes asynchronous commits within a second.
-            tracing::warn!("the source has not flushed its WAL up to {lsn} after 60 s");
-            return Ok(());
+            return Ok(false);
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
@@ -1203,10 +1217,25 @@ async fn copy_one(
         Err(e) => return Err(failed(step, &e, &mut *state.lock().await, state_dir)),
     };
     let binary = matches!(step.work, Work::CopyTable { binary: true, .. });
+    // The watchdog of a whole table's copy, once data flows (until then the source may be
+    // scanning; a part's rows may lie far apart in the table): a copy whose data stops for
+    // good is on a connection that stopped answering.
     let watchdog = crate::sync::Progress::default();
     watchdog.now();
+    let flowing = AtomicBool::new(false);
+    let stalled = async {
+        loop {
+            watchdog.stuck().await;
+            if flowing.load(Ordering::Relaxed) {
+                return;
+            }
+            watchdog.now();
+        }
+    };
+    let whole = matches!(&step.work, Work::CopyTable { part: None, .. });
     let progress = |bytes, rows| {
         watchdog.now();
+        flowing.store(true, Ordering::Relaxed);
         events(Event::Copying {
             id: step.id.clone(),
             object: step.object.clone(),
@@ -1242,7 +1271,7 @@ async fn copy_one(
         r = work => Some(Some(r)),
         _ = cancel.wait() => None,
         // A server that stopped answering on a connection still open.
-        () = watchdog.stuck(), if matches!(step.work, Work::CopyTable { .. }) => Some(None),
+        () = stalled, if whole => Some(None),
     };
     let (rows, bytes) = match outcome {
         None => {
@@ -1252,7 +1281,7 @@ async fn copy_one(
         Some(None) => {
             let message = format!(
                 "no data moved for {} s: a server stopped answering on a connection that is \
-                 still open (or the copy waits on a lock on the target: see pg_locks)",
+                 still open",
                 crate::sync::stuck().as_secs()
             );
             let mut s = state.lock().await;
@@ -1431,4 +1460,42 @@ async fn copy_table(
     let rows = sink.as_mut().finish().await?;
     tgt.batch_execute("COMMIT").await?;
     Ok((rows, bytes))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn lost() -> ApplyError {
+        ApplyError::ConnectionLost("connection closed".into())
+    }
+
+    #[tokio::test]
+    async fn a_lost_connection_is_retried_for_the_window_and_progress_opens_a_new_one() {
+        let cancel = Cancel::default();
+        let window = Duration::from_millis(700);
+        // Losses at 0 s (0.5 s of backoff) and 0.5 s (1 s): at 1.5 s the window is over.
+        let mut r = Reconnect::new(window);
+        assert!(r.again(&lost(), &cancel).await);
+        assert!(r.again(&lost(), &cancel).await);
+        assert!(!r.again(&lost(), &cancel).await, "given up after the window");
+        // The same, but the attempt in between got somewhere: a new outage, a new window (an
+        // attempt that only took long would not reset it).
+        let mut r = Reconnect::new(window);
+        assert!(r.again(&lost(), &cancel).await);
+        assert!(r.again(&lost(), &cancel).await);
+        r.progressed();
+        assert!(r.again(&lost(), &cancel).await);
+    }
+
+    #[tokio::test]
+    async fn what_is_not_a_lost_connection_or_comes_after_ctrl_c_is_not_retried() {
+        let cancel = Cancel::default();
+        let mut r = Reconnect::new(Duration::from_secs(60));
+        let failed =
+            ApplyError::StepFailed { id: "x".into(), object: "y".into(), message: "z".into() };
+        assert!(!r.again(&failed, &cancel).await);
+        cancel.0.store(true, Ordering::SeqCst);
+        assert!(!r.again(&lost(), &cancel).await);
+    }
 }

@@ -51,6 +51,7 @@ pub async fn finish(
                 object: "clean-up".into(),
                 message: format!(
                     "{e}. The target was verified and is ready for the applications; run \
+                     `pgtransit apply FILE` (or `cutover`) again to finish the clean-up, or \
                      `pgtransit abort FILE --auto-approve` to remove what is left"
                 ),
             })
@@ -150,18 +151,7 @@ fn done(ctx: &Ctx<'_>, step: &Step, started: Instant) {
 }
 
 fn failed(step: &Step, e: &tokio_postgres::Error) -> ApplyError {
-    if crate::apply::is_lost(e) {
-        let message = crate::apply::db_message(e);
-        return ApplyError::ConnectionLost(format!(
-            "step {} ({}): {message}",
-            step.id, step.object
-        ));
-    }
-    ApplyError::StepFailed {
-        id: step.id.clone(),
-        object: step.object.clone(),
-        message: crate::apply::db_message(e),
-    }
+    crate::apply::step_error(&step.id, &step.object, e)
 }
 
 async fn connect_pinned(ctx: &Ctx<'_>) -> Result<(Client, Client), ApplyError> {

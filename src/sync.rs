@@ -81,15 +81,21 @@ pub const STUCK: Duration = Duration::from_secs(90);
 #[derive(Clone, Default)]
 pub(crate) struct Progress(Arc<std::sync::atomic::AtomicU64>);
 
+/// Milliseconds since a fixed moment of this process (monotonic: a clock stepped by NTP does
+/// not fool the watchdog).
+fn monotonic_ms() -> u64 {
+    static ORIGIN: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+    ORIGIN.get_or_init(Instant::now).elapsed().as_millis() as u64
+}
+
 impl Progress {
     pub(crate) fn now(&self) {
-        let ms = (now_f64() * 1000.0) as u64;
-        self.0.store(ms, std::sync::atomic::Ordering::Relaxed);
+        self.0.store(monotonic_ms(), std::sync::atomic::Ordering::Relaxed);
     }
 
     fn idle_for(&self) -> Duration {
         let last = self.0.load(std::sync::atomic::Ordering::Relaxed);
-        Duration::from_millis(((now_f64() * 1000.0) as u64).saturating_sub(last))
+        Duration::from_millis(monotonic_ms().saturating_sub(last))
     }
 
     /// Returns once nothing has happened for [`STUCK`].
@@ -132,6 +138,38 @@ impl Session {
 /// and waits until they are gone, before it reads the applied position.
 static PREVIOUS: std::sync::Mutex<(Option<Session>, Option<Session>)> =
     std::sync::Mutex::new((None, None));
+
+/// Returns once the applier has made no progress for [`stuck`] and the target does not say
+/// that its session is at work: a long statement or a lock wait is not a stuck connection,
+/// but a session idle on the target while the applier waits for it is (or a target that does
+/// not even answer a new connection).
+async fn stuck_target(beat: &Progress, servers: &crate::apply::Servers, session: &Session) {
+    loop {
+        beat.stuck().await;
+        let probe = async {
+            let c = crate::conn::connect_with(&servers.target, "pgtransit/probe", &servers.policy)
+                .await
+                .ok()?;
+            let row = c
+                .query_opt(
+                    "SELECT state = 'active', coalesce(wait_event_type || ': ' || wait_event, \
+                            'running') FROM pg_stat_activity \
+                     WHERE pid = $1 AND backend_start::text = $2",
+                    &[&session.pid, &session.started],
+                )
+                .await
+                .ok()??;
+            Some((row.get::<_, bool>(0), row.get::<_, String>(1)))
+        };
+        match tokio::time::timeout(stall(), probe).await {
+            Ok(Some((true, what))) => {
+                tracing::info!(pid = session.pid, "the target's session is still at work ({what})");
+                beat.now();
+            }
+            _ => return,
+        }
+    }
+}
 
 /// Ends `session` if it still runs (the caller's own role may), and waits until it is gone.
 pub(crate) async fn end_previous(
@@ -906,12 +944,12 @@ pub async fn stream(
         .map_err(pg)?;
     // The target session of a stream this process lost may still hold the origin, or be about
     // to commit a batch: it ends before the applied position is read.
-    let previous = PREVIOUS.lock().expect("previous lock").0.take();
+    let previous = PREVIOUS.lock().expect("previous lock").0.clone();
     if let Some(session) = previous {
         end_previous(&target, &session, "target session").await?;
     }
     let me = Session::of(&target).await.map_err(pg)?;
-    PREVIOUS.lock().expect("previous lock").0 = Some(me);
+    PREVIOUS.lock().expect("previous lock").0 = Some(me.clone());
     target
         .query_one("SELECT pg_replication_origin_session_setup($1)", &[&origin])
         .await
@@ -942,7 +980,8 @@ pub async fn stream(
         let baseline =
             schema_of(&source, version, scope).await.map_err(ApplyError::ConnectionLost)?;
         // The walsender of a stream this process lost still holds the slot: ended first.
-        let previous = PREVIOUS.lock().expect("previous lock").1.take();
+        // (Kept until this stream's own replaces it: a failure here tries again next time.)
+        let previous = PREVIOUS.lock().expect("previous lock").1.clone();
         if let Some(session) = previous {
             end_previous(&source, &session, "walsender").await?;
         }
@@ -1012,7 +1051,7 @@ pub async fn stream(
     // applier forever.
     let result = tokio::select! {
         r = run_stream(&mut a, &mut stream, &live, cutover, state) => r,
-        () = beat.stuck() => Err(ApplyError::ConnectionLost(format!(
+        () = stuck_target(&beat, servers, &me) => Err(ApplyError::ConnectionLost(format!(
             "nothing moved for {} s: a server stopped answering on a connection that is still \
              open (the target, or the source during the cutover)",
             stuck().as_secs()
@@ -1337,8 +1376,9 @@ async fn run_stream(
     let barrier = format!("{}:barrier", a.prefix);
     let mut last_report = Instant::now();
     let mut last_event = Instant::now();
-    // Since when the applier has been waiting for the stream with nothing to do.
-    let mut waiting_since = Instant::now();
+    // How long the applier has waited on the stream, in vain, since the last change came (time
+    // spent on the target, the fence or the reports does not count).
+    let mut waited = Duration::ZERO;
     loop {
         a.pipe.beat.now();
         // Between source transactions with a batch open, a quiet stream (nothing for IDLE)
@@ -1346,27 +1386,36 @@ async fn run_stream(
         let idle = a.open && a.in_source_tx.is_none();
         let wake =
             if idle { last_event + IDLE } else { Instant::now() + Duration::from_millis(50) };
+        let asked = Instant::now();
         let next = tokio::select! {
+            // What the stream has ready comes first (a deadline already past must not win).
+            biased;
             c = stream.next() => Some(c),
             _ = tokio::time::sleep_until(wake.into()) => None,
         };
-        let got_event = matches!(&next, Some(Ok(Some(_))));
+        match &next {
+            None => waited += asked.elapsed(),
+            Some(Ok(Some(_))) => waited = Duration::ZERO,
+            Some(_) => {}
+        }
         match next {
             None => {
-                if a.open && a.in_source_tx.is_none() {
-                    a.commit_batch(stream).await.map_err(pg)?;
-                }
-                if waiting_since.elapsed() > stall() {
+                // Waited this long in vain, though the source says it sent a heartbeat as
+                // long ago: what it sends does not arrive.
+                if waited > stall() {
                     let sent =
                         live.lock().expect("live lock").pending.front().and_then(|b| b.sent_at);
                     if let Some(t) = sent.filter(|t| now_f64() - t > stall().as_secs_f64()) {
                         return Err(ApplyError::ConnectionLost(format!(
-                            "the replication stream is stalled: nothing arrived for {:.0} s, \
-                             though the source sent a heartbeat {:.0} s ago",
-                            waiting_since.elapsed().as_secs_f64(),
+                            "the replication stream is stalled: nothing arrived for {:.0} s of \
+                             waiting, though the source sent a heartbeat {:.0} s ago",
+                            waited.as_secs_f64(),
                             now_f64() - t
                         )));
                     }
+                }
+                if a.open && a.in_source_tx.is_none() {
+                    a.commit_batch(stream).await.map_err(pg)?;
                 }
             }
             Some(Err(e)) if e.transient => {
@@ -1452,9 +1501,6 @@ async fn run_stream(
                     other => a.change(other).await?,
                 }
             }
-        }
-        if got_event {
-            waiting_since = Instant::now();
         }
         if last_report.elapsed() >= Duration::from_secs(1) {
             last_report = Instant::now();

@@ -205,6 +205,24 @@ pub async fn connect_with(
         match round(&ctx).await {
             Ok(client) => {
                 tracing::debug!(endpoint = %endpoint, attempt = attempts, "connected");
+                // Whatever pgtransit changes on a server is durable before it goes on: the
+                // state records a step done, the cutover reports the fence up or the slot and
+                // publication gone, only after a commit that a crash of the server cannot take
+                // back (a server that commits asynchronously by default would lose it: the
+                // chaos test found a dropped publication back after such a crash). A SET, not
+                // a startup option, which poolers may refuse.
+                if let Err(e) = client.batch_execute("SET synchronous_commit = on").await {
+                    return Err(ConnectError {
+                        endpoint: endpoint.clone(),
+                        message: format!("the session could not be set up: {e}"),
+                        kind: ConnectErrorKind::Unavailable,
+                        transient: true,
+                        help: None,
+                        attempts,
+                        sqlstate: e.code().map(|c| c.code().to_string()),
+                        postgres: None,
+                    });
+                }
                 return Ok(client);
             }
             Err(failure) => {
@@ -357,16 +375,9 @@ fn pg_config(ctx: &Ctx<'_>, target: &Target, ssl: PgSslMode) -> Config {
     if let Some(pw) = &r.password {
         c.password(pw);
     }
-    // Whatever pgtransit changes on a server is durable before it goes on: the state records
-    // a step done, the cutover reports the fence up or the slot and publication gone, only
-    // after a commit that a crash of the server cannot take back (a server that commits
-    // asynchronously by default would lose it; the chaos test found a dropped publication
-    // back after such a crash).
-    let durable = "-c synchronous_commit=on";
-    c.options(&match &r.options {
-        Some(o) => format!("{o} {durable}"),
-        None => durable.to_string(),
-    });
+    if let Some(o) = &r.options {
+        c.options(o);
+    }
     if let Some(t) = r.connect_timeout {
         c.connect_timeout(t);
     }

@@ -442,10 +442,12 @@ pub const DRIFT_CHECK: Duration = Duration::from_secs(5);
 /// post-load phase (foreign keys, triggers, sequences, refreshes, statistics); then sync and
 /// cutover.
 pub async fn run(plan: &Plan, ctx: &Ctx<'_>, state: &mut State) -> Result<Finished, ApplyError> {
-    // A cutover interrupted before verification passed (kill -9, a crash) may have left the
-    // source fenced: lift it before anything else writes there (the publication step does).
+    // A cutover interrupted before verification passed (kill -9, a crash), or one that failed
+    // and could not lift its fence then (the source was unreachable), may have left the source
+    // fenced: lift it before anything else writes there (the publication step does).
     let interrupted = state.cutover.as_ref().is_some_and(|c| {
         matches!(c.status.as_str(), "fencing" | "draining" | "finishing" | "verifying")
+            || (c.status == "failed" && !c.fence_lifted)
     });
     let fence = plan.steps.iter().find_map(|s| match &s.work {
         Work::Fence { database, .. } => Some(database),
@@ -453,7 +455,12 @@ pub async fn run(plan: &Plan, ctx: &Ctx<'_>, state: &mut State) -> Result<Finish
     });
     if interrupted && let Some(database) = fence {
         tracing::warn!("an earlier cutover was interrupted before verification: lifting its fence");
-        crate::cutover::lift(ctx, database, state, "interrupted before verification").await;
+        if !crate::cutover::lift(ctx, database, state, "interrupted before verification").await {
+            return Err(ApplyError::ConnectionLost(format!(
+                "the fence of an interrupted cutover could not be lifted (the source database \
+                 {database} may still be read-only for new sessions)"
+            )));
+        }
     }
     if let Some(Work::Stream { slot, publication, origin, tables }) =
         plan.steps.iter().map(|s| &s.work).find(|w| matches!(w, Work::Stream { .. }))

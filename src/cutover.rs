@@ -170,23 +170,28 @@ async fn connect_pinned(ctx: &Ctx<'_>) -> Result<(Client, Client), ApplyError> {
     Ok((source, target))
 }
 
-/// Lifts the fence after a failure: the source takes writes again. Best effort: what could not
-/// be done is recorded (and said) for the operator.
-pub async fn lift(ctx: &Ctx<'_>, database: &str, state: &mut State, why: &str) {
+/// Lifts the fence after a failure: the source takes writes again. A source that went away is
+/// waited for (`--retry-for`); what could not be done is recorded (the next `apply` tries
+/// again) and said for the operator. Returns whether the fence is lifted.
+pub async fn lift(ctx: &Ctx<'_>, database: &str, state: &mut State, why: &str) -> bool {
     let sql = format!("ALTER DATABASE {} RESET default_transaction_read_only", ident(database));
-    let lifted = match crate::conn::connect_with(
-        &ctx.servers.source,
-        "pgtransit/cutover",
-        &ctx.servers.policy,
-    )
-    .await
-    {
+    let attempt = async || -> Result<(), ApplyError> {
+        let policy = &ctx.servers.policy;
+        let c = crate::conn::connect_with(&ctx.servers.source, "pgtransit/cutover", policy).await?;
         // (Two statements: one implicit transaction would start read-only.)
-        Ok(c) => match c.batch_execute("SET default_transaction_read_only = off").await {
-            Ok(()) => c.batch_execute(&sql).await.map_err(|e| crate::apply::db_message(&e)),
-            Err(e) => Err(crate::apply::db_message(&e)),
-        },
-        Err(e) => Err(e.to_string()),
+        c.batch_execute("SET default_transaction_read_only = off")
+            .await
+            .map_err(|e| crate::apply::step_error("cutover:fence", "lifting the fence", &e))?;
+        c.batch_execute(&sql)
+            .await
+            .map_err(|e| crate::apply::step_error("cutover:fence", "lifting the fence", &e))
+    };
+    let mut reconnect = crate::apply::Reconnect::new(ctx.servers.policy.max_elapsed);
+    let lifted = loop {
+        match attempt().await {
+            Err(e) if reconnect.again(&e, ctx.cancel).await => {}
+            other => break other,
+        }
     };
     if let Err(e) = &lifted {
         tracing::error!("the fence could not be lifted ({e}): run `{sql};` on the source");
@@ -197,6 +202,7 @@ pub async fn lift(ctx: &Ctx<'_>, database: &str, state: &mut State, why: &str) {
     cut.fence_lifted = lifted.is_ok();
     cut.finished_at = Some(now_f64());
     let _ = ctx.state_dir.save(state);
+    lifted.is_ok()
 }
 
 /// Drops the slot (once released), the publication and the origin (once released), whichever

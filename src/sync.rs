@@ -1236,9 +1236,15 @@ async fn end_sessions(client: &Client, database: &str) -> Result<(), String> {
             let pid: i32 = r.get(0);
             if let Err(e) = client.execute("SELECT pg_terminate_backend($1)", &[&pid]).await {
                 let user: String = r.get(1);
+                // Only a refusal is about rights; a lost connection is just that.
+                let hint =
+                    if e.code() == Some(&tokio_postgres::error::SqlState::INSUFFICIENT_PRIVILEGE) {
+                        " (connect as a superuser, or a member of pg_signal_backend, to cut over)"
+                    } else {
+                        ""
+                    };
                 return Err(format!(
-                    "cannot end session pid {pid} of {user}: {} (connect as a superuser, or a \
-                     member of pg_signal_backend, to cut over)",
+                    "cannot end session pid {pid} of {user}: {}{hint}",
                     crate::apply::db_message(&e)
                 ));
             }

@@ -740,6 +740,13 @@ impl Chaos {
             std::fs::File::create(self.dir.path().join(format!("{n:03}-{what}.err"))).unwrap();
         let mut cmd = pgtransit(self.dir.path());
         cmd.args([what, &self.plan, "--auto-approve"]).stdout(out).stderr(err).stdin(Stdio::null());
+        // Freezes forced longer than the default --retry-for: an outage that long is to be
+        // waited for (what is watched then is that nothing hangs, and nothing is lost).
+        let forced: Option<u64> =
+            std::env::var("PGTRANSIT_CHAOS_FREEZE_MS").ok().and_then(|v| v.parse().ok());
+        if let Some(ms) = forced.filter(|ms| *ms > 5_000) {
+            cmd.args(["--retry-for", &format!("{}s", ms / 1000 + 60)]);
+        }
         if let Some(fp) = failpoint {
             cmd.env("PGTRANSIT_FAILPOINT", fp);
         }

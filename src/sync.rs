@@ -57,6 +57,11 @@ pub const HEARTBEAT: Duration = Duration::from_secs(1);
 /// says it sent a heartbeat this long ago (a connection a middlebox keeps open but passes
 /// nothing through): it is then dropped and started again, as when lost.
 pub const STALL: Duration = Duration::from_secs(30);
+/// The applier counts as stuck when neither a statement result nor a change came for this
+/// long (a server, mostly the target, that stopped answering on a connection still open), and
+/// the target does not say its session is at work: the stream is dropped and started again, as
+/// when lost. Longer than the fence's `lock_timeout`.
+pub const STUCK: Duration = Duration::from_secs(90);
 
 /// [`STALL`], or in debug builds `PGTRANSIT_WATCHDOG_SECS` (for the tests; [`stuck`] is three
 /// times that).
@@ -71,13 +76,9 @@ pub(crate) fn stall() -> Duration {
 pub(crate) fn stuck() -> Duration {
     if stall() == STALL { STUCK } else { stall() * 3 }
 }
-/// The applier counts as stuck when neither a statement result nor a change came for this
-/// long (a server, mostly the target, that stopped answering on a connection still open): the
-/// stream is dropped and started again, as when lost. Longer than the fence's `lock_timeout`.
-pub const STUCK: Duration = Duration::from_secs(90);
 
-/// When the applier last got somewhere (a change taken, a statement's result), for the
-/// watchdog: milliseconds since the Unix epoch.
+/// When the applier (or a copy) last got somewhere (a change taken, a statement's result, a
+/// chunk of data), for the watchdogs: a [`monotonic_ms`] time.
 #[derive(Clone, Default)]
 pub(crate) struct Progress(Arc<std::sync::atomic::AtomicU64>);
 

@@ -626,6 +626,18 @@ fn verification_catches_a_corrupted_row_and_the_failed_cutover_leaves_the_source
     assert_eq!(st["cutover"]["status"], "failed", "{st}");
     assert_eq!(st["cutover"]["fence_lifted"], true, "{st}");
 
+    // Had the source been unreachable when the fence was to be lifted, the fence would still
+    // be up, and the state would say so: `status` warns, and the next run lifts the fence
+    // before it writes to the source (its first step alters the publication).
+    sql(&src, "app", "ALTER DATABASE app SET default_transaction_read_only = on");
+    let file = state_file(&dir, "ver");
+    let mut saved: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&file).unwrap()).unwrap();
+    saved["cutover"]["fence_lifted"] = false.into();
+    std::fs::write(&file, saved.to_string()).unwrap();
+    let st = run(dir.path(), &["status", &plan]);
+    assert!(st.stdout.contains("could not lift its fence"), "{st:?}");
+
     // Fixed, the cutover runs again (no apply running: it resumes the stream itself).
     sql(&tgt, "app", "UPDATE items SET name = 'n500' WHERE id = 500");
     let out = run(dir.path(), &["cutover", &plan, "--auto-approve"]);

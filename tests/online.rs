@@ -814,8 +814,9 @@ fn a_server_that_stops_answering_on_an_open_connection_is_given_up_on_and_the_st
         "mode: online\nsync:\n  tables_without_key: replica_identity_full\n",
     );
     let plan = dir.write("freeze.yaml", &text).to_str().unwrap().to_string();
-    // Watchdogs scaled down for the test: the stream stalls after 3 s, the applier after 9 s.
-    let mut child = start_apply(&dir, &plan, &[("PGTRANSIT_WATCHDOG_SECS", "3")]);
+    // Watchdogs scaled down for the test: the stream stalls after 2 s, the applier is stuck
+    // after 6 s (and 2 s more to ask the target), well within the 12 s freeze below.
+    let mut child = start_apply(&dir, &plan, &[("PGTRANSIT_WATCHDOG_SECS", "2")]);
     wait_streaming(&dir, "freeze", &mut child);
 
     // The target stops answering while changes arrive: the applier gives up on that session,
@@ -828,7 +829,7 @@ fn a_server_that_stops_answering_on_an_open_connection_is_given_up_on_and_the_st
     w.join().unwrap();
     wait_identical(&src, &tgt, &dir);
     let log = apply_output(&dir);
-    assert!(log.contains("nothing moved for 9 s"), "{log}");
+    assert!(log.contains("nothing moved for 6 s"), "{log}");
     assert!(child.try_wait().unwrap().is_none(), "apply gave up:\n{log}");
 
     // The source stops answering: the heartbeat is not answered, the lag grows (never ready
@@ -839,7 +840,7 @@ fn a_server_that_stops_answering_on_an_open_connection_is_given_up_on_and_the_st
     w.join().unwrap();
     wait_identical(&src, &tgt, &dir);
     let log = apply_output(&dir);
-    assert!(log.contains("did not answer a heartbeat for 3 s"), "{log}");
+    assert!(log.contains("did not answer a heartbeat for 2 s"), "{log}");
     assert!(child.try_wait().unwrap().is_none(), "apply gave up:\n{log}");
     assert_eq!(sql(&tgt, "app", "SELECT n FROM counter"), "600");
     assert_eq!(sql(&tgt, "app", "SELECT count(*), count(DISTINCT i) FROM ticks"), "600|400");

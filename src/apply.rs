@@ -10,8 +10,9 @@
 //!   open until the load ends. A resumed run copies the remaining tables under a new snapshot:
 //!   in offline mode the source is expected to be quiet, so each table is consistent in itself
 //!   and the whole is consistent when nothing wrote to the source in between (see README).
-//! - Ctrl-C (or SIGTERM) stops between steps, or aborts the running copy (its transaction
-//!   rolls back); the state is saved and the next `apply` continues.
+//! - Ctrl-C (or SIGTERM) stops between steps, aborts the running copy, or cancels the running
+//!   target statement (an index build; its transaction rolls back); the state is saved and the
+//!   next `apply` continues.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -686,10 +687,13 @@ async fn run_phase(
                 "pgtransit/apply".into()
             };
             let target = connect_target(servers, &app).await?;
+            let me = crate::sync::Session::of(&target)
+                .await
+                .map_err(|e| step_error("connect", "target session", &e))?;
             let source = conn::connect_with(&servers.source, &app, &servers.policy).await?;
-            Ok((source, target))
+            Ok((source, target, me))
         },
-        async |step, (source, target)| run_step(step, source, target, ctx, &shared).await,
+        async |step, (source, target, me)| run_step(step, source, (target, me), ctx, &shared).await,
     )
     .await;
     *state = shared.into_inner();
@@ -794,10 +798,27 @@ async fn schedule<C>(
     }
 }
 
+/// Cancels the statement `session` runs (from a connection of its own: the session's own is
+/// busy with it).
+async fn cancel_session(servers: &Servers, session: &crate::sync::Session) {
+    let Ok(c) = conn::connect_with(&servers.target, "pgtransit/cancel", &servers.policy).await
+    else {
+        return;
+    };
+    let _ = c
+        .execute(
+            "SELECT pg_cancel_backend(pid) FROM pg_stat_activity \
+             WHERE pid = $1 AND backend_start::text = $2",
+            &[&session.pid(), &session.started()],
+        )
+        .await;
+}
+
+/// Runs one step; `target` is the worker's target session (and who it is on the server).
 async fn run_step(
     step: &Step,
     source: &Client,
-    target: &Client,
+    (target, session): (&Client, &crate::sync::Session),
     ctx: &Ctx<'_>,
     shared: &Mutex<State>,
 ) -> Result<(), ApplyError> {
@@ -830,61 +851,82 @@ async fn run_step(
     });
     let started = Instant::now();
     let mut attempt = 1;
-    let result = loop {
-        let result = match &step.work {
-            Work::TargetSql => target_sql(target, &step.sql).await,
-            Work::SetSequence { schema, sequence, margin } => {
-                set_sequence(source, target, schema, sequence, *margin).await
-            }
-            Work::SourceSql => in_transaction(source, &step.sql).await,
-            Work::ReplicaIdentityFull { tables } => {
-                let sql = tables
-                    .iter()
-                    .map(|t| format!("ALTER TABLE {t} REPLICA IDENTITY FULL;"))
-                    .collect::<String>();
-                let r = in_transaction(source, &sql).await;
-                if r.is_ok() {
-                    let mut state = shared.lock().await;
-                    if let Some(sync) = state.sync.as_mut() {
-                        for t in tables {
-                            if !sync.replica_identity_full.contains(t) {
-                                sync.replica_identity_full.push(t.clone());
+    let work = async {
+        loop {
+            let result = match &step.work {
+                Work::TargetSql => target_sql(target, &step.sql).await,
+                Work::SetSequence { schema, sequence, margin } => {
+                    set_sequence(source, target, schema, sequence, *margin).await
+                }
+                Work::SourceSql => in_transaction(source, &step.sql).await,
+                Work::ReplicaIdentityFull { tables } => {
+                    let sql = tables
+                        .iter()
+                        .map(|t| format!("ALTER TABLE {t} REPLICA IDENTITY FULL;"))
+                        .collect::<String>();
+                    let r = in_transaction(source, &sql).await;
+                    if r.is_ok() {
+                        let mut state = shared.lock().await;
+                        if let Some(sync) = state.sync.as_mut() {
+                            for t in tables {
+                                if !sync.replica_identity_full.contains(t) {
+                                    sync.replica_identity_full.push(t.clone());
+                                }
                             }
                         }
                     }
+                    r
                 }
-                r
-            }
-            Work::CopyTable { .. }
-            | Work::CopyLargeObjects { .. }
-            | Work::EmptyForParts { .. }
-            | Work::CreateSlot { .. }
-            | Work::Stream { .. }
-            | Work::Fence { .. }
-            | Work::Drain
-            | Work::Verify { .. }
-            | Work::None => Ok(()),
-            // A verified cutover's clean-up that was cut off: finished, and the cutover with it.
-            Work::Cleanup { slot, publication, origin } => {
-                let r = crate::cutover::cleanup(source, target, slot, publication, origin).await;
-                if r.is_ok() {
-                    let mut state = shared.lock().await;
-                    if let Some(cut) = state.cutover.as_mut() {
-                        cut.status = "done".into();
-                        cut.error = None;
-                        cut.finished_at.get_or_insert_with(crate::state::now_f64);
+                Work::CopyTable { .. }
+                | Work::CopyLargeObjects { .. }
+                | Work::EmptyForParts { .. }
+                | Work::CreateSlot { .. }
+                | Work::Stream { .. }
+                | Work::Fence { .. }
+                | Work::Drain
+                | Work::Verify { .. }
+                | Work::None => Ok(()),
+                // A verified cutover's clean-up that was cut off: finished, and the cutover with it.
+                Work::Cleanup { slot, publication, origin } => {
+                    let r =
+                        crate::cutover::cleanup(source, target, slot, publication, origin).await;
+                    if r.is_ok() {
+                        let mut state = shared.lock().await;
+                        if let Some(cut) = state.cutover.as_mut() {
+                            cut.status = "done".into();
+                            cut.error = None;
+                            cut.finished_at.get_or_insert_with(crate::state::now_f64);
+                        }
                     }
+                    r.map(|_| ())
                 }
-                r.map(|_| ())
+            };
+            // A deadlock victim was rolled back whole: run it again (the other side went on).
+            match result {
+                Err(e) if deadlocked(&e) && attempt < 3 => {
+                    attempt += 1;
+                    tokio::time::sleep(Duration::from_millis(200 * attempt)).await;
+                }
+                other => break other,
             }
-        };
-        // A deadlock victim was rolled back whole: run it again (the other side went on).
-        match result {
-            Err(e) if deadlocked(&e) && attempt < 3 => {
-                attempt += 1;
-                tokio::time::sleep(Duration::from_millis(200 * attempt)).await;
+        }
+    };
+    // Ctrl-C (or SIGTERM) while a target step runs (an index build may take hours): its
+    // statement is cancelled, its transaction rolls back, and the next apply runs it again.
+    tokio::pin!(work);
+    let on_target = matches!(step.work, Work::TargetSql | Work::SetSequence { .. });
+    let result = tokio::select! {
+        r = &mut work => r,
+        () = cancel.wait(), if on_target => {
+            cancel_session(ctx.servers, session).await;
+            match work.await {
+                Err(e) if e.code() == Some(&tokio_postgres::error::SqlState::QUERY_CANCELED) => {
+                    let mut state = shared.lock().await;
+                    state_dir.save(&mut state)?;
+                    return Err(ApplyError::Interrupted);
+                }
+                other => other,
             }
-            other => break other,
         }
     };
     let mut state = shared.lock().await;
@@ -1074,7 +1116,7 @@ async fn load(steps: &[&Step], ctx: &Ctx<'_>, state: &mut State) -> Result<(), A
             let me = crate::sync::Session::of(&tgt)
                 .await
                 .map_err(|e| step_error("connect", "target session", &e))?;
-            LOAD_SESSIONS.lock().expect("sessions lock").push(me);
+            LOAD_SESSIONS.lock().expect("sessions lock").push(me.clone());
             src.batch_execute(&format!(
                 "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY; SET TRANSACTION SNAPSHOT {}",
                 literal(snapshot)
@@ -1089,11 +1131,11 @@ async fn load(steps: &[&Step], ctx: &Ctx<'_>, state: &mut State) -> Result<(), A
                     step_error("load:snapshot", "source snapshot", &e)
                 }
             })?;
-            Ok((src, tgt))
+            Ok((src, tgt, me))
         },
-        async |step, (src, tgt)| match step.work {
+        async |step, (src, tgt, me)| match step.work {
             // A table's index and constraint builds, once its copy is done.
-            Work::TargetSql => run_step(step, src, tgt, ctx, &shared).await,
+            Work::TargetSql => run_step(step, src, (tgt, me), ctx, &shared).await,
             _ => copy_one(step, src, tgt, ctx, &shared, snapshot_lsn).await,
         },
     )

@@ -119,6 +119,16 @@ pub(crate) struct Session {
 }
 
 impl Session {
+    /// Its pid.
+    pub(crate) fn pid(&self) -> i32 {
+        self.pid
+    }
+
+    /// When it started (`backend_start` as text).
+    pub(crate) fn started(&self) -> &str {
+        &self.started
+    }
+
     /// The session of `client`.
     pub(crate) async fn of(client: &Client) -> Result<Session, tokio_postgres::Error> {
         let me = client

@@ -186,6 +186,62 @@ fn apply_killed_mid_load_resumes_without_duplicates() {
 }
 
 #[test]
+fn ctrl_c_during_a_long_index_build_cancels_it_and_the_next_apply_builds_it() {
+    // An index whose build is slow on the target only (its function sleeps there), so that
+    // Ctrl-C lands while the build runs.
+    let (src, tgt) = pair(
+        "cancel",
+        "CREATE FUNCTION slow(i int) RETURNS int LANGUAGE plpgsql IMMUTABLE AS $$
+         BEGIN
+           IF current_setting('test.slow', true) = 'on' THEN PERFORM pg_sleep(0.05); END IF;
+           RETURN i;
+         END $$;
+         CREATE TABLE t (id int PRIMARY KEY);
+         INSERT INTO t SELECT generate_series(1, 400);
+         CREATE INDEX t_slow ON t (slow(id));",
+    );
+    sql(&tgt, "app", "ALTER DATABASE app SET test.slow = 'on'");
+    let dir = TempDir::new("cancel");
+    let f = offline_plan(&dir, "cancel", &src, &tgt, "app");
+    let mut child = crate::support::pgtransit(dir.path())
+        .args(["apply", &f, "--auto-approve"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let state = dir.path().join(".pgtransit/cancel/state.json");
+    let step = "post_load:index:public.t_slow";
+    let start = std::time::Instant::now();
+    loop {
+        let text = std::fs::read_to_string(&state).unwrap_or_default();
+        let doc: serde_json::Value = serde_json::from_str(&text).unwrap_or_default();
+        if doc["steps"][step]["status"] == "running" {
+            break;
+        }
+        assert!(start.elapsed() < std::time::Duration::from_secs(30), "{step} never ran: {text}");
+        assert!(child.try_wait().unwrap().is_none(), "apply ended before {step}");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    // Ctrl-C: the build (20 s here) is cancelled, not waited for.
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    let asked = std::time::Instant::now();
+    std::process::Command::new("kill").args(["-INT", &child.id().to_string()]).status().unwrap();
+    let out = child.wait_with_output().unwrap();
+    let waited = asked.elapsed();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("interrupted"), "{stderr}");
+    assert!(waited < std::time::Duration::from_secs(10), "Ctrl-C took {waited:?}: {stderr}");
+    assert_eq!(sql(&tgt, "app", "SELECT count(*) FROM pg_indexes WHERE indexname = 't_slow'"), "0");
+
+    // The next apply builds it.
+    sql(&tgt, "app", "ALTER DATABASE app RESET test.slow");
+    let out = run(dir.path(), &["apply", &f, "--auto-approve"]);
+    assert_eq!(out.code, 0, "{out:?}");
+    assert_migrated(&src, &tgt, "app");
+}
+
+#[test]
 fn table_that_differs_on_the_target_is_a_conflict_with_a_diff_and_blocks_apply() {
     let (src, tgt) =
         pair("conflict", "CREATE TABLE items (id int PRIMARY KEY, name text NOT NULL);");

@@ -163,6 +163,15 @@ pub enum ApplyError {
 }
 
 impl ApplyError {
+    /// The error to stop on once waiting for a server is over: a server that could not be
+    /// reached again is a lost connection (whose help says nothing is lost, and how to resume).
+    pub(crate) fn gave_up(self) -> ApplyError {
+        match self {
+            ApplyError::Connect(e) if e.is_transient() => ApplyError::ConnectionLost(e.to_string()),
+            other => other,
+        }
+    }
+
     /// A server went away (or could not be reached): trying again may work.
     pub fn is_connection_loss(&self) -> bool {
         match self {
@@ -536,7 +545,7 @@ async fn with_reconnect(
                 }
                 before = now;
                 if !reconnect.again(&e, ctx.cancel).await {
-                    return Err(e);
+                    return Err(e.gave_up());
                 }
             }
             ok => return ok,
@@ -612,7 +621,7 @@ fn sync_and_cutover(
             }
             match &stopped {
                 Err(e) if !fencing && reconnect.again(e, ctx.cancel).await => {}
-                _ => break stopped,
+                _ => break stopped.map_err(ApplyError::gave_up),
             }
         };
         match stopped {

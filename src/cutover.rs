@@ -133,7 +133,7 @@ async fn finish_steps(ctx: &Ctx<'_>, steps: &[&Step], state: &mut State) -> Resu
                     match attempt.await {
                         Ok(_) => break,
                         Err(e) if reconnect.again(&e, ctx.cancel).await => {}
-                        Err(e) => return Err(e),
+                        Err(e) => return Err(e.gave_up()),
                     }
                 }
                 state.start(&step.id);

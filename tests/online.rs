@@ -850,6 +850,54 @@ fn a_server_that_stops_answering_on_an_open_connection_is_given_up_on_and_the_st
 }
 
 #[test]
+fn a_server_gone_longer_than_retry_for_ends_apply_with_a_clear_error_and_it_resumes_later() {
+    let (src, mut tgt) = pair(
+        "online-giveup",
+        "CREATE TABLE counter (id int PRIMARY KEY, n bigint); INSERT INTO counter VALUES (1, 0);",
+    );
+    let dir = TempDir::new("online-giveup");
+    let plan = online_plan(&dir, "giveup", &src, &tgt, "");
+    let out = std::fs::File::create(dir.path().join("apply.out")).unwrap();
+    let err = std::fs::File::create(dir.path().join("apply.err")).unwrap();
+    let mut child = pgtransit(dir.path())
+        .args(["apply", &plan, "--auto-approve", "--retry-for", "3s"])
+        .stdout(out)
+        .stderr(err)
+        .stdin(Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_streaming(&dir, "giveup", &mut child);
+
+    // The target goes away and stays away: apply waits 3 s, then stops, saying why and what
+    // to do; nothing is lost meanwhile (the slot keeps the changes).
+    tgt.crash().unwrap();
+    sql(&src, "app", "UPDATE counter SET n = n + 1");
+    let start = Instant::now();
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        assert!(start.elapsed() < Duration::from_secs(60), "apply never gave up");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let log = apply_output(&dir);
+    assert_eq!(status.code(), Some(1), "{log}");
+    assert!(log.contains("lost the connection to a server"), "{log}");
+    assert!(log.contains("run `pgtransit apply` to resume"), "{log}");
+    assert_eq!(state(&dir, "giveup")["sync"]["streaming"], false);
+
+    // Back: the next apply resumes where the target stood.
+    tgt.start_again().unwrap();
+    let mut child = start_apply(&dir, &plan, &[]);
+    wait_streaming(&dir, "giveup", &mut child);
+    wait_identical(&src, &tgt, &dir);
+    assert_eq!(sql(&tgt, "app", "SELECT n FROM counter"), "1");
+    assert_eq!(stop(&mut child), 0, "{}", apply_output(&dir));
+    run(dir.path(), &["abort", &plan, "--auto-approve"]);
+    assert_eq!(slots(&src), "");
+}
+
+#[test]
 fn a_table_that_comes_into_scope_later_is_copied_and_then_streamed() {
     let (src, tgt) = pair(
         "online-scope",

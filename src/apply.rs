@@ -233,17 +233,12 @@ pub struct Servers {
     pub policy: RetryPolicy,
 }
 
-/// A target session for apply's work. Its commits are durable before they return
-/// (`synchronous_commit = on`, whatever the server's default): the state records a step done,
-/// and the stream acknowledges the source, only after such a commit, so a target crash right
-/// after cannot take back what the state or the slot were told.
+/// A target session for apply's work. Its commits are durable before they return (every
+/// session [`conn::connect_with`] opens runs with `synchronous_commit = on`): the state records
+/// a step done, and the stream acknowledges the source, only after such a commit, so a target
+/// crash right after cannot take back what the state or the slot were told.
 pub async fn connect_target(servers: &Servers, app: &str) -> Result<Client, ApplyError> {
-    let client = conn::connect_with(&servers.target, app, &servers.policy).await?;
-    client
-        .batch_execute("SET synchronous_commit = on")
-        .await
-        .map_err(|e| step_error("connect", "target session", &e))?;
-    Ok(client)
+    Ok(conn::connect_with(&servers.target, app, &servers.policy).await?)
 }
 
 impl Servers {
@@ -342,27 +337,27 @@ pub(crate) fn step_error(id: &str, object: &str, e: &tokio_postgres::Error) -> A
 /// Waits, with backoff, for a server that went away: for `--retry-for` from the first loss.
 /// Only an attempt that got somewhere ([`Reconnect::progressed`]) starts a new window: one that
 /// merely took long (a connection attempt to a silent host, a watchdog) does not.
-pub(crate) struct Reconnect {
+struct Reconnect {
     window: Duration,
     lost_since: Option<Instant>,
     backoff: Duration,
 }
 
 impl Reconnect {
-    pub(crate) fn new(window: Duration) -> Reconnect {
+    fn new(window: Duration) -> Reconnect {
         Reconnect { window, lost_since: None, backoff: Duration::from_millis(500) }
     }
 
     /// The last attempt got somewhere (a step done, the stream caught up): a later loss is
     /// a new outage, with a window of its own, not more of the same one.
-    pub(crate) fn progressed(&mut self) {
+    fn progressed(&mut self) {
         self.lost_since = None;
         self.backoff = Duration::from_millis(500);
     }
 
     /// After `e`: whether to try again (having waited), or give up (the window is over, or
     /// Ctrl-C).
-    pub(crate) async fn again(&mut self, e: &ApplyError, cancel: &Cancel) -> bool {
+    async fn again(&mut self, e: &ApplyError, cancel: &Cancel) -> bool {
         if !e.is_connection_loss() || cancel.requested() {
             return false;
         }
@@ -455,10 +450,7 @@ pub async fn run(plan: &Plan, ctx: &Ctx<'_>, state: &mut State) -> Result<Finish
     // A cutover interrupted before verification passed (kill -9, a crash), or one that failed
     // and could not lift its fence then (the source was unreachable), may have left the source
     // fenced: lift it before anything else writes there (the publication step does).
-    let interrupted = state.cutover.as_ref().is_some_and(|c| {
-        matches!(c.status.as_str(), "fencing" | "draining" | "finishing" | "verifying")
-            || (c.status == "failed" && !c.fence_lifted)
-    });
+    let interrupted = state.cutover.as_ref().is_some_and(|c| c.fence_left_up());
     let fence = plan.steps.iter().find_map(|s| match &s.work {
         Work::Fence { database, .. } => Some(database),
         _ => None,
@@ -503,7 +495,8 @@ pub async fn run(plan: &Plan, ctx: &Ctx<'_>, state: &mut State) -> Result<Finish
         if phase == Phase::Sync {
             let (streams, others): (Vec<&Step>, Vec<&Step>) =
                 steps.iter().partition(|s| matches!(s.work, Work::Stream { .. }));
-            with_reconnect(ctx, async || run_phase(&others, 1, ctx, state).await).await?;
+            with_reconnect(ctx, state, async |state| run_phase(&others, 1, ctx, state).await)
+                .await?;
             if let Some(step) = streams.first() {
                 return sync_and_cutover(step, &of(Phase::Cutover), ctx, state);
             }
@@ -511,7 +504,7 @@ pub async fn run(plan: &Plan, ctx: &Ctx<'_>, state: &mut State) -> Result<Finish
         }
         // A server that goes away is waited for, and the phase goes on where it stopped: what
         // is done is recorded, what was cut off was rolled back.
-        with_reconnect(ctx, async || match phase {
+        with_reconnect(ctx, state, async |state| match phase {
             // Copies (and each copied table's index builds) run `jobs` at a time; copies read
             // one snapshot.
             Phase::Load => load(&steps, ctx, state).await,
@@ -525,30 +518,50 @@ pub async fn run(plan: &Plan, ctx: &Ctx<'_>, state: &mut State) -> Result<Finish
     Ok(Finished::Complete)
 }
 
-/// Runs `work` again after a lost connection, with backoff, for `--retry-for`.
-async fn with_reconnect(
+/// Runs `work` again after a lost connection, with backoff, for `--retry-for` (see
+/// [`Reconnect`]). An attempt that got somewhere (a step done, changes applied, the stream
+/// caught up: all in `state`) opens a new window. A connection lost while the source is fenced
+/// and not yet drained is not waited for: the fence is lifted instead.
+async fn with_reconnect<T>(
     ctx: &Ctx<'_>,
-    mut work: impl AsyncFnMut() -> Result<(), ApplyError>,
-) -> Result<(), ApplyError> {
-    let mut reconnect = Reconnect::new(ctx.servers.policy.max_elapsed);
-    let done = || {
-        let state = ctx.state_dir.load().ok().flatten();
-        state.map_or(0, |s| s.steps.values().filter(|r| r.status == StepStatus::Done).count())
+    state: &mut State,
+    mut work: impl AsyncFnMut(&mut State) -> Result<T, ApplyError>,
+) -> Result<T, ApplyError> {
+    // How far the migration got, as the state says.
+    let reached = |state: &State| {
+        let done = state.steps.values().filter(|r| r.status == StepStatus::Done).count();
+        let sync = state.sync.as_ref();
+        (done, sync.and_then(|s| s.applied_lsn.clone()), sync.and_then(|s| s.caught_up_at))
     };
-    let mut before = done();
+    let mut reconnect = Reconnect::new(ctx.servers.policy.max_elapsed);
     loop {
-        match work().await {
+        let before = reached(state);
+        match work(state).await {
             Err(e) => {
-                let now = done();
-                if now > before {
+                if reached(state) != before {
                     reconnect.progressed();
                 }
-                before = now;
-                if !reconnect.again(&e, ctx.cancel).await {
+                let fenced = state.cutover.as_ref().is_some_and(|c| c.fenced_undrained());
+                if fenced || !reconnect.again(&e, ctx.cancel).await {
                     return Err(e.gave_up());
                 }
             }
             ok => return ok,
+        }
+    }
+}
+
+/// Runs `attempt` again after a lost connection, with backoff, for `--retry-for` from the
+/// first loss (an attempt that is all or nothing: nothing to count as progress).
+pub(crate) async fn retry<T>(
+    ctx: &Ctx<'_>,
+    mut attempt: impl AsyncFnMut() -> Result<T, ApplyError>,
+) -> Result<T, ApplyError> {
+    let mut reconnect = Reconnect::new(ctx.servers.policy.max_elapsed);
+    loop {
+        match attempt().await {
+            Err(e) if reconnect.again(&e, ctx.cancel).await => {}
+            other => return other.map_err(ApplyError::gave_up),
         }
     }
 }
@@ -583,14 +596,10 @@ fn sync_and_cutover(
     let fence = cutover_steps.iter().find(|s| matches!(s.work, Work::Fence { .. }));
     let cutover = fence.map(|f| crate::sync::Cutover { trigger, fence: f });
     let work = async {
-        // A server that goes away (network, restart) is waited for, with backoff, for
-        // --retry-for from the first failure; the stream then resumes from the target's
-        // recorded position.
-        let mut reconnect = Reconnect::new(ctx.servers.policy.max_elapsed);
-        let stopped = loop {
-            let began = crate::state::now_f64();
-            let applied_before = state.sync.as_ref().and_then(|s| s.applied_lsn.clone());
-            let stopped = crate::sync::stream(
+        // A server that goes away (network, restart) is waited for; the stream then resumes
+        // from the target's recorded position.
+        let stopped = with_reconnect(ctx, state, async |state| {
+            crate::sync::stream(
                 ctx,
                 slot,
                 publication,
@@ -602,28 +611,9 @@ fn sync_and_cutover(
                 cutover.as_ref(),
                 state,
             )
-            .await;
-            let fencing = state
-                .cutover
-                .as_ref()
-                .is_some_and(|c| matches!(c.status.as_str(), "fencing" | "draining"));
-            // Progress: it caught up, or applied something (a long backlog replayed).
-            let sync = state.sync.as_ref();
-            let caught_up = sync.and_then(|s| s.caught_up_at).is_some_and(|t| t >= began);
-            let applied = sync.and_then(|s| s.applied_lsn.clone());
-            let moved = match (&applied_before, &applied) {
-                (Some(a), Some(b)) => crate::stream::parse_lsn(b) > crate::stream::parse_lsn(a),
-                (None, Some(_)) => true,
-                _ => false,
-            };
-            if caught_up || moved {
-                reconnect.progressed();
-            }
-            match &stopped {
-                Err(e) if !fencing && reconnect.again(e, ctx.cancel).await => {}
-                _ => break stopped.map_err(ApplyError::gave_up),
-            }
-        };
+            .await
+        })
+        .await;
         match stopped {
             Ok(crate::sync::Stopped::OnRequest) => Ok(Finished::StreamingStopped),
             Ok(crate::sync::Stopped::Drained(fenced)) => {
@@ -632,10 +622,7 @@ fn sync_and_cutover(
             }
             Err(e) => {
                 // Fenced, but not drained: lift the fence.
-                let fenced = state
-                    .cutover
-                    .as_ref()
-                    .is_some_and(|c| matches!(c.status.as_str(), "fencing" | "draining"));
+                let fenced = state.cutover.as_ref().is_some_and(|c| c.fenced_undrained());
                 if fenced && let Some(Work::Fence { database, .. }) = fence.map(|f| &f.work) {
                     crate::cutover::lift(ctx, database, state, &e.to_string()).await;
                 }

@@ -117,25 +117,18 @@ async fn finish_steps(ctx: &Ctx<'_>, steps: &[&Step], state: &mut State) -> Resu
                 let started = Instant::now();
                 // Verified: the target is the primary now. A server that goes away meanwhile
                 // is waited for, as everywhere (everything here is idempotent).
-                let mut reconnect = crate::apply::Reconnect::new(ctx.servers.policy.max_elapsed);
-                loop {
-                    let attempt = async {
-                        let policy = &ctx.servers.policy;
-                        let app = "pgtransit/cutover";
-                        let source =
-                            crate::conn::connect_with(&ctx.servers.source, app, policy).await?;
-                        let target =
-                            crate::conn::connect_with(&ctx.servers.target, app, policy).await?;
-                        cleanup(&source, &target, slot, publication, origin)
-                            .await
-                            .map_err(|e| failed(step, &e))
-                    };
-                    match attempt.await {
-                        Ok(_) => break,
-                        Err(e) if reconnect.again(&e, ctx.cancel).await => {}
-                        Err(e) => return Err(e.gave_up()),
-                    }
-                }
+                crate::apply::retry(ctx, async || {
+                    let policy = &ctx.servers.policy;
+                    let app = "pgtransit/cutover";
+                    let source =
+                        crate::conn::connect_with(&ctx.servers.source, app, policy).await?;
+                    let target =
+                        crate::conn::connect_with(&ctx.servers.target, app, policy).await?;
+                    cleanup(&source, &target, slot, publication, origin)
+                        .await
+                        .map_err(|e| failed(step, &e))
+                })
+                .await?;
                 state.start(&step.id);
                 state.finish(&step.id, None);
                 done(ctx, step, started);
@@ -186,13 +179,7 @@ pub async fn lift(ctx: &Ctx<'_>, database: &str, state: &mut State, why: &str) -
             .await
             .map_err(|e| crate::apply::step_error("cutover:fence", "lifting the fence", &e))
     };
-    let mut reconnect = crate::apply::Reconnect::new(ctx.servers.policy.max_elapsed);
-    let lifted = loop {
-        match attempt().await {
-            Err(e) if reconnect.again(&e, ctx.cancel).await => {}
-            other => break other,
-        }
-    };
+    let lifted = crate::apply::retry(ctx, attempt).await;
     if let Err(e) = &lifted {
         tracing::error!("the fence could not be lifted ({e}): run `{sql};` on the source");
     }

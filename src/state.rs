@@ -159,6 +159,21 @@ pub struct CutoverState {
     pub fence_lifted: bool,
 }
 
+impl CutoverState {
+    /// The fence is up and the stream not yet drained to its barrier: a failure now lifts the
+    /// fence rather than wait for a server.
+    pub fn fenced_undrained(&self) -> bool {
+        matches!(self.status.as_str(), "fencing" | "draining")
+    }
+
+    /// The fence may still be up: the cutover stopped before verification passed (kill -9, a
+    /// crash), or failed and could not lift it (the source was unreachable).
+    pub fn fence_left_up(&self) -> bool {
+        matches!(self.status.as_str(), "fencing" | "draining" | "finishing" | "verifying")
+            || (self.status == "failed" && !self.fence_lifted)
+    }
+}
+
 /// Counts of applied changes.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Counters {

@@ -525,15 +525,11 @@ fn drift_error(what: String) -> ApplyError {
 }
 
 fn pg(e: tokio_postgres::Error) -> ApplyError {
-    if lost(&e) {
+    if crate::apply::is_lost(&e) {
         ApplyError::ConnectionLost(crate::apply::db_message(&e))
     } else {
         sync_error(crate::apply::db_message(&e))
     }
-}
-
-fn lost(e: &tokio_postgres::Error) -> bool {
-    crate::apply::is_lost(e)
 }
 
 /// A heartbeat emitted on the source and not yet seen in the stream.
@@ -679,7 +675,7 @@ impl<'a> Applier<'a> {
         let columns = crate::catalog::read_table_columns(&self.pipe.client, &rel.schema, &rel.name)
             .await
             .map_err(|e| {
-                if lost(e.postgres()) {
+                if crate::apply::is_lost(e.postgres()) {
                     ApplyError::ConnectionLost(e.to_string())
                 } else {
                     sync_error(e.to_string())
@@ -1159,7 +1155,7 @@ async fn watch(
             }
             Err(e) => {
                 live.lock().expect("live lock").failed =
-                    Some((crate::apply::db_message(&e), lost(&e)));
+                    Some((crate::apply::db_message(&e), crate::apply::is_lost(&e)));
                 return;
             }
         }

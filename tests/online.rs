@@ -48,10 +48,16 @@ fn state(dir: &TempDir, name: &str) -> serde_json::Value {
 
 /// `apply --auto-approve` in the background, its output in files of `dir`.
 fn start_apply(dir: &TempDir, plan: &str, env: &[(&str, &str)]) -> Child {
+    start_apply_with(dir, plan, env, &[])
+}
+
+/// [`start_apply`], with more arguments.
+fn start_apply_with(dir: &TempDir, plan: &str, env: &[(&str, &str)], args: &[&str]) -> Child {
     let out = std::fs::File::create(dir.path().join("apply.out")).unwrap();
     let err = std::fs::File::create(dir.path().join("apply.err")).unwrap();
     let mut cmd = pgtransit(dir.path());
-    cmd.args(["apply", plan, "--auto-approve"]).stdout(out).stderr(err).stdin(Stdio::null());
+    cmd.args(["apply", plan, "--auto-approve"]).args(args);
+    cmd.stdout(out).stderr(err).stdin(Stdio::null());
     for (k, v) in env {
         cmd.env(k, v);
     }
@@ -857,15 +863,7 @@ fn a_server_gone_longer_than_retry_for_ends_apply_with_a_clear_error_and_it_resu
     );
     let dir = TempDir::new("online-giveup");
     let plan = online_plan(&dir, "giveup", &src, &tgt, "");
-    let out = std::fs::File::create(dir.path().join("apply.out")).unwrap();
-    let err = std::fs::File::create(dir.path().join("apply.err")).unwrap();
-    let mut child = pgtransit(dir.path())
-        .args(["apply", &plan, "--auto-approve", "--retry-for", "3s"])
-        .stdout(out)
-        .stderr(err)
-        .stdin(Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut child = start_apply_with(&dir, &plan, &[], &["--retry-for", "3s"]);
     wait_streaming(&dir, "giveup", &mut child);
 
     // The target goes away and stays away: apply waits 3 s, then stops, saying why and what

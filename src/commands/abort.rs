@@ -97,10 +97,7 @@ pub async fn run(args: &AbortArgs, out: &mut dyn Write) -> miette::Result<Outcom
         }
     }
     // A cutover that stopped before verification passed, without lifting its fence.
-    let fenced = state.as_ref().and_then(|s| s.cutover.as_ref()).is_some_and(|c| {
-        matches!(c.status.as_str(), "fencing" | "draining" | "finishing" | "verifying")
-            || (c.status == "failed" && !c.fence_lifted)
-    });
+    let fenced = state.as_ref().and_then(|s| s.cutover.as_ref()).is_some_and(|c| c.fence_left_up());
     if fenced {
         let db = &loaded_database(&source).await?;
         removals.push(Removal {

@@ -1029,7 +1029,9 @@ async fn load(steps: &[&Step], ctx: &Ctx<'_>, state: &mut State) -> Result<(), A
     let mut slot_session = None;
     for step in setup.into_iter().filter(|s| s.action.is_work()) {
         match &step.work {
-            Work::CreateSlot { slot } => slot_session = create_slot(step, slot, ctx, state).await?,
+            Work::CreateSlot { slot, command } => {
+                slot_session = create_slot(step, slot, command, ctx, state).await?
+            }
             _ => run_phase(&[step], 1, ctx, state).await?,
         }
     }
@@ -1177,6 +1179,7 @@ async fn wait_durable(probe: &Client, lsn: &str) -> Result<bool, tokio_postgres:
 async fn create_slot(
     step: &Step,
     slot: &str,
+    command: &str,
     ctx: &Ctx<'_>,
     state: &mut State,
 ) -> Result<Option<crate::stream::SlotSession>, ApplyError> {
@@ -1204,8 +1207,9 @@ async fn create_slot(
     let session = match existing {
         Some(_) => None,
         None => Some(
-            crate::stream::create_slot(&servers.source, slot, "pgtransit/slot").await.map_err(
-                |e| {
+            crate::stream::create_slot(&servers.source, slot, command, "pgtransit/slot")
+                .await
+                .map_err(|e| {
                     state.fail(&step.id, e.message.clone());
                     let _ = state_dir.save(state);
                     if e.transient {
@@ -1213,8 +1217,7 @@ async fn create_slot(
                     } else {
                         fail(e.message)
                     }
-                },
-            )?,
+                })?,
         ),
     };
     failpoint("after", &step.id);

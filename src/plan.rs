@@ -202,6 +202,10 @@ pub enum Work {
     CreateSlot {
         /// The slot.
         slot: String,
+        /// The replication command that creates it, as the plan shows it (its syntax depends on
+        /// the source's version).
+        #[serde(default)]
+        command: String,
     },
     /// Online mode: stream the slot's changes into the target until cutover (or Ctrl-C).
     Stream {

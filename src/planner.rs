@@ -1076,6 +1076,7 @@ fn online_load_steps(
         ..blank("load:publication", format!("publication {}", crate::sql::display(&publication)))
     });
     let slot_exists = source.replication_slots.iter().any(|s| s.name == slot);
+    let slot_command = crate::stream::create_slot_command(&slot, source.server.version_num);
     out.push(Step {
         action: if slot_exists { Action::Unchanged } else { Action::Create },
         sql: if slot_exists {
@@ -1084,7 +1085,7 @@ fn online_load_steps(
             format!(
                 "-- on a replication session of the source, kept open during the load:\n{};\n\
                  -- every copy reads the snapshot it exports: SET TRANSACTION SNAPSHOT '<name>';",
-                crate::stream::create_slot_command(&slot)
+                slot_command
             )
         },
         note: Some(if slot_exists {
@@ -1097,7 +1098,11 @@ fn online_load_steps(
              drops it"
                 .into()
         }),
-        work: if slot_exists { Work::None } else { Work::CreateSlot { slot: slot.clone() } },
+        work: if slot_exists {
+            Work::None
+        } else {
+            Work::CreateSlot { slot: slot.clone(), command: slot_command }
+        },
         ..blank("load:slot", format!("replication slot {}", crate::sql::display(&slot)))
     });
     out

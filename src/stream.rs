@@ -311,12 +311,12 @@ pub struct SlotSession {
     pub snapshot: String,
 }
 
-/// `CREATE_REPLICATION_SLOT` as the plan shows it.
-pub fn create_slot_command(slot: &str) -> String {
-    format!(
-        "CREATE_REPLICATION_SLOT {} LOGICAL pgoutput (SNAPSHOT 'export')",
-        crate::sql::ident(slot)
-    )
+/// `CREATE_REPLICATION_SLOT` as the plan shows it and apply runs it, for a source of
+/// `server_version_num` `version_num`: PostgreSQL 15 added the parenthesised options; 13 and 14
+/// know only the older keyword form.
+pub fn create_slot_command(slot: &str, version_num: i32) -> String {
+    let options = if version_num >= 150000 { "(SNAPSHOT 'export')" } else { "EXPORT_SNAPSHOT" };
+    format!("CREATE_REPLICATION_SLOT {} LOGICAL pgoutput {options}", crate::sql::ident(slot))
 }
 
 /// Creates the logical slot `slot` (pgoutput) on a replication session and keeps the session,
@@ -324,11 +324,15 @@ pub fn create_slot_command(slot: &str) -> String {
 pub async fn create_slot(
     source: &Resolved,
     slot: &str,
+    command: &str,
     application_name: &str,
 ) -> Result<SlotSession, StreamError> {
     let cfg = crate::conn::replication_config(source, application_name, slot, "-");
     let mut client = ReplicationClient::connect_gated(cfg).await?;
-    let rows = client.simple_query(&create_slot_command(slot)).await?;
+    // A plan saved before the command was recorded runs the PostgreSQL 15 form.
+    let command =
+        if command.is_empty() { create_slot_command(slot, 150000) } else { command.to_string() };
+    let rows = client.simple_query(&command).await?;
     let row =
         rows.first().ok_or_else(|| protocol("CREATE_REPLICATION_SLOT returned no row".into()))?;
     let text = |i: usize| {
@@ -345,6 +349,22 @@ pub async fn create_slot(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn slot_creation_uses_the_syntax_of_the_sources_version() {
+        assert_eq!(
+            create_slot_command("pgtransit_a", 130000),
+            "CREATE_REPLICATION_SLOT \"pgtransit_a\" LOGICAL pgoutput EXPORT_SNAPSHOT"
+        );
+        assert_eq!(
+            create_slot_command("pgtransit_a", 140010),
+            "CREATE_REPLICATION_SLOT \"pgtransit_a\" LOGICAL pgoutput EXPORT_SNAPSHOT"
+        );
+        assert_eq!(
+            create_slot_command("pgtransit_a", 150000),
+            "CREATE_REPLICATION_SLOT \"pgtransit_a\" LOGICAL pgoutput (SNAPSHOT 'export')"
+        );
+    }
 
     #[test]
     fn wal_positions_print_and_parse_like_postgres() {

@@ -1085,7 +1085,19 @@ async fn load(steps: &[&Step], ctx: &Ctx<'_>, state: &mut State) -> Result<(), A
             )
             .await?;
         let (snapshot, lsn): (String, String) = (row.get(0), row.get(1));
-        let durable = wait_durable(&exporter, &lsn).await?;
+        let mut durable = wait_durable(&exporter, &lsn, Duration::from_millis(300)).await?;
+        if !durable {
+            // An idle server need not flush WAL that no commit waits for (the background
+            // writer's running-transactions record, say), so the wait could last until the
+            // next checkpoint. A commit of our own, synchronous (as every pgtransit session's),
+            // flushes everything before it. Best effort: the wait below is the proof.
+            if let Ok(flusher) =
+                conn::connect_with(&servers.source, "pgtransit/snapshot", &servers.policy).await
+            {
+                let _ = flusher.batch_execute("BEGIN; SELECT txid_current(); COMMIT").await;
+            }
+            durable = wait_durable(&exporter, &lsn, Duration::from_secs(60)).await?;
+        }
         Ok::<_, tokio_postgres::Error>((snapshot, lsn, durable))
     }
     .await
@@ -1151,8 +1163,12 @@ async fn load(steps: &[&Step], ctx: &Ctx<'_>, state: &mut State) -> Result<(), A
 /// reused after the restart by other transactions, which the copy must not be taken to hold.
 /// The WAL writer flushes such commits within a few `wal_writer_delay`s. (A snapshot a slot
 /// exports needs no wait: logical decoding reads only flushed WAL.)
-/// Returns whether it did within 60 s.
-async fn wait_durable(probe: &Client, lsn: &str) -> Result<bool, tokio_postgres::Error> {
+/// Returns whether it did within `limit`.
+async fn wait_durable(
+    probe: &Client,
+    lsn: &str,
+    limit: Duration,
+) -> Result<bool, tokio_postgres::Error> {
     let started = Instant::now();
     loop {
         let flushed: bool = probe
@@ -1165,8 +1181,7 @@ async fn wait_durable(probe: &Client, lsn: &str) -> Result<bool, tokio_postgres:
         if flushed {
             return Ok(true);
         }
-        if started.elapsed() > Duration::from_secs(60) {
-            // Never seen: the WAL writer flushes asynchronous commits within a second.
+        if started.elapsed() > limit {
             return Ok(false);
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
@@ -1293,26 +1308,19 @@ async fn copy_one(
         })
     };
     let work = async {
-        match &step.work {
-            Work::CopyTable { schema, table, columns, binary, part } => {
-                let part = part.as_deref();
-                copy_table(src, tgt, schema, table, columns, *binary, part, &progress).await
-            }
-            Work::EmptyForParts { schema, table, parts } => {
-                let name = qualified_ident(schema, table);
-                tgt.batch_execute(&format!("TRUNCATE {name}")).await?;
-                // The parts' rows are gone: so are their records.
-                let mut s = state.lock().await;
-                for p in parts {
-                    s.steps.remove(p);
+        let mut attempt = 1;
+        loop {
+            let result = copy_work(step, src, tgt, state, state_dir, &progress).await;
+            // A deadlock victim was rolled back whole (a build of a table above it, say):
+            // copied again (the other side went on).
+            match result {
+                Err(e) if deadlocked(&e) && attempt < 3 => {
+                    let _ = tgt.batch_execute("ROLLBACK").await;
+                    attempt += 1;
+                    tokio::time::sleep(Duration::from_millis(200 * attempt)).await;
                 }
-                // Saved again when the step finishes; if the process dies first, this step is
-                // found `running` and the plan empties the table again.
-                let _ = state_dir.save(&mut s);
-                Ok((0, 0))
+                other => break other,
             }
-            Work::CopyLargeObjects { roles } => copy_large_objects(src, tgt, roles).await,
-            _ => Ok((0, 0)),
         }
     };
     let outcome = tokio::select! {
@@ -1362,6 +1370,37 @@ async fn copy_one(
         elapsed: started.elapsed(),
     });
     Ok(())
+}
+
+/// What one copy step does on its sessions (see [`copy_one`]).
+async fn copy_work(
+    step: &Step,
+    src: &Client,
+    tgt: &Client,
+    state: &Mutex<State>,
+    state_dir: &StateDir,
+    progress: &(dyn Fn(u64, u64) + Sync),
+) -> Result<(u64, u64), tokio_postgres::Error> {
+    match &step.work {
+        Work::CopyTable { schema, table, columns, binary, part } => {
+            let part = part.as_deref();
+            copy_table(src, tgt, schema, table, columns, *binary, part, &progress).await
+        }
+        Work::EmptyForParts { schema, table, parts } => {
+            tgt.batch_execute(&crate::planner::empty_for_parts_sql(schema, table)).await?;
+            // The parts' rows are gone: so are their records.
+            let mut s = state.lock().await;
+            for p in parts {
+                s.steps.remove(p);
+            }
+            // Saved again when the step finishes; if the process dies first, this step is
+            // found `running` and the plan empties the table again.
+            let _ = state_dir.save(&mut s);
+            Ok((0, 0))
+        }
+        Work::CopyLargeObjects { roles } => copy_large_objects(src, tgt, roles).await,
+        _ => Ok((0, 0)),
+    }
 }
 
 /// Size of the pieces large objects are copied in.
@@ -1452,31 +1491,15 @@ async fn copy_table(
     part: Option<&str>,
     progress: &(dyn Fn(u64, u64) + Sync),
 ) -> Result<(u64, u64), tokio_postgres::Error> {
-    let name = qualified_ident(schema, table);
-    let cols = columns.iter().map(|c| ident(c)).collect::<Vec<_>>().join(", ");
-    let (out_opts, in_opts) = crate::planner::copy_options(binary);
-    let (source_copy, target_copy) = match part {
-        // A whole table: emptied and frozen in one transaction.
-        None => {
-            tgt.batch_execute(&format!("BEGIN; TRUNCATE {name}")).await?;
-            (
-                format!("COPY {name} ({cols}) TO STDOUT{out_opts}"),
-                format!("COPY {name} ({cols}) FROM STDIN{in_opts}"),
-            )
-        }
-        // A part: appended (its table's `empty` step emptied it); FREEZE needs a truncate in
-        // the same transaction, which parts sharing a table cannot have.
-        Some(condition) => {
-            tgt.batch_execute("BEGIN").await?;
-            let plain = if binary { " (FORMAT binary)" } else { "" };
-            (
-                format!("COPY (SELECT {cols} FROM {name} WHERE {condition}) TO STDOUT{out_opts}"),
-                format!("COPY {name} ({cols}) FROM STDIN{plain}"),
-            )
-        }
-    };
-    let out = src.copy_out(&source_copy).await?;
-    let sink = tgt.copy_in::<_, bytes::Bytes>(&target_copy).await?;
+    // A whole table is emptied and frozen in one transaction; a part is appended (its table's
+    // `empty` step emptied it).
+    let copy = crate::planner::CopySql::new(schema, table, columns, binary, part);
+    tgt.batch_execute("BEGIN").await?;
+    if let Some(empty) = &copy.empty {
+        tgt.batch_execute(empty).await?;
+    }
+    let out = src.copy_out(&copy.source).await?;
+    let sink = tgt.copy_in::<_, bytes::Bytes>(&copy.target).await?;
     futures_util::pin_mut!(out);
     futures_util::pin_mut!(sink);
     let (mut bytes, mut lines) = (0u64, 0u64);

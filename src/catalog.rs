@@ -123,6 +123,9 @@ pub struct Server {
     pub current_user: String,
     /// Whether it is a superuser.
     pub is_superuser: bool,
+    /// Whether it bypasses row-level security (`BYPASSRLS`, or a superuser).
+    #[serde(default)]
+    pub bypass_rls: bool,
     /// Whether it may open replication connections (REPLICATION, superuser, or a cloud
     /// provider's replication role such as `rds_replication`).
     pub can_replicate: bool,
@@ -270,14 +273,26 @@ pub struct Relation {
     pub extension: Option<String>,
     /// Materialized views: whether it holds data (`relispopulated`).
     pub populated: bool,
-    /// Whether every column's type (and array element type) is built in: binary COPY embeds
-    /// type OIDs in arrays and composites, and user types' OIDs differ between servers.
+    /// Whether every column's type (and array element type) is built in and has binary I/O:
+    /// binary COPY embeds type OIDs in arrays and composites, user types' OIDs differ between
+    /// servers, and some built-in types (`aclitem`) have no binary form at all.
     pub builtin_types_only: bool,
     /// Pages on disk (`relpages`), for splitting by `ctid` ranges.
     pub pages: i64,
     /// A column that identifies rows and splits well: the single integer column of the primary
     /// key, or of a unique index whose column is NOT NULL.
     pub integer_key: Option<String>,
+    /// Row-level security is enabled on it (`relrowsecurity`).
+    #[serde(default)]
+    pub row_security: bool,
+    /// ... and forced on its owner too (`relforcerowsecurity`).
+    #[serde(default)]
+    pub row_security_forced: bool,
+    /// Row-level security applies to the connecting role here: enabled, the role is neither a
+    /// superuser nor `BYPASSRLS`, and it is not the owner (or the table forces it on owners).
+    /// Its queries then see, and change, only the rows the policies let through.
+    #[serde(default)]
+    pub row_security_applies: bool,
 }
 
 impl Relation {
@@ -481,6 +496,9 @@ async fn read_in_transaction(client: &Client) -> Result<Catalog, CatalogError> {
                 builtin_types_only: r.get(19),
                 pages: r.get::<_, i32>(20) as i64,
                 integer_key: r.get(21),
+                row_security: r.get(22),
+                row_security_forced: r.get(23),
+                row_security_applies: r.get(24),
             })
         })
         .collect();
@@ -616,7 +634,8 @@ async fn read_server(client: &Client, version_num: i32) -> Result<Server, Catalo
                     SELECT 1 FROM pg_roles g WHERE g.rolname = 'rds_replication' \
                     AND pg_has_role(current_user, g.oid, 'MEMBER')), \
                 has_database_privilege(current_database(), 'CREATE'), \
-                pg_has_role(current_user, d.datdba, 'USAGE') \
+                pg_has_role(current_user, d.datdba, 'USAGE'), \
+                r.rolsuper OR r.rolbypassrls \
          FROM pg_database d, pg_roles r \
          WHERE d.datname = current_database() AND r.rolname = current_user"
     );
@@ -655,6 +674,7 @@ async fn read_server(client: &Client, version_num: i32) -> Result<Server, Catalo
         can_replicate: r.get(9),
         can_create_schema: r.get(10),
         owns_database: r.get(11),
+        bypass_rls: r.get(12),
     })
 }
 
@@ -673,7 +693,8 @@ WHERE s.schemaname NOT IN ('pg_catalog', 'information_schema')
 ORDER BY 1, 2";
 
 /// Fills `cat.tables_with_rows` for `tables` (schema, name): one query for all of them, each
-/// table probed with `EXISTS (SELECT 1 FROM t)` (reads one row at most, changes nothing).
+/// table probed with `EXISTS (SELECT 1 FROM ONLY t)` (its own rows, not its inheritance
+/// children's; reads one row at most, changes nothing).
 pub async fn read_tables_with_rows(
     client: &Client,
     cat: &mut Catalog,
@@ -681,9 +702,13 @@ pub async fn read_tables_with_rows(
 ) -> Result<(), CatalogError> {
     cat.tables_with_rows.clear();
     cat.tables_unreadable.clear();
-    // Only tables the role may read can be probed: one unreadable table would fail the query.
-    let readable =
-        |s: &str, t: &str| cat.relations.iter().any(|r| r.schema == s && r.name == t && r.readable);
+    // Only tables the role may read can be probed: one unreadable table would fail the query
+    // (and so would one that row-level security filters, under `row_security = off`).
+    let readable = |s: &str, t: &str| {
+        cat.relations
+            .iter()
+            .any(|r| r.schema == s && r.name == t && r.readable && !r.row_security_applies)
+    };
     let (tables, unreadable): (Vec<_>, Vec<_>) =
         tables.iter().cloned().partition(|(s, t)| readable(s, t));
     for (s, t) in unreadable {
@@ -695,7 +720,7 @@ pub async fn read_tables_with_rows(
             .enumerate()
             .map(|(i, (s, t))| {
                 format!(
-                    "SELECT {i} WHERE EXISTS (SELECT 1 FROM {})",
+                    "SELECT {i} WHERE EXISTS (SELECT 1 FROM ONLY {})",
                     crate::sql::qualified_ident(s, t)
                 )
             })
@@ -728,7 +753,7 @@ pub async fn read_key_ranges(
         .enumerate()
         .map(|(i, (s, t, c))| {
             format!(
-                "SELECT {i}, min({col})::int8, max({col})::int8 FROM {}",
+                "SELECT {i}, min({col})::int8, max({col})::int8 FROM ONLY {}",
                 crate::sql::qualified_ident(s, t),
                 col = crate::sql::ident(c)
             )
@@ -810,14 +835,23 @@ SELECT c.oid,
        c.relispopulated,
        NOT EXISTS (SELECT 1 FROM pg_attribute a JOIN pg_type t ON t.oid = a.atttypid
                    WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped
-                     AND (t.oid >= 16384 OR t.typelem >= 16384)),
+                     AND (t.oid >= 16384 OR t.typelem >= 16384
+                          OR t.typsend::oid = 0 OR t.typreceive::oid = 0
+                          OR EXISTS (SELECT 1 FROM pg_type e WHERE e.oid = t.typelem
+                                     AND (e.typsend::oid = 0 OR e.typreceive::oid = 0)))),
        c.relpages,
        (SELECT a.attname::text FROM pg_index i
           JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = i.indkey[0]
          WHERE i.indrelid = c.oid AND i.indisunique AND i.indnatts = 1 AND i.indpred IS NULL
            AND i.indexprs IS NULL AND a.attnotnull
            AND a.atttypid IN ('int2'::regtype, 'int4'::regtype, 'int8'::regtype)
-         ORDER BY i.indisprimary DESC, i.indexrelid LIMIT 1)
+         ORDER BY i.indisprimary DESC, i.indexrelid LIMIT 1),
+       c.relrowsecurity,
+       c.relforcerowsecurity,
+       c.relrowsecurity
+         AND NOT EXISTS (SELECT 1 FROM pg_roles u WHERE u.rolname = current_user
+                         AND (u.rolsuper OR u.rolbypassrls))
+         AND (c.relforcerowsecurity OR NOT pg_has_role(current_user, c.relowner, 'USAGE'))
 FROM pg_class c
 JOIN pg_namespace n ON n.oid = c.relnamespace
 LEFT JOIN pg_inherits inh ON inh.inhrelid = c.oid AND c.relispartition
@@ -867,6 +901,9 @@ pub struct ColumnInfo {
     pub name: String,
     /// `GENERATED ALWAYS AS IDENTITY`: an `UPDATE` may not set it.
     pub identity_always: bool,
+    /// Its type on the target (`atttypid`): statements name it for their parameters, so a
+    /// key of any type (a composite, an enum) is compared as that type.
+    pub type_oid: u32,
 }
 
 /// The columns of `schema.table` that hold data of their own (not dropped, not generated), in
@@ -878,7 +915,7 @@ pub async fn read_table_columns(
 ) -> Result<Option<Vec<ColumnInfo>>, CatalogError> {
     let rows = client
         .query(
-            "SELECT a.attname::text, a.attidentity = 'a' FROM pg_class c \
+            "SELECT a.attname::text, a.attidentity = 'a', a.atttypid FROM pg_class c \
              JOIN pg_namespace n ON n.oid = c.relnamespace \
              LEFT JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum > 0 \
                   AND NOT a.attisdropped AND a.attgenerated = '' \
@@ -895,7 +932,12 @@ pub async fn read_table_columns(
             .filter_map(|r| {
                 let name: Option<String> = r.get(0);
                 let always: Option<bool> = r.get(1);
-                Some(ColumnInfo { name: name?, identity_always: always.unwrap_or(false) })
+                let type_oid: Option<u32> = r.get(2);
+                Some(ColumnInfo {
+                    name: name?,
+                    identity_always: always.unwrap_or(false),
+                    type_oid: type_oid.unwrap_or(0),
+                })
             })
             .collect(),
     ))

@@ -204,6 +204,12 @@ pub fn plan(inputs: Inputs<'_>) -> Plan {
     // A pre-data object that needs a post-data one (a view grouping by a primary key) moves
     // after it: the effective sections say where each object really goes.
     let sections = objects::effective_sections(&source_in_scope);
+    // Materialized views are refreshed in the same order: one that reads another comes after it.
+    let matviews: Vec<&SchemaObject> = order
+        .iter()
+        .map(|&i| &source_in_scope[i])
+        .filter(|o| o.key.kind == ObjectKind::MaterializedView)
+        .collect();
     let mut post_objects = vec![];
     for i in order {
         let o = &source_in_scope[i];
@@ -263,10 +269,13 @@ pub fn plan(inputs: Inputs<'_>) -> Plan {
         post_objects.iter().filter(|s| s.action.is_work()).map(|s| s.id.clone()).collect();
     steps.extend(post_objects);
     steps.extend(sequence_steps(&scope, inputs.source, inputs.target, &source_keys));
-    let mut refreshes = matview_steps(&source_in_scope, inputs.source, inputs.target, &steps);
+    let mut refreshes = matview_steps(&matviews, inputs.source, inputs.target, &steps);
+    let mut previous: Option<String> = None;
     for r in refreshes.iter_mut().filter(|r| r.action.is_work()) {
-        // Refreshed once the indexes and constraints exist (they may speed it up).
-        r.after = built.clone();
+        // Refreshed once the indexes and constraints exist (they may speed it up), one after
+        // the other in dependency order (a view that reads another sees it populated).
+        r.after = built.iter().cloned().chain(previous.take()).collect();
+        previous = Some(r.id.clone());
     }
     steps.extend(refreshes);
     if !copied.is_empty() {
@@ -287,8 +296,6 @@ pub fn plan(inputs: Inputs<'_>) -> Plan {
 
     let all_tables = verify_tables(inputs.source, &streamed);
     if online {
-        let matviews: Vec<&SchemaObject> =
-            source_in_scope.iter().filter(|o| o.key.kind == ObjectKind::MaterializedView).collect();
         let cutover = cutover_steps(spec, inputs.source, &streamed, &matviews, &scope);
         steps.extend(sync_steps(&spec.name.value, streamed));
         steps.extend(cutover);
@@ -314,7 +321,7 @@ pub fn plan(inputs: Inputs<'_>) -> Plan {
             ));
         }
     }
-    serialize_multi_table_steps(&mut steps);
+    serialize_multi_table_steps(&mut steps, inputs.source);
     let fingerprint = fingerprint(&inputs, &source_in_scope, &scope);
     let summary = Plan::summarize(&steps);
     let load_estimate = estimate_load(&steps, spec.load.jobs.map(|j| j as usize));
@@ -432,7 +439,7 @@ pub fn is_table_build(s: &Step) -> bool {
 /// Post-load steps that lock one table each (index builds, constraints) run in parallel; every
 /// other post-load step (foreign keys, triggers, statistics, refreshes, which may lock several
 /// tables) runs after all of them, one at a time, so no two multi-table steps can deadlock.
-fn serialize_multi_table_steps(steps: &mut [Step]) {
+fn serialize_multi_table_steps(steps: &mut [Step], source: &Catalog) {
     let parallel = |s: &Step| is_table_build(s);
     let builds: Vec<String> = steps
         .iter()
@@ -449,12 +456,24 @@ fn serialize_multi_table_steps(steps: &mut [Step]) {
             copies.entry(qualified(schema, table)).or_default().push(s.id.clone());
         }
     }
-    for s in steps.iter_mut().filter(|s| s.phase == Phase::PostLoad && parallel(s)) {
-        if let Some(ids) = s.table.as_ref().and_then(|t| copies.get(t)) {
-            s.after.extend(ids.iter().cloned());
-            s.after.sort();
-            s.after.dedup();
+    // A partitioned table's builds (an index, a primary key) reach every partition below it:
+    // they wait for all of their copies too, or a build and a partition's copy (TRUNCATE, COPY
+    // FREEZE) would take the same locks in opposite orders.
+    let mut children: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for r in &source.relations {
+        if let Some((ps, pn)) = &r.partition_of {
+            children.entry(qualified(ps, pn)).or_default().push(qualified(&r.schema, &r.name));
         }
+    }
+    for s in steps.iter_mut().filter(|s| s.phase == Phase::PostLoad && parallel(s)) {
+        let Some(table) = s.table.clone() else { continue };
+        let mut below = vec![table];
+        while let Some(t) = below.pop() {
+            s.after.extend(copies.get(&t).into_iter().flatten().cloned());
+            below.extend(children.get(&t).into_iter().flatten().cloned());
+        }
+        s.after.sort();
+        s.after.dedup();
     }
     let mut previous: Option<String> = None;
     for s in steps.iter_mut() {
@@ -617,20 +636,13 @@ fn copy_step(
     let info = t.table_info.as_ref().expect("tables have table info");
     let (schema, table) = (&t.key.schema, &t.key.name);
     let id = step_id(Phase::Load, "table", schema, table);
-    let name = qualified_ident(schema, table);
-    let cols = info.columns_for_copy.iter().map(|c| ident(c)).collect::<Vec<_>>().join(", ");
     let binary = copy_binary(source, target, schema, table);
-    let (out_opts, in_opts) = copy_options(binary);
     let base = Step {
         id: id.clone(),
         phase: Phase::Load,
         action: Action::Copy,
         object: format!("table {}", qualified(schema, table)),
-        sql: format!(
-            "-- on the source, under the load snapshot:\nCOPY {name} ({cols}) TO STDOUT{out_opts};\n\
-             -- on the target, in one transaction:\nTRUNCATE {name};\n\
-             COPY {name} ({cols}) FROM STDIN{in_opts};"
-        ),
+        sql: CopySql::new(schema, table, &info.columns_for_copy, binary, None).display(),
         estimate: Some(Estimate { rows: info.estimated_rows, bytes: info.bytes }),
         note: Some(if binary {
             "binary COPY (same major version, built-in types only); FREEZE: rows are written \
@@ -794,11 +806,7 @@ fn split_copy_steps(
     let whole = copy_step(t, source, target, None, false);
     let info = t.table_info.as_ref().expect("tables have table info");
     let (schema, table) = (&t.key.schema, &t.key.name);
-    let name = qualified_ident(schema, table);
-    let cols = info.columns_for_copy.iter().map(|c| ident(c)).collect::<Vec<_>>().join(", ");
     let binary = matches!(whole.work, Work::CopyTable { binary: true, .. });
-    let (out_opts, _) = copy_options(binary);
-    let in_opts = if binary { " (FORMAT binary)" } else { "" };
     let n = parts.len();
     let ids: Vec<String> = (1..=n).map(|k| format!("{}:part-{k}-of-{n}", whole.id)).collect();
     let empty_id = format!("{}:empty", whole.id);
@@ -819,7 +827,7 @@ fn split_copy_steps(
         phase: Phase::Load,
         action: if redo { Action::Run } else { Action::Unchanged },
         object: format!("table {name_q} (split into {n} parts)"),
-        sql: if redo { format!("TRUNCATE {name};") } else { String::new() },
+        sql: if redo { format!("{};", empty_for_parts_sql(schema, table)) } else { String::new() },
         estimate: whole.estimate,
         note: Some(if interrupted {
             "a part was interrupted: the table is emptied and every part copied again".into()
@@ -849,11 +857,8 @@ fn split_copy_steps(
             sql: if done {
                 String::new()
             } else {
-                format!(
-                    "-- on the source, under the load snapshot:\n\
-                     COPY (SELECT {cols} FROM {name} WHERE {condition}) TO STDOUT{out_opts};\n\
-                     -- on the target, in one transaction:\nCOPY {name} ({cols}) FROM STDIN{in_opts};"
-                )
+                CopySql::new(schema, table, &info.columns_for_copy, binary, Some(condition))
+                    .display()
             },
             estimate: per_part,
             note: done.then(|| "copied by an earlier apply".to_string()),
@@ -976,6 +981,73 @@ fn copy_binary(source: &Catalog, target: &Catalog, schema: &str, table: &str) ->
 /// table is truncated in the same transaction, which is what `FREEZE` requires.
 pub fn copy_options(binary: bool) -> (&'static str, &'static str) {
     if binary { (" (FORMAT binary)", " (FORMAT binary, FREEZE)") } else { ("", " (FREEZE)") }
+}
+
+/// The statements of one copy, as the plan shows them and apply runs them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CopySql {
+    /// Run first, in the target transaction: empties the table (whole tables only).
+    pub empty: Option<String>,
+    /// The source end (`... TO STDOUT`), under the load snapshot.
+    pub source: String,
+    /// The target end (`... FROM STDIN`).
+    pub target: String,
+}
+
+impl CopySql {
+    /// A whole table (`part: None`, emptied and frozen in one transaction) or one part of a
+    /// split table (`WHERE part`, appended). `ONLY` wherever a statement could reach an
+    /// inheritance child: each table is copied with exactly its own rows. A table with no
+    /// copyable column (none at all, or only generated ones) still has rows: its COPY names no
+    /// columns (`COPY t ()` is a syntax error), and each row is an empty line.
+    pub fn new(
+        schema: &str,
+        table: &str,
+        columns: &[String],
+        binary: bool,
+        part: Option<&str>,
+    ) -> CopySql {
+        let name = qualified_ident(schema, table);
+        let list = columns.iter().map(|c| ident(c)).collect::<Vec<_>>().join(", ");
+        let with_list = if columns.is_empty() { String::new() } else { format!(" ({list})") };
+        let (out_opts, in_opts) = copy_options(binary);
+        match part {
+            None => CopySql {
+                empty: Some(format!("TRUNCATE ONLY {name}")),
+                // COPY of a table (not of a query) reads that table's rows only, never its
+                // inheritance children's.
+                source: format!("COPY {name}{with_list} TO STDOUT{out_opts}"),
+                target: format!("COPY {name}{with_list} FROM STDIN{in_opts}"),
+            },
+            // FREEZE needs a truncate in the same transaction, which parts sharing a table
+            // cannot have.
+            Some(condition) => CopySql {
+                empty: None,
+                source: format!(
+                    "COPY (SELECT {list} FROM ONLY {name} WHERE {condition}) TO STDOUT{out_opts}"
+                ),
+                target: format!(
+                    "COPY {name}{with_list} FROM STDIN{}",
+                    if binary { " (FORMAT binary)" } else { "" }
+                ),
+            },
+        }
+    }
+
+    /// How the plan shows it.
+    pub fn display(&self) -> String {
+        let empty = self.empty.as_ref().map(|e| format!("{e};\n")).unwrap_or_default();
+        format!(
+            "-- on the source, under the load snapshot:\n{};\n\
+             -- on the target, in one transaction:\n{empty}{};",
+            self.source, self.target
+        )
+    }
+}
+
+/// The statement that empties a split table before its parts are copied.
+pub fn empty_for_parts_sql(schema: &str, table: &str) -> String {
+    format!("TRUNCATE ONLY {}", qualified_ident(schema, table))
 }
 
 /// Makes a table's definition say `REPLICA IDENTITY FULL`, where the catalog would put it
@@ -1404,7 +1476,7 @@ fn sequence_steps(
 }
 
 fn matview_steps(
-    objects: &[SchemaObject],
+    matviews: &[&SchemaObject],
     source: &Catalog,
     target: &Catalog,
     steps: &[Step],
@@ -1415,7 +1487,7 @@ fn matview_steps(
         cat.relations.iter().any(|r| r.schema == s && r.name == n && r.populated)
     };
     let mut out = vec![];
-    for o in objects.iter().filter(|o| o.key.kind == ObjectKind::MaterializedView) {
+    for o in matviews {
         let (s, n) = (&o.key.schema, &o.key.name);
         if !populated(source, s, n) {
             continue;

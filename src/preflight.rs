@@ -144,6 +144,7 @@ pub fn run(spec: &Spec, source: Option<&Catalog>, target: Option<&Catalog>) -> V
         check_encoding(&mut f, src, tgt);
         check_target_privileges(&mut f, &scope, src, tgt);
         check_target_objects(&mut f, &scope, tgt);
+        check_row_security(&mut f, spec, &scope, src, tgt);
     }
     let mut checks = f.0;
     // Errors first, then warnings, then info; the order within a severity is the order above.
@@ -467,6 +468,56 @@ fn check_source_privileges(f: &mut Findings, scope: &Scope, src: &Catalog) {
                 qualified_ident(&r.schema, &r.name)
             )),
         );
+    }
+}
+
+/// Row-level security: a role it applies to reads (and changes) only the rows its policies let
+/// through, so a copy or a verification through it would be partial and look complete. Every
+/// pgtransit session also runs with `row_security = off`, which makes such a query fail rather
+/// than filter; this check says so before anything runs.
+fn check_row_security(f: &mut Findings, spec: &Spec, scope: &Scope, src: &Catalog, tgt: &Catalog) {
+    let tables = || relations_in_scope(src, scope).into_iter().filter(|r| r.kind == RelKind::Table);
+    for r in tables().filter(|r| r.row_security_applies) {
+        f.add(
+            "source_row_security",
+            Severity::Error,
+            format!("table {}", r.qualified()),
+            format!(
+                "row-level security applies to the source role {} on {}: it would copy only the                  rows the table's policies show it",
+                display(&src.server.current_user),
+                r.qualified()
+            ),
+            Some(format!(
+                "ALTER ROLE {} BYPASSRLS; (as a superuser), or migrate as the table's owner {}",
+                ident(&src.server.current_user),
+                display(&r.owner)
+            )),
+        );
+    }
+    let user = &tgt.server.current_user;
+    for r in tables() {
+        let on_target = tgt.relations.iter().find(|t| t.schema == r.schema && t.name == r.name);
+        let applies = match on_target {
+            Some(t) => t.row_security_applies,
+            // Created with the source's settings and owner (mapped).
+            None => {
+                let owner = spec.roles.map.get(&r.owner).unwrap_or(&r.owner);
+                r.row_security && !tgt.server.bypass_rls && (r.row_security_forced || owner != user)
+            }
+        };
+        if applies {
+            f.add(
+                "target_row_security",
+                Severity::Error,
+                format!("table {}", r.qualified()),
+                format!(
+                    "row-level security will apply to the target role {} on {}: loading,                      changes and verification would see only the rows its policies allow",
+                    display(user),
+                    r.qualified()
+                ),
+                Some(format!("ALTER ROLE {} BYPASSRLS; (as a superuser)", ident(user))),
+            );
+        }
     }
 }
 

@@ -784,6 +784,9 @@ pub fn verify(out: &mut dyn Write, r: &crate::verify::Report, format: Format) ->
                 c.table,
                 paint(DIM, &format!("({} rows)", crate::preflight::thousands(c.target_rows)))
             )?;
+        } else if let Some(side) = &c.missing_on {
+            differ += 1;
+            writeln!(out, "  {} {}: missing on the {side}", paint(RED, "missing"), c.table)?;
         } else {
             differ += 1;
             let label = if r.sync_running { paint(YELLOW, "behind") } else { paint(RED, "differ") };

@@ -27,7 +27,7 @@ use std::time::{Duration, Instant};
 use bytes::{Bytes, BytesMut};
 use futures_util::StreamExt;
 use futures_util::stream::FuturesOrdered;
-use postgres_types::{Format, IsNull, ToSql, Type, to_sql_checked};
+use postgres_types::{Format, IsNull, Kind, ToSql, Type, to_sql_checked};
 use tokio_postgres::{Client, Statement};
 
 use crate::apply::{ApplyError, Ctx, Event};
@@ -402,12 +402,32 @@ struct Table {
     /// Matched on every column (replica identity full): by `ctid`, one row at a time.
     full: bool,
     identity_always: Vec<bool>,
+    /// Each column's type on the target (0: unknown, left to the server to infer).
+    types: Vec<u32>,
     statements: HashMap<Shape, Statement>,
 }
 
 impl Table {
     fn key_columns(&self) -> Vec<usize> {
         self.rel.columns.iter().enumerate().filter(|(_, c)| c.key).map(|(i, _)| i).collect()
+    }
+
+    /// The types of a statement's parameters, in order: each the target column's own type, so
+    /// the server never has to guess one (an untyped parameter compared with a composite
+    /// column is an anonymous record, which has no input function).
+    fn param_types(&self, shape: &Shape) -> Vec<Type> {
+        // OID 0 is "unspecified": the server infers it.
+        let of = |i: usize| {
+            let oid = self.types[i];
+            Type::from_oid(oid)
+                .unwrap_or_else(|| Type::new(String::new(), oid, Kind::Simple, String::new()))
+        };
+        let n = self.rel.columns.len();
+        match shape {
+            Shape::Insert(rows) => (0..rows * n).map(|k| of(k % n)).collect(),
+            Shape::Update(set, keys) => set.iter().chain(keys).map(|&i| of(i)).collect(),
+            Shape::Delete(keys) => keys.iter().map(|&i| of(i)).collect(),
+        }
     }
 
     fn sql(&self, shape: &Shape) -> String {
@@ -426,7 +446,7 @@ impl Table {
                 .collect();
             let conds = if conds.is_empty() { "false".to_string() } else { conds.join(" AND ") };
             if self.full {
-                format!("ctid = (SELECT ctid FROM {} WHERE {conds} LIMIT 1)", self.name_sql)
+                format!("ctid = (SELECT ctid FROM ONLY {} WHERE {conds} LIMIT 1)", self.name_sql)
             } else {
                 conds
             }
@@ -447,8 +467,10 @@ impl Table {
                     values.join(", ")
                 )
             }
+            // ONLY: a change to a parent's row never reaches its inheritance children (pgoutput
+            // sends each child's changes as the child's).
             Shape::Update(set, keys) => format!(
-                "UPDATE {} SET {} WHERE {}",
+                "UPDATE ONLY {} SET {} WHERE {}",
                 self.name_sql,
                 set.iter()
                     .enumerate()
@@ -458,7 +480,7 @@ impl Table {
                 matcher(keys, set.len() + 1)
             ),
             Shape::Delete(keys) => {
-                format!("DELETE FROM {} WHERE {}", self.name_sql, matcher(keys, 1))
+                format!("DELETE FROM ONLY {} WHERE {}", self.name_sql, matcher(keys, 1))
             }
         }
     }
@@ -705,6 +727,11 @@ impl<'a> Applier<'a> {
             .iter()
             .map(|c| columns.iter().any(|t| t.name == c.name && t.identity_always))
             .collect();
+        let types = rel
+            .columns
+            .iter()
+            .map(|c| columns.iter().find(|t| t.name == c.name).map_or(0, |t| t.type_oid))
+            .collect();
         let full = rel.replica_identity == 'f';
         self.tables.insert(
             rel.id,
@@ -714,6 +741,7 @@ impl<'a> Applier<'a> {
                 skip,
                 full,
                 identity_always,
+                types,
                 statements: HashMap::new(),
                 rel,
             },
@@ -730,9 +758,10 @@ impl<'a> Applier<'a> {
             return Ok(s.clone());
         }
         let sql = t.sql(&shape);
+        let types = t.param_types(&shape);
         // Earlier statements first: a failure must be reported as itself.
         self.pipe.drain().await.map_err(pg)?;
-        let stmt = self.pipe.client.prepare(&sql).await.map_err(pg)?;
+        let stmt = self.pipe.client.prepare_typed(&sql, &types).await.map_err(pg)?;
         if let Some(t) = self.tables.get_mut(&rel) {
             t.statements.insert(shape, stmt.clone());
         }
@@ -837,7 +866,10 @@ impl<'a> Applier<'a> {
                 self.begin_batch().await.map_err(pg)?;
                 let list = names.iter().map(|(n, _)| n.as_str()).collect::<Vec<_>>().join(", ");
                 let restart = if restart_identity { " RESTART IDENTITY" } else { "" };
-                self.pipe.sql(format!("TRUNCATE {list}{restart}")).await.map_err(pg)?;
+                // pgoutput names every table the source's TRUNCATE emptied (children
+                // included): `ONLY`, so a `TRUNCATE ONLY parent` on the source does not empty
+                // the target's children.
+                self.pipe.sql(format!("TRUNCATE ONLY {list}{restart}")).await.map_err(pg)?;
                 for (_, display) in &names {
                     self.count(display, |c| c.truncates += 1);
                 }
@@ -1611,6 +1643,7 @@ mod tests {
             skip: None,
             full,
             identity_always: vec![false, false],
+            types: vec![23, 16385],
             statements: HashMap::new(),
         }
     }
@@ -1628,9 +1661,19 @@ mod tests {
         );
         assert_eq!(
             t.sql(&Shape::Update(vec![1], vec![0])),
-            r#"UPDATE s."T" SET "note" = $1 WHERE "id" = $2"#
+            r#"UPDATE ONLY s."T" SET "note" = $1 WHERE "id" = $2"#
         );
-        assert_eq!(t.sql(&Shape::Delete(vec![0])), r#"DELETE FROM s."T" WHERE "id" = $1"#);
+        assert_eq!(t.sql(&Shape::Delete(vec![0])), r#"DELETE FROM ONLY s."T" WHERE "id" = $1"#);
+    }
+
+    #[test]
+    fn every_parameter_is_typed_as_its_target_column_so_composite_keys_match() {
+        let t = table(false);
+        let oids = |shape| t.param_types(&shape).iter().map(Type::oid).collect::<Vec<_>>();
+        assert_eq!(oids(Shape::Insert(2)), [23, 16385, 23, 16385]);
+        // SET columns first, then the key.
+        assert_eq!(oids(Shape::Update(vec![1], vec![0])), [16385, 23]);
+        assert_eq!(oids(Shape::Delete(vec![1])), [16385]);
     }
 
     #[test]
@@ -1638,7 +1681,7 @@ mod tests {
         let t = table(true);
         assert_eq!(
             t.sql(&Shape::Delete(vec![0, 1])),
-            r#"DELETE FROM s."T" WHERE ctid = (SELECT ctid FROM s."T" WHERE "id"::text IS NOT DISTINCT FROM $1::text AND "note"::text IS NOT DISTINCT FROM $2::text LIMIT 1)"#
+            r#"DELETE FROM ONLY s."T" WHERE ctid = (SELECT ctid FROM ONLY s."T" WHERE "id"::text IS NOT DISTINCT FROM $1::text AND "note"::text IS NOT DISTINCT FROM $2::text LIMIT 1)"#
         );
     }
 }

@@ -1,7 +1,8 @@
 //! Verification: per-table row counts and checksums, source against target.
 //!
 //! A table's checksum is the sum of a 64-bit hash of each row's text
-//! (`hashtextextended(ROW(r.*)::text, 0)`: the whole row, even with a column named like the alias), so it does not depend on row order and needs no sort, under the same pinned session
+//! (`hashtextextended(ROW(r.*)::text, 0)`: the whole row, even with a column named like the
+//! alias), so it does not depend on row order and needs no sort, under the same pinned session
 //! settings on both sides (`conn::PINNED_SETTINGS`), one pass over each table. A table whose
 //! checksum differs and that has a single integer key is compared again in chunks of
 //! [`CHUNK`] keys, which says where its rows differ.
@@ -29,12 +30,15 @@ pub struct TableCheck {
     /// Where rows differ, for a table with an integer key (`id 100000..199999`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub differing_ranges: Vec<String>,
+    /// The side that has no such table (`source` or `target`): it counts as 0 rows there.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub missing_on: Option<String>,
 }
 
 impl TableCheck {
     /// Rows identical.
     pub fn equal(&self) -> bool {
-        self.source_rows == self.target_rows && self.checksums_equal
+        self.missing_on.is_none() && self.source_rows == self.target_rows && self.checksums_equal
     }
 }
 
@@ -47,11 +51,12 @@ pub async fn pin(client: &Client) -> Result<(), tokio_postgres::Error> {
     client.batch_execute(&sql).await
 }
 
+/// A table's count and checksum; `None` when the table does not exist on that side.
 async fn aggregate(
     client: &Client,
     t: &VerifyTable,
     checksums: bool,
-) -> Result<(i64, String), tokio_postgres::Error> {
+) -> Result<Option<(i64, String)>, tokio_postgres::Error> {
     let sum = if checksums {
         "coalesce(sum(hashtextextended(ROW(pgtransit_row.*)::text, 0)::numeric), 0)::text"
     } else {
@@ -65,8 +70,12 @@ async fn aggregate(
             ),
             &[],
         )
-        .await?;
-    Ok((row.get(0), row.get(1)))
+        .await;
+    match row {
+        Ok(row) => Ok(Some((row.get(0), row.get(1)))),
+        Err(e) if e.code() == Some(&tokio_postgres::error::SqlState::UNDEFINED_TABLE) => Ok(None),
+        Err(e) => Err(e),
+    }
 }
 
 async fn chunks(
@@ -101,15 +110,24 @@ pub async fn compare(
     let mut out = vec![];
     for t in tables {
         let (s, d) = tokio::join!(aggregate(source, t, checksums), aggregate(target, t, checksums));
-        let ((source_rows, source_sum), (target_rows, target_sum)) = (s?, d?);
+        let (s, d) = (s?, d?);
+        let missing_on = match (&s, &d) {
+            (None, _) => Some("source".to_string()),
+            (_, None) => Some("target".to_string()),
+            _ => None,
+        };
+        let ((source_rows, source_sum), (target_rows, target_sum)) =
+            (s.unwrap_or((0, String::new())), d.unwrap_or((0, String::new())));
         let mut check = TableCheck {
             table: qualified(&t.schema, &t.table),
             source_rows,
             target_rows,
-            checksums_equal: source_sum == target_sum,
+            checksums_equal: missing_on.is_none() && source_sum == target_sum,
             differing_ranges: vec![],
+            missing_on,
         };
         if !check.equal()
+            && check.missing_on.is_none()
             && let Some(key) = &t.key
         {
             let (s, d) = tokio::join!(chunks(source, t, key), chunks(target, t, key));

@@ -542,3 +542,134 @@ fn saved_plan_with_edited_steps_is_refused() {
     assert_eq!(out.code, 1, "{out:?}");
     assert!(out.stderr.contains("was modified after it was"), "{out:?}");
 }
+
+/// Material a new user's database has and pgtransit's own tests did not: inheritance (copied in
+/// any order, some split into parts), a column type without binary I/O, tables with no
+/// copyable column, materialized views that read each other.
+const STRANGERS: &str = "
+CREATE TABLE parent (id int PRIMARY KEY, note text);
+CREATE TABLE child (extra int) INHERITS (parent);
+CREATE TABLE grandchild (more text) INHERITS (child);
+INSERT INTO parent SELECT g, 'parent ' || g FROM generate_series(1, 40000) g;
+INSERT INTO child SELECT g, 'child ' || g, g FROM generate_series(1, 60000) g;
+INSERT INTO grandchild SELECT g, 'grandchild', g, 'x' FROM generate_series(1, 3000) g;
+CREATE TABLE small_parent (id int, v text);
+CREATE TABLE small_child () INHERITS (small_parent);
+INSERT INTO small_parent VALUES (1, 'only one');
+INSERT INTO small_child SELECT g, repeat('c', 20) FROM generate_series(1, 5000) g;
+CREATE TABLE acl_col (id int PRIMARY KEY, a aclitem, arr aclitem[]);
+INSERT INTO acl_col VALUES (1, 'postgres=arwdDxt/postgres', ARRAY['=r/postgres'::aclitem]);
+CREATE TABLE no_columns ();
+INSERT INTO no_columns DEFAULT VALUES; INSERT INTO no_columns DEFAULT VALUES;
+CREATE TABLE only_generated (a int GENERATED ALWAYS AS (7) STORED);
+INSERT INTO only_generated DEFAULT VALUES; INSERT INTO only_generated DEFAULT VALUES;
+CREATE MATERIALIZED VIEW z_base AS SELECT id, note FROM ONLY parent WHERE id % 2 = 0;
+CREATE MATERIALIZED VIEW a_total AS SELECT count(*) AS n FROM z_base;
+";
+
+/// Rows of one table, itself only.
+fn own_rows(c: &LocalCluster, table: &str) -> i64 {
+    sql(c, "app", &format!("SELECT count(*) FROM ONLY {table}")).parse().unwrap()
+}
+
+#[test]
+fn inheritance_children_keep_exactly_their_own_rows_whole_and_split_in_any_order() {
+    let (src, tgt) = pair("inherit", STRANGERS);
+    let dir = TempDir::new("inherit");
+    let extra = "mode: offline\nload:\n  split_larger_than: 1MB\n  jobs: 3\n";
+    let f =
+        dir.write("inherit.yaml", &plan_yaml("inherit", &src.url("app"), &tgt.url("app"), extra));
+    let f = f.to_str().unwrap();
+    let out = run(dir.path(), &["plan", f]);
+    assert_eq!(out.code, 0, "{out:?}");
+    // The parent is split, and its parts read the parent's own rows only.
+    assert!(out.stdout.contains("copy table public.parent part 1 of"), "{out:?}");
+    assert!(out.stdout.contains("FROM ONLY \"public\".\"parent\" WHERE"), "{out:?}");
+    assert!(out.stdout.contains("TRUNCATE ONLY \"public\".\"small_parent\""), "{out:?}");
+    assert!(!out.stdout.contains("TRUNCATE \"public\""), "a TRUNCATE without ONLY: {out:?}");
+    // No `COPY t ()`: a table without copyable columns is copied without a column list.
+    assert!(out.stdout.contains("COPY \"public\".\"no_columns\" TO STDOUT"), "{out:?}");
+    assert!(!out.stdout.contains("()"), "{out:?}");
+
+    let out = run(dir.path(), &["apply", f, "--auto-approve"]);
+    assert_eq!(out.code, 0, "{out:?}");
+    for (table, rows) in [
+        ("parent", 40000),
+        ("child", 60000),
+        ("grandchild", 3000),
+        ("small_parent", 1),
+        ("small_child", 5000),
+        ("no_columns", 2),
+        ("only_generated", 2),
+    ] {
+        assert_eq!(own_rows(&tgt, table), rows, "{table} on the target");
+    }
+    assert_eq!(sql(&tgt, "app", "SELECT a::text FROM acl_col"), "postgres=arwdDxt/postgres");
+    // The view that reads another was refreshed after it.
+    assert_eq!(sql(&tgt, "app", "SELECT n FROM a_total"), "20000");
+    assert_migrated(&src, &tgt, "app");
+    let out = run(dir.path(), &["verify", f]);
+    assert_eq!(out.code, 0, "{out:?}");
+    assert!(out.stdout.contains("Identical"), "{out:?}");
+
+    // A table missing on the target is reported as such, with the rest still compared.
+    sql(&tgt, "app", "DROP TABLE small_child");
+    let out = run(dir.path(), &["verify", f, "--format", "json"]);
+    assert_eq!(out.code, 1, "{out:?}");
+    let doc = out.json();
+    let tables = doc["tables"].as_array().unwrap();
+    let missing = tables.iter().find(|t| t["table"] == "public.small_child").unwrap();
+    assert_eq!(missing["missing_on"], "target", "{doc}");
+    let parent = tables.iter().find(|t| t["table"] == "public.parent").unwrap();
+    assert_eq!(parent["target_rows"], 40000, "{doc}");
+    let out = run(dir.path(), &["verify", f]);
+    assert!(out.stdout.contains("public.small_child: missing on the target"), "{out:?}");
+}
+
+#[test]
+fn a_source_role_under_row_level_security_is_refused_and_nothing_calls_a_partial_copy_whole() {
+    let (src, tgt) = pair(
+        "rls",
+        "CREATE TABLE secrets (id int PRIMARY KEY, owner_name text);
+         INSERT INTO secrets SELECT g, CASE WHEN g % 2 = 0 THEN 'migrator' ELSE 'other' END
+           FROM generate_series(1, 100) g;
+         ALTER TABLE secrets ENABLE ROW LEVEL SECURITY;
+         CREATE POLICY mine ON secrets USING (owner_name = current_user);
+         CREATE ROLE migrator LOGIN;
+         GRANT SELECT ON secrets TO migrator;",
+    );
+    // The role sees half the rows.
+    let seen = std::process::Command::new(src.bin("psql"))
+        .args(["-h", src.host(), "-p", &src.port().to_string(), "-U", "migrator", "-d", "app"])
+        .args(["-XAtc", "SELECT count(*) FROM secrets"])
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&seen.stdout).trim(), "50");
+    let dir = TempDir::new("rls");
+    let source_url = format!("postgresql://migrator@{}:{}/app", src.host(), src.port());
+    let f = dir.write(
+        "rls.yaml",
+        &plan_yaml(
+            "rls",
+            &source_url,
+            &tgt.url("app"),
+            "mode: offline\nroles:\n  missing: create\n",
+        ),
+    );
+    let f = f.to_str().unwrap();
+    let out = run(dir.path(), &["plan", f, "--format", "json"]);
+    assert_eq!(out.code, 1, "{out:?}");
+    let doc = out.json();
+    let check = crate::support::find_check(&doc, "source_row_security", "error", "secrets");
+    assert!(check["fix"].as_str().unwrap().contains("BYPASSRLS"), "{check}");
+    let out = run(dir.path(), &["apply", f, "--auto-approve"]);
+    assert_eq!(out.code, 1, "{out:?}");
+    let out = run(dir.path(), &["verify", f]);
+    assert_eq!(out.code, 1, "{out:?}");
+    assert!(!out.stdout.contains("Identical"), "{out:?}");
+    // With the fix applied, the whole table arrives.
+    sql(&src, "app", "ALTER ROLE migrator BYPASSRLS");
+    let out = run(dir.path(), &["apply", f, "--auto-approve"]);
+    assert_eq!(out.code, 0, "{out:?}");
+    assert_eq!(own_rows(&tgt, "secrets"), 100);
+}

@@ -968,3 +968,44 @@ fn a_saved_online_plan_streams_resumes_and_cuts_over_exactly_as_reviewed() {
     assert_eq!(out.code, 1, "{out:?}");
     assert!(out.stderr.contains("already applied to completion"), "{out:?}");
 }
+
+#[test]
+fn streamed_changes_to_inheritance_parents_and_composite_keys_reach_exactly_their_rows() {
+    let (src, tgt) = pair(
+        "online-inherit",
+        "CREATE TYPE pair AS (a int, b text);
+         CREATE TABLE comp (k pair PRIMARY KEY, v int);
+         INSERT INTO comp VALUES (ROW(1, 'x'), 1), (ROW(2, 'y,z'), 2);
+         CREATE TABLE parent (id int PRIMARY KEY, v int);
+         CREATE TABLE child (PRIMARY KEY (id)) INHERITS (parent);
+         INSERT INTO parent SELECT g, 0 FROM generate_series(1, 10) g;
+         INSERT INTO child SELECT g, 0 FROM generate_series(1, 1000) g;",
+    );
+    let dir = TempDir::new("online-inherit");
+    let plan = online_plan(&dir, "inh", &src, &tgt, "");
+    let mut child = start_apply(&dir, &plan, &[]);
+    wait_streaming(&dir, "inh", &mut child);
+    sql(
+        &src,
+        "app",
+        "UPDATE comp SET v = 10 WHERE k = ROW(1, 'x')::pair;
+         DELETE FROM comp WHERE k = ROW(2, 'y,z')::pair;
+         INSERT INTO comp VALUES (ROW(3, 'new'), 3);
+         UPDATE ONLY parent SET v = 1 WHERE id <= 5;
+         DELETE FROM ONLY parent WHERE id = 10;
+         UPDATE child SET v = 2 WHERE id = 7;",
+    );
+    wait_identical(&src, &tgt, &dir);
+    assert_eq!(sql(&tgt, "app", "SELECT count(*) FROM ONLY child WHERE v = 0"), "999");
+    // A TRUNCATE of the parent alone leaves the children's rows.
+    sql(&src, "app", "TRUNCATE ONLY parent");
+    wait_identical(&src, &tgt, &dir);
+    assert_eq!(sql(&tgt, "app", "SELECT count(*) FROM ONLY child"), "1000");
+    assert_eq!(sql(&tgt, "app", "SELECT v FROM comp WHERE (k).a = 1"), "10");
+    assert_eq!(stop(&mut child), 0, "{}", apply_output(&dir));
+    let out = run(dir.path(), &["cutover", &plan, "--auto-approve"]);
+    assert_eq!(out.code, 0, "{out:?}");
+    assert_eq!(table_checksums(&src, "app"), table_checksums(&tgt, "app"));
+    assert_same_schema(&schema_dump(&src, "app"), &schema_dump(&tgt, "app"));
+    assert_eq!(slots(&src), "");
+}

@@ -3,8 +3,7 @@
 //! for real: `pg_dump --schema-only` of both sides and per-table row checksums.
 
 use crate::support::{
-    LocalCluster, TempDir, assert_same_schema, cluster, load_pagila, plan_yaml, run, schema_dump,
-    sql, table_checksums,
+    LocalCluster, TempDir, assert_migrated, cluster, load_pagila, plan_yaml, run, sql,
 };
 
 fn offline_plan(
@@ -31,16 +30,6 @@ fn pair(name: &str, source_sql: &str) -> (LocalCluster, LocalCluster) {
     tgt.create_database("app").unwrap();
     sql(&src, "app", source_sql);
     (src, tgt)
-}
-
-fn assert_migrated(src: &LocalCluster, tgt: &LocalCluster, db: &str) {
-    assert_same_schema(&schema_dump(src, db), &schema_dump(tgt, db));
-    let (a, b) = (table_checksums(src, db), table_checksums(tgt, db));
-    assert!(!a.is_empty());
-    for (table, sum) in &a {
-        assert_eq!(Some(sum), b.get(table), "rows differ in {table}");
-    }
-    assert_eq!(a.len(), b.len());
 }
 
 #[test]

@@ -21,3 +21,6 @@ mod online;
 // Chaos: kills, crashes and network faults at seeded moments of an online migration under
 // writes.
 mod chaos;
+// The version matrix: PostgreSQL 13 to 18 (installed from the package registries), offline to
+// the same major and online under writes to a newer one.
+mod versions;

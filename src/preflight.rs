@@ -351,6 +351,24 @@ fn check_versions(f: &mut Findings, src: &Catalog, tgt: &Catalog) {
 }
 
 fn check_replication(f: &mut Findings, spec: &Spec, src: &Catalog) {
+    if src.server.version_num < 140000 {
+        f.add(
+            "source_version_online_unsupported",
+            Severity::Error,
+            "source",
+            format!(
+                "online mode needs a source of PostgreSQL 14 or newer (this one runs {}): 13's \
+                 pgoutput has no `messages` option, and pgtransit's lag heartbeat and cutover \
+                 barrier are logical messages",
+                version_text(src)
+            ),
+            Some(
+                "use `mode: offline` (with the applications stopped), or upgrade the source to \
+                 PostgreSQL 14 or newer first"
+                    .into(),
+            ),
+        );
+    }
     let wal_level = src.settings.get("wal_level").map(String::as_str).unwrap_or("unknown");
     if wal_level != "logical" {
         f.add(

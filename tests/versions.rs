@@ -235,14 +235,30 @@ fn online_pagila_under_writes_then_cutover(from: u32, to: u32) {
     );
 }
 
-// Fails today, after the whole load, at `sync:stream`: "unrecognized pgoutput option: messages".
-// `messages` is a pgoutput option of PostgreSQL 14; pgwire-replication 0.5.0 always sends it
-// in START_REPLICATION, and pgtransit's heartbeat and cutover barrier are logical decoding
-// messages, which 13's pgoutput never sends. Run it with `cargo test -- --ignored` once fixed.
+/// Online from PostgreSQL 13 is refused before anything is created: 13's pgoutput has no
+/// `messages` option (14 added it), which the replication transport always asks for, and
+/// pgtransit's lag heartbeat and cutover barrier are logical messages. Offline 13 -> 18 works.
 #[test]
-#[ignore = "online from PostgreSQL 13 needs a stream without pgoutput's `messages` option (14+)"]
-fn pagila_online_13_to_18_under_writes_cuts_over_identical_with_sequences_set_and_no_slot_left() {
-    online_pagila_under_writes_then_cutover(13, 18);
+fn online_from_13_is_refused_by_preflight_before_anything_is_created_and_offline_is_the_way() {
+    let logical = [("wal_level", "logical")];
+    let Some(src) = cluster_of(13, "v13-on-src", &logical) else { return };
+    let Some(tgt) = cluster_of(18, "v13-on-tgt", &[]) else { return };
+    src.create_database("app").unwrap();
+    tgt.create_database("app").unwrap();
+    sql(&src, "app", "CREATE TABLE t (id int PRIMARY KEY); INSERT INTO t VALUES (1);");
+    let dir = TempDir::new("v13-on");
+    let yaml = plan_yaml("v13on", &src.url("app"), &tgt.url("app"), "mode: online\n");
+    let plan = dir.write("v13on.yaml", &yaml);
+    let out = run(dir.path(), &["plan", plan.to_str().unwrap(), "--format", "json"]);
+    assert_eq!(out.code, 1, "{out:?}");
+    let doc = out.json();
+    let check =
+        crate::support::find_check(&doc, "source_version_online_unsupported", "error", "source");
+    assert!(check["fix"].as_str().unwrap().contains("mode: offline"), "{check}");
+    let out = run(dir.path(), &["apply", plan.to_str().unwrap(), "--auto-approve"]);
+    assert_eq!(out.code, 1, "{out:?}");
+    assert_eq!(sql(&src, "app", "SELECT count(*) FROM pg_replication_slots"), "0");
+    assert_eq!(sql(&tgt, "app", "SELECT count(*) FROM pg_tables WHERE tablename = 't'"), "0");
 }
 
 #[test]

@@ -1049,6 +1049,16 @@ async fn read_all(r: &mut Reader<'_>, version_num: i32) -> Result<Schema, Object
         }
     }
     let no_constraints: Vec<&RawConstraint> = Vec::new();
+    // Check constraints that call a function of the database's own: created apart, after the
+    // table and the function (as pg_dump does), since the function may take the table's row
+    // type (a cycle: table → constraint → function → table).
+    let calls_function: BTreeSet<u32> = depends
+        .iter()
+        .filter(|d| d.cat == Cat::Constraint && d.ref_cat == Cat::Proc)
+        .filter(|d| d.ref_oid >= FIRST_NORMAL_OID && !b.is_member(Cat::Proc, d.ref_oid))
+        .map(|d| d.oid)
+        .filter(|oid| constraints.get(oid).is_some_and(|c| c.kind == "c" && c.relid != 0))
+        .collect();
     let constraints_of_rel = |oid: u32| constraints_of_rel.get(&oid).unwrap_or(&no_constraints);
     let constraints_of_type = |oid: u32| constraints_of_type.get(&oid).unwrap_or(&no_constraints);
     // Identity sequences by table: (sequence, attnum).
@@ -1238,7 +1248,7 @@ async fn read_all(r: &mut Reader<'_>, version_num: i32) -> Result<Schema, Object
             "r" | "p" => {
                 let checks = constraints_of_rel(oid)
                     .iter()
-                    .filter(|c| c.kind == "c")
+                    .filter(|c| c.kind == "c" && !calls_function.contains(&c.oid))
                     .filter(|c| c.validated && (c.local || rel.is_partition))
                     .map(|c| (c.name.clone(), c.definition.clone()))
                     .collect();
@@ -1450,7 +1460,7 @@ async fn read_all(r: &mut Reader<'_>, version_num: i32) -> Result<Schema, Object
         let Some((table_key, table_index)) = table_of(&b, c.relid) else { continue };
         let rel = &relations[&c.relid];
         let separate = match c.kind.as_str() {
-            "c" => c.local && !c.validated,
+            "c" => c.local && (!c.validated || calls_function.contains(&coid)),
             "f" => c.parent == 0,
             _ => continue,
         };

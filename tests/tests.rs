@@ -21,3 +21,6 @@ mod online;
 // Chaos: kills, crashes and network faults at seeded moments of an online migration under
 // writes.
 mod chaos;
+// PostgreSQL's own regression database migrated offline, against pg_dump | pg_restore (opt-in
+// locally: PGTRANSIT_REGRESS=1; always under CI).
+mod regression;

@@ -10,6 +10,8 @@ pub use pgtransit::cluster::{ClusterOptions, LocalCluster};
 mod proxy;
 pub use proxy::Proxy;
 
+pub mod regress;
+
 /// The pagila sample (`../shared/fixtures/pagila`), which CI has beside the repository.
 pub fn pagila_dir() -> PathBuf {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/fixtures/pagila");

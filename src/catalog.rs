@@ -68,6 +68,27 @@ pub struct Catalog {
     /// For tables to split by an integer key: qualified name → (min, max) of the key, filled
     /// by [`read_key_ranges`].
     pub key_ranges: BTreeMap<String, (i64, i64)>,
+    /// What `pg_dump --schema-only` said of this database, where it ran (see `crate::dump`).
+    #[serde(default)]
+    pub dump: DumpCheck,
+}
+
+/// The schema read through pg_dump: filled by the caller that ran it (`plan`), empty otherwise.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct DumpCheck {
+    /// Objects whose DDL only pg_dump gives (`<type> <identity>`): they need a pg_dump.
+    pub needed_for: Vec<String>,
+    /// pg_dump could not be run (none found, too old, or it failed): why.
+    pub problem: Option<String>,
+    /// pg_dump's major version, when it ran.
+    pub pg_dump_major: Option<i32>,
+    /// Entries of pg_dump's script that nothing migrates (`<TYPE> <tag>`, schema).
+    pub not_migrated: Vec<(String, String)>,
+    /// User mappings created without their `password` option.
+    pub passwords_left_out: Vec<String>,
+    /// Roles the objects taken from pg_dump name (owner, grantee, user mapping), with the
+    /// object.
+    pub roles: Vec<(String, String)>,
 }
 
 /// A primary key or unique constraint and the definition of the index behind it.

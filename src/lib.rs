@@ -16,6 +16,7 @@ pub mod cluster;
 pub mod commands;
 pub mod conn;
 pub mod cutover;
+pub mod dump;
 pub mod naming;
 pub mod objects;
 pub mod plan;

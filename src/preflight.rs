@@ -120,6 +120,7 @@ pub fn run(spec: &Spec, source: Option<&Catalog>, target: Option<&Catalog>) -> V
     let scope = Scope::new(&spec.objects);
     let mut f = Findings(vec![]);
     if let Some(src) = source {
+        check_dump(&mut f, Side::Source, src);
         check_scope(&mut f, &scope, src);
         check_source_version(&mut f, src);
         if spec.mode == Mode::Online {
@@ -131,6 +132,9 @@ pub fn run(spec: &Spec, source: Option<&Catalog>, target: Option<&Catalog>) -> V
         check_database_name(&mut f, Side::Source, src);
     }
     if let Some(tgt) = target {
+        if !tgt.dump.needed_for.is_empty() {
+            check_dump(&mut f, Side::Target, tgt);
+        }
         check_database_name(&mut f, Side::Target, tgt);
         check_target_settings(&mut f, tgt);
         if spec.mode == Mode::Online {
@@ -521,6 +525,77 @@ fn check_row_security(f: &mut Findings, spec: &Spec, scope: &Scope, src: &Catalo
     }
 }
 
+/// pg_dump: the DDL of the objects pgtransit takes from it, and the yardstick of coverage.
+fn check_dump(f: &mut Findings, side: Side, cat: &Catalog) {
+    let d = &cat.dump;
+    if let Some(problem) = &d.problem {
+        let major = cat.server.major();
+        if d.needed_for.is_empty() {
+            f.add(
+                "pg_dump_unavailable",
+                Severity::Warning,
+                format!("{side} schema"),
+                format!(
+                    "{problem}: the {side}'s schema was not cross-checked against pg_dump's, so \
+                     an object of a kind pgtransit does not migrate would not be named here"
+                ),
+                Some(crate::dump::install_hint(major)),
+            );
+        } else {
+            f.add(
+                "pg_dump_unavailable",
+                Severity::Error,
+                examples(&d.needed_for),
+                format!(
+                    "{problem}: the {side} has {} whose DDL pgtransit takes from pg_dump",
+                    plural(d.needed_for.len(), "object")
+                ),
+                Some(crate::dump::install_hint(major)),
+            );
+        }
+    }
+    for tag in &d.passwords_left_out {
+        // `USER MAPPING <user> SERVER <server>`
+        let names = tag.strip_prefix("USER MAPPING ").and_then(|t| t.split_once(" SERVER "));
+        let (user, server) = names.unwrap_or(("<user>", "<server>"));
+        let user = if user == "public" { "PUBLIC".to_string() } else { ident(user) };
+        f.add(
+            "user_mapping_password",
+            Severity::Warning,
+            format!("user mapping for {user} on server {}", display(server)),
+            format!(
+                "the user mapping for {user} on server {} has a password option: it is created \
+                 on the target without it (pgtransit never writes a password into a plan or a \
+                 state)",
+                display(server)
+            ),
+            Some(format!(
+                "after apply, on the target: ALTER USER MAPPING FOR {user} SERVER {} OPTIONS \
+                 (ADD password '...');",
+                ident(server)
+            )),
+        );
+    }
+    for (what, schema) in &d.not_migrated {
+        let object =
+            if schema.is_empty() { what.clone() } else { format!("{what} (schema {schema})") };
+        f.add(
+            "object_not_migrated",
+            Severity::Error,
+            &object,
+            format!(
+                "pg_dump dumps {object}, which pgtransit does not migrate: the target would lack it"
+            ),
+            Some(
+                "create it on the target yourself once the schema is there (`pg_dump \
+                 --schema-only` of the source shows its SQL), or drop it on the source; then plan \
+                 again"
+                    .into(),
+            ),
+        );
+    }
+}
+
 fn check_keys(f: &mut Findings, spec: &Spec, scope: &Scope, src: &Catalog) {
     for r in relations_in_scope(src, scope) {
         if r.kind != RelKind::Table || r.has_usable_replica_identity() {
@@ -616,14 +691,14 @@ fn check_notable_objects(f: &mut Findings, spec: &Spec, scope: &Scope, src: &Cat
                 Severity::Warning,
                 &object,
                 format!(
-                    "{} is a foreign table: pgtransit does not migrate foreign tables, foreign \
-                     servers or user mappings yet, and its data stays on the remote server",
+                    "{} is a foreign table: it is created on the target with its server and user \
+                     mappings (from pg_dump's DDL), and its data stays on the remote server, \
+                     which the target must reach",
                     r.qualified()
                 ),
                 Some(
-                    "create the foreign data wrapper's extension, the server, the user mapping \
-                     and the foreign table on the target yourself (they must reach the remote \
-                     server from there), or exclude the table in objects.tables.exclude"
+                    "check that the target reaches the remote server, and set any user mapping's \
+                     password on the target (pgtransit never copies passwords)"
                         .into(),
                 ),
             ),
@@ -879,6 +954,9 @@ fn check_roles(f: &mut Findings, spec: &Spec, scope: &Scope, src: &Catalog, tgt:
     }
     for owner in &src.large_objects.owners {
         add(owner, "large objects".into(), &mut owned);
+    }
+    for (role, what) in &src.dump.roles {
+        add(role, what.clone(), &mut owned);
     }
     let referenced: BTreeSet<&String> = owned.keys().chain(granted.keys()).collect();
     let exists = |name: &str| tgt.roles.iter().any(|r| r.name == name);

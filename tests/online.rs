@@ -3,13 +3,13 @@
 //! every check compares source and target for real (row checksums, `pg_dump --schema-only`).
 
 use std::os::unix::process::ExitStatusExt;
-use std::path::PathBuf;
-use std::process::{Child, Stdio};
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use crate::support::{
-    LocalCluster, Proxy, TempDir, assert_same_schema, cluster, logical_source, pgtransit,
-    plan_yaml, run, schema_dump, sql, table_checksums,
+    LocalCluster, Proxy, TempDir, apply_output, assert_same_schema, cluster, logical_source,
+    pgtransit, plan_yaml, run, schema_dump, sql, start_apply, start_apply_with, state, state_file,
+    stop, table_checksums, wait_for, wait_identical, wait_streaming,
 };
 
 /// A source with `wal_level=logical` and a target, each with a database `app`; `source_sql`
@@ -33,109 +33,6 @@ fn online_plan(
 ) -> String {
     let text = plan_yaml(name, &src.url("app"), &tgt.url("app"), &format!("mode: online\n{extra}"));
     dir.write(&format!("{name}.yaml"), &text).to_str().unwrap().to_string()
-}
-
-fn state_file(dir: &TempDir, name: &str) -> PathBuf {
-    dir.path().join(".pgtransit").join(name).join("state.json")
-}
-
-fn state(dir: &TempDir, name: &str) -> serde_json::Value {
-    std::fs::read_to_string(state_file(dir, name))
-        .ok()
-        .and_then(|t| serde_json::from_str(&t).ok())
-        .unwrap_or(serde_json::Value::Null)
-}
-
-/// `apply --auto-approve` in the background, its output in files of `dir`.
-fn start_apply(dir: &TempDir, plan: &str, env: &[(&str, &str)]) -> Child {
-    start_apply_with(dir, plan, env, &[])
-}
-
-/// [`start_apply`], with more arguments.
-fn start_apply_with(dir: &TempDir, plan: &str, env: &[(&str, &str)], args: &[&str]) -> Child {
-    let out = std::fs::File::create(dir.path().join("apply.out")).unwrap();
-    let err = std::fs::File::create(dir.path().join("apply.err")).unwrap();
-    let mut cmd = pgtransit(dir.path());
-    cmd.args(["apply", plan, "--auto-approve"]).args(args);
-    cmd.stdout(out).stderr(err).stdin(Stdio::null());
-    for (k, v) in env {
-        cmd.env(k, v);
-    }
-    cmd.spawn().expect("start pgtransit apply")
-}
-
-fn apply_output(dir: &TempDir) -> String {
-    let read = |f: &str| std::fs::read_to_string(dir.path().join(f)).unwrap_or_default();
-    format!("--- stdout\n{}\n--- stderr\n{}", read("apply.out"), read("apply.err"))
-}
-
-/// Waits until `ok` holds, or panics with `what` after `limit`.
-fn wait_for(limit: Duration, what: &str, mut ok: impl FnMut() -> bool) {
-    let start = Instant::now();
-    while !ok() {
-        assert!(start.elapsed() < limit, "timed out after {limit:?} waiting for {what}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
-/// Waits until this background apply streams with no lag (as `status` says: a killed apply's
-/// state may still say it streamed).
-fn wait_streaming(dir: &TempDir, name: &str, child: &mut Child) {
-    let start = Instant::now();
-    let plan = dir.path().join(format!("{name}.yaml"));
-    let me = format!("pid {} ", child.id());
-    loop {
-        let s = state(dir, name);
-        if s["sync"]["streaming"] == true && s["sync"]["lag_seconds"].as_f64() == Some(0.0) {
-            let st = run(dir.path(), &["status", plan.to_str().unwrap(), "--format", "json"]);
-            let st = st.json();
-            if st["phase"] == "streaming" && st["running"].as_str().is_some_and(|r| r.contains(&me))
-            {
-                return;
-            }
-        }
-        if let Ok(Some(status)) = child.try_wait() {
-            panic!("apply exited ({status}) before streaming:\n{}", apply_output(dir));
-        }
-        assert!(
-            start.elapsed() < Duration::from_secs(60),
-            "apply did not start streaming within 60 s:\n{}",
-            apply_output(dir)
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
-/// Waits until every table's rows are identical on both sides.
-fn wait_identical(src: &LocalCluster, tgt: &LocalCluster, dir: &TempDir) {
-    let start = Instant::now();
-    loop {
-        let (a, b) = (table_checksums(src, "app"), table_checksums(tgt, "app"));
-        if a == b {
-            return;
-        }
-        if start.elapsed() > Duration::from_secs(30) {
-            let differ: Vec<&String> = a.keys().filter(|t| a.get(*t) != b.get(*t)).collect();
-            panic!("rows still differ after 30 s in {differ:?}:\n{}", apply_output(dir));
-        }
-        std::thread::sleep(Duration::from_millis(200));
-    }
-}
-
-/// Stops the background apply with SIGTERM and returns its exit code.
-fn stop(child: &mut Child) -> i32 {
-    let _ = std::process::Command::new("kill").args(["-TERM", &child.id().to_string()]).status();
-    let start = Instant::now();
-    loop {
-        if let Ok(Some(status)) = child.try_wait() {
-            return status.code().unwrap_or(-1);
-        }
-        if start.elapsed() > Duration::from_secs(30) {
-            let _ = child.kill();
-            panic!("apply did not stop within 30 s of SIGTERM");
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
 }
 
 fn slots(src: &LocalCluster) -> String {

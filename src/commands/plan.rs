@@ -241,6 +241,69 @@ pub async fn compute(loaded: &LoadedSpec, env: &Env, retry_for: Duration) -> Com
     Computed { report, plan }
 }
 
+/// Reads the schema objects, and runs pg_dump under the same snapshot: on the source always
+/// (every entry of its script must be covered: what is not is refused by preflight), on the
+/// target when it has objects whose DDL only pg_dump gives (to compare them). What pg_dump
+/// said, or why it could not run, goes into `catalog.dump` for preflight.
+async fn read_objects(
+    client: &Client,
+    resolved: &conn::Resolved,
+    catalog: &mut Catalog,
+    side: Side,
+) -> Result<Vec<SchemaObject>, objects::ObjectsError> {
+    let begin = objects::ObjectsError::query("begin");
+    client.batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY").await.map_err(begin)?;
+    // A pooler or a role may refuse to export a snapshot: pg_dump then takes its own.
+    let _ = client.batch_execute("SAVEPOINT export").await;
+    let snapshot = match client.query_one("SELECT pg_export_snapshot()", &[]).await {
+        Ok(row) => Some(row.get::<_, String>(0)),
+        Err(_) => {
+            let _ = client.batch_execute("ROLLBACK TO SAVEPOINT export").await;
+            None
+        }
+    };
+    let read = objects::read_schema(client, catalog.server.version_num).await;
+    let mut schema = match read {
+        Ok(s) => s,
+        Err(e) => {
+            let _ = client.batch_execute("ROLLBACK").await;
+            return Err(e);
+        }
+    };
+    catalog.dump.needed_for =
+        schema.objects.iter().filter(|o| o.key.is_dumped()).map(|o| o.key.to_string()).collect();
+    if side == Side::Source || !catalog.dump.needed_for.is_empty() {
+        let ran = match crate::dump::find_pg_dump(&[catalog.server.major()]) {
+            Ok((path, major)) => crate::dump::dump_schema(&path, resolved, snapshot.as_deref())
+                .await
+                .map(|script| (script, major)),
+            Err(e) => Err(e),
+        };
+        match ran {
+            Ok((script, major)) => {
+                let entries = crate::dump::parse(&script);
+                let attached = objects::attach_dump(&mut schema, &entries);
+                catalog.dump.not_migrated = attached
+                    .uncovered
+                    .into_iter()
+                    .map(|u| (format!("{} {}", u.kind, u.name), u.schema))
+                    .collect();
+                catalog.dump.passwords_left_out = attached.passwords_left_out;
+                catalog.dump.roles = schema
+                    .objects
+                    .iter()
+                    .filter(|o| o.key.is_dumped())
+                    .flat_map(|o| o.roles().into_iter().map(|r| (r, o.key.to_string())))
+                    .collect();
+                catalog.dump.pg_dump_major = Some(major);
+            }
+            Err(e) => catalog.dump.problem = Some(e),
+        }
+    }
+    let _ = client.batch_execute("ROLLBACK").await;
+    Ok(schema.objects)
+}
+
 fn short_version(c: &Catalog) -> String {
     // "PostgreSQL 15.18 (Debian 15.18-0+deb12u1) on x86_64..." → "15.18"
     c.server.version.split_whitespace().nth(1).unwrap_or("?").to_string()
@@ -278,14 +341,14 @@ async fn inspect(side: Side, info: &ConnInfo, env: &Env, policy: &RetryPolicy) -
             Some("check that the role may read the system catalogs (pg_catalog)".into()),
         )
     };
-    let catalog = match catalog::read(&client).await {
+    let mut catalog = match catalog::read(&client).await {
         Ok(c) => c,
         Err(e) => {
             result.problem = Some(unreadable("catalog", &e));
             return result;
         }
     };
-    match objects::read(&client, catalog.server.version_num).await {
+    match read_objects(&client, &resolved, &mut catalog, side).await {
         Ok(objects) => result.objects = objects,
         Err(e) => {
             result.problem = Some(unreadable("schema objects", &e));

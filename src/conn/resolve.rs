@@ -371,6 +371,59 @@ impl Resolved {
         self.channel_binding
     }
 
+    /// These settings as libpq environment variables (`PGHOST`, `PGPORT`, ..., `PGPASSWORD`),
+    /// for a libpq program pgtransit runs (pg_dump): the same server, role, password and TLS
+    /// checks as pgtransit's own sessions. Passed in a child's environment only, never shown.
+    pub fn libpq_env(&self, application_name: &str) -> Vec<(&'static str, String)> {
+        let join = |f: &dyn Fn(&Target) -> String| {
+            self.targets.iter().map(f).collect::<Vec<_>>().join(",")
+        };
+        let mut env = vec![
+            // Bare names (libpq's host list has no brackets around IPv6 addresses).
+            (
+                "PGHOST",
+                join(&|t| match &t.host {
+                    Host::Tcp(h) => h.clone(),
+                    Host::Unix(p) => p.display().to_string(),
+                }),
+            ),
+            ("PGPORT", join(&|t| t.port.to_string())),
+            ("PGDATABASE", self.dbname.clone()),
+            ("PGUSER", self.user.clone()),
+            ("PGSSLMODE", self.sslmode.as_str().to_string()),
+            ("PGAPPNAME", self.application_name.clone().unwrap_or(application_name.into())),
+            ("PGTARGETSESSIONATTRS", self.target_session_attrs.as_str().to_string()),
+            ("PGCHANNELBINDING", self.channel_binding.as_str().to_string()),
+        ];
+        if self.targets.iter().any(|t| t.hostaddr.is_some()) {
+            env.push((
+                "PGHOSTADDR",
+                join(&|t| t.hostaddr.map(|a| a.to_string()).unwrap_or_default()),
+            ));
+        }
+        if let Some(p) = &self.password {
+            env.push(("PGPASSWORD", p.clone()));
+        }
+        match &self.sslrootcert {
+            Some(SslRootCert::File(f)) => env.push(("PGSSLROOTCERT", f.display().to_string())),
+            Some(SslRootCert::System) => env.push(("PGSSLROOTCERT", "system".into())),
+            None => {}
+        }
+        if let Some(c) = &self.sslcert {
+            env.push(("PGSSLCERT", c.display().to_string()));
+        }
+        if let Some(k) = &self.sslkey {
+            env.push(("PGSSLKEY", k.display().to_string()));
+        }
+        if let Some(o) = &self.options {
+            env.push(("PGOPTIONS", o.clone()));
+        }
+        if let Some(t) = self.connect_timeout {
+            env.push(("PGCONNECT_TIMEOUT", t.as_secs().max(2).to_string()));
+        }
+        env
+    }
+
     /// Whether a password is available (without revealing it).
     pub fn has_password(&self) -> bool {
         self.password.is_some()

@@ -17,7 +17,7 @@ pub(super) struct Column {
     pub default: Option<String>,
     /// `attidentity`: `a` ALWAYS, `d` BY DEFAULT, empty.
     pub identity: String,
-    /// `attgenerated`: `s` stored, empty.
+    /// `attgenerated`: `s` stored, `v` virtual (PostgreSQL 18), empty.
     pub generated: String,
     /// `COLLATE` clause target, when not the type's collation.
     pub collation: Option<String>,
@@ -119,6 +119,8 @@ fn column_definition(c: &Column, identity: Option<&(i32, String, SequenceParams)
     }
     match (&c.default, c.generated.as_str()) {
         (Some(expr), "s") => s.push_str(&format!(" GENERATED ALWAYS AS ({expr}) STORED")),
+        // PostgreSQL 18: computed when read, never stored.
+        (Some(expr), "v") => s.push_str(&format!(" GENERATED ALWAYS AS ({expr}) VIRTUAL")),
         (Some(expr), _) => s.push_str(&format!(" DEFAULT {expr}")),
         _ => {}
     }

@@ -22,6 +22,7 @@
 
 mod acl;
 mod ddl;
+mod dumped;
 mod order;
 mod read;
 
@@ -36,8 +37,11 @@ use std::fmt;
 use serde::{Deserialize, Serialize};
 
 pub use acl::AclItem;
+pub use dumped::{Attached, Uncovered, attach_dump};
 pub use order::{OrderError, creation_order, effective_sections};
-pub use read::{READ_QUERIES, ReadStats, read, read_snapshot, read_with_stats};
+pub use read::{
+    READ_QUERIES, ReadStats, Schema, read, read_schema, read_snapshot, read_with_stats,
+};
 
 use crate::sql::{display, ident, literal};
 
@@ -51,6 +55,12 @@ pub enum ObjectKind {
     Extension,
     /// `CREATE COLLATION`.
     Collation,
+    /// Kinds whose DDL comes from pg_dump (`crate::dump`): operators, operator classes and
+    /// families, casts, text search objects, access methods, foreign-data wrappers, servers,
+    /// user mappings, foreign tables, transforms, base and shell types, conversions,
+    /// languages. Named `<type> <identity>` as `pg_identify_object` gives them
+    /// (`operator public.===(integer,integer)`).
+    Dumped,
     /// Enum, composite and range types.
     Type,
     /// `CREATE DOMAIN`, with its constraints.
@@ -89,6 +99,9 @@ pub enum ObjectKind {
     /// everywhere): last, so that it does not apply to the objects created before it. Named
     /// `<role>.<tables|sequences|functions|types|schemas>`; no DDL of its own, only its ACL.
     DefaultPrivileges,
+    /// Event triggers, from pg_dump like [`ObjectKind::Dumped`]: after everything else, so that
+    /// they do not fire for the migration's own DDL.
+    EventTrigger,
 }
 
 impl ObjectKind {
@@ -115,6 +128,8 @@ impl ObjectKind {
             ObjectKind::Policy => "policy",
             ObjectKind::Statistics => "statistics",
             ObjectKind::DefaultPrivileges => "default privileges",
+            ObjectKind::Dumped => "object",
+            ObjectKind::EventTrigger => "event trigger",
         }
     }
 
@@ -128,7 +143,8 @@ impl ObjectKind {
             | ObjectKind::Rule
             | ObjectKind::Policy
             | ObjectKind::Statistics
-            | ObjectKind::DefaultPrivileges => Section::PostData,
+            | ObjectKind::DefaultPrivileges
+            | ObjectKind::EventTrigger => Section::PostData,
             _ => Section::PreData,
         }
     }
@@ -165,6 +181,11 @@ impl ObjectKey {
     /// A key.
     pub fn new(kind: ObjectKind, schema: impl Into<String>, name: impl Into<String>) -> Self {
         ObjectKey { kind, schema: schema.into(), name: name.into() }
+    }
+
+    /// An object whose DDL comes from pg_dump.
+    pub fn is_dumped(&self) -> bool {
+        matches!(self.kind, ObjectKind::Dumped | ObjectKind::EventTrigger)
     }
 
     /// `name` for messages: quoted only where needed, argument lists kept as they are.
@@ -218,7 +239,10 @@ fn split_signature(name: &str) -> Option<(&str, &str)> {
 
 impl fmt::Display for ObjectKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        if self.kind == ObjectKind::DefaultPrivileges {
+        if self.is_dumped() {
+            // `<type> <identity>` already.
+            f.write_str(&self.name)
+        } else if self.kind == ObjectKind::DefaultPrivileges {
             write!(f, "{} {}", self.kind.describe(), self.display_name())?;
             if !self.schema.is_empty() {
                 write!(f, " in schema {}", display(&self.schema))?;
@@ -417,6 +441,14 @@ pub struct SchemaObject {
     /// For policies: the parts of `ddl[0]`, whose roles are mapped.
     #[serde(default)]
     pub policy: Option<PolicyDef>,
+    /// For objects whose DDL comes from pg_dump: the catalog (its own OID) and OID pg_dump
+    /// names the object by.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub catalog_id: Option<(u32, u32)>,
+    /// ... and, where pg_dump's entry has no OID, its tag (a base type's name, for its shell
+    /// type; `USER MAPPING <user> SERVER <server>`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dump_tag: Option<String>,
 }
 
 /// Role name standing for "the role creating the object" when the owner maps to no role.
@@ -445,11 +477,17 @@ impl SchemaObject {
             sequence_acls: Vec::new(),
             sub_comments: Vec::new(),
             policy: None,
+            catalog_id: None,
+            dump_tag: None,
         }
     }
 
-    /// The DDL with roles mapped (only policies name roles in their DDL).
+    /// The DDL with roles mapped (only policies name roles in their DDL, and pg_dump's SQL,
+    /// which carries its owner and privileges).
     pub fn rendered_ddl(&self, roles: &dyn Fn(&str) -> Option<String>) -> Vec<String> {
+        if self.key.is_dumped() {
+            return self.ddl.iter().map(|sql| crate::dump::map_roles(sql, roles)).collect();
+        }
         match &self.policy {
             Some(policy) => {
                 let mut ddl = self.ddl.clone();
@@ -508,7 +546,11 @@ impl SchemaObject {
             roles.insert(item.grantor.clone());
         }
         roles.extend(self.policy.iter().flat_map(|p| p.roles.iter().cloned()));
+        if self.key.is_dumped() {
+            roles.extend(self.ddl.iter().flat_map(|sql| crate::dump::roles_named(sql)));
+        }
         roles.remove("");
+        roles.remove("PUBLIC");
         roles.into_iter().collect()
     }
 
@@ -704,6 +746,7 @@ fn default_sql_name(key: &ObjectKey) -> (String, String) {
         ObjectKind::Extension => ("EXTENSION".into(), ident(&key.name)),
         ObjectKind::Collation => ("COLLATION".into(), qualified(&key.name)),
         ObjectKind::DefaultPrivileges => ("DEFAULT PRIVILEGES".into(), String::new()),
+        ObjectKind::Dumped | ObjectKind::EventTrigger => (String::new(), String::new()),
         ObjectKind::Type => ("TYPE".into(), qualified(&key.name)),
         ObjectKind::Domain => ("DOMAIN".into(), qualified(&key.name)),
         ObjectKind::Function | ObjectKind::Aggregate => {

@@ -21,7 +21,7 @@ use super::{
 use crate::sql::{ident, qualified_ident};
 
 /// How many queries [`read`] issues, whatever the size of the database.
-pub const READ_QUERIES: usize = 18;
+pub const READ_QUERIES: usize = 19;
 
 /// What a read cost.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -63,11 +63,35 @@ pub async fn read_snapshot(
     result
 }
 
+/// Every object, and the catalog ids they stand for.
+#[derive(Debug, Clone, Default)]
+pub struct Schema {
+    /// The objects, sorted by key.
+    pub objects: Vec<SchemaObject>,
+    /// (catalog, OID) of everything the objects generated here create (themselves and their
+    /// parts: a table's constraints and defaults, a type's array...), as pg_dump names them:
+    /// pg_dump's entries for these need nothing from pg_dump.
+    pub covered: BTreeSet<(u32, u32)>,
+}
+
+/// [`read`], with the catalog ids of what it read ([`Schema::covered`]).
+pub async fn read_schema(client: &Client, version_num: i32) -> Result<Schema, ObjectsError> {
+    Ok(read_schema_with_stats(client, version_num).await?.0)
+}
+
 /// [`read`], and what it cost.
 pub async fn read_with_stats(
     client: &Client,
     version_num: i32,
 ) -> Result<(Vec<SchemaObject>, ReadStats), ObjectsError> {
+    let (schema, stats) = read_schema_with_stats(client, version_num).await?;
+    Ok((schema.objects, stats))
+}
+
+async fn read_schema_with_stats(
+    client: &Client,
+    version_num: i32,
+) -> Result<(Schema, ReadStats), ObjectsError> {
     let mut reader = Reader { client, stats: ReadStats::default() };
     let rows = reader
         .query(
@@ -125,6 +149,25 @@ enum Cat {
     Policy,
     StatisticExt,
     Collation,
+    Operator,
+    OpClass,
+    OpFamily,
+    Amop,
+    Amproc,
+    Cast,
+    TsParser,
+    TsTemplate,
+    TsDict,
+    TsConfig,
+    AccessMethod,
+    ForeignDataWrapper,
+    ForeignServer,
+    UserMapping,
+    Transform,
+    EventTrigger,
+    Conversion,
+    Language,
+    DefaultAcl,
     Other,
 }
 
@@ -143,7 +186,65 @@ impl Cat {
             "pg_policy" => Cat::Policy,
             "pg_statistic_ext" => Cat::StatisticExt,
             "pg_collation" => Cat::Collation,
+            "pg_operator" => Cat::Operator,
+            "pg_opclass" => Cat::OpClass,
+            "pg_opfamily" => Cat::OpFamily,
+            "pg_amop" => Cat::Amop,
+            "pg_amproc" => Cat::Amproc,
+            "pg_cast" => Cat::Cast,
+            "pg_ts_parser" => Cat::TsParser,
+            "pg_ts_template" => Cat::TsTemplate,
+            "pg_ts_dict" => Cat::TsDict,
+            "pg_ts_config" => Cat::TsConfig,
+            "pg_am" => Cat::AccessMethod,
+            "pg_foreign_data_wrapper" => Cat::ForeignDataWrapper,
+            "pg_foreign_server" => Cat::ForeignServer,
+            "pg_user_mapping" => Cat::UserMapping,
+            "pg_transform" => Cat::Transform,
+            "pg_event_trigger" => Cat::EventTrigger,
+            "pg_conversion" => Cat::Conversion,
+            "pg_language" => Cat::Language,
+            "pg_default_acl" => Cat::DefaultAcl,
             _ => Cat::Other,
+        }
+    }
+
+    /// The catalog's own OID (`pg_class.oid` of `pg_type`, ...), as pg_dump names it: fixed
+    /// at initdb, the same in every version.
+    fn class_oid(self) -> u32 {
+        match self {
+            Cat::Class => 1259,
+            Cat::Type => 1247,
+            Cat::Proc => 1255,
+            Cat::Constraint => 2606,
+            Cat::Trigger => 2620,
+            Cat::Rewrite => 2618,
+            Cat::AttrDef => 2604,
+            Cat::Namespace => 2615,
+            Cat::Extension => 3079,
+            Cat::Policy => 3256,
+            Cat::StatisticExt => 3381,
+            Cat::Collation => 3456,
+            Cat::Operator => 2617,
+            Cat::OpClass => 2616,
+            Cat::OpFamily => 2753,
+            Cat::Amop => 2602,
+            Cat::Amproc => 2603,
+            Cat::Cast => 2605,
+            Cat::TsParser => 3601,
+            Cat::TsTemplate => 3764,
+            Cat::TsDict => 3600,
+            Cat::TsConfig => 3602,
+            Cat::AccessMethod => 2601,
+            Cat::ForeignDataWrapper => 2328,
+            Cat::ForeignServer => 1417,
+            Cat::UserMapping => 1418,
+            Cat::Transform => 3576,
+            Cat::EventTrigger => 3466,
+            Cat::Conversion => 2607,
+            Cat::Language => 2612,
+            Cat::DefaultAcl => 826,
+            Cat::Other => 0,
         }
     }
 }
@@ -424,6 +525,45 @@ const COMMENTS_SQL: &str = "SELECT d.classoid::regclass::text, d.objoid, d.objsu
      FROM pg_description d
      WHERE d.objoid >= 16384 OR d.classoid = 'pg_namespace'::regclass";
 
+/// Objects of the kinds whose DDL comes from pg_dump (see `crate::dump`): their catalog, OID,
+/// `pg_identify_object`'s type, schema and identity, pg_dump's tag where its entry has no OID
+/// of its own (a base type's shell: the type's name; a user mapping: `USER MAPPING <user>
+/// SERVER <server>`), and a base type's array type. Extension members are left out (the
+/// extension creates them), and so are array types (each belongs to its element type).
+const DUMPED_SQL: &str = "WITH o(classid, objid, tag, array_type) AS (
+         SELECT 'pg_operator'::regclass, oid, NULL::text, 0::oid FROM pg_operator
+         UNION ALL SELECT 'pg_opclass'::regclass, oid, NULL, 0 FROM pg_opclass
+         UNION ALL SELECT 'pg_opfamily'::regclass, oid, NULL, 0 FROM pg_opfamily
+         UNION ALL SELECT 'pg_cast'::regclass, oid, NULL, 0 FROM pg_cast
+         UNION ALL SELECT 'pg_ts_parser'::regclass, oid, NULL, 0 FROM pg_ts_parser
+         UNION ALL SELECT 'pg_ts_template'::regclass, oid, NULL, 0 FROM pg_ts_template
+         UNION ALL SELECT 'pg_ts_dict'::regclass, oid, NULL, 0 FROM pg_ts_dict
+         UNION ALL SELECT 'pg_ts_config'::regclass, oid, NULL, 0 FROM pg_ts_config
+         UNION ALL SELECT 'pg_am'::regclass, oid, NULL, 0 FROM pg_am
+         UNION ALL SELECT 'pg_foreign_data_wrapper'::regclass, oid, NULL, 0
+                   FROM pg_foreign_data_wrapper
+         UNION ALL SELECT 'pg_foreign_server'::regclass, oid, NULL, 0 FROM pg_foreign_server
+         UNION ALL SELECT 'pg_user_mapping'::regclass, umid,
+                          'USER MAPPING ' || usename || ' SERVER ' || srvname, 0
+                   FROM pg_user_mappings
+         UNION ALL SELECT 'pg_transform'::regclass, oid, NULL, 0 FROM pg_transform
+         UNION ALL SELECT 'pg_event_trigger'::regclass, oid, NULL, 0 FROM pg_event_trigger
+         UNION ALL SELECT 'pg_conversion'::regclass, oid, NULL, 0 FROM pg_conversion
+         UNION ALL SELECT 'pg_language'::regclass, oid, NULL, 0 FROM pg_language
+         UNION ALL SELECT 'pg_type'::regclass, t.oid, t.typname::text, t.typarray FROM pg_type t
+                   WHERE t.typtype IN ('b', 'p')
+                     AND NOT EXISTS (SELECT 1 FROM pg_type e WHERE e.typarray = t.oid)
+         UNION ALL SELECT 'pg_class'::regclass, oid, NULL, 0 FROM pg_class WHERE relkind = 'f'
+     )
+     SELECT o.classid::regclass::text, o.objid, i.type, COALESCE(i.schema, ''), i.identity,
+            o.tag, o.array_type
+     FROM o, pg_identify_object(o.classid, o.objid, 0) i
+     WHERE o.objid >= 16384
+       AND NOT EXISTS (SELECT 1 FROM pg_depend d WHERE d.classid = o.classid
+                       AND d.objid = o.objid AND d.deptype = 'e')
+       AND (i.schema IS NULL OR (i.schema NOT IN ('pg_catalog', 'information_schema')
+            AND i.schema NOT LIKE 'pg\\_toast%' AND i.schema NOT LIKE 'pg\\_temp\\_%'))";
+
 /// Dependencies between objects created after initdb (pinned ones are never needed).
 const DEPEND_SQL: &str = "SELECT d.classid::regclass::text, d.objid, d.objsubid,
             d.refclassid::regclass::text, d.refobjid, d.refobjsubid, d.deptype::text
@@ -638,7 +778,7 @@ fn opt<T: Default>(value: Option<T>) -> T {
     value.unwrap_or_default()
 }
 
-async fn read_all(r: &mut Reader<'_>, version_num: i32) -> Result<Vec<SchemaObject>, ObjectsError> {
+async fn read_all(r: &mut Reader<'_>, version_num: i32) -> Result<Schema, ObjectsError> {
     let schema_rows = r.query("schemas", &schemas_sql(), &[]).await?;
     let extension_rows = r.query("extensions", EXTENSIONS_SQL, &[]).await?;
     let type_rows = r.query("types", &types_sql(version_num), &[]).await?;
@@ -655,6 +795,7 @@ async fn read_all(r: &mut Reader<'_>, version_num: i32) -> Result<Vec<SchemaObje
     let default_acl_rows = r.query("default privileges", DEFAULT_ACLS_SQL, &[]).await?;
     let comment_rows = r.query("comments", COMMENTS_SQL, &[]).await?;
     let depend_rows = r.query("dependencies", DEPEND_SQL, &[]).await?;
+    let dumped_rows = r.query("objects pg_dump creates", DUMPED_SQL, &[]).await?;
 
     let mut b = Builder::default();
     let depends: Vec<RawDepend> = depend_rows
@@ -1629,6 +1770,8 @@ async fn read_all(r: &mut Reader<'_>, version_num: i32) -> Result<Vec<SchemaObje
         }
     }
 
+    add_dumped(&mut b, &dumped_rows, &depends);
+
     // Comments.
     for row in &comment_rows {
         let cat = Cat::from_name(row.get(0));
@@ -1677,5 +1820,48 @@ async fn read_all(r: &mut Reader<'_>, version_num: i32) -> Result<Vec<SchemaObje
         o.sub_comments.sort();
     }
     objects.sort_by(|a, b| a.key.cmp(&b.key));
-    Ok(objects)
+    let covered = b
+        .keys
+        .iter()
+        .filter(|(_, key)| !key.is_dumped())
+        .map(|(&(cat, oid), _)| (cat.class_oid(), oid))
+        .collect();
+    Ok(Schema { objects, covered })
+}
+
+/// The objects whose DDL comes from pg_dump (see [`DUMPED_SQL`]), without DDL yet
+/// ([`super::attach_dump`] fills it in): keyed so that `pg_depend` maps onto them like any
+/// other object. A base type's array stands for the type; an operator class's or family's
+/// members (`pg_amop`, `pg_amproc`) for their class or family.
+fn add_dumped(b: &mut Builder, rows: &[Row], depends: &[RawDepend]) {
+    for row in rows {
+        let cat = Cat::from_name(row.get(0));
+        let oid: u32 = row.get(1);
+        let kind_word: String = row.get(2);
+        let schema: String = row.get(3);
+        let identity: String = row.get(4);
+        let kind = if kind_word == "event trigger" {
+            ObjectKind::EventTrigger
+        } else {
+            ObjectKind::Dumped
+        };
+        let key = ObjectKey::new(kind, &schema, format!("{kind_word} {identity}"));
+        let mut o = SchemaObject::new(key.clone(), vec![]);
+        o.catalog_id = Some((cat.class_oid(), oid));
+        o.dump_tag = row.get(5);
+        b.push(o);
+        b.keys.insert((cat, oid), key.clone());
+        let array: u32 = row.get(6);
+        if array != 0 {
+            b.keys.insert((Cat::Type, array), key);
+        }
+    }
+    for d in depends {
+        if matches!(d.cat, Cat::Amop | Cat::Amproc)
+            && matches!(d.kind.as_str(), "a" | "i")
+            && let Some(key) = b.keys.get(&(d.ref_cat, d.ref_oid)).cloned()
+        {
+            b.keys.entry((d.cat, d.oid)).or_insert(key);
+        }
+    }
 }

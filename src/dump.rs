@@ -1,0 +1,452 @@
+//! PostgreSQL's own `pg_dump` as the source of DDL for the object kinds pgtransit does not
+//! generate itself (operators, operator classes and families, casts, text search objects,
+//! access methods, foreign-data wrappers, servers, user mappings, foreign tables, transforms,
+//! base and shell types, event triggers, conversions, languages), and as the yardstick of
+//! coverage: every entry of `pg_dump --schema-only` is either an object pgtransit generates, one
+//! it takes from here, or one preflight refuses by name (`object_not_migrated`).
+//!
+//! pg_dump runs read-only (`--schema-only`), under the snapshot of the catalog read when the
+//! server can export one, with the connection settings every other session uses (passed in the
+//! child's environment, never on its command line). Its plain output with `--verbose` names
+//! each entry's catalog and OID (`-- TOC entry 1654 (class 2617 OID 16412)`), the entries it
+//! depends on, its name, type, schema and owner: [`parse`] reads that back.
+
+use std::path::{Path, PathBuf};
+
+use crate::conn::Resolved;
+
+/// One entry of a plain `pg_dump --verbose` script.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Entry {
+    /// pg_dump's id of the entry.
+    pub dump_id: u32,
+    /// The system catalog the object lives in (`pg_class.oid` of e.g. `pg_operator`); 0 for
+    /// entries that are not objects of their own (comments, privileges, shell types).
+    pub class: u32,
+    /// The object's OID in that catalog (0 with `class` 0).
+    pub oid: u32,
+    /// Entries (by `dump_id`) it depends on, as far as pg_dump prints them (for comments and
+    /// privileges: the object they are about).
+    pub deps: Vec<u32>,
+    /// pg_dump's tag (`===`, `TYPE widget`, `USER MAPPING alice SERVER srv1`).
+    pub name: String,
+    /// pg_dump's description (`OPERATOR`, `COMMENT`, `SHELL TYPE`, ...).
+    pub kind: String,
+    /// Schema, empty for objects outside schemas.
+    pub schema: String,
+    /// Owner, empty when pg_dump prints none.
+    pub owner: String,
+    /// The SQL, trimmed; statements end with `;`.
+    pub sql: String,
+}
+
+/// Reads the entries of a plain `pg_dump --verbose` script.
+pub fn parse(script: &str) -> Vec<Entry> {
+    let lines: Vec<&str> = script.lines().collect();
+    let mut out: Vec<Entry> = vec![];
+    let mut i = 0;
+    while i < lines.len() {
+        let Some(head) = lines[i].strip_prefix("-- TOC entry ") else {
+            if let Some(last) = out.last_mut() {
+                append_sql(last, lines[i]);
+            }
+            i += 1;
+            continue;
+        };
+        // The comment block: `--`, `-- TOC entry`, `-- Dependencies:`, `-- Name:`, `--`.
+        if let Some(last) = out.last_mut() {
+            // The `--` that opened this block belongs to it, not to the previous SQL.
+            if last.sql.ends_with("\n--") || last.sql == "--" {
+                last.sql.truncate(last.sql.len().saturating_sub(2));
+            }
+            last.sql = last.sql.trim().to_string();
+        }
+        let mut entry = Entry {
+            dump_id: 0,
+            class: 0,
+            oid: 0,
+            deps: vec![],
+            name: String::new(),
+            kind: String::new(),
+            schema: String::new(),
+            owner: String::new(),
+            sql: String::new(),
+        };
+        parse_toc_line(head, &mut entry);
+        i += 1;
+        while i < lines.len() && lines[i].starts_with("-- ") {
+            let line = lines[i];
+            if let Some(deps) = line.strip_prefix("-- Dependencies: ") {
+                entry.deps.extend(deps.split_whitespace().filter_map(|d| d.parse::<u32>().ok()));
+            } else if let Some(rest) = line.strip_prefix("-- Name: ") {
+                parse_name_line(rest, &mut entry);
+            }
+            i += 1;
+        }
+        // The closing `--` of the block.
+        if i < lines.len() && lines[i] == "--" {
+            i += 1;
+        }
+        out.push(entry);
+    }
+    if let Some(last) = out.last_mut() {
+        last.sql = last.sql.trim().to_string();
+    }
+    for e in &mut out {
+        e.sql = strip_trailer(&e.sql);
+    }
+    out
+}
+
+fn append_sql(e: &mut Entry, line: &str) {
+    if !e.sql.is_empty() {
+        e.sql.push('\n');
+    }
+    e.sql.push_str(line);
+}
+
+/// `1654 (class 2617 OID 16412)`.
+fn parse_toc_line(head: &str, e: &mut Entry) {
+    let mut words = head.split(|c: char| c.is_whitespace() || c == '(' || c == ')');
+    e.dump_id = words.next().and_then(|w| w.parse().ok()).unwrap_or(0);
+    let words: Vec<&str> = words.filter(|w| !w.is_empty()).collect();
+    for pair in words.windows(2) {
+        match pair[0] {
+            "class" => e.class = pair[1].parse().unwrap_or(0),
+            "OID" => e.oid = pair[1].parse().unwrap_or(0),
+            _ => {}
+        }
+    }
+}
+
+/// `===; Type: OPERATOR; Schema: public; Owner: alice` (a name may itself hold `; `: the fields
+/// are taken from the end).
+fn parse_name_line(rest: &str, e: &mut Entry) {
+    let (rest, owner) = rest.rsplit_once("; Owner: ").unwrap_or((rest, ""));
+    let (rest, schema) = rest.rsplit_once("; Schema: ").unwrap_or((rest, ""));
+    let (name, kind) = rest.rsplit_once("; Type: ").unwrap_or((rest, ""));
+    e.name = name.to_string();
+    e.kind = kind.to_string();
+    e.schema = if schema == "-" { String::new() } else { schema.to_string() };
+    e.owner = if owner == "-" { String::new() } else { owner.to_string() };
+}
+
+/// An entry's SQL as it is run: without the script's closing lines (after the last entry),
+/// without the session settings pg_dump writes between entries for the next one
+/// (`SET default_tablespace`, `SET default_table_access_method`: the objects taken from here
+/// have neither), and without the blank lines between statements.
+fn strip_trailer(sql: &str) -> String {
+    let mut kept: Vec<&str> = vec![];
+    for line in sql.lines() {
+        if line.starts_with("\\unrestrict")
+            || line.starts_with("-- Completed on")
+            || line.starts_with("-- PostgreSQL database dump complete")
+        {
+            break;
+        }
+        if line.starts_with("SET default_tablespace = ")
+            || line.starts_with("SET default_table_access_method = ")
+        {
+            continue;
+        }
+        let between_statements = kept.last().is_none_or(|l| l.ends_with(';') || l.is_empty());
+        if line.is_empty() && between_statements {
+            continue;
+        }
+        kept.push(line);
+    }
+    let text = kept.join("\n");
+    text.trim().trim_end_matches("\n--").trim().to_string()
+}
+
+/// A `pg_dump` that can dump every server of `majors`, and its major version: the one
+/// `$PGTRANSIT_PG_DUMP` names, else the newest one found (`$PGTRANSIT_PG_BIN`, `PATH`,
+/// `/usr/lib/postgresql/*/bin`). A pg_dump refuses servers newer than itself.
+pub fn find_pg_dump(majors: &[i32]) -> Result<(PathBuf, i32), String> {
+    let need = majors.iter().copied().max().unwrap_or(0);
+    if let Some(path) = std::env::var_os("PGTRANSIT_PG_DUMP").filter(|p| !p.is_empty()) {
+        let path = PathBuf::from(path);
+        return match version_of(&path) {
+            Some(major) if major >= need => Ok((path, major)),
+            Some(major) => Err(format!(
+                "PGTRANSIT_PG_DUMP={} is PostgreSQL {major}'s pg_dump, which cannot dump a \
+                 PostgreSQL {need} server",
+                path.display()
+            )),
+            None => Err(format!("PGTRANSIT_PG_DUMP={} is not a pg_dump", path.display())),
+        };
+    }
+    let mut dirs: Vec<PathBuf> = vec![];
+    if let Some(dir) = std::env::var_os("PGTRANSIT_PG_BIN").filter(|d| !d.is_empty()) {
+        dirs.push(PathBuf::from(dir));
+    }
+    if let Some(path) = std::env::var_os("PATH") {
+        dirs.extend(std::env::split_paths(&path));
+    }
+    if let Ok(entries) = std::fs::read_dir("/usr/lib/postgresql") {
+        dirs.extend(entries.filter_map(Result::ok).map(|e| e.path().join("bin")));
+    }
+    let mut best: Option<(PathBuf, i32)> = None;
+    for dir in dirs {
+        let candidate = dir.join("pg_dump");
+        let Some(major) = version_of(&candidate) else { continue };
+        if best.as_ref().is_none_or(|(_, m)| major > *m) {
+            best = Some((candidate, major));
+        }
+    }
+    match best {
+        Some((path, major)) if major >= need => Ok((path, major)),
+        Some((path, major)) => Err(format!(
+            "the newest pg_dump found ({}, PostgreSQL {major}) cannot dump a PostgreSQL {need} \
+             server",
+            path.display()
+        )),
+        None => Err("no pg_dump found".into()),
+    }
+}
+
+/// `pg_dump (PostgreSQL) 15.18 (Debian 15.18-0+deb12u1)` → 15.
+fn version_of(pg_dump: &Path) -> Option<i32> {
+    let out = std::process::Command::new(pg_dump).arg("--version").output().ok()?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let version = text.split_whitespace().nth(2)?;
+    version.split('.').next()?.parse().ok()
+}
+
+/// What to install for a pg_dump of PostgreSQL `major`.
+pub fn install_hint(major: i32) -> String {
+    format!(
+        "install PostgreSQL {major}'s client tools (Debian/Ubuntu: `apt-get install \
+         postgresql-client-{major}` from apt.postgresql.org), or set PGTRANSIT_PG_BIN to a \
+         directory holding a pg_dump of version {major} or newer"
+    )
+}
+
+/// Runs `pg_dump --schema-only --verbose` against the server `r` describes (under `snapshot`,
+/// an exported snapshot of the caller's open transaction, when given) and returns the script.
+pub async fn dump_schema(
+    pg_dump: &Path,
+    r: &Resolved,
+    snapshot: Option<&str>,
+) -> Result<String, String> {
+    let mut cmd = tokio::process::Command::new(pg_dump);
+    cmd.args(["--schema-only", "--verbose", "--no-sync"]);
+    if let Some(s) = snapshot {
+        cmd.arg(format!("--snapshot={s}"));
+    }
+    // Everything libpq needs, in the environment (never a password on the command line).
+    for (key, _) in std::env::vars_os() {
+        if key.to_string_lossy().starts_with("PG") {
+            cmd.env_remove(&key);
+        }
+    }
+    for (key, value) in r.libpq_env("pgtransit/pg_dump") {
+        cmd.env(key, value);
+    }
+    cmd.stdin(std::process::Stdio::null()).kill_on_drop(true);
+    let out = cmd.output().await.map_err(|e| format!("cannot run {}: {e}", pg_dump.display()))?;
+    if !out.status.success() {
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        let errors: Vec<&str> = stderr
+            .lines()
+            .filter(|l| l.contains("error:") || l.contains("ERROR") || l.contains("DETAIL"))
+            .collect();
+        return Err(format!("pg_dump failed ({}): {}", out.status, errors.join(" ")));
+    }
+    String::from_utf8(out.stdout).map_err(|e| format!("pg_dump's output is not UTF-8: {e}"))
+}
+
+/// pg_dump's SQL with its role names mapped (`roles` gives the target's name of a source role,
+/// or none): owners (`ALTER ... OWNER TO`), grantees (`GRANT ... TO`, `REVOKE ... FROM`),
+/// grantors (`SET SESSION AUTHORIZATION`) and user mappings (`CREATE USER MAPPING FOR`). A
+/// statement whose role maps to none is left out (the object keeps the creating role as owner,
+/// the grant is not made), except a user mapping's, which names its role. A name that maps to
+/// itself is left as pg_dump wrote it, so the text compares with the target's own dump.
+pub fn map_roles(sql: &str, roles: &dyn Fn(&str) -> Option<String>) -> String {
+    let mut out: Vec<String> = vec![];
+    for line in sql.lines() {
+        let role_at = role_position(line);
+        match role_at {
+            Some((start, end)) => {
+                let written = &line[start..end];
+                let name = unquote(written);
+                if name.eq_ignore_ascii_case("PUBLIC") && !written.starts_with('"') {
+                    out.push(line.to_string());
+                    continue;
+                }
+                match roles(&name) {
+                    Some(mapped) if mapped == name => out.push(line.to_string()),
+                    Some(mapped) => out.push(format!(
+                        "{}{}{}",
+                        &line[..start],
+                        crate::sql::ident(&mapped),
+                        &line[end..]
+                    )),
+                    None if line.starts_with("CREATE USER MAPPING") => out.push(line.to_string()),
+                    None => {}
+                }
+            }
+            None => out.push(line.to_string()),
+        }
+    }
+    out.join("\n")
+}
+
+/// The roles pg_dump's SQL names (owners, grantees, grantors, user mappings' users).
+pub fn roles_named(sql: &str) -> Vec<String> {
+    sql.lines()
+        .filter_map(|line| {
+            let (start, end) = role_position(line)?;
+            let written = &line[start..end];
+            let public = written.eq_ignore_ascii_case("PUBLIC");
+            (!public).then(|| unquote(written))
+        })
+        .collect()
+}
+
+/// Where a line of pg_dump's SQL names a role: (start, end) byte offsets.
+fn role_position(line: &str) -> Option<(usize, usize)> {
+    let statement_end = |from: usize| -> usize {
+        let tail = &line[from..];
+        let end = tail.find(" WITH GRANT OPTION").or_else(|| tail.rfind(';')).unwrap_or(tail.len());
+        from + end
+    };
+    if line.starts_with("ALTER ") && line.ends_with(';') {
+        let at = line.rfind(" OWNER TO ")? + " OWNER TO ".len();
+        return Some((at, statement_end(at)));
+    }
+    if line.starts_with("GRANT ") && line.ends_with(';') {
+        let at = line.rfind(" TO ")? + " TO ".len();
+        return Some((at, statement_end(at)));
+    }
+    if line.starts_with("REVOKE ") && line.ends_with(';') {
+        let at = line.rfind(" FROM ")? + " FROM ".len();
+        return Some((at, statement_end(at)));
+    }
+    if let Some(rest) = line.strip_prefix("SET SESSION AUTHORIZATION ") {
+        let at = line.len() - rest.len();
+        return Some((at, statement_end(at)));
+    }
+    if let Some(rest) = line.strip_prefix("CREATE USER MAPPING FOR ") {
+        let at = line.len() - rest.len();
+        return Some((at, at + rest.find(" SERVER ")?));
+    }
+    None
+}
+
+/// A role name as pg_dump writes it: bare, or double-quoted with `""` for `"`.
+fn unquote(written: &str) -> String {
+    match written.strip_prefix('"').and_then(|w| w.strip_suffix('"')) {
+        Some(inner) => inner.replace("\"\"", "\""),
+        None => written.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SCRIPT: &str = "--
+-- PostgreSQL database dump
+--
+
+SET statement_timeout = 0;
+
+--
+-- TOC entry 845 (class 0 OID 0)
+-- Name: widget; Type: SHELL TYPE; Schema: public; Owner: postgres
+--
+
+CREATE TYPE public.widget;
+
+
+--
+-- TOC entry 1654 (class 2617 OID 16412)
+-- Name: ===; Type: OPERATOR; Schema: public; Owner: alice
+--
+
+CREATE OPERATOR public.=== (
+    FUNCTION = public.eq3,
+    LEFTARG = integer,
+    RIGHTARG = integer
+);
+
+
+ALTER OPERATOR public.=== (integer, integer) OWNER TO alice;
+
+--
+-- TOC entry 3368 (class 0 OID 0)
+-- Dependencies: 1654
+-- Name: OPERATOR === (integer, integer); Type: COMMENT; Schema: public; Owner: alice
+--
+
+COMMENT ON OPERATOR public.=== (integer, integer) IS 'three; Type: x';
+
+
+--
+-- TOC entry 3216 (class 2605 OID 16414)
+-- Name: CAST (public.widget AS text); Type: CAST; Schema: -; Owner: -
+--
+
+CREATE CAST (public.widget AS text) WITHOUT FUNCTION;
+
+
+-- Completed on 2026-12-04 20:30:45 UTC
+
+--
+-- PostgreSQL database dump complete
+--
+
+\\unrestrict abc
+";
+
+    #[test]
+    fn roles_in_dumped_sql_are_mapped_and_unmapped_ones_left_out() {
+        let roles = |r: &str| match r {
+            "alice" => Some("Alice Admin".to_string()),
+            "gone" => None,
+            other => Some(other.to_string()),
+        };
+        let sql = "CREATE OPERATOR public.=== (FUNCTION = public.eq3);\n\
+                   ALTER OPERATOR public.=== (integer, integer) OWNER TO alice;\n\
+                   GRANT USAGE ON FOREIGN SERVER srv1 TO \"gone\";\n\
+                   GRANT USAGE ON FOREIGN SERVER srv1 TO alice WITH GRANT OPTION;\n\
+                   REVOKE ALL ON FOREIGN SERVER srv1 FROM PUBLIC;\n\
+                   CREATE USER MAPPING FOR alice SERVER srv1 OPTIONS (\"user\" 'x');\n\
+                   ALTER SERVER srv1 OWNER TO bob;";
+        assert_eq!(roles_named(sql), ["alice", "gone", "alice", "alice", "bob"]);
+        assert_eq!(
+            map_roles(sql, &roles),
+            "CREATE OPERATOR public.=== (FUNCTION = public.eq3);\n\
+             ALTER OPERATOR public.=== (integer, integer) OWNER TO \"Alice Admin\";\n\
+             GRANT USAGE ON FOREIGN SERVER srv1 TO \"Alice Admin\" WITH GRANT OPTION;\n\
+             REVOKE ALL ON FOREIGN SERVER srv1 FROM PUBLIC;\n\
+             CREATE USER MAPPING FOR \"Alice Admin\" SERVER srv1 OPTIONS (\"user\" 'x');\n\
+             ALTER SERVER srv1 OWNER TO bob;"
+        );
+    }
+
+    #[test]
+    fn verbose_scripts_parse_into_entries_with_catalog_ids_dependencies_and_sql() {
+        let e = parse(SCRIPT);
+        assert_eq!(e.len(), 4);
+        assert_eq!((e[0].kind.as_str(), e[0].class, e[0].oid), ("SHELL TYPE", 0, 0));
+        assert_eq!(e[0].sql, "CREATE TYPE public.widget;");
+        assert_eq!((e[1].dump_id, e[1].class, e[1].oid), (1654, 2617, 16412));
+        assert_eq!(
+            (e[1].name.as_str(), e[1].schema.as_str(), e[1].owner.as_str()),
+            ("===", "public", "alice")
+        );
+        assert!(e[1].sql.starts_with("CREATE OPERATOR public.=== ("), "{}", e[1].sql);
+        assert!(e[1].sql.ends_with("OWNER TO alice;"), "{}", e[1].sql);
+        assert_eq!(e[2].deps, [1654]);
+        assert_eq!(e[2].kind, "COMMENT");
+        assert_eq!(e[2].name, "OPERATOR === (integer, integer)");
+        assert_eq!(
+            (e[3].name.as_str(), e[3].kind.as_str()),
+            ("CAST (public.widget AS text)", "CAST")
+        );
+        assert_eq!((e[3].schema.as_str(), e[3].owner.as_str()), ("", ""));
+        assert_eq!(e[3].sql, "CREATE CAST (public.widget AS text) WITHOUT FUNCTION;");
+    }
+}

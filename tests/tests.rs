@@ -24,3 +24,6 @@ mod chaos;
 // The version matrix: PostgreSQL 13 to 18 (installed from the package registries), offline to
 // the same major and online under writes to a newer one.
 mod versions;
+// PostgreSQL's own regression database migrated offline, against pg_dump | pg_restore (opt-in
+// locally: PGTRANSIT_REGRESS=1; always under CI).
+mod regression;

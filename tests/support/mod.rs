@@ -15,6 +15,8 @@ pub use online::{
 };
 pub use proxy::Proxy;
 
+pub mod regress;
+
 /// The pagila sample (`../shared/fixtures/pagila`), which CI has beside the repository.
 pub fn pagila_dir() -> PathBuf {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/fixtures/pagila");

@@ -1422,7 +1422,8 @@ async fn copy_large_objects(
                                             ELSE pg_get_userbyid(x.grantee)::text END) \
                              FILTER (WHERE x.grantee IS NOT NULL AND x.grantee <> l.lomowner), '{}'), \
                     COALESCE(array_agg(x.privilege_type::text) \
-                             FILTER (WHERE x.grantee IS NOT NULL AND x.grantee <> l.lomowner), '{}') \
+                             FILTER (WHERE x.grantee IS NOT NULL AND x.grantee <> l.lomowner), '{}'), \
+                    obj_description(l.oid, 'pg_largeobject') \
              FROM pg_largeobject_metadata l LEFT JOIN LATERAL aclexplode(l.lomacl) x ON true \
              GROUP BY l.oid, l.lomowner ORDER BY l.oid",
             &[],
@@ -1435,6 +1436,7 @@ async fn copy_large_objects(
         let owner: String = o.get(1);
         let grantees: Vec<String> = o.get(2);
         let privileges: Vec<String> = o.get(3);
+        let comment: Option<String> = o.get(4);
         tgt.execute("SELECT lo_unlink(oid) FROM pg_largeobject_metadata WHERE oid = $1", &[&oid])
             .await?;
         tgt.execute("SELECT lo_create($1)", &[&oid]).await?;
@@ -1453,6 +1455,10 @@ async fn copy_large_objects(
         }
         if let Some(to) = roles.get(&owner) {
             tgt.batch_execute(&format!("ALTER LARGE OBJECT {oid} OWNER TO {}", ident(to))).await?;
+        }
+        if let Some(text) = &comment {
+            tgt.batch_execute(&format!("COMMENT ON LARGE OBJECT {oid} IS {}", literal(text)))
+                .await?;
         }
         for (grantee, privilege) in grantees.iter().zip(&privileges) {
             // PUBLIC keeps its name; a role the target lacks (roles.missing: skip) is left out.

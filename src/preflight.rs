@@ -767,14 +767,14 @@ fn check_notable_objects(f: &mut Findings, spec: &Spec, scope: &Scope, src: &Cat
         }
     }
     let ours = crate::naming::publication_name(&spec.name.value);
-    for p in src.publications.iter().filter(|p| **p != ours) {
+    for p in src.publications.iter().filter(|p| **p != ours && !p.starts_with("pgtransit_")) {
         f.add(
-            "publication_not_migrated",
+            "publication",
             Severity::Info,
             format!("publication {}", display(p)),
             format!(
-                "publication {} exists on the source; publications are not migrated: recreate it \
-                 on the target after cutover if subscribers need it",
+                "publication {} is created on the target after the data (from pg_dump's DDL); \
+                 subscribers keep following the source until they are pointed at the target",
                 display(p)
             ),
             None,

@@ -195,7 +195,7 @@ fn every_other_check_is_provoked_on_real_servers() {
         ("target_objects_exist", "warning", "target"),
         ("scope_pattern_unmatched", "error", "public.nosuch_*"),
         ("versions", "info", "servers"),
-        ("publication_not_migrated", "info", "publication reports"),
+        ("publication", "info", "publication reports"),
     ];
     for (code, severity, object) in expect {
         let c = find_check(&doc, code, severity, object);

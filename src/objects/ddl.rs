@@ -42,6 +42,9 @@ pub(super) struct SequenceParams {
     pub max: i64,
     pub cache: i64,
     pub cycle: bool,
+    /// An identity sequence whose persistence differs from its table's (PostgreSQL 15+):
+    /// `LOGGED` or `UNLOGGED`, as pg_dump spells it after `SEQUENCE NAME`.
+    pub persistence: Option<&'static str>,
 }
 
 impl SequenceParams {
@@ -110,6 +113,8 @@ pub(super) struct TableSpec<'a> {
     pub replica_identity: String,
     pub row_security: bool,
     pub force_row_security: bool,
+    /// A typed table's type, quoted (`CREATE TABLE ... OF type`).
+    pub of_type: Option<String>,
 }
 
 fn column_definition(c: &Column, identity: Option<&(i32, String, SequenceParams)>) -> String {
@@ -130,6 +135,9 @@ fn column_definition(c: &Column, identity: Option<&(i32, String, SequenceParams)
     if let Some((_, seq, params)) = identity {
         let how = if c.identity == "a" { "ALWAYS" } else { "BY DEFAULT" };
         s.push_str(&format!(" GENERATED {how} AS IDENTITY (\n        SEQUENCE NAME {seq}"));
+        if let Some(persistence) = params.persistence {
+            s.push_str(&format!("\n        {persistence}"));
+        }
         for option in params.options() {
             s.push_str("\n        ");
             s.push_str(&option);
@@ -150,15 +158,52 @@ pub(super) fn create_table(t: &TableSpec) -> Vec<String> {
         .columns
         .iter()
         .filter(|c| is_partition || c.is_local)
-        .map(|c| column_definition(c, t.identity.iter().find(|i| i.0 == c.attnum)))
+        .map(|c| {
+            // A generated column a parent also has: the child inherits the parent's expression
+            // and may not state one (pg_dump leaves it out too).
+            let inherited_generation = !is_partition
+                && !c.generated.is_empty()
+                && t.parent_columns.iter().any(|p| p.0 == c.name && p.1);
+            let mut own = c.clone();
+            if inherited_generation {
+                own.default = None;
+            }
+            column_definition(&own, t.identity.iter().find(|i| i.0 == c.attnum))
+        })
         .collect();
+    if t.of_type.is_some() {
+        // A typed table's columns come from its type: only their defaults and NOT NULL are
+        // stated (as pg_dump writes them).
+        items = t
+            .columns
+            .iter()
+            .filter(|c| c.default.is_some() || c.not_null)
+            .map(|c| {
+                let mut s = ident(&c.name);
+                if let Some(expr) = &c.default {
+                    s.push_str(&format!(" DEFAULT {expr}"));
+                }
+                if c.not_null {
+                    s.push_str(" NOT NULL");
+                }
+                s
+            })
+            .collect();
+    }
     items.extend(t.checks.iter().map(|(n, def)| format!("CONSTRAINT {} {def}", ident(n))));
-    let mut create = format!("CREATE {}TABLE {name} (", if t.unlogged { "UNLOGGED " } else { "" });
+    let unlogged = if t.unlogged { "UNLOGGED " } else { "" };
+    let mut create = match &t.of_type {
+        Some(of) if items.is_empty() => format!("CREATE {unlogged}TABLE {name} OF {of}"),
+        Some(of) => format!("CREATE {unlogged}TABLE {name} OF {of} ("),
+        None => format!("CREATE {unlogged}TABLE {name} ("),
+    };
     if !items.is_empty() {
         create.push_str("\n    ");
         create.push_str(&items.join(",\n    "));
     }
-    create.push_str("\n)");
+    if t.of_type.is_none() || !items.is_empty() {
+        create.push_str("\n)");
+    }
     if !t.inherits.is_empty() {
         create.push_str(&format!("\nINHERITS ({})", t.inherits.join(", ")));
     }
@@ -205,10 +250,8 @@ pub(super) fn create_table(t: &TableSpec) -> Vec<String> {
             };
             out.push(format!("{alter} SET STORAGE {storage}"));
         }
-        match c.compression.as_str() {
-            "p" => out.push(format!("{alter} SET COMPRESSION pglz")),
-            "l" => out.push(format!("{alter} SET COMPRESSION lz4")),
-            _ => {}
+        if let Some(method) = compression_method(&c.compression) {
+            out.push(format!("{alter} SET COMPRESSION {method}"));
         }
         if c.stat_target >= 0 {
             out.push(format!("{alter} SET STATISTICS {}", c.stat_target));
@@ -255,17 +298,34 @@ pub(super) fn create_view(
         s.push_str("\nWITH NO DATA");
     }
     let mut out = vec![s];
-    if !materialized {
-        for c in columns {
-            if let Some(expr) = &c.default {
-                out.push(format!(
-                    "ALTER VIEW {name_sql} ALTER COLUMN {} SET DEFAULT {expr}",
-                    ident(&c.name)
-                ));
+    for c in columns {
+        match (&c.default, materialized) {
+            (Some(expr), false) => out.push(format!(
+                "ALTER VIEW {name_sql} ALTER COLUMN {} SET DEFAULT {expr}",
+                ident(&c.name)
+            )),
+            // A materialized view's columns have storage: their compression, as a table's.
+            (_, true) => {
+                if let Some(method) = compression_method(&c.compression) {
+                    out.push(format!(
+                        "ALTER TABLE ONLY {name_sql} ALTER COLUMN {} SET COMPRESSION {method}",
+                        ident(&c.name)
+                    ));
+                }
             }
+            _ => {}
         }
     }
     out
+}
+
+/// `attcompression` as `SET COMPRESSION` names it (`None`: the server's default).
+fn compression_method(code: &str) -> Option<&'static str> {
+    match code {
+        "p" => Some("pglz"),
+        "l" => Some("lz4"),
+        _ => None,
+    }
 }
 
 /// `CREATE TYPE .. AS ENUM`.

@@ -7,18 +7,15 @@ use std::collections::{BTreeSet, HashMap};
 use super::{ObjectKey, ObjectKind, Schema, SchemaObject, Section};
 use crate::dump::Entry;
 
-/// pg_dump entries that are not pgtransit's to create: database-level settings, publications
-/// and subscriptions (the migration's own publication is on the source only; preflight reports
-/// the others), large objects (copied with the data).
+/// pg_dump entries that are not pgtransit's to create: database-level settings, subscriptions
+/// (they would connect to their publisher from the target), large objects (copied with the
+/// data).
 const NOT_SCHEMA: &[&str] = &[
     "ENCODING",
     "STDSTRINGS",
     "SEARCHPATH",
     "DATABASE",
     "DATABASE PROPERTIES",
-    "PUBLICATION",
-    "PUBLICATION TABLE",
-    "PUBLICATION TABLES IN SCHEMA",
     "SUBSCRIPTION",
     "SUBSCRIPTION TABLE",
     "BLOB",
@@ -213,7 +210,15 @@ fn standalone(e: &Entry) -> SchemaObject {
         "COMMENT" => "comment on",
         _ => "security label on",
     };
-    let key = ObjectKey::new(ObjectKind::Dumped, &e.schema, format!("{word} {}", e.name));
+    // On a system catalog (column privileges granted on pg_catalog.pg_authid, ...): part of
+    // the database, whatever the schemas in scope.
+    let system = matches!(e.schema.as_str(), "pg_catalog" | "information_schema");
+    let (schema, name) = if system {
+        (String::new(), format!("{word} {} (schema {})", e.name, e.schema))
+    } else {
+        (e.schema.clone(), format!("{word} {}", e.name))
+    };
+    let key = ObjectKey::new(ObjectKind::Dumped, schema, name);
     let mut o = SchemaObject::new(key, vec![e.sql.clone()]);
     o.section = Section::PostData;
     o

@@ -168,6 +168,9 @@ enum Cat {
     Conversion,
     Language,
     DefaultAcl,
+    Publication,
+    PublicationRel,
+    PublicationNamespace,
     Other,
 }
 
@@ -205,6 +208,9 @@ impl Cat {
             "pg_conversion" => Cat::Conversion,
             "pg_language" => Cat::Language,
             "pg_default_acl" => Cat::DefaultAcl,
+            "pg_publication" => Cat::Publication,
+            "pg_publication_rel" => Cat::PublicationRel,
+            "pg_publication_namespace" => Cat::PublicationNamespace,
             _ => Cat::Other,
         }
     }
@@ -244,6 +250,9 @@ impl Cat {
             Cat::Conversion => 2607,
             Cat::Language => 2612,
             Cat::DefaultAcl => 826,
+            Cat::Publication => 6104,
+            Cat::PublicationRel => 6106,
+            Cat::PublicationNamespace => 6237,
             Cat::Other => 0,
         }
     }
@@ -369,7 +378,8 @@ fn relations_sql() -> String {
                 CASE WHEN c.relkind IN ('r', 'm') THEN pg_table_size(c.oid) ELSE 0 END,
                 c.relispopulated,
                 format_type(s.seqtypid, NULL), s.seqstart, s.seqincrement, s.seqmin, s.seqmax,
-                s.seqcache, s.seqcycle
+                s.seqcache, s.seqcycle,
+                CASE WHEN c.reloftype <> 0 THEN format_type(c.reloftype, NULL) END
          FROM pg_class c
          JOIN pg_namespace n ON n.oid = c.relnamespace
          LEFT JOIN pg_class tc ON tc.oid = c.reltoastrelid
@@ -530,7 +540,16 @@ const COMMENTS_SQL: &str = "SELECT d.classoid::regclass::text, d.objoid, d.objsu
 /// of its own (a base type's shell: the type's name; a user mapping: `USER MAPPING <user>
 /// SERVER <server>`), and a base type's array type. Extension members are left out (the
 /// extension creates them), and so are array types (each belongs to its element type).
-const DUMPED_SQL: &str = "WITH o(classid, objid, tag, array_type) AS (
+fn dumped_sql(version_num: i32) -> String {
+    // Publications of schemas exist from PostgreSQL 15.
+    let publication_schemas = if version_num >= 150000 {
+        "UNION ALL SELECT 'pg_publication_namespace'::regclass, oid, NULL, 0
+                   FROM pg_publication_namespace"
+    } else {
+        ""
+    };
+    format!(
+        "WITH o(classid, objid, tag, array_type) AS (
          SELECT 'pg_operator'::regclass, oid, NULL::text, 0::oid FROM pg_operator
          UNION ALL SELECT 'pg_opclass'::regclass, oid, NULL, 0 FROM pg_opclass
          UNION ALL SELECT 'pg_opfamily'::regclass, oid, NULL, 0 FROM pg_opfamily
@@ -554,6 +573,12 @@ const DUMPED_SQL: &str = "WITH o(classid, objid, tag, array_type) AS (
                    WHERE t.typtype IN ('b', 'p')
                      AND NOT EXISTS (SELECT 1 FROM pg_type e WHERE e.typarray = t.oid)
          UNION ALL SELECT 'pg_class'::regclass, oid, NULL, 0 FROM pg_class WHERE relkind = 'f'
+         UNION ALL SELECT 'pg_publication'::regclass, oid, NULL, 0 FROM pg_publication
+                   WHERE pubname NOT LIKE 'pgtransit\\_%'
+         UNION ALL SELECT 'pg_publication_rel'::regclass, r.oid, NULL, 0
+                   FROM pg_publication_rel r JOIN pg_publication p ON p.oid = r.prpubid
+                   WHERE p.pubname NOT LIKE 'pgtransit\\_%'
+         {publication_schemas}
      )
      SELECT o.classid::regclass::text, o.objid, i.type, COALESCE(i.schema, ''), i.identity,
             o.tag, o.array_type
@@ -562,7 +587,9 @@ const DUMPED_SQL: &str = "WITH o(classid, objid, tag, array_type) AS (
        AND NOT EXISTS (SELECT 1 FROM pg_depend d WHERE d.classid = o.classid
                        AND d.objid = o.objid AND d.deptype = 'e')
        AND (i.schema IS NULL OR (i.schema NOT IN ('pg_catalog', 'information_schema')
-            AND i.schema NOT LIKE 'pg\\_toast%' AND i.schema NOT LIKE 'pg\\_temp\\_%'))";
+            AND i.schema NOT LIKE 'pg\\_toast%' AND i.schema NOT LIKE 'pg\\_temp\\_%'))"
+    )
+}
 
 /// Dependencies between objects created after initdb (pinned ones are never needed).
 const DEPEND_SQL: &str = "SELECT d.classid::regclass::text, d.objid, d.objsubid,
@@ -599,6 +626,8 @@ struct RawRelation {
     bytes: i64,
     populated: bool,
     sequence: Option<SequenceParams>,
+    /// A typed table's type (`CREATE TABLE ... OF type`).
+    of_type: Option<String>,
 }
 
 impl RawRelation {
@@ -795,7 +824,7 @@ async fn read_all(r: &mut Reader<'_>, version_num: i32) -> Result<Schema, Object
     let default_acl_rows = r.query("default privileges", DEFAULT_ACLS_SQL, &[]).await?;
     let comment_rows = r.query("comments", COMMENTS_SQL, &[]).await?;
     let depend_rows = r.query("dependencies", DEPEND_SQL, &[]).await?;
-    let dumped_rows = r.query("objects pg_dump creates", DUMPED_SQL, &[]).await?;
+    let dumped_rows = r.query("objects pg_dump creates", &dumped_sql(version_num), &[]).await?;
 
     let mut b = Builder::default();
     let depends: Vec<RawDepend> = depend_rows
@@ -988,7 +1017,9 @@ async fn read_all(r: &mut Reader<'_>, version_num: i32) -> Result<Schema, Object
                     max: row.get(26),
                     cache: row.get(27),
                     cycle: row.get(28),
+                    persistence: None,
                 }),
+                of_type: row.get(29),
             },
         );
     }
@@ -1258,7 +1289,12 @@ async fn read_all(r: &mut Reader<'_>, version_num: i32) -> Result<Schema, Object
                     if let Some(s) = relations.get(&seq)
                         && let Some(params) = &s.sequence
                     {
-                        identity.push((attnum, s.sql(), params.clone()));
+                        let mut params = params.clone();
+                        if s.persistence != rel.persistence {
+                            params.persistence =
+                                Some(if s.persistence == "u" { "UNLOGGED" } else { "LOGGED" });
+                        }
+                        identity.push((attnum, s.sql(), params));
                         if let Some(c) = plain.iter().find(|c| c.attnum == attnum) {
                             identity_sequences.push(IdentitySequence {
                                 column: c.name.clone(),
@@ -1301,6 +1337,7 @@ async fn read_all(r: &mut Reader<'_>, version_num: i32) -> Result<Schema, Object
                     replica_identity: rel.replica_identity.clone(),
                     row_security: rel.row_security,
                     force_row_security: rel.force_row_security,
+                    of_type: rel.of_type.clone(),
                 };
                 let primary_key_columns =
                     constraints_of_rel(oid).iter().find(|c| c.kind == "p").map(|c| {
@@ -1582,7 +1619,12 @@ async fn read_all(r: &mut Reader<'_>, version_num: i32) -> Result<Schema, Object
                 CommentTarget::Sub(i, format!("INDEX {}", tree.index_sql(member)))
             };
             match con {
-                Some(con) => b.comments.insert((Cat::Constraint, con.oid, 0), target),
+                Some(con) => {
+                    // The index behind the constraint may have a comment of its own.
+                    let index = format!("INDEX {}", tree.index_sql(member));
+                    b.comments.insert((Cat::Class, oid, 0), CommentTarget::Sub(i, index));
+                    b.comments.insert((Cat::Constraint, con.oid, 0), target)
+                }
                 None => b.comments.insert((Cat::Class, oid, 0), target),
             };
         }
@@ -1839,7 +1881,7 @@ async fn read_all(r: &mut Reader<'_>, version_num: i32) -> Result<Schema, Object
     Ok(Schema { objects, covered })
 }
 
-/// The objects whose DDL comes from pg_dump (see [`DUMPED_SQL`]), without DDL yet
+/// The objects whose DDL comes from pg_dump (see [`dumped_sql`]), without DDL yet
 /// ([`super::attach_dump`] fills it in): keyed so that `pg_depend` maps onto them like any
 /// other object. A base type's array stands for the type; an operator class's or family's
 /// members (`pg_amop`, `pg_amproc`) for their class or family.
@@ -1857,6 +1899,10 @@ fn add_dumped(b: &mut Builder, rows: &[Row], depends: &[RawDepend]) {
         };
         let key = ObjectKey::new(kind, &schema, format!("{kind_word} {identity}"));
         let mut o = SchemaObject::new(key.clone(), vec![]);
+        // Publications (and the tables and schemas they publish) after the data, as pg_dump.
+        if kind_word.starts_with("publication") {
+            o.section = super::Section::PostData;
+        }
         o.catalog_id = Some((cat.class_oid(), oid));
         o.dump_tag = row.get(5);
         b.push(o);
@@ -1868,6 +1914,7 @@ fn add_dumped(b: &mut Builder, rows: &[Row], depends: &[RawDepend]) {
     }
     for d in depends {
         if matches!(d.cat, Cat::Amop | Cat::Amproc)
+            && matches!(d.ref_cat, Cat::OpClass | Cat::OpFamily)
             && matches!(d.kind.as_str(), "a" | "i")
             && let Some(key) = b.keys.get(&(d.ref_cat, d.ref_oid)).cloned()
         {

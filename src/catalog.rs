@@ -86,6 +86,8 @@ pub struct DumpCheck {
     pub not_migrated: Vec<(String, String)>,
     /// User mappings created without their `password` option.
     pub passwords_left_out: Vec<String>,
+    /// Subscriptions, which are not created on the target.
+    pub subscriptions: Vec<String>,
     /// Roles the objects taken from pg_dump name (owner, grantee, user mapping), with the
     /// object.
     pub roles: Vec<(String, String)>,

@@ -230,7 +230,9 @@ pub async fn dump_schema(
     snapshot: Option<&str>,
 ) -> Result<String, String> {
     let mut cmd = tokio::process::Command::new(pg_dump);
-    cmd.args(["--schema-only", "--verbose", "--no-sync"]);
+    // A lock pg_dump cannot get within a minute (an ALTER TABLE waiting or running): it stops,
+    // and plan says so, rather than hang.
+    cmd.args(["--schema-only", "--verbose", "--no-sync", "--lock-wait-timeout=60000"]);
     if let Some(s) = snapshot {
         cmd.arg(format!("--snapshot={s}"));
     }

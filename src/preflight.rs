@@ -594,6 +594,24 @@ fn check_dump(f: &mut Findings, side: Side, cat: &Catalog) {
             )),
         );
     }
+    for name in &d.subscriptions {
+        f.add(
+            "subscription_not_migrated",
+            Severity::Warning,
+            format!("subscription {}", display(name)),
+            format!(
+                "subscription {} is not created on the target: it would start pulling changes \
+                 from its publisher there",
+                display(name)
+            ),
+            Some(
+                "once the target is the primary, recreate the subscription there if it should \
+                 follow its publisher (CREATE SUBSCRIPTION ... WITH (copy_data = false) to start \
+                 where the source's left off), and drop it on the source"
+                    .into(),
+            ),
+        );
+    }
     for (what, schema) in &d.not_migrated {
         let object =
             if schema.is_empty() { what.clone() } else { format!("{what} (schema {schema})") };
@@ -1252,6 +1270,54 @@ mod tests {
 
     fn codes(checks: &[Check]) -> Vec<(&str, Severity)> {
         checks.iter().map(|c| (c.code.as_str(), c.severity)).collect()
+    }
+
+    #[test]
+    fn what_pg_dump_dumps_and_nothing_migrates_is_refused_by_name() {
+        let tgt = catalog(150018);
+        let mut src = catalog(150018);
+        src.dump.not_migrated = vec![("WIDGET THING w".into(), "public".into())];
+        src.dump.subscriptions = vec!["sub".into()];
+        src.dump.passwords_left_out = vec!["USER MAPPING alice SERVER remote".into()];
+        let checks = run(&spec(""), Some(&src), Some(&tgt));
+        let found = codes(&checks);
+        assert!(found.contains(&("object_not_migrated", Severity::Error)), "{found:?}");
+        assert!(found.contains(&("subscription_not_migrated", Severity::Warning)), "{found:?}");
+        let password = checks.iter().find(|c| c.code == "user_mapping_password").unwrap();
+        assert_eq!(
+            password.fix.as_deref(),
+            Some(
+                "after apply, on the target: ALTER USER MAPPING FOR \"alice\" SERVER \"remote\" \
+                 OPTIONS (ADD password '...');"
+            )
+        );
+        let not_migrated = checks.iter().find(|c| c.code == "object_not_migrated").unwrap();
+        assert!(not_migrated.object.contains("WIDGET THING w"), "{not_migrated:?}");
+    }
+
+    #[test]
+    fn a_missing_pg_dump_is_an_error_only_where_objects_need_it() {
+        let tgt = catalog(150018);
+        let mut src = catalog(170002);
+        src.dump.problem = Some("no pg_dump found".into());
+        let checks = run(&spec("mode: offline"), Some(&src), Some(&tgt));
+        assert!(codes(&checks).contains(&("pg_dump_unavailable", Severity::Warning)));
+        src.dump.needed_for = vec!["operator public.===(integer,integer)".into()];
+        let checks = run(&spec("mode: offline"), Some(&src), Some(&tgt));
+        let check = checks.iter().find(|c| c.code == "pg_dump_unavailable").unwrap();
+        assert_eq!(check.severity, Severity::Error);
+        assert!(check.fix.as_deref().unwrap().contains("postgresql-client-17"), "{check:?}");
+    }
+
+    #[test]
+    fn online_from_13_is_refused_and_from_14_is_not() {
+        let tgt = catalog(180000);
+        let checks = run(&spec(""), Some(&catalog(130016)), Some(&tgt));
+        assert!(codes(&checks).contains(&("source_version_online_unsupported", Severity::Error)));
+        let checks = run(&spec(""), Some(&catalog(140010)), Some(&tgt));
+        assert!(!checks.iter().any(|c| c.code == "source_version_online_unsupported"));
+        let checks = run(&spec("mode: offline"), Some(&catalog(130016)), Some(&tgt));
+        assert!(!checks.iter().any(|c| c.code == "source_version_online_unsupported"));
     }
 
     #[test]

@@ -672,7 +672,8 @@ fn a_source_role_under_row_level_security_is_refused_and_nothing_calls_a_partial
 /// Object kinds whose DDL pgtransit takes from pg_dump: a base type with its I/O functions
 /// (a dependency cycle pg_dump breaks with a shell type), a cast, an operator with a comment,
 /// an operator class an index uses, text search objects, a foreign-data wrapper with a server,
-/// grants, user mappings (one with a password) and a foreign table, and an event trigger.
+/// grants, user mappings (one with a password) and a foreign table, an event trigger, and grants
+/// changed on an extension's member function.
 const PG_DUMP_KINDS: &str = "
 CREATE ROLE mapper;
 CREATE TYPE widget;
@@ -705,6 +706,9 @@ CREATE FOREIGN TABLE remote_items (id int NOT NULL, name text) SERVER remote
 COMMENT ON FOREIGN TABLE remote_items IS 'lives elsewhere';
 CREATE FUNCTION no_drops() RETURNS event_trigger LANGUAGE plpgsql AS $$ BEGIN END $$;
 CREATE EVENT TRIGGER no_drops ON sql_drop EXECUTE FUNCTION no_drops();
+CREATE EXTENSION hstore;
+REVOKE EXECUTE ON FUNCTION akeys(hstore) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION akeys(hstore) TO mapper;
 ";
 
 #[test]
@@ -747,4 +751,40 @@ fn operators_casts_base_types_text_search_foreign_servers_and_event_triggers_mig
     assert_eq!(sql(&tgt, "app", "SELECT count(*) FROM parts WHERE w::text = 'w7'"), "1");
     let out = run(dir.path(), &["plan", &f, "--detailed-exitcode"]);
     assert_eq!(out.code, 0, "nothing left to do: {out:?}");
+}
+
+#[test]
+fn without_a_usable_pg_dump_objects_only_it_can_create_are_refused_and_subscriptions_are_named() {
+    let (src, tgt) = pair(
+        "pgdump-missing",
+        "CREATE FUNCTION eq3(int, int) RETURNS bool LANGUAGE sql IMMUTABLE AS 'select $1 = $2';
+         CREATE OPERATOR === (leftarg = int, rightarg = int, procedure = eq3);
+         CREATE SUBSCRIPTION follower CONNECTION 'host=127.0.0.1 port=1 dbname=none'
+           PUBLICATION elsewhere WITH (connect = false);",
+    );
+    let dir = TempDir::new("pgdump-missing");
+    let f = offline_plan(&dir, "missing", &src, &tgt, "app");
+    let plan = |pg_dump: Option<&str>| {
+        let mut cmd = crate::support::pgtransit(dir.path());
+        if let Some(p) = pg_dump {
+            cmd.env("PGTRANSIT_PG_DUMP", p);
+        }
+        crate::support::Run::of(cmd.args(["plan", &f, "--format", "json"]).output().unwrap())
+    };
+    let out = plan(Some("/nonexistent/pg_dump"));
+    assert_eq!(out.code, 1, "{out:?}");
+    let doc = out.json();
+    let check = crate::support::find_check(&doc, "pg_dump_unavailable", "error", "operator");
+    assert!(check["fix"].as_str().unwrap().contains("postgresql-client-"), "{check}");
+    // With pg_dump, the operator is created and the subscription is named, not created.
+    let out = plan(None);
+    assert_eq!(out.code, 0, "{out:?}");
+    let doc = out.json();
+    crate::support::find_check(&doc, "subscription_not_migrated", "warning", "follower");
+    let out = run(dir.path(), &["apply", &f, "--auto-approve"]);
+    assert_eq!(out.code, 0, "{out:?}");
+    assert_eq!(sql(&tgt, "app", "SELECT count(*) FROM pg_operator WHERE oprname = '==='"), "1");
+    assert_eq!(sql(&tgt, "app", "SELECT count(*) FROM pg_subscription"), "0");
+    let _ = sql(&src, "app", "ALTER SUBSCRIPTION follower SET (slot_name = NONE)");
+    let _ = sql(&src, "app", "DROP SUBSCRIPTION follower");
 }

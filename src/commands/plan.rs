@@ -289,6 +289,7 @@ async fn read_objects(
                     .map(|u| (format!("{} {}", u.kind, u.name), u.schema))
                     .collect();
                 catalog.dump.passwords_left_out = attached.passwords_left_out;
+                catalog.dump.subscriptions = attached.subscriptions;
                 catalog.dump.roles = schema
                     .objects
                     .iter()

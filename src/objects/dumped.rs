@@ -7,16 +7,14 @@ use std::collections::{BTreeSet, HashMap};
 use super::{ObjectKey, ObjectKind, Schema, SchemaObject, Section};
 use crate::dump::Entry;
 
-/// pg_dump entries that are not pgtransit's to create: database-level settings, subscriptions
-/// (they would connect to their publisher from the target), large objects (copied with the
-/// data).
+/// pg_dump entries that are not pgtransit's to create: database-level settings, large objects
+/// (copied with the data). (Subscriptions are not created either, but reported.)
 const NOT_SCHEMA: &[&str] = &[
     "ENCODING",
     "STDSTRINGS",
     "SEARCHPATH",
     "DATABASE",
     "DATABASE PROPERTIES",
-    "SUBSCRIPTION",
     "SUBSCRIPTION TABLE",
     "BLOB",
     "BLOBS",
@@ -37,6 +35,9 @@ const ABOUT_ANOTHER: &[&str] = &["COMMENT", "ACL", "SECURITY LABEL"];
 pub struct Attached {
     /// pg_dump's entries that no object covers.
     pub uncovered: Vec<Uncovered>,
+    /// Subscriptions (pg_dump's tag): never created on the target, where they would start
+    /// pulling from their publisher; preflight reports them.
+    pub subscriptions: Vec<String>,
     /// User mappings whose `password` option was left out (pg_dump's tag: `USER MAPPING <user>
     /// SERVER <server>`): pgtransit never writes a password into a plan.
     pub passwords_left_out: Vec<String>,
@@ -64,6 +65,7 @@ pub struct Uncovered {
 pub fn attach_dump(schema: &mut Schema, entries: &[Entry]) -> Attached {
     let mut uncovered = vec![];
     let mut passwords_left_out = vec![];
+    let mut subscriptions = vec![];
     let by_dump_id: HashMap<u32, &Entry> = entries.iter().map(|e| (e.dump_id, e)).collect();
     let by_catalog_id: HashMap<(u32, u32), usize> =
         schema.objects.iter().enumerate().filter_map(|(i, o)| Some((o.catalog_id?, i))).collect();
@@ -78,6 +80,15 @@ pub fn attach_dump(schema: &mut Schema, entries: &[Entry]) -> Attached {
     let mut shells: Vec<(usize, ObjectKey)> = vec![];
     for e in entries {
         let kind = e.kind.as_str();
+        if kind == "SUBSCRIPTION" {
+            subscriptions.push(e.name.clone());
+            continue;
+        }
+        // pgtransit's own publications (`pgtransit_<migration>`, online mode) stay on the
+        // source, as the catalog read leaves them out.
+        if kind.starts_with("PUBLICATION") && e.name.starts_with("pgtransit_") {
+            continue;
+        }
         if e.class != 0 {
             if let Some(&i) = by_catalog_id.get(&(e.class, e.oid)) {
                 schema.objects[i].ddl.push(e.sql.clone());
@@ -155,7 +166,7 @@ pub fn attach_dump(schema: &mut Schema, entries: &[Entry]) -> Attached {
         o.depends_on.retain(|k| !implied.contains(k));
     }
     schema.objects.sort_by(|a, b| a.key.cmp(&b.key));
-    Attached { uncovered, passwords_left_out }
+    Attached { uncovered, subscriptions, passwords_left_out }
 }
 
 /// A user mapping's SQL without its `password` option (pg_dump writes one option a line).
@@ -226,4 +237,93 @@ fn standalone(e: &Entry) -> SchemaObject {
 
 fn uncovered_entry(e: &Entry) -> Uncovered {
     Uncovered { kind: e.kind.clone(), name: e.name.clone(), schema: e.schema.clone() }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(dump_id: u32, class: u32, oid: u32, kind: &str, name: &str, sql: &str) -> Entry {
+        Entry {
+            dump_id,
+            class,
+            oid,
+            deps: vec![],
+            name: name.into(),
+            kind: kind.into(),
+            schema: "public".into(),
+            owner: "postgres".into(),
+            sql: sql.into(),
+        }
+    }
+
+    #[test]
+    fn pg_dump_entries_fill_objects_break_the_type_cycle_and_leave_nothing_unnamed() {
+        let type_key = ObjectKey::new(ObjectKind::Dumped, "public", "type public.widget");
+        let fn_in = ObjectKey::new(ObjectKind::Function, "public", "widget_in(cstring)");
+        let family = ObjectKey::new(ObjectKind::Dumped, "public", "operator family public.f");
+        let mut base = SchemaObject::new(type_key.clone(), vec![]);
+        base.catalog_id = Some((1247, 100));
+        base.dump_tag = Some("widget".into());
+        base.depends_on.insert(fn_in.clone());
+        let mut input = SchemaObject::new(fn_in.clone(), vec!["CREATE FUNCTION ...".into()]);
+        input.depends_on.insert(type_key.clone());
+        let mut implied = SchemaObject::new(family.clone(), vec![]);
+        implied.catalog_id = Some((2753, 300));
+        let mut mapping = SchemaObject::new(
+            ObjectKey::new(ObjectKind::Dumped, "", "user mapping for a on server s"),
+            vec![],
+        );
+        mapping.dump_tag = Some("USER MAPPING a SERVER s".into());
+        let mut schema = Schema {
+            objects: vec![base, input, implied, mapping],
+            covered: [(1259, 5)].into_iter().collect(),
+        };
+        let mut comment = entry(4, 0, 0, "COMMENT", "TYPE widget", "COMMENT ON TYPE ...;");
+        comment.deps = vec![2];
+        let mut grant = entry(5, 0, 0, "ACL", "FUNCTION hstore_in(cstring)", "REVOKE ...;");
+        grant.deps = vec![999];
+        let mut um = entry(7, 0, 0, "USER MAPPING", "USER MAPPING a SERVER s", "");
+        um.schema.clear();
+        um.sql = "CREATE USER MAPPING FOR a SERVER s OPTIONS (\n    \"user\" 'x',\n    \
+                  password 'secret'\n);"
+            .into();
+        let entries = vec![
+            entry(1, 0, 0, "SHELL TYPE", "widget", "CREATE TYPE public.widget;"),
+            entry(2, 1247, 100, "TYPE", "widget", "CREATE TYPE public.widget (...);"),
+            entry(3, 1259, 5, "TABLE", "t", "CREATE TABLE public.t ();"),
+            comment,
+            grant,
+            entry(6, 9999, 7, "WIDGET THING", "w", "CREATE WIDGET THING w;"),
+            um,
+            entry(8, 6100, 9, "SUBSCRIPTION", "sub", "CREATE SUBSCRIPTION sub ...;"),
+        ];
+        let attached = attach_dump(&mut schema, &entries);
+        let by_key = |k: &str| schema.objects.iter().find(|o| o.key.name == k);
+        let base = by_key("type public.widget").unwrap();
+        assert_eq!(base.ddl, ["CREATE TYPE public.widget (...);", "COMMENT ON TYPE ...;"]);
+        let shell = by_key("shell type public.widget").expect("a shell type object");
+        assert_eq!(shell.ddl, ["CREATE TYPE public.widget;"]);
+        // The input function needs the shell, not the type; the type comes after both.
+        let input = schema.objects.iter().find(|o| o.key == fn_in).unwrap();
+        assert!(input.depends_on.contains(&shell.key) && !input.depends_on.contains(&type_key));
+        assert!(base.depends_on.contains(&shell.key));
+        // pg_dump did not dump the family: it is implied, not an object.
+        assert!(by_key("operator family public.f").is_none());
+        // A grant on something nobody creates here is an object of its own, after the rest.
+        let grant = by_key("privileges on FUNCTION hstore_in(cstring)").unwrap();
+        assert_eq!(grant.section, Section::PostData);
+        // The password option never reaches the plan.
+        let mapping = by_key("user mapping for a on server s").unwrap();
+        assert_eq!(
+            mapping.ddl,
+            ["CREATE USER MAPPING FOR a SERVER s OPTIONS (\n    \"user\" 'x'\n);"]
+        );
+        assert_eq!(attached.passwords_left_out, ["USER MAPPING a SERVER s"]);
+        assert_eq!(attached.subscriptions, ["sub"]);
+        assert_eq!(
+            attached.uncovered,
+            [Uncovered { kind: "WIDGET THING".into(), name: "w".into(), schema: "public".into() }]
+        );
+    }
 }

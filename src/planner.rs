@@ -205,11 +205,7 @@ pub fn plan(inputs: Inputs<'_>) -> Plan {
     // after it: the effective sections say where each object really goes.
     let sections = objects::effective_sections(&source_in_scope);
     // Materialized views are refreshed in the same order: one that reads another comes after it.
-    let matviews: Vec<&SchemaObject> = order
-        .iter()
-        .map(|&i| &source_in_scope[i])
-        .filter(|o| o.key.kind == ObjectKind::MaterializedView)
-        .collect();
+    let matviews = matviews_in(&order, &source_in_scope);
     let mut post_objects = vec![];
     for i in order {
         let o = &source_in_scope[i];
@@ -269,15 +265,7 @@ pub fn plan(inputs: Inputs<'_>) -> Plan {
         post_objects.iter().filter(|s| s.action.is_work()).map(|s| s.id.clone()).collect();
     steps.extend(post_objects);
     steps.extend(sequence_steps(&scope, inputs.source, inputs.target, &source_keys));
-    let mut refreshes = matview_steps(&matviews, inputs.source, inputs.target, &steps);
-    let mut previous: Option<String> = None;
-    for r in refreshes.iter_mut().filter(|r| r.action.is_work()) {
-        // Refreshed once the indexes and constraints exist (they may speed it up), one after
-        // the other in dependency order (a view that reads another sees it populated).
-        r.after = built.iter().cloned().chain(previous.take()).collect();
-        previous = Some(r.id.clone());
-    }
-    steps.extend(refreshes);
+    steps.extend(matview_steps(&matviews, inputs.source, inputs.target, &steps, &built));
     if !copied.is_empty() {
         steps.push(Step {
             id: "post_load:analyze".into(),
@@ -1475,11 +1463,24 @@ fn sequence_steps(
     out
 }
 
+/// The materialized views among `objects`, in creation `order`.
+fn matviews_in<'a>(order: &[usize], objects: &'a [SchemaObject]) -> Vec<&'a SchemaObject> {
+    order
+        .iter()
+        .map(|&i| &objects[i])
+        .filter(|o| o.key.kind == ObjectKind::MaterializedView)
+        .collect()
+}
+
+/// The refresh of each populated materialized view, once the indexes and constraints exist
+/// (`built`: they may speed it up), one after the other in dependency order (a view that reads
+/// another sees it populated).
 fn matview_steps(
     matviews: &[&SchemaObject],
     source: &Catalog,
     target: &Catalog,
     steps: &[Step],
+    built: &[String],
 ) -> Vec<Step> {
     let created: BTreeSet<&str> =
         steps.iter().filter(|s| s.action == Action::Create).map(|s| s.object.as_str()).collect();
@@ -1510,6 +1511,11 @@ fn matview_steps(
             after: vec![],
             table: None,
         });
+    }
+    let mut previous: Option<String> = None;
+    for r in out.iter_mut().filter(|r| r.action.is_work()) {
+        r.after = built.iter().cloned().chain(previous.take()).collect();
+        previous = Some(r.id.clone());
     }
     out
 }

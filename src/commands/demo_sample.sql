@@ -1,6 +1,8 @@
 -- The sample `pgtransit demo` migrates: a small shop with an enum, a free-standing sequence,
 -- identity and serial columns, foreign keys (one with ON DELETE CASCADE), a CHECK constraint,
--- and two triggers (one rewrites rows, one draws from the sequence).
+-- two triggers (one rewrites rows, one draws from the sequence), a text search configuration
+-- with an index that uses it (its DDL is pg_dump's), and notes whose archive inherits from them
+-- (each table keeps exactly its own rows).
 CREATE TYPE order_status AS ENUM ('pending', 'paid', 'shipped', 'cancelled');
 
 CREATE SEQUENCE invoice_number_seq START 1000;
@@ -84,5 +86,19 @@ INSERT INTO order_events (order_id, kind, payload)
 SELECT 1 + i % 5000, (ARRAY['viewed', 'paid', 'shipped'])[1 + i % 3],
        jsonb_build_object('session', md5(i::text), 'agent', 'demo/' || (i % 17), 'n', i)
 FROM generate_series(1, 400000) i;
+
+-- Search: a text search configuration of the shop's own, and an index that uses it.
+CREATE TEXT SEARCH CONFIGURATION shop_search (COPY = english);
+CREATE INDEX products_search ON products USING gin (to_tsvector('shop_search', title));
+
+-- Notes, and their archive, which inherits from them: each table has rows of its own.
+CREATE TABLE order_notes (
+    id       bigint PRIMARY KEY,
+    order_id bigint NOT NULL,
+    note     text NOT NULL
+);
+CREATE TABLE order_notes_archive (PRIMARY KEY (id)) INHERITS (order_notes);
+INSERT INTO order_notes SELECT i, i, 'note ' || i FROM generate_series(1, 500) i;
+INSERT INTO order_notes_archive SELECT i, i, 'archived ' || i FROM generate_series(501, 5000) i;
 
 ANALYZE;

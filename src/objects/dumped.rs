@@ -268,7 +268,7 @@ mod tests {
         base.depends_on.insert(fn_in.clone());
         let mut input = SchemaObject::new(fn_in.clone(), vec!["CREATE FUNCTION ...".into()]);
         input.depends_on.insert(type_key.clone());
-        let mut implied = SchemaObject::new(family.clone(), vec![]);
+        let mut implied = SchemaObject::new(family, vec![]);
         implied.catalog_id = Some((2753, 300));
         let mut mapping = SchemaObject::new(
             ObjectKey::new(ObjectKind::Dumped, "", "user mapping for a on server s"),

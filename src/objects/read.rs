@@ -1080,16 +1080,7 @@ async fn read_all(r: &mut Reader<'_>, version_num: i32) -> Result<Schema, Object
         }
     }
     let no_constraints: Vec<&RawConstraint> = Vec::new();
-    // Check constraints that call a function of the database's own: created apart, after the
-    // table and the function (as pg_dump does), since the function may take the table's row
-    // type (a cycle: table → constraint → function → table).
-    let calls_function: BTreeSet<u32> = depends
-        .iter()
-        .filter(|d| d.cat == Cat::Constraint && d.ref_cat == Cat::Proc)
-        .filter(|d| d.ref_oid >= FIRST_NORMAL_OID && !b.is_member(Cat::Proc, d.ref_oid))
-        .map(|d| d.oid)
-        .filter(|oid| constraints.get(oid).is_some_and(|c| c.kind == "c" && c.relid != 0))
-        .collect();
+    let calls_function = checks_calling_functions(&b, &depends, &constraints);
     let constraints_of_rel = |oid: u32| constraints_of_rel.get(&oid).unwrap_or(&no_constraints);
     let constraints_of_type = |oid: u32| constraints_of_type.get(&oid).unwrap_or(&no_constraints);
     // Identity sequences by table: (sequence, attnum).
@@ -1879,6 +1870,23 @@ async fn read_all(r: &mut Reader<'_>, version_num: i32) -> Result<Schema, Object
         .map(|(&(cat, oid), _)| (cat.class_oid(), oid))
         .collect();
     Ok(Schema { objects, covered })
+}
+
+/// Check constraints that call a function of the database's own: created apart, after the
+/// table and the function (as pg_dump does), since the function may take the table's row type
+/// (a cycle: table → constraint → function → table).
+fn checks_calling_functions(
+    b: &Builder,
+    depends: &[RawDepend],
+    constraints: &HashMap<u32, RawConstraint>,
+) -> BTreeSet<u32> {
+    depends
+        .iter()
+        .filter(|d| d.cat == Cat::Constraint && d.ref_cat == Cat::Proc)
+        .filter(|d| d.ref_oid >= FIRST_NORMAL_OID && !b.is_member(Cat::Proc, d.ref_oid))
+        .map(|d| d.oid)
+        .filter(|oid| constraints.get(oid).is_some_and(|c| c.kind == "c" && c.relid != 0))
+        .collect()
 }
 
 /// The objects whose DDL comes from pg_dump (see [`dumped_sql`]), without DDL yet

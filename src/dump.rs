@@ -226,10 +226,15 @@ pub fn install_hint(major: i32) -> String {
 /// an exported snapshot of the caller's open transaction, when given) and returns the script.
 pub async fn dump_schema(
     pg_dump: &Path,
+    major: i32,
     r: &Resolved,
     snapshot: Option<&str>,
 ) -> Result<String, String> {
     let mut cmd = tokio::process::Command::new(pg_dump);
+    if major >= 18 {
+        // Planner statistics are not schema (and not pgtransit's to copy).
+        cmd.arg("--no-statistics");
+    }
     // A lock pg_dump cannot get within a minute (an ALTER TABLE waiting or running): it stops,
     // and plan says so, rather than hang.
     cmd.args(["--schema-only", "--verbose", "--no-sync", "--lock-wait-timeout=60000"]);

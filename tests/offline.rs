@@ -558,6 +558,11 @@ CREATE FUNCTION check_con_function(check_con_tbl) RETURNS bool LANGUAGE plpgsql
   AS $$ BEGIN RETURN $1.f1 > 0; END $$;
 ALTER TABLE check_con_tbl ADD CHECK (check_con_function(check_con_tbl.*));
 INSERT INTO check_con_tbl VALUES (1), (2);
+CREATE TABLE np (id int, k int, PRIMARY KEY (id, k)) PARTITION BY RANGE (id);
+CREATE TABLE np1 PARTITION OF np FOR VALUES FROM (0) TO (1000) PARTITION BY RANGE (k);
+CREATE TABLE np1a PARTITION OF np1 FOR VALUES FROM (0) TO (10);
+CREATE TABLE np1b PARTITION OF np1 FOR VALUES FROM (10) TO (20);
+INSERT INTO np SELECT g, g % 20 FROM generate_series(0, 999) g;
 CREATE MATERIALIZED VIEW z_base AS SELECT id, note FROM ONLY parent WHERE id % 2 = 0;
 CREATE MATERIALIZED VIEW a_total AS SELECT count(*) AS n FROM z_base;
 ";
@@ -585,6 +590,20 @@ fn inheritance_children_keep_exactly_their_own_rows_whole_and_split_in_any_order
     // No `COPY t ()`: a table without copyable columns is copied without a column list.
     assert!(out.stdout.contains("COPY \"public\".\"no_columns\" TO STDOUT"), "{out:?}");
     assert!(!out.stdout.contains("()"), "{out:?}");
+    // Nested partitions: the top table's key is built once every leaf below it is copied (a
+    // build that recurses into a leaf still being copied would deadlock with the copy).
+    let doc = run(dir.path(), &["plan", f, "--format", "json"]).json();
+    let pkey = doc["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["id"] == "post_load:constraint:public.np.np_pkey")
+        .unwrap_or_else(|| panic!("no build of np's key: {doc}"));
+    let after: Vec<&str> =
+        pkey["after"].as_array().unwrap().iter().map(|a| a.as_str().unwrap()).collect();
+    for leaf in ["load:table:public.np1a", "load:table:public.np1b"] {
+        assert!(after.contains(&leaf), "np's key does not wait for {leaf}: {after:?}");
+    }
 
     let out = run(dir.path(), &["apply", f, "--auto-approve"]);
     assert_eq!(out.code, 0, "{out:?}");
@@ -596,6 +615,8 @@ fn inheritance_children_keep_exactly_their_own_rows_whole_and_split_in_any_order
         ("small_child", 5000),
         ("no_columns", 2),
         ("only_generated", 2),
+        ("np1a", 500),
+        ("np1b", 500),
     ] {
         assert_eq!(own_rows(&tgt, table), rows, "{table} on the target");
     }

@@ -274,9 +274,11 @@ async fn read_objects(
         schema.objects.iter().filter(|o| o.key.is_dumped()).map(|o| o.key.to_string()).collect();
     if side == Side::Source || !catalog.dump.needed_for.is_empty() {
         let ran = match crate::dump::find_pg_dump(&[catalog.server.major()]) {
-            Ok((path, major)) => crate::dump::dump_schema(&path, resolved, snapshot.as_deref())
-                .await
-                .map(|script| (script, major)),
+            Ok((path, major)) => {
+                crate::dump::dump_schema(&path, major, resolved, snapshot.as_deref())
+                    .await
+                    .map(|script| (script, major))
+            }
             Err(e) => Err(e),
         };
         match ran {

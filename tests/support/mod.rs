@@ -144,6 +144,11 @@ pub fn pgtransit(home: &Path) -> Command {
         }
     }
     cmd.env("HOME", home).env("NO_COLOR", "1").env_remove("PGTRANSIT_LOG");
+    // pgtransit's own pg_dump (its DDL source and coverage check): the newest installed, which
+    // can dump every server of the version matrix, as an operator would use.
+    if let Ok(dir) = pgtransit::cluster::client_bin_dir() {
+        cmd.env("PGTRANSIT_PG_DUMP", dir.join("pg_dump"));
+    }
     cmd
 }
 

@@ -80,6 +80,8 @@ pub struct DumpCheck {
     pub needed_for: Vec<String>,
     /// pg_dump could not be run (none found, too old, or it failed): why.
     pub problem: Option<String>,
+    /// ... it ran, and failed (rather than none being found).
+    pub failed: bool,
     /// pg_dump's major version, when it ran.
     pub pg_dump_major: Option<i32>,
     /// Entries of pg_dump's script that nothing migrates (`<TYPE> <tag>`, schema).

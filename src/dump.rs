@@ -42,13 +42,25 @@ pub struct Entry {
 
 /// Reads the entries of a plain `pg_dump --verbose` script.
 pub fn parse(script: &str) -> Vec<Entry> {
-    let lines: Vec<&str> = script.lines().collect();
+    // Lines with whether each starts outside literals and comments: a string literal (a
+    // comment's text, say) may hold anything, even what looks like an entry's header.
+    let mask = top_level(script);
+    let mut lines: Vec<(&str, bool)> = vec![];
+    let mut offset = 0;
+    for line in script.split('\n') {
+        lines.push((line.trim_end_matches('\r'), mask.get(offset).copied().unwrap_or(true)));
+        offset += line.len() + 1;
+    }
+    fn header((line, top): (&str, bool)) -> Option<&str> {
+        if top { line.strip_prefix("-- TOC entry ") } else { None }
+    }
     let mut out: Vec<Entry> = vec![];
     let mut i = 0;
     while i < lines.len() {
-        let Some(head) = lines[i].strip_prefix("-- TOC entry ") else {
+        let Some(head) = header(lines[i]) else {
+            let (line, _) = lines[i];
             if let Some(last) = out.last_mut() {
-                append_sql(last, lines[i]);
+                append_sql(last, line);
             }
             i += 1;
             continue;
@@ -74,8 +86,8 @@ pub fn parse(script: &str) -> Vec<Entry> {
         };
         parse_toc_line(head, &mut entry);
         i += 1;
-        while i < lines.len() && lines[i].starts_with("-- ") {
-            let line = lines[i];
+        while i < lines.len() && lines[i].0.starts_with("-- ") {
+            let line = lines[i].0;
             if let Some(deps) = line.strip_prefix("-- Dependencies: ") {
                 entry.deps.extend(deps.split_whitespace().filter_map(|d| d.parse::<u32>().ok()));
             } else if let Some(rest) = line.strip_prefix("-- Name: ") {
@@ -84,7 +96,7 @@ pub fn parse(script: &str) -> Vec<Entry> {
             i += 1;
         }
         // The closing `--` of the block.
-        if i < lines.len() && lines[i] == "--" {
+        if i < lines.len() && lines[i].0 == "--" {
             i += 1;
         }
         out.push(entry);
@@ -134,10 +146,19 @@ fn parse_name_line(rest: &str, e: &mut Entry) {
 /// An entry's SQL as it is run: without the script's closing lines (after the last entry),
 /// without the session settings pg_dump writes between entries for the next one
 /// (`SET default_tablespace`, `SET default_table_access_method`: the objects taken from here
-/// have neither), and without the blank lines between statements.
+/// have neither), and without the blank lines between statements. Lines inside a literal are
+/// kept as they are, whatever they look like.
 fn strip_trailer(sql: &str) -> String {
+    let mask = top_level(sql);
     let mut kept: Vec<&str> = vec![];
-    for line in sql.lines() {
+    let mut offset = 0;
+    for line in sql.split('\n') {
+        let top = mask.get(offset).copied().unwrap_or(true);
+        offset += line.len() + 1;
+        if !top {
+            kept.push(line);
+            continue;
+        }
         if line.starts_with("\\unrestrict")
             || line.starts_with("-- Completed on")
             || line.starts_with("-- PostgreSQL database dump complete")
@@ -149,8 +170,7 @@ fn strip_trailer(sql: &str) -> String {
         {
             continue;
         }
-        let between_statements = kept.last().is_none_or(|l| l.ends_with(';') || l.is_empty());
-        if line.is_empty() && between_statements {
+        if line.is_empty() {
             continue;
         }
         kept.push(line);
@@ -223,14 +243,20 @@ pub fn install_hint(major: i32) -> String {
 }
 
 /// Runs `pg_dump --schema-only --verbose` against the server `r` describes (under `snapshot`,
-/// an exported snapshot of the caller's open transaction, when given) and returns the script.
+/// an exported snapshot of the caller's open transaction, when given; without the schemas
+/// `exclude_schemas` names) and returns the script.
 pub async fn dump_schema(
     pg_dump: &Path,
     major: i32,
     r: &Resolved,
     snapshot: Option<&str>,
+    exclude_schemas: &[String],
 ) -> Result<String, String> {
     let mut cmd = tokio::process::Command::new(pg_dump);
+    for schema in exclude_schemas {
+        // A pattern in double quotes matches the name exactly.
+        cmd.arg(format!("--exclude-schema=\"{}\"", schema.replace('"', "\"\"")));
+    }
     if major >= 18 {
         // Planner statistics are not schema (and not pgtransit's to copy).
         cmd.arg("--no-statistics");
@@ -265,78 +291,109 @@ pub async fn dump_schema(
 
 /// pg_dump's SQL with its role names mapped (`roles` gives the target's name of a source role,
 /// or none): owners (`ALTER ... OWNER TO`), grantees (`GRANT ... TO`, `REVOKE ... FROM`),
-/// grantors (`SET SESSION AUTHORIZATION`) and user mappings (`CREATE USER MAPPING FOR`). A
-/// statement whose role maps to none is left out (the object keeps the creating role as owner,
-/// the grant is not made), except a user mapping's, which names its role. A name that maps to
-/// itself is left as pg_dump wrote it, so the text compares with the target's own dump.
+/// grantors (`SET SESSION AUTHORIZATION`) and user mappings (`CREATE USER MAPPING FOR`), whole
+/// statements only (never text inside a literal or a comment). A statement whose role maps to
+/// none is left out (the object keeps the creating role as owner, the grant is not made),
+/// except a user mapping's, which names its role. Every role name is written quoted, on both
+/// servers' sides alike, so that the texts compare.
 pub fn map_roles(sql: &str, roles: &dyn Fn(&str) -> Option<String>) -> String {
-    let mut out: Vec<String> = vec![];
-    for line in sql.lines() {
-        let role_at = role_position(line);
-        match role_at {
-            Some((start, end)) => {
-                let written = &line[start..end];
-                let name = unquote(written);
-                if name.eq_ignore_ascii_case("PUBLIC") && !written.starts_with('"') {
-                    out.push(line.to_string());
-                    continue;
-                }
-                match roles(&name) {
-                    Some(mapped) if mapped == name => out.push(line.to_string()),
-                    Some(mapped) => out.push(format!(
-                        "{}{}{}",
-                        &line[..start],
-                        crate::sql::ident(&mapped),
-                        &line[end..]
-                    )),
-                    None if line.starts_with("CREATE USER MAPPING") => out.push(line.to_string()),
-                    None => {}
-                }
+    let mut out = String::with_capacity(sql.len());
+    for (start, end) in statements(sql) {
+        let statement = &sql[start..end];
+        let Some((at, to)) = role_position(statement) else {
+            out.push_str(statement);
+            continue;
+        };
+        let written = &statement[at..to];
+        if is_public(written) {
+            out.push_str(statement);
+            continue;
+        }
+        match roles(&unquote(written)) {
+            Some(mapped) => {
+                out.push_str(&statement[..at]);
+                out.push_str(&crate::sql::ident(&mapped));
+                out.push_str(&statement[to..]);
             }
-            None => out.push(line.to_string()),
+            None if statement.trim_start().starts_with("CREATE USER MAPPING") => {
+                out.push_str(statement);
+            }
+            None => {}
         }
     }
-    out.join("\n")
+    // (A statement left out goes with the line break before it: no blank line is left.)
+    out.trim().to_string()
 }
 
 /// The roles pg_dump's SQL names (owners, grantees, grantors, user mappings' users).
 pub fn roles_named(sql: &str) -> Vec<String> {
-    sql.lines()
-        .filter_map(|line| {
-            let (start, end) = role_position(line)?;
-            let written = &line[start..end];
-            let public = written.eq_ignore_ascii_case("PUBLIC");
-            (!public).then(|| unquote(written))
+    statements(sql)
+        .into_iter()
+        .filter_map(|(start, end)| {
+            let statement = &sql[start..end];
+            let (at, to) = role_position(statement)?;
+            let written = &statement[at..to];
+            (!is_public(written)).then(|| unquote(written))
         })
         .collect()
 }
 
-/// Where a line of pg_dump's SQL names a role: (start, end) byte offsets.
-fn role_position(line: &str) -> Option<(usize, usize)> {
-    let statement_end = |from: usize| -> usize {
-        let tail = &line[from..];
-        let end = tail.find(" WITH GRANT OPTION").or_else(|| tail.rfind(';')).unwrap_or(tail.len());
-        from + end
+fn is_public(written: &str) -> bool {
+    written.eq_ignore_ascii_case("PUBLIC")
+}
+
+/// The statements of `sql`, as byte ranges (each with its `;` and what precedes it since the
+/// previous one), split at semicolons outside literals, quoted names and comments.
+fn statements(sql: &str) -> Vec<(usize, usize)> {
+    let mask = top_level(sql);
+    let mut out = vec![];
+    let mut start = 0;
+    for (i, b) in sql.bytes().enumerate() {
+        if b == b';' && mask[i] {
+            out.push((start, i + 1));
+            start = i + 1;
+        }
+    }
+    if start < sql.len() {
+        out.push((start, sql.len()));
+    }
+    out
+}
+
+/// Where one statement of pg_dump's names a role: (start, end) byte offsets, found only
+/// outside its literals and comments.
+fn role_position(statement: &str) -> Option<(usize, usize)> {
+    let mask = top_level(statement);
+    let text = statement.trim_start();
+    let lead = statement.len() - text.len();
+    let last_top = |pattern: &str| -> Option<usize> {
+        statement
+            .match_indices(pattern)
+            .filter(|(i, _)| mask[*i] && mask[i + pattern.len() - 1])
+            .map(|(i, _)| i + pattern.len())
+            .last()
     };
-    if line.starts_with("ALTER ") && line.ends_with(';') {
-        let at = line.rfind(" OWNER TO ")? + " OWNER TO ".len();
-        return Some((at, statement_end(at)));
+    let tail = |from: usize| -> (usize, usize) {
+        let rest = &statement[from..];
+        let end = rest.find(" WITH GRANT OPTION").or_else(|| rest.rfind(';')).unwrap_or(rest.len());
+        (from, from + rest[..end].trim_end().len())
+    };
+    if text.starts_with("ALTER ") {
+        return last_top(" OWNER TO ").map(tail);
     }
-    if line.starts_with("GRANT ") && line.ends_with(';') {
-        let at = line.rfind(" TO ")? + " TO ".len();
-        return Some((at, statement_end(at)));
+    if text.starts_with("GRANT ") {
+        return last_top(" TO ").map(tail);
     }
-    if line.starts_with("REVOKE ") && line.ends_with(';') {
-        let at = line.rfind(" FROM ")? + " FROM ".len();
-        return Some((at, statement_end(at)));
+    if text.starts_with("REVOKE ") {
+        return last_top(" FROM ").map(tail);
     }
-    if let Some(rest) = line.strip_prefix("SET SESSION AUTHORIZATION ") {
-        let at = line.len() - rest.len();
-        return Some((at, statement_end(at)));
+    if text.starts_with("SET SESSION AUTHORIZATION ") {
+        return Some(tail(lead + "SET SESSION AUTHORIZATION ".len()));
     }
-    if let Some(rest) = line.strip_prefix("CREATE USER MAPPING FOR ") {
-        let at = line.len() - rest.len();
-        return Some((at, at + rest.find(" SERVER ")?));
+    if text.starts_with("CREATE USER MAPPING FOR ") {
+        let at = lead + "CREATE USER MAPPING FOR ".len();
+        let end = at + statement[at..].find(" SERVER ")?;
+        return Some((at, end));
     }
     None
 }
@@ -346,6 +403,91 @@ fn unquote(written: &str) -> String {
     match written.strip_prefix('"').and_then(|w| w.strip_suffix('"')) {
         Some(inner) => inner.replace("\"\"", "\""),
         None => written.to_string(),
+    }
+}
+
+/// For each byte of `sql`, whether it lies at its top level: outside string literals (`'...'`,
+/// `E'...'`), quoted names, dollar-quoted strings and comments (whose opening byte counts as
+/// outside: it is where they start).
+pub fn top_level(sql: &str) -> Vec<bool> {
+    let b = sql.as_bytes();
+    let n = b.len();
+    let mut mask = vec![true; n];
+    let mut i = 0;
+    while i < n {
+        match quoted_end(b, i) {
+            Some(end) => {
+                // The opening byte itself is where the construct starts, at the top level.
+                mask[i + 1..end].iter_mut().for_each(|m| *m = false);
+                i = end;
+            }
+            None => i += 1,
+        }
+    }
+    mask
+}
+
+/// Where the literal, quoted name, dollar-quoted string or comment starting at `b[i]` ends
+/// (the byte after it; the end of `b` if it never closes), or `None` if none starts there.
+fn quoted_end(b: &[u8], i: usize) -> Option<usize> {
+    let n = b.len();
+    let word = |c: u8| c.is_ascii_alphanumeric() || c == b'_' || c >= 0x80;
+    let next = b.get(i + 1).copied();
+    // Scans a quoted run closed by `q`, where `qq` stands for one `q`.
+    let closing = |q: u8, backslash: bool| {
+        let mut j = i + 1;
+        loop {
+            match b.get(j) {
+                None => return n,
+                Some(b'\\') if backslash => j += 2,
+                Some(&c) if c == q && b.get(j + 1) == Some(&q) => j += 2,
+                Some(&c) if c == q => return j + 1,
+                Some(_) => j += 1,
+            }
+        }
+    };
+    match b[i] {
+        b'\'' => {
+            let escapes = i > 0 && matches!(b[i - 1], b'E' | b'e') && (i < 2 || !word(b[i - 2]));
+            Some(closing(b'\'', escapes))
+        }
+        b'"' => Some(closing(b'"', false)),
+        b'-' if next == Some(b'-') => {
+            Some(b[i..].iter().position(|&c| c == b'\n').map_or(n, |k| i + k))
+        }
+        b'/' if next == Some(b'*') => {
+            let (mut depth, mut j) = (1, i + 2);
+            while j < n && depth > 0 {
+                if b[j] == b'/' && b.get(j + 1) == Some(&b'*') {
+                    depth += 1;
+                    j += 2;
+                } else if b[j] == b'*' && b.get(j + 1) == Some(&b'/') {
+                    depth -= 1;
+                    j += 2;
+                } else {
+                    j += 1;
+                }
+            }
+            Some(j)
+        }
+        b'$' if (i == 0 || !word(b[i - 1])) && !next.is_some_and(|c| c.is_ascii_digit()) => {
+            let mut j = i + 1;
+            while j < n && (b[j].is_ascii_alphanumeric() || b[j] == b'_') {
+                j += 1;
+            }
+            if j >= n || b[j] != b'$' {
+                return None;
+            }
+            let tag = &b[i..=j];
+            let body = j + 1;
+            Some(
+                b[body..]
+                    .windows(tag.len())
+                    .position(|w| w == tag)
+                    .map_or(n, |k| body + k + tag.len()),
+            )
+        }
+        _ => None,
     }
 }
 
@@ -429,7 +571,39 @@ CREATE CAST (public.widget AS text) WITHOUT FUNCTION;
              GRANT USAGE ON FOREIGN SERVER srv1 TO \"Alice Admin\" WITH GRANT OPTION;\n\
              REVOKE ALL ON FOREIGN SERVER srv1 FROM PUBLIC;\n\
              CREATE USER MAPPING FOR \"Alice Admin\" SERVER srv1 OPTIONS (\"user\" 'x');\n\
-             ALTER SERVER srv1 OWNER TO bob;"
+             ALTER SERVER srv1 OWNER TO \"bob\";"
+        );
+    }
+
+    #[test]
+    fn text_inside_literals_is_never_taken_for_statements_entries_or_roles() {
+        // A comment whose text looks like an owner statement, then one that would run SQL if
+        // the first one's closing quote were lost.
+        let sql = "COMMENT ON FOREIGN TABLE app.ft2 IS 'notes\n\nALTER nothing OWNER TO zz';\n\
+                   COMMENT ON COLUMN app.ft2.a IS '; CREATE ROLE pwned SUPERUSER LOGIN; --';\n\
+                   ALTER FOREIGN TABLE app.ft2 OWNER TO zz;";
+        let none = |_: &str| None;
+        assert_eq!(
+            map_roles(sql, &none),
+            "COMMENT ON FOREIGN TABLE app.ft2 IS 'notes\n\nALTER nothing OWNER TO zz';\n\
+             COMMENT ON COLUMN app.ft2.a IS '; CREATE ROLE pwned SUPERUSER LOGIN; --';"
+        );
+        assert_eq!(roles_named(sql), ["zz"]);
+        // A literal holding an entry's header, a blank line and a `SET`: all kept as they are.
+        let script = "--\n-- TOC entry 7 (class 0 OID 0)\n\
+                      -- Name: TABLE t; Type: COMMENT; Schema: public; Owner: postgres\n--\n\n\
+                      COMMENT ON TABLE public.t IS 'a\n\n--\n-- TOC entry 8 (class 1259 OID 9)\n\
+                      SET default_tablespace = x;';\n";
+        let e = parse(script);
+        assert_eq!(e.len(), 1, "{e:?}");
+        assert_eq!(
+            e[0].sql,
+            "COMMENT ON TABLE public.t IS 'a\n\n--\n-- TOC entry 8 (class 1259 OID 9)\n\
+             SET default_tablespace = x;';"
+        );
+        assert_eq!(
+            top_level("a $q$;$q$ ;"),
+            [true, true, true, false, false, false, false, false, false, true, true]
         );
     }
 

@@ -52,6 +52,9 @@ pub fn in_scope(o: &SchemaObject, scope: &Scope) -> bool {
         (Some((s, t)), _) => scope.table_in_scope(s, t),
         (None, ObjectKind::Table | ObjectKind::View | ObjectKind::MaterializedView)
         | (None, ObjectKind::Sequence) => scope.table_in_scope(&o.key.schema, &o.key.name),
+        // Objects of the database outside schemas (casts, servers, publications, event
+        // triggers...): always (one that needs something out of scope is a conflict, named).
+        (None, _) if o.key.is_dumped() && o.key.schema.is_empty() => true,
         (None, _) => scope.schema_in_scope(&o.key.schema),
     }
 }
@@ -127,6 +130,9 @@ pub fn plan(inputs: Inputs<'_>) -> Plan {
     let online = spec.mode == Mode::Online;
     let mut source_in_scope: Vec<SchemaObject> =
         inputs.source_objects.iter().filter(|o| in_scope(o, &scope)).cloned().collect();
+    for o in &mut source_in_scope {
+        o.key = with_mapped_user(&o.key, &roles);
+    }
     // Online mode with `sync.tables_without_key: replica_identity_full`: a keyless table is
     // planned as it will be once the load step sets REPLICA IDENTITY FULL on the source (so
     // the target's copy of it says the same, and a later plan finds both sides equal).
@@ -261,6 +267,10 @@ pub fn plan(inputs: Inputs<'_>) -> Plan {
         steps.splice(first_copy..first_copy, prefix);
     }
 
+    // Event triggers last of all, so that none fires for the migration's own DDL (the
+    // refreshes and statistics below included).
+    let (event_triggers, post_objects): (Vec<Step>, Vec<Step>) =
+        post_objects.into_iter().partition(|s| s.id.starts_with("post_load:event_trigger:"));
     let built: Vec<String> =
         post_objects.iter().filter(|s| s.action.is_work()).map(|s| s.id.clone()).collect();
     steps.extend(post_objects);
@@ -281,6 +291,7 @@ pub fn plan(inputs: Inputs<'_>) -> Plan {
             table: None,
         });
     }
+    steps.extend(event_triggers);
 
     let all_tables = verify_tables(inputs.source, &streamed);
     if online {
@@ -1374,7 +1385,12 @@ fn cutover_steps(
         out.push(step(
             &format!("refresh:{}", qualified(s, n)),
             format!("materialized view {}", qualified(s, n)),
-            format!("REFRESH MATERIALIZED VIEW {};", qualified_ident(s, n)),
+            // As a replica: the target's event triggers (created with the schema) do not fire
+            // for the migration's own refresh.
+            format!(
+                "SET LOCAL session_replication_role = replica;\nREFRESH MATERIALIZED VIEW {};",
+                qualified_ident(s, n)
+            ),
             "refreshed from the final data",
             Work::TargetSql,
         ));
@@ -1461,6 +1477,26 @@ fn sequence_steps(
         });
     }
     out
+}
+
+/// A user mapping is named after its role: on the target, the role it maps to.
+fn with_mapped_user(key: &ObjectKey, roles: &dyn Fn(&str) -> Option<String>) -> ObjectKey {
+    let Some((role, server)) = key
+        .name
+        .strip_prefix("user mapping for ")
+        .and_then(|rest| rest.split_once(" on server "))
+        .filter(|_| key.kind == ObjectKind::Dumped)
+    else {
+        return key.clone();
+    };
+    // `pg_identify_object` quotes a name only where it must.
+    let bare = role.strip_prefix('"').and_then(|r| r.strip_suffix('"'));
+    let name = bare.map(|r| r.replace("\"\"", "\"")).unwrap_or_else(|| role.to_string());
+    let Some(mapped) = roles(&name).filter(|m| *m != name) else { return key.clone() };
+    let plain = mapped.chars().next().is_some_and(|c| c.is_ascii_lowercase() || c == '_')
+        && mapped.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
+    let written = if plain || mapped == "public" { mapped } else { ident(&mapped) };
+    ObjectKey::new(key.kind, &key.schema, format!("user mapping for {written} on server {server}"))
 }
 
 /// The materialized views among `objects`, in creation `order`.

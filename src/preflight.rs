@@ -120,7 +120,7 @@ pub fn run(spec: &Spec, source: Option<&Catalog>, target: Option<&Catalog>) -> V
     let scope = Scope::new(&spec.objects);
     let mut f = Findings(vec![]);
     if let Some(src) = source {
-        check_dump(&mut f, Side::Source, src);
+        check_dump(&mut f, Side::Source, src, &spec.roles.map);
         check_scope(&mut f, &scope, src);
         check_source_version(&mut f, src);
         if spec.mode == Mode::Online {
@@ -133,7 +133,7 @@ pub fn run(spec: &Spec, source: Option<&Catalog>, target: Option<&Catalog>) -> V
     }
     if let Some(tgt) = target {
         if !tgt.dump.needed_for.is_empty() {
-            check_dump(&mut f, Side::Target, tgt);
+            check_dump(&mut f, Side::Target, tgt, &spec.roles.map);
         }
         check_database_name(&mut f, Side::Target, tgt);
         check_target_settings(&mut f, tgt);
@@ -505,7 +505,8 @@ fn check_row_security(f: &mut Findings, spec: &Spec, scope: &Scope, src: &Catalo
             Severity::Error,
             format!("table {}", r.qualified()),
             format!(
-                "row-level security applies to the source role {} on {}: it would copy only the                  rows the table's policies show it",
+                "row-level security applies to the source role {} on {}: it would copy only the \
+                 rows the table's policies show it",
                 display(&src.server.current_user),
                 r.qualified()
             ),
@@ -533,7 +534,8 @@ fn check_row_security(f: &mut Findings, spec: &Spec, scope: &Scope, src: &Catalo
                 Severity::Error,
                 format!("table {}", r.qualified()),
                 format!(
-                    "row-level security will apply to the target role {} on {}: loading,                      changes and verification would see only the rows its policies allow",
+                    "row-level security will apply to the target role {} on {}: loading, \
+                     changes and verification would see only the rows its policies allow",
                     display(user),
                     r.qualified()
                 ),
@@ -544,10 +546,19 @@ fn check_row_security(f: &mut Findings, spec: &Spec, scope: &Scope, src: &Catalo
 }
 
 /// pg_dump: the DDL of the objects pgtransit takes from it, and the yardstick of coverage.
-fn check_dump(f: &mut Findings, side: Side, cat: &Catalog) {
+fn check_dump(f: &mut Findings, side: Side, cat: &Catalog, roles: &BTreeMap<String, String>) {
     let d = &cat.dump;
     if let Some(problem) = &d.problem {
         let major = cat.server.major();
+        let fix = if d.failed {
+            format!(
+                "pg_dump ran as the {side} role and failed: let the role read every schema in \
+                 scope (USAGE on the schemas, SELECT on their tables and sequences), or exclude \
+                 what it may not read in objects:"
+            )
+        } else {
+            crate::dump::install_hint(major)
+        };
         if d.needed_for.is_empty() {
             f.add(
                 "pg_dump_unavailable",
@@ -557,7 +568,7 @@ fn check_dump(f: &mut Findings, side: Side, cat: &Catalog) {
                     "{problem}: the {side}'s schema was not cross-checked against pg_dump's, so \
                      an object of a kind pgtransit does not migrate would not be named here"
                 ),
-                Some(crate::dump::install_hint(major)),
+                Some(fix),
             );
         } else {
             f.add(
@@ -568,15 +579,24 @@ fn check_dump(f: &mut Findings, side: Side, cat: &Catalog) {
                     "{problem}: the {side} has {} whose DDL pgtransit takes from pg_dump",
                     plural(d.needed_for.len(), "object")
                 ),
-                Some(crate::dump::install_hint(major)),
+                Some(fix),
             );
         }
+    }
+    // What the target's own pg_dump says is only for comparing: what to create comes from the
+    // source's.
+    if side == Side::Target {
+        return;
     }
     for tag in &d.passwords_left_out {
         // `USER MAPPING <user> SERVER <server>`
         let names = tag.strip_prefix("USER MAPPING ").and_then(|t| t.split_once(" SERVER "));
         let (user, server) = names.unwrap_or(("<user>", "<server>"));
-        let user = if user == "public" { "PUBLIC".to_string() } else { ident(user) };
+        let user = match roles.get(user) {
+            _ if user == "public" => "PUBLIC".to_string(),
+            Some(mapped) => ident(mapped),
+            None => ident(user),
+        };
         f.add(
             "user_mapping_password",
             Severity::Warning,

@@ -15,16 +15,19 @@ fn demo_starts_two_servers_writes_a_plan_and_passes_preflight() {
     // Preflight ran against the sample and found what the sample has.
     assert!(out.stdout.contains("Preflight passed: 0 errors"), "{out:?}");
     assert!(out.stdout.contains("identity_columns"), "{out:?}");
-    assert!(out.stdout.contains("5 tables in 1 schemas"), "{out:?}");
+    assert!(out.stdout.contains("7 tables in 1 schemas"), "{out:?}");
+    // A text search configuration, whose DDL is pg_dump's, and an inheriting archive table.
+    assert!(out.stdout.contains("create text search configuration public.shop_search"), "{out:?}");
+    assert!(out.stdout.contains("TRUNCATE ONLY \"public\".\"order_notes\""), "{out:?}");
     // It copied (the larger table included), streamed a writer's changes, showed the lag and
     // the status, and ended with identical rows and no slot left on the source.
     assert!(out.stdout.contains("public.order_events"), "{out:?}");
     assert!(out.stdout.contains("status lag"), "{out:?}");
     assert!(out.stdout.contains("reached the target in"), "{out:?}");
-    assert!(out.stdout.contains("rows identical on both sides in 5 of 5 tables"), "{out:?}");
+    assert!(out.stdout.contains("rows identical on both sides in 7 of 7 tables"), "{out:?}");
     assert!(out.stdout.contains("Migration shop - streaming"), "{out:?}");
     assert!(out.stdout.contains("Cutover complete: the write gap was"), "{out:?}");
-    assert!(out.stdout.contains("Verified: 5 tables"), "{out:?}");
+    assert!(out.stdout.contains("Verified: 7 tables"), "{out:?}");
     assert!(out.stdout.contains("cut over: the source is read-only"), "{out:?}");
     // Without a terminal, load progress goes to the log (stderr) as lines, not bars.
     assert!(out.stderr.contains("copying"), "{out:?}");

@@ -121,13 +121,13 @@ struct Inspected {
 /// error finding, and the plan is then absent.
 pub async fn compute(loaded: &LoadedSpec, env: &Env, retry_for: Duration) -> Computed {
     let policy = RetryPolicy { max_elapsed: retry_for, ..RetryPolicy::default() };
+    let scope = Scope::new(&loaded.spec.objects);
     let (mut source, mut target) = tokio::join!(
-        inspect(Side::Source, &loaded.source_conninfo, env, &policy),
-        inspect(Side::Target, &loaded.target_conninfo, env, &policy),
+        inspect(Side::Source, &loaded.source_conninfo, env, &policy, &scope),
+        inspect(Side::Target, &loaded.target_conninfo, env, &policy, &scope),
     );
     // Which tables in scope hold rows: on the target, the plan never overwrites them; on the
     // source, a table empty on both sides needs no copy.
-    let scope = Scope::new(&loaded.spec.objects);
     for (side, which) in [(&mut source, Side::Source), (&mut target, Side::Target)] {
         let (Some(cat), Some(client)) = (side.catalog.as_mut(), side.client.as_ref()) else {
             continue;
@@ -250,6 +250,7 @@ async fn read_objects(
     resolved: &conn::Resolved,
     catalog: &mut Catalog,
     side: Side,
+    scope: &Scope,
 ) -> Result<Vec<SchemaObject>, objects::ObjectsError> {
     let begin = objects::ObjectsError::query("begin");
     client.batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY").await.map_err(begin)?;
@@ -273,11 +274,20 @@ async fn read_objects(
     catalog.dump.needed_for =
         schema.objects.iter().filter(|o| o.key.is_dumped()).map(|o| o.key.to_string()).collect();
     if side == Side::Source || !catalog.dump.needed_for.is_empty() {
+        // Schemas out of scope are none of pg_dump's business (the role may not even read them).
+        let excluded: Vec<String> = catalog
+            .schemas
+            .iter()
+            .filter(|s| !scope.schema_in_scope(&s.name))
+            .map(|s| s.name.clone())
+            .collect();
         let ran = match crate::dump::find_pg_dump(&[catalog.server.major()]) {
             Ok((path, major)) => {
-                crate::dump::dump_schema(&path, major, resolved, snapshot.as_deref())
-                    .await
-                    .map(|script| (script, major))
+                let snapshot = snapshot.as_deref();
+                let dumped =
+                    crate::dump::dump_schema(&path, major, resolved, snapshot, &excluded).await;
+                catalog.dump.failed = dumped.is_err();
+                dumped.map(|script| (script, major))
             }
             Err(e) => Err(e),
         };
@@ -312,7 +322,13 @@ fn short_version(c: &Catalog) -> String {
     c.server.version.split_whitespace().nth(1).unwrap_or("?").to_string()
 }
 
-async fn inspect(side: Side, info: &ConnInfo, env: &Env, policy: &RetryPolicy) -> Inspected {
+async fn inspect(
+    side: Side,
+    info: &ConnInfo,
+    env: &Env,
+    policy: &RetryPolicy,
+    scope: &Scope,
+) -> Inspected {
     let mut result = Inspected {
         endpoint: "(invalid)".into(),
         catalog: None,
@@ -351,7 +367,7 @@ async fn inspect(side: Side, info: &ConnInfo, env: &Env, policy: &RetryPolicy) -
             return result;
         }
     };
-    match read_objects(&client, &resolved, &mut catalog, side).await {
+    match read_objects(&client, &resolved, &mut catalog, side, scope).await {
         Ok(objects) => result.objects = objects,
         Err(e) => {
             result.problem = Some(unreadable("schema objects", &e));

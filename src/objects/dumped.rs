@@ -169,14 +169,18 @@ pub fn attach_dump(schema: &mut Schema, entries: &[Entry]) -> Attached {
     Attached { uncovered, subscriptions, passwords_left_out }
 }
 
-/// A user mapping's SQL without its `password` option (pg_dump writes one option a line).
+/// A user mapping's SQL without its `password` option (pg_dump writes one option a line; a
+/// line inside another option's literal is never taken for one).
 fn without_password(sql: &str) -> (String, bool) {
-    let lines: Vec<&str> = sql.lines().collect();
+    let mask = crate::dump::top_level(sql);
     let mut kept: Vec<String> = vec![];
     let mut removed = false;
-    for line in &lines {
+    let mut offset = 0;
+    for line in sql.split('\n') {
         let option = line.trim_start();
-        if option.starts_with("password '") || option.starts_with("\"password\" '") {
+        let top = mask.get(offset + line.len() - option.len()).copied().unwrap_or(true);
+        offset += line.len() + 1;
+        if top && (option.starts_with("password '") || option.starts_with("\"password\" '")) {
             removed = true;
             // The option before it keeps no trailing comma if this one was the last.
             if !line.trim_end().ends_with(',')

@@ -1281,7 +1281,8 @@ async fn read_all(r: &mut Reader<'_>, version_num: i32) -> Result<Schema, Object
                         && let Some(params) = &s.sequence
                     {
                         let mut params = params.clone();
-                        if s.persistence != rel.persistence {
+                        // (Sequences can be unlogged from PostgreSQL 15 on.)
+                        if version_num >= 150000 && s.persistence != rel.persistence {
                             params.persistence =
                                 Some(if s.persistence == "u" { "UNLOGGED" } else { "LOGGED" });
                         }
@@ -1897,9 +1898,13 @@ fn add_dumped(b: &mut Builder, rows: &[Row], depends: &[RawDepend]) {
     for row in rows {
         let cat = Cat::from_name(row.get(0));
         let oid: u32 = row.get(1);
-        let kind_word: String = row.get(2);
+        // NULL for an object dropped while this runs (outside a snapshot).
+        let (Some(kind_word), Some(identity)) =
+            (row.get::<_, Option<String>>(2), row.get::<_, Option<String>>(4))
+        else {
+            continue;
+        };
         let schema: String = row.get(3);
-        let identity: String = row.get(4);
         let kind = if kind_word == "event trigger" {
             ObjectKind::EventTrigger
         } else {

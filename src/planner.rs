@@ -616,7 +616,7 @@ fn object_step(
             }
             Step {
                 action: Action::Create,
-                sql: sql_text(&o.create_statements(roles)),
+                sql: sql_text(&for_target(o.create_statements(roles), target)),
                 note: note_for(o),
                 work: Work::TargetSql,
                 ..base
@@ -1479,11 +1479,24 @@ fn sequence_steps(
     out
 }
 
+/// Statements as the target's version takes them: before PostgreSQL 15 a sequence cannot say
+/// `LOGGED` or `UNLOGGED` (an identity sequence whose persistence differs from its table's,
+/// read from a 13 or 14 source, is logged: the only kind there is).
+fn for_target(statements: Vec<String>, target: &Catalog) -> Vec<String> {
+    if target.server.version_num >= 150000 {
+        return statements;
+    }
+    statements
+        .into_iter()
+        .map(|s| s.replace("\n        LOGGED\n", "\n").replace("\n        UNLOGGED\n", "\n"))
+        .collect()
+}
+
 /// A user mapping is named after its role: on the target, the role it maps to.
 fn with_mapped_user(key: &ObjectKey, roles: &dyn Fn(&str) -> Option<String>) -> ObjectKey {
     let Some((role, server)) = key
         .name
-        .strip_prefix("user mapping for ")
+        .strip_prefix("user mapping ")
         .and_then(|rest| rest.split_once(" on server "))
         .filter(|_| key.kind == ObjectKind::Dumped)
     else {
@@ -1496,7 +1509,7 @@ fn with_mapped_user(key: &ObjectKey, roles: &dyn Fn(&str) -> Option<String>) -> 
     let plain = mapped.chars().next().is_some_and(|c| c.is_ascii_lowercase() || c == '_')
         && mapped.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
     let written = if plain || mapped == "public" { mapped } else { ident(&mapped) };
-    ObjectKey::new(key.kind, &key.schema, format!("user mapping for {written} on server {server}"))
+    ObjectKey::new(key.kind, &key.schema, format!("user mapping {written} on server {server}"))
 }
 
 /// The materialized views among `objects`, in creation `order`.

@@ -693,8 +693,9 @@ fn a_source_role_under_row_level_security_is_refused_and_nothing_calls_a_partial
 /// Object kinds whose DDL pgtransit takes from pg_dump: a base type with its I/O functions
 /// (a dependency cycle pg_dump breaks with a shell type), a cast, an operator with a comment,
 /// an operator class an index uses, text search objects, a foreign-data wrapper with a server,
-/// grants, user mappings (one with a password) and a foreign table, an event trigger, and grants
-/// changed on an extension's member function.
+/// grants, user mappings (one with a password) and a foreign table, an event trigger that logs
+/// DDL (created last: the target's log must hold only the source's rows), and grants changed on
+/// an extension's member function.
 const PG_DUMP_KINDS: &str = "
 CREATE ROLE mapper;
 CREATE TYPE widget;
@@ -725,8 +726,11 @@ CREATE USER MAPPING FOR postgres SERVER remote OPTIONS (user 'root', password 'h
 CREATE FOREIGN TABLE remote_items (id int NOT NULL, name text) SERVER remote
   OPTIONS (table_name 'items');
 COMMENT ON FOREIGN TABLE remote_items IS 'lives elsewhere';
-CREATE FUNCTION no_drops() RETURNS event_trigger LANGUAGE plpgsql AS $$ BEGIN END $$;
-CREATE EVENT TRIGGER no_drops ON sql_drop EXECUTE FUNCTION no_drops();
+CREATE MATERIALIZED VIEW parts_count AS SELECT count(*) AS n FROM parts;
+CREATE TABLE ddl_log (tag text, at timestamptz DEFAULT now());
+CREATE FUNCTION log_ddl() RETURNS event_trigger LANGUAGE plpgsql AS $$
+BEGIN INSERT INTO ddl_log (tag, at) VALUES (tg_tag, '2000-01-01'); END $$;
+CREATE EVENT TRIGGER log_ddl ON ddl_command_end EXECUTE FUNCTION log_ddl();
 CREATE EXTENSION hstore;
 REVOKE EXECUTE ON FUNCTION akeys(hstore) FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION akeys(hstore) TO mapper;
@@ -755,7 +759,8 @@ fn operators_casts_base_types_text_search_foreign_servers_and_event_triggers_mig
     assert!(at("create shell type public.widget") < at("create function public.widget_in"));
     assert!(at("create function public.widget_out") < at("create type public.widget"));
     assert!(at("create operator class public.reverse_int_ops") < at("parts_id_reverse"));
-    assert!(out.stdout.contains("create event trigger no_drops"), "{out:?}");
+    // The event trigger comes last, after the refresh: it must not log the migration's DDL.
+    assert!(at("create event trigger log_ddl") > at("materialized view public.parts_count"));
 
     let out = run(dir.path(), &["apply", &f, "--auto-approve"]);
     assert_eq!(out.code, 0, "{out:?}");
@@ -766,7 +771,9 @@ fn operators_casts_base_types_text_search_foreign_servers_and_event_triggers_mig
     sql(
         &tgt,
         "app",
-        "ALTER USER MAPPING FOR postgres SERVER remote OPTIONS (ADD password 'hunter2')",
+        // (As a replica: the target's event trigger must not log this test's own DDL.)
+        "SET session_replication_role = replica;
+         ALTER USER MAPPING FOR postgres SERVER remote OPTIONS (ADD password 'hunter2')",
     );
     assert_migrated(&src, &tgt, "app");
     assert_eq!(sql(&tgt, "app", "SELECT count(*) FROM parts WHERE w::text = 'w7'"), "1");
@@ -808,4 +815,61 @@ fn without_a_usable_pg_dump_objects_only_it_can_create_are_refused_and_subscript
     assert_eq!(sql(&tgt, "app", "SELECT count(*) FROM pg_subscription"), "0");
     let _ = sql(&src, "app", "ALTER SUBSCRIPTION follower SET (slot_name = NONE)");
     let _ = sql(&src, "app", "DROP SUBSCRIPTION follower");
+}
+
+#[test]
+fn pg_dump_sql_with_mapped_roles_converges_and_literals_that_look_like_sql_stay_literals() {
+    // Roles differ between the servers: alice's objects belong to bob on the target. A
+    // comment's text looks like an owner statement and an entry header, another's like SQL.
+    let (src, tgt) = pair(
+        "pgdump-roles",
+        "CREATE ROLE alice; CREATE ROLE gone;
+         CREATE FUNCTION eq3(int, int) RETURNS bool LANGUAGE sql IMMUTABLE AS 'select $1 = $2';
+         CREATE OPERATOR === (leftarg = int, rightarg = int, procedure = eq3);
+         ALTER OPERATOR === (int, int) OWNER TO alice;
+         CREATE FOREIGN DATA WRAPPER w;
+         CREATE SERVER s FOREIGN DATA WRAPPER w;
+         ALTER SERVER s OWNER TO alice;
+         GRANT USAGE ON FOREIGN SERVER s TO gone;
+         CREATE USER MAPPING FOR alice SERVER s OPTIONS (user 'remote');
+         CREATE FOREIGN TABLE ft (a int, b int) SERVER s;
+         COMMENT ON FOREIGN TABLE ft IS E'notes\\n\\nALTER nothing OWNER TO gone;\\n--\\n-- TOC entry 9 (class 1259 OID 9)';
+         COMMENT ON COLUMN ft.a IS '; CREATE ROLE pwned SUPERUSER LOGIN; --';
+         CREATE TYPE mood AS ENUM ('ok', 'meh');
+         CREATE CAST (mood AS int) WITH INOUT;
+         CREATE TABLE t (id int PRIMARY KEY);
+         CREATE PUBLICATION pub_t FOR TABLE t;",
+    );
+    sql(&tgt, "app", "CREATE ROLE bob");
+    let dir = TempDir::new("pgdump-roles");
+    let extra = "mode: offline\nobjects:\n  schemas:\n    include: [public]\n\
+                 roles:\n  map:\n    alice: bob\n  missing: skip\n";
+    let f = dir.write("roles.yaml", &plan_yaml("roles", &src.url("app"), &tgt.url("app"), extra));
+    let f = f.to_str().unwrap();
+    let out = run(dir.path(), &["plan", f]);
+    assert_eq!(out.code, 0, "{out:?}");
+    // Objects outside schemas are in scope whatever the schema patterns say.
+    assert!(out.stdout.contains("create cast (public.mood AS integer)"), "{out:?}");
+    assert!(out.stdout.contains("create publication pub_t"), "{out:?}");
+    assert!(out.stdout.contains("create user mapping bob on server s"), "{out:?}");
+    let out = run(dir.path(), &["apply", f, "--auto-approve"]);
+    assert_eq!(out.code, 0, "{out:?}");
+    assert_eq!(sql(&tgt, "app", "SELECT count(*) FROM pg_roles WHERE rolname = 'pwned'"), "0");
+    let comment = "SELECT obj_description('ft'::regclass, 'pg_class')";
+    assert_eq!(sql(&tgt, "app", comment), sql(&src, "app", comment));
+    let column = "SELECT col_description('ft'::regclass, 1)";
+    assert_eq!(sql(&tgt, "app", column), sql(&src, "app", column));
+    let owner = "SELECT pg_get_userbyid(srvowner) FROM pg_foreign_server WHERE srvname = 's'";
+    assert_eq!(sql(&tgt, "app", owner), "bob");
+    assert_eq!(
+        sql(&tgt, "app", "SELECT count(*) FROM pg_user_mappings WHERE usename = 'bob'"),
+        "1"
+    );
+    assert_eq!(
+        sql(&tgt, "app", "SELECT count(*) FROM pg_cast WHERE castsource = 'mood'::regtype"),
+        "1"
+    );
+    // Mapped roles compare equal: nothing is left to do, nothing conflicts.
+    let out = run(dir.path(), &["plan", f, "--detailed-exitcode"]);
+    assert_eq!(out.code, 0, "nothing left to do: {out:?}");
 }

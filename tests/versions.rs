@@ -80,6 +80,15 @@ fn offline_pagila(from: u32, to: u32) {
     let Some(tgt) = cluster_of(to, &format!("{name}-tgt"), &[]) else { return };
     load_pagila(&src, "pagila");
     sql(&src, "pagila", &version_extras(from));
+    // Offline only (unlogged tables are not streamed): an unlogged table's identity sequence,
+    // unlogged with it from 15 on, logged (the only kind) before.
+    sql(
+        &src,
+        "pagila",
+        "CREATE UNLOGGED TABLE public.unlogged_identity
+           (id int GENERATED ALWAYS AS IDENTITY PRIMARY KEY, v text);
+         INSERT INTO public.unlogged_identity (v) VALUES ('a'), ('b');",
+    );
     tgt.create_database("pagila").unwrap();
     let dir = TempDir::new(&name);
     let yaml = plan_yaml(&name, &src.url("pagila"), &tgt.url("pagila"), "mode: offline\n");

@@ -275,7 +275,7 @@ mod tests {
         let mut implied = SchemaObject::new(family, vec![]);
         implied.catalog_id = Some((2753, 300));
         let mut mapping = SchemaObject::new(
-            ObjectKey::new(ObjectKind::Dumped, "", "user mapping for a on server s"),
+            ObjectKey::new(ObjectKind::Dumped, "", "user mapping a on server s"),
             vec![],
         );
         mapping.dump_tag = Some("USER MAPPING a SERVER s".into());
@@ -318,7 +318,7 @@ mod tests {
         let grant = by_key("privileges on FUNCTION hstore_in(cstring)").unwrap();
         assert_eq!(grant.section, Section::PostData);
         // The password option never reaches the plan.
-        let mapping = by_key("user mapping for a on server s").unwrap();
+        let mapping = by_key("user mapping a on server s").unwrap();
         assert_eq!(
             mapping.ddl,
             ["CREATE USER MAPPING FOR a SERVER s OPTIONS (\n    \"user\" 'x'\n);"]

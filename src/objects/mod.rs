@@ -486,7 +486,12 @@ impl SchemaObject {
     /// which carries its owner and privileges).
     pub fn rendered_ddl(&self, roles: &dyn Fn(&str) -> Option<String>) -> Vec<String> {
         if self.key.is_dumped() {
-            return self.ddl.iter().map(|sql| crate::dump::map_roles(sql, roles)).collect();
+            return self
+                .ddl
+                .iter()
+                .map(|sql| crate::dump::map_roles(sql, roles))
+                .filter(|sql| !sql.is_empty())
+                .collect();
         }
         match &self.policy {
             Some(policy) => {

@@ -1281,8 +1281,10 @@ async fn read_all(r: &mut Reader<'_>, version_num: i32) -> Result<Schema, Object
                         && let Some(params) = &s.sequence
                     {
                         let mut params = params.clone();
-                        // (Sequences can be unlogged from PostgreSQL 15 on.)
-                        if version_num >= 150000 && s.persistence != rel.persistence {
+                        // (On 13 and 14 an unlogged table's identity sequence is logged, the
+                        // only kind: said so for a target of 15 or later, where it would follow
+                        // the table; the planner leaves it out for an older target.)
+                        if s.persistence != rel.persistence {
                             params.persistence =
                                 Some(if s.persistence == "u" { "UNLOGGED" } else { "LOGGED" });
                         }

@@ -285,6 +285,24 @@ fn deadlocked(e: &tokio_postgres::Error) -> bool {
     e.code().is_some_and(|c| c.code() == "40P01")
 }
 
+/// Runs `attempt` again, three times in all, while the server picks it as a deadlock victim:
+/// its transaction was rolled back whole (the attempt must leave its session out of any
+/// transaction when it fails), and the other side went on.
+async fn again_after_deadlock<T>(
+    mut attempt: impl AsyncFnMut() -> Result<T, tokio_postgres::Error>,
+) -> Result<T, tokio_postgres::Error> {
+    let mut tries = 1;
+    loop {
+        match attempt().await {
+            Err(e) if deadlocked(&e) && tries < 3 => {
+                tries += 1;
+                tokio::time::sleep(Duration::from_millis(200 * tries)).await;
+            }
+            other => return other,
+        }
+    }
+}
+
 /// Records a failed step (its transaction was rolled back) and returns the error to stop on.
 /// The state keeps the error without DETAIL (row values); the operator sees all of it. A state
 /// that cannot be saved is the error returned instead.
@@ -846,67 +864,55 @@ async fn run_step(
         action: step.action,
     });
     let started = Instant::now();
-    let mut attempt = 1;
-    let work = async {
-        loop {
-            let result = match &step.work {
-                Work::TargetSql => target_sql(target, &step.sql).await,
-                Work::SetSequence { schema, sequence, margin } => {
-                    set_sequence(source, target, schema, sequence, *margin).await
-                }
-                Work::SourceSql => in_transaction(source, &step.sql).await,
-                Work::ReplicaIdentityFull { tables } => {
-                    let sql = tables
-                        .iter()
-                        .map(|t| format!("ALTER TABLE {t} REPLICA IDENTITY FULL;"))
-                        .collect::<String>();
-                    let r = in_transaction(source, &sql).await;
-                    if r.is_ok() {
-                        let mut state = shared.lock().await;
-                        if let Some(sync) = state.sync.as_mut() {
-                            for t in tables {
-                                if !sync.replica_identity_full.contains(t) {
-                                    sync.replica_identity_full.push(t.clone());
-                                }
+    let work = again_after_deadlock(async || {
+        match &step.work {
+            Work::TargetSql => target_sql(target, &step.sql).await,
+            Work::SetSequence { schema, sequence, margin } => {
+                set_sequence(source, target, schema, sequence, *margin).await
+            }
+            Work::SourceSql => in_transaction(source, &step.sql).await,
+            Work::ReplicaIdentityFull { tables } => {
+                let sql = tables
+                    .iter()
+                    .map(|t| format!("ALTER TABLE {t} REPLICA IDENTITY FULL;"))
+                    .collect::<String>();
+                let r = in_transaction(source, &sql).await;
+                if r.is_ok() {
+                    let mut state = shared.lock().await;
+                    if let Some(sync) = state.sync.as_mut() {
+                        for t in tables {
+                            if !sync.replica_identity_full.contains(t) {
+                                sync.replica_identity_full.push(t.clone());
                             }
                         }
                     }
-                    r
                 }
-                Work::CopyTable { .. }
-                | Work::CopyLargeObjects { .. }
-                | Work::EmptyForParts { .. }
-                | Work::CreateSlot { .. }
-                | Work::Stream { .. }
-                | Work::Fence { .. }
-                | Work::Drain
-                | Work::Verify { .. }
-                | Work::None => Ok(()),
-                // A verified cutover's clean-up that was cut off: finished, and the cutover with it.
-                Work::Cleanup { slot, publication, origin } => {
-                    let r =
-                        crate::cutover::cleanup(source, target, slot, publication, origin).await;
-                    if r.is_ok() {
-                        let mut state = shared.lock().await;
-                        if let Some(cut) = state.cutover.as_mut() {
-                            cut.status = "done".into();
-                            cut.error = None;
-                            cut.finished_at.get_or_insert_with(crate::state::now_f64);
-                        }
+                r
+            }
+            Work::CopyTable { .. }
+            | Work::CopyLargeObjects { .. }
+            | Work::EmptyForParts { .. }
+            | Work::CreateSlot { .. }
+            | Work::Stream { .. }
+            | Work::Fence { .. }
+            | Work::Drain
+            | Work::Verify { .. }
+            | Work::None => Ok(()),
+            // A verified cutover's clean-up that was cut off: finished, and the cutover with it.
+            Work::Cleanup { slot, publication, origin } => {
+                let r = crate::cutover::cleanup(source, target, slot, publication, origin).await;
+                if r.is_ok() {
+                    let mut state = shared.lock().await;
+                    if let Some(cut) = state.cutover.as_mut() {
+                        cut.status = "done".into();
+                        cut.error = None;
+                        cut.finished_at.get_or_insert_with(crate::state::now_f64);
                     }
-                    r.map(|_| ())
                 }
-            };
-            // A deadlock victim was rolled back whole: run it again (the other side went on).
-            match result {
-                Err(e) if deadlocked(&e) && attempt < 3 => {
-                    attempt += 1;
-                    tokio::time::sleep(Duration::from_millis(200 * attempt)).await;
-                }
-                other => break other,
+                r.map(|_| ())
             }
         }
-    };
+    });
     // Ctrl-C (or SIGTERM) while a target step runs (an index build may take hours): its
     // statement is cancelled, its transaction rolls back, and the next apply runs it again.
     tokio::pin!(work);
@@ -1307,22 +1313,14 @@ async fn copy_one(
             estimate: step.estimate,
         })
     };
-    let work = async {
-        let mut attempt = 1;
-        loop {
-            let result = copy_work(step, src, tgt, state, state_dir, &progress).await;
-            // A deadlock victim was rolled back whole (a build of a table above it, say):
-            // copied again (the other side went on).
-            match result {
-                Err(e) if deadlocked(&e) && attempt < 3 => {
-                    let _ = tgt.batch_execute("ROLLBACK").await;
-                    attempt += 1;
-                    tokio::time::sleep(Duration::from_millis(200 * attempt)).await;
-                }
-                other => break other,
-            }
+    // A copy a build of a table above it deadlocked with is copied again.
+    let work = again_after_deadlock(async || {
+        let result = copy_work(step, src, tgt, state, state_dir, &progress).await;
+        if result.is_err() {
+            let _ = tgt.batch_execute("ROLLBACK").await;
         }
-    };
+        result
+    });
     let outcome = tokio::select! {
         r = work => Some(Some(r)),
         _ = cancel.wait() => None,

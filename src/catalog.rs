@@ -178,6 +178,9 @@ pub struct Role {
     pub login: bool,
     /// REPLICATION.
     pub replication: bool,
+    /// The connecting role has this role's privileges (is it, or a member that inherits).
+    #[serde(default)]
+    pub has_privileges_of: bool,
 }
 
 /// An installed extension.
@@ -437,7 +440,8 @@ async fn read_in_transaction(client: &Client) -> Result<Catalog, CatalogError> {
 
     cat.roles = client
         .query(
-            "SELECT rolname::text, rolsuper, rolcanlogin, rolreplication FROM pg_roles \
+            "SELECT rolname::text, rolsuper, rolcanlogin, rolreplication, \
+                    pg_has_role(current_user, oid, 'USAGE') FROM pg_roles \
              ORDER BY rolname",
             &[],
         )
@@ -449,6 +453,7 @@ async fn read_in_transaction(client: &Client) -> Result<Catalog, CatalogError> {
             superuser: r.get(1),
             login: r.get(2),
             replication: r.get(3),
+            has_privileges_of: r.get(4),
         })
         .collect();
 

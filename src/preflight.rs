@@ -525,7 +525,13 @@ fn check_row_security(f: &mut Findings, spec: &Spec, scope: &Scope, src: &Catalo
             // Created with the source's settings and owner (mapped).
             None => {
                 let owner = spec.roles.map.get(&r.owner).unwrap_or(&r.owner);
-                r.row_security && !tgt.server.bypass_rls && (r.row_security_forced || owner != user)
+                let exists = tgt.roles.iter().any(|t| t.name == *owner);
+                // Owned by the connecting role, one whose privileges it has, or (a missing
+                // owner with `roles.missing: skip`) the connecting role itself.
+                let owns = owner == user
+                    || tgt.roles.iter().any(|t| t.name == *owner && t.has_privileges_of)
+                    || !exists && spec.roles.missing == MissingRoles::Skip;
+                r.row_security && !tgt.server.bypass_rls && (r.row_security_forced || !owns)
             }
         };
         if applies {
@@ -1327,6 +1333,31 @@ mod tests {
         let check = checks.iter().find(|c| c.code == "pg_dump_unavailable").unwrap();
         assert_eq!(check.severity, Severity::Error);
         assert!(check.fix.as_deref().unwrap().contains("postgresql-client-17"), "{check:?}");
+    }
+
+    #[test]
+    fn row_security_on_a_table_to_create_is_predicted_from_its_owner_on_the_target() {
+        let mut src = catalog(150018);
+        let mut t = table("t", "app", true);
+        t.row_security = true;
+        src.relations.push(t);
+        let mut tgt = catalog(150018);
+        tgt.server.current_user = "migrator".into();
+        let applies = |tgt: &Catalog, extra: &str| {
+            run(&spec(extra), Some(&src), Some(tgt)).iter().any(|c| c.code == "target_row_security")
+        };
+        // `app` is another role on the target: its policies would filter what migrator does.
+        tgt.roles.push(Role { name: "app".into(), ..Default::default() });
+        assert!(applies(&tgt, ""));
+        // ... unless migrator has app's privileges, or app is mapped to migrator.
+        tgt.roles.last_mut().unwrap().has_privileges_of = true;
+        assert!(!applies(&tgt, ""));
+        tgt.roles.pop();
+        assert!(!applies(&tgt, "roles: {map: {app: migrator}}"));
+        // A missing owner with roles.missing: skip: the connecting role owns the table.
+        assert!(!applies(&tgt, "roles: {missing: skip}"));
+        tgt.server.bypass_rls = true;
+        assert!(!applies(&tgt, "roles: {missing: create}"));
     }
 
     #[test]

@@ -310,6 +310,10 @@ pub struct Relation {
     /// A column that identifies rows and splits well: the single integer column of the primary
     /// key, or of a unique index whose column is NOT NULL.
     pub integer_key: Option<String>,
+    /// Its replica identity (the primary key, or the replica identity index) has a generated
+    /// column, which logical decoding never sends: updates and deletes could not find rows.
+    #[serde(default)]
+    pub key_has_generated_column: bool,
     /// Row-level security is enabled on it (`relrowsecurity`).
     #[serde(default)]
     pub row_security: bool,
@@ -529,6 +533,7 @@ async fn read_in_transaction(client: &Client) -> Result<Catalog, CatalogError> {
                 row_security: r.get(22),
                 row_security_forced: r.get(23),
                 row_security_applies: r.get(24),
+                key_has_generated_column: r.get(25),
             })
         })
         .collect();
@@ -881,7 +886,12 @@ SELECT c.oid,
        c.relrowsecurity
          AND NOT EXISTS (SELECT 1 FROM pg_roles u WHERE u.rolname = current_user
                          AND (u.rolsuper OR u.rolbypassrls))
-         AND (c.relforcerowsecurity OR NOT pg_has_role(current_user, c.relowner, 'USAGE'))
+         AND (c.relforcerowsecurity OR NOT pg_has_role(current_user, c.relowner, 'USAGE')),
+       EXISTS (SELECT 1 FROM pg_index i
+                 JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = ANY (i.indkey)
+                WHERE i.indrelid = c.oid AND a.attgenerated <> ''
+                  AND ((c.relreplident = 'd' AND i.indisprimary)
+                       OR (c.relreplident = 'i' AND i.indisreplident)))
 FROM pg_class c
 JOIN pg_namespace n ON n.oid = c.relnamespace
 LEFT JOIN pg_inherits inh ON inh.inhrelid = c.oid AND c.relispartition

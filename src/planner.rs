@@ -1116,7 +1116,16 @@ fn online_load_steps(
             )
         });
     }
-    let names: Vec<String> = tables.iter().map(|t| qualified_ident(&t.schema, &t.table)).collect();
+    // Unlogged tables write no WAL, so logical decoding cannot stream them (PostgreSQL refuses
+    // them in a publication): copied with the load only, as preflight's `unlogged_table` says.
+    let unlogged = |t: &StreamTable| {
+        source.relations.iter().any(|r| r.schema == t.schema && r.name == t.table && r.unlogged)
+    };
+    let names: Vec<String> = tables
+        .iter()
+        .filter(|t| !unlogged(t))
+        .map(|t| qualified_ident(&t.schema, &t.table))
+        .collect();
     let exists = source.publications.contains(&publication);
     out.push(Step {
         action: if exists { Action::Update } else { Action::Create },

@@ -660,6 +660,23 @@ fn check_dump(f: &mut Findings, side: Side, cat: &Catalog, roles: &BTreeMap<Stri
 
 fn check_keys(f: &mut Findings, spec: &Spec, scope: &Scope, src: &Catalog) {
     for r in relations_in_scope(src, scope) {
+        if spec.mode == Mode::Online && r.kind == RelKind::Table && r.key_has_generated_column {
+            f.add(
+                "table_key_generated",
+                Severity::Error,
+                format!("table {}", r.qualified()),
+                format!(
+                    "the replica identity of {} has a generated column, which logical decoding \
+                     never sends: its updates and deletes could not be matched on the target",
+                    r.qualified()
+                ),
+                Some(format!(
+                    "ALTER TABLE ONLY {} REPLICA IDENTITY FULL; (on the source: rows are then \
+                     matched on every column that is sent)",
+                    qualified_ident(&r.schema, &r.name)
+                )),
+            );
+        }
         if r.kind != RelKind::Table || r.has_usable_replica_identity() {
             continue;
         }
@@ -1358,6 +1375,22 @@ mod tests {
         assert!(!applies(&tgt, "roles: {missing: skip}"));
         tgt.server.bypass_rls = true;
         assert!(!applies(&tgt, "roles: {missing: create}"));
+    }
+
+    #[test]
+    fn a_generated_column_in_the_replica_identity_is_refused_online_only() {
+        let mut src = catalog(150018);
+        let mut t = table("doubled", "app", true);
+        t.key_has_generated_column = true;
+        src.relations.push(t);
+        let tgt = catalog(150018);
+        let found = |extra: &str| {
+            run(&spec(extra), Some(&src), Some(&tgt))
+                .iter()
+                .any(|c| c.code == "table_key_generated")
+        };
+        assert!(found(""));
+        assert!(!found("mode: offline"));
     }
 
     #[test]

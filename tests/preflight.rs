@@ -136,6 +136,7 @@ fn every_other_check_is_provoked_on_real_servers() {
             id int GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
             celsius numeric,
             fahrenheit numeric GENERATED ALWAYS AS (celsius * 9 / 5 + 32) STORED);
+        CREATE TABLE public.doubled (x int, y int GENERATED ALWAYS AS (x * 2) STORED PRIMARY KEY);
         CREATE TABLE public.events (id int, at date, PRIMARY KEY (id, at)) PARTITION BY RANGE (at);
         CREATE TABLE public.events_2024 PARTITION OF public.events
             FOR VALUES FROM ('2024-01-01') TO ('2025-01-01');
@@ -175,6 +176,7 @@ fn every_other_check_is_provoked_on_real_servers() {
         ("source_relation_not_readable", "error", "table public.secret"),
         ("large_objects_present", "warning", "source"),
         ("unlogged_table", "warning", "table public.scratch"),
+        ("table_key_generated", "error", "table public.doubled"),
         ("foreign_table", "warning", "foreign table public.remote_items"),
         ("materialized_view", "info", "public.readable_count"),
         ("partitioned_table", "info", "public.events"),

@@ -42,15 +42,9 @@ pub struct Entry {
 
 /// Reads the entries of a plain `pg_dump --verbose` script.
 pub fn parse(script: &str) -> Vec<Entry> {
-    // Lines with whether each starts outside literals and comments: a string literal (a
-    // comment's text, say) may hold anything, even what looks like an entry's header.
-    let mask = top_level(script);
-    let mut lines: Vec<(&str, bool)> = vec![];
-    let mut offset = 0;
-    for line in script.split('\n') {
-        lines.push((line.trim_end_matches('\r'), mask.get(offset).copied().unwrap_or(true)));
-        offset += line.len() + 1;
-    }
+    // A string literal (a comment's text, say) may hold anything, even what looks like an
+    // entry's header: only lines that start at the top level count.
+    let lines = lines_with_level(script);
     fn header((line, top): (&str, bool)) -> Option<&str> {
         if top { line.strip_prefix("-- TOC entry ") } else { None }
     }
@@ -149,12 +143,8 @@ fn parse_name_line(rest: &str, e: &mut Entry) {
 /// have neither), and without the blank lines between statements. Lines inside a literal are
 /// kept as they are, whatever they look like.
 fn strip_trailer(sql: &str) -> String {
-    let mask = top_level(sql);
     let mut kept: Vec<&str> = vec![];
-    let mut offset = 0;
-    for line in sql.split('\n') {
-        let top = mask.get(offset).copied().unwrap_or(true);
-        offset += line.len() + 1;
+    for (line, top) in lines_with_level(sql) {
         if !top {
             kept.push(line);
             continue;
@@ -297,10 +287,11 @@ pub async fn dump_schema(
 /// except a user mapping's, which names its role. Every role name is written quoted, on both
 /// servers' sides alike, so that the texts compare.
 pub fn map_roles(sql: &str, roles: &dyn Fn(&str) -> Option<String>) -> String {
+    let mask = top_level(sql);
     let mut out = String::with_capacity(sql.len());
-    for (start, end) in statements(sql) {
+    for (start, end) in statements(sql, &mask) {
         let statement = &sql[start..end];
-        let Some((at, to)) = role_position(statement) else {
+        let Some((at, to)) = role_position(statement, &mask[start..end]) else {
             out.push_str(statement);
             continue;
         };
@@ -327,11 +318,12 @@ pub fn map_roles(sql: &str, roles: &dyn Fn(&str) -> Option<String>) -> String {
 
 /// The roles pg_dump's SQL names (owners, grantees, grantors, user mappings' users).
 pub fn roles_named(sql: &str) -> Vec<String> {
-    statements(sql)
+    let mask = top_level(sql);
+    statements(sql, &mask)
         .into_iter()
         .filter_map(|(start, end)| {
             let statement = &sql[start..end];
-            let (at, to) = role_position(statement)?;
+            let (at, to) = role_position(statement, &mask[start..end])?;
             let written = &statement[at..to];
             (!is_public(written)).then(|| unquote(written))
         })
@@ -343,9 +335,9 @@ fn is_public(written: &str) -> bool {
 }
 
 /// The statements of `sql`, as byte ranges (each with its `;` and what precedes it since the
-/// previous one), split at semicolons outside literals, quoted names and comments.
-fn statements(sql: &str) -> Vec<(usize, usize)> {
-    let mask = top_level(sql);
+/// previous one), split at semicolons outside literals, quoted names and comments (`mask`:
+/// [`top_level`] of `sql`).
+fn statements(sql: &str, mask: &[bool]) -> Vec<(usize, usize)> {
     let mut out = vec![];
     let mut start = 0;
     for (i, b) in sql.bytes().enumerate() {
@@ -361,9 +353,8 @@ fn statements(sql: &str) -> Vec<(usize, usize)> {
 }
 
 /// Where one statement of pg_dump's names a role: (start, end) byte offsets, found only
-/// outside its literals and comments.
-fn role_position(statement: &str) -> Option<(usize, usize)> {
-    let mask = top_level(statement);
+/// outside its literals and comments (`mask`: [`top_level`] of the statement).
+fn role_position(statement: &str, mask: &[bool]) -> Option<(usize, usize)> {
     let text = statement.trim_start();
     let lead = statement.len() - text.len();
     let last_top = |pattern: &str| -> Option<usize> {
@@ -406,10 +397,24 @@ fn unquote(written: &str) -> String {
     }
 }
 
+/// The lines of `sql` (without `\r`), each with whether it starts at the top level (not inside
+/// a literal, a quoted name or a block comment).
+pub fn lines_with_level(sql: &str) -> Vec<(&str, bool)> {
+    let mask = top_level(sql);
+    let mut offset = 0;
+    sql.split('\n')
+        .map(|line| {
+            let top = mask.get(offset).copied().unwrap_or(true);
+            offset += line.len() + 1;
+            (line.trim_end_matches('\r'), top)
+        })
+        .collect()
+}
+
 /// For each byte of `sql`, whether it lies at its top level: outside string literals (`'...'`,
 /// `E'...'`), quoted names, dollar-quoted strings and comments (whose opening byte counts as
 /// outside: it is where they start).
-pub fn top_level(sql: &str) -> Vec<bool> {
+fn top_level(sql: &str) -> Vec<bool> {
     let b = sql.as_bytes();
     let n = b.len();
     let mut mask = vec![true; n];

@@ -172,14 +172,10 @@ pub fn attach_dump(schema: &mut Schema, entries: &[Entry]) -> Attached {
 /// A user mapping's SQL without its `password` option (pg_dump writes one option a line; a
 /// line inside another option's literal is never taken for one).
 fn without_password(sql: &str) -> (String, bool) {
-    let mask = crate::dump::top_level(sql);
     let mut kept: Vec<String> = vec![];
     let mut removed = false;
-    let mut offset = 0;
-    for line in sql.split('\n') {
+    for (line, top) in crate::dump::lines_with_level(sql) {
         let option = line.trim_start();
-        let top = mask.get(offset + line.len() - option.len()).copied().unwrap_or(true);
-        offset += line.len() + 1;
         if top && (option.starts_with("password '") || option.starts_with("\"password\" '")) {
             removed = true;
             // The option before it keeps no trailing comma if this one was the last.

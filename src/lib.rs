@@ -9,14 +9,13 @@
 //! `conn` makes libpq-compatible connections; `cluster` starts throwaway local servers for the
 //! demo, the tests and the benchmark.
 
-pub mod apply;
 pub mod catalog;
 pub mod cli;
 pub mod cluster;
 pub mod commands;
 pub mod conn;
-pub mod cutover;
 pub mod dump;
+pub mod execute;
 pub mod naming;
 pub mod objects;
 pub mod plan;
@@ -29,5 +28,4 @@ pub mod sql;
 pub mod state;
 pub mod status;
 pub mod stream;
-pub mod sync;
 pub mod verify;

@@ -388,8 +388,8 @@ impl ApplyView {
     }
 
     /// Renders one event.
-    pub fn event(&mut self, out: &mut dyn Write, e: &crate::apply::Event) -> io::Result<()> {
-        use crate::apply::Event;
+    pub fn event(&mut self, out: &mut dyn Write, e: &crate::execute::Event) -> io::Result<()> {
+        use crate::execute::Event;
         match e {
             Event::Phase(p) => {
                 if *p == crate::plan::Phase::Sync {

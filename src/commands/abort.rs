@@ -6,9 +6,9 @@
 
 use std::io::Write;
 
-use crate::apply::Servers;
 use crate::cli::{AbortArgs, Outcome, io_err};
 use crate::conn::{self, Env};
+use crate::execute::Servers;
 use crate::sql::{ident, literal};
 
 /// Something abort removes.
@@ -36,14 +36,14 @@ pub async fn run(args: &AbortArgs, out: &mut dyn Write) -> miette::Result<Outcom
     source
         .batch_execute("SET default_transaction_read_only = off")
         .await
-        .map_err(|e| miette::miette!("{}", crate::apply::db_message(&e)))?;
+        .map_err(|e| miette::miette!("{}", crate::execute::db_message(&e)))?;
     let target = conn::connect_with(&servers.target, "pgtransit/abort", &servers.policy).await?;
     let fail = |what: &str, e: tokio_postgres::Error| {
         miette::miette!(
             help = "nothing after this point was removed: fix the cause and run `pgtransit abort` \
                     again",
             "{what}: {}",
-            crate::apply::db_message(&e)
+            crate::execute::db_message(&e)
         )
     };
 
@@ -130,7 +130,7 @@ pub async fn run(args: &AbortArgs, out: &mut dyn Write) -> miette::Result<Outcom
         for r in &removals {
             let client = if r.on_source { &source } else { &target };
             if r.sql.starts_with("SELECT pg_drop_replication_slot") {
-                crate::cutover::release_slot(&source, &slot).await.map_err(|e| fail(&r.what, e))?;
+                crate::execute::release_slot(&source, &slot).await.map_err(|e| fail(&r.what, e))?;
             }
             client.batch_execute(&r.sql).await.map_err(|e| fail(&r.what, e))?;
             crate::report::say(out, "removed", &r.what).map_err(io_err)?;
@@ -156,7 +156,7 @@ async fn loaded_database(source: &tokio_postgres::Client) -> miette::Result<Stri
         .query_one("SELECT current_database()::text", &[])
         .await
         .map(|r| r.get(0))
-        .map_err(|e| miette::miette!("{}", crate::apply::db_message(&e)))
+        .map_err(|e| miette::miette!("{}", crate::execute::db_message(&e)))
 }
 
 fn confirmed(out: &mut dyn Write) -> miette::Result<bool> {

@@ -7,9 +7,9 @@ use std::path::Path;
 
 use miette::IntoDiagnostic;
 
-use crate::apply::{self, ApplyError, Cancel, Servers};
 use crate::cli::{ApplyArgs, Outcome, io_err};
 use crate::conn::Env;
+use crate::execute::{self as apply, ApplyError, Cancel, Servers};
 use crate::plan::{Plan, hash_parts};
 use crate::report::{self, Format};
 use crate::spec::{self, LoadedSpec};

@@ -34,7 +34,7 @@ pub async fn run(args: &CutoverArgs, out: &mut dyn Write) -> miette::Result<Outc
         return super::apply::run_with(&apply, out, true).await;
     };
     let asked = now_f64();
-    let request = dir.path().join(crate::apply::CUTOVER_REQUEST);
+    let request = dir.path().join(crate::execute::CUTOVER_REQUEST);
     // The running apply acts on it only while this process waits (a request left by a
     // cutover command that was stopped is ignored and removed).
     std::fs::write(&request, format!("{asked} {}\n", std::process::id()))
@@ -54,7 +54,7 @@ pub async fn run(args: &CutoverArgs, out: &mut dyn Write) -> miette::Result<Outc
             .filter(|c| c.finished_at.is_some_and(|f| f >= asked));
         match cut {
             Some(c) if c.status == "done" => {
-                let target = crate::apply::Servers::new(
+                let target = crate::execute::Servers::new(
                     &loaded,
                     &crate::conn::Env::from_process(),
                     args.connect.retry_for,

@@ -3,9 +3,9 @@
 
 use std::io::Write;
 
-use crate::apply::Servers;
 use crate::cli::{Outcome, StatusArgs, io_err};
 use crate::conn::{self, Env};
+use crate::execute::Servers;
 use crate::state::StateDir;
 use crate::status::{self, Live};
 

@@ -26,11 +26,11 @@ pub async fn run(args: &VerifyArgs, out: &mut dyn Write) -> miette::Result<Outco
         .filter(|s| matches!(s.action, Action::Create | Action::Update | Action::Conflict))
         .map(|s| format!("{} {}", s.action.name(), s.object))
         .collect();
-    let servers = crate::apply::Servers::new(&loaded, &env, args.connect.retry_for)
+    let servers = crate::execute::Servers::new(&loaded, &env, args.connect.retry_for)
         .map_err(miette::Report::new)?;
     let source = conn::connect_with(&servers.source, "pgtransit/verify", &servers.policy).await?;
     let target = conn::connect_with(&servers.target, "pgtransit/verify", &servers.policy).await?;
-    let db = |e: tokio_postgres::Error| miette::miette!("{}", crate::apply::db_message(&e));
+    let db = |e: tokio_postgres::Error| miette::miette!("{}", crate::execute::db_message(&e));
     for c in [&source, &target] {
         crate::verify::pin(c).await.map_err(db)?;
     }

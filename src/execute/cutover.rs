@@ -6,11 +6,195 @@ use std::time::{Duration, Instant};
 
 use tokio_postgres::Client;
 
-use crate::apply::{ApplyError, Ctx, Event};
+use crate::execute::context::{ApplyError, Ctx, Event, sync_error};
 use crate::plan::{Step, Work};
 use crate::sql::ident;
 use crate::state::{State, now_f64};
-use crate::sync::Fenced;
+
+/// When the stream stops for the cutover.
+#[derive(Debug, Clone)]
+pub enum Trigger {
+    /// When `pgtransit cutover` asks: this file appears (in the state directory).
+    Requested(std::path::PathBuf),
+    /// As soon as the migration is ready (`cutover.mode: auto`, or `pgtransit cutover` with no
+    /// apply running).
+    WhenReady,
+}
+
+/// The cutover, as the stream carries out its first part.
+pub struct Cutover<'a> {
+    /// When.
+    pub trigger: Trigger,
+    /// The fence step (its SQL and mode).
+    pub fence: &'a crate::plan::Step,
+}
+
+/// The fence, up.
+pub struct Fenced {
+    /// The session that put it up: for `lock_tables` it holds the locks until it ends.
+    #[allow(dead_code, reason = "held, not read: its locks end with it")]
+    pub client: Client,
+    /// The source database.
+    pub database: String,
+    /// When it went up.
+    pub at: Instant,
+    /// Where the barrier emitted after it is (an older barrier, from a cutover that failed
+    /// earlier, may come through the stream first).
+    pub barrier_lsn: u64,
+}
+
+/// Whether the cutover is due: `WhenReady`, or a request file whose writer (`pgtransit
+/// cutover`, waiting for the result) is still alive; a request left by one that was stopped is
+/// removed.
+pub(crate) fn triggered(t: &Trigger) -> bool {
+    match t {
+        Trigger::WhenReady => true,
+        Trigger::Requested(file) => {
+            let Ok(text) = std::fs::read_to_string(file) else { return false };
+            let alive = text
+                .split_whitespace()
+                .nth(1)
+                .is_some_and(|pid| std::path::Path::new("/proc").join(pid).exists());
+            if !alive {
+                let _ = std::fs::remove_file(file);
+            }
+            alive
+        }
+    }
+}
+
+/// Ends every client session of the source database that is not pgtransit's, and waits until
+/// they are gone (`pg_terminate_backend` only signals). Re-scans, so sessions that connected
+/// meanwhile are ended too. A session pgtransit may not end is an error naming it.
+async fn end_sessions(client: &Client, database: &str) -> Result<(), String> {
+    let started = Instant::now();
+    loop {
+        let rows = client
+            .query(
+                "SELECT pid, usename::text FROM pg_stat_activity WHERE datname = $1 \
+                 AND pid <> pg_backend_pid() AND backend_type = 'client backend' \
+                 AND application_name NOT LIKE 'pgtransit/%'",
+                &[&database],
+            )
+            .await
+            .map_err(|e| crate::execute::context::db_message(&e))?;
+        if rows.is_empty() {
+            return Ok(());
+        }
+        if started.elapsed() > Duration::from_secs(15) {
+            let who: Vec<String> = rows
+                .iter()
+                .map(|r| format!("pid {} ({})", r.get::<_, i32>(0), r.get::<_, String>(1)))
+                .collect();
+            return Err(format!("these sessions did not end within 15 s: {}", who.join(", ")));
+        }
+        for r in &rows {
+            let pid: i32 = r.get(0);
+            if let Err(e) = client.execute("SELECT pg_terminate_backend($1)", &[&pid]).await {
+                let user: String = r.get(1);
+                // Only a refusal is about rights; a lost connection is just that.
+                let hint =
+                    if e.code() == Some(&tokio_postgres::error::SqlState::INSUFFICIENT_PRIVILEGE) {
+                        " (connect as a superuser, or a member of pg_signal_backend, to cut over)"
+                    } else {
+                        ""
+                    };
+                return Err(format!(
+                    "cannot end session pid {pid} of {user}: {}{hint}",
+                    crate::execute::context::db_message(&e)
+                ));
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Puts the fence up on the source and emits the barrier after it:
+/// 1. no prepared transaction may be pending (`COMMIT PREPARED` works in a read-only session);
+/// 2. `lock_tables`: this session locks the tables (until the cutover ends);
+/// 3. the read-only default is committed (new sessions are read-only);
+/// 4. every other session is ended, and gone;
+/// 5. the barrier.
+pub(crate) async fn fence(
+    ctx: &Ctx<'_>,
+    c: &Cutover<'_>,
+    barrier: &str,
+    state: &mut State,
+) -> Result<Fenced, ApplyError> {
+    let crate::plan::Work::Fence { database, mode } = &c.fence.work else {
+        return Err(sync_error("the cutover's fence step is missing"));
+    };
+    let servers = ctx.servers;
+    let cut = state.cutover.get_or_insert_with(Default::default);
+    *cut = crate::state::CutoverState {
+        status: "fencing".into(),
+        requested_at: Some(now_f64()),
+        ..Default::default()
+    };
+    // A cutover runs whole: the records of an earlier attempt (a saved plan keeps its id) do
+    // not make this one skip its sequences.
+    state.steps.retain(|id, _| !id.starts_with("cutover:"));
+    ctx.state_dir.save(state)?;
+    if let Trigger::Requested(file) = &c.trigger {
+        let _ = std::fs::remove_file(file);
+    }
+    let failed = |message: String| ApplyError::StepFailed {
+        id: c.fence.id.clone(),
+        object: c.fence.object.clone(),
+        message,
+    };
+    let fail = |e: tokio_postgres::Error| failed(crate::execute::context::db_message(&e));
+    let client =
+        crate::conn::connect_with(&servers.source, "pgtransit/cutover", &servers.policy).await?;
+    client.batch_execute("SET default_transaction_read_only = off").await.map_err(fail)?;
+    let prepared: i64 = client
+        .query_one("SELECT count(*) FROM pg_prepared_xacts WHERE database = $1", &[database])
+        .await
+        .map_err(fail)?
+        .get(0);
+    if prepared > 0 {
+        return Err(failed(format!(
+            "{prepared} prepared transactions are pending in {database} (they could still \
+             commit after the fence): COMMIT PREPARED or ROLLBACK PREPARED them, then cut over"
+        )));
+    }
+    if mode == "lock_tables" {
+        // The locks are held by this session's open transaction until the cutover ends.
+        let lock = c.fence.sql.lines().find(|l| l.starts_with("LOCK TABLE")).unwrap_or_default();
+        client
+            .batch_execute(&format!("BEGIN; SET LOCAL lock_timeout = '60s'; {lock}"))
+            .await
+            .map_err(fail)?;
+    }
+    // Committed on its own (in one implicit transaction with what follows, a session that
+    // connected in between would come back read-write).
+    let other =
+        crate::conn::connect_with(&servers.source, "pgtransit/cutover", &servers.policy).await?;
+    other
+        .batch_execute(&format!(
+            "ALTER DATABASE {} SET default_transaction_read_only = on",
+            crate::sql::ident(database)
+        ))
+        .await
+        .map_err(fail)?;
+    end_sessions(&other, database).await.map_err(failed)?;
+    let at = Instant::now();
+    let emitted: String = client
+        .query_one(
+            "SELECT pg_logical_emit_message(false, $1::text, $2::text)::text",
+            &[&barrier, &format!("{}", now_f64())],
+        )
+        .await
+        .map_err(fail)?
+        .get(0);
+    let barrier_lsn = crate::stream::parse_lsn(&emitted).unwrap_or(u64::MAX);
+    let cut = state.cutover.get_or_insert_with(Default::default);
+    cut.status = "draining".into();
+    cut.fenced_at = Some(now_f64());
+    ctx.state_dir.save(state)?;
+    tracing::info!(database = %database, mode = %mode, "source fenced; draining to the barrier");
+    Ok(Fenced { client, database: database.clone(), at, barrier_lsn })
+}
 
 /// Runs the cutover steps after the drain (`steps`: the cutover phase, fence and drain
 /// included, which are recorded done).
@@ -113,11 +297,11 @@ async fn finish_steps(ctx: &Ctx<'_>, steps: &[&Step], state: &mut State) -> Resu
                 done(ctx, step, started);
             }
             Work::Cleanup { slot, publication, origin } => {
-                crate::apply::failpoint("before", &step.id);
+                crate::execute::context::failpoint("before", &step.id);
                 let started = Instant::now();
                 // Verified: the target is the primary now. A server that goes away meanwhile
                 // is waited for, as everywhere (everything here is idempotent).
-                crate::apply::retry(ctx, async || {
+                crate::execute::context::retry(ctx, async || {
                     let policy = &ctx.servers.policy;
                     let app = "pgtransit/cutover";
                     let source =
@@ -133,18 +317,18 @@ async fn finish_steps(ctx: &Ctx<'_>, steps: &[&Step], state: &mut State) -> Resu
                 state.finish(&step.id, None);
                 done(ctx, step, started);
             }
-            _ => crate::apply::run_steps(&[step], ctx, state).await?,
+            _ => crate::execute::steps::run_steps(&[step], ctx, state).await?,
         }
     }
     Ok(())
 }
 
 fn done(ctx: &Ctx<'_>, step: &Step, started: Instant) {
-    crate::apply::step_done(ctx.events, step, started);
+    crate::execute::context::step_done(ctx.events, step, started);
 }
 
 fn failed(step: &Step, e: &tokio_postgres::Error) -> ApplyError {
-    crate::apply::step_error(&step.id, &step.object, e)
+    crate::execute::context::step_error(&step.id, &step.object, e)
 }
 
 async fn connect_pinned(ctx: &Ctx<'_>) -> Result<(Client, Client), ApplyError> {
@@ -157,7 +341,7 @@ async fn connect_pinned(ctx: &Ctx<'_>) -> Result<(Client, Client), ApplyError> {
         crate::verify::pin(c).await.map_err(|e| ApplyError::StepFailed {
             id: "cutover:verify".into(),
             object: "verification".into(),
-            message: crate::apply::db_message(&e),
+            message: crate::execute::context::db_message(&e),
         })?;
     }
     Ok((source, target))
@@ -172,14 +356,14 @@ pub async fn lift(ctx: &Ctx<'_>, database: &str, state: &mut State, why: &str) -
         let policy = &ctx.servers.policy;
         let c = crate::conn::connect_with(&ctx.servers.source, "pgtransit/cutover", policy).await?;
         // (Two statements: one implicit transaction would start read-only.)
-        c.batch_execute("SET default_transaction_read_only = off")
-            .await
-            .map_err(|e| crate::apply::step_error("cutover:fence", "lifting the fence", &e))?;
-        c.batch_execute(&sql)
-            .await
-            .map_err(|e| crate::apply::step_error("cutover:fence", "lifting the fence", &e))
+        c.batch_execute("SET default_transaction_read_only = off").await.map_err(|e| {
+            crate::execute::context::step_error("cutover:fence", "lifting the fence", &e)
+        })?;
+        c.batch_execute(&sql).await.map_err(|e| {
+            crate::execute::context::step_error("cutover:fence", "lifting the fence", &e)
+        })
     };
-    let lifted = crate::apply::retry(ctx, attempt).await;
+    let lifted = crate::execute::context::retry(ctx, attempt).await;
     if let Err(e) = &lifted {
         tracing::error!("the fence could not be lifted ({e}): run `{sql};` on the source");
     }

@@ -1,0 +1,341 @@
+//! Steps run on a worker's sessions, `jobs` at a time, each after what it needs.
+
+use std::time::Instant;
+
+use tokio::sync::Mutex;
+use tokio_postgres::Client;
+
+use crate::conn;
+use crate::plan::{Action, Step, Work};
+use crate::sql::{literal, qualified_ident};
+use crate::state::State;
+
+use crate::execute::context::{
+    ApplyError, Ctx, Event, again_after_deadlock, already_exists, connect_target, failed,
+    failpoint, step_done, step_error,
+};
+use crate::execute::session::{Session, cancel_session};
+
+/// Runs `steps` one at a time, in order.
+pub(crate) async fn run_steps(
+    steps: &[&Step],
+    ctx: &Ctx<'_>,
+    state: &mut State,
+) -> Result<(), ApplyError> {
+    run_phase(steps, 1, ctx, state).await
+}
+
+/// Runs the steps of one phase on `jobs` workers (each with its own connections), each step
+/// after what it needs (see [`schedule`]).
+pub(crate) async fn run_phase(
+    steps: &[&Step],
+    jobs: usize,
+    ctx: &Ctx<'_>,
+    state: &mut State,
+) -> Result<(), ApplyError> {
+    let work: Vec<&Step> = steps.iter().copied().filter(|s| s.action.is_work()).collect();
+    if work.is_empty() {
+        return Ok(());
+    }
+    let shared = Mutex::new(std::mem::replace(state, State::new(&state.migration)));
+    let servers = ctx.servers;
+    let result = schedule(
+        &work,
+        jobs,
+        async |n| {
+            let app = if jobs > 1 {
+                format!("pgtransit/apply-{}", n + 1)
+            } else {
+                "pgtransit/apply".into()
+            };
+            let target = connect_target(servers, &app).await?;
+            let me = Session::of(&target)
+                .await
+                .map_err(|e| step_error("connect", "target session", &e))?;
+            let source = conn::connect_with(&servers.source, &app, &servers.policy).await?;
+            Ok((source, target, me))
+        },
+        async |step, (source, target, me)| run_step(step, source, (target, me), ctx, &shared).await,
+    )
+    .await;
+    *state = shared.into_inner();
+    ctx.state_dir.save(state)?;
+    result
+}
+
+/// Which steps are waiting, running and done.
+struct Schedule {
+    waiting: Vec<usize>,
+    running: usize,
+    finished: std::collections::HashSet<String>,
+    error: Option<ApplyError>,
+}
+
+/// Runs `steps` on `jobs` workers. Each worker opens its connections with `connect(n)`, then
+/// repeatedly takes the first waiting step whose `after` steps (those among `steps`; others
+/// are done already) have finished, and runs it with `run`. The first error stops new steps
+/// from starting, lets running ones finish, and is returned; so is a set of steps that wait on
+/// each other (never a hang).
+pub(crate) async fn schedule<C>(
+    steps: &[&Step],
+    jobs: usize,
+    connect: impl AsyncFn(usize) -> Result<C, ApplyError>,
+    run: impl AsyncFn(&Step, &C) -> Result<(), ApplyError>,
+) -> Result<(), ApplyError> {
+    if steps.is_empty() {
+        return Ok(());
+    }
+    let in_phase: std::collections::HashSet<&str> = steps.iter().map(|s| s.id.as_str()).collect();
+    let state = Mutex::new(Schedule {
+        waiting: (0..steps.len()).collect(),
+        running: 0,
+        finished: Default::default(),
+        error: None,
+    });
+    let wake = tokio::sync::Notify::new();
+    let worker = async |n: usize| {
+        let connections = match connect(n).await {
+            Ok(c) => c,
+            Err(e) => {
+                state.lock().await.error.get_or_insert(e);
+                wake.notify_waiters();
+                return;
+            }
+        };
+        loop {
+            // Created before looking, so a wake-up between the look and the wait is not lost.
+            let notified = wake.notified();
+            let next = {
+                let mut s = state.lock().await;
+                if s.error.is_some() || s.waiting.is_empty() {
+                    return;
+                }
+                let ready = s.waiting.iter().position(|&i| {
+                    steps[i]
+                        .after
+                        .iter()
+                        .all(|a| !in_phase.contains(a.as_str()) || s.finished.contains(a))
+                });
+                match ready {
+                    Some(p) => {
+                        s.running += 1;
+                        Some(s.waiting.remove(p))
+                    }
+                    None if s.running == 0 => {
+                        let ids: Vec<&str> =
+                            s.waiting.iter().map(|&i| steps[i].id.as_str()).collect();
+                        s.error = Some(ApplyError::StepFailed {
+                            id: ids.join(", "),
+                            object: "schedule".into(),
+                            message: "these steps wait on each other".into(),
+                        });
+                        wake.notify_waiters();
+                        return;
+                    }
+                    None => None,
+                }
+            };
+            let Some(i) = next else {
+                notified.await;
+                continue;
+            };
+            let result = run(steps[i], &connections).await;
+            let mut s = state.lock().await;
+            s.running -= 1;
+            match result {
+                Ok(()) => {
+                    s.finished.insert(steps[i].id.clone());
+                }
+                Err(e) => {
+                    s.error.get_or_insert(e);
+                }
+            }
+            wake.notify_waiters();
+        }
+    };
+    futures_util::future::join_all((0..jobs.clamp(1, steps.len())).map(worker)).await;
+    match state.into_inner().error {
+        Some(e) => Err(e),
+        None => Ok(()),
+    }
+}
+
+/// Runs one step; `target` is the worker's target session (and who it is on the server).
+pub(crate) async fn run_step(
+    step: &Step,
+    source: &Client,
+    (target, session): (&Client, &Session),
+    ctx: &Ctx<'_>,
+    shared: &Mutex<State>,
+) -> Result<(), ApplyError> {
+    let Ctx { state_dir, cancel, events, .. } = *ctx;
+    let interrupted_before = {
+        let mut state = shared.lock().await;
+        if state.is_done_in_this_plan(&step.id) {
+            events(Event::Skipped {
+                object: step.object.clone(),
+                reason: "done by an earlier apply",
+            });
+            return Ok(());
+        }
+        if cancel.requested() {
+            state_dir.save(&mut state)?;
+            return Err(ApplyError::Interrupted);
+        }
+        // Any earlier record (running, failed, or done under another plan) means an earlier
+        // run executed this step, possibly to its commit.
+        let interrupted = state.steps.contains_key(&step.id);
+        failpoint("before", &step.id);
+        state.start(&step.id);
+        state_dir.save(&mut state)?;
+        interrupted
+    };
+    events(Event::Started {
+        id: step.id.clone(),
+        object: step.object.clone(),
+        action: step.action,
+    });
+    let started = Instant::now();
+    let work = again_after_deadlock(async || {
+        match &step.work {
+            Work::TargetSql => target_sql(target, &step.sql).await,
+            Work::SetSequence { schema, sequence, margin } => {
+                set_sequence(source, target, schema, sequence, *margin).await
+            }
+            Work::SourceSql => in_transaction(source, &step.sql).await,
+            Work::ReplicaIdentityFull { tables } => {
+                let sql = tables
+                    .iter()
+                    .map(|t| format!("ALTER TABLE {t} REPLICA IDENTITY FULL;"))
+                    .collect::<String>();
+                let r = in_transaction(source, &sql).await;
+                if r.is_ok() {
+                    let mut state = shared.lock().await;
+                    if let Some(sync) = state.sync.as_mut() {
+                        for t in tables {
+                            if !sync.replica_identity_full.contains(t) {
+                                sync.replica_identity_full.push(t.clone());
+                            }
+                        }
+                    }
+                }
+                r
+            }
+            Work::CopyTable { .. }
+            | Work::CopyLargeObjects { .. }
+            | Work::EmptyForParts { .. }
+            | Work::CreateSlot { .. }
+            | Work::Stream { .. }
+            | Work::Fence { .. }
+            | Work::Drain
+            | Work::Verify { .. }
+            | Work::None => Ok(()),
+            // A verified cutover's clean-up that was cut off: finished, and the cutover with it.
+            Work::Cleanup { slot, publication, origin } => {
+                let r = crate::execute::cutover::cleanup(source, target, slot, publication, origin)
+                    .await;
+                if r.is_ok() {
+                    let mut state = shared.lock().await;
+                    if let Some(cut) = state.cutover.as_mut() {
+                        cut.status = "done".into();
+                        cut.error = None;
+                        cut.finished_at.get_or_insert_with(crate::state::now_f64);
+                    }
+                }
+                r.map(|_| ())
+            }
+        }
+    });
+    // Ctrl-C (or SIGTERM) while a target step runs (an index build may take hours): its
+    // statement is cancelled, its transaction rolls back, and the next apply runs it again.
+    tokio::pin!(work);
+    let on_target = matches!(step.work, Work::TargetSql | Work::SetSequence { .. });
+    let result = tokio::select! {
+        r = &mut work => r,
+        () = cancel.wait(), if on_target => {
+            cancel_session(ctx.servers, session).await;
+            match work.await {
+                Err(e) if e.code() == Some(&tokio_postgres::error::SqlState::QUERY_CANCELED) => {
+                    let mut state = shared.lock().await;
+                    state_dir.save(&mut state)?;
+                    return Err(ApplyError::Interrupted);
+                }
+                other => other,
+            }
+        }
+    };
+    let mut state = shared.lock().await;
+    match result {
+        Ok(()) => {}
+        Err(e) if interrupted_before && step.action == Action::Create && already_exists(&e) => {
+            // An earlier run had committed this step (before it could record it, or under an
+            // earlier plan): what the step creates is there.
+            events(Event::Skipped {
+                object: step.object.clone(),
+                reason: "found on the target: an interrupted apply had completed it",
+            });
+        }
+        Err(e) => return Err(failed(step, &e, &mut state, state_dir)),
+    }
+    failpoint("after", &step.id);
+    state.finish(&step.id, None);
+    state_dir.save(&mut state)?;
+    drop(state);
+    step_done(events, step, started);
+    Ok(())
+}
+
+/// Runs SQL on the target in one transaction. `check_function_bodies` is off, as in pg_dump's
+/// scripts: a function body may name tables that are created later in the plan.
+async fn target_sql(target: &Client, sql: &str) -> Result<(), tokio_postgres::Error> {
+    let script = format!("BEGIN;\nSET LOCAL check_function_bodies = false;\n{sql}\nCOMMIT;");
+    match target.batch_execute(&script).await {
+        Ok(()) => Ok(()),
+        Err(e) => {
+            let _ = target.batch_execute("ROLLBACK").await;
+            Err(e)
+        }
+    }
+}
+
+/// Runs SQL on a server in one transaction.
+async fn in_transaction(client: &Client, sql: &str) -> Result<(), tokio_postgres::Error> {
+    match client.batch_execute(&format!("BEGIN;\n{sql}\nCOMMIT;")).await {
+        Ok(()) => Ok(()),
+        Err(e) => {
+            let _ = client.batch_execute("ROLLBACK").await;
+            Err(e)
+        }
+    }
+}
+
+async fn set_sequence(
+    source: &Client,
+    target: &Client,
+    schema: &str,
+    sequence: &str,
+    margin: u64,
+) -> Result<(), tokio_postgres::Error> {
+    let name = qualified_ident(schema, sequence);
+    let row = source
+        .query_one(
+            &format!(
+                "SELECT s.last_value, s.is_called, p.seqincrement FROM {name} s, pg_sequence p \
+                 WHERE p.seqrelid = {}::regclass",
+                literal(&name)
+            ),
+            &[],
+        )
+        .await?;
+    let (value, called, increment): (i64, bool, i64) = (row.get(0), row.get(1), row.get(2));
+    // A margin moves the value on in the sequence's own direction.
+    let margin = i64::try_from(margin).unwrap_or(i64::MAX);
+    let value =
+        if increment < 0 { value.saturating_sub(margin) } else { value.saturating_add(margin) };
+    let called = called || margin > 0;
+    // setval alone assigns no transaction id, and such a commit is not flushed even with
+    // synchronous_commit = on: txid_current() makes this one durable before it returns.
+    let sql =
+        format!("SELECT txid_current(); SELECT setval({}, {value}, {called});", literal(&name));
+    target_sql(target, &sql).await
+}

@@ -1,0 +1,741 @@
+//! The applier: source transactions batched into target transactions, statements prepared
+//! once per table and shape and pipelined, each batch committed with its source position.
+
+use std::collections::{BTreeMap, HashMap};
+use std::error::Error as StdError;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::{Bytes, BytesMut};
+use futures_util::StreamExt;
+use futures_util::stream::FuturesOrdered;
+use postgres_types::{Format, IsNull, Kind, ToSql, Type, to_sql_checked};
+use tokio_postgres::{Client, Statement};
+
+use crate::execute::context::{ApplyError, Ctx};
+use crate::execute::context::{pg, sync_error};
+use crate::execute::session::Progress;
+use crate::execute::sync::{INSERT_ROWS, PIPELINE, drift_error};
+use crate::sql::{ident, literal, qualified, qualified_ident};
+use crate::state::{Counters, SyncState};
+use crate::stream::{Change, ChangeSource, Relation, Tuple, Value};
+
+/// The protocol's limit of parameters per statement.
+const MAX_PARAMS: usize = 65_535;
+
+/// A transaction snapshot as `pg_current_snapshot()` prints it: which transactions it sees.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct XidSnapshot {
+    pub(crate) xmin: u64,
+    pub(crate) xmax: u64,
+    pub(crate) xip: Vec<u64>,
+}
+
+impl XidSnapshot {
+    /// Parses `xmin:xmax:xip,...`.
+    pub fn parse(s: &str) -> Option<XidSnapshot> {
+        let mut it = s.trim().splitn(3, ':');
+        let xmin = it.next()?.parse().ok()?;
+        let xmax = it.next()?.parse().ok()?;
+        let xip = match it.next()? {
+            "" => vec![],
+            list => list.split(',').map(|x| x.parse().ok()).collect::<Option<Vec<u64>>>()?,
+        };
+        Some(XidSnapshot { xmin, xmax, xip })
+    }
+
+    /// Whether the snapshot sees (the commit of) transaction `xid`, a 32-bit id as the stream
+    /// carries it (widened with the epoch nearest the snapshot's).
+    pub fn sees(&self, xid: u32) -> bool {
+        let x = widen(xid, self.xmax);
+        x < self.xmin || (x < self.xmax && !self.xip.contains(&x))
+    }
+}
+
+/// The 64-bit transaction id nearest `reference` whose low 32 bits are `xid`.
+fn widen(xid: u32, reference: u64) -> u64 {
+    let candidate = (reference & !0xffff_ffff) | xid as u64;
+    if candidate > reference.saturating_add(1 << 31) && candidate >= 1 << 32 {
+        candidate - (1 << 32)
+    } else if candidate.saturating_add(1 << 31) < reference {
+        candidate + (1 << 32)
+    } else {
+        candidate
+    }
+}
+
+/// A statement parameter sent in text form: the server parses it with the column type's input
+/// function, exactly as pgoutput printed it with the output function.
+#[derive(Debug, Clone)]
+pub(crate) struct Text(Option<Bytes>);
+
+impl ToSql for Text {
+    fn to_sql(
+        &self,
+        _: &Type,
+        out: &mut BytesMut,
+    ) -> Result<IsNull, Box<dyn StdError + Sync + Send>> {
+        match &self.0 {
+            None => Ok(IsNull::Yes),
+            Some(b) => {
+                out.extend_from_slice(b);
+                Ok(IsNull::No)
+            }
+        }
+    }
+
+    fn accepts(_: &Type) -> bool {
+        true
+    }
+
+    fn encode_format(&self, _: &Type) -> Format {
+        Format::Text
+    }
+
+    to_sql_checked!();
+}
+
+type Pending = Pin<Box<dyn Future<Output = Result<Outcome, tokio_postgres::Error>> + Send>>;
+
+/// What a pipelined statement reports back.
+pub(crate) struct Outcome {
+    /// Rows it changed.
+    rows: u64,
+    /// For updates and deletes: the table, to count rows that were not found.
+    expect_row: Option<Arc<str>>,
+}
+
+/// Statements sent to the target ahead of their results.
+pub(crate) struct Pipeline {
+    pub(crate) client: Arc<Client>,
+    pub(crate) inflight: FuturesOrdered<Pending>,
+    pub(crate) missing: u64,
+    pub(crate) beat: Progress,
+}
+
+impl Pipeline {
+    /// Sends a statement now (its request is queued on the connection before this returns, so
+    /// statements run in the order they were pushed) and keeps its result for later.
+    pub(crate) async fn push(&mut self, mut f: Pending) -> Result<(), tokio_postgres::Error> {
+        if let std::task::Poll::Ready(r) = futures_util::poll!(f.as_mut()) {
+            self.take(r)?;
+        } else {
+            self.inflight.push_back(f);
+        }
+        while self.inflight.len() > PIPELINE {
+            if let Some(r) = self.inflight.next().await {
+                self.take(r)?;
+            }
+        }
+        Ok(())
+    }
+
+    pub(crate) fn take(
+        &mut self,
+        r: Result<Outcome, tokio_postgres::Error>,
+    ) -> Result<(), tokio_postgres::Error> {
+        self.beat.now();
+        let o = r?;
+        if o.rows == 0
+            && let Some(table) = o.expect_row
+        {
+            self.missing += 1;
+            tracing::warn!(table = %table, "a replicated update or delete found no row on the target");
+        }
+        Ok(())
+    }
+
+    pub(crate) async fn execute(
+        &mut self,
+        stmt: &Statement,
+        params: Vec<Text>,
+        expect_row: Option<Arc<str>>,
+    ) -> Result<(), tokio_postgres::Error> {
+        let (client, stmt) = (self.client.clone(), stmt.clone());
+        self.push(Box::pin(async move {
+            let rows = client.execute_raw(&stmt, params.iter()).await?;
+            Ok(Outcome { rows, expect_row })
+        }))
+        .await
+    }
+
+    pub(crate) async fn sql(&mut self, sql: String) -> Result<(), tokio_postgres::Error> {
+        let client = self.client.clone();
+        self.push(Box::pin(async move {
+            client.batch_execute(&sql).await?;
+            Ok(Outcome { rows: 0, expect_row: None })
+        }))
+        .await
+    }
+
+    /// Waits for every result; the first error wins.
+    pub(crate) async fn drain(&mut self) -> Result<(), tokio_postgres::Error> {
+        let mut first = None;
+        while let Some(r) = self.inflight.next().await {
+            if let Err(e) = self.take(r)
+                && first.is_none()
+            {
+                first = Some(e);
+            }
+        }
+        first.map_or(Ok(()), Err)
+    }
+}
+
+/// Kinds of prepared statement.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub(crate) enum Shape {
+    /// This many rows in one statement.
+    Insert(usize),
+    /// Columns set (by index), then the key columns matched.
+    Update(Vec<usize>, Vec<usize>),
+    Delete(Vec<usize>),
+}
+
+/// A published table as the applier knows it.
+pub(crate) struct Table {
+    pub(crate) rel: Relation,
+    pub(crate) name_sql: String,
+    pub(crate) display: Arc<str>,
+    /// Copy snapshot: the transactions whose changes the copy already holds.
+    /// The copy's snapshot and the source position it was taken at (every transaction it sees
+    /// committed before that position).
+    pub(crate) skip: Option<(XidSnapshot, u64)>,
+    /// Matched on every column (replica identity full): by `ctid`, one row at a time.
+    pub(crate) full: bool,
+    pub(crate) identity_always: Vec<bool>,
+    /// Each column's type on the target (0: unknown, left to the server to infer).
+    pub(crate) types: Vec<u32>,
+    pub(crate) statements: HashMap<Shape, Statement>,
+}
+
+impl Table {
+    pub(crate) fn key_columns(&self) -> Vec<usize> {
+        self.rel.columns.iter().enumerate().filter(|(_, c)| c.key).map(|(i, _)| i).collect()
+    }
+
+    /// The types of a statement's parameters, in order: each the target column's own type, so
+    /// the server never has to guess one (an untyped parameter compared with a composite
+    /// column is an anonymous record, which has no input function).
+    pub(crate) fn param_types(&self, shape: &Shape) -> Vec<Type> {
+        // OID 0 is "unspecified": the server infers it.
+        let of = |i: usize| {
+            let oid = self.types[i];
+            Type::from_oid(oid)
+                .unwrap_or_else(|| Type::new(String::new(), oid, Kind::Simple, String::new()))
+        };
+        let n = self.rel.columns.len();
+        match shape {
+            Shape::Insert(rows) => (0..rows * n).map(|k| of(k % n)).collect(),
+            Shape::Update(set, keys) => set.iter().chain(keys).map(|&i| of(i)).collect(),
+            Shape::Delete(keys) => keys.iter().map(|&i| of(i)).collect(),
+        }
+    }
+
+    pub(crate) fn sql(&self, shape: &Shape) -> String {
+        let col = |i: usize| ident(&self.rel.columns[i].name);
+        let matcher = |keys: &[usize], first: usize| {
+            let conds: Vec<String> = keys
+                .iter()
+                .enumerate()
+                .map(|(n, &i)| {
+                    if self.full {
+                        format!("{}::text IS NOT DISTINCT FROM ${}::text", col(i), first + n)
+                    } else {
+                        format!("{} = ${}", col(i), first + n)
+                    }
+                })
+                .collect();
+            let conds = if conds.is_empty() { "false".to_string() } else { conds.join(" AND ") };
+            if self.full {
+                format!("ctid = (SELECT ctid FROM ONLY {} WHERE {conds} LIMIT 1)", self.name_sql)
+            } else {
+                conds
+            }
+        };
+        match shape {
+            Shape::Insert(rows) => {
+                let n = self.rel.columns.len();
+                let values: Vec<String> = (0..*rows)
+                    .map(|r| {
+                        let row: Vec<String> = (1..=n).map(|i| format!("${}", r * n + i)).collect();
+                        format!("({})", row.join(", "))
+                    })
+                    .collect();
+                format!(
+                    "INSERT INTO {} ({}) OVERRIDING SYSTEM VALUE VALUES {}",
+                    self.name_sql,
+                    (0..n).map(col).collect::<Vec<_>>().join(", "),
+                    values.join(", ")
+                )
+            }
+            // ONLY: a change to a parent's row never reaches its inheritance children (pgoutput
+            // sends each child's changes as the child's).
+            Shape::Update(set, keys) => format!(
+                "UPDATE ONLY {} SET {} WHERE {}",
+                self.name_sql,
+                set.iter()
+                    .enumerate()
+                    .map(|(n, &i)| format!("{} = ${}", col(i), n + 1))
+                    .collect::<Vec<_>>()
+                    .join(", "),
+                matcher(keys, set.len() + 1)
+            ),
+            Shape::Delete(keys) => {
+                format!("DELETE FROM ONLY {} WHERE {}", self.name_sql, matcher(keys, 1))
+            }
+        }
+    }
+}
+
+fn text(v: &Value) -> Text {
+    match v {
+        Value::Text(b) => Text(Some(b.clone())),
+        Value::Null | Value::Unchanged => Text(None),
+    }
+}
+
+/// Everything the applier keeps between batches.
+pub(crate) struct Applier<'a> {
+    pub(crate) ctx: &'a Ctx<'a>,
+    pub(crate) tables_by_name: HashMap<(String, String), Option<(XidSnapshot, u64)>>,
+    pub(crate) tables: HashMap<u32, Table>,
+    pub(crate) pipe: Pipeline,
+    /// A target transaction is open.
+    pub(crate) open: bool,
+    /// A source transaction is being received: (xid).
+    pub(crate) in_source_tx: Option<u32>,
+    /// The transaction being received was applied before: its changes are skipped.
+    pub(crate) replayed: bool,
+    /// Where the commit of the transaction being received is.
+    pub(crate) final_lsn: u64,
+    /// Consecutive inserts into one table, not sent yet.
+    pub(crate) inserts: Option<(u32, Vec<Tuple>)>,
+    pub(crate) batch_started: Instant,
+    pub(crate) batch_changes: usize,
+    /// The last commit received, not yet committed on the target: (end, time).
+    pub(crate) last_commit: Option<(u64, i64)>,
+    pub(crate) batch_counts: BTreeMap<Arc<str>, Counters>,
+    pub(crate) batch_total: Counters,
+    /// Changes of the current source transaction skipped for a table (already in its copy).
+    pub(crate) applied_lsn: u64,
+    pub(crate) confirmed: u64,
+    pub(crate) sync: SyncState,
+    pub(crate) prefix: String,
+}
+
+impl<'a> Applier<'a> {
+    pub(crate) async fn begin_batch(&mut self) -> Result<(), tokio_postgres::Error> {
+        if !self.open {
+            self.pipe.sql("BEGIN".into()).await?;
+            self.open = true;
+            self.batch_started = Instant::now();
+            self.batch_changes = 0;
+        }
+        Ok(())
+    }
+
+    /// Commits the open target transaction with the position of the last source commit in it.
+    /// Returns the position now durable on the target.
+    pub(crate) async fn commit_batch(
+        &mut self,
+        stream: &impl ChangeSource,
+    ) -> Result<(), tokio_postgres::Error> {
+        if !self.open {
+            return Ok(());
+        }
+        if let Some((end, time)) = self.last_commit {
+            let secs = time as f64 / 1e6 + 946_684_800.0;
+            self.pipe
+                .sql(format!(
+                    "SELECT pg_replication_origin_xact_setup({}::pg_lsn, to_timestamp({secs}))",
+                    literal(&crate::stream::lsn_text(end))
+                ))
+                .await?;
+        }
+        self.pipe.sql("COMMIT".into()).await?;
+        self.pipe.drain().await?;
+        self.open = false;
+        if let Some((end, time)) = self.last_commit.take() {
+            self.applied_lsn = end;
+            self.confirmed = self.confirmed.max(end);
+            stream.ack(end);
+            let _ = time;
+        }
+        self.sync.applied.add(&self.batch_total);
+        for (t, c) in std::mem::take(&mut self.batch_counts) {
+            self.sync.per_table.entry(t.to_string()).or_default().add(&c);
+        }
+        self.batch_total = Counters::default();
+        Ok(())
+    }
+
+    pub(crate) async fn rollback(&mut self) {
+        if self.open {
+            let _ = self.pipe.drain().await;
+            let _ = self.pipe.client.batch_execute("ROLLBACK").await;
+            self.open = false;
+        }
+        self.last_commit = None;
+        self.inserts = None;
+        self.batch_counts.clear();
+        self.batch_total = Counters::default();
+    }
+
+    pub(crate) fn count(&mut self, table: &Arc<str>, f: impl Fn(&mut Counters)) {
+        f(self.batch_counts.entry(table.clone()).or_default());
+        f(&mut self.batch_total);
+    }
+
+    /// A relation message: checks the table against the target (DDL drift) and prepares it.
+    pub(crate) async fn relation(&mut self, rel: Relation) -> Result<(), ApplyError> {
+        let key = (rel.schema.clone(), rel.name.clone());
+        let display: Arc<str> = qualified(&rel.schema, &rel.name).into();
+        let Some(skip) = self.tables_by_name.get(&key).cloned() else {
+            return Err(drift_error(format!(
+                "the stream carries table {display}, which the execution plan does not stream"
+            )));
+        };
+        if let Some(t) = self.tables.get(&rel.id)
+            && t.rel == rel
+        {
+            return Ok(());
+        }
+        // Pending statements first: a failed one must be reported as itself.
+        self.pipe.drain().await.map_err(pg)?;
+        let columns = crate::catalog::read_table_columns(&self.pipe.client, &rel.schema, &rel.name)
+            .await
+            .map_err(|e| {
+                if crate::execute::context::is_lost(e.postgres()) {
+                    ApplyError::ConnectionLost(e.to_string())
+                } else {
+                    sync_error(e.to_string())
+                }
+            })?
+            .ok_or_else(|| {
+                drift_error(format!("table {display} no longer exists on the target"))
+            })?;
+        let source: Vec<&str> = rel.columns.iter().map(|c| c.name.as_str()).collect();
+        let target: Vec<&str> = columns.iter().map(|c| c.name.as_str()).collect();
+        if source.iter().collect::<std::collections::BTreeSet<_>>()
+            != target.iter().collect::<std::collections::BTreeSet<_>>()
+        {
+            let added: Vec<&&str> = source.iter().filter(|c| !target.contains(c)).collect();
+            let dropped: Vec<&&str> = target.iter().filter(|c| !source.contains(c)).collect();
+            let mut what = vec![];
+            if !added.is_empty() {
+                what.push(format!("has columns the target's lacks: {added:?}"));
+            }
+            if !dropped.is_empty() {
+                what.push(format!("lacks columns the target's has: {dropped:?}"));
+            }
+            return Err(drift_error(format!("the source's table {display} {}", what.join("; "))));
+        }
+        let identity_always = rel
+            .columns
+            .iter()
+            .map(|c| columns.iter().any(|t| t.name == c.name && t.identity_always))
+            .collect();
+        let types = rel
+            .columns
+            .iter()
+            .map(|c| columns.iter().find(|t| t.name == c.name).map_or(0, |t| t.type_oid))
+            .collect();
+        let full = rel.replica_identity == 'f';
+        self.tables.insert(
+            rel.id,
+            Table {
+                name_sql: qualified_ident(&rel.schema, &rel.name),
+                display,
+                skip,
+                full,
+                identity_always,
+                types,
+                statements: HashMap::new(),
+                rel,
+            },
+        );
+        Ok(())
+    }
+
+    pub(crate) async fn statement(
+        &mut self,
+        rel: u32,
+        shape: Shape,
+    ) -> Result<Statement, ApplyError> {
+        let t = self
+            .tables
+            .get(&rel)
+            .ok_or_else(|| sync_error("a change names an unknown relation"))?;
+        if let Some(s) = t.statements.get(&shape) {
+            return Ok(s.clone());
+        }
+        let sql = t.sql(&shape);
+        let types = t.param_types(&shape);
+        // Earlier statements first: a failure must be reported as itself.
+        self.pipe.drain().await.map_err(pg)?;
+        let stmt = self.pipe.client.prepare_typed(&sql, &types).await.map_err(pg)?;
+        if let Some(t) = self.tables.get_mut(&rel) {
+            t.statements.insert(shape, stmt.clone());
+        }
+        Ok(stmt)
+    }
+
+    pub(crate) fn table(&self, rel: u32) -> Result<&Table, ApplyError> {
+        self.tables
+            .get(&rel)
+            .ok_or_else(|| sync_error(format!("a change names relation {rel}, never described")))
+    }
+
+    /// Whether the change to `rel` is already in the table's copy.
+    pub(crate) fn skipped(&self, rel: u32) -> bool {
+        if self.replayed {
+            return true;
+        }
+        // A transaction committed at or after the copy's position is not in it (and past that
+        // position, 32-bit xids are not compared: they wrap).
+        match (self.in_source_tx, self.tables.get(&rel).and_then(|t| t.skip.as_ref())) {
+            (Some(xid), Some((snapshot, at))) => self.final_lsn < *at && snapshot.sees(xid),
+            _ => false,
+        }
+    }
+
+    /// Sends the buffered inserts.
+    pub(crate) async fn flush_inserts(&mut self) -> Result<(), ApplyError> {
+        let Some((rel, rows)) = self.inserts.take() else { return Ok(()) };
+        let stmt = self.statement(rel, Shape::Insert(rows.len())).await?;
+        let display = self.table(rel)?.display.clone();
+        self.begin_batch().await.map_err(pg)?;
+        let n = rows.len() as u64;
+        let params = rows.iter().flat_map(|r| r.iter().map(text)).collect();
+        self.pipe.execute(&stmt, params, None).await.map_err(pg)?;
+        self.count(&display, |c| c.inserts += n);
+        self.batch_changes += rows.len();
+        Ok(())
+    }
+
+    pub(crate) async fn change(&mut self, c: Change) -> Result<(), ApplyError> {
+        if !matches!(c, Change::Insert { .. }) {
+            // Changes keep their order: buffered inserts go first.
+            self.flush_inserts().await?;
+        }
+        match c {
+            Change::Relation(rel) => self.relation(rel).await?,
+            Change::Insert { rel, new } => {
+                if self.skipped(rel) {
+                    return Ok(());
+                }
+                // Consecutive inserts into one table go out as one multi-row INSERT.
+                if self.inserts.as_ref().is_some_and(|(r, _)| *r != rel) {
+                    self.flush_inserts().await?;
+                }
+                let cap = (MAX_PARAMS / new.len().max(1)).clamp(1, INSERT_ROWS);
+                let (_, rows) = self.inserts.get_or_insert_with(|| (rel, Vec::new()));
+                rows.push(new);
+                if rows.len() >= cap {
+                    self.flush_inserts().await?;
+                }
+            }
+            Change::Update { rel, old, new } => {
+                if self.skipped(rel) {
+                    return Ok(());
+                }
+                self.update(rel, old, new).await?;
+                self.batch_changes += 1;
+            }
+            Change::Delete { rel, old } => {
+                if self.skipped(rel) {
+                    return Ok(());
+                }
+                let t = self.table(rel)?;
+                let keys: Vec<usize> = if t.full {
+                    (0..old.len()).filter(|&i| old[i] != Value::Unchanged).collect()
+                } else {
+                    t.key_columns()
+                };
+                let display = t.display.clone();
+                let stmt = self.statement(rel, Shape::Delete(keys.clone())).await?;
+                self.begin_batch().await.map_err(pg)?;
+                let params = keys.iter().map(|&i| text(&old[i])).collect();
+                self.pipe.execute(&stmt, params, Some(display.clone())).await.map_err(pg)?;
+                self.count(&display, |c| c.deletes += 1);
+                self.batch_changes += 1;
+            }
+            Change::Truncate { rels, restart_identity, .. } => {
+                let mut names = vec![];
+                for rel in rels {
+                    if self.skipped(rel) {
+                        continue;
+                    }
+                    let t = self
+                        .tables
+                        .get(&rel)
+                        .ok_or_else(|| sync_error("a truncate names an unknown relation"))?;
+                    names.push((t.name_sql.clone(), t.display.clone()));
+                }
+                if names.is_empty() {
+                    return Ok(());
+                }
+                self.begin_batch().await.map_err(pg)?;
+                let list = names.iter().map(|(n, _)| n.as_str()).collect::<Vec<_>>().join(", ");
+                let restart = if restart_identity { " RESTART IDENTITY" } else { "" };
+                // pgoutput names every table the source's TRUNCATE emptied (children
+                // included): `ONLY`, so a `TRUNCATE ONLY parent` on the source does not empty
+                // the target's children.
+                self.pipe.sql(format!("TRUNCATE ONLY {list}{restart}")).await.map_err(pg)?;
+                for (_, display) in &names {
+                    self.count(display, |c| c.truncates += 1);
+                }
+                self.batch_changes += 1;
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+
+    pub(crate) async fn update(
+        &mut self,
+        rel: u32,
+        old: Option<Tuple>,
+        new: Tuple,
+    ) -> Result<(), ApplyError> {
+        let t = self.table(rel)?;
+        let display = t.display.clone();
+        let keys: Vec<usize> = match (&old, t.full) {
+            (Some(o), true) => (0..o.len()).filter(|&i| o[i] != Value::Unchanged).collect(),
+            _ => t.key_columns(),
+        };
+        let key_values: Vec<Text> = keys
+            .iter()
+            .map(|&i| match &old {
+                Some(o) => text(&o[i]),
+                None => text(&new[i]),
+            })
+            .collect();
+        // An identity column GENERATED ALWAYS cannot be updated to a value: when it changed,
+        // the row is moved (delete + insert with OVERRIDING SYSTEM VALUE); when it did not, it
+        // is left out of the SET list.
+        let always_changed = old.as_ref().is_some_and(|o| {
+            t.identity_always.iter().enumerate().any(|(i, &a)| {
+                a && o.get(i).is_some_and(|v| *v != Value::Unchanged && *v != new[i])
+            })
+        });
+        if always_changed && new.contains(&Value::Unchanged) {
+            return Err(sync_error(format!(
+                "an update of {display} changes a GENERATED ALWAYS identity column and leaves a \
+                 TOASTed value unchanged: pgtransit cannot apply it without the old value. Set \
+                 REPLICA IDENTITY FULL on the source table, abort and migrate again"
+            )));
+        }
+        if always_changed {
+            let delete = self.statement(rel, Shape::Delete(keys.clone())).await?;
+            let insert = self.statement(rel, Shape::Insert(1)).await?;
+            self.begin_batch().await.map_err(pg)?;
+            self.pipe.execute(&delete, key_values, Some(display.clone())).await.map_err(pg)?;
+            self.pipe.execute(&insert, new.iter().map(text).collect(), None).await.map_err(pg)?;
+            self.count(&display, |c| c.updates += 1);
+            return Ok(());
+        }
+        let set: Vec<usize> = (0..new.len())
+            .filter(|&i| new[i] != Value::Unchanged && !t.identity_always[i])
+            .collect();
+        if set.is_empty() {
+            self.count(&display, |c| c.updates += 1);
+            return Ok(());
+        }
+        let stmt = self.statement(rel, Shape::Update(set.clone(), keys)).await?;
+        self.begin_batch().await.map_err(pg)?;
+        let mut params: Vec<Text> = set.iter().map(|&i| text(&new[i])).collect();
+        params.extend(key_values);
+        self.pipe.execute(&stmt, params, Some(display.clone())).await.map_err(pg)?;
+        self.count(&display, |c| c.updates += 1);
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    pub(crate) fn a_snapshot_sees_committed_transactions_and_not_running_or_later_ones() {
+        let s = XidSnapshot::parse("100:105:101,103").unwrap();
+        assert!(s.sees(99) && s.sees(100 - 1));
+        assert!(s.sees(100), "below xmin... 100 is xmin: not running, committed before");
+        assert!(!s.sees(101) && !s.sees(103), "in progress at the snapshot");
+        assert!(s.sees(102) && s.sees(104));
+        assert!(!s.sees(105) && !s.sees(200), "started after the snapshot");
+        assert_eq!(XidSnapshot::parse("7:7:"), Some(XidSnapshot { xmin: 7, xmax: 7, xip: vec![] }));
+        assert_eq!(XidSnapshot::parse("garbage"), None);
+    }
+
+    #[test]
+    pub(crate) fn stream_xids_are_widened_with_the_snapshots_epoch() {
+        // Snapshot in epoch 1, just after wraparound; the stream's 32-bit xid is from before it.
+        let xmax = (1u64 << 32) + 10;
+        let s = XidSnapshot { xmin: xmax, xmax, xip: vec![] };
+        assert!(s.sees(0xffff_fff0), "epoch 0's last xids are older than the snapshot");
+        assert!(!s.sees(20), "epoch 1's xid 20 is newer");
+        assert_eq!(widen(5, 1 << 33), (1 << 33) + 5);
+    }
+
+    pub(crate) fn table(full: bool) -> Table {
+        Table {
+            rel: Relation {
+                id: 1,
+                schema: "s".into(),
+                name: "T".into(),
+                replica_identity: if full { 'f' } else { 'd' },
+                columns: vec![
+                    crate::stream::Column { name: "id".into(), key: true },
+                    crate::stream::Column { name: "note".into(), key: full },
+                ],
+            },
+            name_sql: r#"s."T""#.into(),
+            display: "s.T".into(),
+            skip: None,
+            full,
+            identity_always: vec![false, false],
+            types: vec![23, 16385],
+            statements: HashMap::new(),
+        }
+    }
+
+    #[test]
+    pub(crate) fn statements_quote_names_match_on_the_key_and_skip_unchanged_columns() {
+        let t = table(false);
+        assert_eq!(
+            t.sql(&Shape::Insert(1)),
+            r#"INSERT INTO s."T" ("id", "note") OVERRIDING SYSTEM VALUE VALUES ($1, $2)"#
+        );
+        assert_eq!(
+            t.sql(&Shape::Insert(2)),
+            r#"INSERT INTO s."T" ("id", "note") OVERRIDING SYSTEM VALUE VALUES ($1, $2), ($3, $4)"#
+        );
+        assert_eq!(
+            t.sql(&Shape::Update(vec![1], vec![0])),
+            r#"UPDATE ONLY s."T" SET "note" = $1 WHERE "id" = $2"#
+        );
+        assert_eq!(t.sql(&Shape::Delete(vec![0])), r#"DELETE FROM ONLY s."T" WHERE "id" = $1"#);
+    }
+
+    #[test]
+    pub(crate) fn every_parameter_is_typed_as_its_target_column_so_composite_keys_match() {
+        let t = table(false);
+        let oids = |shape| t.param_types(&shape).iter().map(Type::oid).collect::<Vec<_>>();
+        assert_eq!(oids(Shape::Insert(2)), [23, 16385, 23, 16385]);
+        // SET columns first, then the key.
+        assert_eq!(oids(Shape::Update(vec![1], vec![0])), [16385, 23]);
+        assert_eq!(oids(Shape::Delete(vec![1])), [16385]);
+    }
+
+    #[test]
+    pub(crate) fn tables_without_a_key_match_one_row_on_every_column() {
+        let t = table(true);
+        assert_eq!(
+            t.sql(&Shape::Delete(vec![0, 1])),
+            r#"DELETE FROM ONLY s."T" WHERE ctid = (SELECT ctid FROM ONLY s."T" WHERE "id"::text IS NOT DISTINCT FROM $1::text AND "note"::text IS NOT DISTINCT FROM $2::text LIMIT 1)"#
+        );
+    }
+}

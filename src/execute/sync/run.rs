@@ -1,0 +1,418 @@
+//! One run of the stream: the target session and its origin, the replication stream, the
+//! applier's loop, progress reports, and the cutover's fence and drain.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures_util::stream::FuturesOrdered;
+
+use crate::execute::context::{ApplyError, Ctx, Event, pg, sync_error};
+use crate::execute::cutover::{Cutover, Fenced, fence, triggered};
+use crate::execute::session::{
+    PREVIOUS, Progress, Session, end_previous, stall, stuck, stuck_target,
+};
+use crate::execute::sync::applier::{Applier, Pipeline, XidSnapshot};
+use crate::execute::sync::watch::{Live, schema_of, watch};
+use crate::execute::sync::{BATCH_AGE, BATCH_CHANGES, DRAIN_LIMIT, IDLE, Stopped, drift_error};
+use crate::plan::StreamTable;
+use crate::sql::literal;
+use crate::state::{Counters, State, now_f64};
+use crate::stream::{Change, ChangeSource, PgoutputStream, StreamSettings};
+
+/// Streams changes until Ctrl-C (or an error). `tables` are the published tables and their
+/// copy steps; `state` has their copy snapshots and receives the progress.
+#[allow(clippy::too_many_arguments)]
+pub async fn stream(
+    ctx: &Ctx<'_>,
+    slot: &str,
+    publication: &str,
+    origin: &str,
+    tables: &[StreamTable],
+    max_lag: Duration,
+    drift_every: Duration,
+    scope: &crate::scope::Scope,
+    cutover: Option<&Cutover<'_>>,
+    state: &mut State,
+) -> Result<Stopped, ApplyError> {
+    let servers = ctx.servers;
+    let mut tables_by_name = HashMap::new();
+    for t in tables {
+        let record = t.parts.first().unwrap_or(&t.copy_step);
+        let snapshot = state.steps.get(record).and_then(|r| {
+            let snapshot = XidSnapshot::parse(r.source_snapshot.as_deref()?)?;
+            let at = crate::stream::parse_lsn(r.source_lsn.as_deref()?)?;
+            Some((snapshot, at))
+        });
+        tables_by_name.insert((t.schema.clone(), t.table.clone()), snapshot);
+    }
+    let mut sync = state.sync.clone().unwrap_or_default();
+    sync.streaming = true;
+    sync.pid = Some(std::process::id());
+    sync.error = None;
+    sync.max_lag_seconds = max_lag.as_secs_f64();
+
+    // Target: one session, its origin set up; the position it has applied.
+    let target = crate::execute::context::connect_target(servers, "pgtransit/sync").await?;
+    let pinned = crate::conn::PINNED_SETTINGS
+        .iter()
+        .map(|(k, v)| format!("SET {k} = {};", literal(v)))
+        .collect::<String>();
+    target
+        // Updates and deletes find their row by key: always through the key's index (a table
+        // that was tiny when the statement was planned must not be scanned whole ever after).
+        .batch_execute(&format!(
+            "SET session_replication_role = replica; SET enable_seqscan = off; {pinned}"
+        ))
+        .await
+        .map_err(pg)?;
+    // The target session of a stream this process lost may still hold the origin, or be about
+    // to commit a batch: it ends before the applied position is read.
+    let previous = PREVIOUS.lock().expect("previous lock").0.clone();
+    if let Some(session) = previous {
+        end_previous(&target, &session, "target session").await?;
+    }
+    let me = Session::of(&target).await.map_err(pg)?;
+    PREVIOUS.lock().expect("previous lock").0 = Some(me.clone());
+    target
+        .query_one("SELECT pg_replication_origin_session_setup($1)", &[&origin])
+        .await
+        .map_err(pg)?;
+    let start: Option<String> = target
+        .query_one("SELECT pg_replication_origin_progress($1, true)::text", &[&origin])
+        .await
+        .map_err(pg)?
+        .get(0);
+    let start = start.as_deref().and_then(crate::stream::parse_lsn).unwrap_or(0);
+
+    // Source: heartbeat and schema watch on their own connection.
+    let live = Arc::new(std::sync::Mutex::new(Live {
+        nonce: format!("{}.{}", std::process::id(), now_f64()),
+        ..Live::default()
+    }));
+    let prefix = format!("pgtransit:{slot}");
+    let heartbeat = {
+        let source =
+            crate::conn::connect_with(&servers.source, "pgtransit/heartbeat", &servers.policy)
+                .await?;
+        let version: i32 = source
+            .query_one("SELECT current_setting('server_version_num')::int", &[])
+            .await
+            .map_err(pg)?
+            .get(0);
+        // (Failing to read it right after connecting is most likely the server going away.)
+        let baseline =
+            schema_of(&source, version, scope).await.map_err(ApplyError::ConnectionLost)?;
+        // The walsender of a stream this process lost still holds the slot: ended first.
+        // (Kept until this stream's own replaces it: a failure here tries again next time.)
+        let previous = PREVIOUS.lock().expect("previous lock").1.clone();
+        if let Some(session) = previous {
+            end_previous(&source, &session, "walsender").await?;
+        }
+        let (live, prefix, scope) = (live.clone(), prefix.clone(), scope.clone());
+        let slot = slot.to_string();
+        tokio::spawn(async move {
+            watch(source, slot, version, baseline, scope, live, prefix, drift_every).await
+        })
+    };
+    struct AbortOnDrop(tokio::task::JoinHandle<()>);
+    impl Drop for AbortOnDrop {
+        fn drop(&mut self) {
+            self.0.abort();
+        }
+    }
+    let _heartbeat = AbortOnDrop(heartbeat);
+
+    let mut stream = PgoutputStream::start(StreamSettings {
+        source: &servers.source,
+        slot,
+        publication,
+        start,
+        application_name: "pgtransit/sync",
+    })
+    .await
+    .map_err(|e| {
+        let message = format!("cannot start streaming from slot {slot}: {e}");
+        // A slot still held by the session of a stream that just ended (killed, or lost)
+        // is released in a moment: worth another try.
+        if e.transient || e.message.contains("is active for PID") {
+            ApplyError::ConnectionLost(message)
+        } else {
+            sync_error(message)
+        }
+    })?;
+    tracing::info!(slot, from = %crate::stream::lsn_text(start), "streaming changes");
+
+    let target = Arc::new(target);
+    let beat = Progress::default();
+    beat.now();
+    let mut a = Applier {
+        ctx,
+        tables_by_name,
+        tables: HashMap::new(),
+        pipe: Pipeline {
+            client: target.clone(),
+            inflight: FuturesOrdered::new(),
+            missing: 0,
+            beat: beat.clone(),
+        },
+        open: false,
+        in_source_tx: None,
+        replayed: false,
+        final_lsn: 0,
+        inserts: None,
+        batch_started: Instant::now(),
+        batch_changes: 0,
+        last_commit: None,
+        batch_counts: BTreeMap::new(),
+        batch_total: Counters::default(),
+        applied_lsn: start,
+        confirmed: start,
+        sync,
+        prefix,
+    };
+    // The watchdog: a server that stops answering on a connection still open would hold the
+    // applier forever.
+    let result = tokio::select! {
+        r = run_stream(&mut a, &mut stream, &live, cutover, state) => r,
+        () = stuck_target(&beat, servers, &me) => Err(ApplyError::ConnectionLost(format!(
+            "nothing moved for {} s: a server stopped answering on a connection that is still \
+             open (the target, or the source during the cutover)",
+            stuck().as_secs()
+        ))),
+    };
+    if result.is_err() {
+        // (A server that stopped answering does not answer this either: its session is ended
+        // by the next stream, before that one reads its position.)
+        let _ = tokio::time::timeout(Duration::from_secs(5), a.rollback()).await;
+    }
+    a.sync.streaming = false;
+    if let Err(e) = &result {
+        a.sync.error = Some(e.to_string());
+    }
+    report(&mut a, &live, state);
+    ctx.state_dir.save(state)?;
+    let _ = tokio::time::timeout(Duration::from_secs(5), stream.stop()).await;
+    result
+}
+
+/// Writes the progress into the state and tells the report. Returns the lag in seconds.
+fn report(a: &mut Applier<'_>, live: &std::sync::Mutex<Live>, state: &mut State) -> Option<f64> {
+    let now = now_f64();
+    let l = live.lock().expect("live lock");
+    let measured = l.pending.front().map(|b| (now - b.at).max(0.0)).unwrap_or(0.0);
+    // A heartbeat the source has not even answered yet counts from when it was sent off.
+    let measured = measured.max(l.inflight.map_or(0.0, |t| (now - t - 1.0).max(0.0)));
+    // Until one of this run's heartbeats came through, the stream may still be replaying a
+    // backlog of unknown size: the lag is unknown (and the migration not ready).
+    let known = l.own_seen;
+    let lag_seconds = if known { measured } else { measured.max(a.sync.max_lag_seconds + 1.0) };
+    let lag_bytes = l.source_lsn.saturating_sub(a.confirmed);
+    a.sync.source_lsn = (l.source_lsn > 0).then(|| crate::stream::lsn_text(l.source_lsn));
+    drop(l);
+    a.sync.applied_lsn = Some(crate::stream::lsn_text(a.applied_lsn));
+    a.sync.lag_bytes = Some(lag_bytes);
+    a.sync.lag_seconds = known.then_some(lag_seconds);
+    if known && lag_seconds == 0.0 {
+        a.sync.caught_up_at = Some(now);
+    }
+    a.sync.reported_at = now;
+    state.sync = Some(a.sync.clone());
+    (a.ctx.events)(Event::Streaming {
+        lag_bytes,
+        lag_seconds,
+        applied: a.sync.applied,
+        ready: known && lag_seconds <= a.sync.max_lag_seconds,
+    });
+    known.then_some(lag_seconds)
+}
+
+async fn run_stream(
+    a: &mut Applier<'_>,
+    stream: &mut PgoutputStream,
+    live: &std::sync::Mutex<Live>,
+    cutover: Option<&Cutover<'_>>,
+    state: &mut State,
+) -> Result<Stopped, ApplyError> {
+    let mut fenced: Option<Fenced> = None;
+    let barrier = format!("{}:barrier", a.prefix);
+    let mut last_report = Instant::now();
+    let mut last_event = Instant::now();
+    // How long the applier has waited on the stream, in vain, since the last change came (time
+    // spent on the target, the fence or the reports does not count).
+    let mut waited = Duration::ZERO;
+    loop {
+        a.pipe.beat.now();
+        // Between source transactions with a batch open, a quiet stream (nothing for IDLE)
+        // commits it at once; otherwise wake up now and then for the reports and Ctrl-C.
+        let idle = a.open && a.in_source_tx.is_none();
+        let wake =
+            if idle { last_event + IDLE } else { Instant::now() + Duration::from_millis(50) };
+        let asked = Instant::now();
+        let next = tokio::select! {
+            // What the stream has ready comes first (a deadline already past must not win).
+            biased;
+            c = stream.next() => Some(c),
+            _ = tokio::time::sleep_until(wake.into()) => None,
+        };
+        match &next {
+            None => waited += asked.elapsed(),
+            Some(Ok(Some(_))) => waited = Duration::ZERO,
+            Some(_) => {}
+        }
+        match next {
+            None => {
+                // Waited this long in vain, though the source says it sent a heartbeat as
+                // long ago: what it sends does not arrive.
+                if waited > stall() {
+                    let sent =
+                        live.lock().expect("live lock").pending.front().and_then(|b| b.sent_at);
+                    if let Some(t) = sent.filter(|t| now_f64() - t > stall().as_secs_f64()) {
+                        return Err(ApplyError::ConnectionLost(format!(
+                            "the replication stream is stalled: nothing arrived for {:.0} s of \
+                             waiting, though the source sent a heartbeat {:.0} s ago",
+                            waited.as_secs_f64(),
+                            now_f64() - t
+                        )));
+                    }
+                }
+                if a.open && a.in_source_tx.is_none() {
+                    a.commit_batch(stream).await.map_err(pg)?;
+                }
+            }
+            Some(Err(e)) if e.transient => {
+                return Err(ApplyError::ConnectionLost(format!("the replication stream: {e}")));
+            }
+            Some(Err(e)) => {
+                return Err(sync_error(format!("the replication stream ended: {e}")));
+            }
+            Some(Ok(None)) => {
+                return Err(ApplyError::ConnectionLost(
+                    "the source ended the replication stream".into(),
+                ));
+            }
+            Some(Ok(Some(change))) => {
+                last_event = Instant::now();
+                match change {
+                    Change::Begin { xid, final_lsn, .. } => {
+                        // A transaction whose commit lies before what the target has applied
+                        // was applied already (a resumed stream may send it again): all of it
+                        // is skipped.
+                        a.replayed = final_lsn < a.applied_lsn;
+                        a.final_lsn = final_lsn;
+                        if a.replayed {
+                            tracing::debug!(xid, "transaction already applied");
+                        }
+                        a.in_source_tx = Some(xid);
+                    }
+                    Change::Commit { end_lsn, commit_time } => {
+                        a.flush_inserts().await?;
+                        a.in_source_tx = None;
+                        if end_lsn <= a.applied_lsn {
+                            // Applied before (a resumed stream may send it again).
+                        } else if !a.open {
+                            // Nothing of it applied (every change was in a copy already): nothing
+                            // to commit. Were the process to stop now, the stream would send it
+                            // again, and it would be skipped again.
+                            a.applied_lsn = end_lsn;
+                        } else {
+                            a.last_commit = Some((end_lsn, commit_time));
+                            a.batch_total.transactions += 1;
+                            if a.batch_changes >= BATCH_CHANGES
+                                || a.batch_started.elapsed() >= BATCH_AGE
+                            {
+                                a.commit_batch(stream).await.map_err(pg)?;
+                            }
+                        }
+                    }
+                    Change::Message { prefix, lsn, transactional: false, .. }
+                        if prefix == barrier
+                            && fenced.as_ref().is_some_and(|f| lsn >= f.barrier_lsn) =>
+                    {
+                        // Everything committed before the fence is applied: drained.
+                        a.commit_batch(stream).await.map_err(pg)?;
+                        report(a, live, state);
+                        if let Some(f) = fenced.take() {
+                            return Ok(Stopped::Drained(Box::new(f)));
+                        }
+                    }
+                    Change::Message { prefix, content, transactional: false, .. }
+                        if prefix == a.prefix =>
+                    {
+                        // A heartbeat: everything before it was received. Commit what is open, so
+                        // what was received is applied.
+                        if a.in_source_tx.is_none() {
+                            a.commit_batch(stream).await.map_err(pg)?;
+                        }
+                        let text = std::str::from_utf8(&content).unwrap_or_default();
+                        let mut l = live.lock().expect("live lock");
+                        if let Some((nonce, seq)) = text.rsplit_once(':')
+                            && nonce == l.nonce
+                            && let Ok(seq) = seq.parse::<u64>()
+                        {
+                            l.own_seen = true;
+                            l.pending.retain(|b| b.seq > seq);
+                        }
+                    }
+                    Change::KeepAlive { wal_end } => {
+                        if !a.open && a.in_source_tx.is_none() && wal_end > a.confirmed {
+                            a.confirmed = wal_end;
+                            stream.ack(wal_end);
+                        }
+                    }
+                    other => a.change(other).await?,
+                }
+            }
+        }
+        if last_report.elapsed() >= Duration::from_secs(1) {
+            last_report = Instant::now();
+            let (drift, failed) = {
+                let l = live.lock().expect("live lock");
+                (l.drift.clone(), l.failed.clone())
+            };
+            if let Some(what) = drift {
+                if a.in_source_tx.is_none() {
+                    a.commit_batch(stream).await.map_err(pg)?;
+                }
+                return Err(drift_error(format!("since streaming began on the source: {what}")));
+            }
+            if let Some((e, gone)) = failed {
+                let message = format!("the heartbeat connection to the source: {e}");
+                return Err(if gone {
+                    ApplyError::ConnectionLost(message)
+                } else {
+                    sync_error(message)
+                });
+            }
+            let lag = report(a, live, state);
+            a.ctx.state_dir.save(state)?;
+            // An idle stream sends the target nothing: make sure it is still there.
+            if !a.open {
+                a.pipe.client.batch_execute("").await.map_err(pg)?;
+            }
+            if let Some(c) = cutover
+                && fenced.is_none()
+                && lag.is_some_and(|l| l <= a.sync.max_lag_seconds)
+                && triggered(&c.trigger)
+            {
+                fenced = Some(fence(a.ctx, c, &barrier, state).await?);
+            }
+        }
+        if let Some(f) = &fenced
+            && f.at.elapsed() > DRAIN_LIMIT
+        {
+            return Err(sync_error(format!(
+                "the barrier emitted after the fence did not come through the stream within {} s",
+                DRAIN_LIMIT.as_secs()
+            )));
+        }
+        if a.ctx.cancel.requested() && fenced.is_none() {
+            if a.in_source_tx.is_none() {
+                a.commit_batch(stream).await.map_err(pg)?;
+            } else {
+                a.rollback().await;
+            }
+            return Ok(Stopped::OnRequest);
+        }
+    }
+}

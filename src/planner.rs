@@ -1312,23 +1312,11 @@ fn cutover_steps(
         after: vec![],
         table: None,
     };
-    let ours = "application_name LIKE 'pgtransit/%'";
-    let terminate = format!(
-        "-- then, until none is left (pg_terminate_backend only signals):\n\
-         SELECT pg_terminate_backend(pid) FROM pg_stat_activity\n\
-         WHERE datname = {} AND pid <> pg_backend_pid() AND backend_type = 'client backend'\n  \
-         AND NOT {ours};",
-        crate::sql::literal(db)
-    );
-    let read_only = format!(
-        "-- refused while pg_prepared_xacts has transactions of this database\n\
-         ALTER DATABASE {} SET default_transaction_read_only = on;",
-        ident(db)
-    );
+    let fence = |mode| FenceSql::new(db, mode, tables);
     let (mode, fence_sql, fence_note) = match spec.cutover.fence {
         crate::spec::Fence::ReadOnly => (
             "read_only",
-            format!("{read_only}\n{terminate}"),
+            fence("read_only").shown(),
             "on the source: new sessions are read-only, and every session but pgtransit's is \
              ended (applications reconnect read-only). It holds after pgtransit exits; a failure \
              before verification passes lifts it (ALTER DATABASE ... RESET \
@@ -1336,15 +1324,7 @@ fn cutover_steps(
         ),
         crate::spec::Fence::LockTables => (
             "lock_tables",
-            format!(
-                "LOCK TABLE {} IN EXCLUSIVE MODE;  -- held until the cutover ends (lock_timeout \
-                 60s)\n{read_only}\n{terminate}",
-                tables
-                    .iter()
-                    .map(|t| qualified_ident(&t.schema, &t.table))
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            ),
+            fence("lock_tables").shown(),
             "on the source: writes to the tables in scope wait for the lock (reads go on), new \
              sessions are read-only (which holds after pgtransit exits), and every session but \
              pgtransit's is ended",
@@ -1428,19 +1408,170 @@ fn cleanup_step(migration: &str, note: &str) -> Step {
         phase: Phase::Cutover,
         action: Action::Run,
         object: "replication slot, publication and origin".into(),
-        sql: format!(
-            "SELECT pg_drop_replication_slot({});  -- source\nDROP PUBLICATION {};  -- source\n\
-             SELECT pg_replication_origin_drop({});  -- target",
-            crate::sql::literal(&slot),
-            ident(&publication),
-            crate::sql::literal(&origin)
-        ),
+        sql: Leftover::of_streaming(&slot, &publication, &origin)
+            .iter()
+            .map(|l| format!("{};  -- {}", l.sql, if l.on_source { "source" } else { "target" }))
+            .collect::<Vec<_>>()
+            .join("\n"),
         estimate: None,
         note: Some(note.into()),
         diff: None,
         work: Work::Cleanup { slot, publication, origin },
         after: vec![],
         table: None,
+    }
+}
+
+/// The fence's statements (`cutover.fence`): what the fence step shows, and what the cutover
+/// runs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FenceSql {
+    /// `lock_tables`: the lock the fencing session takes, and holds until the cutover ends
+    /// (under `lock_timeout` [`FenceSql::LOCK_TIMEOUT`]).
+    pub lock: Option<String>,
+    /// New sessions of the source database are read-only (committed on its own).
+    pub read_only: String,
+    /// The sessions the fence ends, as a `pg_stat_activity` condition: every client session of
+    /// the database but pgtransit's own (`application_name` `pgtransit/...`) and the fencing one.
+    pub others: String,
+}
+
+impl FenceSql {
+    /// How long the fencing session waits for its table locks.
+    pub const LOCK_TIMEOUT: &str = "60s";
+
+    /// The fence of `database` in `mode` (`read_only` or `lock_tables`); `tables` are the
+    /// streamed tables (what `lock_tables` locks).
+    pub fn new(database: &str, mode: &str, tables: &[StreamTable]) -> FenceSql {
+        let lock = (mode == "lock_tables").then(|| {
+            let names: Vec<String> =
+                tables.iter().map(|t| qualified_ident(&t.schema, &t.table)).collect();
+            format!("LOCK TABLE {} IN EXCLUSIVE MODE;", names.join(", "))
+        });
+        FenceSql {
+            lock,
+            read_only: format!(
+                "ALTER DATABASE {} SET default_transaction_read_only = on",
+                ident(database)
+            ),
+            others: format!(
+                "datname = {} AND pid <> pg_backend_pid() AND backend_type = 'client backend'\n  \
+                 AND NOT application_name LIKE 'pgtransit/%'",
+                crate::sql::literal(database)
+            ),
+        }
+    }
+
+    /// The fence step's SQL, as the plan shows it.
+    pub fn shown(&self) -> String {
+        let lock = self.lock.as_ref().map(|l| {
+            format!(
+                "{l}  -- held until the cutover ends (lock_timeout {})\n",
+                FenceSql::LOCK_TIMEOUT
+            )
+        });
+        format!(
+            "{}-- refused while pg_prepared_xacts has transactions of this database\n{};\n\
+             -- then, until none is left (pg_terminate_backend only signals):\n\
+             SELECT pg_terminate_backend(pid) FROM pg_stat_activity\nWHERE {};",
+            lock.unwrap_or_default(),
+            self.read_only,
+            self.others
+        )
+    }
+
+    /// Lifts the fence: new sessions of `database` take writes again.
+    pub fn lift(database: &str) -> String {
+        format!("ALTER DATABASE {} RESET default_transaction_read_only", ident(database))
+    }
+}
+
+/// Something pgtransit leaves on a server while it migrates online, with the statement that
+/// removes it: what the cutover's clean-up step shows and runs, and what `pgtransit abort`
+/// removes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Leftover {
+    /// What it is, for people (`replication slot x (source)`).
+    pub what: String,
+    /// On the source, or on the target.
+    pub on_source: bool,
+    /// What removes it.
+    pub sql: String,
+    /// Which kind of object.
+    pub kind: LeftoverKind,
+}
+
+/// The kinds of [`Leftover`], with their names.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LeftoverKind {
+    /// The replication slot (source): released by the session that holds it first.
+    Slot(String),
+    /// The publication (source).
+    Publication(String),
+    /// The replication origin (target): dropped once the stream's session released it.
+    Origin(String),
+    /// A fence left up (source database).
+    Fence(String),
+    /// A replica identity pgtransit set to FULL (source table, quoted).
+    ReplicaIdentity(String),
+}
+
+impl Leftover {
+    /// The slot, the publication and the origin of a migration, in the order they go.
+    pub fn of_streaming(slot: &str, publication: &str, origin: &str) -> [Leftover; 3] {
+        [Leftover::slot(slot), Leftover::publication(publication), Leftover::origin(origin)]
+    }
+
+    /// The replication slot.
+    pub fn slot(slot: &str) -> Leftover {
+        Leftover {
+            what: format!("replication slot {slot} (source)"),
+            on_source: true,
+            sql: format!("SELECT pg_drop_replication_slot({})", crate::sql::literal(slot)),
+            kind: LeftoverKind::Slot(slot.into()),
+        }
+    }
+
+    /// The publication.
+    pub fn publication(publication: &str) -> Leftover {
+        Leftover {
+            what: format!("publication {publication} (source)"),
+            on_source: true,
+            sql: format!("DROP PUBLICATION {}", ident(publication)),
+            kind: LeftoverKind::Publication(publication.into()),
+        }
+    }
+
+    /// The replication origin.
+    pub fn origin(origin: &str) -> Leftover {
+        Leftover {
+            what: format!("replication origin {origin} (target)"),
+            on_source: false,
+            sql: format!("SELECT pg_replication_origin_drop({})", crate::sql::literal(origin)),
+            kind: LeftoverKind::Origin(origin.into()),
+        }
+    }
+
+    /// A fence still up on the source database.
+    pub fn fence(database: &str) -> Leftover {
+        Leftover {
+            what: format!(
+                "the cutover's fence on database {database}: it takes writes again (source)"
+            ),
+            on_source: true,
+            sql: FenceSql::lift(database),
+            kind: LeftoverKind::Fence(database.into()),
+        }
+    }
+
+    /// A replica identity set to FULL (`table` quoted).
+    pub fn replica_identity(table: &str) -> Leftover {
+        Leftover {
+            what: format!("replica identity FULL of {table}, back to DEFAULT (source)"),
+            on_source: true,
+            sql: format!("ALTER TABLE {table} REPLICA IDENTITY DEFAULT"),
+            kind: LeftoverKind::ReplicaIdentity(table.into()),
+        }
     }
 }
 
@@ -1642,6 +1773,49 @@ mod tests {
             "version: 1\nname: t\nmode: offline\nsource: {{url: 'host=s'}}\ntarget: {{url: 'host=t'}}\n{extra}"
         );
         crate::spec::parse(std::path::Path::new("plans/t.yaml"), text, &|_| None).unwrap()
+    }
+
+    #[test]
+    fn the_fence_and_the_clean_up_show_the_statements_the_cutover_and_abort_run() {
+        let tables = [StreamTable {
+            schema: "public".into(),
+            table: "Film".into(),
+            copy_step: "load:copy".into(),
+            parts: vec![],
+        }];
+        let read_only = "-- refused while pg_prepared_xacts has transactions of this database\n\
+             ALTER DATABASE \"shop db\" SET default_transaction_read_only = on;\n\
+             -- then, until none is left (pg_terminate_backend only signals):\n\
+             SELECT pg_terminate_backend(pid) FROM pg_stat_activity\n\
+             WHERE datname = 'shop db' AND pid <> pg_backend_pid() AND backend_type = 'client backend'\n  \
+             AND NOT application_name LIKE 'pgtransit/%';";
+        let fence = FenceSql::new("shop db", "read_only", &tables);
+        assert_eq!(fence.lock, None);
+        assert_eq!(fence.shown(), read_only);
+        let locked = FenceSql::new("shop db", "lock_tables", &tables);
+        assert_eq!(
+            locked.lock.as_deref(),
+            Some("LOCK TABLE \"public\".\"Film\" IN EXCLUSIVE MODE;")
+        );
+        assert_eq!(
+            locked.shown(),
+            format!(
+                "LOCK TABLE \"public\".\"Film\" IN EXCLUSIVE MODE;  -- held until the cutover ends \
+                 (lock_timeout 60s)\n{read_only}"
+            )
+        );
+        // What the fence ends is what the plan shows it ends.
+        assert!(fence.shown().contains(&fence.others));
+        let clean = cleanup_step("m", "note");
+        assert_eq!(
+            clean.sql,
+            "SELECT pg_drop_replication_slot('pgtransit_m');  -- source\n\
+             DROP PUBLICATION \"pgtransit_m\";  -- source\n\
+             SELECT pg_replication_origin_drop('pgtransit_m');  -- target"
+        );
+        for l in Leftover::of_streaming("pgtransit_m", "pgtransit_m", "pgtransit_m") {
+            assert!(clean.sql.contains(&l.sql), "{} is shown", l.what);
+        }
     }
 
     fn key(kind: ObjectKind, schema: &str, name: &str) -> ObjectKey {

@@ -9,17 +9,8 @@ use std::io::Write;
 use crate::cli::{AbortArgs, Outcome, io_err};
 use crate::conn::{self, Env};
 use crate::execute::Servers;
-use crate::sql::{ident, literal};
-
-/// Something abort removes.
-struct Removal {
-    /// For people.
-    what: String,
-    /// On the source or the target.
-    on_source: bool,
-    /// What runs.
-    sql: String,
-}
+use crate::execute::teardown;
+use crate::planner::Leftover;
 
 /// Runs `pgtransit abort`.
 pub async fn run(args: &AbortArgs, out: &mut dyn Write) -> miette::Result<Outcome> {
@@ -50,72 +41,29 @@ pub async fn run(args: &AbortArgs, out: &mut dyn Write) -> miette::Result<Outcom
     let slot = crate::naming::slot_name(&migration);
     let publication = crate::naming::publication_name(&migration);
     let origin = crate::naming::origin_name(&migration);
-    let mut removals = vec![];
-    if crate::catalog::read_slot(&source, &slot)
-        .await
-        .map_err(|e| miette::miette!("{e}"))?
-        .is_some()
-    {
-        removals.push(Removal {
-            what: format!("replication slot {slot} (source)"),
-            on_source: true,
-            sql: format!("SELECT pg_drop_replication_slot({})", literal(&slot)),
-        });
-    }
-    let has_publication = source
-        .query_opt("SELECT 1 FROM pg_publication WHERE pubname = $1", &[&publication])
-        .await
-        .map_err(|e| fail("reading the source's publications", e))?
-        .is_some();
-    if has_publication {
-        removals.push(Removal {
-            what: format!("publication {publication} (source)"),
-            on_source: true,
-            sql: format!("DROP PUBLICATION {}", ident(&publication)),
-        });
-    }
+    // The same leftovers, removed by the same statements, as the cutover's clean-up.
+    let [slot, publication, origin] = Leftover::of_streaming(&slot, &publication, &origin);
+    let mut candidates = vec![slot, publication];
     let full = state
         .as_ref()
         .and_then(|s| s.sync.as_ref())
         .map(|s| s.replica_identity_full.clone())
         .unwrap_or_default();
-    for table in full {
-        let still_full = source
-            .query_opt(
-                "SELECT 1 FROM pg_class WHERE oid = to_regclass($1) AND relreplident = 'f'",
-                &[&table],
-            )
-            .await
-            .map_err(|e| fail("reading the source's replica identities", e))?
-            .is_some();
-        if still_full {
-            removals.push(Removal {
-                what: format!("replica identity FULL of {table}, back to DEFAULT (source)"),
-                on_source: true,
-                sql: format!("ALTER TABLE {table} REPLICA IDENTITY DEFAULT"),
-            });
-        }
-    }
+    candidates.extend(full.iter().map(|t| Leftover::replica_identity(t)));
     // A cutover that stopped before verification passed, without lifting its fence.
     let fenced = state.as_ref().and_then(|s| s.cutover.as_ref()).is_some_and(|c| c.fence_left_up());
     if fenced {
-        let db = &loaded_database(&source).await?;
-        removals.push(Removal {
-            what: format!("the cutover's fence on database {db}: it takes writes again (source)"),
-            on_source: true,
-            sql: format!("ALTER DATABASE {} RESET default_transaction_read_only", ident(db)),
-        });
+        candidates.push(Leftover::fence(&loaded_database(&source).await?));
     }
-    if crate::catalog::read_origin(&target, &origin)
-        .await
-        .map_err(|e| miette::miette!("{e}"))?
-        .is_some()
-    {
-        removals.push(Removal {
-            what: format!("replication origin {origin} (target)"),
-            on_source: false,
-            sql: format!("SELECT pg_replication_origin_drop({})", literal(&origin)),
-        });
+    candidates.push(origin);
+    let mut removals = vec![];
+    for leftover in candidates {
+        let there = teardown::exists(&source, &target, &leftover)
+            .await
+            .map_err(|e| fail(&format!("looking for the {}", leftover.what), e))?;
+        if there {
+            removals.push(leftover);
+        }
     }
 
     let items: Vec<(String, String)> =
@@ -128,11 +76,7 @@ pub async fn run(args: &AbortArgs, out: &mut dyn Write) -> miette::Result<Outcom
             miette::bail!(help = "nothing was removed", "abort cancelled");
         }
         for r in &removals {
-            let client = if r.on_source { &source } else { &target };
-            if r.sql.starts_with("SELECT pg_drop_replication_slot") {
-                crate::execute::release_slot(&source, &slot).await.map_err(|e| fail(&r.what, e))?;
-            }
-            client.batch_execute(&r.sql).await.map_err(|e| fail(&r.what, e))?;
+            teardown::remove(&source, &target, r).await.map_err(|e| fail(&r.what, e))?;
             crate::report::say(out, "removed", &r.what).map_err(io_err)?;
         }
     }

@@ -7,8 +7,9 @@ use std::time::{Duration, Instant};
 use tokio_postgres::Client;
 
 use crate::execute::context::{ApplyError, Ctx, Event, sync_error};
+use crate::execute::teardown;
 use crate::plan::{Step, Work};
-use crate::sql::ident;
+use crate::planner::FenceSql;
 use crate::state::{State, now_f64};
 
 /// When the stream stops for the cutover.
@@ -25,8 +26,10 @@ pub enum Trigger {
 pub struct Cutover<'a> {
     /// When.
     pub trigger: Trigger,
-    /// The fence step (its SQL and mode).
+    /// The fence step (its mode).
     pub fence: &'a crate::plan::Step,
+    /// The streamed tables (what `lock_tables` locks).
+    pub tables: &'a [crate::plan::StreamTable],
 }
 
 /// The fence, up.
@@ -66,15 +69,13 @@ pub(crate) fn triggered(t: &Trigger) -> bool {
 /// Ends every client session of the source database that is not pgtransit's, and waits until
 /// they are gone (`pg_terminate_backend` only signals). Re-scans, so sessions that connected
 /// meanwhile are ended too. A session pgtransit may not end is an error naming it.
-async fn end_sessions(client: &Client, database: &str) -> Result<(), String> {
+async fn end_sessions(client: &Client, fence: &FenceSql) -> Result<(), String> {
     let started = Instant::now();
     loop {
         let rows = client
             .query(
-                "SELECT pid, usename::text FROM pg_stat_activity WHERE datname = $1 \
-                 AND pid <> pg_backend_pid() AND backend_type = 'client backend' \
-                 AND application_name NOT LIKE 'pgtransit/%'",
-                &[&database],
+                &format!("SELECT pid, usename::text FROM pg_stat_activity WHERE {}", fence.others),
+                &[],
             )
             .await
             .map_err(|e| crate::execute::context::db_message(&e))?;
@@ -158,11 +159,12 @@ pub(crate) async fn fence(
              commit after the fence): COMMIT PREPARED or ROLLBACK PREPARED them, then cut over"
         )));
     }
-    if mode == "lock_tables" {
+    let sql = FenceSql::new(database, mode, c.tables);
+    if let Some(lock) = &sql.lock {
         // The locks are held by this session's open transaction until the cutover ends.
-        let lock = c.fence.sql.lines().find(|l| l.starts_with("LOCK TABLE")).unwrap_or_default();
+        let timeout = FenceSql::LOCK_TIMEOUT;
         client
-            .batch_execute(&format!("BEGIN; SET LOCAL lock_timeout = '60s'; {lock}"))
+            .batch_execute(&format!("BEGIN; SET LOCAL lock_timeout = '{timeout}'; {lock}"))
             .await
             .map_err(fail)?;
     }
@@ -170,14 +172,8 @@ pub(crate) async fn fence(
     // connected in between would come back read-write).
     let other =
         crate::conn::connect_with(&servers.source, "pgtransit/cutover", &servers.policy).await?;
-    other
-        .batch_execute(&format!(
-            "ALTER DATABASE {} SET default_transaction_read_only = on",
-            crate::sql::ident(database)
-        ))
-        .await
-        .map_err(fail)?;
-    end_sessions(&other, database).await.map_err(failed)?;
+    other.batch_execute(&sql.read_only).await.map_err(fail)?;
+    end_sessions(&other, &sql).await.map_err(failed)?;
     let at = Instant::now();
     let emitted: String = client
         .query_one(
@@ -221,7 +217,7 @@ pub async fn finish(
         Err(e) if !verified => {
             let database = fenced.database.clone();
             drop(fenced);
-            lift(ctx, &database, state, &e.to_string()).await;
+            teardown::lift(ctx, &database, state, &e.to_string()).await;
             Err(e)
         }
         Err(e) => {
@@ -308,7 +304,7 @@ async fn finish_steps(ctx: &Ctx<'_>, steps: &[&Step], state: &mut State) -> Resu
                         crate::conn::connect_with(&ctx.servers.source, app, policy).await?;
                     let target =
                         crate::conn::connect_with(&ctx.servers.target, app, policy).await?;
-                    cleanup(&source, &target, slot, publication, origin)
+                    teardown::cleanup(&source, &target, slot, publication, origin)
                         .await
                         .map_err(|e| failed(step, &e))
                 })
@@ -345,113 +341,4 @@ async fn connect_pinned(ctx: &Ctx<'_>) -> Result<(Client, Client), ApplyError> {
         })?;
     }
     Ok((source, target))
-}
-
-/// Lifts the fence after a failure: the source takes writes again. A source that went away is
-/// waited for (`--retry-for`); what could not be done is recorded (the next `apply` tries
-/// again) and said for the operator. Returns whether the fence is lifted.
-pub async fn lift(ctx: &Ctx<'_>, database: &str, state: &mut State, why: &str) -> bool {
-    let sql = format!("ALTER DATABASE {} RESET default_transaction_read_only", ident(database));
-    let attempt = async || -> Result<(), ApplyError> {
-        let policy = &ctx.servers.policy;
-        let c = crate::conn::connect_with(&ctx.servers.source, "pgtransit/cutover", policy).await?;
-        // (Two statements: one implicit transaction would start read-only.)
-        c.batch_execute("SET default_transaction_read_only = off").await.map_err(|e| {
-            crate::execute::context::step_error("cutover:fence", "lifting the fence", &e)
-        })?;
-        c.batch_execute(&sql).await.map_err(|e| {
-            crate::execute::context::step_error("cutover:fence", "lifting the fence", &e)
-        })
-    };
-    let lifted = crate::execute::context::retry(ctx, attempt).await;
-    if let Err(e) = &lifted {
-        tracing::error!("the fence could not be lifted ({e}): run `{sql};` on the source");
-    }
-    let cut = state.cutover.get_or_insert_with(Default::default);
-    cut.status = "failed".into();
-    cut.error = Some(why.to_string());
-    cut.fence_lifted = lifted.is_ok();
-    cut.finished_at = Some(now_f64());
-    let _ = ctx.state_dir.save(state);
-    lifted.is_ok()
-}
-
-/// Drops the slot (once released), the publication and the origin (once released), whichever
-/// exist. Returns what it dropped.
-pub async fn cleanup(
-    source: &Client,
-    target: &Client,
-    slot: &str,
-    publication: &str,
-    origin: &str,
-) -> Result<Vec<String>, tokio_postgres::Error> {
-    let mut dropped = vec![];
-    // A session opened after the fence is read-only by default; pgtransit's own may write.
-    source.batch_execute("SET default_transaction_read_only = off").await?;
-    release_slot(source, slot).await?;
-    let n = source
-        .execute(
-            "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots \
-             WHERE slot_name = $1",
-            &[&slot],
-        )
-        .await?;
-    if n > 0 {
-        dropped.push(format!("replication slot {slot} (source)"));
-    }
-    let exists = source
-        .query_opt("SELECT 1 FROM pg_publication WHERE pubname = $1", &[&publication])
-        .await?
-        .is_some();
-    if exists {
-        source.batch_execute(&format!("DROP PUBLICATION {}", ident(publication))).await?;
-        dropped.push(format!("publication {publication} (source)"));
-    }
-    // The stream's target session may take a moment to end and release the origin.
-    let started = Instant::now();
-    loop {
-        let r = target
-            .execute(
-                "SELECT pg_replication_origin_drop(roname) FROM pg_replication_origin \
-                 WHERE roname = $1",
-                &[&origin],
-            )
-            .await;
-        match r {
-            Ok(0) => break,
-            Ok(_) => {
-                dropped.push(format!("replication origin {origin} (target)"));
-                break;
-            }
-            Err(e) if started.elapsed() < Duration::from_secs(10) && e.code().is_some() => {
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(dropped)
-}
-
-/// Waits (up to 10 s) for the slot to be released by the session that held it (an apply that
-/// was just stopped or killed); then ends that session.
-pub async fn release_slot(source: &Client, slot: &str) -> Result<(), tokio_postgres::Error> {
-    let started = Instant::now();
-    loop {
-        let pid: Option<i32> = source
-            .query_opt(
-                "SELECT active_pid FROM pg_replication_slots WHERE slot_name = $1 AND active",
-                &[&slot],
-            )
-            .await?
-            .map(|r| r.get(0));
-        let Some(pid) = pid else { return Ok(()) };
-        if started.elapsed() > Duration::from_secs(20) {
-            // Dropping it fails and says why.
-            return Ok(());
-        }
-        if started.elapsed() > Duration::from_secs(10) {
-            source.execute("SELECT pg_terminate_backend($1)", &[&pid]).await?;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
 }

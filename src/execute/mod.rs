@@ -20,6 +20,7 @@ mod load;
 mod session;
 mod steps;
 mod sync;
+pub mod teardown;
 
 use std::time::Duration;
 
@@ -28,7 +29,6 @@ use crate::state::State;
 
 pub(crate) use context::db_message;
 pub use context::{ApplyError, Cancel, Ctx, Event, Servers, connect_target};
-pub use cutover::release_slot;
 
 use crate::execute::context::with_reconnect;
 use crate::execute::steps::run_phase;
@@ -64,7 +64,7 @@ pub async fn run(plan: &Plan, ctx: &Ctx<'_>, state: &mut State) -> Result<Finish
     });
     if interrupted && let Some(database) = fence {
         tracing::warn!("an earlier cutover was interrupted before verification: lifting its fence");
-        if !crate::execute::cutover::lift(ctx, database, state, "interrupted before verification")
+        if !crate::execute::teardown::lift(ctx, database, state, "interrupted before verification")
             .await
         {
             return Err(ApplyError::ConnectionLost(format!(
@@ -155,7 +155,7 @@ fn sync_and_cutover(
         crate::execute::cutover::Trigger::Requested(ctx.state_dir.path().join(CUTOVER_REQUEST))
     };
     let fence = cutover_steps.iter().find(|s| matches!(s.work, Work::Fence { .. }));
-    let cutover = fence.map(|f| crate::execute::cutover::Cutover { trigger, fence: f });
+    let cutover = fence.map(|f| crate::execute::cutover::Cutover { trigger, fence: f, tables });
     let work = async {
         // A server that goes away (network, restart) is waited for; the stream then resumes
         // from the target's recorded position.
@@ -185,7 +185,7 @@ fn sync_and_cutover(
                 // Fenced, but not drained: lift the fence.
                 let fenced = state.cutover.as_ref().is_some_and(|c| c.fenced_undrained());
                 if fenced && let Some(Work::Fence { database, .. }) = fence.map(|f| &f.work) {
-                    crate::execute::cutover::lift(ctx, database, state, &e.to_string()).await;
+                    crate::execute::teardown::lift(ctx, database, state, &e.to_string()).await;
                 }
                 Err(e)
             }

@@ -232,8 +232,9 @@ pub(crate) async fn run_step(
             | Work::None => Ok(()),
             // A verified cutover's clean-up that was cut off: finished, and the cutover with it.
             Work::Cleanup { slot, publication, origin } => {
-                let r = crate::execute::cutover::cleanup(source, target, slot, publication, origin)
-                    .await;
+                let r =
+                    crate::execute::teardown::cleanup(source, target, slot, publication, origin)
+                        .await;
                 if r.is_ok() {
                     let mut state = shared.lock().await;
                     if let Some(cut) = state.cutover.as_mut() {

@@ -157,10 +157,7 @@ pub fn plan(inputs: Inputs<'_>) -> Plan {
     let without_slot;
     // After a cutover, the migration is over: the slot is gone on purpose.
     // (Verified but not cleaned up counts: the target is the new primary either way.)
-    let cut_over = inputs
-        .state
-        .and_then(|s| s.cutover.as_ref())
-        .is_some_and(|c| matches!(c.status.as_str(), "done" | "cleaning_up"));
+    let cut_over = inputs.state.and_then(|s| s.cutover.as_ref()).is_some_and(|c| c.verified());
     let online = online && !cut_over;
     let state = if online && !slot_exists && inputs.state.is_some() {
         without_slot = inputs.state.map(|s| s.with_copies_interrupted());
@@ -312,7 +309,7 @@ pub fn plan(inputs: Inputs<'_>) -> Plan {
         let cleaning_up = inputs
             .state
             .and_then(|s| s.cutover.as_ref())
-            .is_some_and(|c| c.status == "cleaning_up");
+            .is_some_and(|c| c.status == crate::state::CutoverStatus::CleaningUp);
         if cleaning_up {
             steps.push(cleanup_step(
                 &spec.name.value,

@@ -727,14 +727,14 @@ pub fn status(out: &mut dyn Write, st: &crate::status::Status, format: Format) -
     }
     if let Some(c) = &st.cutover {
         writeln!(out)?;
-        match c.status.as_str() {
-            "done" => writeln!(
+        match c.status {
+            crate::state::CutoverStatus::Done => writeln!(
                 out,
                 "Cutover: done, write gap {:.2} s, {} tables verified identical",
                 c.write_gap_seconds.unwrap_or_default(),
                 c.verified.len()
             )?,
-            "failed" => writeln!(
+            crate::state::CutoverStatus::Failed => writeln!(
                 out,
                 "Cutover: failed ({}); {}",
                 c.error.as_deref().unwrap_or("-"),

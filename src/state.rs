@@ -126,12 +126,53 @@ pub struct SyncState {
     pub reported_at: f64,
 }
 
+/// Where a cutover is, in the order it goes (saved as `fencing`, `draining`, ... `failed`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CutoverStatus {
+    /// The fence is going up on the source.
+    #[default]
+    Fencing,
+    /// Fenced; the stream applies everything up to the barrier.
+    Draining,
+    /// Drained: sequences and refreshes.
+    Finishing,
+    /// Comparing the rows of every table.
+    Verifying,
+    /// Verified (the target is the new primary); the slot, publication and origin go.
+    CleaningUp,
+    /// The target is ready for the applications.
+    Done,
+    /// Stopped before verification passed (see `fence_lifted`).
+    Failed,
+}
+
+impl CutoverStatus {
+    /// As saved in the state, and shown.
+    pub fn name(self) -> &'static str {
+        match self {
+            CutoverStatus::Fencing => "fencing",
+            CutoverStatus::Draining => "draining",
+            CutoverStatus::Finishing => "finishing",
+            CutoverStatus::Verifying => "verifying",
+            CutoverStatus::CleaningUp => "cleaning_up",
+            CutoverStatus::Done => "done",
+            CutoverStatus::Failed => "failed",
+        }
+    }
+}
+
+impl std::fmt::Display for CutoverStatus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
 /// The cutover.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct CutoverState {
-    /// `fencing`, `draining`, `finishing` (sequences, refreshes), `verifying`, `cleaning_up`,
-    /// `done`, or `failed`.
-    pub status: String,
+    /// Where it is.
+    pub status: CutoverStatus,
     /// When it was asked for (Unix seconds).
     #[serde(default)]
     pub requested_at: Option<f64>,
@@ -163,14 +204,25 @@ impl CutoverState {
     /// The fence is up and the stream not yet drained to its barrier: a failure now lifts the
     /// fence rather than wait for a server.
     pub fn fenced_undrained(&self) -> bool {
-        matches!(self.status.as_str(), "fencing" | "draining")
+        matches!(self.status, CutoverStatus::Fencing | CutoverStatus::Draining)
+    }
+
+    /// Verified: the target is the new primary (its clean-up may still be under way).
+    pub fn verified(&self) -> bool {
+        matches!(self.status, CutoverStatus::CleaningUp | CutoverStatus::Done)
+    }
+
+    /// The target is ready for the applications, and nothing of the migration is left.
+    pub fn done(&self) -> bool {
+        self.status == CutoverStatus::Done
     }
 
     /// The fence may still be up: the cutover stopped before verification passed (kill -9, a
     /// crash), or failed and could not lift it (the source was unreachable).
     pub fn fence_left_up(&self) -> bool {
-        matches!(self.status.as_str(), "fencing" | "draining" | "finishing" | "verifying")
-            || (self.status == "failed" && !self.fence_lifted)
+        use CutoverStatus::*;
+        matches!(self.status, Fencing | Draining | Finishing | Verifying)
+            || (self.status == Failed && !self.fence_lifted)
     }
 }
 
@@ -587,6 +639,25 @@ impl State {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_cutover_lifecycle_is_saved_as_the_strings_earlier_state_files_hold() {
+        use CutoverStatus::*;
+        let all = [Fencing, Draining, Finishing, Verifying, CleaningUp, Done, Failed];
+        let saved =
+            ["fencing", "draining", "finishing", "verifying", "cleaning_up", "done", "failed"];
+        for (status, text) in all.iter().zip(saved) {
+            assert_eq!(serde_json::to_string(status).unwrap(), format!("\"{text}\""));
+            assert_eq!(
+                serde_json::from_str::<CutoverStatus>(&format!("\"{text}\"")).unwrap(),
+                *status
+            );
+            assert_eq!(status.to_string(), text);
+        }
+        let old: CutoverState =
+            serde_json::from_str(r#"{"status": "draining", "fenced_at": 1.5}"#).unwrap();
+        assert!(old.fenced_undrained() && old.fence_left_up() && !old.verified());
+    }
 
     fn temp(name: &str) -> StateDir {
         let dir =

@@ -4,7 +4,7 @@
 use serde::Serialize;
 
 use crate::catalog::SlotHealth;
-use crate::state::{Counters, State, StepStatus};
+use crate::state::{Counters, CutoverStatus, State, StepStatus};
 
 /// Retained WAL above which `status` warns (the slot keeps the source's WAL on its disk), when
 /// the migration plan does not say (`sync.slot_wal_warning`).
@@ -180,13 +180,13 @@ pub fn compute(
         };
         st.lag_seconds = sync.caught_up_at.map(|t| (now - t).max(0.0));
     }
-    match st.cutover.as_ref().map(|c| c.status.as_str()) {
-        Some("done") => {
+    match st.cutover.as_ref().map(|c| c.status) {
+        Some(CutoverStatus::Done) => {
             st.phase = "cut_over";
             st.warnings.clear();
             return st;
         }
-        Some("failed") | None => {}
+        Some(CutoverStatus::Failed) | None => {}
         Some(_) if running.is_some() => st.phase = "cutting_over",
         Some(_) => st.warnings.push(
             "a cutover was interrupted before verification passed: the source may still be \
@@ -195,7 +195,7 @@ pub fn compute(
                 .into(),
         ),
     }
-    if st.cutover.as_ref().is_some_and(|c| c.status == "failed" && !c.fence_lifted) {
+    if st.cutover.as_ref().is_some_and(|c| c.status == CutoverStatus::Failed && !c.fence_lifted) {
         st.warnings.push(
             "the failed cutover could not lift its fence: the source is still read-only for new \
              sessions (`pgtransit abort` lifts it, or ALTER DATABASE ... RESET \

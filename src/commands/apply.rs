@@ -229,7 +229,7 @@ pub async fn apply_plan(
             }
             state.applying = None;
             state_dir.save(&mut state)?;
-            match state.cutover.as_ref().filter(|c| c.status == "done") {
+            match state.cutover.as_ref().filter(|c| c.done()) {
                 Some(cut) => report::cutover_done(out, cut, &plan.target.endpoint),
                 None => report::apply_done(out, &guard.0, &state_dir.state_file()),
             }

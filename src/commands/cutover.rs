@@ -53,7 +53,7 @@ pub async fn run(args: &CutoverArgs, out: &mut dyn Write) -> miette::Result<Outc
             .and_then(|s| s.cutover.clone())
             .filter(|c| c.finished_at.is_some_and(|f| f >= asked));
         match cut {
-            Some(c) if c.status == "done" => {
+            Some(c) if c.done() => {
                 let target = crate::execute::Servers::new(
                     &loaded,
                     &crate::conn::Env::from_process(),

@@ -267,7 +267,7 @@ pub async fn run(args: &DemoArgs, out: &mut dyn Write) -> miette::Result<Outcome
         .await
         .into_diagnostic()?;
     let applied = apply.wait().await.into_diagnostic()?;
-    let ended = state_dir.load()?.and_then(|s| s.cutover).filter(|c| c.status == "done");
+    let ended = state_dir.load()?.and_then(|s| s.cutover).filter(|c| c.done());
     if let Some(c) = &ended {
         report::say(
             out,

@@ -10,7 +10,7 @@ use crate::execute::context::{ApplyError, Ctx, Event, sync_error};
 use crate::execute::teardown;
 use crate::plan::{Step, Work};
 use crate::planner::FenceSql;
-use crate::state::{State, now_f64};
+use crate::state::{CutoverStatus, State, now_f64};
 
 /// When the stream stops for the cutover.
 #[derive(Debug, Clone)]
@@ -128,7 +128,7 @@ pub(crate) async fn fence(
     let servers = ctx.servers;
     let cut = state.cutover.get_or_insert_with(Default::default);
     *cut = crate::state::CutoverState {
-        status: "fencing".into(),
+        status: CutoverStatus::Fencing,
         requested_at: Some(now_f64()),
         ..Default::default()
     };
@@ -185,7 +185,7 @@ pub(crate) async fn fence(
         .get(0);
     let barrier_lsn = crate::stream::parse_lsn(&emitted).unwrap_or(u64::MAX);
     let cut = state.cutover.get_or_insert_with(Default::default);
-    cut.status = "draining".into();
+    cut.status = CutoverStatus::Draining;
     cut.fenced_at = Some(now_f64());
     ctx.state_dir.save(state)?;
     tracing::info!(database = %database, mode = %mode, "source fenced; draining to the barrier");
@@ -201,11 +201,11 @@ pub async fn finish(
     state: &mut State,
 ) -> Result<(), ApplyError> {
     let result = finish_steps(ctx, steps, state).await;
-    let verified = state.cutover.as_ref().is_some_and(|c| c.status == "cleaning_up");
+    let verified = state.cutover.as_ref().is_some_and(|c| c.verified());
     match result {
         Ok(()) => {
             let cut = state.cutover.get_or_insert_with(Default::default);
-            cut.status = "done".into();
+            cut.status = CutoverStatus::Done;
             cut.finished_at = Some(now_f64());
             cut.write_gap_seconds = Some(fenced.at.elapsed().as_secs_f64());
             ctx.state_dir.save(state)?;
@@ -240,11 +240,11 @@ pub async fn finish(
 }
 
 async fn finish_steps(ctx: &Ctx<'_>, steps: &[&Step], state: &mut State) -> Result<(), ApplyError> {
-    let set_status = |state: &mut State, status: &str| {
-        state.cutover.get_or_insert_with(Default::default).status = status.into();
+    let set_status = |state: &mut State, status: CutoverStatus| {
+        state.cutover.get_or_insert_with(Default::default).status = status;
         ctx.state_dir.save(state)
     };
-    set_status(state, "finishing")?;
+    set_status(state, CutoverStatus::Finishing)?;
     for step in steps {
         match &step.work {
             Work::Fence { .. } | Work::Drain => {
@@ -252,7 +252,7 @@ async fn finish_steps(ctx: &Ctx<'_>, steps: &[&Step], state: &mut State) -> Resu
                 state.finish(&step.id, None);
             }
             Work::Verify { tables } => {
-                set_status(state, "verifying")?;
+                set_status(state, CutoverStatus::Verifying)?;
                 (ctx.events)(Event::Started {
                     id: step.id.clone(),
                     object: step.object.clone(),
@@ -289,7 +289,7 @@ async fn finish_steps(ctx: &Ctx<'_>, steps: &[&Step], state: &mut State) -> Resu
                 }
                 state.start(&step.id);
                 state.finish(&step.id, None);
-                set_status(state, "cleaning_up")?;
+                set_status(state, CutoverStatus::CleaningUp)?;
                 done(ctx, step, started);
             }
             Work::Cleanup { slot, publication, origin } => {

@@ -238,7 +238,7 @@ pub(crate) async fn run_step(
                 if r.is_ok() {
                     let mut state = shared.lock().await;
                     if let Some(cut) = state.cutover.as_mut() {
-                        cut.status = "done".into();
+                        cut.status = crate::state::CutoverStatus::Done;
                         cut.error = None;
                         cut.finished_at.get_or_insert_with(crate::state::now_f64);
                     }

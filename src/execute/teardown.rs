@@ -32,7 +32,7 @@ pub async fn lift(ctx: &Ctx<'_>, database: &str, state: &mut State, why: &str) -
         tracing::error!("the fence could not be lifted ({e}): run `{sql};` on the source");
     }
     let cut = state.cutover.get_or_insert_with(Default::default);
-    cut.status = "failed".into();
+    cut.status = crate::state::CutoverStatus::Failed;
     cut.error = Some(why.to_string());
     cut.fence_lifted = lifted.is_ok();
     cut.finished_at = Some(now_f64());

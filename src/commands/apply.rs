@@ -218,6 +218,7 @@ pub async fn apply_plan(
         events: &on_event,
         spec: &loaded.spec,
         cutover_now,
+        sessions: Default::default(),
     };
     let result = apply::run(plan, &ctx, &mut state).await;
     let guard = view.lock().map_err(|_| miette::miette!("the output lock was poisoned"))?;

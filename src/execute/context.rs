@@ -431,6 +431,56 @@ pub struct Ctx<'a> {
     /// Cut over as soon as ready, whatever `cutover.mode` says (`pgtransit cutover` with no
     /// apply running).
     pub cutover_now: bool,
+    /// Sessions an earlier attempt of this run may have left on the servers.
+    pub sessions: EarlierSessions,
+}
+
+/// A session of a server, exactly: its pid and its start time (pids are reused).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Session {
+    pub(crate) pid: i32,
+    pub(crate) started: String,
+}
+
+impl Session {
+    /// Its pid.
+    pub(crate) fn pid(&self) -> i32 {
+        self.pid
+    }
+
+    /// When it started (`backend_start` as text).
+    pub(crate) fn started(&self) -> &str {
+        &self.started
+    }
+
+    /// The session of `client`.
+    pub(crate) async fn of(client: &Client) -> Result<Session, tokio_postgres::Error> {
+        let me = client
+            .query_one(
+                "SELECT pid, backend_start::text FROM pg_stat_activity \
+                 WHERE pid = pg_backend_pid()",
+                &[],
+            )
+            .await?;
+        Ok(Session { pid: me.get(0), started: me.get(1) })
+    }
+}
+
+/// The sessions of this run's earlier attempts. After a lost or stuck connection they may live
+/// on, unaware, on their servers (a stalled connection is only noticed by its server after
+/// `wal_sender_timeout` or TCP's timeouts): the stream's walsender still holds the slot, its
+/// target session the replication origin, maybe a batch about to commit; a load worker's
+/// target session a copy's transaction that holds its table's lock. The next attempt ends them,
+/// and waits until they are gone, before it reads the applied position or copies again.
+#[derive(Debug, Default)]
+pub struct EarlierSessions {
+    /// The stream's target session.
+    pub(crate) stream_target: std::sync::Mutex<Option<Session>>,
+    /// The stream's walsender (the source's session that holds the slot), as the heartbeat
+    /// task last saw it.
+    pub(crate) walsender: Arc<std::sync::Mutex<Option<Session>>>,
+    /// The load workers' target sessions.
+    pub(crate) load: std::sync::Mutex<Vec<Session>>,
 }
 
 /// Runs `work` again after a lost connection, with backoff, for `--retry-for` (see

@@ -12,11 +12,12 @@ use crate::plan::{Step, Work};
 use crate::sql::{ident, literal};
 use crate::state::{State, StateDir};
 
+use crate::execute::context::Session;
 use crate::execute::context::{
     ApplyError, Ctx, Event, again_after_deadlock, connect_target, db_message, failed, failpoint,
     step_done, step_error,
 };
-use crate::execute::session::{LOAD_SESSIONS, Progress, Session, end_previous, stuck};
+use crate::execute::session::{Progress, end_previous, stuck};
 use crate::execute::steps::{run_phase, run_step, schedule};
 
 /// The load phase: copies run `jobs` at a time, all under one exported snapshot.
@@ -26,13 +27,13 @@ pub(crate) async fn load(
     state: &mut State,
 ) -> Result<(), ApplyError> {
     let Ctx { servers, state_dir, jobs, events, .. } = *ctx;
-    let earlier = LOAD_SESSIONS.lock().expect("sessions lock").clone();
+    let earlier = ctx.sessions.load.lock().expect("sessions lock").clone();
     if !earlier.is_empty() {
         let target = connect_target(servers, "pgtransit/apply").await?;
         for session in &earlier {
             end_previous(&target, session, "load session").await?;
         }
-        LOAD_SESSIONS.lock().expect("sessions lock").retain(|s| !earlier.contains(s));
+        ctx.sessions.load.lock().expect("sessions lock").retain(|s| !earlier.contains(s));
     }
     // Online mode: the source's replica identities and publication, then the slot, before any
     // copy: the copies read the snapshot the slot exports.
@@ -141,7 +142,7 @@ pub(crate) async fn load(
             let tgt = connect_target(servers, &app).await?;
             let me =
                 Session::of(&tgt).await.map_err(|e| step_error("connect", "target session", &e))?;
-            LOAD_SESSIONS.lock().expect("sessions lock").push(me.clone());
+            ctx.sessions.load.lock().expect("sessions lock").push(me.clone());
             src.batch_execute(&format!(
                 "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY; SET TRANSACTION SNAPSHOT {}",
                 literal(snapshot)

@@ -8,7 +8,7 @@ use tokio_postgres::Client;
 
 use crate::conn;
 
-use crate::execute::context::{ApplyError, Servers, pg};
+use crate::execute::context::{ApplyError, Servers, Session, pg};
 
 /// The stream counts as stalled when nothing has arrived for this long although the source
 /// says it sent a heartbeat this long ago (a connection a middlebox keeps open but passes
@@ -68,45 +68,6 @@ impl Progress {
         }
     }
 }
-
-/// A session of a server, exactly: its pid and its start time (pids are reused).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct Session {
-    pub(crate) pid: i32,
-    pub(crate) started: String,
-}
-
-impl Session {
-    /// Its pid.
-    pub(crate) fn pid(&self) -> i32 {
-        self.pid
-    }
-
-    /// When it started (`backend_start` as text).
-    pub(crate) fn started(&self) -> &str {
-        &self.started
-    }
-
-    /// The session of `client`.
-    pub(crate) async fn of(client: &Client) -> Result<Session, tokio_postgres::Error> {
-        let me = client
-            .query_one(
-                "SELECT pid, backend_start::text FROM pg_stat_activity \
-                 WHERE pid = pg_backend_pid()",
-                &[],
-            )
-            .await?;
-        Ok(Session { pid: me.get(0), started: me.get(1) })
-    }
-}
-
-/// The sessions of this process's last stream. After the stream was lost they may live on,
-/// unaware, on their servers (a stalled connection is only noticed by its server after
-/// `wal_sender_timeout` or TCP's timeouts): the walsender still holds the slot, the target
-/// session the replication origin, maybe a batch about to commit. The next stream ends them,
-/// and waits until they are gone, before it reads the applied position.
-pub(crate) static PREVIOUS: std::sync::Mutex<(Option<Session>, Option<Session>)> =
-    std::sync::Mutex::new((None, None));
 
 /// Returns once the applier has made no progress for [`stuck`] and the target does not say
 /// that its session is at work: a long statement or a lock wait is not a stuck connection,
@@ -185,7 +146,7 @@ pub(crate) async fn end_previous(
 
 /// Cancels the statement `session` runs (from a connection of its own: the session's own is
 /// busy with it).
-pub(crate) async fn cancel_session(servers: &Servers, session: &crate::execute::session::Session) {
+pub(crate) async fn cancel_session(servers: &Servers, session: &Session) {
     let Ok(c) = conn::connect_with(&servers.target, "pgtransit/cancel", &servers.policy).await
     else {
         return;
@@ -198,9 +159,3 @@ pub(crate) async fn cancel_session(servers: &Servers, session: &crate::execute::
         )
         .await;
 }
-
-/// The target sessions of this process's load workers. After a lost or stuck connection they
-/// may live on, unaware, on the target (until TCP or the server notices), inside a copy's
-/// transaction that holds its table's lock: the next load ends them first.
-pub(crate) static LOAD_SESSIONS: std::sync::Mutex<Vec<crate::execute::session::Session>> =
-    std::sync::Mutex::new(Vec::new());

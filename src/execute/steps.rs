@@ -10,11 +10,12 @@ use crate::plan::{Action, Step, Work};
 use crate::sql::{literal, qualified_ident};
 use crate::state::State;
 
+use crate::execute::context::Session;
 use crate::execute::context::{
     ApplyError, Ctx, Event, again_after_deadlock, already_exists, connect_target, failed,
     failpoint, step_done, step_error,
 };
-use crate::execute::session::{Session, cancel_session};
+use crate::execute::session::cancel_session;
 
 /// Runs `steps` one at a time, in order.
 pub(crate) async fn run_steps(

@@ -7,11 +7,9 @@ use std::time::{Duration, Instant};
 
 use futures_util::stream::FuturesOrdered;
 
-use crate::execute::context::{ApplyError, Ctx, Event, pg, sync_error};
+use crate::execute::context::{ApplyError, Ctx, Event, Session, pg, sync_error};
 use crate::execute::cutover::{Cutover, Fenced, fence, triggered};
-use crate::execute::session::{
-    PREVIOUS, Progress, Session, end_previous, stall, stuck, stuck_target,
-};
+use crate::execute::session::{Progress, end_previous, stall, stuck, stuck_target};
 use crate::execute::sync::applier::{Applier, Pipeline, XidSnapshot};
 use crate::execute::sync::watch::{Live, schema_of, watch};
 use crate::execute::sync::{BATCH_AGE, BATCH_CHANGES, DRAIN_LIMIT, IDLE, Stopped, drift_error};
@@ -68,12 +66,12 @@ pub async fn stream(
         .map_err(pg)?;
     // The target session of a stream this process lost may still hold the origin, or be about
     // to commit a batch: it ends before the applied position is read.
-    let previous = PREVIOUS.lock().expect("previous lock").0.clone();
+    let previous = ctx.sessions.stream_target.lock().expect("sessions lock").clone();
     if let Some(session) = previous {
         end_previous(&target, &session, "target session").await?;
     }
     let me = Session::of(&target).await.map_err(pg)?;
-    PREVIOUS.lock().expect("previous lock").0 = Some(me.clone());
+    *ctx.sessions.stream_target.lock().expect("sessions lock") = Some(me.clone());
     target
         .query_one("SELECT pg_replication_origin_session_setup($1)", &[&origin])
         .await
@@ -105,14 +103,16 @@ pub async fn stream(
             schema_of(&source, version, scope).await.map_err(ApplyError::ConnectionLost)?;
         // The walsender of a stream this process lost still holds the slot: ended first.
         // (Kept until this stream's own replaces it: a failure here tries again next time.)
-        let previous = PREVIOUS.lock().expect("previous lock").1.clone();
+        let previous = ctx.sessions.walsender.lock().expect("sessions lock").clone();
         if let Some(session) = previous {
             end_previous(&source, &session, "walsender").await?;
         }
         let (live, prefix, scope) = (live.clone(), prefix.clone(), scope.clone());
+        let walsender = ctx.sessions.walsender.clone();
         let slot = slot.to_string();
         tokio::spawn(async move {
-            watch(source, slot, version, baseline, scope, live, prefix, drift_every).await
+            watch(source, slot, version, baseline, scope, live, prefix, drift_every, walsender)
+                .await
         })
     };
     struct AbortOnDrop(tokio::task::JoinHandle<()>);

@@ -7,7 +7,8 @@ use std::time::{Duration, Instant};
 
 use tokio_postgres::Client;
 
-use crate::execute::session::{PREVIOUS, Session, stall};
+use crate::execute::context::Session;
+use crate::execute::session::stall;
 use crate::execute::sync::HEARTBEAT;
 use crate::state::now_f64;
 
@@ -70,6 +71,7 @@ pub(crate) async fn watch(
     live: Arc<std::sync::Mutex<Live>>,
     prefix: String,
     drift_every: Duration,
+    walsender: Arc<std::sync::Mutex<Option<Session>>>,
 ) {
     let mut seq = 0u64;
     let mut last_check = Instant::now();
@@ -105,7 +107,7 @@ pub(crate) async fn watch(
                 let sent = pos(row.get(2));
                 if let (Some(pid), Some(started)) = (row.get(3), row.get(4)) {
                     // This stream's walsender (the slot is held by it while it streams).
-                    PREVIOUS.lock().expect("previous lock").1 = Some(Session { pid, started });
+                    *walsender.lock().expect("sessions lock") = Some(Session { pid, started });
                 }
                 let now = now_f64();
                 let mut l = live.lock().expect("live lock");

@@ -194,7 +194,7 @@ pub async fn connect_with(
         .find(|a| !a.is_empty())
         .unwrap_or("pgtransit")
         .to_owned();
-    let ctx = Ctx { r, tls: tls.as_ref(), app: &app, policy };
+    let ctx = Attempt { r, tls: tls.as_ref(), app: &app, policy };
 
     let start = Instant::now();
     let mut delay = policy.initial;
@@ -250,7 +250,7 @@ pub async fn connect_with(
     }
 }
 
-struct Ctx<'a> {
+struct Attempt<'a> {
     r: &'a Resolved,
     tls: Option<&'a rustls::ClientConfig>,
     app: &'a str,
@@ -259,7 +259,7 @@ struct Ctx<'a> {
 
 /// One pass over the hosts (two for `prefer-standby`). The round's failure is the first
 /// permanent one if any (retrying cannot help), else the last.
-async fn round(ctx: &Ctx<'_>) -> Result<Client, Failure> {
+async fn round(ctx: &Attempt<'_>) -> Result<Client, Failure> {
     let mut order: Vec<&Target> = ctx.r.targets.iter().collect();
     if ctx.r.load_balance_hosts {
         shuffle(&mut order);
@@ -316,7 +316,7 @@ const KEEPALIVES_COUNT: u32 = 4;
 
 /// Tries one server, with libpq's fallbacks between plaintext and TLS.
 async fn connect_target(
-    ctx: &Ctx<'_>,
+    ctx: &Attempt<'_>,
     target: &Target,
     want: TargetSessionAttrs,
 ) -> Result<Client, Failure> {
@@ -357,7 +357,7 @@ async fn connect_target(
     result
 }
 
-fn pg_config(ctx: &Ctx<'_>, target: &Target, ssl: PgSslMode) -> Config {
+fn pg_config(ctx: &Attempt<'_>, target: &Target, ssl: PgSslMode) -> Config {
     let r = ctx.r;
     let mut c = Config::new();
     c.user(&r.user)
@@ -400,7 +400,7 @@ fn pg_config(ctx: &Ctx<'_>, target: &Target, ssl: PgSslMode) -> Config {
 }
 
 async fn attempt(
-    ctx: &Ctx<'_>,
+    ctx: &Attempt<'_>,
     target: &Target,
     wire: Wire,
     want: TargetSessionAttrs,

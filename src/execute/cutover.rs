@@ -1,6 +1,8 @@
-//! The cutover after the drain: sequences, refreshes, verification, clean-up, and the write gap.
-//! The fence and the drain happen in the stream (`sync`); a failure before verification passes
-//! lifts the fence, so the source takes writes again and `pgtransit cutover` can run again.
+//! The cutover's lifecycle ([`crate::state::CutoverStatus`]): when it is due (its request),
+//! the fence and the barrier (put up from the stream, which then drains up to the barrier),
+//! then sequences, refreshes, verification, clean-up and the write gap. A failure before
+//! verification passes lifts the fence ([`crate::execute::teardown::lift`]), so the source
+//! takes writes again and `pgtransit cutover` can run again.
 
 use std::time::{Duration, Instant};
 
@@ -23,7 +25,7 @@ pub enum Trigger {
 }
 
 /// The cutover, as the stream carries out its first part.
-pub struct Cutover<'a> {
+pub struct CutoverRequest<'a> {
     /// When.
     pub trigger: Trigger,
     /// The fence step (its mode).
@@ -118,7 +120,7 @@ async fn end_sessions(client: &Client, fence: &FenceSql) -> Result<(), String> {
 /// 5. the barrier.
 pub(crate) async fn fence(
     ctx: &Ctx<'_>,
-    c: &Cutover<'_>,
+    c: &CutoverRequest<'_>,
     barrier: &str,
     state: &mut State,
 ) -> Result<Fenced, ApplyError> {

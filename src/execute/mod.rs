@@ -1,6 +1,25 @@
-//! `apply`: runs an execution plan's steps against the servers, recording each in the state.
+//! The executor: runs an execution plan's steps against the servers, recording each in the
+//! state. This package is the only code that changes a migration's servers (the demo's and the
+//! tests' throwaway clusters aside); `pgtransit abort` changes them through [`teardown`] too.
 //!
-//! This is the only code (with the step bodies below) that changes a server. Rules:
+//! The flow, and the files, one way (each uses only those after it):
+//! - `mod.rs` (here): the phases in order: schema, load, post-load, then sync and cutover.
+//! - [`load`]: the slot and the source snapshot (exported, or the slot's), and the copies
+//!   under it, with each table's builds as soon as its copy is done.
+//! - [`sync`]: change streaming (`run`: the loop; `applier`: batches of statements on the
+//!   target; `watch`: heartbeats and schema drift on the source), which puts the cutover's
+//!   fence up and drains to its barrier.
+//! - [`cutover`]: the cutover's lifecycle after the fence: sequences, refreshes,
+//!   verification, clean-up, and the fence lifted again after a failure.
+//! - [`steps`]: steps run on workers' sessions, `jobs` at a time, each after what it needs:
+//!   the one match on what a step runs.
+//! - [`teardown`]: the fence lifted; the slot, publication, origin and replica identities
+//!   removed (the cutover's clean-up and `abort`), with the planner's statements.
+//! - [`session`]: watchdogs and the ending of sessions a lost attempt left behind.
+//! - [`context`]: `Ctx`, events, errors, cancellation, retry after a lost connection,
+//!   failpoints.
+//!
+//! Rules:
 //! - Every step is one target transaction: it either happened completely or not at all.
 //! - The state says `running` before a step starts and `done` after its transaction commits.
 //!   A step found `running` on a later run was interrupted: if its transaction had committed
@@ -155,7 +174,8 @@ fn sync_and_cutover(
         crate::execute::cutover::Trigger::Requested(ctx.state_dir.path().join(CUTOVER_REQUEST))
     };
     let fence = cutover_steps.iter().find(|s| matches!(s.work, Work::Fence { .. }));
-    let cutover = fence.map(|f| crate::execute::cutover::Cutover { trigger, fence: f, tables });
+    let cutover =
+        fence.map(|f| crate::execute::cutover::CutoverRequest { trigger, fence: f, tables });
     let work = async {
         // A server that goes away (network, restart) is waited for; the stream then resumes
         // from the target's recorded position.

@@ -96,10 +96,10 @@ impl ToSql for Text {
     to_sql_checked!();
 }
 
-type Pending = Pin<Box<dyn Future<Output = Result<Outcome, tokio_postgres::Error>> + Send>>;
+type Pending = Pin<Box<dyn Future<Output = Result<Applied, tokio_postgres::Error>> + Send>>;
 
 /// What a pipelined statement reports back.
-pub(crate) struct Outcome {
+pub(crate) struct Applied {
     /// Rows it changed.
     rows: u64,
     /// For updates and deletes: the table, to count rows that were not found.
@@ -133,7 +133,7 @@ impl Pipeline {
 
     pub(crate) fn take(
         &mut self,
-        r: Result<Outcome, tokio_postgres::Error>,
+        r: Result<Applied, tokio_postgres::Error>,
     ) -> Result<(), tokio_postgres::Error> {
         self.beat.now();
         let o = r?;
@@ -155,7 +155,7 @@ impl Pipeline {
         let (client, stmt) = (self.client.clone(), stmt.clone());
         self.push(Box::pin(async move {
             let rows = client.execute_raw(&stmt, params.iter()).await?;
-            Ok(Outcome { rows, expect_row })
+            Ok(Applied { rows, expect_row })
         }))
         .await
     }
@@ -164,7 +164,7 @@ impl Pipeline {
         let client = self.client.clone();
         self.push(Box::pin(async move {
             client.batch_execute(&sql).await?;
-            Ok(Outcome { rows: 0, expect_row: None })
+            Ok(Applied { rows: 0, expect_row: None })
         }))
         .await
     }

@@ -8,10 +8,10 @@ use std::time::{Duration, Instant};
 use futures_util::stream::FuturesOrdered;
 
 use crate::execute::context::{ApplyError, Ctx, Event, Session, pg, sync_error};
-use crate::execute::cutover::{Cutover, Fenced, fence, triggered};
+use crate::execute::cutover::{CutoverRequest, Fenced, fence, triggered};
 use crate::execute::session::{Progress, end_previous, stall, stuck, stuck_target};
 use crate::execute::sync::applier::{Applier, Pipeline, XidSnapshot};
-use crate::execute::sync::watch::{Live, schema_of, watch};
+use crate::execute::sync::watch::{Heartbeats, schema_of, watch};
 use crate::execute::sync::{BATCH_AGE, BATCH_CHANGES, DRAIN_LIMIT, IDLE, Stopped, drift_error};
 use crate::plan::StreamTable;
 use crate::sql::literal;
@@ -30,7 +30,7 @@ pub async fn stream(
     max_lag: Duration,
     drift_every: Duration,
     scope: &crate::scope::Scope,
-    cutover: Option<&Cutover<'_>>,
+    cutover: Option<&CutoverRequest<'_>>,
     state: &mut State,
 ) -> Result<Stopped, ApplyError> {
     let servers = ctx.servers;
@@ -84,9 +84,9 @@ pub async fn stream(
     let start = start.as_deref().and_then(crate::stream::parse_lsn).unwrap_or(0);
 
     // Source: heartbeat and schema watch on their own connection.
-    let live = Arc::new(std::sync::Mutex::new(Live {
+    let live = Arc::new(std::sync::Mutex::new(Heartbeats {
         nonce: format!("{}.{}", std::process::id(), now_f64()),
-        ..Live::default()
+        ..Heartbeats::default()
     }));
     let prefix = format!("pgtransit:{slot}");
     let heartbeat = {
@@ -197,7 +197,11 @@ pub async fn stream(
 }
 
 /// Writes the progress into the state and tells the report. Returns the lag in seconds.
-fn report(a: &mut Applier<'_>, live: &std::sync::Mutex<Live>, state: &mut State) -> Option<f64> {
+fn report(
+    a: &mut Applier<'_>,
+    live: &std::sync::Mutex<Heartbeats>,
+    state: &mut State,
+) -> Option<f64> {
     let now = now_f64();
     let l = live.lock().expect("live lock");
     let measured = l.pending.front().map(|b| (now - b.at).max(0.0)).unwrap_or(0.0);
@@ -230,8 +234,8 @@ fn report(a: &mut Applier<'_>, live: &std::sync::Mutex<Live>, state: &mut State)
 async fn run_stream(
     a: &mut Applier<'_>,
     stream: &mut PgoutputStream,
-    live: &std::sync::Mutex<Live>,
-    cutover: Option<&Cutover<'_>>,
+    live: &std::sync::Mutex<Heartbeats>,
+    cutover: Option<&CutoverRequest<'_>>,
     state: &mut State,
 ) -> Result<Stopped, ApplyError> {
     let mut fenced: Option<Fenced> = None;

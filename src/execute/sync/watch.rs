@@ -25,7 +25,7 @@ pub(crate) struct Beat {
 
 /// What the heartbeat task shares with the applier.
 #[derive(Default)]
-pub(crate) struct Live {
+pub(crate) struct Heartbeats {
     /// Heartbeats emitted and not yet seen in the stream.
     pub(crate) pending: VecDeque<Beat>,
     /// The source's current WAL position at the last heartbeat.
@@ -68,7 +68,7 @@ pub(crate) async fn watch(
     version: i32,
     baseline: BTreeMap<String, String>,
     scope: crate::scope::Scope,
-    live: Arc<std::sync::Mutex<Live>>,
+    live: Arc<std::sync::Mutex<Heartbeats>>,
     prefix: String,
     drift_every: Duration,
     walsender: Arc<std::sync::Mutex<Option<Session>>>,

@@ -19,6 +19,7 @@ pub mod cutover;
 pub mod dump;
 pub mod naming;
 pub mod objects;
+pub mod pattern;
 pub mod plan;
 pub mod planner;
 pub mod preflight;

@@ -11,6 +11,7 @@
 
 pub mod apply;
 pub mod catalog;
+pub mod check;
 pub mod cli;
 pub mod cluster;
 pub mod commands;

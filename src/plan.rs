@@ -8,7 +8,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::preflight::Check;
+use crate::check::Check;
 
 /// Version of the saved-plan format.
 pub const PLAN_FORMAT: u32 = 1;
@@ -394,7 +394,7 @@ impl Plan {
 
     /// Whether the plan can be applied: no error check and no conflict.
     pub fn is_applicable(&self) -> bool {
-        !crate::preflight::has_errors(&self.checks) && self.summary.conflicts == 0
+        !crate::check::has_errors(&self.checks) && self.summary.conflicts == 0
     }
 
     /// Counts the steps by action.

@@ -11,12 +11,12 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use crate::catalog::Catalog;
+use crate::check::Check;
 use crate::objects::{self, ObjectKey, ObjectKind, SchemaObject, Section};
 use crate::plan::{
     Action, Estimate, Fingerprint, PLAN_FORMAT, Phase, Plan, ServerIdentity, Step, StreamTable,
     VerifyTable, Work, hash_parts,
 };
-use crate::preflight::Check;
 use crate::scope::Scope;
 use crate::spec::{KeylessTables, LoadedSpec, MissingRoles, Mode};
 use crate::sql::{ident, qualified, qualified_ident};

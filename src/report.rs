@@ -10,8 +10,8 @@ use std::io::{self, Write};
 use anstyle::{AnsiColor, Style};
 use serde::Serialize;
 
+use crate::check::{Check, Severity};
 use crate::plan::{Action, Phase, Plan, PlanSummary, Step};
-use crate::preflight::{Check, Severity};
 use crate::spec::Mode;
 
 /// How to render.

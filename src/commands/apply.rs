@@ -136,7 +136,7 @@ pub async fn apply_plan(
     cutover_now: bool,
 ) -> miette::Result<Outcome> {
     if !plan.is_applicable() {
-        let n = crate::preflight::has_errors(&plan.checks);
+        let n = crate::check::has_errors(&plan.checks);
         return Err(ApplyError::NotApplicable(if n {
             "preflight errors".to_string()
         } else {

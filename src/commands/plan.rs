@@ -9,12 +9,13 @@ use miette::{IntoDiagnostic, WrapErr};
 use tokio_postgres::Client;
 
 use crate::catalog::{self, Catalog};
+use crate::check::{Check, Severity};
 use crate::cli::{Outcome, PlanArgs, io_err};
 use crate::conn::{self, ConnInfo, Env, RetryPolicy};
 use crate::objects::{self, ObjectKind, SchemaObject};
 use crate::plan::Plan;
 use crate::planner;
-use crate::preflight::{self, Check, Side};
+use crate::preflight::{self, Side};
 use crate::report::{self, PlanReport, ServerSummary};
 use crate::scope::Scope;
 use crate::spec::{self, LoadedSpec};
@@ -192,7 +193,7 @@ pub async fn compute(loaded: &LoadedSpec, env: &Env, retry_for: Duration) -> Com
         Err(e) => {
             checks.push(Check {
                 code: "state_unreadable".into(),
-                severity: preflight::Severity::Error,
+                severity: Severity::Error,
                 object: state_dir.state_file().display().to_string(),
                 message: e.to_string(),
                 fix: miette::Diagnostic::help(&e).map(|h| h.to_string()),

@@ -18,6 +18,7 @@ pub mod commands;
 pub mod conn;
 pub mod cutover;
 pub mod dump;
+pub mod hash;
 pub mod naming;
 pub mod objects;
 pub mod pattern;

@@ -12,10 +12,11 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use crate::catalog::Catalog;
 use crate::check::Check;
+use crate::hash::hash_parts;
 use crate::objects::{self, ObjectKey, ObjectKind, SchemaObject, Section};
 use crate::plan::{
     Action, Estimate, Fingerprint, PLAN_FORMAT, Phase, Plan, ServerIdentity, Step, StreamTable,
-    VerifyTable, Work, hash_parts,
+    VerifyTable, Work,
 };
 use crate::scope::Scope;
 use crate::spec::{KeylessTables, LoadedSpec, MissingRoles, Mode};

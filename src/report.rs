@@ -842,6 +842,15 @@ pub fn abort_nothing(out: &mut dyn Write, migration: &str) -> io::Result<()> {
     )
 }
 
+/// `cutover`: the question.
+pub fn cutover_prompt(out: &mut dyn Write) -> io::Result<()> {
+    write!(
+        out,
+        "Cut over: writes on the source are stopped for every session but pgtransit's. \
+         Only 'yes' is accepted: "
+    )
+}
+
 /// `abort`: the question.
 pub fn abort_prompt(out: &mut dyn Write) -> io::Result<()> {
     write!(out, "\nRemove them? Only 'yes' is accepted: ")?;

@@ -5,11 +5,27 @@
 //! tables and rows stay (a later apply copies every table again).
 
 use std::io::Write;
+use std::path::PathBuf;
+
+use clap::Args;
 
 use crate::apply::Servers;
-use crate::cli::{AbortArgs, Outcome, io_err};
 use crate::conn::{self, Env};
 use crate::sql::{ident, literal};
+
+use super::{ConnectArgs, Outcome, io_err};
+
+/// `pgtransit abort`.
+#[derive(Debug, Args)]
+pub struct AbortArgs {
+    /// The migration plan (YAML), or a saved execution plan.
+    pub file: PathBuf,
+    /// Remove without asking.
+    #[arg(long)]
+    pub auto_approve: bool,
+    #[command(flatten)]
+    pub connect: ConnectArgs,
+}
 
 /// Something abort removes.
 struct Removal {

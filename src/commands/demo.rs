@@ -3,14 +3,29 @@
 //! here as it lands.
 
 use std::io::Write;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use miette::{IntoDiagnostic, WrapErr};
 
-use crate::cli::{DemoArgs, Outcome, io_err};
+use clap::Args;
+
 use crate::cluster::{ClusterOptions, LocalCluster};
 use crate::conn::Env;
 use crate::report::{self, Format};
+
+use super::{Outcome, io_err};
+
+/// `pgtransit demo`.
+#[derive(Debug, Args)]
+pub struct DemoArgs {
+    /// Directory for the demo's migration plan and state (default: a new temporary directory).
+    #[arg(long)]
+    pub dir: Option<PathBuf>,
+    /// Leave both servers running at the end (the demo prints how to stop them).
+    #[arg(long)]
+    pub keep: bool,
+}
 
 const SAMPLE_SQL: &str = include_str!("demo_sample.sql");
 const DATABASE: &str = "shop";

@@ -5,9 +5,8 @@
 use std::io::{IsTerminal, Write};
 use std::path::{Path, PathBuf};
 
-use miette::IntoDiagnostic;
-
 use clap::Args;
+use miette::IntoDiagnostic;
 
 use crate::apply::{self, ApplyError, Cancel, Servers};
 use crate::conn::Env;

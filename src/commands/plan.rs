@@ -5,10 +5,9 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use clap::Args;
 use miette::{IntoDiagnostic, WrapErr};
 use tokio_postgres::Client;
-
-use clap::Args;
 
 use crate::catalog::{self, Catalog};
 use crate::check::{Check, Severity};

@@ -1,10 +1,13 @@
 //! Read-only introspection of one server: its identity, settings, roles, extensions, schemas
 //! and relations, read into plain serialisable data.
 //!
-//! This is the only module that reads system catalogs. It changes nothing (every query is a
-//! `SELECT` in a read-only transaction) and issues one bulk query per kind of object, never one
-//! per object, so thousands of tables read in about the time of one. Everything downstream
-//! (`preflight`, the planner) works on [`Catalog`] values and can be tested without a server.
+//! This is where `preflight` and the planner get their picture of a server; it is not the only
+//! module that queries system catalogs (`objects::read` reads every schema object's definition,
+//! `conn` asks whether a server is a standby, and `abort`, the executor and the stream look up what
+//! they created or need as they run). It changes nothing (every query is a `SELECT` in a read-only
+//! transaction) and issues one bulk query per kind of object, never one per object, so thousands of
+//! tables read in about the time of one. Everything downstream (`preflight`, the planner) works on
+//! [`Catalog`] values and can be tested without a server.
 
 use std::collections::BTreeMap;
 
@@ -442,7 +445,37 @@ async fn read_in_transaction(client: &Client) -> Result<Catalog, CatalogError> {
         cat.settings.get("server_version_num").and_then(|v| v.parse().ok()).unwrap_or(0);
     cat.server = read_server(client, version_num).await?;
 
-    cat.roles = client
+    cat.roles = read_roles(client).await?;
+    cat.extensions = read_extensions(client).await?;
+    cat.available_extensions = read_available_extensions(client).await?;
+    cat.schemas = read_schemas(client).await?;
+    cat.relations = read_relations(client).await?;
+    cat.routines_and_types = read_routines_and_types(client).await?;
+    cat.large_objects = read_large_objects(client).await?;
+    cat.replication_slots = read_replication_slots(client).await?;
+    cat.sequences = read_sequences(client).await?;
+    cat.index_backed_constraints = read_index_backed_constraints(client).await?;
+
+    cat.publications = client
+        .query("SELECT pubname::text FROM pg_publication ORDER BY 1", &[])
+        .await
+        .map_err(ctx("publications"))?
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+
+    cat.active_wal_senders = client
+        .query_one("SELECT count(*) FROM pg_stat_replication", &[])
+        .await
+        .map_err(ctx("wal senders"))?
+        .get(0);
+
+    Ok(cat)
+}
+
+/// Roles, with what the connecting role has the privileges of.
+async fn read_roles(client: &Client) -> Result<Vec<Role>, CatalogError> {
+    Ok(client
         .query(
             "SELECT rolname::text, rolsuper, rolcanlogin, rolreplication, \
                     pg_has_role(current_user, oid, 'USAGE') FROM pg_roles \
@@ -459,9 +492,12 @@ async fn read_in_transaction(client: &Client) -> Result<Catalog, CatalogError> {
             replication: r.get(3),
             has_privileges_of: r.get(4),
         })
-        .collect();
+        .collect())
+}
 
-    cat.extensions = client
+/// Installed extensions.
+async fn read_extensions(client: &Client) -> Result<Vec<Extension>, CatalogError> {
+    Ok(client
         .query(
             "SELECT e.extname::text, e.extversion, n.nspname::text FROM pg_extension e \
              JOIN pg_namespace n ON n.oid = e.extnamespace ORDER BY e.extname",
@@ -471,8 +507,14 @@ async fn read_in_transaction(client: &Client) -> Result<Catalog, CatalogError> {
         .map_err(ctx("extensions"))?
         .iter()
         .map(|r| Extension { name: r.get(0), version: r.get(1), schema: r.get(2) })
-        .collect();
+        .collect())
+}
 
+/// Every version of every extension the server could install, by extension.
+async fn read_available_extensions(
+    client: &Client,
+) -> Result<BTreeMap<String, Vec<String>>, CatalogError> {
+    let mut available: BTreeMap<String, Vec<String>> = BTreeMap::new();
     for r in client
         .query(
             "SELECT name::text, version FROM pg_available_extension_versions ORDER BY name, version",
@@ -481,10 +523,14 @@ async fn read_in_transaction(client: &Client) -> Result<Catalog, CatalogError> {
         .await
         .map_err(ctx("available extensions"))?
     {
-        cat.available_extensions.entry(r.get(0)).or_default().push(r.get(1));
+        available.entry(r.get(0)).or_default().push(r.get(1));
     }
+    Ok(available)
+}
 
-    cat.schemas = client
+/// Schemas.
+async fn read_schemas(client: &Client) -> Result<Vec<Schema>, CatalogError> {
+    Ok(client
         .query(&schemas_sql(), &[])
         .await
         .map_err(ctx("schemas"))?
@@ -497,9 +543,12 @@ async fn read_in_transaction(client: &Client) -> Result<Catalog, CatalogError> {
             can_use: r.get(4),
             extension: r.get(5),
         })
-        .collect();
+        .collect())
+}
 
-    cat.relations = client
+/// Relations (the kinds [`RelKind`] knows).
+async fn read_relations(client: &Client) -> Result<Vec<Relation>, CatalogError> {
+    Ok(client
         .query(&relations_sql(), &[])
         .await
         .map_err(ctx("relations"))?
@@ -536,9 +585,12 @@ async fn read_in_transaction(client: &Client) -> Result<Catalog, CatalogError> {
                 key_has_generated_column: r.get(25),
             })
         })
-        .collect();
+        .collect())
+}
 
-    cat.routines_and_types = client
+/// Functions and types, with their owners and grantees.
+async fn read_routines_and_types(client: &Client) -> Result<Vec<OwnedObject>, CatalogError> {
+    Ok(client
         .query(&owned_objects_sql(), &[])
         .await
         .map_err(ctx("functions and types"))?
@@ -550,8 +602,11 @@ async fn read_in_transaction(client: &Client) -> Result<Catalog, CatalogError> {
             owner: r.get(3),
             grantees: r.get(4),
         })
-        .collect();
+        .collect())
+}
 
+/// Large objects: how many, their owners and grantees.
+async fn read_large_objects(client: &Client) -> Result<LargeObjects, CatalogError> {
     let lo = client
         .query_one(
             "SELECT count(*), COALESCE(array_agg(DISTINCT pg_get_userbyid(lomowner)::text), '{}') \
@@ -571,9 +626,12 @@ async fn read_in_transaction(client: &Client) -> Result<Catalog, CatalogError> {
         .iter()
         .map(|r| r.get(0))
         .collect();
-    cat.large_objects = LargeObjects { count: lo.get(0), owners: lo.get(1), grantees };
+    Ok(LargeObjects { count: lo.get(0), owners: lo.get(1), grantees })
+}
 
-    cat.replication_slots = client
+/// Replication slots.
+async fn read_replication_slots(client: &Client) -> Result<Vec<ReplicationSlot>, CatalogError> {
+    Ok(client
         .query(
             "SELECT slot_name::text, slot_type, plugin::text, database::text, active \
              FROM pg_replication_slots ORDER BY slot_name",
@@ -589,9 +647,12 @@ async fn read_in_transaction(client: &Client) -> Result<Catalog, CatalogError> {
             database: r.get(3),
             active: r.get(4),
         })
-        .collect();
+        .collect())
+}
 
-    cat.sequences = client
+/// Sequences and their last values.
+async fn read_sequences(client: &Client) -> Result<Vec<SequenceValue>, CatalogError> {
+    Ok(client
         .query(SEQUENCES_SQL, &[])
         .await
         .map_err(ctx("sequences"))?
@@ -606,9 +667,14 @@ async fn read_in_transaction(client: &Client) -> Result<Catalog, CatalogError> {
                 owned_by: ts.zip(tn),
             }
         })
-        .collect();
+        .collect())
+}
 
-    cat.index_backed_constraints = client
+/// Primary keys and unique constraints with their indexes' definitions.
+async fn read_index_backed_constraints(
+    client: &Client,
+) -> Result<Vec<IndexBackedConstraint>, CatalogError> {
+    Ok(client
         .query(
             "SELECT n.nspname::text, c.relname::text, k.conname::text, \
                     CASE k.contype WHEN 'p' THEN 'PRIMARY KEY' ELSE 'UNIQUE' END, \
@@ -632,23 +698,7 @@ async fn read_in_transaction(client: &Client) -> Result<Catalog, CatalogError> {
             kind: r.get(3),
             index_def: r.get(4),
         })
-        .collect();
-
-    cat.publications = client
-        .query("SELECT pubname::text FROM pg_publication ORDER BY 1", &[])
-        .await
-        .map_err(ctx("publications"))?
-        .iter()
-        .map(|r| r.get(0))
-        .collect();
-
-    cat.active_wal_senders = client
-        .query_one("SELECT count(*) FROM pg_stat_replication", &[])
-        .await
-        .map_err(ctx("wal senders"))?
-        .get(0);
-
-    Ok(cat)
+        .collect())
 }
 
 async fn read_server(client: &Client, version_num: i32) -> Result<Server, CatalogError> {

@@ -1,4 +1,5 @@
-//! The command line: clap types, logging setup, dispatch, and the one exit-code policy.
+//! The command line: the top-level clap types (each command's arguments live in its module in
+//! `commands`), logging setup, dispatch, and the one exit-code policy.
 //!
 //! Exit codes (Terraform's): `0` success; `1` any failure, including a preflight error, an
 //! invalid migration plan or a usage error; `2` success with changes planned, only with
@@ -7,11 +8,18 @@
 use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::time::Duration;
 
-use clap::{Args, Parser, Subcommand, ValueEnum};
+use clap::{Parser, Subcommand, ValueEnum};
 
-use crate::report::{self, Format};
+use crate::commands::abort::AbortArgs;
+use crate::commands::apply::ApplyArgs;
+use crate::commands::cutover::CutoverArgs;
+use crate::commands::demo::DemoArgs;
+use crate::commands::plan::PlanArgs;
+use crate::commands::status::StatusArgs;
+use crate::commands::verify::VerifyArgs;
+use crate::commands::{Outcome, io_err};
+use crate::report;
 
 /// Move a live PostgreSQL database between servers from a reviewable, resumable plan.
 #[derive(Debug, Parser)]
@@ -73,108 +81,6 @@ pub enum Command {
     Demo(DemoArgs),
 }
 
-/// `pgtransit plan`.
-#[derive(Debug, Args)]
-pub struct PlanArgs {
-    /// The migration plan (YAML).
-    pub file: PathBuf,
-    /// Output format.
-    #[arg(long, value_enum, default_value_t = Format::Text)]
-    pub format: Format,
-    /// Exit 0 when there is nothing to do, 2 when changes are planned (1 stays "failed").
-    #[arg(long)]
-    pub detailed_exitcode: bool,
-    /// Save the execution plan to this file (JSON) for `pgtransit apply FILE`.
-    #[arg(long)]
-    pub out: Option<PathBuf>,
-    #[command(flatten)]
-    pub connect: ConnectArgs,
-}
-
-/// `pgtransit apply`.
-#[derive(Debug, Args)]
-pub struct ApplyArgs {
-    /// A saved execution plan (from `plan --out`, applied exactly as reviewed), or a migration
-    /// plan (YAML: planned afresh, shown, and applied after confirmation).
-    pub file: PathBuf,
-    /// Apply a freshly computed plan without asking.
-    #[arg(long)]
-    pub auto_approve: bool,
-    /// Tables copied at once (default: `load.jobs` from the migration plan, else 4).
-    #[arg(long)]
-    pub jobs: Option<usize>,
-    #[command(flatten)]
-    pub connect: ConnectArgs,
-}
-
-/// `pgtransit status`.
-#[derive(Debug, Args)]
-pub struct StatusArgs {
-    /// The migration plan (YAML), or a saved execution plan.
-    pub file: PathBuf,
-    /// Output format (`json` has `phase`, `ready_for_cutover`, `lag_bytes`, `lag_seconds`,
-    /// `tables`, `applied`).
-    #[arg(long, value_enum, default_value_t = Format::Text)]
-    pub format: Format,
-    #[command(flatten)]
-    pub connect: ConnectArgs,
-}
-
-/// `pgtransit cutover`.
-#[derive(Debug, Args)]
-pub struct CutoverArgs {
-    /// The migration plan (YAML), or a saved execution plan.
-    pub file: PathBuf,
-    /// Cut over without asking.
-    #[arg(long)]
-    pub auto_approve: bool,
-    #[command(flatten)]
-    pub connect: ConnectArgs,
-}
-
-/// `pgtransit verify`.
-#[derive(Debug, Args)]
-pub struct VerifyArgs {
-    /// The migration plan (YAML), or a saved execution plan.
-    pub file: PathBuf,
-    /// Output format.
-    #[arg(long, value_enum, default_value_t = Format::Text)]
-    pub format: Format,
-    #[command(flatten)]
-    pub connect: ConnectArgs,
-}
-
-/// `pgtransit abort`.
-#[derive(Debug, Args)]
-pub struct AbortArgs {
-    /// The migration plan (YAML), or a saved execution plan.
-    pub file: PathBuf,
-    /// Remove without asking.
-    #[arg(long)]
-    pub auto_approve: bool,
-    #[command(flatten)]
-    pub connect: ConnectArgs,
-}
-
-/// Connection behaviour shared by every command that connects.
-#[derive(Debug, Clone, Args)]
-pub struct ConnectArgs {
-    /// How long to keep retrying a server that is unreachable or starting up (e.g. 30s, 2m).
-    #[arg(long, value_parser = parse_duration, default_value = "15s")]
-    pub retry_for: Duration,
-}
-
-/// `pgtransit demo`.
-#[derive(Debug, Args)]
-pub struct DemoArgs {
-    /// Directory for the demo's migration plan and state (default: a new temporary directory).
-    #[arg(long)]
-    pub dir: Option<PathBuf>,
-    /// Leave both servers running at the end (the demo prints how to stop them).
-    #[arg(long)]
-    pub keep: bool,
-}
-
 /// `--color`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum ColorWhen {
@@ -193,31 +99,6 @@ pub enum LogFormat {
     Text,
     /// One JSON object per line.
     Json,
-}
-
-fn parse_duration(s: &str) -> Result<Duration, String> {
-    let t = s.trim();
-    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
-    let n: u64 = t[..split].parse().map_err(|_| format!("`{s}` is not a duration like 30s"))?;
-    match &t[split..] {
-        "ms" => Ok(Duration::from_millis(n)),
-        "s" | "" => Ok(Duration::from_secs(n)),
-        "m" => Ok(Duration::from_secs(n * 60)),
-        other => Err(format!("unknown unit `{other}` (use ms, s or m)")),
-    }
-}
-
-/// What a successful command tells the exit-code policy.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Outcome {
-    /// Done; nothing to report through the exit code.
-    Done,
-    /// A plan with changes (exit 2 under `--detailed-exitcode`).
-    ChangesPlanned,
-    /// A plan with nothing to do.
-    NothingToDo,
-    /// The command ran but found errors it already reported (e.g. failing preflight checks).
-    Failed,
 }
 
 /// Parses the command line, runs the command, and maps the result to the exit code.
@@ -312,9 +193,4 @@ pub async fn run(cli: Cli) -> miette::Result<Outcome> {
         }
         Command::Demo(args) => crate::commands::demo::run(&args, &mut out).await,
     }
-}
-
-/// Writing to stdout failed (a closed pipe, usually).
-pub fn io_err(e: std::io::Error) -> miette::Report {
-    miette::miette!("cannot write the output: {e}")
 }

@@ -10,14 +10,17 @@
 //! demo, the tests and the benchmark.
 
 pub mod catalog;
+pub mod check;
 pub mod cli;
 pub mod cluster;
 pub mod commands;
 pub mod conn;
 pub mod dump;
 pub mod execute;
+pub mod hash;
 pub mod naming;
 pub mod objects;
+pub mod pattern;
 pub mod plan;
 pub mod planner;
 pub mod preflight;

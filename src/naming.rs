@@ -9,7 +9,7 @@ fn stem(migration: &str) -> String {
     if !migration.contains('-') {
         return migration.to_string();
     }
-    let hash = crate::plan::hash_parts([migration]);
+    let hash = crate::hash::hash_parts([migration]);
     format!("{}_{}", migration.replace('-', "_"), &hash[..8])
 }
 

@@ -8,7 +8,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::preflight::Check;
+use crate::check::Check;
 
 /// Version of the saved-plan format.
 pub const PLAN_FORMAT: u32 = 1;
@@ -394,7 +394,7 @@ impl Plan {
 
     /// Whether the plan can be applied: no error check and no conflict.
     pub fn is_applicable(&self) -> bool {
-        !crate::preflight::has_errors(&self.checks) && self.summary.conflicts == 0
+        !crate::check::has_errors(&self.checks) && self.summary.conflicts == 0
     }
 
     /// Counts the steps by action.
@@ -411,17 +411,6 @@ impl Plan {
     }
 }
 
-/// SHA-256 of the parts, hex.
-pub fn hash_parts<'a>(parts: impl IntoIterator<Item = &'a str>) -> String {
-    use sha2::{Digest, Sha256};
-    let mut h = Sha256::new();
-    for p in parts {
-        h.update((p.len() as u64).to_le_bytes());
-        h.update(p.as_bytes());
-    }
-    h.finalize().iter().map(|b| format!("{b:02x}")).collect()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -435,13 +424,6 @@ mod tests {
             phases,
             vec![Phase::Schema, Phase::Load, Phase::PostLoad, Phase::Sync, Phase::Cutover]
         );
-    }
-
-    #[test]
-    fn hashes_separate_their_parts() {
-        assert_ne!(hash_parts(["ab", "c"]), hash_parts(["a", "bc"]));
-        assert_eq!(hash_parts(["x"]), hash_parts(["x"]));
-        assert_eq!(hash_parts(["x"]).len(), 64);
     }
 
     #[test]

@@ -11,12 +11,13 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use crate::catalog::Catalog;
+use crate::check::Check;
+use crate::hash::hash_parts;
 use crate::objects::{self, ObjectKey, ObjectKind, SchemaObject, Section};
 use crate::plan::{
     Action, Estimate, Fingerprint, PLAN_FORMAT, Phase, Plan, ServerIdentity, Step, StreamTable,
-    VerifyTable, Work, hash_parts,
+    VerifyTable, Work,
 };
-use crate::preflight::Check;
 use crate::scope::Scope;
 use crate::spec::{KeylessTables, LoadedSpec, MissingRoles, Mode};
 use crate::sql::{ident, qualified, qualified_ident};
@@ -133,23 +134,7 @@ pub fn plan(inputs: Inputs<'_>) -> Plan {
     for o in &mut source_in_scope {
         o.key = with_mapped_user(&o.key, &roles);
     }
-    // Online mode with `sync.tables_without_key: replica_identity_full`: a keyless table is
-    // planned as it will be once the load step sets REPLICA IDENTITY FULL on the source (so
-    // the target's copy of it says the same, and a later plan finds both sides equal).
-    let mut made_full = vec![];
-    if online && spec.sync.tables_without_key == KeylessTables::ReplicaIdentityFull {
-        for o in source_in_scope.iter_mut().filter(|o| o.key.kind == ObjectKind::Table) {
-            let keyless = inputs.source.relations.iter().any(|r| {
-                r.schema == o.key.schema
-                    && r.name == o.key.name
-                    && r.kind == crate::catalog::RelKind::Table
-                    && !r.has_usable_replica_identity()
-            });
-            if keyless && with_replica_identity_full(o) {
-                made_full.push(qualified_ident(&o.key.schema, &o.key.name));
-            }
-        }
-    }
+    let made_full = keyless_made_full(&inputs, &mut source_in_scope, online);
     // Online mode: copies count only while the slot that streams what came after them exists
     // (a slot dropped since, by `abort` or by hand, means every table is copied again).
     let slot = crate::naming::slot_name(&spec.name.value);
@@ -171,29 +156,7 @@ pub fn plan(inputs: Inputs<'_>) -> Plan {
 
     let mut steps: Vec<Step> = vec![];
 
-    // Roles the migration creates (roles.missing: create).
-    if spec.roles.missing == MissingRoles::Create {
-        let used = roles_used(&source_in_scope.iter().collect::<Vec<_>>());
-        for role in used {
-            let mapped = spec.roles.map.contains_key(&role);
-            let exists = inputs.target.roles.iter().any(|r| r.name == role);
-            if !mapped && !exists && role != "PUBLIC" && !role.starts_with("pg_") {
-                steps.push(Step {
-                    id: step_id(Phase::Schema, "role", "", &role),
-                    phase: Phase::Schema,
-                    action: Action::Create,
-                    object: format!("role {}", crate::sql::display(&role)),
-                    sql: format!("CREATE ROLE {} NOLOGIN;", ident(&role)),
-                    estimate: None,
-                    note: Some("roles.missing: create".into()),
-                    diff: None,
-                    work: Work::TargetSql,
-                    after: vec![],
-                    table: None,
-                });
-            }
-        }
-    }
+    steps.extend(role_steps(&inputs, &source_in_scope));
 
     // Schema objects, in dependency order.
     let order = match objects::creation_order(&source_in_scope) {
@@ -226,7 +189,127 @@ pub fn plan(inputs: Inputs<'_>) -> Plan {
     }
     let post_objects = schedule_post_load(post_objects, inputs.source, &roles);
 
-    // Table data, largest first.
+    let (table_steps, copied, streamed) =
+        table_data_steps(&inputs, &source_in_scope, state, online);
+    steps.extend(table_steps);
+    if let Some(step) = large_objects_step(inputs.source, inputs.target, state, &roles) {
+        steps.push(step);
+    }
+    if online {
+        let first_copy = steps.iter().position(|s| s.phase == Phase::Load).unwrap_or(steps.len());
+        let prefix = online_load_steps(&spec.name.value, inputs.source, &streamed, &made_full);
+        steps.splice(first_copy..first_copy, prefix);
+    }
+
+    // Event triggers last of all, so that none fires for the migration's own DDL (the
+    // refreshes and statistics below included).
+    let (event_triggers, post_objects): (Vec<Step>, Vec<Step>) =
+        post_objects.into_iter().partition(|s| s.id.starts_with("post_load:event_trigger:"));
+    let built: Vec<String> =
+        post_objects.iter().filter(|s| s.action.is_work()).map(|s| s.id.clone()).collect();
+    steps.extend(post_objects);
+    steps.extend(sequence_steps(&scope, inputs.source, inputs.target, &source_keys));
+    steps.extend(matview_steps(&matviews, inputs.source, inputs.target, &steps, &built));
+    steps.extend(analyze_step(&copied));
+    steps.extend(event_triggers);
+
+    let all_tables = verify_tables(inputs.source, &streamed);
+    if online {
+        let cutover = cutover_steps(spec, inputs.source, &streamed, &matviews, &scope);
+        steps.extend(sync_steps(&spec.name.value, streamed));
+        steps.extend(cutover);
+    }
+    if cut_over {
+        settle_after_cutover(&mut steps, &inputs);
+    }
+    serialize_multi_table_steps(&mut steps, inputs.source);
+    let fingerprint = fingerprint(&inputs, &source_in_scope, &scope);
+    let summary = Plan::summarize(&steps);
+    let load_estimate = estimate_load(&steps, spec.load.jobs.map(|j| j as usize));
+    let steps_hash = steps_hash(&steps);
+    Plan {
+        format: PLAN_FORMAT,
+        migration: spec.name.value.clone(),
+        mode: spec.mode.to_string(),
+        spec_path: inputs.spec.path.display().to_string(),
+        spec_text: inputs.spec.text.clone(),
+        fingerprint,
+        source: identity_of(inputs.source, &inputs.source_endpoint),
+        target: identity_of(inputs.target, &inputs.target_endpoint),
+        checks: inputs.checks,
+        steps,
+        summary,
+        load_estimate,
+        tables: all_tables,
+        steps_hash,
+    }
+}
+
+/// Online mode with `sync.tables_without_key: replica_identity_full`: the keyless tables, planned
+/// as they will be once the load step sets REPLICA IDENTITY FULL on the source (so the target's
+/// copy of each says the same, and a later plan finds both sides equal).
+fn keyless_made_full(
+    inputs: &Inputs<'_>,
+    source_in_scope: &mut [SchemaObject],
+    online: bool,
+) -> Vec<String> {
+    let spec = &inputs.spec.spec;
+    let mut made_full = vec![];
+    if online && spec.sync.tables_without_key == KeylessTables::ReplicaIdentityFull {
+        for o in source_in_scope.iter_mut().filter(|o| o.key.kind == ObjectKind::Table) {
+            let keyless = inputs.source.relations.iter().any(|r| {
+                r.schema == o.key.schema
+                    && r.name == o.key.name
+                    && r.kind == crate::catalog::RelKind::Table
+                    && !r.has_usable_replica_identity()
+            });
+            if keyless && with_replica_identity_full(o) {
+                made_full.push(qualified_ident(&o.key.schema, &o.key.name));
+            }
+        }
+    }
+    made_full
+}
+
+/// Roles the migration creates (roles.missing: create).
+fn role_steps(inputs: &Inputs<'_>, source_in_scope: &[SchemaObject]) -> Vec<Step> {
+    let spec = &inputs.spec.spec;
+    let mut steps = vec![];
+    if spec.roles.missing == MissingRoles::Create {
+        let used = roles_used(&source_in_scope.iter().collect::<Vec<_>>());
+        for role in used {
+            let mapped = spec.roles.map.contains_key(&role);
+            let exists = inputs.target.roles.iter().any(|r| r.name == role);
+            if !mapped && !exists && role != "PUBLIC" && !role.starts_with("pg_") {
+                steps.push(Step {
+                    id: step_id(Phase::Schema, "role", "", &role),
+                    phase: Phase::Schema,
+                    action: Action::Create,
+                    object: format!("role {}", crate::sql::display(&role)),
+                    sql: format!("CREATE ROLE {} NOLOGIN;", ident(&role)),
+                    estimate: None,
+                    note: Some("roles.missing: create".into()),
+                    diff: None,
+                    work: Work::TargetSql,
+                    after: vec![],
+                    table: None,
+                });
+            }
+        }
+    }
+    steps
+}
+
+/// Table data, largest first: the copy steps, the tables copied (for ANALYZE), and every table
+/// streamed online.
+fn table_data_steps(
+    inputs: &Inputs<'_>,
+    source_in_scope: &[SchemaObject],
+    state: Option<&State>,
+    online: bool,
+) -> (Vec<Step>, Vec<String>, Vec<StreamTable>) {
+    let spec = &inputs.spec.spec;
+    let mut steps = vec![];
     let mut tables: Vec<&SchemaObject> = source_in_scope
         .iter()
         .filter(|o| o.key.kind == ObjectKind::Table)
@@ -255,88 +338,51 @@ pub fn plan(inputs: Inputs<'_>) -> Plan {
         });
         steps.extend(table_steps);
     }
-    if let Some(step) = large_objects_step(inputs.source, inputs.target, state, &roles) {
-        steps.push(step);
-    }
-    if online {
-        let first_copy = steps.iter().position(|s| s.phase == Phase::Load).unwrap_or(steps.len());
-        let prefix = online_load_steps(&spec.name.value, inputs.source, &streamed, &made_full);
-        steps.splice(first_copy..first_copy, prefix);
-    }
+    (steps, copied, streamed)
+}
 
-    // Event triggers last of all, so that none fires for the migration's own DDL (the
-    // refreshes and statistics below included).
-    let (event_triggers, post_objects): (Vec<Step>, Vec<Step>) =
-        post_objects.into_iter().partition(|s| s.id.starts_with("post_load:event_trigger:"));
-    let built: Vec<String> =
-        post_objects.iter().filter(|s| s.action.is_work()).map(|s| s.id.clone()).collect();
-    steps.extend(post_objects);
-    steps.extend(sequence_steps(&scope, inputs.source, inputs.target, &source_keys));
-    steps.extend(matview_steps(&matviews, inputs.source, inputs.target, &steps, &built));
-    if !copied.is_empty() {
-        steps.push(Step {
-            id: "post_load:analyze".into(),
-            phase: Phase::PostLoad,
-            action: Action::Run,
-            object: format!("statistics of {} copied tables", copied.len()),
-            sql: format!("ANALYZE {};", copied.join(", ")),
-            estimate: None,
-            note: Some("fresh planner statistics for the copied data".into()),
-            diff: None,
-            work: Work::TargetSql,
-            after: vec![],
-            table: None,
-        });
+/// Fresh planner statistics for the copied tables, when any is copied.
+fn analyze_step(copied: &[String]) -> Option<Step> {
+    if copied.is_empty() {
+        return None;
     }
-    steps.extend(event_triggers);
+    Some(Step {
+        id: "post_load:analyze".into(),
+        phase: Phase::PostLoad,
+        action: Action::Run,
+        object: format!("statistics of {} copied tables", copied.len()),
+        sql: format!("ANALYZE {};", copied.join(", ")),
+        estimate: None,
+        note: Some("fresh planner statistics for the copied data".into()),
+        diff: None,
+        work: Work::TargetSql,
+        after: vec![],
+        table: None,
+    })
+}
 
-    let all_tables = verify_tables(inputs.source, &streamed);
-    if online {
-        let cutover = cutover_steps(spec, inputs.source, &streamed, &matviews, &scope);
-        steps.extend(sync_steps(&spec.name.value, streamed));
-        steps.extend(cutover);
+/// After a cutover the applications write to the target: nothing is copied, set or created on it
+/// again, and a clean-up that was cut off is finished.
+fn settle_after_cutover(steps: &mut Vec<Step>, inputs: &Inputs<'_>) {
+    let spec = &inputs.spec.spec;
+    // The applications write to the target now: nothing is copied, set or created on it
+    // again (not even a sequence the target has moved on).
+    for step in steps.iter_mut().filter(|s| s.action.is_work()) {
+        step.action = Action::Unchanged;
+        step.work = Work::None;
+        step.sql = String::new();
+        step.note = Some("the migration was cut over: the target is the primary".into());
     }
-    if cut_over {
-        // The applications write to the target now: nothing is copied, set or created on it
-        // again (not even a sequence the target has moved on).
-        for step in steps.iter_mut().filter(|s| s.action.is_work()) {
-            step.action = Action::Unchanged;
-            step.work = Work::None;
-            step.sql = String::new();
-            step.note = Some("the migration was cut over: the target is the primary".into());
-        }
-        // Verified, but its clean-up was cut off (a crash, a lost connection): finished now.
-        let cleaning_up = inputs
-            .state
-            .and_then(|s| s.cutover.as_ref())
-            .is_some_and(|c| c.status == crate::state::CutoverStatus::CleaningUp);
-        if cleaning_up {
-            steps.push(cleanup_step(
-                &spec.name.value,
-                "the cutover was verified and its clean-up interrupted: finished now",
-            ));
-        }
-    }
-    serialize_multi_table_steps(&mut steps, inputs.source);
-    let fingerprint = fingerprint(&inputs, &source_in_scope, &scope);
-    let summary = Plan::summarize(&steps);
-    let load_estimate = estimate_load(&steps, spec.load.jobs.map(|j| j as usize));
-    let steps_hash = steps_hash(&steps);
-    Plan {
-        format: PLAN_FORMAT,
-        migration: spec.name.value.clone(),
-        mode: spec.mode.to_string(),
-        spec_path: inputs.spec.path.display().to_string(),
-        spec_text: inputs.spec.text.clone(),
-        fingerprint,
-        source: identity_of(inputs.source, &inputs.source_endpoint),
-        target: identity_of(inputs.target, &inputs.target_endpoint),
-        checks: inputs.checks,
-        steps,
-        summary,
-        load_estimate,
-        tables: all_tables,
-        steps_hash,
+    // Verified, but its clean-up was cut off (a crash, a lost connection): finished now.
+    let cleaning_up = inputs
+        .state
+        .and_then(|s| s.cutover.as_ref())
+        .is_some_and(|c| c.status == crate::state::CutoverStatus::CleaningUp);
+    if cleaning_up {
+        steps.push(cleanup_step(
+            &spec.name.value,
+            "the cutover was verified and its clean-up interrupted: finished now",
+        ));
     }
 }
 

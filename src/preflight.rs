@@ -7,9 +7,8 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use serde::{Deserialize, Serialize};
-
 use crate::catalog::{Catalog, RelKind, Relation};
+use crate::check::{Check, Severity};
 use crate::scope::Scope;
 use crate::spec::{KeylessTables, MissingRoles, Mode, Spec};
 use crate::sql::{display, ident, literal, qualified_ident};
@@ -18,38 +17,6 @@ use crate::sql::{display, ident, literal, qualified_ident};
 pub const MIN_SOURCE_MAJOR: i32 = 10;
 /// Oldest source major version the test suite covers.
 pub const MIN_TESTED_MAJOR: i32 = 13;
-
-/// How bad a finding is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Severity {
-    /// The migration cannot work until this is fixed: `plan` exits 1.
-    Error,
-    /// It will work, but something needs attention or will behave differently.
-    Warning,
-    /// What the migration will do about something notable.
-    Info,
-}
-
-/// One finding.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Check {
-    /// Stable identifier, e.g. `wal_level_not_logical`.
-    pub code: String,
-    /// Error, warning or info.
-    pub severity: Severity,
-    /// What it is about, e.g. `source`, `table public.film`, `role app_owner`.
-    pub object: String,
-    /// What was found, and what pgtransit will do about it.
-    pub message: String,
-    /// The exact fix (SQL, or the setting and whether it needs a restart), when there is one.
-    pub fix: Option<String>,
-}
-
-/// Whether any finding is an error.
-pub fn has_errors(checks: &[Check]) -> bool {
-    checks.iter().any(|c| c.severity == Severity::Error)
-}
 
 struct Findings(Vec<Check>);
 
@@ -1262,6 +1229,7 @@ fn check_target_objects(f: &mut Findings, scope: &Scope, tgt: &Catalog) {
 mod tests {
     use super::*;
     use crate::catalog::{Extension, Role, Server};
+    use crate::check::has_errors;
 
     fn spec(extra: &str) -> Spec {
         let text = format!(

@@ -10,8 +10,8 @@ use std::io::{self, Write};
 use anstyle::{AnsiColor, Style};
 use serde::Serialize;
 
+use crate::check::{Check, Severity};
 use crate::plan::{Action, Phase, Plan, PlanSummary, Step};
-use crate::preflight::{Check, Severity};
 use crate::spec::Mode;
 
 /// How to render.
@@ -839,6 +839,15 @@ pub fn abort_nothing(out: &mut dyn Write, migration: &str) -> io::Result<()> {
         "{} pgtransit has no replication slot, publication, replica identity or replication \
          origin for {migration} on either server.",
         paint(GREEN, "Nothing to remove:")
+    )
+}
+
+/// `cutover`: the question.
+pub fn cutover_prompt(out: &mut dyn Write) -> io::Result<()> {
+    write!(
+        out,
+        "Cut over: writes on the source are stopped for every session but pgtransit's. \
+         Only 'yes' is accepted: "
     )
 }
 

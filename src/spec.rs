@@ -479,12 +479,12 @@ pub fn parse(
             ));
     }
     for pattern in spec.objects.schemas.include.iter().chain(&spec.objects.schemas.exclude) {
-        if let Err(e) = crate::scope::Pattern::parse_schema(&pattern.value) {
+        if let Err(e) = crate::pattern::Pattern::parse_schema(&pattern.value) {
             return Err(at(pattern.referenced, e));
         }
     }
     for pattern in spec.objects.tables.include.iter().chain(&spec.objects.tables.exclude) {
-        if let Err(e) = crate::scope::Pattern::parse_table(&pattern.value) {
+        if let Err(e) = crate::pattern::Pattern::parse_table(&pattern.value) {
             return Err(at(pattern.referenced, e));
         }
     }

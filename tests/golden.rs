@@ -3,8 +3,8 @@
 
 use std::path::Path;
 
+use pgtransit::check::{Check, Severity};
 use pgtransit::plan::{Action, Estimate, Fingerprint, Phase, Plan, ServerIdentity, Step, Work};
-use pgtransit::preflight::{Check, Severity};
 use pgtransit::report::{self, Format, PlanReport, ServerSummary};
 use pgtransit::spec::Mode;
 

@@ -5,12 +5,27 @@
 //! tables and rows stay (a later apply copies every table again).
 
 use std::io::Write;
+use std::path::PathBuf;
 
-use crate::cli::{AbortArgs, Outcome, io_err};
+use clap::Args;
+
+use super::{ConnectArgs, Outcome, io_err};
 use crate::conn::{self, Env};
 use crate::execute::Servers;
 use crate::execute::teardown;
 use crate::planner::Leftover;
+
+/// `pgtransit abort`.
+#[derive(Debug, Args)]
+pub struct AbortArgs {
+    /// The migration plan (YAML), or a saved execution plan.
+    pub file: PathBuf,
+    /// Remove without asking.
+    #[arg(long)]
+    pub auto_approve: bool,
+    #[command(flatten)]
+    pub connect: ConnectArgs,
+}
 
 /// Runs `pgtransit abort`.
 pub async fn run(args: &AbortArgs, out: &mut dyn Write) -> miette::Result<Outcome> {

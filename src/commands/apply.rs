@@ -3,17 +3,36 @@
 //! applied after confirmation.
 
 use std::io::{IsTerminal, Write};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
+use clap::Args;
 use miette::IntoDiagnostic;
 
-use crate::cli::{ApplyArgs, Outcome, io_err};
 use crate::conn::Env;
 use crate::execute::{self as apply, ApplyError, Cancel, Servers};
-use crate::plan::{Plan, hash_parts};
+use crate::hash::hash_parts;
+use crate::plan::Plan;
 use crate::report::{self, Format};
 use crate::spec::{self, LoadedSpec};
 use crate::state::{State, StateDir};
+
+use super::{ConnectArgs, Outcome, io_err};
+
+/// `pgtransit apply`.
+#[derive(Debug, Args)]
+pub struct ApplyArgs {
+    /// A saved execution plan (from `plan --out`, applied exactly as reviewed), or a migration
+    /// plan (YAML: planned afresh, shown, and applied after confirmation).
+    pub file: PathBuf,
+    /// Apply a freshly computed plan without asking.
+    #[arg(long)]
+    pub auto_approve: bool,
+    /// Tables copied at once (default: `load.jobs` from the migration plan, else 4).
+    #[arg(long)]
+    pub jobs: Option<usize>,
+    #[command(flatten)]
+    pub connect: ConnectArgs,
+}
 
 /// Runs `pgtransit apply`.
 pub async fn run(args: &ApplyArgs, out: &mut dyn Write) -> miette::Result<Outcome> {
@@ -136,7 +155,7 @@ pub async fn apply_plan(
     cutover_now: bool,
 ) -> miette::Result<Outcome> {
     if !plan.is_applicable() {
-        let n = crate::preflight::has_errors(&plan.checks);
+        let n = crate::check::has_errors(&plan.checks);
         return Err(ApplyError::NotApplicable(if n {
             "preflight errors".to_string()
         } else {

@@ -2,11 +2,28 @@
 //! with no apply running, resumes the stream itself and cuts over as soon as ready.
 
 use std::io::Write;
+use std::path::PathBuf;
 use std::time::Duration;
 
-use crate::cli::{ApplyArgs, CutoverArgs, Outcome, io_err};
+use clap::Args;
+
 use crate::report;
 use crate::state::{StateDir, now_f64};
+
+use super::apply::ApplyArgs;
+use super::{ConnectArgs, Outcome, io_err};
+
+/// `pgtransit cutover`.
+#[derive(Debug, Args)]
+pub struct CutoverArgs {
+    /// The migration plan (YAML), or a saved execution plan.
+    pub file: PathBuf,
+    /// Cut over without asking.
+    #[arg(long)]
+    pub auto_approve: bool,
+    #[command(flatten)]
+    pub connect: ConnectArgs,
+}
 
 /// Runs `pgtransit cutover`.
 pub async fn run(args: &CutoverArgs, out: &mut dyn Write) -> miette::Result<Outcome> {
@@ -92,13 +109,7 @@ pub async fn run(args: &CutoverArgs, out: &mut dyn Write) -> miette::Result<Outc
 fn confirmed(out: &mut dyn Write) -> miette::Result<bool> {
     super::confirm(
         out,
-        |out| {
-            write!(
-                out,
-                "Cut over: writes on the source are stopped for every session but pgtransit's. \
-                 Only 'yes' is accepted: "
-            )
-        },
+        crate::report::cutover_prompt,
         "pass --auto-approve to cut over without confirmation",
     )
 }

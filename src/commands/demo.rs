@@ -3,14 +3,32 @@
 //! here as it lands.
 
 use std::io::Write;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use clap::Args;
 use miette::{IntoDiagnostic, WrapErr};
+use tokio::process::Child;
+use tokio_postgres::Client;
 
-use crate::cli::{DemoArgs, Outcome, io_err};
 use crate::cluster::{ClusterOptions, LocalCluster};
-use crate::conn::Env;
+use crate::conn::{Env, Resolved, RetryPolicy};
+use crate::plan::Plan;
 use crate::report::{self, Format};
+use crate::state::StateDir;
+
+use super::{Outcome, io_err};
+
+/// `pgtransit demo`.
+#[derive(Debug, Args)]
+pub struct DemoArgs {
+    /// Directory for the demo's migration plan and state (default: a new temporary directory).
+    #[arg(long)]
+    pub dir: Option<PathBuf>,
+    /// Leave both servers running at the end (the demo prints how to stop them).
+    #[arg(long)]
+    pub keep: bool,
+}
 
 const SAMPLE_SQL: &str = include_str!("demo_sample.sql");
 const DATABASE: &str = "shop";
@@ -25,35 +43,7 @@ pub async fn run(args: &DemoArgs, out: &mut dyn Write) -> miette::Result<Outcome
         .into_diagnostic()
         .wrap_err_with(|| format!("cannot create the demo directory {}", dir.display()))?;
 
-    report::say(out, "demo", "starting two throwaway PostgreSQL servers (source and target)")
-        .map_err(io_err)?;
-    let (source, mut target) = tokio::task::spawn_blocking(start_clusters)
-        .await
-        .into_diagnostic()?
-        .wrap_err("the demo could not start its PostgreSQL servers")?;
-    report::say(
-        out,
-        "demo",
-        &format!(
-            "source on 127.0.0.1:{} (wal_level=logical), target on 127.0.0.1:{}",
-            source.port(),
-            target.port()
-        ),
-    )
-    .map_err(io_err)?;
-
-    report::say(
-        out,
-        "demo",
-        "filling the source's `shop` database: an enum, a sequence, identity columns, foreign \
-         keys, triggers, a text search configuration (created from pg_dump's DDL), notes with \
-         an inheriting archive, 1,000 customers, 5,000 orders, 400,000 order events",
-    )
-    .map_err(io_err)?;
-    for c in [&source, &target] {
-        c.create_database(DATABASE).into_diagnostic()?;
-    }
-    source.psql(DATABASE, SAMPLE_SQL).into_diagnostic().wrap_err("loading the sample failed")?;
+    let (source, mut target) = start_and_fill(out).await?;
 
     let plan_path = dir.join("plans").join("shop.yaml");
     let plan_text = migration_plan(&source, &target);
@@ -109,7 +99,86 @@ pub async fn run(args: &DemoArgs, out: &mut dyn Write) -> miette::Result<Outcome
     let src_conn = crate::conn::ConnInfo::parse(&source.conninfo(DATABASE))
         .and_then(|c| c.resolve(&env))
         .into_diagnostic()?;
-    let writer_client = crate::conn::connect_with(&src_conn, "demo/writer", &policy).await?;
+    write_through_faults(
+        out,
+        &src_conn,
+        &policy,
+        &mut target,
+        &mut apply,
+        &start_apply,
+        &state_dir,
+    )
+    .await?;
+    let (probe, check) = time_one_row(out, &src_conn, &policy, &env, &target).await?;
+    let rows_identical = compare_rows(out, &plan, &probe, &check).await?;
+
+    report::say(out, "demo", "pgtransit status").map_err(io_err)?;
+    let st = crate::status::compute(
+        &loaded.spec.name.value,
+        state_dir.load()?.as_ref(),
+        state_dir.holder(),
+        &crate::status::Live::default(),
+        crate::state::now_f64(),
+        crate::status::RETAINED_WAL_WARNING,
+    );
+    report::status(out, &st, Format::Text).map_err(io_err)?;
+
+    // The fence ends every session but pgtransit's: the demo's own end here first.
+    drop((probe, check));
+    let cutover_done = cut_over(out, &exe, &plan_path, apply, &state_dir).await?;
+    let ok = rows_identical && cutover_done;
+    let result = if ok { Outcome::Done } else { Outcome::Failed };
+
+    clean_up(out, args, &dir, source, target)?;
+    Ok(result)
+}
+
+/// Starts the two servers and fills the source with the sample.
+async fn start_and_fill(out: &mut dyn Write) -> miette::Result<(LocalCluster, LocalCluster)> {
+    report::say(out, "demo", "starting two throwaway PostgreSQL servers (source and target)")
+        .map_err(io_err)?;
+    let (source, target) = tokio::task::spawn_blocking(start_clusters)
+        .await
+        .into_diagnostic()?
+        .wrap_err("the demo could not start its PostgreSQL servers")?;
+    report::say(
+        out,
+        "demo",
+        &format!(
+            "source on 127.0.0.1:{} (wal_level=logical), target on 127.0.0.1:{}",
+            source.port(),
+            target.port()
+        ),
+    )
+    .map_err(io_err)?;
+
+    report::say(
+        out,
+        "demo",
+        "filling the source's `shop` database: an enum, a sequence, identity columns, foreign \
+         keys, triggers, a text search configuration (created from pg_dump's DDL), notes with \
+         an inheriting archive, 1,000 customers, 5,000 orders, 400,000 order events",
+    )
+    .map_err(io_err)?;
+    for c in [&source, &target] {
+        c.create_database(DATABASE).into_diagnostic()?;
+    }
+    source.psql(DATABASE, SAMPLE_SQL).into_diagnostic().wrap_err("loading the sample failed")?;
+    Ok((source, target))
+}
+
+/// A writer on the source for 8 seconds while, on the way, the target crashes and comes back and
+/// `pgtransit apply` is killed and started again; the stream's status every 2 seconds.
+async fn write_through_faults(
+    out: &mut dyn Write,
+    src_conn: &Resolved,
+    policy: &RetryPolicy,
+    target: &mut LocalCluster,
+    apply: &mut Child,
+    start_apply: &dyn Fn() -> miette::Result<Child>,
+    state_dir: &StateDir,
+) -> miette::Result<()> {
+    let writer_client = crate::conn::connect_with(src_conn, "demo/writer", policy).await?;
     let writer =
         tokio::spawn(async move { write_for(&writer_client, Duration::from_secs(8)).await });
     let mut watch = tokio::time::interval(Duration::from_secs(2));
@@ -146,7 +215,7 @@ pub async fn run(args: &DemoArgs, out: &mut dyn Write) -> miette::Result<Outcome
             )
             .map_err(io_err)?;
             apply.kill().await.into_diagnostic()?;
-            apply = start_apply()?;
+            *apply = start_apply()?;
         }
         if let Some(sync) = state_dir.load().ok().flatten().and_then(|s| s.sync) {
             let line = report::streaming_line(
@@ -165,10 +234,20 @@ pub async fn run(args: &DemoArgs, out: &mut dyn Write) -> miette::Result<Outcome
         &format!("the writer committed {transactions} transactions and stopped"),
     )
     .map_err(io_err)?;
+    Ok(())
+}
 
-    // One more row, timed from its commit until the target has it.
+/// One more row, timed from its commit on the source until the target has it; returns the
+/// connections to both (kept open until the cutover).
+async fn time_one_row(
+    out: &mut dyn Write,
+    src_conn: &Resolved,
+    policy: &RetryPolicy,
+    env: &Env,
+    target: &LocalCluster,
+) -> miette::Result<(Client, Client)> {
     let started = std::time::Instant::now();
-    let probe = crate::conn::connect_with(&src_conn, "demo/probe", &policy).await?;
+    let probe = crate::conn::connect_with(src_conn, "demo/probe", policy).await?;
     probe
         .batch_execute(
             "INSERT INTO products (sku, title, price) VALUES ('SKU-LAST', 'Last one', 1)",
@@ -176,9 +255,9 @@ pub async fn run(args: &DemoArgs, out: &mut dyn Write) -> miette::Result<Outcome
         .await
         .into_diagnostic()?;
     let tgt_conn = crate::conn::ConnInfo::parse(&target.conninfo(DATABASE))
-        .and_then(|c| c.resolve(&env))
+        .and_then(|c| c.resolve(env))
         .into_diagnostic()?;
-    let check = crate::conn::connect_with(&tgt_conn, "demo/check", &policy).await?;
+    let check = crate::conn::connect_with(&tgt_conn, "demo/check", policy).await?;
     loop {
         let n: i64 = check
             .query_one("SELECT count(*) FROM products WHERE sku = 'SKU-LAST'", &[])
@@ -199,6 +278,17 @@ pub async fn run(args: &DemoArgs, out: &mut dyn Write) -> miette::Result<Outcome
         ),
     )
     .map_err(io_err)?;
+    Ok((probe, check))
+}
+
+/// Whether every streamed table has the same rows on both sides (count and md5 of each table's
+/// own rows), given up to 10 seconds to converge.
+async fn compare_rows(
+    out: &mut dyn Write,
+    plan: &Plan,
+    probe: &Client,
+    check: &Client,
+) -> miette::Result<bool> {
     let tables: Vec<(String, String)> = plan
         .steps
         .iter()
@@ -236,20 +326,18 @@ pub async fn run(args: &DemoArgs, out: &mut dyn Write) -> miette::Result<Outcome
         ),
     )
     .map_err(io_err)?;
+    Ok(same == tables.len())
+}
 
-    report::say(out, "demo", "pgtransit status").map_err(io_err)?;
-    let st = crate::status::compute(
-        &loaded.spec.name.value,
-        state_dir.load()?.as_ref(),
-        state_dir.holder(),
-        &crate::status::Live::default(),
-        crate::state::now_f64(),
-        crate::status::RETAINED_WAL_WARNING,
-    );
-    report::status(out, &st, Format::Text).map_err(io_err)?;
-
-    // The fence ends every session but pgtransit's: the demo's own end here first.
-    drop((probe, check));
+/// Runs `pgtransit cutover` and waits for the apply to end; whether the cutover is done and both
+/// processes succeeded.
+async fn cut_over(
+    out: &mut dyn Write,
+    exe: &Path,
+    plan_path: &Path,
+    mut apply: Child,
+    state_dir: &StateDir,
+) -> miette::Result<bool> {
     report::say(
         out,
         "demo",
@@ -261,7 +349,7 @@ pub async fn run(args: &DemoArgs, out: &mut dyn Write) -> miette::Result<Outcome
     )
     .map_err(io_err)?;
     out.flush().map_err(io_err)?;
-    let cutover = tokio::process::Command::new(&exe)
+    let cutover = tokio::process::Command::new(exe)
         .args(["cutover", &plan_path.to_string_lossy(), "--auto-approve"])
         .status()
         .await
@@ -279,9 +367,18 @@ pub async fn run(args: &DemoArgs, out: &mut dyn Write) -> miette::Result<Outcome
         )
         .map_err(io_err)?;
     }
-    let ok = same == tables.len() && cutover.success() && applied.success() && ended.is_some();
-    let result = if ok { Outcome::Done } else { Outcome::Failed };
+    Ok(cutover.success() && applied.success() && ended.is_some())
+}
 
+/// Leaves the servers running (`--keep`) or removes them, and the demo's directory unless it
+/// was given.
+fn clean_up(
+    out: &mut dyn Write,
+    args: &DemoArgs,
+    dir: &Path,
+    source: LocalCluster,
+    target: LocalCluster,
+) -> miette::Result<()> {
     if args.keep {
         report::say(out, "demo", "--keep: the servers keep running; stop them with:")
             .map_err(io_err)?;
@@ -294,10 +391,10 @@ pub async fn run(args: &DemoArgs, out: &mut dyn Write) -> miette::Result<Outcome
         report::say(out, "demo", "stopping and removing both servers").map_err(io_err)?;
         if args.dir.is_none() {
             // Nothing of the demo outlives it unless asked (--dir or --keep).
-            let _ = std::fs::remove_dir_all(&dir);
+            let _ = std::fs::remove_dir_all(dir);
         }
     }
-    Ok(result)
+    Ok(())
 }
 
 /// Waits until `ready` holds (checked every 200 ms), or the process ends (false).

@@ -5,20 +5,41 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use clap::Args;
 use miette::{IntoDiagnostic, WrapErr};
 use tokio_postgres::Client;
 
 use crate::catalog::{self, Catalog};
-use crate::cli::{Outcome, PlanArgs, io_err};
+use crate::check::{Check, Severity};
 use crate::conn::{self, ConnInfo, Env, RetryPolicy};
 use crate::objects::{self, ObjectKind, SchemaObject};
 use crate::plan::Plan;
 use crate::planner;
-use crate::preflight::{self, Check, Side};
-use crate::report::{self, PlanReport, ServerSummary};
+use crate::preflight::{self, Side};
+use crate::report::{self, Format, PlanReport, ServerSummary};
 use crate::scope::Scope;
 use crate::spec::{self, LoadedSpec};
 use crate::state::StateDir;
+
+use super::{ConnectArgs, Outcome, io_err};
+
+/// `pgtransit plan`.
+#[derive(Debug, Args)]
+pub struct PlanArgs {
+    /// The migration plan (YAML).
+    pub file: PathBuf,
+    /// Output format.
+    #[arg(long, value_enum, default_value_t = Format::Text)]
+    pub format: Format,
+    /// Exit 0 when there is nothing to do, 2 when changes are planned (1 stays "failed").
+    #[arg(long)]
+    pub detailed_exitcode: bool,
+    /// Save the execution plan to this file (JSON) for `pgtransit apply FILE`.
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    #[command(flatten)]
+    pub connect: ConnectArgs,
+}
 
 /// `application_name` of the connections `plan` opens.
 pub const APP_PLAN: &str = "pgtransit/plan";
@@ -192,7 +213,7 @@ pub async fn compute(loaded: &LoadedSpec, env: &Env, retry_for: Duration) -> Com
         Err(e) => {
             checks.push(Check {
                 code: "state_unreadable".into(),
-                severity: preflight::Severity::Error,
+                severity: Severity::Error,
                 object: state_dir.state_file().display().to_string(),
                 message: e.to_string(),
                 fix: miette::Diagnostic::help(&e).map(|h| h.to_string()),

@@ -2,12 +2,30 @@
 //! servers' live positions. It takes no lock and changes nothing.
 
 use std::io::Write;
+use std::path::PathBuf;
 
-use crate::cli::{Outcome, StatusArgs, io_err};
+use clap::Args;
+
 use crate::conn::{self, Env};
 use crate::execute::Servers;
+use crate::report::Format;
 use crate::state::StateDir;
 use crate::status::{self, Live};
+
+use super::{ConnectArgs, Outcome, io_err};
+
+/// `pgtransit status`.
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    /// The migration plan (YAML), or a saved execution plan.
+    pub file: PathBuf,
+    /// Output format (`json` has `phase`, `ready_for_cutover`, `lag_bytes`, `lag_seconds`,
+    /// `tables`, `applied`).
+    #[arg(long, value_enum, default_value_t = Format::Text)]
+    pub format: Format,
+    #[command(flatten)]
+    pub connect: ConnectArgs,
+}
 
 /// Runs `pgtransit status`.
 pub async fn run(args: &StatusArgs, out: &mut dyn Write) -> miette::Result<Outcome> {

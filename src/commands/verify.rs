@@ -4,11 +4,28 @@
 //! yet applied, and are reported as such.
 
 use std::io::Write;
+use std::path::PathBuf;
 
-use crate::cli::{Outcome, VerifyArgs, io_err};
+use clap::Args;
+
 use crate::conn::{self, Env};
 use crate::plan::{Action, Phase};
+use crate::report::Format;
 use crate::state::StateDir;
+
+use super::{ConnectArgs, Outcome, io_err};
+
+/// `pgtransit verify`.
+#[derive(Debug, Args)]
+pub struct VerifyArgs {
+    /// The migration plan (YAML), or a saved execution plan.
+    pub file: PathBuf,
+    /// Output format.
+    #[arg(long, value_enum, default_value_t = Format::Text)]
+    pub format: Format,
+    #[command(flatten)]
+    pub connect: ConnectArgs,
+}
 
 /// Runs `pgtransit verify`.
 pub async fn run(args: &VerifyArgs, out: &mut dyn Write) -> miette::Result<Outcome> {

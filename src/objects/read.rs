@@ -827,7 +827,41 @@ async fn read_all(r: &mut Reader<'_>, version_num: i32) -> Result<Schema, Object
     let dumped_rows = r.query("objects pg_dump creates", &dumped_sql(version_num), &[]).await?;
 
     let mut b = Builder::default();
-    let depends: Vec<RawDepend> = depend_rows
+    let depends = raw_depends(&depend_rows);
+    for d in depends.iter().filter(|d| d.kind == "e" && d.ref_cat == Cat::Extension) {
+        b.members.insert((d.cat, d.oid), d.ref_oid);
+    }
+    let internal = internal_parts(&depends);
+    let owned_sequences = sequences_owned_by_columns(&depends);
+
+    let schema_keys = add_schemas(&mut b, &schema_rows)?;
+    add_extensions(&mut b, &extension_rows, &schema_keys);
+    add_collations(&mut b, &collation_rows);
+    add_default_privileges(&mut b, &default_acl_rows, &schema_keys)?;
+    let relations = raw_relations(&relation_rows)?;
+    let columns = raw_columns(&column_rows);
+    let constraints = raw_constraints(&constraint_rows);
+    let data =
+        RelationData::new(&b, &depends, &relations, &columns, &constraints, &owned_sequences);
+    let type_links = add_types(&mut b, &type_rows, &data)?;
+    add_functions(&mut b, &function_rows, &internal)?;
+    add_relations(&mut b, &data)?;
+    let child_constraints = add_table_constraints(&mut b, &data);
+    add_indexes(&mut b, &index_rows, &relations, &constraints);
+    map_child_constraints(&mut b, &constraints, child_constraints);
+    add_triggers(&mut b, &trigger_rows, &relations);
+    add_rules(&mut b, &rule_rows, &relations);
+    add_policies(&mut b, &policy_rows, &relations);
+    add_statistics(&mut b, &statistics_rows, &relations);
+    map_type_links(&mut b, &type_links, &internal);
+    add_dumped(&mut b, &dumped_rows, &depends);
+    attach_comments(&mut b, &comment_rows);
+    add_dependencies(&mut b, &depends, &owned_sequences, &relations);
+    Ok(finish(b, &schema_keys))
+}
+
+fn raw_depends(depend_rows: &[Row]) -> Vec<RawDepend> {
+    depend_rows
         .iter()
         .map(|row| RawDepend {
             cat: Cat::from_name(row.get(0)),
@@ -838,19 +872,22 @@ async fn read_all(r: &mut Reader<'_>, version_num: i32) -> Result<Schema, Object
             ref_sub: row.get(5),
             kind: row.get(6),
         })
-        .collect();
-    for d in depends.iter().filter(|d| d.kind == "e" && d.ref_cat == Cat::Extension) {
-        b.members.insert((d.cat, d.oid), d.ref_oid);
-    }
-    // Objects that are internal parts of another (range constructors of their range type, ...).
-    let internal: HashMap<(Cat, u32), (Cat, u32)> = depends
+        .collect()
+}
+
+/// Objects that are internal parts of another (range constructors of their range type, ...).
+fn internal_parts(depends: &[RawDepend]) -> HashMap<(Cat, u32), (Cat, u32)> {
+    depends
         .iter()
         .filter(|d| d.kind == "i" && d.cat == Cat::Proc)
         .map(|d| ((d.cat, d.oid), (d.ref_cat, d.ref_oid)))
-        .collect();
-    // Sequences owned by a column: sequence → (table, attnum, identity).
+        .collect()
+}
+
+/// Sequences owned by a column: sequence → (table, attnum, identity).
+fn sequences_owned_by_columns(depends: &[RawDepend]) -> HashMap<u32, (u32, i32, bool)> {
     let mut owned_sequences: HashMap<u32, (u32, i32, bool)> = HashMap::new();
-    for d in &depends {
+    for d in depends {
         if d.cat == Cat::Class
             && d.ref_cat == Cat::Class
             && d.sub == 0
@@ -860,10 +897,16 @@ async fn read_all(r: &mut Reader<'_>, version_num: i32) -> Result<Schema, Object
             owned_sequences.insert(d.oid, (d.ref_oid, d.ref_sub, d.kind == "i"));
         }
     }
+    owned_sequences
+}
 
-    // Schemas.
+/// Schemas, with their keys by name.
+fn add_schemas(
+    b: &mut Builder,
+    schema_rows: &[Row],
+) -> Result<HashMap<String, ObjectKey>, ObjectsError> {
     let mut schema_keys: HashMap<String, ObjectKey> = HashMap::new();
-    for row in &schema_rows {
+    for row in schema_rows {
         let oid: u32 = row.get(0);
         if b.is_member(Cat::Namespace, oid) {
             continue;
@@ -879,9 +922,16 @@ async fn read_all(r: &mut Reader<'_>, version_num: i32) -> Result<Schema, Object
         b.comments.insert((Cat::Namespace, oid, 0), CommentTarget::Object(i));
         schema_keys.insert(name, key);
     }
+    Ok(schema_keys)
+}
 
-    // Extensions (those created by initdb, such as plpgsql, are not read).
-    for row in &extension_rows {
+/// Extensions (those created by initdb, such as plpgsql, are not read).
+fn add_extensions(
+    b: &mut Builder,
+    extension_rows: &[Row],
+    schema_keys: &HashMap<String, ObjectKey>,
+) {
+    for row in extension_rows {
         let oid: u32 = row.get(0);
         let name: String = row.get(1);
         let schema: String = row.get(2);
@@ -904,9 +954,11 @@ async fn read_all(r: &mut Reader<'_>, version_num: i32) -> Result<Schema, Object
         b.extension_keys.insert(oid, key);
         b.comments.insert((Cat::Extension, oid, 0), CommentTarget::Object(i));
     }
+}
 
-    // Collations (the ones a provider lists at initdb are in pg_catalog, not read).
-    for row in &collation_rows {
+/// Collations (the ones a provider lists at initdb are in pg_catalog, not read).
+fn add_collations(b: &mut Builder, collation_rows: &[Row]) {
+    for row in collation_rows {
         let oid: u32 = row.get(0);
         if b.is_member(Cat::Collation, oid) {
             continue;
@@ -954,9 +1006,15 @@ async fn read_all(r: &mut Reader<'_>, version_num: i32) -> Result<Schema, Object
         b.keys.insert((Cat::Collation, oid), key);
         b.comments.insert((Cat::Collation, oid, 0), CommentTarget::Object(i));
     }
+}
 
-    // Default privileges.
-    for row in &default_acl_rows {
+/// Default privileges.
+fn add_default_privileges(
+    b: &mut Builder,
+    default_acl_rows: &[Row],
+    schema_keys: &HashMap<String, ObjectKey>,
+) -> Result<(), ObjectsError> {
+    for row in default_acl_rows {
         let role: String = row.get(0);
         let schema: String = row.get(1);
         if !schema.is_empty() && !schema_keys.contains_key(&schema) {
@@ -978,10 +1036,13 @@ async fn read_all(r: &mut Reader<'_>, version_num: i32) -> Result<Schema, Object
         o.default_acl = parse_acl(row.get(4))?;
         b.push(o);
     }
+    Ok(())
+}
 
-    // Relations, columns, constraints, by OID.
+/// Relations by OID.
+fn raw_relations(relation_rows: &[Row]) -> Result<HashMap<u32, RawRelation>, ObjectsError> {
     let mut relations: HashMap<u32, RawRelation> = HashMap::new();
-    for row in &relation_rows {
+    for row in relation_rows {
         let oid: u32 = row.get(0);
         let seq_type: Option<String> = row.get(22);
         relations.insert(
@@ -1023,8 +1084,13 @@ async fn read_all(r: &mut Reader<'_>, version_num: i32) -> Result<Schema, Object
             },
         );
     }
+    Ok(relations)
+}
+
+/// Columns by relation OID.
+fn raw_columns(column_rows: &[Row]) -> HashMap<u32, Vec<RawColumn>> {
     let mut columns: HashMap<u32, Vec<RawColumn>> = HashMap::new();
-    for row in &column_rows {
+    for row in column_rows {
         let relid: u32 = row.get(0);
         columns.entry(relid).or_default().push(RawColumn {
             column: Column {
@@ -1047,8 +1113,13 @@ async fn read_all(r: &mut Reader<'_>, version_num: i32) -> Result<Schema, Object
             acl: row.get(16),
         });
     }
+    columns
+}
+
+/// Constraints (of tables and of domains) by OID.
+fn raw_constraints(constraint_rows: &[Row]) -> HashMap<u32, RawConstraint> {
     let mut constraints: HashMap<u32, RawConstraint> = HashMap::new();
-    for row in &constraint_rows {
+    for row in constraint_rows {
         let oid: u32 = row.get(0);
         constraints.insert(
             oid,
@@ -1066,39 +1137,99 @@ async fn read_all(r: &mut Reader<'_>, version_num: i32) -> Result<Schema, Object
             },
         );
     }
-    let mut constraint_oids: Vec<u32> = constraints.keys().copied().collect();
-    constraint_oids.sort_unstable_by_key(|o| (&constraints[o].name, *o));
-    // By table and by domain, in name order.
-    let mut constraints_of_rel: HashMap<u32, Vec<&RawConstraint>> = HashMap::new();
-    let mut constraints_of_type: HashMap<u32, Vec<&RawConstraint>> = HashMap::new();
-    for oid in &constraint_oids {
-        let c = &constraints[oid];
-        if c.relid != 0 {
-            constraints_of_rel.entry(c.relid).or_default().push(c);
-        } else if c.typid != 0 {
-            constraints_of_type.entry(c.typid).or_default().push(c);
-        }
-    }
-    let no_constraints: Vec<&RawConstraint> = Vec::new();
-    let calls_function = checks_calling_functions(&b, &depends, &constraints);
-    let constraints_of_rel = |oid: u32| constraints_of_rel.get(&oid).unwrap_or(&no_constraints);
-    let constraints_of_type = |oid: u32| constraints_of_type.get(&oid).unwrap_or(&no_constraints);
-    // Identity sequences by table: (sequence, attnum).
-    let mut identity_of: HashMap<u32, Vec<(u32, i32)>> = HashMap::new();
-    for (&seq, &(table, attnum, identity)) in &owned_sequences {
-        if identity {
-            identity_of.entry(table).or_default().push((seq, attnum));
-        }
-    }
-    let no_columns: Vec<RawColumn> = Vec::new();
-    let columns_of = |oid: u32| columns.get(&oid).unwrap_or(&no_columns);
-    let plain_columns =
-        |oid: u32| -> Vec<Column> { columns_of(oid).iter().map(|c| c.column.clone()).collect() };
+    constraints
+}
 
-    // Types: enums, composites, ranges, domains. (Table row types, arrays and multiranges map
-    // onto their owner below.)
+/// Relations, their columns and constraints (and domains' constraints) as read, with the
+/// lookups that the assembly of types, relations and constraints shares.
+struct RelationData<'a> {
+    relations: &'a HashMap<u32, RawRelation>,
+    columns: &'a HashMap<u32, Vec<RawColumn>>,
+    constraints: &'a HashMap<u32, RawConstraint>,
+    /// Sequences owned by a column: sequence → (table, attnum, identity).
+    owned_sequences: &'a HashMap<u32, (u32, i32, bool)>,
+    /// Every constraint, in name order.
+    constraint_oids: Vec<u32>,
+    /// By table, in name order.
+    of_rel: HashMap<u32, Vec<&'a RawConstraint>>,
+    /// By domain, in name order.
+    of_type: HashMap<u32, Vec<&'a RawConstraint>>,
+    /// See [`checks_calling_functions`].
+    calls_function: BTreeSet<u32>,
+    /// Identity sequences by table: (sequence, attnum).
+    identity_of: HashMap<u32, Vec<(u32, i32)>>,
+}
+
+impl<'a> RelationData<'a> {
+    fn new(
+        b: &Builder,
+        depends: &[RawDepend],
+        relations: &'a HashMap<u32, RawRelation>,
+        columns: &'a HashMap<u32, Vec<RawColumn>>,
+        constraints: &'a HashMap<u32, RawConstraint>,
+        owned_sequences: &'a HashMap<u32, (u32, i32, bool)>,
+    ) -> RelationData<'a> {
+        let mut constraint_oids: Vec<u32> = constraints.keys().copied().collect();
+        constraint_oids.sort_unstable_by_key(|o| (&constraints[o].name, *o));
+        // By table and by domain, in name order.
+        let mut of_rel: HashMap<u32, Vec<&RawConstraint>> = HashMap::new();
+        let mut of_type: HashMap<u32, Vec<&RawConstraint>> = HashMap::new();
+        for oid in &constraint_oids {
+            let c = &constraints[oid];
+            if c.relid != 0 {
+                of_rel.entry(c.relid).or_default().push(c);
+            } else if c.typid != 0 {
+                of_type.entry(c.typid).or_default().push(c);
+            }
+        }
+        let calls_function = checks_calling_functions(b, depends, constraints);
+        // Identity sequences by table: (sequence, attnum).
+        let mut identity_of: HashMap<u32, Vec<(u32, i32)>> = HashMap::new();
+        for (&seq, &(table, attnum, identity)) in owned_sequences {
+            if identity {
+                identity_of.entry(table).or_default().push((seq, attnum));
+            }
+        }
+        RelationData {
+            relations,
+            columns,
+            constraints,
+            owned_sequences,
+            constraint_oids,
+            of_rel,
+            of_type,
+            calls_function,
+            identity_of,
+        }
+    }
+
+    fn constraints_of_rel(&self, oid: u32) -> &[&'a RawConstraint] {
+        self.of_rel.get(&oid).map(Vec::as_slice).unwrap_or_default()
+    }
+
+    fn constraints_of_type(&self, oid: u32) -> &[&'a RawConstraint] {
+        self.of_type.get(&oid).map(Vec::as_slice).unwrap_or_default()
+    }
+
+    fn columns_of(&self, oid: u32) -> &'a [RawColumn] {
+        self.columns.get(&oid).map(Vec::as_slice).unwrap_or_default()
+    }
+
+    fn plain_columns(&self, oid: u32) -> Vec<Column> {
+        self.columns_of(oid).iter().map(|c| c.column.clone()).collect()
+    }
+}
+
+/// Types: enums, composites, ranges, domains. (Table row types, arrays and multiranges map onto
+/// their owner in [`map_type_links`].) Returns every type's links: (oid, relid, array,
+/// multirange).
+fn add_types(
+    b: &mut Builder,
+    type_rows: &[Row],
+    data: &RelationData,
+) -> Result<Vec<(u32, u32, u32, u32)>, ObjectsError> {
     let mut type_links: Vec<(u32, u32, u32, u32)> = Vec::new(); // oid, relid, array, multirange
-    for row in &type_rows {
+    for row in type_rows {
         let oid: u32 = row.get(0);
         let schema: String = row.get(1);
         let name: String = row.get(2);
@@ -1115,9 +1246,10 @@ async fn read_all(r: &mut Reader<'_>, version_num: i32) -> Result<Schema, Object
                 let labels: Vec<String> = opt(row.get(10));
                 (ObjectKind::Type, vec![ddl::create_enum(&name_sql, &labels)])
             }
-            "c" if relkind.as_deref() == Some("c") => {
-                (ObjectKind::Type, vec![ddl::create_composite(&name_sql, &plain_columns(relid))])
-            }
+            "c" if relkind.as_deref() == Some("c") => (
+                ObjectKind::Type,
+                vec![ddl::create_composite(&name_sql, &data.plain_columns(relid))],
+            ),
             "r" => {
                 let params = ddl::RangeParams {
                     subtype: opt(row.get(15)),
@@ -1130,7 +1262,8 @@ async fn read_all(r: &mut Reader<'_>, version_num: i32) -> Result<Schema, Object
                 (ObjectKind::Type, vec![ddl::create_range(&name_sql, &params)])
             }
             "d" => {
-                let checks: Vec<(String, String, bool)> = constraints_of_type(oid)
+                let checks: Vec<(String, String, bool)> = data
+                    .constraints_of_type(oid)
                     .iter()
                     .filter(|c| c.kind == "c")
                     .map(|c| (c.name.clone(), c.definition.clone(), c.validated))
@@ -1156,21 +1289,28 @@ async fn read_all(r: &mut Reader<'_>, version_num: i32) -> Result<Schema, Object
         b.comments.insert((Cat::Type, oid, 0), CommentTarget::Object(i));
         if relid != 0 {
             b.keys.insert((Cat::Class, relid), key.clone());
-            for c in columns_of(relid) {
+            for c in data.columns_of(relid) {
                 let target = format!("COLUMN {name_sql}.{}", ident(&c.column.name));
                 b.comments
                     .insert((Cat::Class, relid, c.column.attnum), CommentTarget::Sub(i, target));
             }
         }
-        for c in constraints_of_type(oid) {
+        for c in data.constraints_of_type(oid) {
             b.keys.insert((Cat::Constraint, c.oid), key.clone());
             let target = format!("CONSTRAINT {} ON DOMAIN {name_sql}", ident(&c.name));
             b.comments.insert((Cat::Constraint, c.oid, 0), CommentTarget::Sub(i, target));
         }
     }
+    Ok(type_links)
+}
 
-    // Functions, procedures, aggregates.
-    for row in &function_rows {
+/// Functions, procedures, aggregates.
+fn add_functions(
+    b: &mut Builder,
+    function_rows: &[Row],
+    internal: &HashMap<(Cat, u32), (Cat, u32)>,
+) -> Result<(), ObjectsError> {
+    for row in function_rows {
         let oid: u32 = row.get(0);
         if b.is_member(Cat::Proc, oid) || internal.contains_key(&(Cat::Proc, oid)) {
             continue;
@@ -1225,8 +1365,13 @@ async fn read_all(r: &mut Reader<'_>, version_num: i32) -> Result<Schema, Object
         b.keys.insert((Cat::Proc, oid), key);
         b.comments.insert((Cat::Proc, oid, 0), CommentTarget::Object(i));
     }
+    Ok(())
+}
 
-    // Relations: keys first (partitions and children refer to their parents).
+/// Relations' keys, first (partitions and children refer to their parents); returns the OIDs of
+/// the relations that are objects of their own, in order.
+fn add_relation_keys(b: &mut Builder, data: &RelationData) -> Vec<u32> {
+    let (relations, owned_sequences) = (data.relations, data.owned_sequences);
     let is_identity = |oid: u32| owned_sequences.get(&oid).is_some_and(|s| s.2);
     let mut rel_oids: Vec<u32> = relations
         .keys()
@@ -1248,17 +1393,25 @@ async fn read_all(r: &mut Reader<'_>, version_num: i32) -> Result<Schema, Object
             b.keys.insert((Cat::Class, oid), ObjectKey::new(kind, &rel.schema, &rel.name));
         }
     }
-    for (&seq, &(table, _, identity)) in &owned_sequences {
+    for (&seq, &(table, _, identity)) in owned_sequences {
         if identity && let Some(key) = b.keys.get(&(Cat::Class, table)).cloned() {
             b.keys.insert((Cat::Class, seq), key);
         }
     }
+    rel_oids
+}
+
+/// Tables, views, materialized views and sequences (identity sequences are part of their table);
+/// a sequence owned by a column gets its `OWNED BY` as an object of its own.
+fn add_relations(b: &mut Builder, data: &RelationData) -> Result<(), ObjectsError> {
+    let (relations, identity_of) = (data.relations, &data.identity_of);
+    let rel_oids = add_relation_keys(b, data);
     let mut ownerships: Vec<SchemaObject> = Vec::new();
     for &oid in &rel_oids {
         let rel = &relations[&oid];
         let key = b.keys[&(Cat::Class, oid)].clone();
         let name_sql = rel.sql();
-        let cols = columns_of(oid);
+        let cols = data.columns_of(oid);
         let plain: Vec<Column> = cols.iter().map(|c| c.column.clone()).collect();
         let parents: Vec<&RawRelation> =
             rel.parents.iter().filter_map(|p| relations.get(p)).collect();
@@ -1268,108 +1421,7 @@ async fn read_all(r: &mut Reader<'_>, version_num: i32) -> Result<Schema, Object
         let mut table = None;
         let (ddl, info) = match rel.kind.as_str() {
             "r" | "p" => {
-                let checks = constraints_of_rel(oid)
-                    .iter()
-                    .filter(|c| c.kind == "c" && !calls_function.contains(&c.oid))
-                    .filter(|c| c.validated && (c.local || rel.is_partition))
-                    .map(|c| (c.name.clone(), c.definition.clone()))
-                    .collect();
-                let mut identity: Vec<(i32, String, SequenceParams)> = Vec::new();
-                let mut identity_sequences = Vec::new();
-                for &(seq, attnum) in identity_of.get(&oid).map(Vec::as_slice).unwrap_or_default() {
-                    if let Some(s) = relations.get(&seq)
-                        && let Some(params) = &s.sequence
-                    {
-                        let mut params = params.clone();
-                        // (On 13 and 14 an unlogged table's identity sequence is logged, the
-                        // only kind: said so for a target of 15 or later, where it would follow
-                        // the table; the planner leaves it out for an older target.)
-                        if s.persistence != rel.persistence {
-                            params.persistence =
-                                Some(if s.persistence == "u" { "UNLOGGED" } else { "LOGGED" });
-                        }
-                        identity.push((attnum, s.sql(), params));
-                        if let Some(c) = plain.iter().find(|c| c.attnum == attnum) {
-                            identity_sequences.push(IdentitySequence {
-                                column: c.name.clone(),
-                                schema: s.schema.clone(),
-                                name: s.name.clone(),
-                            });
-                        }
-                    }
-                }
-                identity_sequences.sort_by(|a, b| a.column.cmp(&b.column));
-                let partition_parent = parents.first().filter(|_| rel.is_partition);
-                let parent_columns = if rel.is_partition {
-                    Vec::new()
-                } else {
-                    parents
-                        .iter()
-                        .flat_map(|p| columns_of(p.oid))
-                        .map(|c| {
-                            (c.column.name.clone(), c.column.default.is_some(), c.column.not_null)
-                        })
-                        .collect()
-                };
-                let spec = ddl::TableSpec {
-                    name_sql: name_sql.clone(),
-                    unlogged: rel.persistence == "u",
-                    columns: &plain,
-                    identity,
-                    checks,
-                    inherits: if rel.is_partition {
-                        Vec::new()
-                    } else {
-                        parents.iter().map(|p| p.sql()).collect()
-                    },
-                    parent_columns,
-                    partition_key: rel.partition_key.clone(),
-                    partition: partition_parent
-                        .map(|p| (p.sql(), rel.bound.clone().unwrap_or_default())),
-                    access_method,
-                    options,
-                    replica_identity: rel.replica_identity.clone(),
-                    row_security: rel.row_security,
-                    force_row_security: rel.force_row_security,
-                    of_type: rel.of_type.clone(),
-                };
-                let primary_key_columns =
-                    constraints_of_rel(oid).iter().find(|c| c.kind == "p").map(|c| {
-                        c.key
-                            .iter()
-                            .filter_map(|&n| plain.iter().find(|col| col.attnum == i32::from(n)))
-                            .map(|col| col.name.clone())
-                            .collect::<Vec<_>>()
-                    });
-                let info = TableInfo {
-                    columns_for_copy: plain
-                        .iter()
-                        .filter(|c| c.generated.is_empty())
-                        .map(|c| c.name.clone())
-                        .collect(),
-                    generated_columns: plain
-                        .iter()
-                        .filter(|c| !c.generated.is_empty())
-                        .map(|c| c.name.clone())
-                        .collect(),
-                    estimated_rows: rel.estimated_rows,
-                    bytes: rel.bytes,
-                    unlogged: rel.persistence == "u",
-                    partitioned: rel.kind == "p",
-                    partition_of: partition_parent.map(|p| (p.schema.clone(), p.name.clone())),
-                    inherits: if rel.is_partition {
-                        Vec::new()
-                    } else {
-                        parents.iter().map(|p| (p.schema.clone(), p.name.clone())).collect()
-                    },
-                    has_primary_key: primary_key_columns.is_some(),
-                    primary_key_columns: primary_key_columns.unwrap_or_default(),
-                    replica_identity: rel.replica_identity.clone(),
-                    identity_sequences,
-                    matview: false,
-                    populated: true,
-                };
-                (ddl::create_table(&spec), Some(info))
+                table_ddl(data, oid, rel, &name_sql, &plain, &parents, options, access_method)
             }
             "v" | "m" => {
                 let materialized = rel.kind == "m";
@@ -1395,26 +1447,8 @@ async fn read_all(r: &mut Reader<'_>, version_num: i32) -> Result<Schema, Object
             }
             _ => {
                 let params = rel.sequence.clone().unwrap_or_default();
-                if let Some(&(t, attnum, _)) = owned_sequences.get(&oid)
-                    && let Some(owner) = relations.get(&t)
-                    && let Some(col) = columns_of(t).iter().find(|c| c.column.attnum == attnum)
-                {
-                    table = Some((owner.schema.clone(), owner.name.clone()));
-                    let own_key =
-                        ObjectKey::new(ObjectKind::SequenceOwnership, &rel.schema, &rel.name);
-                    let mut own = SchemaObject::new(
-                        own_key,
-                        vec![format!(
-                            "ALTER SEQUENCE {name_sql} OWNED BY {}.{}",
-                            owner.sql(),
-                            ident(&col.column.name)
-                        )],
-                    );
-                    own.table = table.clone();
-                    own.depends_on.insert(key.clone());
-                    if let Some(k) = b.keys.get(&(Cat::Class, t)) {
-                        own.depends_on.insert(k.clone());
-                    }
+                if let Some(own) = sequence_ownership(b, data, oid, rel, &name_sql, &key) {
+                    table = own.table.clone();
                     ownerships.push(own);
                 }
                 (vec![ddl::create_sequence(&name_sql, rel.persistence == "u", &params)], None)
@@ -1471,27 +1505,176 @@ async fn read_all(r: &mut Reader<'_>, version_num: i32) -> Result<Schema, Object
     for o in ownerships {
         b.push(o);
     }
+    Ok(())
+}
 
-    // A relation object's key and index.
-    let table_of = |b: &Builder, relid: u32| -> Option<(ObjectKey, usize)> {
-        let key = b.keys.get(&(Cat::Class, relid))?;
-        let &i = b.index.get(key)?;
-        matches!(key.kind, ObjectKind::Table | ObjectKind::View | ObjectKind::MaterializedView)
-            .then(|| (key.clone(), i))
+/// A table's DDL and what the copy needs to know about it.
+#[allow(clippy::too_many_arguments)]
+fn table_ddl(
+    data: &RelationData,
+    oid: u32,
+    rel: &RawRelation,
+    name_sql: &str,
+    plain: &[Column],
+    parents: &[&RawRelation],
+    options: Vec<String>,
+    access_method: Option<String>,
+) -> (Vec<String>, Option<TableInfo>) {
+    let checks = data
+        .constraints_of_rel(oid)
+        .iter()
+        .filter(|c| c.kind == "c" && !data.calls_function.contains(&c.oid))
+        .filter(|c| c.validated && (c.local || rel.is_partition))
+        .map(|c| (c.name.clone(), c.definition.clone()))
+        .collect();
+    let mut identity: Vec<(i32, String, SequenceParams)> = Vec::new();
+    let mut identity_sequences = Vec::new();
+    for &(seq, attnum) in data.identity_of.get(&oid).map(Vec::as_slice).unwrap_or_default() {
+        if let Some(s) = data.relations.get(&seq)
+            && let Some(params) = &s.sequence
+        {
+            let mut params = params.clone();
+            // (On 13 and 14 an unlogged table's identity sequence is logged, the
+            // only kind: said so for a target of 15 or later, where it would follow
+            // the table; the planner leaves it out for an older target.)
+            if s.persistence != rel.persistence {
+                params.persistence = Some(if s.persistence == "u" { "UNLOGGED" } else { "LOGGED" });
+            }
+            identity.push((attnum, s.sql(), params));
+            if let Some(c) = plain.iter().find(|c| c.attnum == attnum) {
+                identity_sequences.push(IdentitySequence {
+                    column: c.name.clone(),
+                    schema: s.schema.clone(),
+                    name: s.name.clone(),
+                });
+            }
+        }
+    }
+    identity_sequences.sort_by(|a, b| a.column.cmp(&b.column));
+    let partition_parent = parents.first().filter(|_| rel.is_partition);
+    let parent_columns = if rel.is_partition {
+        Vec::new()
+    } else {
+        parents
+            .iter()
+            .flat_map(|p| data.columns_of(p.oid))
+            .map(|c| (c.column.name.clone(), c.column.default.is_some(), c.column.not_null))
+            .collect()
     };
+    let spec = ddl::TableSpec {
+        name_sql: name_sql.to_string(),
+        unlogged: rel.persistence == "u",
+        columns: plain,
+        identity,
+        checks,
+        inherits: if rel.is_partition {
+            Vec::new()
+        } else {
+            parents.iter().map(|p| p.sql()).collect()
+        },
+        parent_columns,
+        partition_key: rel.partition_key.clone(),
+        partition: partition_parent.map(|p| (p.sql(), rel.bound.clone().unwrap_or_default())),
+        access_method,
+        options,
+        replica_identity: rel.replica_identity.clone(),
+        row_security: rel.row_security,
+        force_row_security: rel.force_row_security,
+        of_type: rel.of_type.clone(),
+    };
+    let primary_key_columns =
+        data.constraints_of_rel(oid).iter().find(|c| c.kind == "p").map(|c| {
+            c.key
+                .iter()
+                .filter_map(|&n| plain.iter().find(|col| col.attnum == i32::from(n)))
+                .map(|col| col.name.clone())
+                .collect::<Vec<_>>()
+        });
+    let info = TableInfo {
+        columns_for_copy: plain
+            .iter()
+            .filter(|c| c.generated.is_empty())
+            .map(|c| c.name.clone())
+            .collect(),
+        generated_columns: plain
+            .iter()
+            .filter(|c| !c.generated.is_empty())
+            .map(|c| c.name.clone())
+            .collect(),
+        estimated_rows: rel.estimated_rows,
+        bytes: rel.bytes,
+        unlogged: rel.persistence == "u",
+        partitioned: rel.kind == "p",
+        partition_of: partition_parent.map(|p| (p.schema.clone(), p.name.clone())),
+        inherits: if rel.is_partition {
+            Vec::new()
+        } else {
+            parents.iter().map(|p| (p.schema.clone(), p.name.clone())).collect()
+        },
+        has_primary_key: primary_key_columns.is_some(),
+        primary_key_columns: primary_key_columns.unwrap_or_default(),
+        replica_identity: rel.replica_identity.clone(),
+        identity_sequences,
+        matview: false,
+        populated: true,
+    };
+    (ddl::create_table(&spec), Some(info))
+}
 
-    // Check constraints and foreign keys (primary keys, unique and exclusion constraints go with
-    // their indexes below).
+/// The `ALTER SEQUENCE ... OWNED BY` of a sequence owned by a column.
+fn sequence_ownership(
+    b: &Builder,
+    data: &RelationData,
+    oid: u32,
+    rel: &RawRelation,
+    name_sql: &str,
+    key: &ObjectKey,
+) -> Option<SchemaObject> {
+    if let Some(&(t, attnum, _)) = data.owned_sequences.get(&oid)
+        && let Some(owner) = data.relations.get(&t)
+        && let Some(col) = data.columns_of(t).iter().find(|c| c.column.attnum == attnum)
+    {
+        let own_key = ObjectKey::new(ObjectKind::SequenceOwnership, &rel.schema, &rel.name);
+        let mut own = SchemaObject::new(
+            own_key,
+            vec![format!(
+                "ALTER SEQUENCE {name_sql} OWNED BY {}.{}",
+                owner.sql(),
+                ident(&col.column.name)
+            )],
+        );
+        own.table = Some((owner.schema.clone(), owner.name.clone()));
+        own.depends_on.insert(key.clone());
+        if let Some(k) = b.keys.get(&(Cat::Class, t)) {
+            own.depends_on.insert(k.clone());
+        }
+        return Some(own);
+    }
+    None
+}
+
+/// A relation object's key and index.
+fn table_of(b: &Builder, relid: u32) -> Option<(ObjectKey, usize)> {
+    let key = b.keys.get(&(Cat::Class, relid))?;
+    let &i = b.index.get(key)?;
+    matches!(key.kind, ObjectKind::Table | ObjectKind::View | ObjectKind::MaterializedView)
+        .then(|| (key.clone(), i))
+}
+
+/// Check constraints and foreign keys (primary keys, unique and exclusion constraints go with
+/// their indexes, [`add_indexes`]); returns the partitions' copies, for
+/// [`map_child_constraints`].
+fn add_table_constraints(b: &mut Builder, data: &RelationData) -> Vec<u32> {
     let mut child_constraints: Vec<u32> = Vec::new();
-    for &coid in &constraint_oids {
-        let c = &constraints[&coid];
+    for &coid in &data.constraint_oids {
+        let c = &data.constraints[&coid];
         if c.relid == 0 {
             continue;
         }
-        let Some((table_key, table_index)) = table_of(&b, c.relid) else { continue };
-        let rel = &relations[&c.relid];
+        let Some((table_key, table_index)) = table_of(b, c.relid) else { continue };
+        let rel = &data.relations[&c.relid];
         let separate = match c.kind.as_str() {
-            "c" => c.local && (!c.validated || calls_function.contains(&coid)),
+            "c" => c.local && (!c.validated || data.calls_function.contains(&coid)),
             "f" => c.parent == 0,
             _ => continue,
         };
@@ -1530,10 +1713,18 @@ async fn read_all(r: &mut Reader<'_>, version_num: i32) -> Result<Schema, Object
         b.keys.insert((Cat::Constraint, coid), key);
         b.comments.insert((Cat::Constraint, coid, 0), CommentTarget::Object(i));
     }
+    child_constraints
+}
 
-    // Indexes, and the constraints they back; a partitioned index carries its partitions'.
+/// Indexes, and the constraints they back; a partitioned index carries its partitions'.
+fn add_indexes(
+    b: &mut Builder,
+    index_rows: &[Row],
+    relations: &HashMap<u32, RawRelation>,
+    constraints: &HashMap<u32, RawConstraint>,
+) {
     let mut indexes: HashMap<u32, RawIndex> = HashMap::new();
-    for row in &index_rows {
+    for row in index_rows {
         let idx = RawIndex {
             oid: row.get(0),
             relid: row.get(1),
@@ -1545,7 +1736,7 @@ async fn read_all(r: &mut Reader<'_>, version_num: i32) -> Result<Schema, Object
             constraint: row.get(7),
             stat_targets: row.get(8),
         };
-        if table_of(&b, idx.relid).is_some() {
+        if table_of(b, idx.relid).is_some() {
             indexes.insert(idx.oid, idx);
         }
     }
@@ -1561,16 +1752,11 @@ async fn read_all(r: &mut Reader<'_>, version_num: i32) -> Result<Schema, Object
     let mut roots: Vec<u32> =
         indexes.values().filter(|i| !indexes.contains_key(&i.parent)).map(|i| i.oid).collect();
     roots.sort_unstable();
-    let tree = IndexTree {
-        indexes: &indexes,
-        children: &children,
-        relations: &relations,
-        constraints: &constraints,
-    };
+    let tree = IndexTree { indexes: &indexes, children: &children, relations, constraints };
     for root in roots {
         let idx = &indexes[&root];
         let rel = &relations[&idx.relid];
-        let Some((table_key, _)) = table_of(&b, idx.relid) else { continue };
+        let Some((table_key, _)) = table_of(b, idx.relid) else { continue };
         let constraint = constraints.get(&idx.constraint);
         let (key, sql_type, sql_name) = match constraint {
             Some(con) => (
@@ -1623,8 +1809,15 @@ async fn read_all(r: &mut Reader<'_>, version_num: i32) -> Result<Schema, Object
             };
         }
     }
-    // Partitions' copies of a foreign key (or of a constraint whose index is not read) map onto
-    // the constraint they were copied from.
+}
+
+/// Partitions' copies of a foreign key (or of a constraint whose index is not read) map onto the
+/// constraint they were copied from.
+fn map_child_constraints(
+    b: &mut Builder,
+    constraints: &HashMap<u32, RawConstraint>,
+    child_constraints: Vec<u32>,
+) {
     for coid in child_constraints {
         let mut top = coid;
         let mut seen = HashSet::new();
@@ -1638,9 +1831,11 @@ async fn read_all(r: &mut Reader<'_>, version_num: i32) -> Result<Schema, Object
             b.keys.insert((Cat::Constraint, coid), key);
         }
     }
+}
 
-    // Triggers; partitions' clones whose enabled state differs from their parent's are part of
-    // the parent's.
+/// Triggers; partitions' clones whose enabled state differs from their parent's are part of the
+/// parent's.
+fn add_triggers(b: &mut Builder, trigger_rows: &[Row], relations: &HashMap<u32, RawRelation>) {
     struct RawTrigger {
         oid: u32,
         relid: u32,
@@ -1659,7 +1854,7 @@ async fn read_all(r: &mut Reader<'_>, version_num: i32) -> Result<Schema, Object
             enabled: row.get(4),
             parent: row.get(5),
         })
-        .filter(|t| table_of(&b, t.relid).is_some())
+        .filter(|t| table_of(b, t.relid).is_some())
         .collect();
     triggers.sort_by(|a, b| {
         (&relations[&a.relid].name, &a.name).cmp(&(&relations[&b.relid].name, &b.name))
@@ -1667,7 +1862,7 @@ async fn read_all(r: &mut Reader<'_>, version_num: i32) -> Result<Schema, Object
     let mut trigger_objects: HashMap<(u32, String), usize> = HashMap::new();
     for t in triggers.iter().filter(|t| t.parent == 0) {
         let rel = &relations[&t.relid];
-        let Some((table_key, _)) = table_of(&b, t.relid) else { continue };
+        let Some((table_key, _)) = table_of(b, t.relid) else { continue };
         let key = table_bound_key(ObjectKind::Trigger, rel, &t.name);
         let mut ddl = vec![t.definition.clone()];
         ddl.extend(trigger_state(&rel.sql(), &t.name, &t.enabled, false));
@@ -1700,13 +1895,15 @@ async fn read_all(r: &mut Reader<'_>, version_num: i32) -> Result<Schema, Object
             b.keys.insert((Cat::Trigger, t.oid), key);
         }
     }
+}
 
-    // Rules (a view's _RETURN rule is the view).
-    for row in &rule_rows {
+/// Rules (a view's _RETURN rule is the view).
+fn add_rules(b: &mut Builder, rule_rows: &[Row], relations: &HashMap<u32, RawRelation>) {
+    for row in rule_rows {
         let oid: u32 = row.get(0);
         let relid: u32 = row.get(1);
         let name: String = row.get(2);
-        let Some((table_key, _)) = table_of(&b, relid) else { continue };
+        let Some((table_key, _)) = table_of(b, relid) else { continue };
         let Some(definition): Option<String> = row.get(3) else {
             b.keys.insert((Cat::Rewrite, oid), table_key);
             continue;
@@ -1724,12 +1921,14 @@ async fn read_all(r: &mut Reader<'_>, version_num: i32) -> Result<Schema, Object
         b.keys.insert((Cat::Rewrite, oid), key);
         b.comments.insert((Cat::Rewrite, oid, 0), CommentTarget::Object(i));
     }
+}
 
-    // Policies.
-    for row in &policy_rows {
+/// Policies.
+fn add_policies(b: &mut Builder, policy_rows: &[Row], relations: &HashMap<u32, RawRelation>) {
+    for row in policy_rows {
         let oid: u32 = row.get(0);
         let relid: u32 = row.get(1);
-        let Some((table_key, _)) = table_of(&b, relid) else { continue };
+        let Some((table_key, _)) = table_of(b, relid) else { continue };
         let rel = &relations[&relid];
         let name: String = row.get(2);
         let command = match row.get::<_, &str>(3) {
@@ -1758,9 +1957,11 @@ async fn read_all(r: &mut Reader<'_>, version_num: i32) -> Result<Schema, Object
         b.keys.insert((Cat::Policy, oid), key);
         b.comments.insert((Cat::Policy, oid, 0), CommentTarget::Object(i));
     }
+}
 
-    // Extended statistics.
-    for row in &statistics_rows {
+/// Extended statistics.
+fn add_statistics(b: &mut Builder, statistics_rows: &[Row], relations: &HashMap<u32, RawRelation>) {
+    for row in statistics_rows {
         let oid: u32 = row.get(0);
         if b.is_member(Cat::StatisticExt, oid) {
             continue;
@@ -1768,7 +1969,7 @@ async fn read_all(r: &mut Reader<'_>, version_num: i32) -> Result<Schema, Object
         let schema: String = row.get(1);
         let name: String = row.get(2);
         let relid: u32 = row.get(3);
-        let Some((table_key, _)) = table_of(&b, relid) else { continue };
+        let Some((table_key, _)) = table_of(b, relid) else { continue };
         let rel = &relations[&relid];
         let name_sql = qualified_ident(&schema, &name);
         let mut ddl = vec![row.get::<_, String>(4)];
@@ -1786,9 +1987,16 @@ async fn read_all(r: &mut Reader<'_>, version_num: i32) -> Result<Schema, Object
         b.keys.insert((Cat::StatisticExt, oid), key);
         b.comments.insert((Cat::StatisticExt, oid, 0), CommentTarget::Object(i));
     }
+}
 
-    // Row types belong to their relation, multiranges to their range, arrays to their element.
-    for &(oid, relid, _, _) in &type_links {
+/// Row types belong to their relation, multiranges to their range, arrays to their element;
+/// internal parts to what they are part of.
+fn map_type_links(
+    b: &mut Builder,
+    type_links: &[(u32, u32, u32, u32)],
+    internal: &HashMap<(Cat, u32), (Cat, u32)>,
+) {
+    for &(oid, relid, _, _) in type_links {
         if relid != 0
             && !b.keys.contains_key(&(Cat::Type, oid))
             && let Some(key) = b.keys.get(&(Cat::Class, relid)).cloned()
@@ -1796,30 +2004,30 @@ async fn read_all(r: &mut Reader<'_>, version_num: i32) -> Result<Schema, Object
             b.keys.insert((Cat::Type, oid), key);
         }
     }
-    for &(oid, _, _, multirange) in &type_links {
+    for &(oid, _, _, multirange) in type_links {
         if multirange != 0
             && let Some(key) = b.keys.get(&(Cat::Type, oid)).cloned()
         {
             b.keys.entry((Cat::Type, multirange)).or_insert(key);
         }
     }
-    for &(oid, _, array, _) in &type_links {
+    for &(oid, _, array, _) in type_links {
         if array != 0
             && let Some(key) = b.lookup(Cat::Type, oid)
         {
             b.keys.entry((Cat::Type, array)).or_insert(key);
         }
     }
-    for (&(cat, oid), &(ref_cat, ref_oid)) in &internal {
+    for (&(cat, oid), &(ref_cat, ref_oid)) in internal {
         if let Some(key) = b.lookup(ref_cat, ref_oid) {
             b.keys.entry((cat, oid)).or_insert(key);
         }
     }
+}
 
-    add_dumped(&mut b, &dumped_rows, &depends);
-
-    // Comments.
-    for row in &comment_rows {
+/// Comments, onto the objects (or parts of objects) they are about.
+fn attach_comments(b: &mut Builder, comment_rows: &[Row]) {
+    for row in comment_rows {
         let cat = Cat::from_name(row.get(0));
         let oid: u32 = row.get(1);
         let sub: i32 = row.get(2);
@@ -1832,8 +2040,15 @@ async fn read_all(r: &mut Reader<'_>, version_num: i32) -> Result<Schema, Object
             None => {}
         }
     }
+}
 
-    // Dependencies.
+/// Dependencies, from `pg_depend` (extension membership aside).
+fn add_dependencies(
+    b: &mut Builder,
+    depends: &[RawDepend],
+    owned_sequences: &HashMap<u32, (u32, i32, bool)>,
+    relations: &HashMap<u32, RawRelation>,
+) {
     for d in depends.iter().filter(|d| d.kind != "e") {
         if d.oid < FIRST_NORMAL_OID || b.is_member(d.cat, d.oid) {
             continue;
@@ -1855,6 +2070,11 @@ async fn read_all(r: &mut Reader<'_>, version_num: i32) -> Result<Schema, Object
             b.objects[i].depends_on.insert(to);
         }
     }
+}
+
+/// The objects, each depending on its schema and only on objects read, sorted by key; with the
+/// catalog ids covered.
+fn finish(b: Builder, schema_keys: &HashMap<String, ObjectKey>) -> Schema {
     let mut objects = b.objects;
     let known: BTreeSet<ObjectKey> = objects.iter().map(|o| o.key.clone()).collect();
     for o in &mut objects {
@@ -1872,7 +2092,7 @@ async fn read_all(r: &mut Reader<'_>, version_num: i32) -> Result<Schema, Object
         .filter(|(_, key)| !key.is_dumped())
         .map(|(&(cat, oid), _)| (cat.class_oid(), oid))
         .collect();
-    Ok(Schema { objects, covered })
+    Schema { objects, covered }
 }
 
 /// Check constraints that call a function of the database's own: created apart, after the

@@ -180,7 +180,7 @@ pub async fn run(cli: Cli) -> miette::Result<Outcome> {
         Command::Abort(args) => crate::commands::abort::run(&args, &mut out).await,
         Command::Validate { files } => crate::commands::plan::validate(&files, &mut out),
         Command::Schema { out: path } => {
-            let schema = crate::spec::json_schema();
+            let schema = crate::migration_plan::json_schema();
             match path {
                 Some(p) => {
                     std::fs::write(&p, schema)

@@ -2,12 +2,14 @@
 //! (YAML) that can be reviewed, through an execution plan that shows every step's SQL, with a
 //! state that makes every run resumable.
 //!
-//! Data flows one way:
-//! `spec` (the migration plan) → `catalog` (read-only introspection of each server) →
-//! `preflight` (pure checks) → planner (pure diff → ordered steps) → apply (runs steps, writes
-//! state) → `report` (text and JSON). `cli` is the composition root that wires them together;
-//! `conn` makes libpq-compatible connections; `cluster` starts throwaway local servers for the
-//! demo, the tests and the benchmark.
+//! Data flows one way, and no module imports one that imports it back:
+//! `migration_plan` (the user's YAML) → `catalog`, `objects` and `dump` (read-only
+//! introspection of each server) → `preflight` (pure checks, `check` findings) → `planner`
+//! (pure diff → ordered steps) → `execution_plan` (plain data) → `execute` (runs the steps,
+//! writes the `state`) → `report` (text, markdown and JSON). `commands` run the subcommands
+//! and `cli` parses the arguments and dispatches to them; `conn` makes libpq-compatible
+//! connections and `stream` the replication session; `cluster` starts throwaway local servers
+//! for the demo, the tests and the benchmarks.
 
 pub mod catalog;
 pub mod check;
@@ -17,16 +19,16 @@ pub mod commands;
 pub mod conn;
 pub mod dump;
 pub mod execute;
+pub mod execution_plan;
 pub mod hash;
+pub mod migration_plan;
 pub mod naming;
 pub mod objects;
 pub mod pattern;
-pub mod plan;
 pub mod planner;
 pub mod preflight;
 pub mod report;
 pub mod scope;
-pub mod spec;
 pub mod sql;
 pub mod state;
 pub mod status;

@@ -1,6 +1,6 @@
 //! The `objects:` pattern syntax of the migration plan: parsing a pattern and matching it against
-//! catalog names. Pure: no I/O. `spec` checks the patterns when it loads a plan; `scope` applies
-//! them.
+//! catalog names. Pure: no I/O. `migration_plan` checks the patterns when it loads a plan;
+//! `scope` applies them.
 //!
 //! A pattern is `schema.table` or `table` (any schema). `*` matches any run of characters and `?`
 //! one character; inside double quotes everything is literal (`""` is a quote), so

@@ -12,21 +12,21 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use crate::catalog::Catalog;
 use crate::check::Check;
-use crate::hash::hash_parts;
-use crate::objects::{self, ObjectKey, ObjectKind, SchemaObject, Section};
-use crate::plan::{
+use crate::execution_plan::{
     Action, Estimate, Fingerprint, PLAN_FORMAT, Phase, Plan, ServerIdentity, Step, StreamTable,
     VerifyTable, Work,
 };
+use crate::hash::hash_parts;
+use crate::migration_plan::{KeylessTables, LoadedMigrationPlan, MissingRoles, Mode};
+use crate::objects::{self, ObjectKey, ObjectKind, SchemaObject, Section};
 use crate::scope::Scope;
-use crate::spec::{KeylessTables, LoadedSpec, MissingRoles, Mode};
 use crate::sql::{ident, qualified, qualified_ident};
 use crate::state::{State, StepStatus};
 
 /// Everything the planner looks at.
 pub struct Inputs<'a> {
     /// The migration plan.
-    pub spec: &'a LoadedSpec,
+    pub spec: &'a LoadedMigrationPlan,
     /// Source catalog (preflight's), with sequence values.
     pub source: &'a Catalog,
     /// Target catalog, with `tables_with_rows` filled for the tables in scope.
@@ -90,7 +90,7 @@ fn sql_text(statements: &[String]) -> String {
 /// The role names objects get on the target: `roles.map`, else the same name when it exists
 /// on the target (or will be created), else none (`roles.missing: skip`).
 pub fn role_mapper<'a>(
-    spec: &'a LoadedSpec,
+    spec: &'a LoadedMigrationPlan,
     target: &'a Catalog,
 ) -> impl Fn(&str) -> Option<String> + 'a {
     move |role: &str| {
@@ -391,19 +391,22 @@ pub fn steps_hash(steps: &[Step]) -> String {
     hash_parts([serde_json::to_string(steps).expect("steps serialise").as_str()])
 }
 
-fn estimate_load(steps: &[Step], jobs: Option<usize>) -> Option<crate::plan::LoadEstimate> {
+fn estimate_load(
+    steps: &[Step],
+    jobs: Option<usize>,
+) -> Option<crate::execution_plan::LoadEstimate> {
     let copies: Vec<&Step> = steps.iter().filter(|s| s.action == Action::Copy).collect();
     if copies.is_empty() {
         return None;
     }
-    let jobs = jobs.unwrap_or(crate::plan::DEFAULT_JOBS).clamp(1, copies.len());
+    let jobs = jobs.unwrap_or(crate::execution_plan::DEFAULT_JOBS).clamp(1, copies.len());
     let rows = copies.iter().filter_map(|s| s.estimate).map(|e| e.rows).sum();
     let bytes: i64 = copies.iter().filter_map(|s| s.estimate).map(|e| e.bytes).sum();
     // The largest table bounds the time from below when it is bigger than its share.
     let largest = copies.iter().filter_map(|s| s.estimate).map(|e| e.bytes).max().unwrap_or(0);
-    let rate = crate::plan::ASSUMED_BYTES_PER_SECOND;
+    let rate = crate::execution_plan::ASSUMED_BYTES_PER_SECOND;
     let seconds = (bytes as f64 / (rate * jobs as f64)).max(largest as f64 / rate);
-    Some(crate::plan::LoadEstimate { tables: copies.len(), rows, bytes, jobs, seconds })
+    Some(crate::execution_plan::LoadEstimate { tables: copies.len(), rows, bytes, jobs, seconds })
 }
 
 /// Orders the post-load object steps for parallel execution: each step waits for the steps of
@@ -786,11 +789,11 @@ fn copy_step(
 }
 
 /// The size above which tables are split (`load.split_larger_than`, default 10 GB).
-pub fn split_threshold(spec: &crate::spec::Spec) -> u64 {
+pub fn split_threshold(spec: &crate::migration_plan::MigrationPlan) -> u64 {
     spec.load
         .split_larger_than
         .map(|b| b.0)
-        .unwrap_or(crate::plan::DEFAULT_SPLIT_LARGER_THAN)
+        .unwrap_or(crate::execution_plan::DEFAULT_SPLIT_LARGER_THAN)
         .max(1)
 }
 
@@ -802,7 +805,8 @@ pub fn parts_of(t: &SchemaObject, source: &Catalog, threshold: u64) -> Option<Ve
     if info.partitioned || info.bytes <= 0 || (info.bytes as u64) <= threshold {
         return None;
     }
-    let n = (info.bytes as u64).div_ceil(threshold).clamp(2, crate::plan::MAX_PARTS) as i64;
+    let n =
+        (info.bytes as u64).div_ceil(threshold).clamp(2, crate::execution_plan::MAX_PARTS) as i64;
     let (schema, name) = (&t.key.schema, &t.key.name);
     let rel = source.relations.iter().find(|r| &r.schema == schema && &r.name == name)?;
     // In i128: a key range near the i64 limits must not overflow.
@@ -1333,7 +1337,7 @@ fn sequences_in_scope<'a>(
 /// Online mode: the cutover, in order. Fence the source's writers, drain the stream to a
 /// barrier, set every sequence, refresh materialized views, verify every table, clean up.
 fn cutover_steps(
-    spec: &crate::spec::Spec,
+    spec: &crate::migration_plan::MigrationPlan,
     source: &Catalog,
     tables: &[StreamTable],
     matviews: &[&SchemaObject],
@@ -1357,7 +1361,7 @@ fn cutover_steps(
     };
     let fence = |mode| FenceSql::new(db, mode, tables);
     let (mode, fence_sql, fence_note) = match spec.cutover.fence {
-        crate::spec::Fence::ReadOnly => (
+        crate::migration_plan::Fence::ReadOnly => (
             "read_only",
             fence("read_only").shown(),
             "on the source: new sessions are read-only, and every session but pgtransit's is \
@@ -1365,7 +1369,7 @@ fn cutover_steps(
              before verification passes lifts it (ALTER DATABASE ... RESET \
              default_transaction_read_only)",
         ),
-        crate::spec::Fence::LockTables => (
+        crate::migration_plan::Fence::LockTables => (
             "lock_tables",
             fence("lock_tables").shown(),
             "on the source: writes to the tables in scope wait for the lock (reads go on), new \
@@ -1811,11 +1815,11 @@ mod tests {
     use super::*;
     use crate::objects::TableInfo;
 
-    fn spec(extra: &str) -> LoadedSpec {
+    fn spec(extra: &str) -> LoadedMigrationPlan {
         let text = format!(
             "version: 1\nname: t\nmode: offline\nsource: {{url: 'host=s'}}\ntarget: {{url: 'host=t'}}\n{extra}"
         );
-        crate::spec::parse(std::path::Path::new("plans/t.yaml"), text, &|_| None).unwrap()
+        crate::migration_plan::parse(std::path::Path::new("plans/t.yaml"), text, &|_| None).unwrap()
     }
 
     #[test]
@@ -1897,7 +1901,7 @@ mod tests {
     }
 
     fn plan_of(
-        spec: &LoadedSpec,
+        spec: &LoadedMigrationPlan,
         src: &[SchemaObject],
         tgt: &[SchemaObject],
         rows: &[&str],

@@ -9,8 +9,8 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use crate::catalog::{Catalog, RelKind, Relation};
 use crate::check::{Check, Severity};
+use crate::migration_plan::{KeylessTables, MigrationPlan, MissingRoles, Mode};
 use crate::scope::Scope;
-use crate::spec::{KeylessTables, MissingRoles, Mode, Spec};
 use crate::sql::{display, ident, literal, qualified_ident};
 
 /// Oldest source major version pgtransit supports (logical decoding with pgoutput).
@@ -83,7 +83,7 @@ pub fn relations_in_scope<'a>(cat: &'a Catalog, scope: &Scope) -> Vec<&'a Relati
 
 /// Runs every check. A catalog is `None` when its server could not be read (the caller adds
 /// that finding): checks needing it are skipped, all others still run.
-pub fn run(spec: &Spec, source: Option<&Catalog>, target: Option<&Catalog>) -> Vec<Check> {
+pub fn run(spec: &MigrationPlan, source: Option<&Catalog>, target: Option<&Catalog>) -> Vec<Check> {
     let scope = Scope::new(&spec.objects);
     let mut f = Findings(vec![]);
     if let Some(src) = source {
@@ -128,7 +128,7 @@ pub fn run(spec: &Spec, source: Option<&Catalog>, target: Option<&Catalog>) -> V
 /// slot (`state_missing`: an earlier apply ran from another state directory, or the state was
 /// lost), as planning afresh would then ignore what that apply did.
 pub fn check_state(
-    spec: &Spec,
+    spec: &MigrationPlan,
     state: Option<&crate::state::State>,
     state_file: &std::path::Path,
     source: Option<&Catalog>,
@@ -317,7 +317,7 @@ fn check_versions(f: &mut Findings, src: &Catalog, tgt: &Catalog) {
     }
 }
 
-fn check_replication(f: &mut Findings, spec: &Spec, src: &Catalog) {
+fn check_replication(f: &mut Findings, spec: &MigrationPlan, src: &Catalog) {
     if src.server.version_num < 140000 {
         f.add(
             "source_version_online_unsupported",
@@ -464,7 +464,13 @@ fn check_source_privileges(f: &mut Findings, scope: &Scope, src: &Catalog) {
 /// through, so a copy or a verification through it would be partial and look complete. Every
 /// pgtransit session also runs with `row_security = off`, which makes such a query fail rather
 /// than filter; this check says so before anything runs.
-fn check_row_security(f: &mut Findings, spec: &Spec, scope: &Scope, src: &Catalog, tgt: &Catalog) {
+fn check_row_security(
+    f: &mut Findings,
+    spec: &MigrationPlan,
+    scope: &Scope,
+    src: &Catalog,
+    tgt: &Catalog,
+) {
     let tables = || relations_in_scope(src, scope).into_iter().filter(|r| r.kind == RelKind::Table);
     for r in tables().filter(|r| r.row_security_applies) {
         f.add(
@@ -625,7 +631,7 @@ fn check_dump(f: &mut Findings, side: Side, cat: &Catalog, roles: &BTreeMap<Stri
     }
 }
 
-fn check_keys(f: &mut Findings, spec: &Spec, scope: &Scope, src: &Catalog) {
+fn check_keys(f: &mut Findings, spec: &MigrationPlan, scope: &Scope, src: &Catalog) {
     for r in relations_in_scope(src, scope) {
         if spec.mode == Mode::Online && r.kind == RelKind::Table && r.key_has_generated_column {
             f.add(
@@ -693,7 +699,7 @@ fn check_keys(f: &mut Findings, spec: &Spec, scope: &Scope, src: &Catalog) {
     }
 }
 
-fn check_notable_objects(f: &mut Findings, spec: &Spec, scope: &Scope, src: &Catalog) {
+fn check_notable_objects(f: &mut Findings, spec: &MigrationPlan, scope: &Scope, src: &Catalog) {
     let online = spec.mode == Mode::Online;
     let in_scope = relations_in_scope(src, scope);
     if src.large_objects.count > 0 {
@@ -967,7 +973,13 @@ fn check_extensions(f: &mut Findings, scope: &Scope, src: &Catalog, tgt: &Catalo
     }
 }
 
-fn check_roles(f: &mut Findings, spec: &Spec, scope: &Scope, src: &Catalog, tgt: &Catalog) {
+fn check_roles(
+    f: &mut Findings,
+    spec: &MigrationPlan,
+    scope: &Scope,
+    src: &Catalog,
+    tgt: &Catalog,
+) {
     // role → what it owns, and what it is granted privileges on, in scope.
     let add = |role: &str, what: String, uses: &mut BTreeMap<String, Vec<String>>| {
         if role != "PUBLIC" {
@@ -1231,11 +1243,11 @@ mod tests {
     use crate::catalog::{Extension, Role, Server};
     use crate::check::has_errors;
 
-    fn spec(extra: &str) -> Spec {
+    fn spec(extra: &str) -> MigrationPlan {
         let text = format!(
             "version: 1\nname: t\nsource: {{url: 'host=s'}}\ntarget: {{url: 'host=t'}}\n{extra}"
         );
-        crate::spec::parse(std::path::Path::new("t.yaml"), text, &|_| None).unwrap().spec
+        crate::migration_plan::parse(std::path::Path::new("t.yaml"), text, &|_| None).unwrap().spec
     }
 
     fn catalog(version_num: i32) -> Catalog {

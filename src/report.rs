@@ -11,8 +11,8 @@ use anstyle::{AnsiColor, Style};
 use serde::Serialize;
 
 use crate::check::{Check, Severity};
-use crate::plan::{Action, Phase, Plan, PlanSummary, Step};
-use crate::spec::Mode;
+use crate::execution_plan::{Action, Phase, Plan, PlanSummary, Step};
+use crate::migration_plan::Mode;
 
 /// How to render.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
@@ -55,7 +55,7 @@ pub struct PlanReport {
     /// Counts of steps by action, when there is an execution plan.
     pub plan_summary: Option<PlanSummary>,
     /// What the load will move.
-    pub load_estimate: Option<crate::plan::LoadEstimate>,
+    pub load_estimate: Option<crate::execution_plan::LoadEstimate>,
 }
 
 /// Counts of findings by severity.
@@ -154,7 +154,7 @@ fn plan_text(out: &mut dyn Write, r: &PlanReport) -> io::Result<()> {
                 crate::preflight::human_bytes(e.bytes),
                 human_seconds(e.seconds),
                 e.jobs,
-                crate::plan::ASSUMED_BYTES_PER_SECOND / 1e6
+                crate::execution_plan::ASSUMED_BYTES_PER_SECOND / 1e6
             )?;
         }
         if summary.conflicts > 0 {
@@ -392,7 +392,7 @@ impl ApplyView {
         use crate::execute::Event;
         match e {
             Event::Phase(p) => {
-                if *p == crate::plan::Phase::Sync {
+                if *p == crate::execution_plan::Phase::Sync {
                     self.sync_started.get_or_insert_with(std::time::Instant::now);
                 }
                 self.line(out, &paint(BOLD, p.title()))
@@ -469,7 +469,7 @@ impl ApplyView {
         object: &str,
         bytes: u64,
         rows: Option<u64>,
-        estimate: Option<crate::plan::Estimate>,
+        estimate: Option<crate::execution_plan::Estimate>,
     ) {
         // Bytes streamed against the table's size on disk (a rough guide: the wire format is
         // not the disk's), with the rows so far when the copy is text (binary does not say).

@@ -2,8 +2,8 @@
 //! parsed into patterns (see `pattern` for their syntax) and applied to catalog names. Pure: no
 //! I/O.
 
+use crate::migration_plan::Objects;
 use crate::pattern::Pattern;
-use crate::spec::Objects;
 
 /// Schemas that are never migrated: the system's own.
 pub fn is_system_schema(name: &str) -> bool {

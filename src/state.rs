@@ -83,7 +83,7 @@ pub struct SyncState {
     /// The replication origin on the target.
     pub origin: String,
     /// The streamed tables and their copy steps.
-    pub tables: Vec<crate::plan::StreamTable>,
+    pub tables: Vec<crate::execution_plan::StreamTable>,
     /// Tables whose replica identity apply set to FULL on the source (`abort` sets them back).
     #[serde(default)]
     pub replica_identity_full: Vec<String>,

@@ -259,7 +259,7 @@ pub fn compute(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::plan::StreamTable;
+    use crate::execution_plan::StreamTable;
     use crate::state::SyncState;
 
     fn state(done: bool) -> State {

@@ -10,7 +10,7 @@
 use serde::{Deserialize, Serialize};
 use tokio_postgres::Client;
 
-use crate::plan::VerifyTable;
+use crate::execution_plan::VerifyTable;
 use crate::sql::{ident, qualified, qualified_ident};
 
 /// Keys per chunk when a differing table is compared chunk by chunk.

@@ -11,7 +11,7 @@ fn demo_starts_two_servers_writes_a_plan_and_passes_preflight() {
     // The plan it wrote is shown, and is a valid migration plan.
     assert!(out.stdout.contains("name: shop"), "{out:?}");
     let plan = work.join("plans/shop.yaml");
-    pgtransit::spec::load(&plan, &|_| None).unwrap();
+    pgtransit::migration_plan::load(&plan, &|_| None).unwrap();
     // Preflight ran against the sample and found what the sample has.
     assert!(out.stdout.contains("Preflight passed: 0 errors"), "{out:?}");
     assert!(out.stdout.contains("identity_columns"), "{out:?}");

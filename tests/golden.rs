@@ -4,9 +4,11 @@
 use std::path::Path;
 
 use pgtransit::check::{Check, Severity};
-use pgtransit::plan::{Action, Estimate, Fingerprint, Phase, Plan, ServerIdentity, Step, Work};
+use pgtransit::execution_plan::{
+    Action, Estimate, Fingerprint, Phase, Plan, ServerIdentity, Step, Work,
+};
+use pgtransit::migration_plan::Mode;
 use pgtransit::report::{self, Format, PlanReport, ServerSummary};
-use pgtransit::spec::Mode;
 
 fn step(id: &str, phase: Phase, action: Action, object: &str, sql: &str) -> Step {
     Step {
@@ -123,7 +125,7 @@ fn sample_plan() -> Plan {
         summary: Plan::summarize(&steps),
         steps_hash: String::new(),
         tables: vec![],
-        load_estimate: Some(pgtransit::plan::LoadEstimate {
+        load_estimate: Some(pgtransit::execution_plan::LoadEstimate {
             tables: 1,
             rows: 120_000,
             bytes: 9_830_400,

@@ -16,7 +16,7 @@ fn every_example_plan_in_plans_dir_is_valid() {
         let path = entry.unwrap().path();
         if path.extension().is_some_and(|e| e == "yaml") {
             let env = |name: &str| Some(format!("value-of-{name}"));
-            pgtransit::spec::load(&path, &env)
+            pgtransit::migration_plan::load(&path, &env)
                 .unwrap_or_else(|e| panic!("{}: {}", path.display(), e.one_line()));
             n += 1;
         }
@@ -45,7 +45,7 @@ fn pgtransit_validate_examples(home: &Path) -> crate::support::Run {
 fn committed_json_schema_matches_the_code() {
     let committed = std::fs::read_to_string(repo("schemas/migration-plan.schema.json")).unwrap();
     assert!(
-        committed == pgtransit::spec::json_schema(),
+        committed == pgtransit::migration_plan::json_schema(),
         "schemas/migration-plan.schema.json is stale: run `cargo run -- schema --out \
          schemas/migration-plan.schema.json` and commit it"
     );

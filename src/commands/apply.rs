@@ -10,10 +10,10 @@ use miette::IntoDiagnostic;
 
 use crate::conn::Env;
 use crate::execute::{self as apply, ApplyError, Cancel, Servers};
+use crate::execution_plan::Plan;
 use crate::hash::hash_parts;
-use crate::plan::Plan;
+use crate::migration_plan::{self, LoadedMigrationPlan};
 use crate::report::{self, Format};
-use crate::spec::{self, LoadedSpec};
 use crate::state::{State, StateDir};
 
 use super::{ConnectArgs, Outcome, io_err};
@@ -76,11 +76,12 @@ pub async fn run_with(
                     args.file.display()
                 );
             }
-            let loaded =
-                spec::parse(Path::new(&saved.spec_path), saved.spec_text.clone(), &|name| {
-                    std::env::var(name).ok()
-                })
-                .map_err(miette::Report::new)?;
+            let loaded = migration_plan::parse(
+                Path::new(&saved.spec_path),
+                saved.spec_text.clone(),
+                &|name| std::env::var(name).ok(),
+            )
+            .map_err(miette::Report::new)?;
             let (state_dir, lock) = lock(&loaded, &command)?;
             (loaded, saved, state_dir, lock)
         }
@@ -111,7 +112,10 @@ pub async fn run_with(
 }
 
 /// Takes the migration's lock (held until the returned guard drops).
-pub fn lock(loaded: &LoadedSpec, command: &str) -> miette::Result<(StateDir, crate::state::Lock)> {
+pub fn lock(
+    loaded: &LoadedMigrationPlan,
+    command: &str,
+) -> miette::Result<(StateDir, crate::state::Lock)> {
     let state_dir = StateDir::new(loaded.state_dir());
     let lock = state_dir.lock(command)?;
     Ok((state_dir, lock))
@@ -145,7 +149,7 @@ fn run_id(plan: &Plan) -> String {
 /// of `state_dir` (see [`lock`]). `cutover_now`: cut over as soon as ready.
 #[allow(clippy::too_many_arguments)]
 pub async fn apply_plan(
-    loaded: &LoadedSpec,
+    loaded: &LoadedMigrationPlan,
     plan: &Plan,
     state_dir: &StateDir,
     env: &Env,
@@ -219,7 +223,7 @@ pub async fn apply_plan(
     let jobs = args
         .jobs
         .or(loaded.spec.load.jobs.map(|j| j as usize))
-        .unwrap_or(crate::plan::DEFAULT_JOBS);
+        .unwrap_or(crate::execution_plan::DEFAULT_JOBS);
     let cancel = Cancel::on_signals();
     let interactive = std::io::stdout().is_terminal();
     let view = std::sync::Mutex::new((report::ApplyView::new(interactive), anstream::stdout()));

@@ -13,7 +13,7 @@ use tokio_postgres::Client;
 
 use crate::cluster::{ClusterOptions, LocalCluster};
 use crate::conn::{Env, Resolved, RetryPolicy};
-use crate::plan::Plan;
+use crate::execution_plan::Plan;
 use crate::report::{self, Format};
 use crate::state::StateDir;
 
@@ -293,7 +293,7 @@ async fn compare_rows(
         .steps
         .iter()
         .find_map(|s| match &s.work {
-            crate::plan::Work::Stream { tables, .. } => {
+            crate::execution_plan::Work::Stream { tables, .. } => {
                 Some(tables.iter().map(|t| (t.schema.clone(), t.table.clone())).collect())
             }
             _ => None,

@@ -12,13 +12,13 @@ use tokio_postgres::Client;
 use crate::catalog::{self, Catalog};
 use crate::check::{Check, Severity};
 use crate::conn::{self, ConnInfo, Env, RetryPolicy};
+use crate::execution_plan::Plan;
+use crate::migration_plan::{self, LoadedMigrationPlan};
 use crate::objects::{self, ObjectKind, SchemaObject};
-use crate::plan::Plan;
 use crate::planner;
 use crate::preflight::{self, Side};
 use crate::report::{self, Format, PlanReport, ServerSummary};
 use crate::scope::Scope;
-use crate::spec::{self, LoadedSpec};
 use crate::state::StateDir;
 
 use super::{ConnectArgs, Outcome, io_err};
@@ -69,34 +69,36 @@ pub fn save_plan(path: &Path, plan: &Plan) -> miette::Result<()> {
 }
 
 /// Loads a migration plan with the process environment, as a located miette error on failure.
-pub fn load_spec(path: &Path) -> miette::Result<LoadedSpec> {
-    spec::load(path, &|name| std::env::var(name).ok()).map_err(miette::Report::new)
+pub fn load_spec(path: &Path) -> miette::Result<LoadedMigrationPlan> {
+    migration_plan::load(path, &|name| std::env::var(name).ok()).map_err(miette::Report::new)
 }
 
 /// The migration plan of `path`: a migration plan (YAML), or the one a saved execution plan
 /// (`plan --out`, JSON) was computed from.
-pub fn load_spec_or_saved(path: &Path) -> miette::Result<LoadedSpec> {
+pub fn load_spec_or_saved(path: &Path) -> miette::Result<LoadedMigrationPlan> {
     let text = std::fs::read_to_string(path)
         .map_err(|e| miette::miette!("cannot read {}: {e}", path.display()))?;
     if !text.trim_start().starts_with('{') {
         return load_spec(path);
     }
-    let saved: crate::plan::Plan = serde_json::from_str(&text).map_err(|e| {
+    let saved: crate::execution_plan::Plan = serde_json::from_str(&text).map_err(|e| {
         miette::miette!(
             help = "pass a migration plan (YAML) or a plan saved by `pgtransit plan --out FILE`",
             "{} is not a saved execution plan: {e}",
             path.display()
         )
     })?;
-    spec::parse(Path::new(&saved.spec_path), saved.spec_text, &|name| std::env::var(name).ok())
-        .map_err(miette::Report::new)
+    migration_plan::parse(Path::new(&saved.spec_path), saved.spec_text, &|name| {
+        std::env::var(name).ok()
+    })
+    .map_err(miette::Report::new)
 }
 
 /// Runs `pgtransit validate FILE...`: every file is checked; all problems are reported.
 pub fn validate(files: &[PathBuf], out: &mut dyn Write) -> miette::Result<Outcome> {
     let mut failed = 0;
     for f in files {
-        match spec::load(f, &|name| std::env::var(name).ok()) {
+        match migration_plan::load(f, &|name| std::env::var(name).ok()) {
             Ok(_) => report::say(out, "valid", &f.display().to_string()).map_err(io_err)?,
             Err(e) => {
                 failed += 1;
@@ -140,7 +142,7 @@ struct Inspected {
 /// Connects to both servers (at once), reads their catalogs and objects, runs every check and
 /// computes the execution plan. Never fails: a server that cannot be reached or read becomes an
 /// error finding, and the plan is then absent.
-pub async fn compute(loaded: &LoadedSpec, env: &Env, retry_for: Duration) -> Computed {
+pub async fn compute(loaded: &LoadedMigrationPlan, env: &Env, retry_for: Duration) -> Computed {
     let policy = RetryPolicy { max_elapsed: retry_for, ..RetryPolicy::default() };
     let scope = Scope::new(&loaded.spec.objects);
     let (mut source, mut target) = tokio::join!(

@@ -9,7 +9,7 @@ use std::path::PathBuf;
 use clap::Args;
 
 use crate::conn::{self, Env};
-use crate::plan::{Action, Phase};
+use crate::execution_plan::{Action, Phase};
 use crate::report::Format;
 use crate::state::StateDir;
 

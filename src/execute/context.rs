@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use tokio_postgres::Client;
 
 use crate::conn::{self, Env, Resolved, RetryPolicy};
-use crate::plan::{Action, Phase, Step};
+use crate::execution_plan::{Action, Phase, Step};
 use crate::state::{State, StateDir, StepStatus};
 
 /// What apply tells the report, as it goes.
@@ -36,7 +36,7 @@ pub enum Event {
         /// Rows streamed (text COPY counts lines; binary COPY does not say).
         rows: Option<u64>,
         /// The plan's estimate for the table.
-        estimate: Option<crate::plan::Estimate>,
+        estimate: Option<crate::execution_plan::Estimate>,
     },
     /// A step finished.
     Done {
@@ -228,7 +228,7 @@ pub async fn connect_target(servers: &Servers, app: &str) -> Result<Client, Appl
 impl Servers {
     /// Resolves both endpoints of a migration plan.
     pub fn new(
-        loaded: &crate::spec::LoadedSpec,
+        loaded: &crate::migration_plan::LoadedMigrationPlan,
         env: &Env,
         retry_for: Duration,
     ) -> Result<Servers, conn::ConnInfoError> {
@@ -427,7 +427,7 @@ pub struct Ctx<'a> {
     /// Where events go.
     pub events: &'a (dyn Fn(Event) + Sync),
     /// The migration plan (sync options, scope).
-    pub spec: &'a crate::spec::Spec,
+    pub spec: &'a crate::migration_plan::MigrationPlan,
     /// Cut over as soon as ready, whatever `cutover.mode` says (`pgtransit cutover` with no
     /// apply running).
     pub cutover_now: bool,

@@ -10,7 +10,7 @@ use tokio_postgres::Client;
 
 use crate::execute::context::{ApplyError, Ctx, Event, sync_error};
 use crate::execute::teardown;
-use crate::plan::{Step, Work};
+use crate::execution_plan::{Step, Work};
 use crate::planner::FenceSql;
 use crate::state::{CutoverStatus, State, now_f64};
 
@@ -29,9 +29,9 @@ pub struct CutoverRequest<'a> {
     /// When.
     pub trigger: Trigger,
     /// The fence step (its mode).
-    pub fence: &'a crate::plan::Step,
+    pub fence: &'a crate::execution_plan::Step,
     /// The streamed tables (what `lock_tables` locks).
-    pub tables: &'a [crate::plan::StreamTable],
+    pub tables: &'a [crate::execution_plan::StreamTable],
 }
 
 /// The fence, up.
@@ -124,7 +124,7 @@ pub(crate) async fn fence(
     barrier: &str,
     state: &mut State,
 ) -> Result<Fenced, ApplyError> {
-    let crate::plan::Work::Fence { database, mode } = &c.fence.work else {
+    let crate::execution_plan::Work::Fence { database, mode } = &c.fence.work else {
         return Err(sync_error("the cutover's fence step is missing"));
     };
     let servers = ctx.servers;

@@ -8,7 +8,7 @@ use tokio::sync::Mutex;
 use tokio_postgres::Client;
 
 use crate::conn;
-use crate::plan::{Step, Work};
+use crate::execution_plan::{Step, Work};
 use crate::sql::{ident, literal};
 use crate::state::{State, StateDir};
 

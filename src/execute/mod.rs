@@ -43,7 +43,7 @@ pub mod teardown;
 
 use std::time::Duration;
 
-use crate::plan::{Phase, Plan, Step, Work};
+use crate::execution_plan::{Phase, Plan, Step, Work};
 use crate::state::State;
 
 pub(crate) use context::db_message;
@@ -168,11 +168,12 @@ fn sync_and_cutover(
     });
     let scope = crate::scope::Scope::new(&ctx.spec.objects);
     let max_lag = ctx.spec.sync.max_lag.map(|d| d.0).unwrap_or(DEFAULT_MAX_LAG);
-    let trigger = if ctx.cutover_now || ctx.spec.cutover.mode == crate::spec::CutoverMode::Auto {
-        crate::execute::cutover::Trigger::WhenReady
-    } else {
-        crate::execute::cutover::Trigger::Requested(ctx.state_dir.path().join(CUTOVER_REQUEST))
-    };
+    let trigger =
+        if ctx.cutover_now || ctx.spec.cutover.mode == crate::migration_plan::CutoverMode::Auto {
+            crate::execute::cutover::Trigger::WhenReady
+        } else {
+            crate::execute::cutover::Trigger::Requested(ctx.state_dir.path().join(CUTOVER_REQUEST))
+        };
     let fence = cutover_steps.iter().find(|s| matches!(s.work, Work::Fence { .. }));
     let cutover =
         fence.map(|f| crate::execute::cutover::CutoverRequest { trigger, fence: f, tables });

@@ -6,7 +6,7 @@ use tokio::sync::Mutex;
 use tokio_postgres::Client;
 
 use crate::conn;
-use crate::plan::{Action, Step, Work};
+use crate::execution_plan::{Action, Step, Work};
 use crate::sql::{literal, qualified_ident};
 use crate::state::State;
 

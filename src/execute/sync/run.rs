@@ -13,7 +13,7 @@ use crate::execute::session::{Progress, end_previous, stall, stuck, stuck_target
 use crate::execute::sync::applier::{Applier, Pipeline, XidSnapshot};
 use crate::execute::sync::watch::{Heartbeats, schema_of, watch};
 use crate::execute::sync::{BATCH_AGE, BATCH_CHANGES, DRAIN_LIMIT, IDLE, Stopped, drift_error};
-use crate::plan::StreamTable;
+use crate::execution_plan::StreamTable;
 use crate::sql::literal;
 use crate::state::{Counters, State, now_f64};
 use crate::stream::{Change, ChangeSource, PgoutputStream, StreamSettings};

@@ -30,7 +30,7 @@ pub const FORMAT_VERSION: u32 = 1;
 #[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 #[schemars(title = "pgtransit migration plan")]
-pub struct Spec {
+pub struct MigrationPlan {
     /// Format version of this file. Always `1`.
     pub version: u32,
     /// Name of the migration. It names the state directory and everything pgtransit creates on
@@ -357,9 +357,9 @@ fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
 
 /// A migration plan read from a file, with what was derived from where it lives.
 #[derive(Debug, Clone)]
-pub struct LoadedSpec {
+pub struct LoadedMigrationPlan {
     /// The parsed file.
-    pub spec: Spec,
+    pub spec: MigrationPlan,
     /// The file it was read from.
     pub path: PathBuf,
     /// Its text, exactly as read (it holds no secrets: that was checked).
@@ -370,7 +370,7 @@ pub struct LoadedSpec {
     pub target_conninfo: ConnInfo,
 }
 
-impl LoadedSpec {
+impl LoadedMigrationPlan {
     /// Where this migration's state lives.
     pub fn state_dir(&self) -> PathBuf {
         let base = self.path.parent().unwrap_or(Path::new("."));
@@ -438,7 +438,10 @@ impl SpecError {
 }
 
 /// Reads and checks a migration plan file. Environment variables for `${VAR}` come from `env`.
-pub fn load(path: &Path, env: &dyn Fn(&str) -> Option<String>) -> Result<LoadedSpec, SpecError> {
+pub fn load(
+    path: &Path,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<LoadedMigrationPlan, SpecError> {
     let text = std::fs::read_to_string(path).map_err(|e| {
         SpecError::at(path, "", None, format!("cannot read the migration plan: {e}"))
             .with_help("pass the path of a migration plan YAML file, e.g. plans/pagila.yaml")
@@ -452,8 +455,9 @@ pub fn parse(
     path: &Path,
     text: String,
     env: &dyn Fn(&str) -> Option<String>,
-) -> Result<LoadedSpec, SpecError> {
-    let spec: Spec = serde_saphyr::from_str(&text).map_err(|e| yaml_error(path, &text, &e))?;
+) -> Result<LoadedMigrationPlan, SpecError> {
+    let spec: MigrationPlan =
+        serde_saphyr::from_str(&text).map_err(|e| yaml_error(path, &text, &e))?;
     let at = |loc: serde_saphyr::Location, msg: String| SpecError::at(path, &text, Some(loc), msg);
 
     if spec.version != FORMAT_VERSION {
@@ -493,7 +497,7 @@ pub fn parse(
     // The absolute path: a saved plan records it, and the state directory is found from it
     // wherever `apply` runs from.
     let path = std::path::absolute(path).unwrap_or_else(|_| path.to_owned());
-    Ok(LoadedSpec { spec, path, text, source_conninfo, target_conninfo })
+    Ok(LoadedMigrationPlan { spec, path, text, source_conninfo, target_conninfo })
 }
 
 /// Checks one endpoint's raw URL (no literal password), interpolates `${VAR}` and parses it.
@@ -686,7 +690,7 @@ fn closest<'a>(got: &str, expected: &[&'a str]) -> Option<&'a str> {
 /// The JSON Schema of the migration plan format (draft-07, which YAML editors support best).
 pub fn json_schema() -> String {
     let generator = schemars::generate::SchemaSettings::draft07().into_generator();
-    let schema = generator.into_root_schema_for::<Spec>();
+    let schema = generator.into_root_schema_for::<MigrationPlan>();
     let mut text = serde_json::to_string_pretty(&schema).expect("a schema serialises");
     text.push('\n');
     text
@@ -700,7 +704,7 @@ mod tests {
         None
     }
 
-    fn parse_str(text: &str) -> Result<LoadedSpec, SpecError> {
+    fn parse_str(text: &str) -> Result<LoadedMigrationPlan, SpecError> {
         parse(Path::new("plans/test.yaml"), text.to_string(), &no_env)
     }
 

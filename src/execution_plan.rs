@@ -1,5 +1,5 @@
 //! The execution plan: what `pgtransit plan` computes and `pgtransit apply` runs. Plain,
-//! serialisable data with no I/O: the planner builds it, `report` renders it, `apply` executes
+//! serialisable data with no I/O: the planner builds it, `report` renders it, `execute` runs
 //! it, and a saved plan (`plan --out`) is this type as JSON.
 //!
 //! A plan must always be applied against the servers it was computed from: its fingerprint
@@ -163,8 +163,8 @@ pub enum Work {
         #[serde(default)]
         margin: u64,
     },
-    /// Cutover: stop writes on the source for every session but pgtransit's (`Step::sql`), and
-    /// record when.
+    /// Cutover: stop writes on the source for every session but pgtransit's, and record when.
+    /// What it shows and runs is `planner::FenceSql`; the stream puts it up.
     Fence {
         /// The source database.
         database: String,
@@ -179,7 +179,8 @@ pub enum Work {
         /// checksums that say where rows differ).
         tables: Vec<VerifyTable>,
     },
-    /// Cutover: drop the slot and the publication on the source, the origin on the target.
+    /// Cutover: drop the slot and the publication on the source, the origin on the target
+    /// (`planner::Leftover`: what it shows, runs, and what `abort` removes too).
     Cleanup {
         /// The slot.
         slot: String,

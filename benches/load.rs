@@ -33,9 +33,9 @@ use serde_json::{Value, json};
 
 mod common;
 use common::{
-    DB, Log, R, TempDir, clean_cmd, join_all, load_average, machine_json, mb, median, pgbench_init,
-    print_machine, private_pgtransit, server_settings, settings_json, spawn, sums, tail,
-    target_dir, thousands, unix_time, version_of, write_results,
+    DB, Log, R, TempDir, clean_cmd, join_all, load_average, machine_json, mb, median, output_of,
+    pgbench_init, print_machine, private_pgtransit, server_settings, settings_json, spawn, sums,
+    tail, target_dir, thousands, unix_time, version_of, write_results,
 };
 
 const USAGE: &str = "\
@@ -688,19 +688,10 @@ impl Bench {
             .map_err(e)?;
         self.tgt.create_database(DB).map_err(e)?;
         if tool == Tool::Copy {
-            let out = clean_cmd(self.src.bin("pg_dump"))
-                .args(["--schema-only", "--section=pre-data", "-d", &self.src.conninfo(DB)])
-                .stdout(Stdio::piped())
-                .stderr(Stdio::piped())
-                .output()
-                .map_err(|e| format!("cannot run pg_dump: {e}"))?;
-            if !out.status.success() {
-                return Err(format!(
-                    "pg_dump --section=pre-data failed: {}",
-                    String::from_utf8_lossy(&out.stderr)
-                ));
-            }
-            self.tgt.psql(DB, &String::from_utf8_lossy(&out.stdout)).map_err(e)?;
+            let mut dump = clean_cmd(self.src.bin("pg_dump"));
+            dump.args(["--schema-only", "--section=pre-data", "-d", &self.src.conninfo(DB)]);
+            let schema = output_of(&mut dump, "pg_dump --section=pre-data")?;
+            self.tgt.psql(DB, &schema).map_err(e)?;
         }
         self.src.psql("postgres", "CHECKPOINT").map_err(e)?;
         self.tgt.psql("postgres", "CHECKPOINT").map_err(e)?;

@@ -50,8 +50,8 @@ use serde_json::{Value, json};
 mod common;
 use common::{
     DB, Log, Pump, R, TempDir, clean_cmd, join_all, load_average, machine_json, mb, median,
-    pgbench_init, print_machine, private_pgtransit, server_settings, settings_json, spawn, sums,
-    tail, target_dir, thousands, unix_time, version_of, write_results,
+    output_of, pgbench_init, print_machine, private_pgtransit, server_settings, settings_json,
+    spawn, sums, tail, target_dir, thousands, unix_time, version_of, write_results,
 };
 
 const USAGE: &str = "\
@@ -650,20 +650,10 @@ impl Bench {
 
         // Target B: the schema from pg_dump, the rows from the subscription's initial copy.
         let t = Instant::now();
-        let out = clean_cmd(self.src.bin("pg_dump"))
-            .args(["--schema-only", "--no-publications", "--no-subscriptions"])
-            .args(["-d", &self.src.conninfo(DB)])
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .output()
-            .map_err(|e| format!("cannot run pg_dump: {e}"))?;
-        if !out.status.success() {
-            return Err(format!(
-                "pg_dump --schema-only failed: {}",
-                String::from_utf8_lossy(&out.stderr)
-            ));
-        }
-        Self::psql(&self.tgt_b, &String::from_utf8_lossy(&out.stdout))?;
+        let mut dump = clean_cmd(self.src.bin("pg_dump"));
+        dump.args(["--schema-only", "--no-publications", "--no-subscriptions"])
+            .args(["-d", &self.src.conninfo(DB)]);
+        Self::psql(&self.tgt_b, &output_of(&mut dump, "pg_dump --schema-only")?)?;
         Self::psql(&self.src, &format!("CREATE PUBLICATION {NATIVE} FOR ALL TABLES"))?;
         // Defaults otherwise (streaming off, binary off; the apply worker commits with
         // synchronous_commit=off): the native subscription as most people create it.

@@ -269,21 +269,33 @@ pub fn sums(c: &LocalCluster, tables: &[String]) -> R<Vec<String>> {
 
 /// `pgbench -i -s SCALE -q` of the benchmarked database of `c`.
 pub fn pgbench_init(c: &LocalCluster, scale: u32) -> R<()> {
-    let out = clean_cmd(c.bin("pgbench"))
-        .args(["-i", "-s", &scale.to_string(), "-q", "-h", c.host()])
-        .args(["-p", &c.port().to_string(), "-U", "postgres", DB])
+    let mut cmd = clean_cmd(c.bin("pgbench"));
+    cmd.args(["-i", "-s", &scale.to_string(), "-q", "-h", c.host()]).args([
+        "-p",
+        &c.port().to_string(),
+        "-U",
+        "postgres",
+        DB,
+    ]);
+    output_of(&mut cmd, "pgbench -i").map(drop)
+}
+
+/// Runs `cmd` to its end, its stdout and stderr captured: its stdout, or an error naming
+/// `what` with its exit status and stderr.
+pub fn output_of(cmd: &mut Command, what: &str) -> R<String> {
+    let out = cmd
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .output()
-        .map_err(|e| format!("cannot run pgbench: {e}"))?;
+        .map_err(|e| format!("cannot run {what}: {e}"))?;
     if !out.status.success() {
         return Err(format!(
-            "pgbench -i failed ({}):\n{}",
+            "{what} failed ({}):\n{}",
             out.status,
             String::from_utf8_lossy(&out.stderr)
         ));
     }
-    Ok(())
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
 /// The machine, for the results file: CPUs, memory, load average at the end.

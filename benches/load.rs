@@ -1141,7 +1141,7 @@ impl Bench {
                 "tools": self.opts.tools.iter().map(|t| t.key()).collect::<Vec<_>>(),
             },
             "machine": machine_json(),
-            "server_settings": settings_json(&settings),
+            "server_settings": settings_json(settings),
             "versions": {
                 "pgtransit": version_of(&self.pgtransit),
                 "pgcopydb": self.pgcopydb.as_deref().map(version_of),

@@ -1165,7 +1165,7 @@ impl Bench {
                 "runs": self.opts.runs,
             },
             "machine": machine_json(),
-            "server_settings": settings_json(&settings),
+            "server_settings": settings_json(settings),
             "versions": {
                 "pgtransit": version_of(&self.pgtransit),
                 "pgbench": version_of(&self.src.bin("pgbench")),

@@ -20,18 +20,23 @@
 #![allow(clippy::print_stdout, clippy::print_stderr)]
 
 use std::collections::VecDeque;
-use std::fs::{self, File};
-use std::io::{BufRead, BufReader, Read, Write};
+use std::fs;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitCode, Stdio};
+use std::process::{Command, ExitCode, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::thread::JoinHandle;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use pgtransit::cluster::{ClusterOptions, LocalCluster};
 use serde_json::{Value, json};
+
+mod common;
+use common::{
+    DB, Log, R, TempDir, clean_cmd, join_all, load_average, machine_json, mb, median, output_of,
+    pgbench_init, print_machine, private_pgtransit, server_settings, settings_json, spawn, sums,
+    tail, target_dir, thousands, unix_time, version_of, write_results,
+};
 
 const USAGE: &str = "\
 usage: cargo bench --bench load -- [OPTIONS]
@@ -44,8 +49,6 @@ usage: cargo bench --bench load -- [OPTIONS]
   --install-missing  as root, `apt-get install -y pgcopydb` when it is missing
 ";
 
-/// The database benchmarked on both servers.
-const DB: &str = "bench";
 /// Server settings of both clusters (on top of the harness's fsync=off,
 /// synchronous_commit=off, full_page_writes=off).
 const SETTINGS: [(&str, &str); 5] = [
@@ -78,24 +81,8 @@ const RSS_TARGET_MB: f64 = 256.0;
 /// How often pgtransit's peak RSS is sampled.
 const RSS_POLL: Duration = Duration::from_millis(20);
 
-type R<T> = Result<T, String>;
-
 fn main() -> ExitCode {
-    let opts = match parse_args() {
-        Ok(opts) => opts,
-        Err(e) => {
-            eprintln!("{e}");
-            return ExitCode::from(2);
-        }
-    };
-    match run(opts) {
-        Ok(true) => ExitCode::SUCCESS,
-        Ok(false) => ExitCode::FAILURE,
-        Err(e) => {
-            eprintln!("\nbenchmark failed: {e}");
-            ExitCode::FAILURE
-        }
-    }
+    common::main(parse_args, run)
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -210,20 +197,8 @@ fn parse_args() -> R<Opts> {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Small helpers
+// Small helpers (those shared with benches/sync.rs are in benches/common)
 // ---------------------------------------------------------------------------------------------
-
-/// A command without the caller's libpq environment (PGHOST, PGPASSWORD, ...).
-fn clean_cmd(program: impl AsRef<std::ffi::OsStr>) -> Command {
-    let mut cmd = Command::new(program);
-    for (key, _) in std::env::vars_os() {
-        if key.to_string_lossy().starts_with("PG") {
-            cmd.env_remove(&key);
-        }
-    }
-    cmd.env("LC_ALL", "C").stdin(Stdio::null());
-    cmd
-}
 
 fn is_root() -> bool {
     fs::metadata("/proc/self").is_ok_and(|m| m.uid() == 0)
@@ -236,155 +211,9 @@ fn find_on_path(name: &str) -> Option<PathBuf> {
         .find(|p| fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0))
 }
 
-fn median(values: &[f64]) -> Option<f64> {
-    if values.is_empty() {
-        return None;
-    }
-    let mut v = values.to_vec();
-    v.sort_by(f64::total_cmp);
-    let n = v.len();
-    Some(if n % 2 == 1 { v[n / 2] } else { (v[n / 2 - 1] + v[n / 2]) / 2.0 })
-}
-
-fn mb(bytes: f64) -> String {
-    format!("{:.1} MB", bytes / 1_048_576.0)
-}
-
 fn human_bytes(bytes: u64) -> String {
     let b = bytes as f64;
     if b >= 1_073_741_824.0 { format!("{:.2} GB", b / 1_073_741_824.0) } else { mb(b) }
-}
-
-fn thousands(n: u64) -> String {
-    let s = n.to_string();
-    let mut out = String::new();
-    for (i, c) in s.chars().enumerate() {
-        if i > 0 && (s.len() - i).is_multiple_of(3) {
-            out.push(',');
-        }
-        out.push(c);
-    }
-    out
-}
-
-fn load_average() -> String {
-    fs::read_to_string("/proc/loadavg")
-        .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
-        .unwrap_or_else(|_| "?".into())
-}
-
-fn mem_total_gb() -> Option<f64> {
-    let text = fs::read_to_string("/proc/meminfo").ok()?;
-    let line = text.lines().find(|l| l.starts_with("MemTotal:"))?;
-    let kb: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    Some(kb / 1_048_576.0)
-}
-
-fn unix_time() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
-}
-
-/// The last `n` lines of a log file, for error messages.
-fn tail(path: &Path, n: usize) -> String {
-    let text = fs::read_to_string(path).unwrap_or_default();
-    let lines: Vec<&str> = text.lines().collect();
-    lines[lines.len().saturating_sub(n)..].join("\n")
-}
-
-/// First line of `program --version`.
-fn version_of(program: &Path) -> String {
-    clean_cmd(program)
-        .arg("--version")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .output()
-        .ok()
-        .map(|o| {
-            let text = format!(
-                "{}{}",
-                String::from_utf8_lossy(&o.stdout),
-                String::from_utf8_lossy(&o.stderr)
-            );
-            text.lines()
-                .map(str::trim)
-                .find(|l| !l.contains(" INFO ") && l.chars().any(|c| c.is_ascii_digit()))
-                .unwrap_or("")
-                .to_string()
-        })
-        .unwrap_or_default()
-}
-
-/// A scratch directory, removed on drop.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new() -> R<TempDir> {
-        let dir = std::env::temp_dir().join(format!("pgtransit-bench-{}", std::process::id()));
-        let _ = fs::remove_dir_all(&dir);
-        fs::create_dir_all(&dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
-        Ok(TempDir(dir))
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = fs::remove_dir_all(&self.0);
-    }
-}
-
-/// A log file shared by the threads that copy a run's output into it, each line stamped with
-/// the seconds since the run started.
-#[derive(Clone)]
-struct Log {
-    file: Arc<Mutex<File>>,
-    start: Instant,
-    /// Stamped stdout lines of the main process, for parsing (pgtransit's phases).
-    lines: Arc<Mutex<Vec<(f64, String)>>>,
-}
-
-impl Log {
-    fn create(path: &Path, start: Instant) -> R<Log> {
-        let file = File::create(path).map_err(|e| format!("creating {}: {e}", path.display()))?;
-        Ok(Log { file: Arc::new(Mutex::new(file)), start, lines: Arc::default() })
-    }
-
-    fn note(&self, text: &str) {
-        if let Ok(mut f) = self.file.lock() {
-            let _ = writeln!(f, "# {text}");
-        }
-    }
-
-    /// Copies `reader` into the log line by line, on a thread.
-    fn pump(&self, reader: impl Read + Send + 'static, tag: &'static str, keep: bool) -> Pump {
-        let log = self.clone();
-        std::thread::spawn(move || {
-            let mut reader = BufReader::new(reader);
-            let mut buf = Vec::new();
-            loop {
-                buf.clear();
-                match reader.read_until(b'\n', &mut buf) {
-                    Ok(0) | Err(_) => break,
-                    Ok(_) => {}
-                }
-                let t = log.start.elapsed().as_secs_f64();
-                let line = String::from_utf8_lossy(&buf).trim_end().to_string();
-                if let Ok(mut f) = log.file.lock() {
-                    let _ = writeln!(f, "[{t:8.3} {tag}] {line}");
-                }
-                if keep && let Ok(mut lines) = log.lines.lock() {
-                    lines.push((t, line));
-                }
-            }
-        })
-    }
-}
-
-type Pump = JoinHandle<()>;
-
-fn join_all(pumps: Vec<Pump>) {
-    for p in pumps {
-        let _ = p.join();
-    }
 }
 
 /// Runs `first | second` (both with stdout and stderr piped), their other output pumped into
@@ -413,10 +242,6 @@ fn pipe(
     let as_ = a.wait().map_err(|e| format!("waiting for {first_tag}: {e}"))?;
     join_all(pumps);
     Ok((as_, bs))
-}
-
-fn spawn(cmd: &mut Command, what: &str) -> R<Child> {
-    cmd.spawn().map_err(|e| format!("cannot run {what}: {e}"))
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -543,20 +368,13 @@ struct Bench {
     source_objects: String,
 }
 
-fn target_dir() -> PathBuf {
-    std::env::var_os("CARGO_TARGET_DIR")
-        .filter(|v| !v.is_empty())
-        .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("target"))
-}
-
 fn run(opts: Opts) -> R<bool> {
     let started = Instant::now();
     let target = target_dir();
     let logs = target.join("bench-load");
     let _ = fs::remove_dir_all(&logs);
     fs::create_dir_all(&logs).map_err(|e| format!("creating {}: {e}", logs.display()))?;
-    let work = TempDir::new()?;
+    let work = TempDir::new("bench")?;
 
     println!("pgtransit load benchmark");
     println!(
@@ -568,20 +386,8 @@ fn run(opts: Opts) -> R<bool> {
         opts.jobs,
         opts.tools.iter().map(|t| t.key()).collect::<Vec<_>>().join(", ")
     );
-    let nproc = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
-    println!(
-        "  machine: {nproc} CPUs, {:.1} GB RAM, load average {}",
-        mem_total_gb().unwrap_or(0.0),
-        load_average()
-    );
-
-    // The binary under test: a private copy, so a concurrent `cargo build --release` cannot
-    // swap it between runs.
-    let built = PathBuf::from(env!("CARGO_BIN_EXE_pgtransit"));
-    let pgtransit = work.0.join("pgtransit");
-    fs::copy(&built, &pgtransit)
-        .map_err(|e| format!("copying {} to {}: {e}", built.display(), pgtransit.display()))?;
-    println!("  pgtransit: {} ({})", built.display(), version_of(&pgtransit));
+    print_machine();
+    let pgtransit = private_pgtransit(&work.0)?;
 
     // pgcopydb: found, installed on request, or skipped with instructions.
     let mut skipped: Vec<(Tool, String)> = Vec::new();
@@ -620,7 +426,7 @@ fn run(opts: Opts) -> R<bool> {
         src.url(DB),
         tgt.url(DB)
     );
-    let shown = server_settings(&src)?;
+    let shown = server_settings(&src, &SHOWN_SETTINGS)?;
     println!(
         "  server settings (both): {}",
         shown.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(", ")
@@ -762,19 +568,6 @@ fn find_pgcopydb(install: bool) -> Result<PathBuf, String> {
         .ok_or_else(|| "apt-get installed pgcopydb but it is not on PATH".into())
 }
 
-fn server_settings(c: &LocalCluster) -> R<Vec<(String, String)>> {
-    let sql = SHOWN_SETTINGS
-        .iter()
-        .map(|s| format!("SELECT '{s}=' || current_setting('{s}');"))
-        .collect::<String>();
-    let out = c.psql("postgres", &sql).map_err(|e| e.to_string())?;
-    Ok(out
-        .lines()
-        .filter_map(|l| l.split_once('='))
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect())
-}
-
 /// The docs table's rows `lo..=hi`: ~300 bytes of jsonb and ~200 bytes of bytea, from md5 and
 /// random() so they compress little.
 fn docs_insert(lo: u64, hi: u64) -> String {
@@ -809,20 +602,7 @@ impl Bench {
         println!("\nDataset");
         let t = Instant::now();
         self.src.create_database(DB).map_err(|e| e.to_string())?;
-        let out = clean_cmd(self.src.bin("pgbench"))
-            .args(["-i", "-s", &scale.to_string(), "-q", "-h", self.src.host()])
-            .args(["-p", &self.src.port().to_string(), "-U", "postgres", DB])
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .output()
-            .map_err(|e| format!("cannot run pgbench: {e}"))?;
-        if !out.status.success() {
-            return Err(format!(
-                "pgbench -i failed ({}):\n{}",
-                out.status,
-                String::from_utf8_lossy(&out.stderr)
-            ));
-        }
+        pgbench_init(&self.src, scale)?;
         println!("  pgbench -i -s {scale} -q: {:.1} s", t.elapsed().as_secs_f64());
 
         let t = Instant::now();
@@ -908,19 +688,10 @@ impl Bench {
             .map_err(e)?;
         self.tgt.create_database(DB).map_err(e)?;
         if tool == Tool::Copy {
-            let out = clean_cmd(self.src.bin("pg_dump"))
-                .args(["--schema-only", "--section=pre-data", "-d", &self.src.conninfo(DB)])
-                .stdout(Stdio::piped())
-                .stderr(Stdio::piped())
-                .output()
-                .map_err(|e| format!("cannot run pg_dump: {e}"))?;
-            if !out.status.success() {
-                return Err(format!(
-                    "pg_dump --section=pre-data failed: {}",
-                    String::from_utf8_lossy(&out.stderr)
-                ));
-            }
-            self.tgt.psql(DB, &String::from_utf8_lossy(&out.stdout)).map_err(e)?;
+            let mut dump = clean_cmd(self.src.bin("pg_dump"));
+            dump.args(["--schema-only", "--section=pre-data", "-d", &self.src.conninfo(DB)]);
+            let schema = output_of(&mut dump, "pg_dump --section=pre-data")?;
+            self.tgt.psql(DB, &schema).map_err(e)?;
         }
         self.src.psql("postgres", "CHECKPOINT").map_err(e)?;
         self.tgt.psql("postgres", "CHECKPOINT").map_err(e)?;
@@ -1369,15 +1140,8 @@ impl Bench {
                 "jobs": self.opts.jobs,
                 "tools": self.opts.tools.iter().map(|t| t.key()).collect::<Vec<_>>(),
             },
-            "machine": {
-                "cpus": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
-                "mem_gb": mem_total_gb(),
-                "load_average_end": load_average(),
-            },
-            "server_settings": settings
-                .iter()
-                .map(|(k, v)| (k.clone(), Value::from(v.clone())))
-                .collect::<serde_json::Map<String, Value>>(),
+            "machine": machine_json(),
+            "server_settings": settings_json(settings),
             "versions": {
                 "pgtransit": version_of(&self.pgtransit),
                 "pgcopydb": self.pgcopydb.as_deref().map(version_of),
@@ -1400,38 +1164,9 @@ impl Bench {
             },
         });
         let path = target.join("bench-load.json");
-        match serde_json::to_string_pretty(&doc)
-            .map_err(|e| e.to_string())
-            .and_then(|s| fs::write(&path, s + "\n").map_err(|e| e.to_string()))
-        {
-            Ok(()) => println!("\nResults written to {}", path.display()),
-            Err(e) => println!("\ncannot write {}: {e}", path.display()),
-        }
+        write_results(&path, &doc);
         aborted.is_none() && rows_identical && results.iter().all(|r| r.failure.is_none())
     }
-}
-
-/// `count sum(hashtextextended(row, 0)) sum(hashtext(row))` of every table, in order.
-fn sums(c: &LocalCluster, tables: &[String]) -> R<Vec<String>> {
-    let sql: String = tables
-        .iter()
-        .map(|t| {
-            format!(
-                "SELECT count(*) || ' ' || coalesce(sum(hashtextextended(x::text, 0)), 0) || ' ' \
-                        || coalesce(sum(hashtext(x::text)), 0) FROM {t} x;\n"
-            )
-        })
-        .collect();
-    let out = c.psql(DB, &sql).map_err(|e| e.to_string())?;
-    let lines: Vec<String> = out.lines().map(str::to_string).collect();
-    if lines.len() != tables.len() {
-        return Err(format!(
-            "checksum query returned {} lines for {} tables",
-            lines.len(),
-            tables.len()
-        ));
-    }
-    Ok(lines)
 }
 
 /// `N indexes, M constraints` outside the system schemas.

@@ -38,16 +38,21 @@
 
 #![allow(clippy::print_stdout, clippy::print_stderr)]
 
-use std::fs::{self, File};
-use std::io::{BufRead, BufReader, Read, Write};
+use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitCode, Stdio};
-use std::sync::{Arc, Mutex};
-use std::thread::JoinHandle;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
 use pgtransit::cluster::{ClusterOptions, LocalCluster};
 use serde_json::{Value, json};
+
+mod common;
+use common::{
+    DB, Log, Pump, R, TempDir, clean_cmd, join_all, load_average, machine_json, mb, median,
+    output_of, pgbench_init, print_machine, private_pgtransit, server_settings, settings_json,
+    spawn, sums, tail, target_dir, thousands, unix_time, version_of, write_results,
+};
 
 const USAGE: &str = "\
 usage: cargo bench --bench sync -- [OPTIONS]
@@ -60,8 +65,6 @@ usage: cargo bench --bench sync -- [OPTIONS]
                              reported
 ";
 
-/// The database benchmarked on all three servers.
-const DB: &str = "bench";
 /// The migration's name: its slot and publication are `pgtransit_bench`.
 const MIGRATION: &str = "bench";
 /// pgtransit's slot on the source.
@@ -98,24 +101,8 @@ const LIMIT: Duration = Duration::from_secs(30 * 60);
 /// pgbench_tellers`, `UPDATE pgbench_branches`, `INSERT INTO pgbench_history`.
 const CHANGES_PER_TXN: u64 = 4;
 
-type R<T> = Result<T, String>;
-
 fn main() -> ExitCode {
-    let opts = match parse_args() {
-        Ok(opts) => opts,
-        Err(e) => {
-            eprintln!("{e}");
-            return ExitCode::from(2);
-        }
-    };
-    match run(opts) {
-        Ok(true) => ExitCode::SUCCESS,
-        Ok(false) => ExitCode::FAILURE,
-        Err(e) => {
-            eprintln!("\nbenchmark failed: {e}");
-            ExitCode::FAILURE
-        }
-    }
+    common::main(parse_args, run)
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -197,177 +184,8 @@ fn parse_args() -> R<Opts> {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Small helpers (copied from benches/load.rs)
+// Small helpers (those shared with benches/load.rs are in benches/common)
 // ---------------------------------------------------------------------------------------------
-
-/// A command without the caller's libpq environment (PGHOST, PGPASSWORD, ...).
-fn clean_cmd(program: impl AsRef<std::ffi::OsStr>) -> Command {
-    let mut cmd = Command::new(program);
-    for (key, _) in std::env::vars_os() {
-        if key.to_string_lossy().starts_with("PG") {
-            cmd.env_remove(&key);
-        }
-    }
-    cmd.env("LC_ALL", "C").stdin(Stdio::null());
-    cmd
-}
-
-fn median(values: &[f64]) -> Option<f64> {
-    if values.is_empty() {
-        return None;
-    }
-    let mut v = values.to_vec();
-    v.sort_by(f64::total_cmp);
-    let n = v.len();
-    Some(if n % 2 == 1 { v[n / 2] } else { (v[n / 2 - 1] + v[n / 2]) / 2.0 })
-}
-
-fn mb(bytes: f64) -> String {
-    format!("{:.1} MB", bytes / 1_048_576.0)
-}
-
-fn thousands(n: u64) -> String {
-    let s = n.to_string();
-    let mut out = String::new();
-    for (i, c) in s.chars().enumerate() {
-        if i > 0 && (s.len() - i).is_multiple_of(3) {
-            out.push(',');
-        }
-        out.push(c);
-    }
-    out
-}
-
-fn load_average() -> String {
-    fs::read_to_string("/proc/loadavg")
-        .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
-        .unwrap_or_else(|_| "?".into())
-}
-
-fn mem_total_gb() -> Option<f64> {
-    let text = fs::read_to_string("/proc/meminfo").ok()?;
-    let line = text.lines().find(|l| l.starts_with("MemTotal:"))?;
-    let kb: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    Some(kb / 1_048_576.0)
-}
-
-fn unix_time() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
-}
-
-/// The last `n` lines of a log file, for error messages.
-fn tail(path: &Path, n: usize) -> String {
-    let text = fs::read_to_string(path).unwrap_or_default();
-    let lines: Vec<&str> = text.lines().collect();
-    lines[lines.len().saturating_sub(n)..].join("\n")
-}
-
-/// First line of `program --version`.
-fn version_of(program: &Path) -> String {
-    clean_cmd(program)
-        .arg("--version")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .output()
-        .ok()
-        .map(|o| {
-            let text = format!(
-                "{}{}",
-                String::from_utf8_lossy(&o.stdout),
-                String::from_utf8_lossy(&o.stderr)
-            );
-            text.lines()
-                .map(str::trim)
-                .find(|l| l.chars().any(|c| c.is_ascii_digit()))
-                .unwrap_or("")
-                .to_string()
-        })
-        .unwrap_or_default()
-}
-
-/// A scratch directory, removed on drop.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new() -> R<TempDir> {
-        let dir = std::env::temp_dir().join(format!("pgtransit-bench-sync-{}", std::process::id()));
-        let _ = fs::remove_dir_all(&dir);
-        fs::create_dir_all(&dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
-        Ok(TempDir(dir))
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = fs::remove_dir_all(&self.0);
-    }
-}
-
-/// A log file shared by the threads that copy a process's output into it, each line stamped
-/// with the seconds since the process started.
-#[derive(Clone)]
-struct Log {
-    file: Arc<Mutex<File>>,
-    start: Instant,
-    /// Stamped stdout lines, for parsing (pgtransit's phases).
-    lines: Arc<Mutex<Vec<(f64, String)>>>,
-}
-
-impl Log {
-    fn create(path: &Path, start: Instant) -> R<Log> {
-        let file = File::create(path).map_err(|e| format!("creating {}: {e}", path.display()))?;
-        Ok(Log { file: Arc::new(Mutex::new(file)), start, lines: Arc::default() })
-    }
-
-    fn note(&self, text: &str) {
-        if let Ok(mut f) = self.file.lock() {
-            let _ = writeln!(f, "# {text}");
-        }
-    }
-
-    /// Copies `reader` into the log line by line, on a thread.
-    fn pump(&self, reader: impl Read + Send + 'static, tag: &'static str, keep: bool) -> Pump {
-        let log = self.clone();
-        std::thread::spawn(move || {
-            let mut reader = BufReader::new(reader);
-            let mut buf = Vec::new();
-            loop {
-                buf.clear();
-                match reader.read_until(b'\n', &mut buf) {
-                    Ok(0) | Err(_) => break,
-                    Ok(_) => {}
-                }
-                let t = log.start.elapsed().as_secs_f64();
-                let line = String::from_utf8_lossy(&buf).trim_end().to_string();
-                if let Ok(mut f) = log.file.lock() {
-                    let _ = writeln!(f, "[{t:8.3} {tag}] {line}");
-                }
-                if keep && let Ok(mut lines) = log.lines.lock() {
-                    lines.push((t, line));
-                }
-            }
-        })
-    }
-}
-
-type Pump = JoinHandle<()>;
-
-fn join_all(pumps: Vec<Pump>) {
-    for p in pumps {
-        let _ = p.join();
-    }
-}
-
-fn spawn(cmd: &mut Command, what: &str) -> R<Child> {
-    cmd.spawn().map_err(|e| format!("cannot run {what}: {e}"))
-}
-
-fn target_dir() -> PathBuf {
-    std::env::var_os("CARGO_TARGET_DIR")
-        .filter(|v| !v.is_empty())
-        .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("target"))
-}
 
 /// Waits until `ready` returns `Some`, polling every `every`; fails after `limit` (or when
 /// `ready` fails).
@@ -619,7 +437,7 @@ fn run(opts: Opts) -> R<bool> {
     let logs = target.join("bench-sync");
     let _ = fs::remove_dir_all(&logs);
     fs::create_dir_all(&logs).map_err(|e| format!("creating {}: {e}", logs.display()))?;
-    let work = TempDir::new()?;
+    let work = TempDir::new("bench-sync")?;
 
     println!("pgtransit sync benchmark: applying a backlog, pgtransit vs native subscription");
     println!(
@@ -631,20 +449,8 @@ fn run(opts: Opts) -> R<bool> {
         opts.clients,
         opts.runs
     );
-    let nproc = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
-    println!(
-        "  machine: {nproc} CPUs, {:.1} GB RAM, load average {}",
-        mem_total_gb().unwrap_or(0.0),
-        load_average()
-    );
-
-    // The binary under test: a private copy, so a concurrent `cargo build --release` cannot
-    // swap it between runs.
-    let built = PathBuf::from(env!("CARGO_BIN_EXE_pgtransit"));
-    let pgtransit = work.0.join("pgtransit");
-    fs::copy(&built, &pgtransit)
-        .map_err(|e| format!("copying {} to {}: {e}", built.display(), pgtransit.display()))?;
-    println!("  pgtransit: {} ({})", built.display(), version_of(&pgtransit));
+    print_machine();
+    let pgtransit = private_pgtransit(&work.0)?;
 
     // Three clusters, same settings; the source decodes.
     let options = |name: &str, logical: bool| {
@@ -672,7 +478,7 @@ fn run(opts: Opts) -> R<bool> {
         tgt_a.url(DB),
         tgt_b.url(DB)
     );
-    let shown = server_settings(&src)?;
+    let shown = server_settings(&src, &SHOWN_SETTINGS)?;
     println!(
         "  server settings (source; the targets differ only in wal_level): {}",
         shown.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(", ")
@@ -787,19 +593,6 @@ fn run(opts: Opts) -> R<bool> {
     Ok(ok)
 }
 
-fn server_settings(c: &LocalCluster) -> R<Vec<(String, String)>> {
-    let sql = SHOWN_SETTINGS
-        .iter()
-        .map(|s| format!("SELECT '{s}=' || current_setting('{s}');"))
-        .collect::<String>();
-    let out = c.psql("postgres", &sql).map_err(|e| e.to_string())?;
-    Ok(out
-        .lines()
-        .filter_map(|l| l.split_once('='))
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect())
-}
-
 impl Bench {
     fn psql(c: &LocalCluster, sql: &str) -> R<String> {
         c.psql(DB, sql).map_err(|e| e.to_string())
@@ -827,20 +620,7 @@ impl Bench {
         for c in [&self.src, &self.tgt_a, &self.tgt_b] {
             c.create_database(DB).map_err(|e| e.to_string())?;
         }
-        let out = clean_cmd(self.src.bin("pgbench"))
-            .args(["-i", "-s", &scale.to_string(), "-q", "-h", self.src.host()])
-            .args(["-p", &self.src.port().to_string(), "-U", "postgres", DB])
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .output()
-            .map_err(|e| format!("cannot run pgbench: {e}"))?;
-        if !out.status.success() {
-            return Err(format!(
-                "pgbench -i failed ({}):\n{}",
-                out.status,
-                String::from_utf8_lossy(&out.stderr)
-            ));
-        }
+        pgbench_init(&self.src, scale)?;
         // One row per run, inserted after its backlog (see `measure`). Both tables get a row
         // now, so that no table is empty on the targets: `pgtransit apply` copies again, when it
         // resumes, a table that is empty on the target although its copy is recorded as done
@@ -870,20 +650,10 @@ impl Bench {
 
         // Target B: the schema from pg_dump, the rows from the subscription's initial copy.
         let t = Instant::now();
-        let out = clean_cmd(self.src.bin("pg_dump"))
-            .args(["--schema-only", "--no-publications", "--no-subscriptions"])
-            .args(["-d", &self.src.conninfo(DB)])
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .output()
-            .map_err(|e| format!("cannot run pg_dump: {e}"))?;
-        if !out.status.success() {
-            return Err(format!(
-                "pg_dump --schema-only failed: {}",
-                String::from_utf8_lossy(&out.stderr)
-            ));
-        }
-        Self::psql(&self.tgt_b, &String::from_utf8_lossy(&out.stdout))?;
+        let mut dump = clean_cmd(self.src.bin("pg_dump"));
+        dump.args(["--schema-only", "--no-publications", "--no-subscriptions"])
+            .args(["-d", &self.src.conninfo(DB)]);
+        Self::psql(&self.tgt_b, &output_of(&mut dump, "pg_dump --schema-only")?)?;
         Self::psql(&self.src, &format!("CREATE PUBLICATION {NATIVE} FOR ALL TABLES"))?;
         // Defaults otherwise (streaming off, binary off; the apply worker commits with
         // synchronous_commit=off): the native subscription as most people create it.
@@ -1394,15 +1164,8 @@ impl Bench {
                 "clients": self.opts.clients,
                 "runs": self.opts.runs,
             },
-            "machine": {
-                "cpus": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
-                "mem_gb": mem_total_gb(),
-                "load_average_end": load_average(),
-            },
-            "server_settings": settings
-                .iter()
-                .map(|(k, v)| (k.clone(), Value::from(v.clone())))
-                .collect::<serde_json::Map<String, Value>>(),
+            "machine": machine_json(),
+            "server_settings": settings_json(settings),
             "versions": {
                 "pgtransit": version_of(&self.pgtransit),
                 "pgbench": version_of(&self.src.bin("pgbench")),
@@ -1422,13 +1185,7 @@ impl Bench {
             "aborted": aborted,
         });
         let path = target.join("bench-sync.json");
-        match serde_json::to_string_pretty(&doc)
-            .map_err(|e| e.to_string())
-            .and_then(|s| fs::write(&path, s + "\n").map_err(|e| e.to_string()))
-        {
-            Ok(()) => println!("\nResults written to {}", path.display()),
-            Err(e) => println!("\ncannot write {}: {e}", path.display()),
-        }
+        write_results(&path, &doc);
         aborted.is_none()
     }
 }
@@ -1450,27 +1207,4 @@ fn recopied(lines: &[(f64, String)]) -> Vec<String> {
         }
     }
     out
-}
-
-/// `count sum(hashtextextended(row, 0)) sum(hashtext(row))` of every table, in order.
-fn sums(c: &LocalCluster, tables: &[String]) -> R<Vec<String>> {
-    let sql: String = tables
-        .iter()
-        .map(|t| {
-            format!(
-                "SELECT count(*) || ' ' || coalesce(sum(hashtextextended(x::text, 0)), 0) || ' ' \
-                        || coalesce(sum(hashtext(x::text)), 0) FROM {t} x;\n"
-            )
-        })
-        .collect();
-    let out = c.psql(DB, &sql).map_err(|e| e.to_string())?;
-    let lines: Vec<String> = out.lines().map(str::to_string).collect();
-    if lines.len() != tables.len() {
-        return Err(format!(
-            "checksum query returned {} lines for {} tables",
-            lines.len(),
-            tables.len()
-        ));
-    }
-    Ok(lines)
 }

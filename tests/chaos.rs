@@ -15,7 +15,6 @@
 //! in time land where the machine's speed puts them). `PGTRANSIT_CHAOS_FAULTS=N` injects N
 //! faults (default 20, the CI run, about two minutes).
 
-use std::collections::BTreeMap;
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, ExitStatus, Stdio};
@@ -25,7 +24,7 @@ use std::time::{Duration, Instant};
 
 use crate::support::{
     LocalCluster, Proxy, TempDir, assert_same_schema, cluster, logical_source, pgtransit,
-    plan_yaml, run, schema_dump, sql, table_checksums,
+    plan_yaml, poll, rows_differ, run, schema_dump, sql, state, table_checksums, terminate,
 };
 
 const NAME: &str = "chaos";
@@ -712,11 +711,7 @@ impl Chaos {
     }
 
     fn state(&self) -> serde_json::Value {
-        let f = self.dir.path().join(".pgtransit").join(NAME).join("state.json");
-        std::fs::read_to_string(f)
-            .ok()
-            .and_then(|t| serde_json::from_str(&t).ok())
-            .unwrap_or(serde_json::Value::Null)
+        state(&self.dir, NAME)
     }
 
     fn running_steps(&self) -> String {
@@ -813,18 +808,9 @@ impl Chaos {
     /// (0); during the load it says `interrupted` (1), or a crash had ended it already.
     fn stop_apply(&mut self, streaming: bool) {
         let Some(mut p) = self.apply.take() else { return };
-        let _ = std::process::Command::new("kill").args(["-TERM", &p.pid().to_string()]).status();
-        let start = Instant::now();
-        let status = loop {
-            if let Some(s) = p.child.try_wait().unwrap() {
-                break s;
-            }
-            if start.elapsed() > Duration::from_secs(30) {
-                let _ = p.child.kill();
-                let out = self.output(&p);
-                panic!("apply #{} did not stop within 30 s of SIGTERM:\n{out}", p.n);
-            }
-            std::thread::sleep(Duration::from_millis(50));
+        let Some(status) = terminate(&mut p.child) else {
+            let out = self.output(&p);
+            panic!("apply #{} did not stop within 30 s of SIGTERM:\n{out}", p.n);
         };
         let why = self.why(&p);
         self.say(format!("stopped apply #{} with SIGTERM: {}", p.n, describe(status)));
@@ -944,7 +930,7 @@ impl Chaos {
 
     /// Waits until an apply streams, caught up, starting one if none runs and again if it
     /// exits. `expected_exits`: exits that are no anomaly (during the load, a crash ends it).
-    fn wait_streaming(&mut self, expected_exits: bool) {
+    fn resume_until_streaming(&mut self, expected_exits: bool) {
         let start = Instant::now();
         let mut exits = 0;
         let mut last_check = Instant::now();
@@ -1185,7 +1171,7 @@ impl Chaos {
                 self.start_apply(None);
             }
         } else {
-            self.wait_streaming(false);
+            self.resume_until_streaming(false);
         }
         self.sleep(delay);
         if let Some((status, p)) = self.apply_exited() {
@@ -1209,7 +1195,7 @@ impl Chaos {
         if matches!(f.kind, Kind::Network { .. }) {
             // A streaming apply rides out a network fault (it reconnects within --retry-for):
             // it must stream, caught up, again without having exited.
-            self.wait_streaming(false);
+            self.resume_until_streaming(false);
             self.say("streaming again after the network fault".into());
         }
     }
@@ -1227,9 +1213,9 @@ impl Chaos {
         } else if let Some(fp) = &failpoint {
             self.stop_apply(true);
             self.start_apply(Some(fp));
-            self.wait_streaming(false);
+            self.resume_until_streaming(false);
         } else {
-            self.wait_streaming(false);
+            self.resume_until_streaming(false);
         }
         let since = unix_now();
         let mut cut =
@@ -1262,27 +1248,28 @@ impl Chaos {
                     landed = format!("stage {} (failpoint {fp})", self.cutover_stage(since));
                 }
                 Moment::Stage(want) => {
-                    loop {
+                    let limit = Duration::from_secs(90).saturating_sub(started.elapsed());
+                    let reached = poll(limit, Duration::from_millis(2), || {
                         let stage = self.cutover_stage(since);
                         if stage_rank(&stage) >= stage_rank(want) {
                             landed = format!("stage {stage}");
-                            break;
+                            return true;
                         }
                         if let Some(status) = cut.child.try_wait().unwrap() {
                             landed = format!(
                                 "after the cutover command ended ({}) at stage {stage}",
                                 describe(status)
                             );
-                            break;
+                            return true;
                         }
-                        assert!(
-                            started.elapsed() < Duration::from_secs(90),
-                            "the cutover did not reach stage {want} within 90 s:\n{}",
-                            self.output(&cut)
-                        );
                         self.check_time("waiting for a cutover stage");
-                        std::thread::sleep(Duration::from_millis(2));
-                    }
+                        false
+                    });
+                    assert!(
+                        reached,
+                        "the cutover did not reach stage {want} within 90 s:\n{}",
+                        self.output(&cut)
+                    );
                     self.say(format!("landed: {landed}"));
                     let runner = if cutover_streams { Some(&mut cut) } else { None };
                     self.inject(f.kind, f.downtime, runner);
@@ -1291,20 +1278,25 @@ impl Chaos {
             }
         }
         // The cutover command ends: done, failed, or the apply it waited for is gone.
-        let status = loop {
-            if let Some(s) = cut.child.try_wait().unwrap() {
-                break s;
-            }
-            if started.elapsed() > Duration::from_secs(120) {
-                let _ = cut.child.kill();
-                panic!(
-                    "the cutover command hangs (120 s) (seed {}):\n{}",
-                    self.seed,
-                    self.output(&cut)
-                );
-            }
-            self.check_time("waiting for the cutover command");
-            std::thread::sleep(Duration::from_millis(50));
+        let mut status = None;
+        poll(
+            Duration::from_secs(120).saturating_sub(started.elapsed()),
+            Duration::from_millis(50),
+            || {
+                status = cut.child.try_wait().unwrap();
+                if status.is_none() {
+                    self.check_time("waiting for the cutover command");
+                }
+                status.is_some()
+            },
+        );
+        let Some(status) = status else {
+            let _ = cut.child.kill();
+            panic!(
+                "the cutover command hangs (120 s) (seed {}):\n{}",
+                self.seed,
+                self.output(&cut)
+            );
         };
         let why = self.why(&cut);
         let stage = self.cutover_stage(since);
@@ -1349,7 +1341,7 @@ impl Chaos {
             let why = self.why(&p);
             self.say(format!("apply #{} {}: {why}", p.n, describe(status)));
         }
-        self.wait_streaming(false);
+        self.resume_until_streaming(false);
         if self.source_fenced() {
             let st = self.status_json();
             self.anomaly(format!(
@@ -1478,15 +1470,26 @@ fn chaos_an_online_migration_under_writes_survives_kills_and_crashes_at_seeded_m
         if phase != Some(f.phase) {
             phase = Some(f.phase);
             if f.phase == Phase::Sync {
-                c.wait_streaming(false);
+                c.resume_until_streaming(false);
                 c.say("load done: streaming".into());
             }
             if f.phase == Phase::Cutover {
                 // Between the sync and the cutover: everything committed so far is on the target.
-                c.wait_streaming(false);
+                c.resume_until_streaming(false);
                 c.writer.pause();
-                c.wait_streaming(false);
-                wait_identical(&c);
+                c.resume_until_streaming(false);
+                // Every table's rows identical on both sides (nothing writes meanwhile).
+                let same = poll(Duration::from_secs(30), Duration::from_millis(300), || {
+                    c.check_time("waiting for identical rows");
+                    rows_differ(&c.src, &c.tgt, "app").is_empty()
+                });
+                assert!(
+                    same,
+                    "rows still differ after 30 s (seed {}): {:#?}\n{}",
+                    c.seed,
+                    rows_differ(&c.src, &c.tgt, "app"),
+                    c.apply.as_ref().map(|p| c.output(p)).unwrap_or_default()
+                );
                 c.say("sync: rows identical on both sides (writer paused)".into());
                 c.writer.resume();
             }
@@ -1595,29 +1598,4 @@ fn chaos_an_online_migration_under_writes_survives_kills_and_crashes_at_seeded_m
         "chaos seed {seed}: pgtransit misbehaved:\n{}",
         c.anomalies.join("\n")
     );
-}
-
-/// Waits until every table's rows are identical on both sides (nothing writes meanwhile).
-fn wait_identical(c: &Chaos) {
-    let start = Instant::now();
-    loop {
-        let (a, b) = (table_checksums(&c.src, "app"), table_checksums(&c.tgt, "app"));
-        if a == b {
-            return;
-        }
-        if start.elapsed() > Duration::from_secs(30) {
-            let differ: BTreeMap<&String, (Option<&String>, Option<&String>)> = a
-                .keys()
-                .filter(|t| a.get(*t) != b.get(*t))
-                .map(|t| (t, (a.get(t), b.get(t))))
-                .collect();
-            panic!(
-                "rows still differ after 30 s (seed {}): {differ:#?}\n{}",
-                c.seed,
-                c.apply.as_ref().map(|p| c.output(p)).unwrap_or_default()
-            );
-        }
-        c.check_time("waiting for identical rows");
-        std::thread::sleep(Duration::from_millis(300));
-    }
 }

@@ -1,5 +1,8 @@
-//! Golden renderings of one fixed execution plan, in every format. A change to how plans look
-//! shows up as a diff here; `UPDATE_GOLDEN=1 cargo test golden` rewrites the files after review.
+//! Golden renderings of execution plans, in every format: one hand-built plan (how plans look,
+//! no server), and what `pgtransit plan` produces for a fixed small schema between two real
+//! throwaway servers (what the planner decides: steps, their order and SQL, checks). A change
+//! shows up as a diff here; `UPDATE_GOLDEN=1 cargo test --test integration golden` rewrites the
+//! files after review.
 
 use std::path::Path;
 
@@ -9,6 +12,8 @@ use pgtransit::execution_plan::{
 };
 use pgtransit::migration_plan::Mode;
 use pgtransit::report::{self, Format, PlanReport, ServerSummary};
+
+use crate::support::{LocalCluster, Run, TempDir, cluster_of, pgtransit, plan_yaml, sql};
 
 fn step(id: &str, phase: Phase, action: Action, object: &str, sql: &str) -> Step {
     Step {
@@ -206,4 +211,153 @@ fn text_summary_line_counts_every_action() {
         ),
         "{text}"
     );
+}
+
+// -- what the planner produces ---------------------------------------------------------------
+
+/// The PostgreSQL major of both servers: CI's (Debian's 15), pinned as the version matrix
+/// pins its majors (`support::cluster_of`: the harness's pinned build from the package
+/// registries, or `$PGTRANSIT_PG15_BIN`), so that the plan does not vary with what a machine
+/// has installed.
+const PLANNED_MAJOR: u32 = 15;
+
+/// A small schema with an object of most kinds the planner handles: schemas, an enum, a
+/// table with an identity column, a serial, defaults, a check and a foreign key, an index, a
+/// function and a trigger, a view, a partitioned table, a table without a key, comments, a
+/// sequence, and rows (analyzed, so that the estimates are fixed).
+const PLANNED_SOURCE: &str = "
+CREATE SCHEMA sales;
+CREATE TYPE sales.status AS ENUM ('new', 'paid', 'shipped');
+CREATE TABLE public.customers (
+    id int GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    name text NOT NULL,
+    email text UNIQUE
+);
+CREATE TABLE sales.orders (
+    id bigserial PRIMARY KEY,
+    customer int NOT NULL REFERENCES public.customers,
+    status sales.status NOT NULL DEFAULT 'new',
+    total numeric(12,2) CHECK (total >= 0),
+    placed timestamptz NOT NULL DEFAULT now()
+);
+CREATE INDEX orders_customer ON sales.orders (customer);
+COMMENT ON TABLE sales.orders IS 'one row per order';
+CREATE TABLE sales.audit (at timestamptz DEFAULT now(), what text);
+CREATE FUNCTION sales.audit_order() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN INSERT INTO sales.audit (what) VALUES ('order ' || NEW.id); RETURN NEW; END $$;
+CREATE TRIGGER audit AFTER INSERT ON sales.orders
+    FOR EACH ROW EXECUTE FUNCTION sales.audit_order();
+CREATE VIEW sales.paid AS SELECT id, customer, total FROM sales.orders WHERE status = 'paid';
+CREATE TABLE public.events (id int NOT NULL, kind text) PARTITION BY RANGE (id);
+CREATE TABLE public.events_low PARTITION OF public.events FOR VALUES FROM (0) TO (1000);
+CREATE TABLE public.events_high PARTITION OF public.events FOR VALUES FROM (1000) TO (MAXVALUE);
+CREATE SEQUENCE public.invoice_no START 1000;
+CREATE TABLE public.notes (id int PRIMARY KEY, body text NOT NULL);
+CREATE TABLE public.settings (key text PRIMARY KEY, value text);
+INSERT INTO public.customers (name, email)
+    SELECT 'c' || g, 'c' || g || '@example.com' FROM generate_series(1, 50) g;
+INSERT INTO sales.orders (customer, status, total)
+    SELECT 1 + g % 50, (ARRAY['new', 'paid', 'shipped'])[1 + g % 3]::sales.status, g * 1.5
+    FROM generate_series(1, 400) g;
+INSERT INTO public.events SELECT g, 'k' || g FROM generate_series(1, 1500, 7) g;
+INSERT INTO public.notes VALUES (1, 'first');
+INSERT INTO public.settings VALUES ('mode', 'live');
+SELECT setval('public.invoice_no', 1042);
+ANALYZE;
+";
+
+/// The target before the migration: one table already as on the source (unchanged), one with
+/// another definition (a conflict, shown with its diff).
+const PLANNED_TARGET: &str = "
+CREATE TABLE public.settings (key text PRIMARY KEY, value text);
+CREATE TABLE public.notes (id int PRIMARY KEY, body varchar(20));
+";
+
+/// Runs `pgtransit plan` of the fixed schema in every format, normalised (see
+/// [`normalise`]); `None` when PostgreSQL 15 could not be installed (skipped, see
+/// `support::pg_bin`).
+fn planned() -> Option<[(Format, String); 3]> {
+    let src = cluster_of(PLANNED_MAJOR, "golden-src", &[])?;
+    let tgt = cluster_of(PLANNED_MAJOR, "golden-tgt", &[])?;
+    for (c, text) in [(&src, PLANNED_SOURCE), (&tgt, PLANNED_TARGET)] {
+        c.create_database("shop").unwrap();
+        sql(c, "shop", text);
+    }
+    let dir = TempDir::new("golden");
+    // Jobs pinned: the default may come from the machine.
+    let extra = "mode: offline\nload:\n  jobs: 4\n";
+    let yaml = plan_yaml("shop", &src.url("shop"), &tgt.url("shop"), extra);
+    let file = dir.write("shop.yaml", &yaml);
+    let plan = |format: &str| {
+        let out = pgtransit(dir.path())
+            .args(["plan", file.to_str().unwrap(), "--format", format])
+            // The pg_dump of the pinned installation (its own, or the harness's pinned client
+            // tools for a server-only one), whatever else the machine has.
+            .env("PGTRANSIT_PG_DUMP", src.bin("pg_dump"))
+            .output()
+            .expect("run pgtransit plan");
+        let out = Run::of(out);
+        // Exit 1: the conflict blocks the plan (it is rendered all the same).
+        assert_eq!(out.code, 1, "{out:?}");
+        normalise(&out.stdout, &src, &tgt)
+    };
+    Some([
+        (Format::Text, plan("text")),
+        (Format::Markdown, plan("markdown")),
+        (Format::Json, plan("json")),
+    ])
+}
+
+/// What legitimately varies between runs, replaced by placeholders: the servers' ports and
+/// their minor release (`15.18` → `15.<minor>`; the major is pinned). The rest is fixed by the
+/// harness (host 127.0.0.1, user postgres) or the schema; the report has no paths, snapshot
+/// names, OIDs or measured timings (its load time is an estimate from the sizes).
+fn normalise(text: &str, src: &LocalCluster, tgt: &LocalCluster) -> String {
+    let mut out = text.to_string();
+    for (c, port) in [(src, "<source-port>"), (tgt, "<target-port>")] {
+        out = replace_token(&out, &c.port().to_string(), port);
+        let num: u32 = sql(c, "postgres", "SHOW server_version_num").parse().unwrap();
+        let (major, minor) = (num / 10_000, num % 10_000);
+        out = replace_token(&out, &format!("{major}.{minor}"), &format!("{major}.<minor>"));
+    }
+    out
+}
+
+/// `text` with every `token` that stands alone (not part of a longer number: no digit or dot
+/// right before it, no digit or dot-and-digit right after it) replaced by `with`.
+fn replace_token(text: &str, token: &str, with: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(i) = rest.find(token) {
+        let (before, after) = (&rest[..i], &rest[i + token.len()..]);
+        out.push_str(before);
+        let joined_before =
+            before.chars().next_back().is_some_and(|c| c.is_ascii_digit() || c == '.');
+        let mut next = after.chars();
+        let joined_after = match next.next() {
+            Some(c) if c.is_ascii_digit() => true,
+            Some('.') => next.next().is_some_and(|c| c.is_ascii_digit()),
+            _ => false,
+        };
+        out.push_str(if joined_before || joined_after { token } else { with });
+        rest = after;
+    }
+    out.push_str(rest);
+    out
+}
+
+#[test]
+fn planned_execution_plan_of_a_fixed_schema_matches_golden_files_in_every_format() {
+    let Some(renderings) = planned() else { return };
+    for (format, text) in renderings {
+        let name = match format {
+            Format::Text => "planned.txt",
+            Format::Markdown => "planned.md",
+            Format::Json => "planned.json",
+        };
+        if format == Format::Json {
+            serde_json::from_str::<serde_json::Value>(&text).expect("the JSON stays JSON");
+        }
+        golden(name, &text);
+    }
 }

@@ -3,7 +3,8 @@
 //! for real: `pg_dump --schema-only` of both sides and per-table row checksums.
 
 use crate::support::{
-    LocalCluster, TempDir, assert_migrated, cluster, load_pagila, plan_yaml, run, sql,
+    LocalCluster, TempDir, assert_migrated, cluster, load_pagila, pair, plan_yaml, run, sql,
+    wait_step_running,
 };
 
 fn offline_plan(
@@ -20,16 +21,6 @@ fn offline_plan(
     .to_str()
     .unwrap()
     .to_string()
-}
-
-/// A source and a target cluster, each with a database `app`; `source_sql` fills the source.
-fn pair(name: &str, source_sql: &str) -> (LocalCluster, LocalCluster) {
-    let src = cluster(&format!("{name}-src"), &[]);
-    let tgt = cluster(&format!("{name}-tgt"), &[]);
-    src.create_database("app").unwrap();
-    tgt.create_database("app").unwrap();
-    sql(&src, "app", source_sql);
-    (src, tgt)
 }
 
 #[test]
@@ -198,19 +189,7 @@ fn ctrl_c_during_a_long_index_build_cancels_it_and_the_next_apply_builds_it() {
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    let state = dir.path().join(".pgtransit/cancel/state.json");
-    let step = "post_load:index:public.t_slow";
-    let start = std::time::Instant::now();
-    loop {
-        let text = std::fs::read_to_string(&state).unwrap_or_default();
-        let doc: serde_json::Value = serde_json::from_str(&text).unwrap_or_default();
-        if doc["steps"][step]["status"] == "running" {
-            break;
-        }
-        assert!(start.elapsed() < std::time::Duration::from_secs(30), "{step} never ran: {text}");
-        assert!(child.try_wait().unwrap().is_none(), "apply ended before {step}");
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    }
+    wait_step_running(&dir, "cancel", "post_load:index:public.t_slow", &mut child);
     // Ctrl-C: the build (20 s here) is cancelled, not waited for.
     std::thread::sleep(std::time::Duration::from_millis(500));
     let asked = std::time::Instant::now();

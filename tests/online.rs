@@ -7,21 +7,10 @@ use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use crate::support::{
-    LocalCluster, Proxy, TempDir, apply_output, assert_same_schema, cluster, logical_source,
-    pgtransit, plan_yaml, run, schema_dump, sql, start_apply, start_apply_with, state, state_file,
-    stop, table_checksums, wait_for, wait_identical, wait_streaming,
+    LocalCluster, Proxy, TempDir, apply_output, assert_same_schema, logical_pair, pgtransit,
+    plan_yaml, run, schema_dump, sql, start_apply, start_apply_with, state, state_file, stop,
+    table_checksums, wait_exit, wait_for, wait_identical, wait_step_running, wait_streaming,
 };
-
-/// A source with `wal_level=logical` and a target, each with a database `app`; `source_sql`
-/// fills the source.
-fn pair(name: &str, source_sql: &str) -> (LocalCluster, LocalCluster) {
-    let src = logical_source(&format!("{name}-src"));
-    let tgt = cluster(&format!("{name}-tgt"), &[]);
-    src.create_database("app").unwrap();
-    tgt.create_database("app").unwrap();
-    sql(&src, "app", source_sql);
-    (src, tgt)
-}
 
 /// An online migration plan of `app`, written in `dir`.
 fn online_plan(
@@ -65,7 +54,7 @@ INSERT INTO keyless VALUES (1, 'one'), (1, 'one'), (2, NULL);
 
 #[test]
 fn online_sync_streams_every_change_kind_exactly_once_and_abort_leaves_nothing() {
-    let (src, tgt) = pair("online-kinds", SHOP);
+    let (src, tgt) = logical_pair("online-kinds", SHOP);
     let dir = TempDir::new("online-kinds");
     let plan = online_plan(
         &dir,
@@ -226,7 +215,7 @@ fn writer(src: &LocalCluster, n: usize) -> std::thread::JoinHandle<()> {
 
 #[test]
 fn kill_9_while_streaming_then_resume_loses_and_doubles_nothing() {
-    let (src, tgt) = pair(
+    let (src, tgt) = logical_pair(
         "online-kill",
         "CREATE TABLE ticks (i int, at timestamptz);
          CREATE TABLE counter (id int PRIMARY KEY, n bigint);
@@ -268,7 +257,7 @@ fn kill_9_while_streaming_then_resume_loses_and_doubles_nothing() {
 
 #[test]
 fn ddl_on_the_source_stops_the_stream_with_what_changed_and_apply_resumes_once_fixed() {
-    let (src, tgt) = pair(
+    let (src, tgt) = logical_pair(
         "online-ddl",
         "CREATE TABLE items (id int PRIMARY KEY, name text); INSERT INTO items VALUES (1, 'a');",
     );
@@ -282,14 +271,8 @@ fn ddl_on_the_source_stops_the_stream_with_what_changed_and_apply_resumes_once_f
         "app",
         "ALTER TABLE items ADD COLUMN price numeric; INSERT INTO items VALUES (2, 'b', 9.5);",
     );
-    let start = Instant::now();
-    let status = loop {
-        if let Some(s) = child.try_wait().unwrap() {
-            break s;
-        }
-        assert!(start.elapsed() < Duration::from_secs(30), "apply kept streaming after DDL");
-        std::thread::sleep(Duration::from_millis(100));
-    };
+    let status =
+        wait_exit(&mut child, Duration::from_secs(30)).expect("apply kept streaming after DDL");
     let output = apply_output(&dir);
     assert_eq!(status.code(), Some(1), "{output}");
     assert!(output.contains("the source's schema changed"), "{output}");
@@ -312,7 +295,7 @@ fn ddl_on_the_source_stops_the_stream_with_what_changed_and_apply_resumes_once_f
 
 #[test]
 fn pgbench_writing_during_sync_ends_with_identical_tables_and_a_later_row_arrives() {
-    let (src, tgt) = pair("online-pgbench", "SELECT 1;");
+    let (src, tgt) = logical_pair("online-pgbench", "SELECT 1;");
     let init = pgbench(&src, &["-i", "-s", "2", "-q"]);
     assert!(init.status.success(), "{}", String::from_utf8_lossy(&init.stderr));
     let dir = TempDir::new("online-pgbench");
@@ -400,7 +383,7 @@ GRANT USAGE, SELECT, UPDATE ON ALL SEQUENCES IN SCHEMA public TO app;
 
 #[test]
 fn cutover_fences_every_writer_drains_sets_sequences_verifies_and_leaves_no_slot() {
-    let (src, tgt) = pair("cutover", &format!("{SHOP}{APP_ROLE}"));
+    let (src, tgt) = logical_pair("cutover", &format!("{SHOP}{APP_ROLE}"));
     sql(&tgt, "app", "CREATE ROLE app LOGIN;");
     let dir = TempDir::new("cutover");
     let plan = online_plan(
@@ -467,8 +450,10 @@ fn cutover_fences_every_writer_drains_sets_sequences_verifies_and_leaves_no_slot
 
 #[test]
 fn a_cutover_cut_off_in_its_clean_up_is_finished_by_the_next_apply() {
-    let (src, tgt) =
-        pair("online-cleanup", "CREATE TABLE t (id int PRIMARY KEY); INSERT INTO t VALUES (1);");
+    let (src, tgt) = logical_pair(
+        "online-cleanup",
+        "CREATE TABLE t (id int PRIMARY KEY); INSERT INTO t VALUES (1);",
+    );
     let dir = TempDir::new("online-cleanup");
     let plan = online_plan(&dir, "cleanup", &src, &tgt, "");
     // Verified, then killed before the slot, publication and origin are dropped.
@@ -497,7 +482,7 @@ fn a_cutover_cut_off_in_its_clean_up_is_finished_by_the_next_apply() {
 
 #[test]
 fn verification_catches_a_corrupted_row_and_the_failed_cutover_leaves_the_source_writable() {
-    let (src, tgt) = pair(
+    let (src, tgt) = logical_pair(
         "verify",
         "CREATE TABLE items (id int PRIMARY KEY, name text);
          INSERT INTO items SELECT g, 'n' || g FROM generate_series(1, 1000) g;",
@@ -552,7 +537,7 @@ fn verification_catches_a_corrupted_row_and_the_failed_cutover_leaves_the_source
 
 #[test]
 fn a_crash_of_either_server_during_sync_is_waited_for_and_nothing_is_lost_or_doubled() {
-    let (mut src, mut tgt) = pair(
+    let (mut src, mut tgt) = logical_pair(
         "online-crash",
         "CREATE TABLE ticks (i int, at timestamptz);
          CREATE TABLE counter (id int PRIMARY KEY, n bigint);
@@ -597,7 +582,7 @@ fn a_crash_of_either_server_during_sync_is_waited_for_and_nothing_is_lost_or_dou
 
 #[test]
 fn crashes_of_the_target_and_the_source_during_the_load_are_waited_for_and_the_copy_redone() {
-    let (mut src, mut tgt) = pair(
+    let (mut src, mut tgt) = logical_pair(
         "online-load-crash",
         "CREATE TABLE big (id int PRIMARY KEY, v text);
          INSERT INTO big SELECT i, repeat('x', 50) FROM generate_series(1, 20000) i;
@@ -654,15 +639,7 @@ fn crashes_of_the_target_and_the_source_during_the_load_are_waited_for_and_the_c
     sql(&tgt, "app", "CREATE TABLE late (id int PRIMARY KEY);");
     let mut locker = hold(&tgt, "late");
     let mut child = start_apply(&dir, &plan, &[]);
-    let start = Instant::now();
-    while state(&dir, "loadcrash")["steps"]["load:table:public.late"]["status"] != "running" {
-        assert!(
-            start.elapsed() < Duration::from_secs(30) && child.try_wait().unwrap().is_none(),
-            "the copy of late did not start:\n{}",
-            apply_output(&dir)
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    wait_step_running(&dir, "loadcrash", "load:table:public.late", &mut child);
     let w = writer(&src, 300);
     src.crash().unwrap();
     std::thread::sleep(Duration::from_millis(500));
@@ -700,7 +677,7 @@ fn crashes_of_the_target_and_the_source_during_the_load_are_waited_for_and_the_c
 
 #[test]
 fn a_server_that_stops_answering_on_an_open_connection_is_given_up_on_and_the_stream_resumes() {
-    let (src, tgt) = pair(
+    let (src, tgt) = logical_pair(
         "online-freeze",
         "CREATE TABLE ticks (i int, at timestamptz);
          CREATE TABLE counter (id int PRIMARY KEY, n bigint);
@@ -754,7 +731,7 @@ fn a_server_that_stops_answering_on_an_open_connection_is_given_up_on_and_the_st
 
 #[test]
 fn a_server_gone_longer_than_retry_for_ends_apply_with_a_clear_error_and_it_resumes_later() {
-    let (src, mut tgt) = pair(
+    let (src, mut tgt) = logical_pair(
         "online-giveup",
         "CREATE TABLE counter (id int PRIMARY KEY, n bigint); INSERT INTO counter VALUES (1, 0);",
     );
@@ -767,14 +744,7 @@ fn a_server_gone_longer_than_retry_for_ends_apply_with_a_clear_error_and_it_resu
     // to do; nothing is lost meanwhile (the slot keeps the changes).
     tgt.crash().unwrap();
     sql(&src, "app", "UPDATE counter SET n = n + 1");
-    let start = Instant::now();
-    let status = loop {
-        if let Some(s) = child.try_wait().unwrap() {
-            break s;
-        }
-        assert!(start.elapsed() < Duration::from_secs(60), "apply never gave up");
-        std::thread::sleep(Duration::from_millis(100));
-    };
+    let status = wait_exit(&mut child, Duration::from_secs(60)).expect("apply never gave up");
     let log = apply_output(&dir);
     assert_eq!(status.code(), Some(1), "{log}");
     assert!(log.contains("lost the connection to a server"), "{log}");
@@ -794,7 +764,7 @@ fn a_server_gone_longer_than_retry_for_ends_apply_with_a_clear_error_and_it_resu
 
 #[test]
 fn a_table_that_comes_into_scope_later_is_copied_and_then_streamed() {
-    let (src, tgt) = pair(
+    let (src, tgt) = logical_pair(
         "online-scope",
         "CREATE TABLE a (id int PRIMARY KEY); CREATE TABLE b (id int PRIMARY KEY);
          INSERT INTO a VALUES (1); INSERT INTO b VALUES (1);",
@@ -826,7 +796,7 @@ fn a_table_that_comes_into_scope_later_is_copied_and_then_streamed() {
 
 #[test]
 fn a_saved_online_plan_streams_resumes_and_cuts_over_exactly_as_reviewed() {
-    let (src, tgt) = pair(
+    let (src, tgt) = logical_pair(
         "online-saved",
         "CREATE TABLE items (id int PRIMARY KEY, name text);
          INSERT INTO items SELECT g, 'n' || g FROM generate_series(1, 100) g;",
@@ -868,7 +838,7 @@ fn a_saved_online_plan_streams_resumes_and_cuts_over_exactly_as_reviewed() {
 
 #[test]
 fn streamed_changes_to_inheritance_parents_and_composite_keys_reach_exactly_their_rows() {
-    let (src, tgt) = pair(
+    let (src, tgt) = logical_pair(
         "online-inherit",
         "CREATE TYPE pair AS (a int, b text);
          CREATE TABLE comp (k pair PRIMARY KEY, v int);

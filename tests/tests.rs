@@ -14,7 +14,8 @@ mod demo;
 mod connections;
 // Offline migrations: execution plans, saved plans, apply, state, resume, conflicts, lock.
 mod offline;
-// Golden renderings of an execution plan (text, markdown, JSON); no server.
+// Golden renderings of execution plans (text, markdown, JSON): a hand-built one (no server),
+// and what `pgtransit plan` produces for a fixed schema on two real servers.
 mod golden;
 // Online migrations: slot and snapshot, change streaming, status, abort, resume, drift.
 mod online;

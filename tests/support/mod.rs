@@ -10,8 +10,8 @@ pub use pgtransit::cluster::{ClusterOptions, LocalCluster};
 mod online;
 mod proxy;
 pub use online::{
-    apply_output, start_apply, start_apply_with, state, state_file, stop, wait_for, wait_identical,
-    wait_streaming,
+    apply_output, poll, rows_differ, start_apply, start_apply_with, state, state_file, stop,
+    terminate, wait_exit, wait_for, wait_identical, wait_step_running, wait_streaming,
 };
 pub use proxy::Proxy;
 
@@ -77,6 +77,25 @@ pub fn cluster_of(major: u32, name: &str, settings: &[(&str, &str)]) -> Option<L
     });
     assert_eq!(c.major_version().unwrap(), major, "cluster {name} runs another major version");
     Some(c)
+}
+
+/// A source and a target cluster (`{name}-src`, `{name}-tgt`), each with a database `app`;
+/// `source_sql` fills the source.
+pub fn pair(name: &str, source_sql: &str) -> (LocalCluster, LocalCluster) {
+    pair_of(cluster(&format!("{name}-src"), &[]), name, source_sql)
+}
+
+/// [`pair`] with a source of `wal_level=logical`, as online migrations need.
+pub fn logical_pair(name: &str, source_sql: &str) -> (LocalCluster, LocalCluster) {
+    pair_of(logical_source(&format!("{name}-src")), name, source_sql)
+}
+
+fn pair_of(src: LocalCluster, name: &str, source_sql: &str) -> (LocalCluster, LocalCluster) {
+    let tgt = cluster(&format!("{name}-tgt"), &[]);
+    src.create_database("app").unwrap();
+    tgt.create_database("app").unwrap();
+    sql(&src, "app", source_sql);
+    (src, tgt)
 }
 
 /// Loads pagila into a new database `db` of `c`.

@@ -1,8 +1,9 @@
 //! Helpers for online migrations: `apply` in the background, its state and output, waiting
 //! for it to stream and for both sides to hold the same rows, stopping it.
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
-use std::process::{Child, Stdio};
+use std::process::{Child, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
 use super::{LocalCluster, TempDir, pgtransit, run, table_checksums};
@@ -41,41 +42,78 @@ pub fn apply_output(dir: &TempDir) -> String {
     format!("--- stdout\n{}\n--- stderr\n{}", read("apply.out"), read("apply.err"))
 }
 
-/// Waits until `ok` holds, or panics with `what` after `limit`.
-pub fn wait_for(limit: Duration, what: &str, mut ok: impl FnMut() -> bool) {
+/// Polls `ok` every `every` until it holds (true), or until `limit` has passed (false): the one
+/// polling loop of the suite, under [`wait_for`] and the other waits.
+pub fn poll(limit: Duration, every: Duration, mut ok: impl FnMut() -> bool) -> bool {
     let start = Instant::now();
-    while !ok() {
-        assert!(start.elapsed() < limit, "timed out after {limit:?} waiting for {what}");
-        std::thread::sleep(Duration::from_millis(100));
+    loop {
+        if ok() {
+            return true;
+        }
+        if start.elapsed() >= limit {
+            return false;
+        }
+        std::thread::sleep(every);
     }
+}
+
+/// Waits until `ok` holds, or panics with `what` after `limit`.
+pub fn wait_for(limit: Duration, what: &str, ok: impl FnMut() -> bool) {
+    assert!(
+        poll(limit, Duration::from_millis(100), ok),
+        "timed out after {limit:?} waiting for {what}"
+    );
+}
+
+/// Waits (`limit` at most) until `child` exits: its status, or `None` if it still runs.
+pub fn wait_exit(child: &mut Child, limit: Duration) -> Option<ExitStatus> {
+    let mut status = None;
+    poll(limit, Duration::from_millis(50), || {
+        status = child.try_wait().unwrap();
+        status.is_some()
+    });
+    status
+}
+
+/// Waits (30 s at most) until `step` of migration `name` is recorded `running` in its state,
+/// while `child` (the apply) still runs; panics with the state and the apply's output if it
+/// ends first or the step does not start.
+pub fn wait_step_running(dir: &TempDir, name: &str, step: &str, child: &mut Child) {
+    let running = poll(Duration::from_secs(30), Duration::from_millis(20), || {
+        if state(dir, name)["steps"][step]["status"] == "running" {
+            return true;
+        }
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "apply ended before {step}:\n{}",
+            apply_output(dir)
+        );
+        false
+    });
+    assert!(running, "{step} never ran: {}\n{}", state(dir, name), apply_output(dir));
 }
 
 /// Waits until this background apply streams with no lag (as `status` says: a killed apply's
 /// state may still say it streamed).
 pub fn wait_streaming(dir: &TempDir, name: &str, child: &mut Child) {
-    let start = Instant::now();
     let plan = dir.path().join(format!("{name}.yaml"));
     let me = format!("pid {} ", child.id());
-    loop {
+    let streaming = poll(Duration::from_secs(60), Duration::from_millis(100), || {
         let s = state(dir, name);
         if s["sync"]["streaming"] == true && s["sync"]["lag_seconds"].as_f64() == Some(0.0) {
             let st = run(dir.path(), &["status", plan.to_str().unwrap(), "--format", "json"]);
             let st = st.json();
             if st["phase"] == "streaming" && st["running"].as_str().is_some_and(|r| r.contains(&me))
             {
-                return;
+                return true;
             }
         }
         if let Ok(Some(status)) = child.try_wait() {
             panic!("apply exited ({status}) before streaming:\n{}", apply_output(dir));
         }
-        assert!(
-            start.elapsed() < Duration::from_secs(60),
-            "apply did not start streaming within 60 s:\n{}",
-            apply_output(dir)
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+        false
+    });
+    assert!(streaming, "apply did not start streaming within 60 s:\n{}", apply_output(dir));
 }
 
 /// Waits until every table's rows of `app` are identical on both sides (see
@@ -87,32 +125,47 @@ pub fn wait_identical(src: &LocalCluster, tgt: &LocalCluster, dir: &TempDir) {
 /// Waits (30 s at most) until every table's rows of `db` are identical on both sides; panics
 /// naming the tables that still differ, with the background apply's output from `dir`.
 pub fn wait_identical_in(src: &LocalCluster, tgt: &LocalCluster, db: &str, dir: &TempDir) {
-    let start = Instant::now();
-    loop {
-        let (a, b) = (table_checksums(src, db), table_checksums(tgt, db));
-        if a == b {
-            return;
-        }
-        if start.elapsed() > Duration::from_secs(30) {
-            let differ: Vec<&String> = a.keys().filter(|t| a.get(*t) != b.get(*t)).collect();
-            panic!("rows still differ after 30 s in {differ:?}:\n{}", apply_output(dir));
-        }
-        std::thread::sleep(Duration::from_millis(200));
+    let same = poll(Duration::from_secs(30), Duration::from_millis(200), || {
+        rows_differ(src, tgt, db).is_empty()
+    });
+    if !same {
+        let differ: Vec<String> = rows_differ(src, tgt, db).into_keys().collect();
+        panic!("rows still differ after 30 s in {differ:?}:\n{}", apply_output(dir));
     }
+}
+
+/// The tables of `db` whose rows differ between the two sides (or that one side lacks), with
+/// each side's checksum (see [`table_checksums`]); empty when both hold the same rows.
+pub fn rows_differ(
+    src: &LocalCluster,
+    tgt: &LocalCluster,
+    db: &str,
+) -> BTreeMap<String, (Option<String>, Option<String>)> {
+    let (a, b) = (table_checksums(src, db), table_checksums(tgt, db));
+    let tables: BTreeSet<&String> = a.keys().chain(b.keys()).collect();
+    tables
+        .into_iter()
+        .filter(|t| a.get(*t) != b.get(*t))
+        .map(|t| (t.clone(), (a.get(t).cloned(), b.get(t).cloned())))
+        .collect()
 }
 
 /// Stops the background apply with SIGTERM and returns its exit code.
 pub fn stop(child: &mut Child) -> i32 {
-    let _ = std::process::Command::new("kill").args(["-TERM", &child.id().to_string()]).status();
-    let start = Instant::now();
-    loop {
-        if let Ok(Some(status)) = child.try_wait() {
-            return status.code().unwrap_or(-1);
-        }
-        if start.elapsed() > Duration::from_secs(30) {
-            let _ = child.kill();
-            panic!("apply did not stop within 30 s of SIGTERM");
-        }
-        std::thread::sleep(Duration::from_millis(50));
+    match terminate(child) {
+        Some(status) => status.code().unwrap_or(-1),
+        None => panic!("apply did not stop within 30 s of SIGTERM"),
     }
+}
+
+/// SIGTERM, as an operator stops a run, and its exit status; `None` (and killed) if it had not
+/// stopped 30 s later.
+pub fn terminate(child: &mut Child) -> Option<ExitStatus> {
+    let _ = std::process::Command::new("kill").args(["-TERM", &child.id().to_string()]).status();
+    let status = wait_exit(child, Duration::from_secs(30));
+    if status.is_none() {
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+    status
 }

@@ -28,6 +28,17 @@ pub fn origin_name(migration: &str) -> String {
     format!("pgtransit_{}", stem(migration))
 }
 
+/// The prefix of the logical messages the stream of `slot` emits on the source (its
+/// heartbeats; the cutover's barrier is [`barrier_prefix`]).
+pub fn message_prefix(slot: &str) -> String {
+    format!("pgtransit:{slot}")
+}
+
+/// The prefix of the cutover's barrier message on the source.
+pub fn barrier_prefix(slot: &str) -> String {
+    format!("{}:barrier", message_prefix(slot))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1146,11 +1146,7 @@ fn online_load_steps(
     let mut out = vec![];
     if !made_full.is_empty() {
         out.push(Step {
-            sql: made_full
-                .iter()
-                .map(|t| format!("ALTER TABLE {t} REPLICA IDENTITY FULL;"))
-                .collect::<Vec<_>>()
-                .join("\n"),
+            sql: replica_identity_full_sql(made_full),
             note: Some(
                 "on the source (sync.tables_without_key: replica_identity_full): updates and \
                  deletes of these tables carry the whole old row, which the target matches on"
@@ -1290,7 +1286,7 @@ fn sync_steps(migration: &str, tables: Vec<StreamTable>) -> Vec<Step> {
                  SELECT pg_logical_emit_message(false, {}, '<n>');",
                 ident(&slot),
                 ident(&publication),
-                crate::sql::literal(&format!("pgtransit:{slot}")),
+                crate::sql::literal(&crate::naming::message_prefix(&slot)),
             ),
             estimate: None,
             note: Some(
@@ -1391,7 +1387,7 @@ fn cutover_steps(
             format!(
                 "SELECT pg_logical_emit_message(false, {}, '<barrier>');\n\
                  -- the stream applies everything up to the barrier, then stops",
-                crate::sql::literal(&format!("pgtransit:{slot}:barrier"))
+                crate::sql::literal(&crate::naming::barrier_prefix(&slot))
             ),
             "on the source, after the fence: nothing commits after the barrier",
             Work::Drain,
@@ -1404,9 +1400,8 @@ fn cutover_steps(
             &format!("sequence:{}", qualified(&s.schema, &s.name)),
             format!("sequence {}", qualified(&s.schema, &s.name)),
             format!(
-                "-- value read on the fenced source:\nSELECT setval({}, <last_value> + {margin}, \
-                 <is_called>);",
-                crate::sql::literal(&name)
+                "-- value read on the fenced source:\n{}",
+                setval_sql(&name, &format!("<last_value> + {margin}"), "<is_called>")
             ),
             "sequences are not replicated: each one, owned by a column or not, is set from the \
              fenced source",
@@ -1467,6 +1462,22 @@ fn cleanup_step(migration: &str, note: &str) -> Step {
         after: vec![],
         table: None,
     }
+}
+
+/// `sync.tables_without_key: replica_identity_full`: the statements the replica identity step
+/// shows and runs on the source (`tables` quoted).
+pub fn replica_identity_full_sql(tables: &[String]) -> String {
+    tables
+        .iter()
+        .map(|t| format!("ALTER TABLE {t} REPLICA IDENTITY FULL;"))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// Sets sequence `name` (quoted) to `value`, `called` (SQL text: the cutover's step shows
+/// placeholders where it runs the values read on the fenced source).
+pub fn setval_sql(name: &str, value: &str, called: &str) -> String {
+    format!("SELECT setval({}, {value}, {called});", crate::sql::literal(name))
 }
 
 /// The fence's statements (`cutover.fence`): what the fence step shows, and what the cutover

@@ -205,10 +205,7 @@ pub(crate) async fn run_step(
             }
             Work::SourceSql => in_transaction(source, &step.sql).await,
             Work::ReplicaIdentityFull { tables } => {
-                let sql = tables
-                    .iter()
-                    .map(|t| format!("ALTER TABLE {t} REPLICA IDENTITY FULL;"))
-                    .collect::<String>();
+                let sql = crate::planner::replica_identity_full_sql(tables);
                 let r = in_transaction(source, &sql).await;
                 if r.is_ok() {
                     let mut state = shared.lock().await;
@@ -337,7 +334,7 @@ async fn set_sequence(
     let called = called || margin > 0;
     // setval alone assigns no transaction id, and such a commit is not flushed even with
     // synchronous_commit = on: txid_current() makes this one durable before it returns.
-    let sql =
-        format!("SELECT txid_current(); SELECT setval({}, {value}, {called});", literal(&name));
+    let setval = crate::planner::setval_sql(&name, &value.to_string(), &called.to_string());
+    let sql = format!("SELECT txid_current(); {setval}");
     target_sql(target, &sql).await
 }

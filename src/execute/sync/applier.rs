@@ -322,7 +322,10 @@ pub(crate) struct Applier<'a> {
     pub(crate) applied_lsn: u64,
     pub(crate) confirmed: u64,
     pub(crate) sync: SyncState,
+    /// The prefix of this stream's heartbeat messages.
     pub(crate) prefix: String,
+    /// The prefix of the cutover's barrier message.
+    pub(crate) barrier: String,
 }
 
 impl<'a> Applier<'a> {

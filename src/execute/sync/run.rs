@@ -88,7 +88,7 @@ pub async fn stream(
         nonce: format!("{}.{}", std::process::id(), now_f64()),
         ..Heartbeats::default()
     }));
-    let prefix = format!("pgtransit:{slot}");
+    let prefix = crate::naming::message_prefix(slot);
     let heartbeat = {
         let source =
             crate::conn::connect_with(&servers.source, "pgtransit/heartbeat", &servers.policy)
@@ -170,6 +170,7 @@ pub async fn stream(
         confirmed: start,
         sync,
         prefix,
+        barrier: crate::naming::barrier_prefix(slot),
     };
     // The watchdog: a server that stops answering on a connection still open would hold the
     // applier forever.
@@ -239,7 +240,7 @@ async fn run_stream(
     state: &mut State,
 ) -> Result<Stopped, ApplyError> {
     let mut fenced: Option<Fenced> = None;
-    let barrier = format!("{}:barrier", a.prefix);
+    let barrier = a.barrier.clone();
     let mut last_report = Instant::now();
     let mut last_event = Instant::now();
     // How long the applier has waited on the stream, in vain, since the last change came (time

@@ -790,13 +790,7 @@ pub fn verify(out: &mut dyn Write, r: &crate::verify::Report, format: Format) ->
         } else {
             differ += 1;
             let label = if r.sync_running { paint(YELLOW, "behind") } else { paint(RED, "differ") };
-            let mut text = format!(
-                "  {label} {}: {} rows on the source, {} on the target{}",
-                c.table,
-                c.source_rows,
-                c.target_rows,
-                if c.checksums_equal { "" } else { ", checksums differ" }
-            );
+            let mut text = format!("  {label} {}: {}", c.table, c.counts());
             if !c.differing_ranges.is_empty() {
                 text.push_str(&format!(" (at {})", c.differing_ranges.join(", ")));
             }

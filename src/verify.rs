@@ -40,6 +40,17 @@ impl TableCheck {
     pub fn equal(&self) -> bool {
         self.missing_on.is_none() && self.source_rows == self.target_rows && self.checksums_equal
     }
+
+    /// How the two sides compare: `N rows on the source, M on the target`, and whether the
+    /// checksums differ.
+    pub fn counts(&self) -> String {
+        format!(
+            "{} rows on the source, {} on the target{}",
+            self.source_rows,
+            self.target_rows,
+            if self.checksums_equal { "" } else { ", checksums differ" }
+        )
+    }
 }
 
 /// Pins the settings that shape a row's text on a session.

@@ -270,13 +270,7 @@ async fn finish_steps(ctx: &Ctx<'_>, steps: &[&Step], state: &mut State) -> Resu
                     .iter()
                     .filter(|c| !c.equal())
                     .map(|c| {
-                        let mut s = format!(
-                            "{} ({} rows on the source, {} on the target{})",
-                            c.table,
-                            c.source_rows,
-                            c.target_rows,
-                            if c.checksums_equal { "" } else { ", checksums differ" }
-                        );
+                        let mut s = format!("{} ({})", c.table, c.counts());
                         if !c.differing_ranges.is_empty() {
                             s.push_str(&format!("; at {}", c.differing_ranges.join(", ")));
                         }

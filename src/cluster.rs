@@ -1096,10 +1096,17 @@ impl LocalCluster {
             PG_CTL_TIMEOUT_SECS,
             "stop",
         ]);
+        let pid = self.postmaster_pid();
         let result = run(&mut cmd);
         match result {
             Ok(_) => {
                 self.running = false;
+                // pg_ctl returns once the postmaster removed its pid file, which it does just
+                // before it exits: the process itself may linger a moment (longer on a busy
+                // machine). Stopped means gone.
+                if let Some(pid) = pid {
+                    wait_until_gone(pid, Duration::from_secs(10));
+                }
                 Ok(())
             }
             Err(e) => Err(self.server_error(&format!("stop -m {mode}"), e)),

@@ -1490,7 +1490,8 @@ pub struct FenceSql {
     /// New sessions of the source database are read-only (committed on its own).
     pub read_only: String,
     /// The sessions the fence ends, as a `pg_stat_activity` condition: every client session of
-    /// the database but pgtransit's own (`application_name` `pgtransit/...`) and the fencing one.
+    /// the database but the one ending them; pgtransit's own are left out by their pid and start
+    /// time ([`FenceSql::others_but`]), which no setting can make look like anyone else's.
     pub others: String,
 }
 
@@ -1513,11 +1514,28 @@ impl FenceSql {
                 ident(database)
             ),
             others: format!(
-                "datname = {} AND pid <> pg_backend_pid() AND backend_type = 'client backend'\n  \
-                 AND NOT application_name LIKE 'pgtransit/%'",
+                "datname = {} AND pid <> pg_backend_pid() AND backend_type = 'client backend'",
                 crate::sql::literal(database)
             ),
         }
+    }
+
+    /// [`FenceSql::others`] but for `own` sessions (pid, `backend_start` as text): pgtransit's
+    /// own, which the fence must not end whatever their `application_name` says (a user's
+    /// `PGAPPNAME` or connection string sets theirs too).
+    pub fn others_but(&self, own: &[(i32, String)]) -> String {
+        if own.is_empty() {
+            return self.others.clone();
+        }
+        let own: Vec<String> = own
+            .iter()
+            .map(|(pid, started)| format!("({pid}, {})", crate::sql::literal(started)))
+            .collect();
+        self.others_except(&own.join(", "))
+    }
+
+    fn others_except(&self, own: &str) -> String {
+        format!("{}\n  AND (pid, backend_start::text) NOT IN ({own})", self.others)
     }
 
     /// The fence step's SQL, as the plan shows it.
@@ -1534,7 +1552,7 @@ impl FenceSql {
              SELECT pg_terminate_backend(pid) FROM pg_stat_activity\nWHERE {};",
             lock.unwrap_or_default(),
             self.read_only,
-            self.others
+            self.others_except("<pgtransit's own sessions>")
         )
     }
 
@@ -1846,7 +1864,7 @@ mod tests {
              -- then, until none is left (pg_terminate_backend only signals):\n\
              SELECT pg_terminate_backend(pid) FROM pg_stat_activity\n\
              WHERE datname = 'shop db' AND pid <> pg_backend_pid() AND backend_type = 'client backend'\n  \
-             AND NOT application_name LIKE 'pgtransit/%';";
+             AND (pid, backend_start::text) NOT IN (<pgtransit's own sessions>);";
         let fence = FenceSql::new("shop db", "read_only", &tables);
         assert_eq!(fence.lock, None);
         assert_eq!(fence.shown(), read_only);
@@ -1862,8 +1880,20 @@ mod tests {
                  (lock_timeout 60s)\n{read_only}"
             )
         );
-        // What the fence ends is what the plan shows it ends.
+        // What the fence ends is what the plan shows it ends: every client session of the
+        // database but pgtransit's own, known by pid and start time (not by a name).
         assert!(fence.shown().contains(&fence.others));
+        assert!(!fence.others.contains("application_name"));
+        let own = [(42, "2026-12-04 10:00:00+00".to_string()), (43, "x'y".to_string())];
+        assert_eq!(
+            fence.others_but(&own),
+            format!(
+                "{}\n  AND (pid, backend_start::text) NOT IN ((42, '2026-12-04 10:00:00+00'), \
+                 (43, 'x''y'))",
+                fence.others
+            )
+        );
+        assert_eq!(fence.others_but(&[]), fence.others);
         let clean = cleanup_step("m", "note");
         assert_eq!(
             clean.sql,

@@ -449,6 +449,44 @@ fn cutover_fences_every_writer_drains_sets_sequences_verifies_and_leaves_no_slot
 }
 
 #[test]
+fn the_fence_knows_pgtransits_own_sessions_by_pid_not_by_a_name_anyone_can_set() {
+    let (src, tgt) = logical_pair(
+        "fence-names",
+        "CREATE TABLE t (id int PRIMARY KEY); INSERT INTO t VALUES (1);",
+    );
+    let dir = TempDir::new("fence-names");
+    let plan = online_plan(&dir, "names", &src, &tgt, "");
+    // The operator's PGAPPNAME wins over pgtransit's own names, as libpq's would...
+    let mut child = start_apply(&dir, &plan, &[("PGAPPNAME", "ops-migration")]);
+    wait_streaming(&dir, "names", &mut child);
+    let count = |name: &str| {
+        let q = format!("SELECT count(*) FROM pg_stat_activity WHERE application_name = '{name}'");
+        sql(&src, "app", &q).parse::<i64>().unwrap()
+    };
+    assert!(count("ops-migration") >= 1, "pgtransit's sessions carry the operator's name");
+    // ...and an application that calls itself pgtransit is not pgtransit.
+    let impostor_url = format!("{} application_name=pgtransit/impostor", src.conninfo("app"));
+    let mut impostor = std::process::Command::new(src.bin("psql"))
+        .args(["-X", "-d", &impostor_url, "-c", "SELECT pg_sleep(300)"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_for(Duration::from_secs(20), "the impostor's session", || {
+        count("pgtransit/impostor") == 1
+    });
+
+    let out = run(dir.path(), &["cutover", &plan, "--auto-approve"]);
+    assert_eq!(out.code, 0, "{out:?}\n{}", apply_output(&dir));
+    assert_eq!(child.wait().unwrap().code(), Some(0), "{}", apply_output(&dir));
+    // The fence ended the impostor, and none of pgtransit's own sessions.
+    assert!(!impostor.wait().unwrap().success(), "the impostor's session was ended");
+    assert_eq!(count("pgtransit/impostor"), 0);
+    assert_eq!(table_checksums(&src, "app"), table_checksums(&tgt, "app"));
+    assert_eq!(slots(&src), "");
+}
+
+#[test]
 fn a_cutover_cut_off_in_its_clean_up_is_finished_by_the_next_apply() {
     let (src, tgt) = logical_pair(
         "online-cleanup",

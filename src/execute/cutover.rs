@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use tokio_postgres::Client;
 
-use crate::execute::context::{ApplyError, Ctx, Event, sync_error};
+use crate::execute::context::{ApplyError, Ctx, Event, Session, sync_error};
 use crate::execute::teardown;
 use crate::execution_plan::{Step, Work};
 use crate::planner::FenceSql;
@@ -71,14 +71,16 @@ pub(crate) fn triggered(t: &Trigger) -> bool {
 /// Ends every client session of the source database that is not pgtransit's, and waits until
 /// they are gone (`pg_terminate_backend` only signals). Re-scans, so sessions that connected
 /// meanwhile are ended too. A session pgtransit may not end is an error naming it.
-async fn end_sessions(client: &Client, fence: &FenceSql) -> Result<(), String> {
+async fn end_sessions(
+    client: &Client,
+    fence: &FenceSql,
+    own: &[(i32, String)],
+) -> Result<(), String> {
+    let others = fence.others_but(own);
     let started = Instant::now();
     loop {
         let rows = client
-            .query(
-                &format!("SELECT pid, usename::text FROM pg_stat_activity WHERE {}", fence.others),
-                &[],
-            )
+            .query(&format!("SELECT pid, usename::text FROM pg_stat_activity WHERE {others}"), &[])
             .await
             .map_err(|e| crate::execute::context::db_message(&e))?;
         if rows.is_empty() {
@@ -122,6 +124,7 @@ pub(crate) async fn fence(
     ctx: &Ctx<'_>,
     c: &CutoverRequest<'_>,
     barrier: &str,
+    own: &[&Session],
     state: &mut State,
 ) -> Result<Fenced, ApplyError> {
     let crate::execution_plan::Work::Fence { database, mode } = &c.fence.work else {
@@ -175,7 +178,12 @@ pub(crate) async fn fence(
     let other =
         crate::conn::connect_with(&servers.source, "pgtransit/cutover", &servers.policy).await?;
     other.batch_execute(&sql.read_only).await.map_err(fail)?;
-    end_sessions(&other, &sql).await.map_err(failed)?;
+    // pgtransit's own sessions (this one, the heartbeat's) are known by pid and start time:
+    // an `application_name` could be anybody's.
+    let me = Session::of(&client).await.map_err(fail)?;
+    let own: Vec<(i32, String)> =
+        own.iter().copied().chain([&me]).map(|s| (s.pid, s.started.clone())).collect();
+    end_sessions(&other, &sql, &own).await.map_err(failed)?;
     let at = Instant::now();
     let emitted: String = client
         .query_one(

@@ -89,10 +89,12 @@ pub async fn stream(
         ..Heartbeats::default()
     }));
     let prefix = crate::naming::message_prefix(slot);
-    let heartbeat = {
+    let (heartbeat, heartbeat_session) = {
         let source =
             crate::conn::connect_with(&servers.source, "pgtransit/heartbeat", &servers.policy)
                 .await?;
+        // Who it is on the source: the fence leaves it alone.
+        let session = Session::of(&source).await.map_err(pg)?;
         let version: i32 = source
             .query_one("SELECT current_setting('server_version_num')::int", &[])
             .await
@@ -110,10 +112,11 @@ pub async fn stream(
         let (live, prefix, scope) = (live.clone(), prefix.clone(), scope.clone());
         let walsender = ctx.sessions.walsender.clone();
         let slot = slot.to_string();
-        tokio::spawn(async move {
+        let task = tokio::spawn(async move {
             watch(source, slot, version, baseline, scope, live, prefix, drift_every, walsender)
                 .await
-        })
+        });
+        (task, session)
     };
     struct AbortOnDrop(tokio::task::JoinHandle<()>);
     impl Drop for AbortOnDrop {
@@ -175,7 +178,7 @@ pub async fn stream(
     // The watchdog: a server that stops answering on a connection still open would hold the
     // applier forever.
     let result = tokio::select! {
-        r = run_stream(&mut a, &mut stream, &live, cutover, state) => r,
+        r = run_stream(&mut a, &mut stream, &live, cutover, &heartbeat_session, state) => r,
         () = stuck_target(&beat, servers, &me) => Err(ApplyError::ConnectionLost(format!(
             "nothing moved for {} s: a server stopped answering on a connection that is still \
              open (the target, or the source during the cutover)",
@@ -237,6 +240,7 @@ async fn run_stream(
     stream: &mut PgoutputStream,
     live: &std::sync::Mutex<Heartbeats>,
     cutover: Option<&CutoverRequest<'_>>,
+    heartbeat: &Session,
     state: &mut State,
 ) -> Result<Stopped, ApplyError> {
     let mut fenced: Option<Fenced> = None;
@@ -400,7 +404,7 @@ async fn run_stream(
                 && lag.is_some_and(|l| l <= a.sync.max_lag_seconds)
                 && triggered(&c.trigger)
             {
-                fenced = Some(fence(a.ctx, c, &barrier, state).await?);
+                fenced = Some(fence(a.ctx, c, &barrier, &[heartbeat], state).await?);
             }
         }
         if let Some(f) = &fenced

@@ -1386,6 +1386,8 @@ fn cutover_steps(
             "changes up to the fence".into(),
             format!(
                 "SELECT pg_logical_emit_message(false, {}, '<barrier>');\n\
+                 -- flushed at once (the WAL writer would take up to wal_writer_delay):\n\
+                 {FLUSH_WAL}\n\
                  -- the stream applies everything up to the barrier, then stops",
                 crate::sql::literal(&crate::naming::barrier_prefix(&slot))
             ),
@@ -1479,6 +1481,13 @@ pub fn replica_identity_full_sql(tables: &[String]) -> String {
 pub fn setval_sql(name: &str, value: &str, called: &str) -> String {
     format!("SELECT setval({}, {value}, {called});", crate::sql::literal(name))
 }
+
+/// Flushes the server's WAL up to now: a synchronous commit of a transaction with an id (every
+/// pgtransit session commits synchronously), which works on every version (PostgreSQL 17's
+/// `pg_logical_emit_message(..., flush => true)` is the newer way). Logical decoding sends only
+/// flushed WAL: the cutover's barrier comes through the stream at once instead of after the WAL
+/// writer's next round.
+pub const FLUSH_WAL: &str = "BEGIN; SELECT txid_current(); COMMIT;";
 
 /// The fence's statements (`cutover.fence`): what the fence step shows, and what the cutover
 /// runs.

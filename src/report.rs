@@ -592,6 +592,14 @@ pub fn cutover_done(
         paint(GREEN, "Cutover complete:"),
         cut.write_gap_seconds.unwrap_or_default()
     )?;
+    if let Some(g) = &cut.write_gap {
+        writeln!(
+            out,
+            "Write gap: drain {:.2} s, sequences {:.2} s, verification {:.2} s, clean-up {:.2} s \
+             (the fence took {:.2} s to go up, just before).",
+            g.drain, g.sequences, g.verification, g.clean_up, g.fence
+        )?;
+    }
     let rows: i64 = cut.verified.iter().map(|c| c.target_rows).sum();
     writeln!(
         out,

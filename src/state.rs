@@ -186,6 +186,9 @@ pub struct CutoverState {
     /// declared ready.
     #[serde(default)]
     pub write_gap_seconds: Option<f64>,
+    /// Where the write gap went.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub write_gap: Option<WriteGap>,
     /// What verification compared.
     #[serde(default)]
     pub verified: Vec<crate::verify::TableCheck>,
@@ -198,6 +201,22 @@ pub struct CutoverState {
     /// After a failure: the fence was lifted (the source takes writes again).
     #[serde(default)]
     pub fence_lifted: bool,
+}
+
+/// Where a cutover's write gap went, in seconds: the drain, sequences (and refreshes),
+/// verification and clean-up add up to it; the fence went up just before it began.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+pub struct WriteGap {
+    /// Putting the fence up: the read-only default committed, every other session ended.
+    pub fence: f64,
+    /// The stream applying everything up to the barrier.
+    pub drain: f64,
+    /// Sequences set, materialized views refreshed.
+    pub sequences: f64,
+    /// Row counts and checksums of every table, on both servers.
+    pub verification: f64,
+    /// The slot, publication and origin dropped.
+    pub clean_up: f64,
 }
 
 impl CutoverState {

@@ -408,7 +408,8 @@ fn cutover_fences_every_writer_drains_sets_sequences_verifies_and_leaves_no_slot
         sql(&tgt, "app", "SELECT count(*) FROM orders WHERE big = 'w'").parse::<i64>().unwrap()
             > 200
     });
-    let out = run(dir.path(), &["cutover", &plan, "--auto-approve"]);
+    let out_cutover = run(dir.path(), &["cutover", &plan, "--auto-approve"]);
+    let out = &out_cutover;
     assert_eq!(out.code, 0, "{out:?}\n{}", apply_output(&dir));
     assert!(out.stdout.contains("Cutover complete: the write gap was"), "{out:?}");
     writer.join().unwrap();
@@ -444,8 +445,15 @@ fn cutover_fences_every_writer_drains_sets_sequences_verifies_and_leaves_no_slot
     assert_eq!(sql(&tgt, "app", "SELECT count(*) FROM pg_replication_origin"), "0");
     let st = run(dir.path(), &["status", &plan, "--format", "json"]).json();
     assert_eq!(st["phase"], "cut_over", "{st}");
-    assert!(st["cutover"]["write_gap_seconds"].as_f64().unwrap() < 10.0, "{st}");
-    eprintln!("write gap: {} s", st["cutover"]["write_gap_seconds"]);
+    let gap = st["cutover"]["write_gap_seconds"].as_f64().unwrap();
+    assert!(gap < 10.0, "{st}");
+    // Where it went: the parts after the fence add up to it.
+    let part = |name: &str| st["cutover"]["write_gap"][name].as_f64().unwrap();
+    let parts = ["drain", "sequences", "verification", "clean_up"].map(part);
+    assert!(parts.iter().all(|p| *p >= 0.0) && part("fence") >= 0.0, "{st}");
+    assert!((parts.iter().sum::<f64>() - gap).abs() < 0.05, "{st}");
+    assert!(out_cutover.stdout.contains("Write gap: drain"), "{out_cutover:?}");
+    eprintln!("write gap: {gap} s, {}", st["cutover"]["write_gap"]);
 }
 
 #[test]

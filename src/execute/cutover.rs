@@ -12,7 +12,7 @@ use crate::execute::context::{ApplyError, Ctx, Event, Session, sync_error};
 use crate::execute::teardown;
 use crate::execution_plan::{Step, Work};
 use crate::planner::FenceSql;
-use crate::state::{CutoverStatus, State, now_f64};
+use crate::state::{CutoverStatus, State, WriteGap, now_f64};
 
 /// When the stream stops for the cutover.
 #[derive(Debug, Clone)]
@@ -41,8 +41,10 @@ pub struct Fenced {
     pub client: Client,
     /// The source database.
     pub database: String,
-    /// When it went up.
+    /// When it went up: no session but pgtransit's is left.
     pub at: Instant,
+    /// How long it took to go up (the read-only default committed, every session ended).
+    pub went_up_in: Duration,
     /// Where the barrier emitted after it is (an older barrier, from a cutover that failed
     /// earlier, may come through the stream first).
     pub barrier_lsn: u64,
@@ -177,6 +179,7 @@ pub(crate) async fn fence(
     // connected in between would come back read-write).
     let other =
         crate::conn::connect_with(&servers.source, "pgtransit/cutover", &servers.policy).await?;
+    let going_up = Instant::now();
     other.batch_execute(&sql.read_only).await.map_err(fail)?;
     // pgtransit's own sessions (this one, the heartbeat's) are known by pid and start time:
     // an `application_name` could be anybody's.
@@ -194,12 +197,17 @@ pub(crate) async fn fence(
         .map_err(fail)?
         .get(0);
     let barrier_lsn = crate::stream::parse_lsn(&emitted).unwrap_or(u64::MAX);
+    // Flushed now, so the stream gets it now (best effort: otherwise the WAL writer flushes it
+    // within wal_writer_delay). From the other session: this one may hold the table locks in
+    // an open transaction.
+    let _ = other.batch_execute(crate::planner::FLUSH_WAL).await;
     let cut = state.cutover.get_or_insert_with(Default::default);
     cut.status = CutoverStatus::Draining;
     cut.fenced_at = Some(now_f64());
     ctx.state_dir.save(state)?;
     tracing::info!(database = %database, mode = %mode, "source fenced; draining to the barrier");
-    Ok(Fenced { client, database: database.clone(), at, barrier_lsn })
+    let went_up_in = at.duration_since(going_up);
+    Ok(Fenced { client, database: database.clone(), at, went_up_in, barrier_lsn })
 }
 
 /// Runs the cutover steps after the drain (`steps`: the cutover phase, fence and drain
@@ -210,7 +218,8 @@ pub async fn finish(
     fenced: Fenced,
     state: &mut State,
 ) -> Result<(), ApplyError> {
-    let result = finish_steps(ctx, steps, state).await;
+    let mut marks = vec![];
+    let result = finish_steps(ctx, steps, state, &mut marks).await;
     let verified = state.cutover.as_ref().is_some_and(|c| c.verified());
     match result {
         Ok(()) => {
@@ -218,6 +227,7 @@ pub async fn finish(
             cut.status = CutoverStatus::Done;
             cut.finished_at = Some(now_f64());
             cut.write_gap_seconds = Some(fenced.at.elapsed().as_secs_f64());
+            cut.write_gap = Some(breakdown(&fenced, &marks, Instant::now()));
             ctx.state_dir.save(state)?;
             // The session that put the fence up ends: `lock_tables` locks go, the read-only
             // default stays.
@@ -249,8 +259,33 @@ pub async fn finish(
     }
 }
 
-async fn finish_steps(ctx: &Ctx<'_>, steps: &[&Step], state: &mut State) -> Result<(), ApplyError> {
-    let set_status = |state: &mut State, status: CutoverStatus| {
+/// Where the write gap went: from the fence to each status `marks` recorded, to `done`.
+fn breakdown(fenced: &Fenced, marks: &Marks, done: Instant) -> WriteGap {
+    let at = |status: CutoverStatus| marks.iter().find(|(s, _)| *s == status).map(|(_, t)| *t);
+    let finishing = at(CutoverStatus::Finishing).unwrap_or(done);
+    let verifying = at(CutoverStatus::Verifying).unwrap_or(finishing);
+    let cleaning_up = at(CutoverStatus::CleaningUp).unwrap_or(verifying);
+    let secs = |from: Instant, to: Instant| to.saturating_duration_since(from).as_secs_f64();
+    WriteGap {
+        fence: fenced.went_up_in.as_secs_f64(),
+        drain: secs(fenced.at, finishing),
+        sequences: secs(finishing, verifying),
+        verification: secs(verifying, cleaning_up),
+        clean_up: secs(cleaning_up, done),
+    }
+}
+
+/// When the cutover reached each status after the drain (for the write gap's breakdown).
+type Marks = Vec<(CutoverStatus, Instant)>;
+
+async fn finish_steps(
+    ctx: &Ctx<'_>,
+    steps: &[&Step],
+    state: &mut State,
+    marks: &mut Marks,
+) -> Result<(), ApplyError> {
+    let mut set_status = |state: &mut State, status: CutoverStatus| {
+        marks.push((status, Instant::now()));
         state.cutover.get_or_insert_with(Default::default).status = status;
         ctx.state_dir.save(state)
     };

@@ -163,7 +163,8 @@ pub enum Work {
         #[serde(default)]
         margin: u64,
     },
-    /// Cutover: stop writes on the source for every session but pgtransit's, and record when.
+    /// Cutover: stop writes on the source for every session but the cutover's own, and record
+    /// when.
     /// What it shows and runs is `planner::FenceSql`; the stream puts it up.
     Fence {
         /// The source database.

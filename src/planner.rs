@@ -1360,7 +1360,7 @@ fn cutover_steps(
         crate::migration_plan::Fence::ReadOnly => (
             "read_only",
             fence("read_only").shown(),
-            "on the source: new sessions are read-only, and every session but pgtransit's is \
+            "on the source: new sessions are read-only, and every session but this cutover's is \
              ended (applications reconnect read-only). It holds after pgtransit exits; a failure \
              before verification passes lifts it (ALTER DATABASE ... RESET \
              default_transaction_read_only)",
@@ -1482,12 +1482,14 @@ pub fn setval_sql(name: &str, value: &str, called: &str) -> String {
     format!("SELECT setval({}, {value}, {called});", crate::sql::literal(name))
 }
 
-/// Flushes the server's WAL up to now: a synchronous commit of a transaction with an id (every
-/// pgtransit session commits synchronously), which works on every version (PostgreSQL 17's
+/// Flushes the server's WAL up to now: a commit of a transaction with an id, flushed locally
+/// (`synchronous_commit = local`: a synchronous standby that is down must not hold it), which
+/// works on every version (PostgreSQL 17's
 /// `pg_logical_emit_message(..., flush => true)` is the newer way). Logical decoding sends only
 /// flushed WAL: the cutover's barrier comes through the stream at once instead of after the WAL
 /// writer's next round.
-pub const FLUSH_WAL: &str = "BEGIN; SELECT txid_current(); COMMIT;";
+pub const FLUSH_WAL: &str =
+    "BEGIN; SET LOCAL synchronous_commit = local; SELECT txid_current(); COMMIT;";
 
 /// The fence's statements (`cutover.fence`): what the fence step shows, and what the cutover
 /// runs.

@@ -848,7 +848,7 @@ pub fn abort_nothing(out: &mut dyn Write, migration: &str) -> io::Result<()> {
 pub fn cutover_prompt(out: &mut dyn Write) -> io::Result<()> {
     write!(
         out,
-        "Cut over: writes on the source are stopped for every session but pgtransit's. \
+        "Cut over: writes on the source are stopped for every session but the cutover's own. \
          Only 'yes' is accepted: "
     )
 }

@@ -123,7 +123,7 @@ pub async fn run(args: &DemoArgs, out: &mut dyn Write) -> miette::Result<Outcome
     );
     report::status(out, &st, Format::Text).map_err(io_err)?;
 
-    // The fence ends every session but pgtransit's: the demo's own end here first.
+    // The fence ends every session but the cutover's own: the demo's end here first.
     drop((probe, check));
     let cutover_done = cut_over(out, &exe, &plan_path, apply, &state_dir).await?;
     let ok = rows_identical && cutover_done;

@@ -41,7 +41,7 @@ pub struct Fenced {
     pub client: Client,
     /// The source database.
     pub database: String,
-    /// When it went up: no session but pgtransit's is left.
+    /// When it went up: no client session but the cutover's own is left.
     pub at: Instant,
     /// How long it took to go up (the read-only default committed, every session ended).
     pub went_up_in: Duration,
@@ -167,6 +167,8 @@ pub(crate) async fn fence(
         )));
     }
     let sql = FenceSql::new(database, mode, c.tables);
+    // Writes stop (queue behind the lock, then fail read-only) from here.
+    let going_up = Instant::now();
     if let Some(lock) = &sql.lock {
         // The locks are held by this session's open transaction until the cutover ends.
         let timeout = FenceSql::LOCK_TIMEOUT;
@@ -179,7 +181,6 @@ pub(crate) async fn fence(
     // connected in between would come back read-write).
     let other =
         crate::conn::connect_with(&servers.source, "pgtransit/cutover", &servers.policy).await?;
-    let going_up = Instant::now();
     other.batch_execute(&sql.read_only).await.map_err(fail)?;
     // pgtransit's own sessions (this one, the heartbeat's) are known by pid and start time:
     // an `application_name` could be anybody's.
@@ -200,7 +201,8 @@ pub(crate) async fn fence(
     // Flushed now, so the stream gets it now (best effort: otherwise the WAL writer flushes it
     // within wal_writer_delay). From the other session: this one may hold the table locks in
     // an open transaction.
-    let _ = other.batch_execute(crate::planner::FLUSH_WAL).await;
+    let flush = other.batch_execute(crate::planner::FLUSH_WAL);
+    let _ = tokio::time::timeout(Duration::from_secs(2), flush).await;
     let cut = state.cutover.get_or_insert_with(Default::default);
     cut.status = CutoverStatus::Draining;
     cut.fenced_at = Some(now_f64());
@@ -226,8 +228,9 @@ pub async fn finish(
             let cut = state.cutover.get_or_insert_with(Default::default);
             cut.status = CutoverStatus::Done;
             cut.finished_at = Some(now_f64());
-            cut.write_gap_seconds = Some(fenced.at.elapsed().as_secs_f64());
-            cut.write_gap = Some(breakdown(&fenced, &marks, Instant::now()));
+            let done = Instant::now();
+            cut.write_gap_seconds = Some(done.duration_since(fenced.at).as_secs_f64());
+            cut.write_gap = Some(breakdown(&fenced, &marks, done));
             ctx.state_dir.save(state)?;
             // The session that put the fence up ends: `lock_tables` locks go, the read-only
             // default stays.

@@ -106,12 +106,13 @@ pub(crate) async fn load(
         if !durable {
             // An idle server need not flush WAL that no commit waits for (the background
             // writer's running-transactions record, say), so the wait could last until the
-            // next checkpoint. A commit of our own, synchronous (as every pgtransit session's),
-            // flushes everything before it. Best effort: the wait below is the proof.
+            // next checkpoint. A commit of our own, flushed locally, flushes everything before
+            // it. Best effort: the wait below is the proof.
             if let Ok(flusher) =
                 conn::connect_with(&servers.source, "pgtransit/snapshot", &servers.policy).await
             {
-                let _ = flusher.batch_execute("BEGIN; SELECT txid_current(); COMMIT").await;
+                let flush = flusher.batch_execute(crate::planner::FLUSH_WAL);
+                let _ = tokio::time::timeout(Duration::from_secs(5), flush).await;
             }
             durable = wait_durable(&exporter, &lsn, Duration::from_secs(60)).await?;
         }

@@ -9,8 +9,8 @@
 //! - [`sync`]: change streaming (`run`: the loop; `applier`: batches of statements on the
 //!   target; `watch`: heartbeats and schema drift on the source), which puts the cutover's
 //!   fence up and drains to its barrier.
-//! - [`cutover`]: the cutover's lifecycle after the fence: sequences, refreshes,
-//!   verification, clean-up, and the fence lifted again after a failure.
+//! - [`cutover`]: the cutover's lifecycle: when it is due, the fence and the barrier (put up
+//!   from the stream), then sequences, refreshes, verification, clean-up and the write gap.
 //! - [`steps`]: steps run on workers' sessions, `jobs` at a time, each after what it needs:
 //!   the one match on what a step runs.
 //! - [`teardown`]: the fence lifted; the slot, publication, origin and replica identities

@@ -1,5 +1,6 @@
-//! Sessions and watchdogs: who a session is on its server, when work last got somewhere, and
-//! ending the sessions a lost attempt may have left behind.
+//! Watchdogs and leftover sessions: when work last got somewhere, whether a silent target
+//! session is still at work, cancelling a statement, and ending the sessions a lost attempt may
+//! have left behind (who a session is, `Session`, is in `context`).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};

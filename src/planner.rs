@@ -1386,8 +1386,6 @@ fn cutover_steps(
             "changes up to the fence".into(),
             format!(
                 "SELECT pg_logical_emit_message(false, {}, '<barrier>');\n\
-                 -- flushed at once (the WAL writer would take up to wal_writer_delay):\n\
-                 {FLUSH_WAL}\n\
                  -- the stream applies everything up to the barrier, then stops",
                 crate::sql::literal(&crate::naming::barrier_prefix(&slot))
             ),
@@ -1481,15 +1479,6 @@ pub fn replica_identity_full_sql(tables: &[String]) -> String {
 pub fn setval_sql(name: &str, value: &str, called: &str) -> String {
     format!("SELECT setval({}, {value}, {called});", crate::sql::literal(name))
 }
-
-/// Flushes the server's WAL up to now: a commit of a transaction with an id, flushed locally
-/// (`synchronous_commit = local`: a synchronous standby that is down must not hold it), which
-/// works on every version (PostgreSQL 17's
-/// `pg_logical_emit_message(..., flush => true)` is the newer way). Logical decoding sends only
-/// flushed WAL: the cutover's barrier comes through the stream at once instead of after the WAL
-/// writer's next round.
-pub const FLUSH_WAL: &str =
-    "BEGIN; SET LOCAL synchronous_commit = local; SELECT txid_current(); COMMIT;";
 
 /// The fence's statements (`cutover.fence`): what the fence step shows, and what the cutover
 /// runs.

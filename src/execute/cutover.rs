@@ -198,11 +198,6 @@ pub(crate) async fn fence(
         .map_err(fail)?
         .get(0);
     let barrier_lsn = crate::stream::parse_lsn(&emitted).unwrap_or(u64::MAX);
-    // Flushed now, so the stream gets it now (best effort: otherwise the WAL writer flushes it
-    // within wal_writer_delay). From the other session: this one may hold the table locks in
-    // an open transaction.
-    let flush = other.batch_execute(crate::planner::FLUSH_WAL);
-    let _ = tokio::time::timeout(Duration::from_secs(2), flush).await;
     let cut = state.cutover.get_or_insert_with(Default::default);
     cut.status = CutoverStatus::Draining;
     cut.fenced_at = Some(now_f64());

@@ -111,7 +111,7 @@ pub(crate) async fn load(
             if let Ok(flusher) =
                 conn::connect_with(&servers.source, "pgtransit/snapshot", &servers.policy).await
             {
-                let flush = flusher.batch_execute(crate::planner::FLUSH_WAL);
+                let flush = flusher.batch_execute(FLUSH_WAL);
                 let _ = tokio::time::timeout(Duration::from_secs(5), flush).await;
             }
             durable = wait_durable(&exporter, &lsn, Duration::from_secs(60)).await?;
@@ -173,6 +173,11 @@ pub(crate) async fn load(
     state_dir.save(state)?;
     result
 }
+
+/// Flushes the server's WAL up to now: a commit of a transaction with an id, flushed locally
+/// (`synchronous_commit = local`: a synchronous standby that is down must not hold it).
+const FLUSH_WAL: &str =
+    "BEGIN; SET LOCAL synchronous_commit = local; SELECT txid_current(); COMMIT;";
 
 /// Waits until the source has flushed its WAL up to `lsn`: until then, what a snapshot taken
 /// there sees may be lost in a crash of the source (a transaction committed with

@@ -188,6 +188,12 @@ pub fn compute(
         }
         Some(CutoverStatus::Failed) | None => {}
         Some(_) if running.is_some() => st.phase = "cutting_over",
+        Some(CutoverStatus::CleaningUp) => st.warnings.push(
+            "a cutover was verified (the target is the new primary) and its clean-up was \
+             interrupted: the replication slot may still hold the source's WAL. `pgtransit apply` \
+             finishes it; `pgtransit abort` removes what is left"
+                .into(),
+        ),
         Some(_) => st.warnings.push(
             "a cutover was interrupted before verification passed: the source may still be \
              fenced (read-only). `pgtransit apply` lifts the fence and resumes; `pgtransit \
@@ -364,6 +370,20 @@ mod tests {
         );
         assert_eq!(s.phase, "applying");
         assert!(!s.ready_for_cutover);
+    }
+
+    #[test]
+    fn an_interrupted_cutover_is_a_warning_that_says_whether_it_was_verified() {
+        let interrupted = |status| {
+            let mut st = state(true);
+            st.cutover = Some(crate::state::CutoverState { status, ..Default::default() });
+            compute("m", Some(&st), None, &live(), 1001.0, RETAINED_WAL_WARNING).warnings
+        };
+        let fenced = interrupted(CutoverStatus::Verifying);
+        assert!(fenced.iter().any(|w| w.contains("before verification passed")), "{fenced:?}");
+        let verified = interrupted(CutoverStatus::CleaningUp);
+        assert!(verified.iter().any(|w| w.contains("was verified")), "{verified:?}");
+        assert!(!verified.iter().any(|w| w.contains("before verification")), "{verified:?}");
     }
 
     #[test]

@@ -1190,8 +1190,9 @@ impl Bench {
     }
 }
 
-/// The objects pgtransit reported done in a load phase (`Load (` heading to the next heading)
-/// of a run that should only have resumed streaming.
+/// The tables (and large objects) pgtransit reported copied in a load phase (`Load (` heading
+/// to the next heading) of a run that should only have resumed streaming. The load phase's
+/// other steps are not copies: the publication is set to the tables in scope on every resume.
 fn recopied(lines: &[(f64, String)]) -> Vec<String> {
     let mut in_load = false;
     let mut out = Vec::new();
@@ -1202,6 +1203,7 @@ fn recopied(lines: &[(f64, String)]) -> Vec<String> {
         } else if in_load
             && let Some(rest) = line.trim().strip_prefix("done ")
             && let Some(open) = rest.rfind(" (")
+            && (rest.starts_with("table ") || rest.ends_with(" large objects"))
         {
             out.push(rest[..open].to_string());
         }

@@ -208,7 +208,7 @@ pub struct Cutover {
     /// `manual` (default): `pgtransit cutover` triggers it. `auto`: as soon as ready.
     #[serde(default)]
     pub mode: CutoverMode,
-    /// How writes on the source are stopped for every role but pgtransit's.
+    /// How writes on the source are stopped for every session but the cutover's own.
     #[serde(default)]
     pub fence: Fence,
     /// Added to every sequence value copied to the target (default 0).
@@ -231,8 +231,8 @@ pub enum CutoverMode {
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Fence {
-    /// Make the database read-only for new transactions and end sessions that still hold
-    /// write transactions (every role but pgtransit's).
+    /// Make the database read-only for new sessions and end every session of it but the
+    /// cutover's own, whatever its role.
     #[default]
     ReadOnly,
     /// Lock every table in scope in `EXCLUSIVE` mode (reads go on, writes wait).

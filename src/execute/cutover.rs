@@ -288,7 +288,21 @@ async fn finish_steps(
         ctx.state_dir.save(state)
     };
     set_status(state, CutoverStatus::Finishing)?;
-    for step in steps {
+    // Sequences and refreshes run together on one pair of sessions (one connection per step
+    // cost a dozen milliseconds each, inside the write gap), in plan order.
+    let (sql, staged): (Vec<&Step>, Vec<&Step>) = steps.iter().partition(|s| {
+        !matches!(
+            s.work,
+            Work::Fence { .. } | Work::Drain | Work::Verify { .. } | Work::Cleanup { .. }
+        )
+    });
+    let mut sql = Some(sql);
+    for step in staged {
+        if matches!(step.work, Work::Verify { .. } | Work::Cleanup { .. })
+            && let Some(sql) = sql.take()
+        {
+            crate::execute::steps::run_steps(&sql, ctx, state).await?;
+        }
         match &step.work {
             Work::Fence { .. } | Work::Drain => {
                 state.start(&step.id);
@@ -350,8 +364,11 @@ async fn finish_steps(
                 state.finish(&step.id, None);
                 done(ctx, step, started);
             }
-            _ => crate::execute::steps::run_steps(&[step], ctx, state).await?,
+            _ => {}
         }
+    }
+    if let Some(sql) = sql {
+        crate::execute::steps::run_steps(&sql, ctx, state).await?;
     }
     Ok(())
 }

@@ -16,16 +16,13 @@ use crate::state::{State, now_f64};
 /// again) and said for the operator. Returns whether the fence is lifted.
 pub async fn lift(ctx: &Ctx<'_>, database: &str, state: &mut State, why: &str) -> bool {
     let sql = FenceSql::lift(database);
+    let fail = |e: tokio_postgres::Error| step_error("cutover:fence", "lifting the fence", &e);
     let attempt = async || -> Result<(), ApplyError> {
         let policy = &ctx.servers.policy;
         let c = crate::conn::connect_with(&ctx.servers.source, "pgtransit/cutover", policy).await?;
         // (Two statements: one implicit transaction would start read-only.)
-        c.batch_execute("SET default_transaction_read_only = off")
-            .await
-            .map_err(|e| step_error("cutover:fence", "lifting the fence", &e))?;
-        c.batch_execute(&sql)
-            .await
-            .map_err(|e| step_error("cutover:fence", "lifting the fence", &e))
+        c.batch_execute("SET default_transaction_read_only = off").await.map_err(fail)?;
+        c.batch_execute(&sql).await.map_err(fail)
     };
     let lifted = retry(ctx, attempt).await;
     if let Err(e) = &lifted {
@@ -116,7 +113,7 @@ pub async fn remove(
 
 /// Waits (up to 10 s) for the slot to be released by the session that held it (an apply that
 /// was just stopped or killed); then ends that session.
-pub async fn release_slot(source: &Client, slot: &str) -> Result<(), tokio_postgres::Error> {
+async fn release_slot(source: &Client, slot: &str) -> Result<(), tokio_postgres::Error> {
     let started = Instant::now();
     loop {
         let pid: Option<i32> = source

@@ -1452,7 +1452,7 @@ fn cleanup_step(migration: &str, note: &str) -> Step {
         object: "replication slot, publication and origin".into(),
         sql: Leftover::of_streaming(&slot, &publication, &origin)
             .iter()
-            .map(|l| format!("{};  -- {}", l.sql, if l.on_source { "source" } else { "target" }))
+            .map(|l| format!("{};  -- {}", l.sql, if l.on_source() { "source" } else { "target" }))
             .collect::<Vec<_>>()
             .join("\n"),
         estimate: None,
@@ -1569,8 +1569,6 @@ impl FenceSql {
 pub struct Leftover {
     /// What it is, for people (`replication slot x (source)`).
     pub what: String,
-    /// On the source, or on the target.
-    pub on_source: bool,
     /// What removes it.
     pub sql: String,
     /// Which kind of object.
@@ -1593,6 +1591,11 @@ pub enum LeftoverKind {
 }
 
 impl Leftover {
+    /// On the source (everything but the replication origin, which is on the target).
+    pub fn on_source(&self) -> bool {
+        !matches!(self.kind, LeftoverKind::Origin(_))
+    }
+
     /// The slot, the publication and the origin of a migration, in the order they go.
     pub fn of_streaming(slot: &str, publication: &str, origin: &str) -> [Leftover; 3] {
         [Leftover::slot(slot), Leftover::publication(publication), Leftover::origin(origin)]
@@ -1602,7 +1605,6 @@ impl Leftover {
     pub fn slot(slot: &str) -> Leftover {
         Leftover {
             what: format!("replication slot {slot} (source)"),
-            on_source: true,
             sql: format!("SELECT pg_drop_replication_slot({})", crate::sql::literal(slot)),
             kind: LeftoverKind::Slot(slot.into()),
         }
@@ -1612,7 +1614,6 @@ impl Leftover {
     pub fn publication(publication: &str) -> Leftover {
         Leftover {
             what: format!("publication {publication} (source)"),
-            on_source: true,
             sql: format!("DROP PUBLICATION {}", ident(publication)),
             kind: LeftoverKind::Publication(publication.into()),
         }
@@ -1622,7 +1623,6 @@ impl Leftover {
     pub fn origin(origin: &str) -> Leftover {
         Leftover {
             what: format!("replication origin {origin} (target)"),
-            on_source: false,
             sql: format!("SELECT pg_replication_origin_drop({})", crate::sql::literal(origin)),
             kind: LeftoverKind::Origin(origin.into()),
         }
@@ -1634,7 +1634,6 @@ impl Leftover {
             what: format!(
                 "the cutover's fence on database {database}: it takes writes again (source)"
             ),
-            on_source: true,
             sql: FenceSql::lift(database),
             kind: LeftoverKind::Fence(database.into()),
         }
@@ -1644,7 +1643,6 @@ impl Leftover {
     pub fn replica_identity(table: &str) -> Leftover {
         Leftover {
             what: format!("replica identity FULL of {table}, back to DEFAULT (source)"),
-            on_source: true,
             sql: format!("ALTER TABLE {table} REPLICA IDENTITY DEFAULT"),
             kind: LeftoverKind::ReplicaIdentity(table.into()),
         }

@@ -90,7 +90,7 @@ pub async fn remove(
     target: &Client,
     leftover: &Leftover,
 ) -> Result<(), tokio_postgres::Error> {
-    let client = if leftover.on_source { source } else { target };
+    let client = if leftover.on_source() { source } else { target };
     match &leftover.kind {
         LeftoverKind::Slot(slot) => {
             release_slot(source, slot).await?;

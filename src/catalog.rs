@@ -994,6 +994,8 @@ pub struct ColumnInfo {
     /// Its type on the target (`atttypid`): statements name it for their parameters, so a
     /// key of any type (a composite, an enum) is compared as that type.
     pub type_oid: u32,
+    /// Its type's name (`format_type`), for a cast to it.
+    pub type_name: String,
 }
 
 /// The columns of `schema.table` that hold data of their own (not dropped, not generated), in
@@ -1005,7 +1007,8 @@ pub async fn read_table_columns(
 ) -> Result<Option<Vec<ColumnInfo>>, CatalogError> {
     let rows = client
         .query(
-            "SELECT a.attname::text, a.attidentity = 'a', a.atttypid FROM pg_class c \
+            "SELECT a.attname::text, a.attidentity = 'a', a.atttypid, \
+                    format_type(a.atttypid, a.atttypmod) FROM pg_class c \
              JOIN pg_namespace n ON n.oid = c.relnamespace \
              LEFT JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum > 0 \
                   AND NOT a.attisdropped AND a.attgenerated = '' \
@@ -1023,10 +1026,12 @@ pub async fn read_table_columns(
                 let name: Option<String> = r.get(0);
                 let always: Option<bool> = r.get(1);
                 let type_oid: Option<u32> = r.get(2);
+                let type_name: Option<String> = r.get(3);
                 Some(ColumnInfo {
                     name: name?,
                     identity_always: always.unwrap_or(false),
                     type_oid: type_oid.unwrap_or(0),
+                    type_name: type_name.unwrap_or_default(),
                 })
             })
             .collect(),

@@ -249,11 +249,29 @@ pub struct Verify {
     /// Compare per-table checksums, chunked by primary key (default true).
     #[serde(default = "yes")]
     pub checksums: bool,
+    /// Online mode: compare source and target while streaming, chunk by chunk at consistent
+    /// points, so that the cutover compares only what changed since (default true; needs
+    /// `checksums`).
+    #[serde(default = "yes")]
+    pub continuous: bool,
+    /// Continuous verification reads at most this many rows per second on each server
+    /// (default 100000; 0: as fast as the servers answer).
+    #[serde(default = "default_rows_per_second")]
+    pub rows_per_second: u64,
+}
+
+fn default_rows_per_second() -> u64 {
+    100_000
 }
 
 impl Default for Verify {
     fn default() -> Self {
-        Verify { row_counts: true, checksums: true }
+        Verify {
+            row_counts: true,
+            checksums: true,
+            continuous: true,
+            rows_per_second: default_rows_per_second(),
+        }
     }
 }
 

@@ -39,6 +39,19 @@ pub fn barrier_prefix(slot: &str) -> String {
     format!("{}:barrier", message_prefix(slot))
 }
 
+/// The prefix of the marker continuous verification emits on the source after taking a
+/// consistent point (so the stream reaches that point on an idle source too).
+pub fn proof_prefix(slot: &str) -> String {
+    format!("{}:proof", message_prefix(slot))
+}
+
+/// The temporary slot continuous verification creates for each consistent point (dropped by
+/// the server when its session ends).
+pub fn proof_slot_name(slot: &str) -> String {
+    let hash = crate::hash::hash_parts([slot]);
+    format!("pgtransit_proof_{}", &hash[..16])
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

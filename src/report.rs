@@ -601,6 +601,8 @@ pub fn cutover_done(
         )?;
     }
     let rows: i64 = cut.verified.iter().map(|c| c.target_rows).sum();
+    let proven: Vec<&crate::verify::TableCheck> =
+        cut.verified.iter().filter(|c| c.proof.is_some()).collect();
     writeln!(
         out,
         "Verified: {} tables, {} identical on both sides ({} rows).",
@@ -612,6 +614,17 @@ pub fn cutover_done(
         },
         crate::preflight::thousands(rows)
     )?;
+    if !proven.is_empty() {
+        let changed: usize = cut.verified.iter().map(|c| c.rows_by_key).sum();
+        writeln!(
+            out,
+            "Of these, {} were proven equal while streaming: inside the fence only the {} rows \
+             changed since were compared, by key; {} compared in full.",
+            proven.len(),
+            crate::preflight::thousands(changed as i64),
+            cut.verified.len() - proven.len()
+        )?;
+    }
     writeln!(
         out,
         "The source database is read-only for new sessions (default_transaction_read_only); the \
@@ -721,7 +734,36 @@ pub fn status(out: &mut dyn Write, st: &crate::status::Status, format: Format) -
                     )
                 )?;
             }
+            if let Some(p) = &t.proven {
+                let when = p
+                    .as_of
+                    .map(|t| format!(" as of {}", crate::state::utc_text(t as u64)))
+                    .unwrap_or_default();
+                let line = format!("{:.0}% proven equal while streaming{when}", p.fraction * 100.0);
+                writeln!(
+                    out,
+                    "  {:<10} {}",
+                    "",
+                    if md { line.clone() } else { paint(DIM, &line) }
+                )?;
+                for d in &p.differing {
+                    writeln!(out, "  {:<10} {} {d}", "", paint(RED, "differs:"))?;
+                }
+            }
         }
+    }
+    if let Some(v) = &st.verification {
+        writeln!(out)?;
+        writeln!(
+            out,
+            "Continuous verification: {} complete pass(es), {} rows compared, {} consistent \
+             points (the stream stood still at most {:.3} s for one){}",
+            v.passes,
+            crate::preflight::thousands(v.rows_compared as i64),
+            v.rounds,
+            v.longest_pause,
+            v.error.as_deref().map(|e| format!("; last round failed: {e}")).unwrap_or_default()
+        )?;
     }
     if let Some(slot) = &st.slot {
         writeln!(out)?;

@@ -245,6 +245,123 @@ impl CutoverState {
     }
 }
 
+/// Continuous verification (online mode): source and target compared while streaming, chunk
+/// by chunk, each chunk at a consistent point (a source snapshot and the target's applied
+/// position describing the same moment, `lsn`).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Proofs {
+    /// Per table (`schema.table`).
+    #[serde(default)]
+    pub tables: BTreeMap<String, TableProof>,
+    /// Where the pass under way is: the table it compares next, and the key after which.
+    #[serde(default)]
+    pub cursor: Option<Cursor>,
+    /// Complete passes over every table.
+    #[serde(default)]
+    pub passes: u64,
+    /// Consistent points taken.
+    #[serde(default)]
+    pub rounds: u64,
+    /// The longest the stream stood still for one (seconds): committed, waiting for the
+    /// target's snapshot.
+    #[serde(default)]
+    pub longest_pause: f64,
+    /// Rows compared (each side).
+    #[serde(default)]
+    pub rows_compared: u64,
+    /// When a chunk was last compared (Unix seconds).
+    #[serde(default)]
+    pub last_at: Option<f64>,
+    /// Why the last round failed, if it did (it is tried again).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// Where a verification pass is.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Cursor {
+    /// `schema.table`.
+    pub table: String,
+    /// The last chunk's upper bound: the next chunk starts after it (none: at the start).
+    #[serde(default)]
+    pub after: Option<i64>,
+}
+
+/// One table's proofs.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct TableProof {
+    /// Its integer key, when chunked by one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<String>,
+    /// The chunks of the pass under way, in key order.
+    #[serde(default)]
+    pub current: Vec<ChunkProof>,
+    /// The chunks of the last complete pass over the table: together they cover every key.
+    #[serde(default)]
+    pub complete: Vec<ChunkProof>,
+}
+
+impl TableProof {
+    /// Chunks that differ, in either pass.
+    pub fn differing(&self) -> impl Iterator<Item = &ChunkProof> {
+        self.complete.iter().chain(&self.current).filter(|c| !c.equal)
+    }
+
+    /// The rows of the last complete pass (source side).
+    pub fn rows(&self) -> i64 {
+        self.complete.iter().map(|c| c.rows).sum()
+    }
+
+    /// The oldest position of the last complete pass, when it proved every chunk equal.
+    pub fn proven_at(&self) -> Option<u64> {
+        if self.complete.is_empty() || self.differing().next().is_some() {
+            return None;
+        }
+        self.complete.iter().map(|c| crate::stream::parse_lsn(&c.lsn).unwrap_or(0)).min()
+    }
+}
+
+/// One chunk compared: the keys in `(after, upto]` (a table without an integer key is one
+/// chunk, unbounded).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ChunkProof {
+    /// Keys above this (none: from the lowest).
+    #[serde(default)]
+    pub after: Option<i64>,
+    /// Keys up to this (none: to the highest).
+    #[serde(default)]
+    pub upto: Option<i64>,
+    /// Rows on the source.
+    pub rows: i64,
+    /// Rows on the target.
+    pub target_rows: i64,
+    /// The source's checksum.
+    pub checksum: String,
+    /// Equal on both sides.
+    pub equal: bool,
+    /// Where the two sides stood: the source's snapshot and the target's applied position.
+    pub lsn: String,
+    /// When (Unix seconds).
+    pub at: f64,
+    /// Keys of rows that differ (`id=7`), the first few.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub differing_keys: Vec<String>,
+}
+
+impl ChunkProof {
+    /// `id 100000..199999`, `id ..99999`, `id 900000..`, or `all rows`.
+    pub fn range(&self, key: Option<&str>) -> String {
+        match (key, self.after, self.upto) {
+            (None, ..) | (_, None, None) => "all rows".into(),
+            (Some(k), a, u) => format!(
+                "{k} {}..{}",
+                a.map(|a| (a + 1).to_string()).unwrap_or_default(),
+                u.map(|u| u.to_string()).unwrap_or_default()
+            ),
+        }
+    }
+}
+
 /// Counts of applied changes.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Counters {
@@ -328,6 +445,9 @@ pub struct State {
     /// Online mode: the cutover, once started.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cutover: Option<CutoverState>,
+    /// Online mode: what continuous verification proved while streaming.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub verification: Option<Proofs>,
     /// Last write, Unix seconds.
     pub updated_at: u64,
 }
@@ -545,6 +665,7 @@ impl State {
             steps: BTreeMap::new(),
             sync: None,
             cutover: None,
+            verification: None,
             updated_at: now(),
         }
     }

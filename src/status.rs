@@ -23,6 +23,40 @@ pub struct TableStatus {
     pub bytes: Option<u64>,
     /// Changes applied to it since the copy.
     pub applied: Counters,
+    /// What continuous verification proved of it, once it compared any of it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub proven: Option<TableProven>,
+}
+
+/// How much of a table continuous verification proved equal.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct TableProven {
+    /// The share of its rows proven equal: 1 once a pass over all of it did, else the pass
+    /// under way's rows against the table's (as copied and changed since).
+    pub fraction: f64,
+    /// As of when (Unix seconds): the oldest chunk of the last complete pass, or of the pass
+    /// under way.
+    pub as_of: Option<f64>,
+    /// Where rows differ (`id 1..100000: id=7, id=9`), as last compared.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub differing: Vec<String>,
+}
+
+/// Continuous verification, all tables.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct VerificationStatus {
+    /// Complete passes over every table.
+    pub passes: u64,
+    /// Consistent points taken.
+    pub rounds: u64,
+    /// Rows compared on each side.
+    pub rows_compared: u64,
+    /// The longest the stream stood still at a consistent point (seconds).
+    pub longest_pause: f64,
+    /// When a chunk was last compared (Unix seconds).
+    pub last_at: Option<f64>,
+    /// Why the last round failed, if it did.
+    pub error: Option<String>,
 }
 
 /// The migration's status.
@@ -57,6 +91,9 @@ pub struct Status {
     pub warnings: Vec<String>,
     /// Why streaming or apply stopped, when it failed.
     pub error: Option<String>,
+    /// Continuous verification, once it ran.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub verification: Option<VerificationStatus>,
     /// The cutover, once started: status, write gap, what was verified.
     pub cutover: Option<crate::state::CutoverState>,
 }
@@ -70,6 +107,34 @@ pub struct Live {
     pub slot: Option<SlotHealth>,
     /// Whether the source answered at all.
     pub reachable: bool,
+}
+
+/// What continuous verification proved of table `name` (`copied`: rows copied).
+fn proven(p: &crate::state::Proofs, name: &str, copied: Option<u64>) -> Option<TableProven> {
+    let tp = p.tables.get(name)?;
+    let differing = tp
+        .differing()
+        .map(|c| {
+            let key = tp.key.as_deref();
+            let keys = if c.differing_keys.is_empty() {
+                format!("{} rows on the source, {} on the target", c.rows, c.target_rows)
+            } else {
+                c.differing_keys.join(", ")
+            };
+            format!("{}: {keys}", c.range(key))
+        })
+        .collect();
+    let oldest = |chunks: &[crate::state::ChunkProof]| {
+        chunks.iter().map(|c| c.at).min_by(|a, b| a.total_cmp(b))
+    };
+    let (fraction, as_of) = if !tp.complete.is_empty() && tp.differing().next().is_none() {
+        (1.0, oldest(&tp.complete))
+    } else {
+        let done: i64 = tp.current.iter().filter(|c| c.equal).map(|c| c.rows).sum();
+        let total = copied.unwrap_or(0).max(tp.rows().max(0) as u64).max(1);
+        ((done as f64 / total as f64).min(0.99), oldest(&tp.current))
+    };
+    Some(TableProven { fraction, as_of, differing })
 }
 
 /// Computes the status. `running` is the lock holder, if an apply runs now; `now` is Unix time;
@@ -97,9 +162,18 @@ pub fn compute(
         slot: live.slot.clone(),
         warnings: vec![],
         error: None,
+        verification: None,
         cutover: None,
     };
     let Some(state) = state else { return st };
+    st.verification = state.verification.as_ref().map(|p| VerificationStatus {
+        passes: p.passes,
+        rounds: p.rounds,
+        rows_compared: p.rows_compared,
+        longest_pause: p.longest_pause,
+        last_at: p.last_at,
+        error: p.error.clone(),
+    });
     st.cutover = state.cutover.clone();
     let failed = state.steps.values().find(|s| s.status == StepStatus::Failed);
     st.error = failed.and_then(|s| s.error.clone());
@@ -152,6 +226,7 @@ pub fn compute(
             rows,
             bytes,
             applied: sync.per_table.get(&name).copied().unwrap_or_default(),
+            proven: state.verification.as_ref().and_then(|p| proven(p, &name, rows)),
             name,
         });
     }

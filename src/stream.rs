@@ -319,6 +319,12 @@ pub fn create_slot_command(slot: &str, version_num: i32) -> String {
     format!("CREATE_REPLICATION_SLOT {} LOGICAL pgoutput {options}", crate::sql::ident(slot))
 }
 
+/// The same for a temporary slot, which the server drops when the session that created it
+/// ends (continuous verification's consistent points).
+pub fn create_temporary_slot_command(slot: &str, version_num: i32) -> String {
+    create_slot_command(slot, version_num).replacen(" LOGICAL ", " TEMPORARY LOGICAL ", 1)
+}
+
 /// Creates the logical slot `slot` (pgoutput) on a replication session and keeps the session,
 /// whose exported snapshot sees exactly what the slot's stream does not carry.
 pub async fn create_slot(
@@ -363,6 +369,10 @@ mod tests {
         assert_eq!(
             create_slot_command("pgtransit_a", 150000),
             "CREATE_REPLICATION_SLOT \"pgtransit_a\" LOGICAL pgoutput (SNAPSHOT 'export')"
+        );
+        assert_eq!(
+            create_temporary_slot_command("pgtransit_a", 130000),
+            "CREATE_REPLICATION_SLOT \"pgtransit_a\" TEMPORARY LOGICAL pgoutput EXPORT_SNAPSHOT"
         );
     }
 

@@ -7,6 +7,8 @@
 //! checksum differs and that has a single integer key is compared again in chunks of
 //! [`CHUNK`] keys, which says where its rows differ.
 
+use std::collections::BTreeMap;
+
 use serde::{Deserialize, Serialize};
 use tokio_postgres::Client;
 
@@ -33,6 +35,17 @@ pub struct TableCheck {
     /// The side that has no such table (`source` or `target`): it counts as 0 rows there.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub missing_on: Option<String>,
+    /// Not compared in full: proven equal while streaming, and how (the row counts are then the
+    /// proof's, and `differing_ranges` names rows changed since that differ).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub proof: Option<String>,
+    /// Rows compared by key (those changed since the proof).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub rows_by_key: usize,
+}
+
+fn is_zero(n: &usize) -> bool {
+    *n == 0
 }
 
 impl TableCheck {
@@ -110,6 +123,138 @@ async fn chunks(
     Ok(rows.iter().map(|r| (r.get(0), r.get(1), r.get(2))).collect())
 }
 
+/// A row's hash, as every checksum sums it.
+const ROW_HASH: &str = "hashtextextended(ROW(pgtransit_row.*)::text, 0)";
+
+/// `WHERE` for the keys in `(after, upto]` of integer key `key` (none: every row).
+fn range_filter(key: Option<&str>, after: Option<i64>, upto: Option<i64>) -> String {
+    let Some(k) = key else { return "true".into() };
+    let k = ident(k);
+    let mut conds = vec![];
+    if let Some(a) = after {
+        conds.push(format!("{k} > {a}"));
+    }
+    if let Some(u) = upto {
+        conds.push(format!("{k} <= {u}"));
+    }
+    if conds.is_empty() { "true".into() } else { conds.join(" AND ") }
+}
+
+/// The smallest key above `after` on one side (none: the table has no key above it, or does
+/// not exist).
+pub async fn next_key(
+    client: &Client,
+    t: &VerifyTable,
+    key: &str,
+    after: Option<i64>,
+) -> Result<Option<i64>, tokio_postgres::Error> {
+    let sql = format!(
+        "SELECT min({k})::int8 FROM ONLY {} WHERE {}",
+        qualified_ident(&t.schema, &t.table),
+        range_filter(Some(key), after, None),
+        k = ident(key)
+    );
+    match client.query_one(&sql, &[]).await {
+        Ok(row) => Ok(row.get(0)),
+        Err(e) if e.code() == Some(&tokio_postgres::error::SqlState::UNDEFINED_TABLE) => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+/// The count and checksum of the rows with keys in `(after, upto]` (every row without a key);
+/// `None` when the table does not exist on that side.
+pub async fn range_sum(
+    client: &Client,
+    t: &VerifyTable,
+    after: Option<i64>,
+    upto: Option<i64>,
+) -> Result<Option<(i64, String)>, tokio_postgres::Error> {
+    let sql = format!(
+        "SELECT count(*), coalesce(sum({ROW_HASH}::numeric), 0)::text FROM ONLY {} pgtransit_row \
+         WHERE {}",
+        qualified_ident(&t.schema, &t.table),
+        range_filter(t.key.as_deref(), after, upto)
+    );
+    match client.query_one(&sql, &[]).await {
+        Ok(row) => Ok(Some((row.get(0), row.get(1)))),
+        Err(e) if e.code() == Some(&tokio_postgres::error::SqlState::UNDEFINED_TABLE) => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+/// Each row's key and hash, for the keys in `(after, upto]` of a table with an integer key.
+pub async fn range_rows(
+    client: &Client,
+    t: &VerifyTable,
+    key: &str,
+    after: Option<i64>,
+    upto: Option<i64>,
+) -> Result<BTreeMap<i64, i64>, tokio_postgres::Error> {
+    let sql = format!(
+        "SELECT {k}::int8, {ROW_HASH} FROM ONLY {} pgtransit_row WHERE {}",
+        qualified_ident(&t.schema, &t.table),
+        range_filter(Some(key), after, upto),
+        k = ident(key)
+    );
+    Ok(client.query(&sql, &[]).await?.iter().map(|r| (r.get(0), r.get(1))).collect())
+}
+
+/// The keys where two sides' rows (key → hash) differ, `key=value`, at most `limit`.
+pub fn differing_keys(
+    key: &str,
+    a: &BTreeMap<i64, i64>,
+    b: &BTreeMap<i64, i64>,
+    limit: usize,
+) -> Vec<String> {
+    let mut keys: Vec<i64> =
+        a.iter().filter(|(k, h)| b.get(k) != Some(h)).map(|(k, _)| *k).collect();
+    keys.extend(b.keys().filter(|k| !a.contains_key(k)));
+    keys.sort_unstable();
+    keys.into_iter().take(limit).map(|k| format!("{key}={k}")).collect()
+}
+
+/// Rows looked up by key: for each key (the text of each key column, in the order of
+/// `columns`, which are (name, type)), the row's hash, or `None` when there is no such row.
+pub async fn rows_by_key(
+    client: &Client,
+    t: &VerifyTable,
+    columns: &[(String, String)],
+    keys: &[Vec<Option<String>>],
+) -> Result<Vec<Option<i64>>, tokio_postgres::Error> {
+    if keys.is_empty() {
+        return Ok(vec![]);
+    }
+    let arrays: Vec<Vec<Option<String>>> =
+        (0..columns.len()).map(|i| keys.iter().map(|k| k[i].clone()).collect()).collect();
+    let params: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> =
+        arrays.iter().map(|a| a as &(dyn tokio_postgres::types::ToSql + Sync)).collect();
+    let unnest: Vec<String> = (1..=columns.len()).map(|i| format!("${i}::text[]")).collect();
+    let names: Vec<String> = (1..=columns.len()).map(|i| format!("c{i}")).collect();
+    let on: Vec<String> = columns
+        .iter()
+        .enumerate()
+        .map(|(i, (name, ty))| format!("pgtransit_row.{} = k.c{}::{ty}", ident(name), i + 1))
+        .collect();
+    let sql = format!(
+        "SELECT k.n, CASE WHEN pgtransit_row.ctid IS NULL THEN NULL ELSE {ROW_HASH} END \
+         FROM unnest({}) WITH ORDINALITY AS k({}, n) \
+         LEFT JOIN ONLY {} pgtransit_row ON {} ORDER BY k.n",
+        unnest.join(", "),
+        names.join(", "),
+        qualified_ident(&t.schema, &t.table),
+        on.join(" AND ")
+    );
+    let rows = client.query(&sql, &params).await?;
+    let mut out = vec![None; keys.len()];
+    for r in rows {
+        let n: i64 = r.get(0);
+        if let Some(slot) = out.get_mut(n as usize - 1) {
+            *slot = r.get(1);
+        }
+    }
+    Ok(out)
+}
+
 /// Compares every table; the two clients must be pinned ([`pin`]) and, for an exact answer,
 /// both sides quiet.
 pub async fn compare(
@@ -136,6 +281,8 @@ pub async fn compare(
             checksums_equal: missing_on.is_none() && source_sum == target_sum,
             differing_ranges: vec![],
             missing_on,
+            proof: None,
+            rows_by_key: 0,
         };
         if !check.equal()
             && check.missing_on.is_none()

@@ -208,6 +208,7 @@ impl Cancel {
 }
 
 /// The connections apply uses.
+#[derive(Clone)]
 pub struct Servers {
     /// Source settings.
     pub source: Resolved,

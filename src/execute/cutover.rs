@@ -9,6 +9,8 @@ use std::time::{Duration, Instant};
 use tokio_postgres::Client;
 
 use crate::execute::context::{ApplyError, Ctx, Event, Session, sync_error};
+use crate::execute::proof::Proving;
+use crate::execute::proof::check_in_fence;
 use crate::execute::teardown;
 use crate::execution_plan::{Step, Work};
 use crate::planner::FenceSql;
@@ -213,10 +215,11 @@ pub async fn finish(
     ctx: &Ctx<'_>,
     steps: &[&Step],
     fenced: Fenced,
+    proving: &Proving,
     state: &mut State,
 ) -> Result<(), ApplyError> {
     let mut marks = vec![];
-    let result = finish_steps(ctx, steps, state, &mut marks).await;
+    let result = finish_steps(ctx, steps, proving, state, &mut marks).await;
     let verified = state.cutover.as_ref().is_some_and(|c| c.verified());
     match result {
         Ok(()) => {
@@ -279,6 +282,7 @@ type Marks = Vec<(CutoverStatus, Instant)>;
 async fn finish_steps(
     ctx: &Ctx<'_>,
     steps: &[&Step],
+    proving: &Proving,
     state: &mut State,
     marks: &mut Marks,
 ) -> Result<(), ApplyError> {
@@ -318,7 +322,9 @@ async fn finish_steps(
                 let started = Instant::now();
                 let checksums = ctx.spec.verify.checksums;
                 let (source, target) = connect_pinned(ctx).await?;
-                let checks = crate::verify::compare(&source, &target, tables, checksums)
+                // What continuous verification proved stays proven: only rows changed since, and
+                // tables it did not prove, are compared.
+                let checks = check_in_fence(&source, &target, tables, proving, checksums)
                     .await
                     .map_err(|e| failed(step, &e))?;
                 let differ: Vec<String> = checks

@@ -11,6 +11,9 @@
 //!   fence up and drains to its barrier.
 //! - [`cutover`]: the cutover's lifecycle: when it is due, the fence and the barrier (put up
 //!   from the stream), then sequences, refreshes, verification, clean-up and the write gap.
+//! - [`proof`]: continuous verification: chunks compared at consistent points while the
+//!   stream runs (the applier takes part through a handshake), and what the cutover then
+//!   compares inside its fence: the rows changed since, by key.
 //! - [`steps`]: steps run on workers' sessions, `jobs` at a time, each after what it needs:
 //!   the one match on what a step runs.
 //! - [`teardown`]: the fence lifted; the slot, publication, origin and replica identities
@@ -36,6 +39,7 @@
 mod context;
 mod cutover;
 mod load;
+mod proof;
 mod session;
 mod steps;
 mod sync;
@@ -126,7 +130,7 @@ pub async fn run(plan: &Plan, ctx: &Ctx<'_>, state: &mut State) -> Result<Finish
             with_reconnect(ctx, state, async |state| run_phase(&others, 1, ctx, state).await)
                 .await?;
             if let Some(step) = streams.first() {
-                return sync_and_cutover(step, &of(Phase::Cutover), ctx, state);
+                return sync_and_cutover(step, &of(Phase::Cutover), &plan.tables, ctx, state);
             }
             continue;
         }
@@ -155,6 +159,7 @@ pub async fn run(plan: &Plan, ctx: &Ctx<'_>, state: &mut State) -> Result<Finish
 fn sync_and_cutover(
     step: &Step,
     cutover_steps: &[&Step],
+    verify_tables: &[crate::execution_plan::VerifyTable],
     ctx: &Ctx<'_>,
     state: &mut State,
 ) -> Result<Finished, ApplyError> {
@@ -177,6 +182,11 @@ fn sync_and_cutover(
     let fence = cutover_steps.iter().find(|s| matches!(s.work, Work::Fence { .. }));
     let cutover =
         fence.map(|f| crate::execute::cutover::CutoverRequest { trigger, fence: f, tables });
+    // Continuous verification: needs checksums to prove anything.
+    let verify = &ctx.spec.verify;
+    let settings = (verify.continuous && verify.checksums)
+        .then(|| (verify_tables.to_vec(), verify.rows_per_second));
+    let proving = crate::execute::proof::Proving::new(state.verification.clone(), settings);
     let work = async {
         // A server that goes away (network, restart) is waited for; the stream then resumes
         // from the target's recorded position.
@@ -191,6 +201,7 @@ fn sync_and_cutover(
                 DRIFT_CHECK,
                 &scope,
                 cutover.as_ref(),
+                &proving,
                 state,
             )
             .await
@@ -199,7 +210,8 @@ fn sync_and_cutover(
         match stopped {
             Ok(crate::execute::sync::Stopped::OnRequest) => Ok(Finished::StreamingStopped),
             Ok(crate::execute::sync::Stopped::Drained(fenced)) => {
-                crate::execute::cutover::finish(ctx, cutover_steps, *fenced, state).await?;
+                crate::execute::cutover::finish(ctx, cutover_steps, *fenced, &proving, state)
+                    .await?;
                 Ok(Finished::CutOver)
             }
             Err(e) => {

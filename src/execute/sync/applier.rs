@@ -15,6 +15,7 @@ use tokio_postgres::{Client, Statement};
 
 use crate::execute::context::{ApplyError, Ctx};
 use crate::execute::context::{pg, sync_error};
+use crate::execute::proof::Touched;
 use crate::execute::session::Progress;
 use crate::execute::sync::{INSERT_ROWS, PIPELINE, drift_error};
 use crate::sql::{ident, literal, qualified, qualified_ident};
@@ -207,6 +208,8 @@ pub(crate) struct Table {
     pub(crate) identity_always: Vec<bool>,
     /// Each column's type on the target (0: unknown, left to the server to infer).
     pub(crate) types: Vec<u32>,
+    /// Each column's type's name on the target.
+    pub(crate) type_names: Vec<String>,
     pub(crate) statements: HashMap<Shape, Statement>,
 }
 
@@ -326,6 +329,8 @@ pub(crate) struct Applier<'a> {
     pub(crate) prefix: String,
     /// The prefix of the cutover's barrier message.
     pub(crate) barrier: String,
+    /// Rows changed, for the cutover's verification.
+    pub(crate) touched: Arc<std::sync::Mutex<Touched>>,
 }
 
 impl<'a> Applier<'a> {
@@ -445,6 +450,16 @@ impl<'a> Applier<'a> {
             .iter()
             .map(|c| columns.iter().find(|t| t.name == c.name).map_or(0, |t| t.type_oid))
             .collect();
+        let type_names = rel
+            .columns
+            .iter()
+            .map(|c| {
+                columns
+                    .iter()
+                    .find(|t| t.name == c.name)
+                    .map_or(String::new(), |t| t.type_name.clone())
+            })
+            .collect();
         let full = rel.replica_identity == 'f';
         self.tables.insert(
             rel.id,
@@ -455,6 +470,7 @@ impl<'a> Applier<'a> {
                 full,
                 identity_always,
                 types,
+                type_names,
                 statements: HashMap::new(),
                 rel,
             },
@@ -518,7 +534,40 @@ impl<'a> Applier<'a> {
         Ok(())
     }
 
+    /// Records the rows a change touches (before it is applied: a batch rolled back leaves
+    /// more recorded than changed, never less).
+    fn touch(&self, c: &Change) {
+        let (rel, tuples): (u32, Vec<&Tuple>) = match c {
+            Change::Insert { rel, new } => (*rel, vec![new]),
+            Change::Update { rel, old, new } => (*rel, old.iter().chain([new]).collect()),
+            Change::Delete { rel, old } => (*rel, vec![old]),
+            Change::Truncate { rels, .. } => {
+                let mut touched = self.touched.lock().expect("touched lock");
+                for t in rels.iter().filter_map(|r| self.tables.get(r)) {
+                    touched.record_whole(&t.display, self.final_lsn);
+                }
+                return;
+            }
+            _ => return,
+        };
+        let Some(t) = self.tables.get(&rel) else { return };
+        let keys = if t.full { vec![] } else { t.key_columns() };
+        let columns = || {
+            keys.iter().map(|&i| (t.rel.columns[i].name.clone(), t.type_names[i].clone())).collect()
+        };
+        self.touched.lock().expect("touched lock").record(
+            &t.display,
+            columns,
+            &keys,
+            &tuples,
+            self.final_lsn,
+        );
+    }
+
     pub(crate) async fn change(&mut self, c: Change) -> Result<(), ApplyError> {
+        if !self.replayed {
+            self.touch(&c);
+        }
         if !matches!(c, Change::Insert { .. }) {
             // Changes keep their order: buffered inserts go first.
             self.flush_inserts().await?;
@@ -701,6 +750,7 @@ mod tests {
             full,
             identity_always: vec![false, false],
             types: vec![23, 16385],
+            type_names: vec!["integer".into(), "s.mood".into()],
             statements: HashMap::new(),
         }
     }

@@ -9,6 +9,7 @@ use futures_util::stream::FuturesOrdered;
 
 use crate::execute::context::{ApplyError, Ctx, Event, Session, pg, sync_error};
 use crate::execute::cutover::{CutoverRequest, Fenced, fence, triggered};
+use crate::execute::proof::{PauseAt, Proving, hold, pause};
 use crate::execute::session::{Progress, end_previous, stall, stuck, stuck_target};
 use crate::execute::sync::applier::{Applier, Pipeline, XidSnapshot};
 use crate::execute::sync::watch::{Heartbeats, schema_of, watch};
@@ -31,6 +32,7 @@ pub async fn stream(
     drift_every: Duration,
     scope: &crate::scope::Scope,
     cutover: Option<&CutoverRequest<'_>>,
+    proving: &Proving,
     state: &mut State,
 ) -> Result<Stopped, ApplyError> {
     let servers = ctx.servers;
@@ -82,6 +84,8 @@ pub async fn stream(
         .map_err(pg)?
         .get(0);
     let start = start.as_deref().and_then(crate::stream::parse_lsn).unwrap_or(0);
+    // Rows changed are recorded from here on (for the whole process: a reconnect goes on).
+    proving.touched.lock().expect("touched lock").since.get_or_insert(start);
 
     // Source: heartbeat and schema watch on their own connection.
     let live = Arc::new(std::sync::Mutex::new(Heartbeats {
@@ -125,6 +129,16 @@ pub async fn stream(
         }
     }
     let _heartbeat = AbortOnDrop(heartbeat);
+    let _verifier = proving.settings.as_ref().map(|(tables, rate)| {
+        let task = crate::execute::proof::verify_continuously(
+            servers.clone(),
+            slot.to_string(),
+            tables.clone(),
+            *rate,
+            proving.clone(),
+        );
+        AbortOnDrop(tokio::spawn(task))
+    });
 
     let mut stream = PgoutputStream::start(StreamSettings {
         source: &servers.source,
@@ -174,11 +188,12 @@ pub async fn stream(
         sync,
         prefix,
         barrier: crate::naming::barrier_prefix(slot),
+        touched: proving.touched.clone(),
     };
     // The watchdog: a server that stops answering on a connection still open would hold the
     // applier forever.
     let result = tokio::select! {
-        r = run_stream(&mut a, &mut stream, &live, cutover, &heartbeat_session, state) => r,
+        r = run_stream(&mut a, &mut stream, &live, cutover, &heartbeat_session, proving, state) => r,
         () = stuck_target(&beat, servers, &me) => Err(ApplyError::ConnectionLost(format!(
             "nothing moved for {} s: a server stopped answering on a connection that is still \
              open (the target, or the source during the cutover)",
@@ -195,6 +210,7 @@ pub async fn stream(
         a.sync.error = Some(e.to_string());
     }
     report(&mut a, &live, state);
+    state.verification = Some(proving.proofs());
     ctx.state_dir.save(state)?;
     let _ = tokio::time::timeout(Duration::from_secs(5), stream.stop()).await;
     result
@@ -235,15 +251,59 @@ fn report(
     known.then_some(lag_seconds)
 }
 
+/// Waited `waited` in vain, though the source says it sent a heartbeat as long ago: what it
+/// sends does not arrive.
+fn stalled(waited: Duration, live: &std::sync::Mutex<Heartbeats>) -> Result<(), ApplyError> {
+    if waited > stall() {
+        let sent = live.lock().expect("live lock").pending.front().and_then(|b| b.sent_at);
+        if let Some(t) = sent.filter(|t| now_f64() - t > stall().as_secs_f64()) {
+            return Err(ApplyError::ConnectionLost(format!(
+                "the replication stream is stalled: nothing arrived for {:.0} s of waiting, \
+                 though the source sent a heartbeat {:.0} s ago",
+                waited.as_secs_f64(),
+                now_f64() - t
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// A verification round's consistent point, reached by `change`: everything that commits
+/// before it is applied and committed, nothing after; the stream stands still there until the
+/// round's target snapshot is taken.
+async fn at_consistent_point(
+    a: &mut Applier<'_>,
+    stream: &PgoutputStream,
+    change: &Change,
+    pause_at: &mut Option<PauseAt>,
+) -> Result<(), ApplyError> {
+    let reached = match change {
+        Change::Begin { final_lsn, .. } => Some(*final_lsn),
+        Change::Message { lsn, transactional: false, .. } if a.in_source_tx.is_none() => Some(*lsn),
+        _ => None,
+    };
+    if let Some(at) = reached
+        && pause_at.as_ref().is_some_and(|p| at >= p.lsn)
+        && let Some(p) = pause_at.take()
+    {
+        a.commit_batch(stream).await.map_err(pg)?;
+        pause(p).await;
+    }
+    Ok(())
+}
+
 async fn run_stream(
     a: &mut Applier<'_>,
     stream: &mut PgoutputStream,
     live: &std::sync::Mutex<Heartbeats>,
     cutover: Option<&CutoverRequest<'_>>,
     heartbeat: &Session,
+    proving: &Proving,
     state: &mut State,
 ) -> Result<Stopped, ApplyError> {
     let mut fenced: Option<Fenced> = None;
+    // A verification round's consistent point, once the applier knows it.
+    let mut pause_at: Option<PauseAt> = None;
     let barrier = a.barrier.clone();
     let mut last_report = Instant::now();
     let mut last_event = Instant::now();
@@ -271,20 +331,7 @@ async fn run_stream(
         }
         match next {
             None => {
-                // Waited this long in vain, though the source says it sent a heartbeat as
-                // long ago: what it sends does not arrive.
-                if waited > stall() {
-                    let sent =
-                        live.lock().expect("live lock").pending.front().and_then(|b| b.sent_at);
-                    if let Some(t) = sent.filter(|t| now_f64() - t > stall().as_secs_f64()) {
-                        return Err(ApplyError::ConnectionLost(format!(
-                            "the replication stream is stalled: nothing arrived for {:.0} s of \
-                             waiting, though the source sent a heartbeat {:.0} s ago",
-                            waited.as_secs_f64(),
-                            now_f64() - t
-                        )));
-                    }
-                }
+                stalled(waited, live)?;
                 if a.open && a.in_source_tx.is_none() {
                     a.commit_batch(stream).await.map_err(pg)?;
                 }
@@ -302,6 +349,7 @@ async fn run_stream(
             }
             Some(Ok(Some(change))) => {
                 last_event = Instant::now();
+                at_consistent_point(a, stream, &change, &mut pause_at).await?;
                 match change {
                     Change::Begin { xid, final_lsn, .. } => {
                         // A transaction whose commit lies before what the target has applied
@@ -373,6 +421,16 @@ async fn run_stream(
                 }
             }
         }
+        // A verification round asks to hold between source transactions, its batch committed,
+        // while it takes its consistent point (never during the cutover).
+        if a.in_source_tx.is_none()
+            && pause_at.is_none()
+            && fenced.is_none()
+            && let Some(r) = proving.take_request()
+        {
+            a.commit_batch(stream).await.map_err(pg)?;
+            pause_at = hold(r).await;
+        }
         if last_report.elapsed() >= Duration::from_secs(1) {
             last_report = Instant::now();
             let (drift, failed) = {
@@ -394,6 +452,7 @@ async fn run_stream(
                 });
             }
             let lag = report(a, live, state);
+            state.verification = Some(proving.proofs());
             a.ctx.state_dir.save(state)?;
             // An idle stream sends the target nothing: make sure it is still there.
             if !a.open {
@@ -404,6 +463,8 @@ async fn run_stream(
                 && lag.is_some_and(|l| l <= a.sync.max_lag_seconds)
                 && triggered(&c.trigger)
             {
+                // (A round waiting for its consistent point is abandoned.)
+                pause_at = None;
                 fenced = Some(fence(a.ctx, c, &barrier, &[heartbeat], state).await?);
             }
         }

@@ -174,6 +174,19 @@ pub enum Work {
     },
     /// Cutover: a barrier on the source after the fence; the stream applies everything up to it.
     Drain,
+    /// Online mode: source and target compared chunk by chunk at consistent points while the
+    /// stream runs (`execute::proof`, which runs with the stream), so that the cutover compares
+    /// only rows changed since.
+    ContinuousVerify {
+        /// The tables, with their single integer key when they have one (chunked by it).
+        tables: Vec<VerifyTable>,
+        /// Rows read per second on each server, at most (0: no limit).
+        rows_per_second: u64,
+        /// Rows found different are copied again from the source, at a consistent point
+        /// (`verify.repair`).
+        #[serde(default)]
+        repair: bool,
+    },
     /// Cutover: row counts and checksums of every table, source (fenced) against target.
     Verify {
         /// The tables, with their single-column key when they have one (for chunked

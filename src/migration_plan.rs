@@ -258,6 +258,11 @@ pub struct Verify {
     /// (default 100000; 0: as fast as the servers answer).
     #[serde(default = "default_rows_per_second")]
     pub rows_per_second: u64,
+    /// Online mode: rows continuous verification finds different on the target are copied
+    /// again from the source at a consistent point (default false: the cutover refuses until
+    /// they are fixed).
+    #[serde(default)]
+    pub repair: bool,
 }
 
 fn default_rows_per_second() -> u64 {
@@ -271,6 +276,7 @@ impl Default for Verify {
             checksums: true,
             continuous: true,
             rows_per_second: default_rows_per_second(),
+            repair: false,
         }
     }
 }

@@ -217,6 +217,7 @@ pub fn plan(inputs: Inputs<'_>) -> Plan {
     if online {
         let cutover = cutover_steps(spec, inputs.source, &streamed, &matviews, &scope);
         steps.extend(sync_steps(&spec.name.value, streamed));
+        steps.extend(continuous_verify_step(spec, inputs.source, &all_tables));
         steps.extend(cutover);
     }
     if cut_over {
@@ -1300,6 +1301,47 @@ fn sync_steps(migration: &str, tables: Vec<StreamTable>) -> Vec<Step> {
             table: None,
         },
     ]
+}
+
+/// Continuous verification (`verify.continuous`, with checksums): runs with the stream.
+fn continuous_verify_step(
+    spec: &crate::migration_plan::MigrationPlan,
+    source: &Catalog,
+    tables: &[VerifyTable],
+) -> Option<Step> {
+    let v = &spec.verify;
+    if !(v.continuous && v.checksums) {
+        return None;
+    }
+    let slot = crate::naming::slot_name(&spec.name.value);
+    let tables = tables.to_vec();
+    let sql = crate::verify::continuous_sql(
+        &slot,
+        source.server.version_num,
+        v.rows_per_second,
+        v.repair,
+    );
+    Some(Step {
+        id: "sync:verify".into(),
+        phase: Phase::Sync,
+        action: Action::Run,
+        object: format!("rows of {} tables, while streaming", tables.len()),
+        sql,
+        estimate: None,
+        note: Some(
+            "runs with the stream: each chunk is proven equal at a consistent point, and the \
+             cutover then compares only rows changed since"
+                .into(),
+        ),
+        diff: None,
+        work: Work::ContinuousVerify {
+            tables,
+            rows_per_second: v.rows_per_second,
+            repair: v.repair,
+        },
+        after: vec![],
+        table: None,
+    })
 }
 
 /// The tables verification compares, with their single integer key when they have one.

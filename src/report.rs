@@ -764,6 +764,18 @@ pub fn status(out: &mut dyn Write, st: &crate::status::Status, format: Format) -
             v.longest_pause,
             v.error.as_deref().map(|e| format!("; last round failed: {e}")).unwrap_or_default()
         )?;
+        for r in &v.repairs {
+            writeln!(
+                out,
+                "  {} {}: {} ({} row(s) copied again from the source at {}, {})",
+                paint(YELLOW, "repaired"),
+                r.table,
+                r.keys.join(", "),
+                r.rows_copied,
+                r.lsn,
+                crate::state::utc_text(r.at as u64)
+            )?;
+        }
     }
     if let Some(slot) = &st.slot {
         writeln!(out)?;

@@ -275,6 +275,24 @@ pub struct Proofs {
     /// Why the last round failed, if it did (it is tried again).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    /// Rows found different and copied again (`verify.repair`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub repairs: Vec<RepairRecord>,
+}
+
+/// Rows copied again from the source at a consistent point.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct RepairRecord {
+    /// `schema.table`.
+    pub table: String,
+    /// The rows' keys (`id=7`).
+    pub keys: Vec<String>,
+    /// Rows the source had with those keys (copied; the others were deleted).
+    pub rows_copied: u64,
+    /// The consistent point.
+    pub lsn: String,
+    /// When (Unix seconds).
+    pub at: f64,
 }
 
 /// Where a verification pass is.

@@ -57,6 +57,9 @@ pub struct VerificationStatus {
     pub last_at: Option<f64>,
     /// Why the last round failed, if it did.
     pub error: Option<String>,
+    /// Rows found different and copied again (`verify.repair`).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub repairs: Vec<crate::state::RepairRecord>,
 }
 
 /// The migration's status.
@@ -173,6 +176,7 @@ pub fn compute(
         longest_pause: p.longest_pause,
         last_at: p.last_at,
         error: p.error.clone(),
+        repairs: p.repairs.clone(),
     });
     st.cutover = state.cutover.clone();
     let failed = state.steps.values().find(|s| s.status == StepStatus::Failed);

@@ -126,6 +126,100 @@ async fn chunks(
 /// A row's hash, as every checksum sums it.
 const ROW_HASH: &str = "hashtextextended(ROW(pgtransit_row.*)::text, 0)";
 
+/// The statement that opens a round's source session under the temporary slot's snapshot.
+pub fn source_snapshot_sql(snapshot: &str) -> String {
+    format!(
+        "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY; SET TRANSACTION SNAPSHOT {}",
+        crate::sql::literal(snapshot)
+    )
+}
+
+/// The statement that takes a round's target snapshot, the stream standing still.
+pub const TARGET_SNAPSHOT_SQL: &str =
+    "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY; SELECT txid_current_snapshot();";
+
+/// The marker a round emits on the source after its consistent point (`$1` prefix, `$2` the
+/// position).
+pub const MARKER_SQL: &str = "SELECT pg_logical_emit_message(false, $1, $2)";
+
+/// A chunk's count and checksum (`name`: the quoted table; `filter`: its keys).
+fn chunk_sum_sql(name: &str, filter: &str) -> String {
+    format!(
+        "SELECT count(*), coalesce(sum({ROW_HASH}::numeric), 0)::text FROM ONLY {name} \
+         pgtransit_row WHERE {filter}"
+    )
+}
+
+/// The next key at or above a chunk's start, on one side.
+fn next_key_sql(name: &str, key: &str, filter: &str) -> String {
+    format!("SELECT min({key})::int8 FROM ONLY {name} WHERE {filter}")
+}
+
+/// How rows found different are copied again (`keys`: an `int8[]` literal): deleted on the
+/// target, then copied from the source under the round's snapshot, in one target transaction
+/// with the stream standing still.
+pub struct RepairSql {
+    /// On the target, first.
+    pub delete: String,
+    /// On the source.
+    pub source: String,
+    /// On the target.
+    pub target: String,
+}
+
+impl RepairSql {
+    /// For quoted table `name`, quoted key `key`, quoted `columns` (those COPY writes).
+    pub fn new(name: &str, key: &str, columns: &[String], keys: &str) -> RepairSql {
+        let list = columns.join(", ");
+        let with_list = if columns.is_empty() { String::new() } else { format!(" ({list})") };
+        let select = if columns.is_empty() { "FROM".to_string() } else { format!("{list} FROM") };
+        RepairSql {
+            delete: format!("DELETE FROM ONLY {name} WHERE {key} = ANY({keys})"),
+            source: format!(
+                "COPY (SELECT {select} ONLY {name} WHERE {key} = ANY({keys})) TO STDOUT"
+            ),
+            target: format!("COPY {name}{with_list} FROM STDIN"),
+        }
+    }
+}
+
+/// What continuous verification runs, as the plan shows it (`version_num`: the source's).
+pub fn continuous_sql(slot: &str, version_num: i32, rows_per_second: u64, repair: bool) -> String {
+    let temp = crate::naming::proof_slot_name(slot);
+    let rate = if rows_per_second == 0 {
+        "as fast as the servers answer".to_string()
+    } else {
+        format!("at most {rows_per_second} rows per second on each server")
+    };
+    let mut sql = format!(
+        "-- for each consistent point, on a replication session of the source (the stream \
+         holds, its batch committed):\n\
+         {};\n\
+         -- on the source, under its snapshot:\n{};\n{};  -- after the slot's position\n\
+         -- on the target, the stream standing still at that position:\n{}\n\
+         -- then chunk by chunk on both, {rate}:\n{};\n{};",
+        crate::stream::create_temporary_slot_command(&temp, version_num),
+        source_snapshot_sql("<snapshot>"),
+        MARKER_SQL
+            .replace("$1", &crate::sql::literal(&crate::naming::proof_prefix(slot)))
+            .replace("$2", "'<position>'"),
+        TARGET_SNAPSHOT_SQL,
+        next_key_sql("<table>", "<key>", "<key> > <after>"),
+        chunk_sum_sql("<table>", "<key> > <after> AND <key> <= <upto>"),
+    );
+    if repair {
+        let r = RepairSql::new("<table>", "<key>", &["<columns>".into()], "<keys that differ>");
+        sql.push_str(&format!(
+            "\n-- rows that differ (verify.repair), at a consistent point, the stream standing \
+             still:\n-- on the source, under its snapshot:\n{};\n\
+             -- on the target, in one transaction:\n\
+             BEGIN; SET LOCAL session_replication_role = replica;\n{};\n{};\nCOMMIT;",
+            r.source, r.delete, r.target
+        ));
+    }
+    sql
+}
+
 /// `WHERE` for the keys in `(after, upto]` of integer key `key` (none: every row).
 fn range_filter(key: Option<&str>, after: Option<i64>, upto: Option<i64>) -> String {
     let Some(k) = key else { return "true".into() };
@@ -148,11 +242,10 @@ pub async fn next_key(
     key: &str,
     after: Option<i64>,
 ) -> Result<Option<i64>, tokio_postgres::Error> {
-    let sql = format!(
-        "SELECT min({k})::int8 FROM ONLY {} WHERE {}",
-        qualified_ident(&t.schema, &t.table),
-        range_filter(Some(key), after, None),
-        k = ident(key)
+    let sql = next_key_sql(
+        &qualified_ident(&t.schema, &t.table),
+        &ident(key),
+        &range_filter(Some(key), after, None),
     );
     match client.query_one(&sql, &[]).await {
         Ok(row) => Ok(row.get(0)),
@@ -169,11 +262,9 @@ pub async fn range_sum(
     after: Option<i64>,
     upto: Option<i64>,
 ) -> Result<Option<(i64, String)>, tokio_postgres::Error> {
-    let sql = format!(
-        "SELECT count(*), coalesce(sum({ROW_HASH}::numeric), 0)::text FROM ONLY {} pgtransit_row \
-         WHERE {}",
-        qualified_ident(&t.schema, &t.table),
-        range_filter(t.key.as_deref(), after, upto)
+    let sql = chunk_sum_sql(
+        &qualified_ident(&t.schema, &t.table),
+        &range_filter(t.key.as_deref(), after, upto),
     );
     match client.query_one(&sql, &[]).await {
         Ok(row) => Ok(Some((row.get(0), row.get(1)))),

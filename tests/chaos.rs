@@ -210,7 +210,14 @@ enum Moment {
     Stage(&'static str),
     /// Cutover: at `PGTRANSIT_FAILPOINT=<this>` (a step after the fence and the drain).
     CutoverFailpoint(String),
+    /// Sync: the apply aborts right after continuous verification took a consistent point
+    /// (`PGTRANSIT_FAILPOINT=during:verify:round`): the applier had held for it, stood still at
+    /// it, and the temporary slot's session and both snapshots are open.
+    VerifyFailpoint,
 }
+
+/// Where [`Moment::VerifyFailpoint`] aborts.
+const VERIFY_FAILPOINT: &str = "during:verify:round";
 
 #[derive(Clone, Copy, Debug, PartialEq)]
 enum Phase {
@@ -249,6 +256,10 @@ impl std::fmt::Display for Fault {
             }
             Moment::Stage(s) => write!(f, " at stage {s}")?,
             Moment::CutoverFailpoint(fp) => write!(f, " (abort at failpoint {fp})")?,
+            Moment::VerifyFailpoint => write!(
+                f,
+                " during continuous verification (abort at failpoint {VERIFY_FAILPOINT})"
+            )?,
         }
         if matches!(self.kind, Kind::CrashSource | Kind::CrashTarget) {
             write!(f, ", down {} ms", self.downtime.as_millis())?;
@@ -332,6 +343,19 @@ fn plan_faults(
     let n_sync = total.saturating_sub(n_cut + faults.len()).max(1);
 
     for _ in 0..n_sync {
+        if rng.chance(15) {
+            let moment = Moment::VerifyFailpoint;
+            let downtime = Duration::ZERO;
+            let kind = Kind::Kill;
+            faults.push(Fault {
+                phase: Phase::Sync,
+                kind,
+                moment,
+                downtime,
+                cutover_streams: false,
+            });
+            continue;
+        }
         let kind = match rng.below(100) {
             0..30 => Kind::Kill,
             30..53 => Kind::CrashTarget,
@@ -531,8 +555,11 @@ fn sample_slots(psql: &Path, conninfo: &str) -> Option<(usize, String)> {
     let out = std::process::Command::new(psql)
         .args(["-X", "-A", "-t", "-v", "ON_ERROR_STOP=1", "-d", conninfo, "-c"])
         .arg(
+            // Continuous verification's temporary slots (each lives as long as its session,
+            // the server drops it when that ends, however it ends) are not counted.
             "SELECT count(*) || '|' || coalesce(string_agg(slot_name || \
-             CASE WHEN active THEN ' (active)' ELSE '' END, ', '), '') FROM pg_replication_slots",
+             CASE WHEN active THEN ' (active)' ELSE '' END, ', '), '') FROM pg_replication_slots \
+             WHERE NOT temporary",
         )
         .env_remove("PGDATABASE")
         .stderr(Stdio::null())
@@ -1164,7 +1191,42 @@ impl Chaos {
         }
     }
 
+    /// The apply aborts during continuous verification, at a consistent point; the next one
+    /// resumes.
+    fn verify_fault(&mut self) {
+        if self.apply.is_some() {
+            self.stop_apply(false);
+        }
+        self.start_apply(Some(VERIFY_FAILPOINT));
+        let start = Instant::now();
+        loop {
+            if let Some((status, p)) = self.apply_exited() {
+                let why = self.why(&p);
+                self.say(format!("apply #{} {}", p.n, describe(status)));
+                if status.signal() != Some(6) {
+                    self.anomaly(format!(
+                        "apply #{} ended with {} before failpoint {VERIFY_FAILPOINT}: {why}",
+                        p.n,
+                        describe(status)
+                    ));
+                }
+                break;
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(90),
+                "apply did not reach failpoint {VERIFY_FAILPOINT} within 90 s:\n{}",
+                self.output(self.apply.as_ref().unwrap())
+            );
+            self.check_time("waiting for the verification failpoint");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        self.start_apply(None);
+    }
+
     fn sync_fault(&mut self, f: &Fault) {
+        if matches!(f.moment, Moment::VerifyFailpoint) {
+            return self.verify_fault();
+        }
         let Moment::After { delay, catching_up } = f.moment else { unreachable!() };
         if catching_up {
             if self.apply.is_none() {

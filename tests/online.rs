@@ -604,6 +604,61 @@ fn continuous_verification_proves_chunks_while_streaming_and_the_fence_compares_
 }
 
 #[test]
+fn rows_changed_behind_pgtransits_back_are_named_and_copied_again_at_a_consistent_point_with_verify_repair()
+ {
+    let (src, tgt) = logical_pair(
+        "repair",
+        "CREATE TABLE items (id int PRIMARY KEY, name text);
+         INSERT INTO items SELECT g, 'n' || g FROM generate_series(1, 1000) g;",
+    );
+    let dir = TempDir::new("repair");
+    let plan =
+        online_plan(&dir, "rep", &src, &tgt, "verify:\n  rows_per_second: 0\n  repair: true\n");
+    // The plan shows what a repair runs.
+    let out = run(dir.path(), &["plan", &plan]);
+    assert!(
+        out.stdout.contains("DELETE FROM ONLY <table> WHERE <key> = ANY(<keys that differ>)"),
+        "{out:?}"
+    );
+    assert!(out.stdout.contains("TEMPORARY LOGICAL pgoutput"), "{out:?}");
+    let mut child = start_apply(&dir, &plan, &[]);
+    wait_streaming(&dir, "rep", &mut child);
+    wait_passes(&dir, &plan, 1);
+    // Behind pgtransit's back, where no trigger sees it: a row changed, one deleted, one added;
+    // meanwhile the source changes too.
+    sql(
+        &tgt,
+        "app",
+        "SET session_replication_role = replica;
+         UPDATE items SET name = 'corrupted' WHERE id = 500;
+         DELETE FROM items WHERE id = 501;
+         INSERT INTO items VALUES (5000, 'stray');",
+    );
+    sql(&src, "app", "UPDATE items SET name = 'moved on' WHERE id = 1");
+    let mut st = serde_json::Value::Null;
+    wait_for(Duration::from_secs(60), "the rows repaired", || {
+        st = run(dir.path(), &["status", &plan, "--format", "json"]).json();
+        st["verification"]["repairs"].as_array().is_some_and(|r| !r.is_empty())
+    });
+    let repair = &st["verification"]["repairs"][0];
+    assert_eq!(repair["table"], "public.items", "{st}");
+    assert_eq!(repair["keys"], serde_json::json!(["id=500", "id=501", "id=5000"]), "{st}");
+    assert_eq!(repair["rows_copied"], 2, "{st}");
+    wait_identical(&src, &tgt, &dir);
+    let text = run(dir.path(), &["status", &plan]);
+    assert!(text.stdout.contains("repaired public.items: id=500, id=501, id=5000"), "{text:?}");
+    // Proven again, and the cutover completes.
+    wait_for(Duration::from_secs(60), "the table proven again", || {
+        let st = run(dir.path(), &["status", &plan, "--format", "json"]).json();
+        st["tables"][0]["proven"]["fraction"] == 1.0
+    });
+    let out = run(dir.path(), &["cutover", &plan, "--auto-approve"]);
+    assert_eq!(out.code, 0, "{out:?}\n{}", apply_output(&dir));
+    assert_eq!(child.wait().unwrap().code(), Some(0), "{}", apply_output(&dir));
+    assert_eq!(table_checksums(&src, "app"), table_checksums(&tgt, "app"));
+}
+
+#[test]
 fn verification_catches_a_corrupted_row_and_the_failed_cutover_leaves_the_source_writable() {
     let (src, tgt) = logical_pair(
         "verify",

@@ -130,7 +130,9 @@ pub async fn run(plan: &Plan, ctx: &Ctx<'_>, state: &mut State) -> Result<Finish
             with_reconnect(ctx, state, async |state| run_phase(&others, 1, ctx, state).await)
                 .await?;
             if let Some(step) = streams.first() {
-                return sync_and_cutover(step, &of(Phase::Cutover), &plan.tables, ctx, state);
+                let continuous =
+                    steps.iter().find(|s| matches!(s.work, Work::ContinuousVerify { .. }));
+                return sync_and_cutover(step, &of(Phase::Cutover), continuous, ctx, state);
             }
             continue;
         }
@@ -159,7 +161,7 @@ pub async fn run(plan: &Plan, ctx: &Ctx<'_>, state: &mut State) -> Result<Finish
 fn sync_and_cutover(
     step: &Step,
     cutover_steps: &[&Step],
-    verify_tables: &[crate::execution_plan::VerifyTable],
+    continuous: Option<&&Step>,
     ctx: &Ctx<'_>,
     state: &mut State,
 ) -> Result<Finished, ApplyError> {
@@ -182,11 +184,19 @@ fn sync_and_cutover(
     let fence = cutover_steps.iter().find(|s| matches!(s.work, Work::Fence { .. }));
     let cutover =
         fence.map(|f| crate::execute::cutover::CutoverRequest { trigger, fence: f, tables });
-    // Continuous verification: needs checksums to prove anything.
-    let verify = &ctx.spec.verify;
-    let settings = (verify.continuous && verify.checksums)
-        .then(|| (verify_tables.to_vec(), verify.rows_per_second));
-    let proving = crate::execute::proof::Proving::new(state.verification.clone(), settings);
+    // Continuous verification, as the execution plan says.
+    let settings = continuous.map(|step| match &step.work {
+        Work::ContinuousVerify { tables, rows_per_second, repair } => {
+            Some(crate::execute::proof::Settings {
+                tables: tables.clone(),
+                rows_per_second: *rows_per_second,
+                repair: *repair,
+            })
+        }
+        _ => None,
+    });
+    let proving =
+        crate::execute::proof::Proving::new(state.verification.clone(), settings.flatten());
     let work = async {
         // A server that goes away (network, restart) is waited for; the stream then resumes
         // from the target's recorded position.

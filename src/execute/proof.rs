@@ -34,7 +34,7 @@ use tokio_postgres::Client;
 
 use crate::execute::context::{Servers, db_message};
 use crate::execution_plan::VerifyTable;
-use crate::sql::{literal, qualified};
+use crate::sql::qualified;
 use crate::state::{ChunkProof, Cursor, Proofs, now_f64};
 use crate::stream::{Tuple, Value, lsn_text};
 use crate::verify::{CHUNK, TableCheck};
@@ -42,6 +42,9 @@ use crate::verify::{CHUNK, TableCheck};
 /// The longest the applier holds (its batch committed) for a round's consistent point to be
 /// taken, or stands still at it for the target's snapshot; past that the round is abandoned.
 pub const PAUSE_LIMIT: Duration = Duration::from_secs(1);
+
+/// ... and while rows found different are copied again.
+const REPAIR_LIMIT: Duration = Duration::from_secs(10);
 
 /// A round compares chunks for this long at most (it holds a snapshot on each server).
 const ROUND_TIME: Duration = Duration::from_secs(20);
@@ -64,14 +67,24 @@ pub struct Proving {
     pub(crate) touched: Arc<Mutex<Touched>>,
     /// A round's request to the applier.
     pub(crate) request: Arc<Mutex<Option<ProofRequest>>>,
-    /// What continuous verification compares, and at how many rows per second (none: it does
-    /// not run).
-    pub(crate) settings: Option<(Vec<VerifyTable>, u64)>,
+    /// What continuous verification compares, and how (none: it does not run).
+    pub(crate) settings: Option<Settings>,
+}
+
+/// The execution plan's continuous verification step.
+#[derive(Clone)]
+pub struct Settings {
+    /// The tables.
+    pub tables: Vec<VerifyTable>,
+    /// Rows read per second on each server, at most (0: no limit).
+    pub rows_per_second: u64,
+    /// Rows found different are copied again.
+    pub repair: bool,
 }
 
 impl Proving {
     /// Starts from what the state recorded; `settings` as [`Proving::settings`].
-    pub fn new(proofs: Option<Proofs>, settings: Option<(Vec<VerifyTable>, u64)>) -> Proving {
+    pub fn new(proofs: Option<Proofs>, settings: Option<Settings>) -> Proving {
         Proving {
             proofs: Arc::new(Mutex::new(proofs.unwrap_or_default())),
             settings,
@@ -151,6 +164,8 @@ pub(crate) struct ProofRequest {
     pub(crate) paused: Option<oneshot::Sender<()>>,
     /// Round → applier: the target's snapshot is taken.
     pub(crate) resume: Option<oneshot::Receiver<()>>,
+    /// How long the applier stands still for it, at most.
+    pub(crate) limit: Duration,
 }
 
 /// The applier's side of a round, once it knows the consistent point.
@@ -158,6 +173,7 @@ pub(crate) struct PauseAt {
     pub(crate) lsn: u64,
     pub(crate) paused: Option<oneshot::Sender<()>>,
     pub(crate) resume: Option<oneshot::Receiver<()>>,
+    pub(crate) limit: Duration,
 }
 
 impl Proving {
@@ -172,17 +188,17 @@ impl Proving {
 pub(crate) async fn hold(mut r: ProofRequest) -> Option<PauseAt> {
     let _ = r.held.take()?.send(());
     let lsn = tokio::time::timeout(PAUSE_LIMIT, r.at.take()?).await.ok()?.ok()?;
-    Some(PauseAt { lsn, paused: r.paused.take(), resume: r.resume.take() })
+    Some(PauseAt { lsn, paused: r.paused.take(), resume: r.resume.take(), limit: r.limit })
 }
 
 /// Stands still at the consistent point (everything before it committed) until the round's
-/// target snapshot is taken, at most [`PAUSE_LIMIT`].
+/// target snapshot is taken (and, for a repair, the rows copied again), at most its limit.
 pub(crate) async fn pause(mut p: PauseAt) {
     if let Some(paused) = p.paused.take()
         && paused.send(()).is_ok()
         && let Some(resume) = p.resume.take()
     {
-        let _ = tokio::time::timeout(PAUSE_LIMIT, resume).await;
+        let _ = tokio::time::timeout(p.limit, resume).await;
     }
 }
 
@@ -204,15 +220,14 @@ impl From<tokio_postgres::Error> for Void {
 pub(crate) async fn verify_continuously(
     servers: Servers,
     slot: String,
-    tables: Vec<VerifyTable>,
-    rows_per_second: u64,
+    settings: Settings,
     proving: Proving,
 ) {
-    if tables.is_empty() {
+    if settings.tables.is_empty() {
         return;
     }
     loop {
-        let wait = match round(&servers, &slot, &tables, rows_per_second, &proving).await {
+        let wait = match round(&servers, &slot, &settings, &proving).await {
             Ok(true) => PASS_GAP,
             Ok(false) => Duration::ZERO,
             Err(Void::Missed(why)) => {
@@ -236,8 +251,21 @@ struct Point {
     lsn: u64,
 }
 
-/// Takes a consistent point with the applier.
-async fn consistent_point(servers: &Servers, slot: &str, proving: &Proving) -> Result<Point, Void> {
+/// Rows to copy again at a consistent point: a table, its key, and the keys.
+struct Repair<'a> {
+    table: &'a VerifyTable,
+    key: &'a str,
+    keys: Vec<i64>,
+}
+
+/// Takes a consistent point with the applier; with `repair`, copies those rows again while
+/// the stream stands still there. Returns the point, and the rows copied.
+async fn consistent_point(
+    servers: &Servers,
+    slot: &str,
+    proving: &Proving,
+    repair: Option<&Repair<'_>>,
+) -> Result<(Point, Option<u64>), Void> {
     let app = "pgtransit/verify";
     let source = crate::conn::connect_with(&servers.source, app, &servers.policy)
         .await
@@ -250,6 +278,15 @@ async fn consistent_point(servers: &Servers, slot: &str, proving: &Proving) -> R
     }
     let version: i32 =
         source.query_one("SELECT current_setting('server_version_num')::int", &[]).await?.get(0);
+    // A repair's own session, ready before the stream stands still.
+    let writer = match repair {
+        Some(_) => Some(
+            crate::conn::connect_with(&servers.target, app, &servers.policy)
+                .await
+                .map_err(|e| Void::Failed(e.to_string()))?,
+        ),
+        None => None,
+    };
     let (held_tx, held) = oneshot::channel();
     let (at, at_rx) = oneshot::channel();
     let (paused_tx, paused) = oneshot::channel();
@@ -259,6 +296,7 @@ async fn consistent_point(servers: &Servers, slot: &str, proving: &Proving) -> R
         at: Some(at_rx),
         paused: Some(paused_tx),
         resume: Some(resume_rx),
+        limit: if repair.is_some() { REPAIR_LIMIT } else { PAUSE_LIMIT },
     });
     // The applier takes it between two source transactions.
     let taken = tokio::time::timeout(Duration::from_secs(60), held).await;
@@ -275,22 +313,14 @@ async fn consistent_point(servers: &Servers, slot: &str, proving: &Proving) -> R
     if at.send(lsn).is_err() {
         return Err(Void::Missed("the applier held too long for the slot"));
     }
-    source
-        .batch_execute(&format!(
-            "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY; SET TRANSACTION SNAPSHOT {}",
-            literal(&session.snapshot)
-        ))
-        .await?;
+    source.batch_execute(&crate::verify::source_snapshot_sql(&session.snapshot)).await?;
     drop(session);
     // A marker after the point: an idle source's stream reaches it too.
     let marker = crate::conn::connect_with(&servers.source, app, &servers.policy)
         .await
         .map_err(|e| Void::Failed(e.to_string()))?;
     marker
-        .query_one(
-            "SELECT pg_logical_emit_message(false, $1, $2)",
-            &[&crate::naming::proof_prefix(slot), &lsn_text(lsn)],
-        )
+        .query_one(crate::verify::MARKER_SQL, &[&crate::naming::proof_prefix(slot), &lsn_text(lsn)])
         .await?;
     drop(marker);
     // The applier may be behind: it reaches the point when it has applied what came before.
@@ -298,18 +328,54 @@ async fn consistent_point(servers: &Servers, slot: &str, proving: &Proving) -> R
         return Err(Void::Missed("the applier did not reach the consistent point"));
     }
     let stood = Instant::now();
-    target
-        .batch_execute(
-            "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY; SELECT txid_current_snapshot();",
-        )
-        .await?;
+    let copied = match (repair, &writer) {
+        (Some(r), Some(w)) => Some(copy_again(&source, w, r).await?),
+        _ => None,
+    };
+    target.batch_execute(crate::verify::TARGET_SNAPSHOT_SQL).await?;
     if resume.send(()).is_err() {
+        // (A repair committed after the applier went on would have raced with it: the limit
+        // is long enough for a few rows, and the rows are compared again.)
         return Err(Void::Missed("the applier stood still too long"));
     }
     let mut p = proving.proofs.lock().expect("proofs lock");
     p.rounds += 1;
     p.longest_pause = p.longest_pause.max(stood.elapsed().as_secs_f64());
-    Ok(Point { source, target, lsn })
+    Ok((Point { source, target, lsn }, copied))
+}
+
+/// Copies rows again: deleted on the target, then copied from the source (under the round's
+/// snapshot), in one target transaction. Returns the rows copied.
+async fn copy_again(source: &Client, target: &Client, r: &Repair<'_>) -> Result<u64, Void> {
+    use futures_util::{SinkExt, StreamExt};
+    let t = r.table;
+    let columns = crate::catalog::read_table_columns(target, &t.schema, &t.table)
+        .await
+        .map_err(|e| Void::Failed(e.to_string()))?
+        .unwrap_or_default();
+    let columns: Vec<String> = columns.iter().map(|c| crate::sql::ident(&c.name)).collect();
+    let keys = format!(
+        "'{{{}}}'::int8[]",
+        r.keys.iter().map(i64::to_string).collect::<Vec<_>>().join(",")
+    );
+    let sql = crate::verify::RepairSql::new(
+        &crate::sql::qualified_ident(&t.schema, &t.table),
+        &crate::sql::ident(r.key),
+        &columns,
+        &keys,
+    );
+    target.batch_execute("BEGIN; SET LOCAL session_replication_role = replica;").await?;
+    target.batch_execute(&sql.delete).await?;
+    let out = source.copy_out(&sql.source).await?;
+    let sink = target.copy_in::<_, Bytes>(&sql.target).await?;
+    futures_util::pin_mut!(out);
+    futures_util::pin_mut!(sink);
+    while let Some(chunk) = out.next().await {
+        sink.feed(chunk?).await?;
+    }
+    let rows = sink.as_mut().finish().await?;
+    target.batch_execute("COMMIT").await?;
+    Ok(rows)
 }
 
 /// One round: a consistent point, then chunks compared under it until [`ROUND_TIME`]. Returns
@@ -317,11 +383,18 @@ async fn consistent_point(servers: &Servers, slot: &str, proving: &Proving) -> R
 async fn round(
     servers: &Servers,
     slot: &str,
-    tables: &[VerifyTable],
-    rows_per_second: u64,
+    settings: &Settings,
     proving: &Proving,
 ) -> Result<bool, Void> {
-    let point = consistent_point(servers, slot, proving).await?;
+    let Settings { tables, rows_per_second, .. } = settings;
+    let rows_per_second = *rows_per_second;
+    // A chunk the last round found different, with keys named: copied again at this point
+    // (`verify.repair`), and compared again first.
+    let repair = settings.repair.then(|| to_repair(proving, tables)).flatten();
+    let (point, copied) = consistent_point(servers, slot, proving, repair.as_ref()).await?;
+    if let (Some(r), Some(rows)) = (&repair, copied) {
+        repaired(proving, r, rows, point.lsn);
+    }
     crate::execute::context::failpoint("during", "verify:round");
     let started = Instant::now();
     let mut rows_read = 0u64;
@@ -355,6 +428,56 @@ async fn round(
     }
 }
 
+/// The first chunk of the pass under way found different with keys named, of a table chunked
+/// by its key: what to copy again. The cursor goes back to it, so it is compared again.
+fn to_repair<'a>(proving: &Proving, tables: &'a [VerifyTable]) -> Option<Repair<'a>> {
+    let mut p = proving.proofs.lock().expect("proofs lock");
+    for t in tables {
+        let Some(key) = t.key.as_deref() else { continue };
+        let name = qualified(&t.schema, &t.table);
+        let Some(tp) = p.tables.get_mut(&name) else { continue };
+        let named = |c: &ChunkProof| !c.equal && !c.differing_keys.is_empty();
+        let (chunk, after) = if let Some(i) = tp.current.iter().position(named) {
+            // Compared again from that chunk on: the pass's chunks stay contiguous.
+            let chunk = tp.current[i].clone();
+            tp.current.truncate(i);
+            let after = chunk.after;
+            (chunk, after)
+        } else if let Some(c) = tp.complete.iter_mut().find(|c| named(c)) {
+            // The table is compared again from its start (the chunk stays different, but
+            // repaired once, until then).
+            let chunk = c.clone();
+            c.differing_keys.clear();
+            tp.current.clear();
+            (chunk, None)
+        } else {
+            continue;
+        };
+        let keys: Vec<i64> = chunk
+            .differing_keys
+            .iter()
+            .filter_map(|k| k.split_once('=').and_then(|(_, v)| v.parse().ok()))
+            .collect();
+        p.cursor = Some(Cursor { table: name, after });
+        return Some(Repair { table: t, key, keys });
+    }
+    None
+}
+
+/// Records a repair.
+fn repaired(proving: &Proving, r: &Repair<'_>, rows: u64, lsn: u64) {
+    let table = qualified(&r.table.schema, &r.table.table);
+    tracing::warn!(table = %table, keys = ?r.keys, rows, "rows found different copied again");
+    let mut p = proving.proofs.lock().expect("proofs lock");
+    p.repairs.push(crate::state::RepairRecord {
+        table,
+        keys: r.keys.iter().map(|k| format!("{}={k}", r.key)).collect(),
+        rows_copied: rows,
+        lsn: lsn_text(lsn),
+        at: now_f64(),
+    });
+}
+
 /// Records a chunk's proof and moves the cursor; at a table's last chunk its pass becomes the
 /// complete one, and the rows changed before all of it are forgotten. Returns whether a pass
 /// over every table ended.
@@ -382,6 +505,10 @@ fn record(
     let upto = proof.upto;
     let tp = p.tables.entry(name.clone()).or_default();
     tp.key.clone_from(&t.key);
+    if proof.after.is_none() {
+        // A pass over the table starts: its chunks cover every key, in order.
+        tp.current.clear();
+    }
     tp.current.push(proof);
     if !last {
         p.cursor = Some(Cursor { table: name, after: upto });

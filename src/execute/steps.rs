@@ -227,6 +227,7 @@ pub(crate) async fn run_step(
             | Work::Fence { .. }
             | Work::Drain
             | Work::Verify { .. }
+            | Work::ContinuousVerify { .. }
             | Work::None => Ok(()),
             // A verified cutover's clean-up that was cut off: finished, and the cutover with it.
             Work::Cleanup { slot, publication, origin } => {

@@ -129,12 +129,11 @@ pub async fn stream(
         }
     }
     let _heartbeat = AbortOnDrop(heartbeat);
-    let _verifier = proving.settings.as_ref().map(|(tables, rate)| {
+    let _verifier = proving.settings.as_ref().map(|settings| {
         let task = crate::execute::proof::verify_continuously(
             servers.clone(),
             slot.to_string(),
-            tables.clone(),
-            *rate,
+            settings.clone(),
             proving.clone(),
         );
         AbortOnDrop(tokio::spawn(task))

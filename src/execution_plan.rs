@@ -318,6 +318,27 @@ pub struct Fingerprint {
     pub target: String,
 }
 
+/// The cutover's expected write gap, in seconds, from the last measurements of the stream and
+/// of continuous verification (`estimate::cutover`).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct CutoverEstimate {
+    /// The fence going up.
+    pub fence: f64,
+    /// The drain: the stream's latency, plus its lag when last measured.
+    pub drain: f64,
+    /// Sequences (and refreshes).
+    pub sequences: f64,
+    /// Verification: rows changed since each table was proven, by key; tables never proven
+    /// in full.
+    pub verification: f64,
+    /// The clean-up.
+    pub clean_up: f64,
+    /// All of it.
+    pub total: f64,
+    /// What it is based on.
+    pub basis: Vec<String>,
+}
+
 /// What the load will move, from the source's statistics.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
 pub struct LoadEstimate {
@@ -396,6 +417,10 @@ pub struct Plan {
     /// Every table in scope (what `verify` compares).
     #[serde(default)]
     pub tables: Vec<VerifyTable>,
+    /// Online mode, once it streamed: the cutover's write gap as the last measurements predict
+    /// it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cutover_estimate: Option<CutoverEstimate>,
     /// SHA-256 of the steps as computed: a saved plan whose steps were edited is refused.
     #[serde(default)]
     pub steps_hash: String,

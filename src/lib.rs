@@ -18,6 +18,7 @@ pub mod cluster;
 pub mod commands;
 pub mod conn;
 pub mod dump;
+pub mod estimate;
 pub mod execute;
 pub mod execution_plan;
 pub mod hash;

@@ -242,6 +242,7 @@ pub fn plan(inputs: Inputs<'_>) -> Plan {
         summary,
         load_estimate,
         tables: all_tables,
+        cutover_estimate: None,
         steps_hash,
     }
 }

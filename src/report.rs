@@ -56,6 +56,9 @@ pub struct PlanReport {
     pub plan_summary: Option<PlanSummary>,
     /// What the load will move.
     pub load_estimate: Option<crate::execution_plan::LoadEstimate>,
+    /// Online mode, once it streamed: the cutover's expected write gap.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cutover_estimate: Option<crate::execution_plan::CutoverEstimate>,
 }
 
 /// Counts of findings by severity.
@@ -95,6 +98,7 @@ impl PlanReport {
             steps: plan.map(|p| p.steps.clone()).unwrap_or_default(),
             plan_summary: plan.map(|p| p.summary),
             load_estimate: plan.and_then(|p| p.load_estimate),
+            cutover_estimate: plan.and_then(|p| p.cutover_estimate.clone()),
         }
     }
 }
@@ -155,6 +159,20 @@ fn plan_text(out: &mut dyn Write, r: &PlanReport) -> io::Result<()> {
                 human_seconds(e.seconds),
                 e.jobs,
                 crate::execution_plan::ASSUMED_BYTES_PER_SECOND / 1e6
+            )?;
+        }
+        if let Some(e) = &r.cutover_estimate {
+            writeln!(
+                out,
+                "Cutover: expected write gap ~{:.2} s now (fence {:.2}, drain {:.2}, sequences \
+                 {:.2}, verification {:.2}, clean-up {:.2}), from the last measurements: {}.",
+                e.total,
+                e.fence,
+                e.drain,
+                e.sequences,
+                e.verification,
+                e.clean_up,
+                e.basis.join("; ")
             )?;
         }
         if summary.conflicts > 0 {

@@ -112,6 +112,10 @@ pub struct SyncState {
     /// The lag under which the migration is ready for cutover (`sync.max_lag`).
     #[serde(default)]
     pub max_lag_seconds: f64,
+    /// Rows changed per second on the source, as the stream applied them lately (a moving
+    /// average, for the cutover's expected write gap).
+    #[serde(default)]
+    pub changes_per_second: Option<f64>,
     /// Changes applied, all tables.
     #[serde(default)]
     pub applied: Counters,

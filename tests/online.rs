@@ -576,6 +576,10 @@ fn continuous_verification_proves_chunks_while_streaming_and_the_fence_compares_
     assert!(chunks.iter().all(|c| c["equal"] == true && c["lsn"].is_string()), "{saved}");
     let text = run(dir.path(), &["status", &plan]);
     assert!(text.stdout.contains("100% proven equal while streaming as of"), "{text:?}");
+    // `plan` shows the cutover's expected write gap, from these measurements.
+    let out = run(dir.path(), &["plan", &plan]);
+    assert!(out.stdout.contains("Cutover: expected write gap ~"), "{out:?}");
+    assert!(out.stdout.contains("3 of 3 tables proven while streaming"), "{out:?}");
     assert!(text.stdout.contains("Continuous verification: "), "{text:?}");
 
     // Changed after the proof: these rows (and the keyless table) are compared in the fence.

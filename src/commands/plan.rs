@@ -251,6 +251,12 @@ pub async fn compute(loaded: &LoadedMigrationPlan, env: &Env, retry_for: Duratio
         })),
         _ => None,
     };
+    // The cutover's expected write gap, from the last measurements.
+    let mut plan = plan;
+    if let (Some(p), Some(st)) = (plan.as_mut(), state.as_ref()) {
+        p.cutover_estimate =
+            crate::estimate::cutover(st, &p.steps, &p.tables, crate::state::now_f64());
+    }
     source.client.take();
     target.client.take();
     let report = PlanReport::new(

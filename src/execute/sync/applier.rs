@@ -331,6 +331,8 @@ pub(crate) struct Applier<'a> {
     pub(crate) barrier: String,
     /// Rows changed, for the cutover's verification.
     pub(crate) touched: Arc<std::sync::Mutex<Touched>>,
+    /// When the rate of changes was last sampled, and the rows applied then.
+    pub(crate) rate_sample: Option<(f64, u64)>,
 }
 
 impl<'a> Applier<'a> {

@@ -188,6 +188,7 @@ pub async fn stream(
         prefix,
         barrier: crate::naming::barrier_prefix(slot),
         touched: proving.touched.clone(),
+        rate_sample: None,
     };
     // The watchdog: a server that stops answering on a connection still open would hold the
     // applier forever.
@@ -240,6 +241,19 @@ fn report(
         a.sync.caught_up_at = Some(now);
     }
     a.sync.reported_at = now;
+    // The rate of changes, a moving average over about ten reports.
+    let c = &a.sync.applied;
+    let rows = c.inserts + c.updates + c.deletes;
+    if let Some((at, before)) = a.rate_sample
+        && now - at >= 0.5
+    {
+        let rate = rows.saturating_sub(before) as f64 / (now - at);
+        let avg = a.sync.changes_per_second.map_or(rate, |r| r * 0.9 + rate * 0.1);
+        a.sync.changes_per_second = Some(avg);
+        a.rate_sample = Some((now, rows));
+    } else if a.rate_sample.is_none() {
+        a.rate_sample = Some((now, rows));
+    }
     state.sync = Some(a.sync.clone());
     (a.ctx.events)(Event::Streaming {
         lag_bytes,

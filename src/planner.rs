@@ -1565,20 +1565,25 @@ impl FenceSql {
 
     /// [`FenceSql::others`] but for `own` sessions (pid, `backend_start` as text): pgtransit's
     /// own, which the fence must not end whatever their `application_name` says (a user's
-    /// `PGAPPNAME` or connection string sets theirs too).
-    pub fn others_but(&self, own: &[(i32, String)]) -> String {
-        if own.is_empty() {
-            return self.others.clone();
-        }
+    /// `PGAPPNAME` or connection string sets theirs too); and but for sessions that started
+    /// after `read_only_since` (the server's time once the read-only default was committed, as
+    /// SQL): they read that default when they started (a pool that reconnects at once must not
+    /// keep the fence from ever finding none left).
+    pub fn others_but(&self, own: &[(i32, String)], read_only_since: &str) -> String {
         let own: Vec<String> = own
             .iter()
             .map(|(pid, started)| format!("({pid}, {})", crate::sql::literal(started)))
             .collect();
-        self.others_except(&own.join(", "))
+        self.others_except(&own.join(", "), read_only_since)
     }
 
-    fn others_except(&self, own: &str) -> String {
-        format!("{}\n  AND (pid, backend_start::text) NOT IN ({own})", self.others)
+    fn others_except(&self, own: &str, read_only_since: &str) -> String {
+        let own = if own.is_empty() {
+            String::new()
+        } else {
+            format!("\n  AND (pid, backend_start::text) NOT IN ({own})")
+        };
+        format!("{}{own}\n  AND backend_start < {read_only_since}", self.others)
     }
 
     /// The fence step's SQL, as the plan shows it.
@@ -1595,7 +1600,10 @@ impl FenceSql {
              SELECT pg_terminate_backend(pid) FROM pg_stat_activity\nWHERE {};",
             lock.unwrap_or_default(),
             self.read_only,
-            self.others_except("<pgtransit's own sessions>")
+            self.others_except(
+                "<pgtransit's own sessions>",
+                "<when the read-only default was committed>"
+            )
         )
     }
 
@@ -1905,7 +1913,8 @@ mod tests {
              -- then, until none is left (pg_terminate_backend only signals):\n\
              SELECT pg_terminate_backend(pid) FROM pg_stat_activity\n\
              WHERE datname = 'shop db' AND pid <> pg_backend_pid() AND backend_type = 'client backend'\n  \
-             AND (pid, backend_start::text) NOT IN (<pgtransit's own sessions>);";
+             AND (pid, backend_start::text) NOT IN (<pgtransit's own sessions>)\n  \
+             AND backend_start < <when the read-only default was committed>;";
         let fence = FenceSql::new("shop db", "read_only", &tables);
         assert_eq!(fence.lock, None);
         assert_eq!(fence.shown(), read_only);
@@ -1926,15 +1935,19 @@ mod tests {
         assert!(fence.shown().contains(&fence.others));
         assert!(!fence.others.contains("application_name"));
         let own = [(42, "2026-12-04 10:00:00+00".to_string()), (43, "x'y".to_string())];
+        let since = "'2026-12-04 10:00:01+00'::timestamptz";
         assert_eq!(
-            fence.others_but(&own),
+            fence.others_but(&own, since),
             format!(
                 "{}\n  AND (pid, backend_start::text) NOT IN ((42, '2026-12-04 10:00:00+00'), \
-                 (43, 'x''y'))",
+                 (43, 'x''y'))\n  AND backend_start < {since}",
                 fence.others
             )
         );
-        assert_eq!(fence.others_but(&[]), fence.others);
+        assert_eq!(
+            fence.others_but(&[], since),
+            format!("{}\n  AND backend_start < {since}", fence.others)
+        );
         let clean = cleanup_step("m", "note");
         assert_eq!(
             clean.sql,

@@ -457,6 +457,60 @@ fn cutover_fences_every_writer_drains_sets_sequences_verifies_and_leaves_no_slot
 }
 
 #[test]
+fn a_writer_that_reconnects_at_once_like_a_pool_does_not_keep_the_fence_from_going_up() {
+    let (src, tgt) = logical_pair(
+        "pool",
+        "CREATE TABLE hits (id bigserial PRIMARY KEY, at timestamptz DEFAULT now());",
+    );
+    let dir = TempDir::new("pool");
+    let plan = online_plan(&dir, "pool", &src, &tgt, "");
+    let mut child = start_apply(&dir, &plan, &[]);
+    wait_streaming(&dir, "pool", &mut child);
+    // Like a connection pool: sessions that stay connected, writing now and then (and, once
+    // fenced, failing: read-only), each replaced the moment it is ended.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let script = "INSERT INTO hits DEFAULT VALUES; SELECT pg_sleep(0.02);\n".repeat(3000);
+    let script = dir.write("pool.sql", &script);
+    let writers: Vec<_> = (0..6)
+        .map(|_| {
+            let (stop, script) = (stop.clone(), script.clone());
+            let (host, port, psql) = (src.host().to_string(), src.port(), src.bin("psql"));
+            std::thread::spawn(move || {
+                let url = format!("host={host} port={port} user=postgres dbname=app");
+                let mut sessions = 0;
+                while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                    let mut child = std::process::Command::new(&psql)
+                        .args(["-X", "-q", "-d", &url, "-f"])
+                        .arg(&script)
+                        .stdout(Stdio::null())
+                        .stderr(Stdio::null())
+                        .spawn()
+                        .expect("run psql");
+                    while child.try_wait().unwrap().is_none() {
+                        if stop.load(std::sync::atomic::Ordering::SeqCst) {
+                            let _ = child.kill();
+                        }
+                        std::thread::sleep(Duration::from_millis(5));
+                    }
+                    sessions += 1;
+                }
+                sessions
+            })
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(500));
+    let out = run(dir.path(), &["cutover", &plan, "--auto-approve"]);
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    let sessions: i32 = writers.into_iter().map(|w| w.join().unwrap()).sum();
+    assert_eq!(out.code, 0, "{out:?}\n{}", apply_output(&dir));
+    assert!(out.stdout.contains("Cutover complete"), "{out:?}");
+    assert_eq!(child.wait().unwrap().code(), Some(0), "{}", apply_output(&dir));
+    assert_eq!(table_checksums(&src, "app"), table_checksums(&tgt, "app"));
+    // The fence ended the sessions it found, and their replacements were left alone.
+    assert!(sessions >= 4, "the writers opened {sessions} sessions");
+}
+
+#[test]
 fn the_fence_knows_pgtransits_own_sessions_by_pid_not_by_a_name_anyone_can_set() {
     let (src, tgt) = logical_pair(
         "fence-names",

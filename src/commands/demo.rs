@@ -112,6 +112,21 @@ pub async fn run(args: &DemoArgs, out: &mut dyn Write) -> miette::Result<Outcome
     let (probe, check) = time_one_row(out, &src_conn, &policy, &env, &target).await?;
     let rows_identical = compare_rows(out, &plan, &probe, &check).await?;
 
+    // Continuous verification proves the tables while the stream runs: two passes after the
+    // restart above (the first may hold chunks the killed apply proved), and the cutover
+    // compares only the rows changed since.
+    report::say(
+        out,
+        "demo",
+        "continuous verification: waiting for two complete passes over every table while the \
+         stream runs (the cutover will compare only rows changed since)",
+    )
+    .map_err(io_err)?;
+    let passes = || state_dir.load().ok().flatten().and_then(|s| s.verification).map(|v| v.passes);
+    let before = passes().unwrap_or(0);
+    wait_until(&mut apply, Duration::from_secs(120), || passes().unwrap_or(0) >= before + 2)
+        .await?;
+
     report::say(out, "demo", "pgtransit status").map_err(io_err)?;
     let st = crate::status::compute(
         &loaded.spec.name.value,

@@ -79,8 +79,10 @@ async fn end_sessions(
     client: &Client,
     fence: &FenceSql,
     own: &[(i32, String)],
+    read_only_since: &str,
 ) -> Result<(), String> {
-    let others = fence.others_but(own);
+    let since = format!("{}::timestamptz", crate::sql::literal(read_only_since));
+    let others = fence.others_but(own, &since);
     let started = Instant::now();
     loop {
         let rows = client
@@ -184,12 +186,15 @@ pub(crate) async fn fence(
     let other =
         crate::conn::connect_with(&servers.source, "pgtransit/cutover", &servers.policy).await?;
     other.batch_execute(&sql.read_only).await.map_err(fail)?;
+    // Sessions that start from now on read the read-only default: they are left alone.
+    let since: String =
+        other.query_one("SELECT clock_timestamp()::text", &[]).await.map_err(fail)?.get(0);
     // pgtransit's own sessions (this one, the heartbeat's) are known by pid and start time:
     // an `application_name` could be anybody's.
     let me = Session::of(&client).await.map_err(fail)?;
     let own: Vec<(i32, String)> =
         own.iter().copied().chain([&me]).map(|s| (s.pid, s.started.clone())).collect();
-    end_sessions(&other, &sql, &own).await.map_err(failed)?;
+    end_sessions(&other, &sql, &own, &since).await.map_err(failed)?;
     let at = Instant::now();
     let emitted: String = client
         .query_one(

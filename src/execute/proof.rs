@@ -50,7 +50,7 @@ const REPAIR_LIMIT: Duration = Duration::from_secs(10);
 const ROUND_TIME: Duration = Duration::from_secs(20);
 
 /// Between passes over every table.
-const PASS_GAP: Duration = Duration::from_secs(5);
+const PASS_GAP: Duration = Duration::from_secs(2);
 
 /// After a round failed, before the next.
 const RETRY: Duration = Duration::from_secs(5);

@@ -708,9 +708,11 @@ impl Bench {
         let before = writer.snapshot();
         let writer_tps = before.commits.len() as f64 / (now_unix() - writer.started).max(0.001);
         println!(
-            "  writer so far: {} commits ({writer_tps:.1} tps), {} failed attempts",
+            "  writer so far: {} commits ({writer_tps:.1} tps), {} failed attempts; load average \
+             {} as the cutover starts",
             thousands(before.commits.len() as u64),
-            before.failures.len()
+            before.failures.len(),
+            load_average()
         );
 
         let mut cutover = self.cut_over(run, &dir, &plan, &writer)?;

@@ -33,9 +33,10 @@ use serde_json::{Value, json};
 
 mod common;
 use common::{
-    DB, Log, R, TempDir, clean_cmd, join_all, load_average, machine_json, mb, median, output_of,
-    pgbench_init, print_machine, private_pgtransit, server_settings, settings_json, spawn, sums,
-    tail, target_dir, thousands, unix_time, version_of, write_results,
+    DB, Log, R, TempDir, clean_cmd, create_docs, human_bytes, join_all, load_average, machine_json,
+    mb, median, output_of, pgbench_init, pgtransit_cmd, print_machine, private_pgtransit,
+    server_settings, settings_json, spawn, sums, tail, target_dir, thousands, unix_time,
+    version_of, write_results,
 };
 
 const USAGE: &str = "\
@@ -197,7 +198,7 @@ fn parse_args() -> R<Opts> {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Small helpers (those shared with benches/sync.rs are in benches/common)
+// Small helpers (those shared with the other benchmarks are in benches/common)
 // ---------------------------------------------------------------------------------------------
 
 fn is_root() -> bool {
@@ -209,11 +210,6 @@ fn find_on_path(name: &str) -> Option<PathBuf> {
     std::env::split_paths(&path)
         .map(|d| d.join(name))
         .find(|p| fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0))
-}
-
-fn human_bytes(bytes: u64) -> String {
-    let b = bytes as f64;
-    if b >= 1_073_741_824.0 { format!("{:.2} GB", b / 1_073_741_824.0) } else { mb(b) }
 }
 
 /// Runs `first | second` (both with stdout and stderr piped), their other output pumped into
@@ -568,29 +564,6 @@ fn find_pgcopydb(install: bool) -> Result<PathBuf, String> {
         .ok_or_else(|| "apt-get installed pgcopydb but it is not on PATH".into())
 }
 
-/// The docs table's rows `lo..=hi`: ~300 bytes of jsonb and ~200 bytes of bytea, from md5 and
-/// random() so they compress little.
-fn docs_insert(lo: u64, hi: u64) -> String {
-    let md5 = "md5(random()::text)";
-    let blob = [md5; 12].join(" || ");
-    format!(
-        "INSERT INTO docs (id, body, blob)
-         SELECT i,
-                jsonb_build_object(
-                  'id', i,
-                  'customer', md5(i::text),
-                  'email', left(md5((i * 7)::text), 12) || '@example.com',
-                  'tags', jsonb_build_array(left({md5}, 8), left({md5}, 8), left({md5}, 8)),
-                  'score', round((random() * 1000)::numeric, 3),
-                  'active', i % 3 = 0,
-                  'created_at', to_char(timestamp '2024-01-01' + i * interval '1 second',
-                                        'YYYY-MM-DD\"T\"HH24:MI:SS'),
-                  'note', {md5} || {md5}),
-                decode({blob} || left({md5}, 16), 'hex')
-         FROM generate_series({lo}, {hi}) AS i;"
-    )
-}
-
 impl Bench {
     fn src_psql(&self, sql: &str) -> R<String> {
         self.src.psql(DB, sql).map_err(|e| e.to_string())
@@ -605,29 +578,7 @@ impl Bench {
         pgbench_init(&self.src, scale)?;
         println!("  pgbench -i -s {scale} -q: {:.1} s", t.elapsed().as_secs_f64());
 
-        let t = Instant::now();
-        let rows = u64::from(scale) * 20_000;
-        self.src_psql("CREATE TABLE docs (id bigint, body jsonb, blob bytea)")?;
-        let parts = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1).min(4);
-        let parts = u64::try_from(parts).unwrap_or(1);
-        let this = &*self;
-        std::thread::scope(|s| {
-            let handles: Vec<_> = (0..parts)
-                .map(|p| {
-                    let (lo, hi) = (rows * p / parts + 1, rows * (p + 1) / parts);
-                    s.spawn(move || this.src_psql(&docs_insert(lo, hi)))
-                })
-                .collect();
-            handles.into_iter().try_for_each(|h| h.join().expect("insert thread").map(drop))
-        })?;
-        self.src_psql("ALTER TABLE docs ADD PRIMARY KEY (id)")?;
-        println!(
-            "  docs: {} rows in {:.1} s (average jsonb {} B, bytea {} B)",
-            thousands(rows),
-            t.elapsed().as_secs_f64(),
-            self.src_psql("SELECT avg(pg_column_size(body))::int FROM docs")?,
-            self.src_psql("SELECT avg(pg_column_size(blob))::int FROM docs")?,
-        );
+        create_docs(&self.src, scale)?;
         let t = Instant::now();
         self.src_psql("VACUUM ANALYZE")?;
         self.src_psql("CHECKPOINT")?;
@@ -722,14 +673,9 @@ impl Bench {
             self.tgt.url(DB)
         );
         fs::write(&plan, &yaml).map_err(|e| format!("writing {}: {e}", plan.display()))?;
-        let mut cmd = clean_cmd(&self.pgtransit);
-        cmd.arg("apply")
-            .arg(&plan)
+        let mut cmd = pgtransit_cmd(&self.pgtransit, "apply", &dir);
+        cmd.arg(&plan)
             .args(["--auto-approve", "--jobs", &jobs.to_string()])
-            .current_dir(&dir)
-            .env("HOME", &dir)
-            .env("NO_COLOR", "1")
-            .env_remove("PGTRANSIT_LOG")
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
 

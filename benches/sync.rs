@@ -40,7 +40,7 @@
 
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitCode, Stdio};
+use std::process::{Command, ExitCode, Stdio};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -49,9 +49,10 @@ use serde_json::{Value, json};
 
 mod common;
 use common::{
-    DB, Log, Pump, R, TempDir, clean_cmd, join_all, load_average, machine_json, mb, median,
-    output_of, pgbench_init, print_machine, private_pgtransit, server_settings, settings_json,
-    spawn, sums, tail, target_dir, thousands, unix_time, version_of, write_results,
+    DB, Log, R, Running, TempDir, clean_cmd, load_average, machine_json, mb, median, output_of,
+    pg_error, pgbench_init, pgtransit_cmd, print_machine, private_pgtransit, server_settings,
+    settings_json, start_logged, sums, tail, target_dir, thousands, unix_time, user_tables,
+    version_of, wait_for, write_results,
 };
 
 const USAGE: &str = "\
@@ -184,28 +185,8 @@ fn parse_args() -> R<Opts> {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Small helpers (those shared with benches/load.rs are in benches/common)
+// Small helpers (those shared with the other benchmarks are in benches/common)
 // ---------------------------------------------------------------------------------------------
-
-/// Waits until `ready` returns `Some`, polling every `every`; fails after `limit` (or when
-/// `ready` fails).
-fn wait_for<T>(
-    what: &str,
-    limit: Duration,
-    every: Duration,
-    mut ready: impl FnMut() -> R<Option<T>>,
-) -> R<T> {
-    let start = Instant::now();
-    loop {
-        if let Some(v) = ready()? {
-            return Ok(v);
-        }
-        if start.elapsed() > limit {
-            return Err(format!("timed out after {:.0} s waiting for {what}", limit.as_secs_f64()));
-        }
-        std::thread::sleep(every);
-    }
-}
 
 /// CPU seconds (user + system) and `VmHWM` (kB) of a process, from /proc. Every server process
 /// of the clusters is readable: the benchmark runs as their user or as root.
@@ -272,45 +253,6 @@ impl Probe {
 
     fn pid(&self, sql: &str) -> R<Option<u32>> {
         Ok(self.value(sql)?.and_then(|v| v.parse().ok()))
-    }
-}
-
-fn pg_error(e: &tokio_postgres::Error) -> String {
-    match e.as_db_error() {
-        Some(db) => format!("{}: {}", db.severity(), db.message()),
-        None => e.to_string(),
-    }
-}
-
-/// A child process killed (SIGKILL) if it is still running when dropped: a failed benchmark
-/// leaves no pgtransit behind.
-struct Running {
-    child: Child,
-    pumps: Vec<Pump>,
-}
-
-impl Running {
-    /// SIGTERM, then waits for the exit; its status.
-    fn terminate(&mut self, limit: Duration) -> R<std::process::ExitStatus> {
-        let _ = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status();
-        let status = wait_for("pgtransit to exit after SIGTERM", limit, POLL, || {
-            self.child.try_wait().map_err(|e| format!("waiting for pgtransit: {e}"))
-        })?;
-        join_all(std::mem::take(&mut self.pumps));
-        Ok(status)
-    }
-}
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        if let Ok(None) = self.child.try_wait() {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
     }
 }
 
@@ -636,17 +578,7 @@ impl Bench {
             "  source: pgbench -i -s {scale} and bench_marker in {:.1} s",
             t.elapsed().as_secs_f64()
         );
-        self.tables = Self::psql(
-            &self.src,
-            "SELECT format('%I.%I', n.nspname, c.relname)
-             FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
-             WHERE c.relkind = 'r' AND n.nspname NOT IN ('pg_catalog', 'information_schema')
-               AND n.nspname NOT LIKE 'pg_toast%'
-             ORDER BY 1",
-        )?
-        .lines()
-        .map(str::to_string)
-        .collect();
+        self.tables = user_tables(&self.src)?;
 
         // Target B: the schema from pg_dump, the rows from the subscription's initial copy.
         let t = Instant::now();
@@ -739,29 +671,11 @@ impl Bench {
 
     /// Starts `pgtransit apply PLAN --auto-approve` in the background, its output in `log_path`.
     fn start_pgtransit(&self, log_path: &Path) -> R<(Running, Log)> {
-        let mut cmd = clean_cmd(&self.pgtransit);
-        cmd.arg("apply")
-            .arg(&self.plan)
-            .arg("--auto-approve")
-            .current_dir(&self.work)
-            .env("HOME", &self.work)
-            .env("NO_COLOR", "1")
-            .env_remove("PGTRANSIT_LOG")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
-        let start = Instant::now();
-        let log = Log::create(log_path, start)?;
-        log.note(&format!(
-            "{} apply {} --auto-approve",
-            self.pgtransit.display(),
-            self.plan.display()
-        ));
-        let mut child = spawn(&mut cmd, "pgtransit")?;
-        let pumps = vec![
-            log.pump(child.stdout.take().expect("piped"), "out", true),
-            log.pump(child.stderr.take().expect("piped"), "err", false),
-        ];
-        Ok((Running { child, pumps }, log))
+        let mut cmd = pgtransit_cmd(&self.pgtransit, "apply", &self.work);
+        cmd.arg(&self.plan).arg("--auto-approve");
+        let what =
+            format!("{} apply {} --auto-approve", self.pgtransit.display(), self.plan.display());
+        start_logged(&mut cmd, &what, log_path)
     }
 
     /// SIGTERM; pgtransit must exit 0 with "Streaming stopped", and let go of its slot.

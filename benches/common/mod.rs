@@ -1,15 +1,19 @@
-//! Helpers shared by the benchmarks (`benches/load.rs`, `benches/sync.rs`), each of which
-//! includes this module with `mod common;`: commands without the caller's libpq environment,
-//! medians and number formatting, the machine's load and memory, a scratch directory, stamped
-//! logs of the tools' output, and row checksums of the benchmarked database.
+//! Helpers shared by the benchmarks (`benches/load.rs`, `benches/sync.rs`,
+//! `benches/cutover.rs`), each of which includes this module with `mod common;`: commands
+//! without the caller's libpq environment, medians and number formatting, the machine's load
+//! and memory, a scratch directory, stamped logs of the tools' output, pgtransit run in the
+//! background, waits, the `docs` table, and row checksums of the benchmarked database.
+
+// Each benchmark uses part of this module.
+#![allow(dead_code, reason = "each benchmark uses a part of the shared helpers")]
 
 use std::fs::{self, File};
 use std::io::{BufRead, BufReader, Read, Write};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitCode, Stdio};
+use std::process::{Child, Command, ExitCode, ExitStatus, Stdio};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use pgtransit::cluster::LocalCluster;
 use serde_json::{Value, json};
@@ -63,6 +67,12 @@ pub fn median(values: &[f64]) -> Option<f64> {
 
 pub fn mb(bytes: f64) -> String {
     format!("{:.1} MB", bytes / 1_048_576.0)
+}
+
+/// `1.30 GB` from a gigabyte up, `12.3 MB` below.
+pub fn human_bytes(bytes: u64) -> String {
+    let b = bytes as f64;
+    if b >= 1_073_741_824.0 { format!("{:.2} GB", b / 1_073_741_824.0) } else { mb(b) }
 }
 
 pub fn thousands(n: u64) -> String {
@@ -223,6 +233,108 @@ pub fn spawn(cmd: &mut Command, what: &str) -> R<Child> {
     cmd.spawn().map_err(|e| format!("cannot run {what}: {e}"))
 }
 
+/// How often [`Running::terminate`] looks whether the process exited.
+const EXIT_POLL: Duration = Duration::from_millis(20);
+
+/// Waits until `ready` returns `Some`, polling every `every`; fails after `limit` (or when
+/// `ready` fails). The limit only keeps a broken run from hanging: it is no measurement.
+pub fn wait_for<T>(
+    what: &str,
+    limit: Duration,
+    every: Duration,
+    mut ready: impl FnMut() -> R<Option<T>>,
+) -> R<T> {
+    let start = Instant::now();
+    loop {
+        if let Some(v) = ready()? {
+            return Ok(v);
+        }
+        if start.elapsed() > limit {
+            return Err(format!("timed out after {:.0} s waiting for {what}", limit.as_secs_f64()));
+        }
+        std::thread::sleep(every);
+    }
+}
+
+/// A server's error as `SEVERITY: message`, or the client's error.
+pub fn pg_error(e: &tokio_postgres::Error) -> String {
+    match e.as_db_error() {
+        Some(db) => format!("{}: {}", db.severity(), db.message()),
+        None => e.to_string(),
+    }
+}
+
+/// A child process killed (SIGKILL) if it is still running when dropped: a failed benchmark
+/// leaves no pgtransit behind.
+pub struct Running {
+    pub child: Child,
+    pub pumps: Vec<Pump>,
+}
+
+impl Running {
+    /// SIGTERM, then waits for the exit; its status.
+    pub fn terminate(&mut self, limit: Duration) -> R<ExitStatus> {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+        self.wait(limit, "pgtransit to exit after SIGTERM")
+    }
+
+    /// Waits (up to `limit`) for the process to exit, and for its output to be logged.
+    pub fn wait(&mut self, limit: Duration, what: &str) -> R<ExitStatus> {
+        let status = wait_for(what, limit, EXIT_POLL, || {
+            self.child.try_wait().map_err(|e| format!("waiting for the process: {e}"))
+        })?;
+        join_all(std::mem::take(&mut self.pumps));
+        Ok(status)
+    }
+
+    /// Waits for the process to exit, however long it takes (returns the moment it does, not
+    /// at the next poll), and for its output to be logged.
+    pub fn wait_blocking(&mut self) -> R<ExitStatus> {
+        let status = self.child.wait().map_err(|e| format!("waiting for the process: {e}"))?;
+        join_all(std::mem::take(&mut self.pumps));
+        Ok(status)
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// `pgtransit SUBCOMMAND` run in `dir` (its home too, so no `~/.pgpass` of the caller's
+/// applies), without colour or the caller's log settings.
+pub fn pgtransit_cmd(pgtransit: &Path, subcommand: &str, dir: &Path) -> Command {
+    let mut cmd = clean_cmd(pgtransit);
+    cmd.arg(subcommand)
+        .current_dir(dir)
+        .env("HOME", dir)
+        .env("NO_COLOR", "1")
+        .env_remove("PGTRANSIT_LOG");
+    cmd
+}
+
+/// Starts `cmd` in the background, its stdout (lines kept, see [`Log::lines`]) and stderr
+/// copied into a new log at `log_path`, whose first line is `what`.
+pub fn start_logged(cmd: &mut Command, what: &str, log_path: &Path) -> R<(Running, Log)> {
+    cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
+    let log = Log::create(log_path, Instant::now())?;
+    log.note(what);
+    let mut child = spawn(cmd, what)?;
+    let pumps = vec![
+        log.pump(child.stdout.take().expect("piped"), "out", true),
+        log.pump(child.stderr.take().expect("piped"), "err", false),
+    ];
+    Ok((Running { child, pumps }, log))
+}
+
 pub fn target_dir() -> PathBuf {
     std::env::var_os("CARGO_TARGET_DIR")
         .filter(|v| !v.is_empty())
@@ -278,6 +390,74 @@ pub fn pgbench_init(c: &LocalCluster, scale: u32) -> R<()> {
         DB,
     ]);
     output_of(&mut cmd, "pgbench -i").map(drop)
+}
+
+/// The ordinary tables of the benchmarked database of `c`, as `"schema"."name"`, by name.
+pub fn user_tables(c: &LocalCluster) -> R<Vec<String>> {
+    let out = c
+        .psql(
+            DB,
+            "SELECT format('%I.%I', n.nspname, c.relname)
+             FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+             WHERE c.relkind = 'r' AND n.nspname NOT IN ('pg_catalog', 'information_schema')
+               AND n.nspname NOT LIKE 'pg_toast%'
+             ORDER BY 1",
+        )
+        .map_err(|e| e.to_string())?;
+    Ok(out.lines().map(str::to_string).collect())
+}
+
+/// The `docs` table's rows `lo..=hi`: ~300 bytes of jsonb and ~200 bytes of bytea, from md5
+/// and random() so they compress little.
+fn docs_insert(lo: u64, hi: u64) -> String {
+    let md5 = "md5(random()::text)";
+    let blob = [md5; 12].join(" || ");
+    format!(
+        "INSERT INTO docs (id, body, blob)
+         SELECT i,
+                jsonb_build_object(
+                  'id', i,
+                  'customer', md5(i::text),
+                  'email', left(md5((i * 7)::text), 12) || '@example.com',
+                  'tags', jsonb_build_array(left({md5}, 8), left({md5}, 8), left({md5}, 8)),
+                  'score', round((random() * 1000)::numeric, 3),
+                  'active', i % 3 = 0,
+                  'created_at', to_char(timestamp '2024-01-01' + i * interval '1 second',
+                                        'YYYY-MM-DD\"T\"HH24:MI:SS'),
+                  'note', {md5} || {md5}),
+                decode({blob} || left({md5}, 16), 'hex')
+         FROM generate_series({lo}, {hi}) AS i;"
+    )
+}
+
+/// Creates and fills `docs (id bigint PRIMARY KEY, body jsonb, blob bytea)` in the benchmarked
+/// database of `c`: `scale * 20,000` rows of about 500 bytes, inserted by up to 4 sessions at
+/// once, and prints its line of the report. Returns the number of rows.
+pub fn create_docs(c: &LocalCluster, scale: u32) -> R<u64> {
+    let psql = |sql: &str| c.psql(DB, sql).map_err(|e| e.to_string());
+    let t = Instant::now();
+    let rows = u64::from(scale) * 20_000;
+    psql("CREATE TABLE docs (id bigint, body jsonb, blob bytea)")?;
+    let parts = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1).min(4);
+    let parts = u64::try_from(parts).unwrap_or(1);
+    std::thread::scope(|s| {
+        let handles: Vec<_> = (0..parts)
+            .map(|p| {
+                let (lo, hi) = (rows * p / parts + 1, rows * (p + 1) / parts);
+                s.spawn(move || psql(&docs_insert(lo, hi)))
+            })
+            .collect();
+        handles.into_iter().try_for_each(|h| h.join().expect("insert thread").map(drop))
+    })?;
+    psql("ALTER TABLE docs ADD PRIMARY KEY (id)")?;
+    println!(
+        "  docs: {} rows in {:.1} s (average jsonb {} B, bytea {} B)",
+        thousands(rows),
+        t.elapsed().as_secs_f64(),
+        psql("SELECT avg(pg_column_size(body))::int FROM docs")?,
+        psql("SELECT avg(pg_column_size(blob))::int FROM docs")?,
+    );
+    Ok(rows)
 }
 
 /// Runs `cmd` to its end, its stdout and stderr captured: its stdout, or an error naming

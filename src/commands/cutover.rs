@@ -63,7 +63,8 @@ pub async fn run(args: &CutoverArgs, out: &mut dyn Write) -> miette::Result<Outc
     )
     .map_err(io_err)?;
     loop {
-        tokio::time::sleep(Duration::from_millis(200)).await;
+        // Often: the applications wait for this command to say the target is ready.
+        tokio::time::sleep(Duration::from_millis(20)).await;
         let state = dir.load()?;
         let cut = state
             .as_ref()

@@ -424,6 +424,11 @@ struct Waited {
     verified: Option<f64>,
     /// `verification.passes` when the wait ended.
     passes: Option<u64>,
+    /// The longest the stream stood still for a consistent point, its count, and the rows
+    /// compared, when the wait ended.
+    longest_pause: Option<f64>,
+    rounds: Option<u64>,
+    rows_compared: Option<u64>,
     /// Caught up and (when present) verified at once: the cutover starts.
     ready: f64,
 }
@@ -787,6 +792,9 @@ impl Bench {
                 w.verified = Some(t);
             }
             w.passes = passes;
+            w.longest_pause = st["verification"]["longest_pause"].as_f64();
+            w.rounds = st["verification"]["rounds"].as_u64();
+            w.rows_compared = st["verification"]["rows_compared"].as_u64();
             last = st;
             let verified = !w.verification_present || passes.is_some_and(|p| p >= 1);
             Ok((caught && verified).then_some(t))
@@ -883,6 +891,13 @@ fn print_waited(w: &Waited) {
             f(w.verified.map(|v| v - w.caught_up)),
             w.passes.unwrap_or(0)
         );
+        println!(
+            "  continuous verification: {} rows compared at {} consistent points; the stream \
+             stood still at most {} s for one",
+            w.rows_compared.map_or("?".into(), |r| thousands(r)),
+            w.rounds.map_or("?".into(), |r| r.to_string()),
+            w.longest_pause.map_or("?".into(), |p| format!("{p:.3}"))
+        );
     } else {
         println!(
             "  continuous verification: the status JSON has no `verification.passes` (not in this \
@@ -968,6 +983,7 @@ fn table_rows(results: &[RunResult]) -> Vec<(&'static str, Vec<Option<f64>>)> {
             per(&|r| r.waited.verified.map(|v| v - r.waited.caught_up)),
         ),
         ("wait: apply start -> cutover (s)", per(&|r| Some(r.waited.ready))),
+        ("stream stood still at most, for a proof (s)", per(&|r| r.waited.longest_pause)),
         ("reported write gap (s)", per(&|r| r.cutover.reported_gap())),
         ("  fence going up, just before (s)", per(&|r| r.cutover.gap_part("fence"))),
         ("  drain (s)", per(&|r| r.cutover.gap_part("drain"))),

@@ -43,8 +43,11 @@ use crate::verify::{CHUNK, TableCheck};
 /// taken, or stands still at it for the target's snapshot; past that the round is abandoned.
 pub const PAUSE_LIMIT: Duration = Duration::from_secs(1);
 
-/// ... and while rows found different are copied again.
-const REPAIR_LIMIT: Duration = Duration::from_secs(10);
+/// ... and while rows found different are copied again: as long as it takes (a few rows). The
+/// repair must commit before the stream goes on; a server that stops answering meanwhile is
+/// the stream's watchdog's to give up on (the repair's session ends with the stream, and the
+/// next stream resumes from the position the applier stood at).
+const REPAIR_LIMIT: Duration = Duration::from_secs(24 * 3600);
 
 /// A round compares chunks for this long at most (it holds a snapshot on each server).
 const ROUND_TIME: Duration = Duration::from_secs(20);
@@ -69,6 +72,9 @@ pub struct Proving {
     pub(crate) request: Arc<Mutex<Option<ProofRequest>>>,
     /// What continuous verification compares, and how (none: it does not run).
     pub(crate) settings: Option<Settings>,
+    /// Set when the cutover puts its fence up: no round starts after it (the fence ends the
+    /// sessions of one under way).
+    pub(crate) halted: Arc<std::sync::atomic::AtomicBool>,
 }
 
 /// The execution plan's continuous verification step.
@@ -181,6 +187,12 @@ impl Proving {
     pub(crate) fn take_request(&self) -> Option<ProofRequest> {
         self.request.lock().expect("request lock").take()
     }
+
+    /// No round starts from now on (the cutover's fence goes up).
+    pub(crate) fn halt(&self) {
+        self.halted.store(true, std::sync::atomic::Ordering::SeqCst);
+        self.request.lock().expect("request lock").take();
+    }
 }
 
 /// Holds for a round (the batch is committed): waits for its consistent point, at most
@@ -226,10 +238,12 @@ pub(crate) async fn verify_continuously(
     if settings.tables.is_empty() {
         return;
     }
-    loop {
+    let halted = || proving.halted.load(std::sync::atomic::Ordering::SeqCst);
+    while !halted() {
         let wait = match round(&servers, &slot, &settings, &proving).await {
             Ok(true) => PASS_GAP,
             Ok(false) => Duration::ZERO,
+            Err(_) if halted() => return,
             Err(Void::Missed(why)) => {
                 tracing::debug!(why, "verification round abandoned");
                 Duration::from_millis(200)
@@ -686,5 +700,73 @@ fn key_text(columns: &[(String, String)], key: &[Option<String>]) -> String {
             columns.iter().map(|c| c.0.as_str()).collect::<Vec<_>>().join(", "),
             key.iter().map(value).collect::<Vec<_>>().join(", ")
         )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::state::TableProof;
+
+    fn proofs(lsn: &str, equal: bool) -> Proofs {
+        let chunk = |after: Option<i64>, upto: Option<i64>| ChunkProof {
+            after,
+            upto,
+            rows: 10,
+            target_rows: 10,
+            equal,
+            lsn: lsn.into(),
+            ..ChunkProof::default()
+        };
+        let mut p = Proofs::default();
+        p.tables.insert(
+            "public.t".into(),
+            TableProof {
+                key: Some("id".into()),
+                complete: vec![chunk(None, Some(99_999)), chunk(Some(99_999), None)],
+                current: vec![],
+            },
+        );
+        p
+    }
+
+    fn touched(since: u64) -> Touched {
+        let mut t = Touched { since: Some(since), ..Touched::default() };
+        let table: Arc<str> = "public.t".into();
+        let columns = || vec![("id".to_string(), "integer".to_string())];
+        let row = |v: &'static str| vec![Value::Text(Bytes::from_static(v.as_bytes()))];
+        t.record(&table, columns, &[0], &[&row("1")], 0x90);
+        t.record(&table, columns, &[0], &[&row("2"), &row("3")], 0x150);
+        t
+    }
+
+    #[test]
+    fn the_fence_compares_only_rows_changed_since_a_proof_this_process_can_vouch_for() {
+        // Proven at 0/100; this process recorded changes since 0/50: rows 2 and 3 changed
+        // after the proof, row 1 before it.
+        let (at, chunks, rows, columns, mut keys) =
+            in_fence_plan(&proofs("0/100", true), &touched(0x50), "public.t", true).unwrap();
+        keys.sort();
+        assert_eq!((at, chunks, rows), (0x100, 2, 20));
+        assert_eq!(columns, vec![("id".to_string(), "integer".to_string())]);
+        assert_eq!(keys, vec![vec![Some("2".to_string())], vec![Some("3".to_string())]]);
+        assert_eq!(key_text(&columns, &keys[0]), "id=2");
+        // A proof older than what this process recorded, a chunk found different, checksums
+        // off, or a truncate since: compared in full.
+        assert!(in_fence_plan(&proofs("0/40", true), &touched(0x50), "public.t", true).is_none());
+        assert!(in_fence_plan(&proofs("0/100", false), &touched(0x50), "public.t", true).is_none());
+        assert!(in_fence_plan(&proofs("0/100", true), &touched(0x50), "public.t", false).is_none());
+        let mut truncated = touched(0x50);
+        truncated.record_whole(&"public.t".into(), 0x120);
+        assert!(in_fence_plan(&proofs("0/100", true), &truncated, "public.t", true).is_none());
+        // A table nobody changed since its proof: nothing to compare inside the fence.
+        let none = Touched { since: Some(0x50), ..Touched::default() };
+        let (_, _, _, _, keys) =
+            in_fence_plan(&proofs("0/100", true), &none, "public.t", true).unwrap();
+        assert!(keys.is_empty());
+        // Before anything streamed in this process: nothing can be vouched for.
+        assert!(
+            in_fence_plan(&proofs("0/100", true), &Touched::default(), "public.t", true).is_none()
+        );
     }
 }

@@ -476,8 +476,9 @@ async fn run_stream(
                 && lag.is_some_and(|l| l <= a.sync.max_lag_seconds)
                 && triggered(&c.trigger)
             {
-                // (A round waiting for its consistent point is abandoned.)
+                // (A round waiting for its consistent point is abandoned, and none starts.)
                 pause_at = None;
+                proving.halt();
                 fenced = Some(fence(a.ctx, c, &barrier, &[heartbeat], state).await?);
             }
         }

@@ -894,7 +894,7 @@ fn print_waited(w: &Waited) {
         println!(
             "  continuous verification: {} rows compared at {} consistent points; the stream \
              stood still at most {} s for one",
-            w.rows_compared.map_or("?".into(), |r| thousands(r)),
+            w.rows_compared.map_or("?".into(), thousands),
             w.rounds.map_or("?".into(), |r| r.to_string()),
             w.longest_pause.map_or("?".into(), |p| format!("{p:.3}"))
         );

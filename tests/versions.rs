@@ -216,9 +216,16 @@ fn online_pagila_under_writes_then_cutover(from: u32, to: u32) {
     wait_for(Duration::from_secs(60), "the writer's rows on the target", || {
         sql(&tgt, "pagila", written).parse::<i64>().unwrap() > 200
     });
+    // Continuous verification proves every table while the writer runs (on every version:
+    // temporary slots, exported snapshots): the fence then compares only rows changed since.
+    wait_for(Duration::from_secs(120), "a complete verification pass", || {
+        let st = run(dir.path(), &["status", plan, "--format", "json"]).json();
+        st["verification"]["passes"].as_u64().unwrap_or(0) >= 1
+    });
     let out = run(dir.path(), &["cutover", plan, "--auto-approve"]);
     assert_eq!(out.code, 0, "{out:?}\n{}", apply_output(&dir));
     assert!(out.stdout.contains("Cutover complete"), "{out:?}");
+    assert!(out.stdout.contains("were proven equal while streaming"), "{out:?}");
     writer.join().unwrap();
     // The writer ran until the fence ended its session, not into an error of its own.
     let writer_err = std::fs::read_to_string(dir.path().join("writer.err")).unwrap();
@@ -238,9 +245,13 @@ fn online_pagila_under_writes_then_cutover(from: u32, to: u32) {
     assert_eq!(sql(&src, "pagila", slots), "0", "a slot is left on the source");
     assert_eq!(sql(&src, "pagila", "SELECT count(*) FROM pg_publication"), "0");
     assert_eq!(sql(&tgt, "pagila", "SELECT count(*) FROM pg_replication_origin"), "0");
+    let st = run(dir.path(), &["status", plan, "--format", "json"]).json();
     eprintln!(
-        "{from} -> {to}: streaming after {loaded:?}, {rows} writer rows left, done in {:?}",
-        started.elapsed()
+        "{from} -> {to}: streaming after {loaded:?}, {rows} writer rows left, done in {:?}; \
+         write gap {} s: {}",
+        started.elapsed(),
+        st["cutover"]["write_gap_seconds"],
+        st["cutover"]["write_gap"]
     );
 }
 

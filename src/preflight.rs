@@ -317,6 +317,55 @@ fn check_versions(f: &mut Findings, src: &Catalog, tgt: &Catalog) {
     }
 }
 
+/// Continuous verification takes each consistent point with a temporary slot, on a
+/// replication session of its own: one more slot and WAL sender than the stream's, for a
+/// moment. Without them it cannot prove anything, and the cutover compares every row inside
+/// its fence.
+fn check_proof_slot(f: &mut Findings, spec: &MigrationPlan, src: &Catalog, ours: bool) {
+    if !(spec.verify.continuous && spec.verify.checksums) {
+        return;
+    }
+    let slot_name = crate::naming::slot_name(&spec.name.value);
+    let streaming = src.replication_slots.iter().any(|s| s.name == slot_name && s.active);
+    let slots = src.replication_slots.len() as i64 + i64::from(!ours) + 1;
+    let senders = src.active_wal_senders + if streaming { 1 } else { 2 };
+    let (max_slots, max_senders) =
+        (setting_i64(src, "max_replication_slots"), setting_i64(src, "max_wal_senders"));
+    let short: Vec<String> = [
+        max_slots
+            .filter(|m| slots > *m)
+            .map(|m| format!("max_replication_slots = {slots} (now {m})")),
+        max_senders
+            .filter(|m| senders > *m)
+            .map(|m| format!("max_wal_senders = {senders} (now {m})")),
+    ]
+    .into_iter()
+    .flatten()
+    .collect();
+    if short.is_empty() {
+        return;
+    }
+    f.add(
+        "continuous_verification_without_slot",
+        Severity::Warning,
+        "source",
+        format!(
+            "continuous verification needs one more replication slot and WAL sender than the \
+             stream, for a moment at each consistent point; without them the cutover compares \
+             every row inside its fence (its write gap grows with the data): {}",
+            short.join(", ")
+        ),
+        Some(format!(
+            "{}; then restart the source (needs a restart), or set verify.continuous: false",
+            short
+                .iter()
+                .map(|s| format!("ALTER SYSTEM SET {}", s.split(" (").next().unwrap_or(s)))
+                .collect::<Vec<_>>()
+                .join("; ")
+        )),
+    );
+}
+
 fn check_replication(f: &mut Findings, spec: &MigrationPlan, src: &Catalog) {
     if src.server.version_num < 140000 {
         f.add(
@@ -399,6 +448,7 @@ fn check_replication(f: &mut Findings, spec: &MigrationPlan, src: &Catalog) {
             );
         }
     }
+    check_proof_slot(f, spec, src, ours);
     if ours {
         f.add(
             "replication_slot_exists",

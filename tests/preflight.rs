@@ -171,6 +171,7 @@ fn every_other_check_is_provoked_on_real_servers() {
     let expect = [
         ("no_free_replication_slot", "error", "source"),
         ("no_free_wal_sender", "error", "source"),
+        ("continuous_verification_without_slot", "warning", "source"),
         ("source_role_cannot_replicate", "error", "role migrator"),
         ("source_schema_not_readable", "error", "schema app"),
         ("source_relation_not_readable", "error", "table public.secret"),
@@ -208,6 +209,11 @@ fn every_other_check_is_provoked_on_real_servers() {
     // Fixes are exact SQL with quoted identifiers.
     let slot = find_check(&doc, "no_free_replication_slot", "error", "source");
     assert!(slot["fix"].as_str().unwrap().contains("max_replication_slots = 2"));
+    let proof = find_check(&doc, "continuous_verification_without_slot", "warning", "source");
+    assert!(
+        proof["fix"].as_str().unwrap().contains("ALTER SYSTEM SET max_replication_slots = 3"),
+        "{proof}"
+    );
     let secret = find_check(&doc, "source_relation_not_readable", "error", "public.secret");
     assert_eq!(secret["fix"], "GRANT SELECT ON \"public\".\"secret\" TO \"migrator\";");
     let create = find_check(&doc, "target_cannot_create_schema", "error", "schema sales");

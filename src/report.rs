@@ -767,6 +767,15 @@ pub fn status(out: &mut dyn Write, st: &crate::status::Status, format: Format) -
                 for d in &p.differing {
                     writeln!(out, "  {:<10} {} {d}", "", paint(RED, "differs:"))?;
                 }
+                if !p.differing.is_empty() {
+                    writeln!(
+                        out,
+                        "  {:<10} (the cutover refuses while rows differ: fix them on the target, \
+                         or set verify.repair: true to have apply copy them again from the \
+                         source at a consistent point)",
+                        ""
+                    )?;
+                }
             }
         }
     }

@@ -1086,34 +1086,7 @@ impl Chaos {
                 let when = if step == "load:slot" { "after" } else { when };
                 let fp = format!("{when}:{step}");
                 self.start_apply(Some(&fp));
-                let start = Instant::now();
-                loop {
-                    if let Some((status, p)) = self.apply_exited() {
-                        let why = self.why(&p);
-                        self.say(format!("apply #{} {}", p.n, describe(status)));
-                        if status.signal() != Some(6) {
-                            self.anomaly(format!(
-                                "apply #{} ended with {} before failpoint {fp}: {why}",
-                                p.n,
-                                describe(status)
-                            ));
-                        }
-                        break;
-                    }
-                    let pid = self.apply.as_ref().unwrap().pid();
-                    if self.caught_up(pid) {
-                        self.say(format!("failpoint {fp} not reached: kill -9 while streaming"));
-                        self.kill_apply();
-                        break;
-                    }
-                    assert!(
-                        start.elapsed() < Duration::from_secs(90),
-                        "apply neither reached failpoint {fp} nor streamed within 90 s:\n{}",
-                        self.output(self.apply.as_ref().unwrap())
-                    );
-                    self.check_time("waiting for a failpoint");
-                    std::thread::sleep(Duration::from_millis(20));
-                }
+                self.await_failpoint(&fp, true);
                 self.monitor.check("after a failpoint");
             }
             Moment::AtStep(step) => {
@@ -1191,13 +1164,10 @@ impl Chaos {
         }
     }
 
-    /// The apply aborts during continuous verification, at a consistent point; the next one
-    /// resumes.
-    fn verify_fault(&mut self) {
-        if self.apply.is_some() {
-            self.stop_apply(false);
-        }
-        self.start_apply(Some(VERIFY_FAILPOINT));
+    /// Waits for the apply started with failpoint `fp` to abort there (anything else is an
+    /// anomaly). `or_streaming`: a failpoint the apply may pass by (its step done already) ends
+    /// in a kill -9 once it streams.
+    fn await_failpoint(&mut self, fp: &str, or_streaming: bool) {
         let start = Instant::now();
         loop {
             if let Some((status, p)) = self.apply_exited() {
@@ -1205,21 +1175,36 @@ impl Chaos {
                 self.say(format!("apply #{} {}", p.n, describe(status)));
                 if status.signal() != Some(6) {
                     self.anomaly(format!(
-                        "apply #{} ended with {} before failpoint {VERIFY_FAILPOINT}: {why}",
+                        "apply #{} ended with {} before failpoint {fp}: {why}",
                         p.n,
                         describe(status)
                     ));
                 }
-                break;
+                return;
+            }
+            let pid = self.apply.as_ref().unwrap().pid();
+            if or_streaming && self.caught_up(pid) {
+                self.say(format!("failpoint {fp} not reached: kill -9 while streaming"));
+                return self.kill_apply();
             }
             assert!(
                 start.elapsed() < Duration::from_secs(90),
-                "apply did not reach failpoint {VERIFY_FAILPOINT} within 90 s:\n{}",
+                "apply did not reach failpoint {fp} within 90 s:\n{}",
                 self.output(self.apply.as_ref().unwrap())
             );
-            self.check_time("waiting for the verification failpoint");
-            std::thread::sleep(Duration::from_millis(50));
+            self.check_time("waiting for a failpoint");
+            std::thread::sleep(Duration::from_millis(20));
         }
+    }
+
+    /// The apply aborts during continuous verification, at a consistent point; the next one
+    /// resumes.
+    fn verify_fault(&mut self) {
+        if self.apply.is_some() {
+            self.stop_apply(false);
+        }
+        self.start_apply(Some(VERIFY_FAILPOINT));
+        self.await_failpoint(VERIFY_FAILPOINT, false);
         self.start_apply(None);
     }
 

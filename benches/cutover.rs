@@ -52,9 +52,9 @@ use serde_json::{Value, json};
 mod common;
 use common::{
     DB, R, TempDir, create_docs, human_bytes, load_average, machine_json, median, output_of,
-    pg_error, pgbench_init, pgtransit_cmd, print_machine, private_pgtransit, server_settings,
-    settings_json, start_logged, sums, tail, target_dir, thousands, unix_time, user_tables,
-    version_of, write_results,
+    pg_error, pgbench_init, pgtransit_cmd, positive, print_machine, private_pgtransit,
+    server_settings, settings_json, start_logged, sums, tail, target_dir, thousands, unix_time,
+    user_tables, version_of, write_results,
 };
 
 const USAGE: &str = "\
@@ -135,41 +135,22 @@ struct Opts {
 fn parse_args() -> R<Opts> {
     let mut opts =
         Opts { scale: 50, runs: 1, tps: 100, clients: 2, reconnect_delay_ms: RECONNECT_DELAY_MS };
-    let mut args = std::env::args().skip(1);
-    while let Some(arg) = args.next() {
-        let (key, inline) = match arg.split_once('=') {
-            Some((k, v)) if k.starts_with("--") => (k.to_string(), Some(v.to_string())),
-            _ => (arg.clone(), None),
-        };
-        let mut value =
-            || inline.clone().or_else(|| args.next()).ok_or_else(|| format!("{key} needs a value"));
-        let number = |v: String, key: &str| -> R<u32> {
-            v.replace(['_', ','], "")
-                .parse::<u32>()
-                .ok()
-                .filter(|n| *n > 0)
-                .ok_or_else(|| format!("{key}: `{v}` is not a positive number"))
-        };
-        match key.as_str() {
-            // `cargo bench` passes --bench to harness = false benchmarks.
-            "--bench" => {}
-            "--scale" => opts.scale = number(value()?, &key)?,
-            "--runs" => opts.runs = number(value()?, &key)? as usize,
-            "--tps" => opts.tps = number(value()?, &key)?,
-            "--clients" => opts.clients = number(value()?, &key)?,
+    common::each_option(USAGE, |key, value| {
+        match key {
+            "--scale" => opts.scale = positive(&value()?, key)?,
+            "--runs" => opts.runs = positive(&value()?, key)?,
+            "--tps" => opts.tps = positive(&value()?, key)?,
+            "--clients" => opts.clients = positive(&value()?, key)?,
             "--reconnect-delay-ms" => {
                 let v = value()?;
                 opts.reconnect_delay_ms = v
                     .parse()
                     .map_err(|_| format!("{key}: `{v}` is not a number of milliseconds"))?
             }
-            "-h" | "--help" => {
-                print!("{USAGE}");
-                std::process::exit(0);
-            }
             other => return Err(format!("unknown argument `{other}`\n\n{USAGE}")),
         }
-    }
+        Ok(())
+    })?;
     Ok(opts)
 }
 

@@ -34,7 +34,7 @@ use serde_json::{Value, json};
 mod common;
 use common::{
     DB, Log, R, TempDir, clean_cmd, create_docs, human_bytes, join_all, load_average, machine_json,
-    mb, median, output_of, pgbench_init, pgtransit_cmd, print_machine, private_pgtransit,
+    mb, median, output_of, pgbench_init, pgtransit_cmd, positive, print_machine, private_pgtransit,
     server_settings, settings_json, spawn, sums, tail, target_dir, thousands, unix_time,
     version_of, write_results,
 };
@@ -145,28 +145,11 @@ fn parse_args() -> R<Opts> {
         tools: vec![Tool::Pgtransit, Tool::Pgcopydb, Tool::PgDump, Tool::Copy],
         install_missing: false,
     };
-    let mut args = std::env::args().skip(1);
-    while let Some(arg) = args.next() {
-        let (key, inline) = match arg.split_once('=') {
-            Some((k, v)) if k.starts_with("--") => (k.to_string(), Some(v.to_string())),
-            _ => (arg.clone(), None),
-        };
-        let mut value =
-            || inline.clone().or_else(|| args.next()).ok_or_else(|| format!("{key} needs a value"));
-        let number = |v: String, key: &str| -> R<usize> {
-            v.parse::<usize>()
-                .ok()
-                .filter(|n| *n > 0)
-                .ok_or_else(|| format!("{key}: `{v}` is not a positive number"))
-        };
-        match key.as_str() {
-            // `cargo bench` passes --bench to harness = false benchmarks.
-            "--bench" => {}
-            "--scale" => {
-                opts.scale = u32::try_from(number(value()?, &key)?).map_err(|e| e.to_string())?
-            }
-            "--runs" => opts.runs = number(value()?, &key)?,
-            "--jobs" => opts.jobs = number(value()?, &key)?,
+    common::each_option(USAGE, |key, value| {
+        match key {
+            "--scale" => opts.scale = positive(&value()?, key)?,
+            "--runs" => opts.runs = positive(&value()?, key)?,
+            "--jobs" => opts.jobs = positive(&value()?, key)?,
             "--tools" => {
                 let list = value()?;
                 let mut tools = Vec::new();
@@ -187,13 +170,10 @@ fn parse_args() -> R<Opts> {
                 opts.tools = tools;
             }
             "--install-missing" => opts.install_missing = true,
-            "-h" | "--help" => {
-                print!("{USAGE}");
-                std::process::exit(0);
-            }
             other => return Err(format!("unknown argument `{other}`\n\n{USAGE}")),
         }
-    }
+        Ok(())
+    })?;
     Ok(opts)
 }
 

@@ -50,9 +50,9 @@ use serde_json::{Value, json};
 mod common;
 use common::{
     DB, Log, R, Running, TempDir, clean_cmd, load_average, machine_json, mb, median, output_of,
-    pg_error, pgbench_init, pgtransit_cmd, print_machine, private_pgtransit, server_settings,
-    settings_json, start_logged, sums, tail, target_dir, thousands, unix_time, user_tables,
-    version_of, wait_for, write_results,
+    pg_error, pgbench_init, pgtransit_cmd, positive, print_machine, private_pgtransit,
+    server_settings, settings_json, start_logged, sums, tail, target_dir, thousands, unix_time,
+    user_tables, version_of, wait_for, write_results,
 };
 
 const USAGE: &str = "\
@@ -142,39 +142,16 @@ struct Opts {
 
 fn parse_args() -> R<Opts> {
     let mut opts = Opts { scale: 10, transactions: 100_000, clients: 4, runs: 3 };
-    let mut args = std::env::args().skip(1);
-    while let Some(arg) = args.next() {
-        let (key, inline) = match arg.split_once('=') {
-            Some((k, v)) if k.starts_with("--") => (k.to_string(), Some(v.to_string())),
-            _ => (arg.clone(), None),
-        };
-        let mut value =
-            || inline.clone().or_else(|| args.next()).ok_or_else(|| format!("{key} needs a value"));
-        let number = |v: String, key: &str| -> R<u64> {
-            v.replace(['_', ','], "")
-                .parse::<u64>()
-                .ok()
-                .filter(|n| *n > 0)
-                .ok_or_else(|| format!("{key}: `{v}` is not a positive number"))
-        };
-        match key.as_str() {
-            // `cargo bench` passes --bench to harness = false benchmarks.
-            "--bench" => {}
-            "--scale" => {
-                opts.scale = u32::try_from(number(value()?, &key)?).map_err(|e| e.to_string())?
-            }
-            "--backlog-transactions" => opts.transactions = number(value()?, &key)?,
-            "--clients" => opts.clients = number(value()?, &key)?,
-            "--runs" => {
-                opts.runs = usize::try_from(number(value()?, &key)?).map_err(|e| e.to_string())?
-            }
-            "-h" | "--help" => {
-                print!("{USAGE}");
-                std::process::exit(0);
-            }
+    common::each_option(USAGE, |key, value| {
+        match key {
+            "--scale" => opts.scale = positive(&value()?, key)?,
+            "--backlog-transactions" => opts.transactions = positive(&value()?, key)?,
+            "--clients" => opts.clients = positive(&value()?, key)?,
+            "--runs" => opts.runs = positive(&value()?, key)?,
             other => return Err(format!("unknown argument `{other}`\n\n{USAGE}")),
         }
-    }
+        Ok(())
+    })?;
     if opts.transactions < opts.clients {
         return Err(format!(
             "--backlog-transactions ({}) must be at least --clients ({})",

@@ -44,6 +44,44 @@ pub fn main<O>(parse_args: fn() -> R<O>, run: fn(O) -> R<bool>) -> ExitCode {
 }
 
 /// A command without the caller's libpq environment (PGHOST, PGPASSWORD, ...).
+/// Reads the command line, `--key value` or `--key=value`: calls `set(key, value)` for each
+/// option, where `value()` takes its value (the inline one, or the next argument). `cargo
+/// bench`'s own `--bench` is skipped, and `-h`/`--help` prints `usage` and exits.
+pub fn each_option(
+    usage: &str,
+    mut set: impl FnMut(&str, &mut dyn FnMut() -> R<String>) -> R<()>,
+) -> R<()> {
+    let mut args = std::env::args().skip(1);
+    while let Some(arg) = args.next() {
+        let (key, inline) = match arg.split_once('=') {
+            Some((k, v)) if k.starts_with("--") => (k.to_string(), Some(v.to_string())),
+            _ => (arg.clone(), None),
+        };
+        let mut value =
+            || inline.clone().or_else(|| args.next()).ok_or_else(|| format!("{key} needs a value"));
+        match key.as_str() {
+            // `cargo bench` passes --bench to harness = false benchmarks.
+            "--bench" => {}
+            "-h" | "--help" => {
+                print!("{usage}");
+                std::process::exit(0);
+            }
+            _ => set(&key, &mut value)?,
+        }
+    }
+    Ok(())
+}
+
+/// A positive number (`_` and `,` allowed between digits) given for option `key`.
+pub fn positive<T: TryFrom<u64>>(v: &str, key: &str) -> R<T> {
+    v.replace(['_', ','], "")
+        .parse::<u64>()
+        .ok()
+        .filter(|n| *n > 0)
+        .and_then(|n| T::try_from(n).ok())
+        .ok_or_else(|| format!("{key}: `{v}` is not a positive number"))
+}
+
 pub fn clean_cmd(program: impl AsRef<std::ffi::OsStr>) -> Command {
     let mut cmd = Command::new(program);
     for (key, _) in std::env::vars_os() {

@@ -317,25 +317,86 @@ async fn set_sequence(
     margin: u64,
 ) -> Result<(), tokio_postgres::Error> {
     let name = qualified_ident(schema, sequence);
-    let row = source
-        .query_one(
-            &format!(
-                "SELECT s.last_value, s.is_called, p.seqincrement FROM {name} s, pg_sequence p \
-                 WHERE p.seqrelid = {}::regclass",
-                literal(&name)
-            ),
-            &[],
-        )
-        .await?;
-    let (value, called, increment): (i64, bool, i64) = (row.get(0), row.get(1), row.get(2));
-    // A margin moves the value on in the sequence's own direction.
+    let row = source.query_one(&read_sequence_sql(0, &name), &[]).await?;
+    let setval = setval_for(&name, &row, margin);
+    // setval alone assigns no transaction id, and such a commit is not flushed even with
+    // synchronous_commit = on: txid_current() makes this one durable before it returns.
+    target_sql(target, &format!("SELECT txid_current(); {setval}")).await
+}
+
+/// Reads sequence `name` (quoted) on the source: `n`, its value, whether it was called, and its
+/// increment.
+fn read_sequence_sql(n: usize, name: &str) -> String {
+    format!(
+        "SELECT {n}, s.last_value, s.is_called, p.seqincrement FROM {name} s, pg_sequence p \
+         WHERE p.seqrelid = {}::regclass",
+        literal(name)
+    )
+}
+
+/// The `setval` that sets sequence `name` on the target from a row of [`read_sequence_sql`],
+/// plus `margin` in the sequence's own direction.
+fn setval_for(name: &str, row: &tokio_postgres::Row, margin: u64) -> String {
+    let (value, called, increment): (i64, bool, i64) = (row.get(1), row.get(2), row.get(3));
     let margin = i64::try_from(margin).unwrap_or(i64::MAX);
     let value =
         if increment < 0 { value.saturating_sub(margin) } else { value.saturating_add(margin) };
     let called = called || margin > 0;
-    // setval alone assigns no transaction id, and such a commit is not flushed even with
-    // synchronous_commit = on: txid_current() makes this one durable before it returns.
-    let setval = crate::planner::setval_sql(&name, &value.to_string(), &called.to_string());
-    let sql = format!("SELECT txid_current(); {setval}");
-    target_sql(target, &sql).await
+    crate::planner::setval_sql(name, &value.to_string(), &called.to_string())
+}
+
+/// The cutover's sequences, together (what [`set_sequence`] does for one): read on the fenced
+/// source in one query, set on the target in one transaction, recorded with one save of the
+/// state before and one after: inside the write gap, one commit to wait for rather than one per
+/// sequence. A run cut off anywhere sets them all again (`setval` is idempotent).
+pub(crate) async fn set_sequences(
+    steps: &[&Step],
+    ctx: &Ctx<'_>,
+    state: &mut State,
+) -> Result<(), ApplyError> {
+    let todo: Vec<(&Step, String, u64)> = steps
+        .iter()
+        .filter(|s| s.action.is_work() && !state.is_done_in_this_plan(&s.id))
+        .filter_map(|s| match &s.work {
+            Work::SetSequence { schema, sequence, margin } => {
+                Some((*s, qualified_ident(schema, sequence), *margin))
+            }
+            _ => None,
+        })
+        .collect();
+    if todo.is_empty() {
+        return Ok(());
+    }
+    for (step, ..) in &todo {
+        failpoint("before", &step.id);
+        state.start(&step.id);
+        (ctx.events)(Event::Started {
+            id: step.id.clone(),
+            object: step.object.clone(),
+            action: step.action,
+        });
+    }
+    ctx.state_dir.save(state)?;
+    let started = Instant::now();
+    let fail = |e: tokio_postgres::Error| step_error("cutover:sequences", "sequences", &e);
+    let servers = ctx.servers;
+    let source = conn::connect_with(&servers.source, "pgtransit/cutover", &servers.policy).await?;
+    let target = connect_target(servers, "pgtransit/cutover").await?;
+    let read: Vec<String> =
+        todo.iter().enumerate().map(|(n, (_, name, _))| read_sequence_sql(n, name)).collect();
+    let rows = source.query(&read.join(" UNION ALL "), &[]).await.map_err(fail)?;
+    let mut sql = String::from("SELECT txid_current();");
+    for row in &rows {
+        let n: i32 = row.get(0);
+        let (_, name, margin) = &todo[n as usize];
+        sql.push_str(&format!("\n{}", setval_for(name, row, *margin)));
+    }
+    target_sql(&target, &sql).await.map_err(fail)?;
+    for (step, ..) in &todo {
+        failpoint("after", &step.id);
+        state.finish(&step.id, None);
+        step_done(ctx.events, step, started);
+    }
+    ctx.state_dir.save(state)?;
+    Ok(())
 }

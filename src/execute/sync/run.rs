@@ -395,11 +395,12 @@ async fn run_stream(
                             }
                         }
                     }
-                    Change::Message { prefix, lsn, transactional: false, .. }
+                    Change::Message { prefix, lsn, .. }
                         if prefix == barrier
                             && fenced.as_ref().is_some_and(|f| lsn >= f.barrier_lsn) =>
                     {
-                        // Everything committed before the fence is applied: drained.
+                        // Everything committed before the fence is applied: drained. (The
+                        // barrier comes in a transaction of its own, which has nothing else.)
                         a.commit_batch(stream).await.map_err(pg)?;
                         report(a, live, state);
                         if let Some(f) = fenced.take() {

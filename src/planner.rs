@@ -1428,9 +1428,14 @@ fn cutover_steps(
             "drain",
             "changes up to the fence".into(),
             format!(
-                "SELECT pg_logical_emit_message(false, {}, '<barrier>');\n\
+                "{BARRIER_BEGIN};\n{};\nCOMMIT;\n\
                  -- the stream applies everything up to the barrier, then stops",
-                crate::sql::literal(&crate::naming::barrier_prefix(&slot))
+                BARRIER_EMIT
+                    .replace(
+                        "$1::text",
+                        &crate::sql::literal(&crate::naming::barrier_prefix(&slot))
+                    )
+                    .replace("$2::text", "'<now>'")
             ),
             "on the source, after the fence: nothing commits after the barrier",
             Work::Drain,
@@ -1516,6 +1521,14 @@ pub fn replica_identity_full_sql(tables: &[String]) -> String {
         .collect::<Vec<_>>()
         .join("\n")
 }
+
+/// The cutover's barrier on the fenced source: a transactional message (`$1` the prefix, `$2`
+/// the time) in a transaction of its own, committed and flushed locally. The walsender sends a
+/// commit at once; a message outside a transaction waited for the WAL writer's next round.
+pub const BARRIER_BEGIN: &str = "BEGIN; SET LOCAL synchronous_commit = local";
+
+/// See [`BARRIER_BEGIN`].
+pub const BARRIER_EMIT: &str = "SELECT pg_logical_emit_message(true, $1::text, $2::text)::text";
 
 /// Sets sequence `name` (quoted) to `value`, `called` (SQL text: the cutover's step shows
 /// placeholders where it runs the values read on the fenced source).

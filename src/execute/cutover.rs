@@ -200,12 +200,9 @@ pub(crate) async fn fence(
     // where a message outside a transaction waits for the WAL writer's next round (up to
     // `wal_writer_delay`, 200 ms by default, or two). (Not on the fencing session: with
     // `lock_tables` its transaction holds the locks.)
-    other.batch_execute("BEGIN; SET LOCAL synchronous_commit = local").await.map_err(fail)?;
+    other.batch_execute(crate::planner::BARRIER_BEGIN).await.map_err(fail)?;
     let emitted: String = other
-        .query_one(
-            "SELECT pg_logical_emit_message(true, $1::text, $2::text)::text",
-            &[&barrier, &format!("{}", now_f64())],
-        )
+        .query_one(crate::planner::BARRIER_EMIT, &[&barrier, &format!("{}", now_f64())])
         .await
         .map_err(fail)?
         .get(0);

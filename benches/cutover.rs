@@ -874,10 +874,10 @@ fn print_waited(w: &Waited) {
         );
         println!(
             "  continuous verification: {} rows compared at {} consistent points; the stream \
-             stood still at most {} s for one",
+             stood still at most {} ms for one",
             w.rows_compared.map_or("?".into(), thousands),
             w.rounds.map_or("?".into(), |r| r.to_string()),
-            w.longest_pause.map_or("?".into(), |p| format!("{p:.3}"))
+            w.longest_pause.map_or("?".into(), |p| format!("{:.2}", p * 1000.0))
         );
     } else {
         println!(
@@ -964,7 +964,10 @@ fn table_rows(results: &[RunResult]) -> Vec<(&'static str, Vec<Option<f64>>)> {
             per(&|r| r.waited.verified.map(|v| v - r.waited.caught_up)),
         ),
         ("wait: apply start -> cutover (s)", per(&|r| Some(r.waited.ready))),
-        ("stream stood still at most, for a proof (s)", per(&|r| r.waited.longest_pause)),
+        (
+            "stream stood still at most, for a proof (ms)",
+            per(&|r| r.waited.longest_pause.map(|p| p * 1000.0)),
+        ),
         ("reported write gap (s)", per(&|r| r.cutover.reported_gap())),
         ("  fence going up, just before (s)", per(&|r| r.cutover.gap_part("fence"))),
         ("  drain (s)", per(&|r| r.cutover.gap_part("drain"))),

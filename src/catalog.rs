@@ -994,7 +994,8 @@ pub struct ColumnInfo {
     /// Its type on the target (`atttypid`): statements name it for their parameters, so a
     /// key of any type (a composite, an enum) is compared as that type.
     pub type_oid: u32,
-    /// Its type's name (`format_type`), for a cast to it.
+    /// Its type's name, for a cast to it whatever the `search_path`: `format_type` for
+    /// built-in types, the schema-qualified name of any other.
     pub type_name: String,
 }
 
@@ -1008,7 +1009,11 @@ pub async fn read_table_columns(
     let rows = client
         .query(
             "SELECT a.attname::text, a.attidentity = 'a', a.atttypid, \
-                    format_type(a.atttypid, a.atttypmod) FROM pg_class c \
+                    (SELECT CASE WHEN t.typnamespace = 'pg_catalog'::regnamespace \
+                                 THEN format_type(a.atttypid, a.atttypmod) \
+                                 ELSE quote_ident(tn.nspname) || '.' || quote_ident(t.typname) END \
+                       FROM pg_type t JOIN pg_namespace tn ON tn.oid = t.typnamespace \
+                      WHERE t.oid = a.atttypid) FROM pg_class c \
              JOIN pg_namespace n ON n.oid = c.relnamespace \
              LEFT JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum > 0 \
                   AND NOT a.attisdropped AND a.attgenerated = '' \

@@ -9,8 +9,8 @@ use crate::state::State;
 /// The fence going up, and the clean-up, as measured on small and large databases alike.
 const FENCE: f64 = 0.05;
 const CLEAN_UP: f64 = 0.05;
-/// The drain's floor: the walsender sends the barrier once the WAL writer flushed it.
-const DRAIN_LATENCY: f64 = 0.2;
+/// The drain's floor: the barrier's commit, sent by the walsender, applied.
+const DRAIN_LATENCY: f64 = 0.05;
 /// Per sequence (set in one session with the others), and once.
 const PER_SEQUENCE: f64 = 0.006;
 const SEQUENCES_ONCE: f64 = 0.01;

@@ -1315,7 +1315,18 @@ fn continuous_verify_step(
         return None;
     }
     let slot = crate::naming::slot_name(&spec.name.value);
-    let tables = tables.to_vec();
+    // Unlogged tables are not streamed: what was proven of them does not stay proven (the
+    // cutover compares them in full).
+    let tables: Vec<VerifyTable> = tables
+        .iter()
+        .filter(|t| {
+            !source
+                .relations
+                .iter()
+                .any(|r| r.schema == t.schema && r.name == t.table && r.unlogged)
+        })
+        .cloned()
+        .collect();
     let sql = crate::verify::continuous_sql(
         &slot,
         source.server.version_num,

@@ -333,23 +333,49 @@ pub async fn create_slot(
     command: &str,
     application_name: &str,
 ) -> Result<SlotSession, StreamError> {
+    slot_connection(source, slot, application_name).await?.create(slot, command).await
+}
+
+/// A replication session connected ahead of creating a slot (so that creating it is only the
+/// command).
+pub struct SlotConnection {
+    client: ReplicationClient,
+}
+
+/// Connects a replication session for [`SlotConnection::create`].
+pub async fn slot_connection(
+    source: &Resolved,
+    slot: &str,
+    application_name: &str,
+) -> Result<SlotConnection, StreamError> {
     let cfg = crate::conn::replication_config(source, application_name, slot, "-");
-    let mut client = ReplicationClient::connect_gated(cfg).await?;
-    // A plan saved before the command was recorded runs the PostgreSQL 15 form.
-    let command =
-        if command.is_empty() { create_slot_command(slot, 150000) } else { command.to_string() };
-    let rows = client.simple_query(&command).await?;
-    let row =
-        rows.first().ok_or_else(|| protocol("CREATE_REPLICATION_SLOT returned no row".into()))?;
-    let text = |i: usize| {
-        row.get(i)
-            .and_then(|v| v.as_ref())
-            .map(|b| String::from_utf8_lossy(b).into_owned())
-            .ok_or_else(|| protocol(format!("CREATE_REPLICATION_SLOT: column {i} is missing")))
-    };
-    let consistent_point = parse_lsn(&text(1)?)
-        .ok_or_else(|| protocol("CREATE_REPLICATION_SLOT: bad consistent point".into()))?;
-    Ok(SlotSession { _client: client, consistent_point, snapshot: text(2)? })
+    Ok(SlotConnection { client: ReplicationClient::connect_gated(cfg).await? })
+}
+
+impl SlotConnection {
+    /// Runs `command` (`CREATE_REPLICATION_SLOT ...`, with an exported snapshot) and keeps the
+    /// session.
+    pub async fn create(mut self, slot: &str, command: &str) -> Result<SlotSession, StreamError> {
+        // A plan saved before the command was recorded runs the PostgreSQL 15 form.
+        let command = if command.is_empty() {
+            create_slot_command(slot, 150000)
+        } else {
+            command.to_string()
+        };
+        let rows = self.client.simple_query(&command).await?;
+        let row = rows
+            .first()
+            .ok_or_else(|| protocol("CREATE_REPLICATION_SLOT returned no row".into()))?;
+        let text = |i: usize| {
+            row.get(i)
+                .and_then(|v| v.as_ref())
+                .map(|b| String::from_utf8_lossy(b).into_owned())
+                .ok_or_else(|| protocol(format!("CREATE_REPLICATION_SLOT: column {i} is missing")))
+        };
+        let consistent_point = parse_lsn(&text(1)?)
+            .ok_or_else(|| protocol("CREATE_REPLICATION_SLOT: bad consistent point".into()))?;
+        Ok(SlotSession { _client: self.client, consistent_point, snapshot: text(2)? })
+    }
 }
 
 #[cfg(test)]

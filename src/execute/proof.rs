@@ -58,8 +58,14 @@ const PASS_GAP: Duration = Duration::from_secs(2);
 /// After a round failed, before the next.
 const RETRY: Duration = Duration::from_secs(5);
 
+/// After rounds the applier could not take part in, at most this long before the next.
+const MISSED_MAX: Duration = Duration::from_secs(60);
+
 /// Differing keys named per chunk, at most.
 const KEYS_NAMED: usize = 20;
+
+/// Changed rows remembered per table, at most (see [`Touched::record`]).
+const MAX_KEYS_PER_TABLE: usize = 500_000;
 
 /// What the stream, the verifier and the cutover share.
 #[derive(Clone, Default)]
@@ -143,14 +149,28 @@ impl Touched {
             return;
         }
         for tuple in tuples {
-            let key: Vec<Option<Bytes>> = keys
+            // Copied: a slice would keep the whole message it came in.
+            let key: Option<Vec<Option<Bytes>>> = keys
                 .iter()
                 .map(|&i| match tuple.get(i) {
-                    Some(Value::Text(b)) => Some(b.clone()),
+                    Some(Value::Text(b)) => Some(Some(Bytes::copy_from_slice(b))),
+                    Some(Value::Null) => Some(None),
+                    // A key the stream did not send (unchanged TOAST): not looked up by key.
                     _ => None,
                 })
                 .collect();
-            t.keys.insert(key, lsn);
+            match key {
+                Some(key) => {
+                    t.keys.insert(key, lsn);
+                }
+                None => t.whole = Some(lsn),
+            }
+        }
+        // Memory stays bounded: past this many, the table is compared in full (until its next
+        // proof), which is what so many lookups would cost anyway.
+        if t.keys.len() > MAX_KEYS_PER_TABLE {
+            t.keys.clear();
+            t.whole = Some(lsn);
         }
     }
 
@@ -239,14 +259,20 @@ pub(crate) async fn verify_continuously(
         return;
     }
     let halted = || proving.halted.load(std::sync::atomic::Ordering::SeqCst);
+    // After rounds the applier could not take part in (a long transaction on the source keeps
+    // the slot from being created in time, say), the next waits longer: each costs the stream
+    // up to PAUSE_LIMIT.
+    let mut missed = 0u32;
     while !halted() {
-        let wait = match round(&servers, &slot, &settings, &proving).await {
+        let result = round(&servers, &slot, &settings, &proving).await;
+        missed = if matches!(result, Err(Void::Missed(_))) { missed + 1 } else { 0 };
+        let wait = match result {
             Ok(true) => PASS_GAP,
             Ok(false) => Duration::ZERO,
             Err(_) if halted() => return,
             Err(Void::Missed(why)) => {
-                tracing::debug!(why, "verification round abandoned");
-                Duration::from_millis(200)
+                tracing::debug!(why, missed, "verification round abandoned");
+                Duration::from_millis(200).saturating_mul(1 << missed.min(9)).min(MISSED_MAX)
             }
             Err(Void::Failed(e)) => {
                 tracing::warn!(error = %e, "continuous verification: a round failed");
@@ -301,6 +327,12 @@ async fn consistent_point(
         ),
         None => None,
     };
+    // The replication session, connected before the applier holds: while it holds, only the
+    // slot's creation.
+    let name = crate::naming::proof_slot_name(slot);
+    let replication = crate::stream::slot_connection(&servers.source, &name, app)
+        .await
+        .map_err(|e| Void::Failed(format!("cannot connect for a temporary slot: {}", e.message)))?;
     let (held_tx, held) = oneshot::channel();
     let (at, at_rx) = oneshot::channel();
     let (paused_tx, paused) = oneshot::channel();
@@ -318,9 +350,9 @@ async fn consistent_point(
         proving.request.lock().expect("request lock").take();
         return Err(Void::Missed("the applier did not hold"));
     }
-    let name = crate::naming::proof_slot_name(slot);
     let command = crate::stream::create_temporary_slot_command(&name, version);
-    let session = crate::stream::create_slot(&servers.source, &name, &command, app)
+    let session = replication
+        .create(&name, &command)
         .await
         .map_err(|e| Void::Failed(format!("cannot create a temporary slot: {}", e.message)))?;
     let lsn = session.consistent_point;
@@ -378,7 +410,13 @@ async fn copy_again(source: &Client, target: &Client, r: &Repair<'_>) -> Result<
         &columns,
         &keys,
     );
-    target.batch_execute("BEGIN; SET LOCAL session_replication_role = replica;").await?;
+    // The stream stands still meanwhile: a lock held on the target must not keep it so.
+    target
+        .batch_execute(
+            "BEGIN; SET LOCAL session_replication_role = replica; \
+             SET LOCAL lock_timeout = '2s'; SET LOCAL statement_timeout = '30s';",
+        )
+        .await?;
     target.batch_execute(&sql.delete).await?;
     let out = source.copy_out(&sql.source).await?;
     let sink = target.copy_in::<_, Bytes>(&sql.target).await?;
@@ -470,7 +508,7 @@ fn to_repair<'a>(proving: &Proving, tables: &'a [VerifyTable]) -> Option<Repair<
         let keys: Vec<i64> = chunk
             .differing_keys
             .iter()
-            .filter_map(|k| k.split_once('=').and_then(|(_, v)| v.parse().ok()))
+            .filter_map(|k| k.rsplit_once('=').and_then(|(_, v)| v.parse().ok()))
             .collect();
         p.cursor = Some(Cursor { table: name, after });
         return Some(Repair { table: t, key, keys });
@@ -518,7 +556,12 @@ fn record(
     }
     let upto = proof.upto;
     let tp = p.tables.entry(name.clone()).or_default();
-    tp.key.clone_from(&t.key);
+    if tp.key != t.key {
+        // Chunked by another column before (another plan): nothing of that covers this one.
+        tp.current.clear();
+        tp.complete.clear();
+        tp.key.clone_from(&t.key);
+    }
     if proof.after.is_none() {
         // A pass over the table starts: its chunks cover every key, in order.
         tp.current.clear();
@@ -615,9 +658,17 @@ pub(crate) async fn check_in_fence(
     let mut out = vec![];
     for t in tables {
         let name = qualified(&t.schema, &t.table);
+        // Only a table the stream carries (and continuous verification compares) stays proven:
+        // an unlogged one, say, changes on the source without a word to the stream.
+        let carried = proving.settings.as_ref().is_some_and(|s| s.tables.contains(t));
         let plan = {
             let touched = proving.touched.lock().expect("touched lock");
-            in_fence_plan(&proofs, &touched, &name, checksums)
+            in_fence_plan(&proofs, &touched, &name, checksums).filter(|_| carried)
+        };
+        let plan = match plan {
+            // (A proven table dropped since, on either side, is compared in full: missing.)
+            Some(p) if exists(source, t).await? && exists(target, t).await? => Some(p),
+            _ => None,
         };
         let Some((proven_at, chunks, rows, columns, keys)) = plan else {
             out.extend(
@@ -654,6 +705,12 @@ pub(crate) async fn check_in_fence(
         });
     }
     Ok(out)
+}
+
+/// Whether table `t` exists on that side.
+async fn exists(client: &Client, t: &VerifyTable) -> Result<bool, tokio_postgres::Error> {
+    let name = crate::sql::qualified_ident(&t.schema, &t.table);
+    Ok(client.query_one("SELECT to_regclass($1) IS NOT NULL", &[&name]).await?.get(0))
 }
 
 /// What the fence compares of a proven table: (proven at, chunks, rows, key columns, keys
@@ -741,6 +798,21 @@ mod tests {
     }
 
     #[test]
+    fn changed_rows_are_remembered_up_to_a_bound_then_the_table_is_compared_in_full() {
+        let mut t = Touched { since: Some(1), ..Touched::default() };
+        let table: Arc<str> = "public.t".into();
+        let columns = || vec![("id".to_string(), "integer".to_string())];
+        for i in 0..=MAX_KEYS_PER_TABLE {
+            let row = vec![Value::Text(Bytes::from(i.to_string()))];
+            t.record(&table, columns, &[0], &[&row], 0x100 + i as u64);
+        }
+        let touch = &t.tables[&table];
+        assert!(touch.keys.is_empty());
+        assert_eq!(touch.whole, Some(0x100 + MAX_KEYS_PER_TABLE as u64));
+        assert!(in_fence_plan(&proofs("0/100", true), &t, "public.t", true).is_none());
+    }
+
+    #[test]
     fn the_fence_compares_only_rows_changed_since_a_proof_this_process_can_vouch_for() {
         // Proven at 0/100; this process recorded changes since 0/50: rows 2 and 3 changed
         // after the proof, row 1 before it.
@@ -764,6 +836,12 @@ mod tests {
         let (_, _, _, _, keys) =
             in_fence_plan(&proofs("0/100", true), &none, "public.t", true).unwrap();
         assert!(keys.is_empty());
+        // A key the stream did not send (unchanged TOAST) cannot be looked up: the table is
+        // compared in full.
+        let mut unsent = touched(0x50);
+        let unchanged = vec![Value::Unchanged];
+        unsent.record(&"public.t".into(), Vec::new, &[0], &[&unchanged], 0x160);
+        assert!(in_fence_plan(&proofs("0/100", true), &unsent, "public.t", true).is_none());
         // Before anything streamed in this process: nothing can be vouched for.
         assert!(
             in_fence_plan(&proofs("0/100", true), &Touched::default(), "public.t", true).is_none()

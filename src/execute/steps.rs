@@ -378,20 +378,40 @@ pub(crate) async fn set_sequences(
     }
     ctx.state_dir.save(state)?;
     let started = Instant::now();
-    let fail = |e: tokio_postgres::Error| step_error("cutover:sequences", "sequences", &e);
     let servers = ctx.servers;
     let source = conn::connect_with(&servers.source, "pgtransit/cutover", &servers.policy).await?;
     let target = connect_target(servers, "pgtransit/cutover").await?;
     let read: Vec<String> =
         todo.iter().enumerate().map(|(n, (_, name, _))| read_sequence_sql(n, name)).collect();
-    let rows = source.query(&read.join(" UNION ALL "), &[]).await.map_err(fail)?;
-    let mut sql = String::from("SELECT txid_current();");
-    for row in &rows {
-        let n: i32 = row.get(0);
-        let (_, name, margin) = &todo[n as usize];
-        sql.push_str(&format!("\n{}", setval_for(name, row, *margin)));
+    let set = async {
+        let rows = source.query(&read.join(" UNION ALL "), &[]).await?;
+        let mut sql = String::from("SELECT txid_current();");
+        for row in &rows {
+            let n: i32 = row.get(0);
+            let (_, name, margin) = &todo[n as usize];
+            sql.push_str(&format!("\n{}", setval_for(name, row, *margin)));
+        }
+        target_sql(&target, &sql).await?;
+        Ok::<_, tokio_postgres::Error>(rows.len())
+    };
+    let set = match set.await {
+        Ok(n) if n == todo.len() => Ok(()),
+        Ok(n) => Err(format!("{n} of {} sequences were read on the source", todo.len())),
+        Err(e) => Err(crate::execute::context::db_message(&e)),
+    };
+    if let Err(message) = set {
+        // Each step failed, as it would have alone (nothing was set: one transaction).
+        let (step, ..) = todo[0];
+        for (s, ..) in &todo {
+            state.fail(&s.id, message.clone());
+        }
+        ctx.state_dir.save(state)?;
+        return Err(ApplyError::StepFailed {
+            id: step.id.clone(),
+            object: step.object.clone(),
+            message,
+        });
     }
-    target_sql(&target, &sql).await.map_err(fail)?;
     for (step, ..) in &todo {
         failpoint("after", &step.id);
         state.finish(&step.id, None);

@@ -329,8 +329,8 @@ pub(crate) struct Applier<'a> {
     pub(crate) prefix: String,
     /// The prefix of the cutover's barrier message.
     pub(crate) barrier: String,
-    /// Rows changed, for the cutover's verification.
-    pub(crate) touched: Arc<std::sync::Mutex<Touched>>,
+    /// Rows changed, for the cutover's verification (with continuous verification only).
+    pub(crate) touched: Option<Arc<std::sync::Mutex<Touched>>>,
     /// When the rate of changes was last sampled, and the rows applied then.
     pub(crate) rate_sample: Option<(f64, u64)>,
 }
@@ -539,12 +539,13 @@ impl<'a> Applier<'a> {
     /// Records the rows a change touches (before it is applied: a batch rolled back leaves
     /// more recorded than changed, never less).
     fn touch(&self, c: &Change) {
+        let Some(touched) = &self.touched else { return };
         let (rel, tuples): (u32, Vec<&Tuple>) = match c {
             Change::Insert { rel, new } => (*rel, vec![new]),
             Change::Update { rel, old, new } => (*rel, old.iter().chain([new]).collect()),
             Change::Delete { rel, old } => (*rel, vec![old]),
             Change::Truncate { rels, .. } => {
-                let mut touched = self.touched.lock().expect("touched lock");
+                let mut touched = touched.lock().expect("touched lock");
                 for t in rels.iter().filter_map(|r| self.tables.get(r)) {
                     touched.record_whole(&t.display, self.final_lsn);
                 }
@@ -557,7 +558,7 @@ impl<'a> Applier<'a> {
         let columns = || {
             keys.iter().map(|&i| (t.rel.columns[i].name.clone(), t.type_names[i].clone())).collect()
         };
-        self.touched.lock().expect("touched lock").record(
+        touched.lock().expect("touched lock").record(
             &t.display,
             columns,
             &keys,

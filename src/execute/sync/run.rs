@@ -187,7 +187,7 @@ pub async fn stream(
         sync,
         prefix,
         barrier: crate::naming::barrier_prefix(slot),
-        touched: proving.touched.clone(),
+        touched: proving.settings.is_some().then(|| proving.touched.clone()),
         rate_sample: None,
     };
     // The watchdog: a server that stops answering on a connection still open would hold the

@@ -511,6 +511,59 @@ fn a_writer_that_reconnects_at_once_like_a_pool_does_not_keep_the_fence_from_goi
 }
 
 #[test]
+fn the_applier_never_jit_compiles_even_where_a_keyless_table_makes_its_statements_look_costly() {
+    let src = crate::support::logical_source("nojit-src");
+    let tgt = crate::support::cluster(
+        "nojit-tgt",
+        &[
+            ("shared_preload_libraries", "pg_stat_statements"),
+            ("jit_above_cost", "0"),
+            ("jit_inline_above_cost", "0"),
+            ("jit_optimize_above_cost", "0"),
+        ],
+    );
+    src.create_database("app").unwrap();
+    tgt.create_database("app").unwrap();
+    sql(
+        &src,
+        "app",
+        "CREATE TABLE keyless (a int, b text);
+         INSERT INTO keyless SELECT g, 'x' FROM generate_series(1, 300) g;",
+    );
+    sql(&tgt, "postgres", "CREATE EXTENSION pg_stat_statements");
+    let dir = TempDir::new("nojit");
+    let plan = online_plan(
+        &dir,
+        "nojit",
+        &src,
+        &tgt,
+        "sync:\n  tables_without_key: replica_identity_full\n",
+    );
+    let mut child = start_apply(&dir, &plan, &[]);
+    wait_streaming(&dir, "nojit", &mut child);
+    sql(
+        &src,
+        "app",
+        "DELETE FROM keyless WHERE a <= 50; UPDATE keyless SET b = 'y' WHERE a > 250;",
+    );
+    wait_identical(&src, &tgt, &dir);
+    stop(&mut child);
+    let jitted = "SELECT coalesce(sum(jit_functions), 0) FROM pg_stat_statements \
+                  WHERE query LIKE '%keyless%' AND query ~ '^(UPDATE|DELETE)'";
+    let applied = "SELECT coalesce(sum(calls), 0) FROM pg_stat_statements \
+                   WHERE query LIKE '%keyless%' AND query ~ '^(UPDATE|DELETE)'";
+    assert!(sql(&tgt, "postgres", applied).parse::<i64>().unwrap() >= 100);
+    assert_eq!(sql(&tgt, "postgres", jitted), "0");
+    // The server would have compiled them: a statement of its own settings is.
+    sql(&tgt, "app", "DELETE FROM keyless WHERE a = -1");
+    let own = "SELECT coalesce(sum(jit_functions), 0) FROM pg_stat_statements \
+               WHERE query LIKE 'DELETE FROM keyless WHERE a = $1%'";
+    if sql(&tgt, "postgres", own) == "0" {
+        eprintln!("SKIPPED the contrast: this server does not JIT-compile (no llvmjit)");
+    }
+}
+
+#[test]
 fn the_fence_knows_pgtransits_own_sessions_by_pid_not_by_a_name_anyone_can_set() {
     let (src, tgt) = logical_pair(
         "fence-names",

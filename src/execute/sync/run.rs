@@ -59,11 +59,7 @@ pub async fn stream(
         .map(|(k, v)| format!("SET {k} = {};", literal(v)))
         .collect::<String>();
     target
-        // Updates and deletes find their row by key: always through the key's index (a table
-        // that was tiny when the statement was planned must not be scanned whole ever after).
-        .batch_execute(&format!(
-            "SET session_replication_role = replica; SET enable_seqscan = off; {pinned}"
-        ))
+        .batch_execute(&format!("{} {pinned}", crate::planner::APPLY_SESSION))
         .await
         .map_err(pg)?;
     // The target session of a stream this process lost may still hold the origin, or be about
@@ -93,12 +89,24 @@ pub async fn stream(
         ..Heartbeats::default()
     }));
     let prefix = crate::naming::message_prefix(slot);
-    let (heartbeat, heartbeat_session) = {
+    let (heartbeat, heartbeat_session, slot_flushed) = {
         let source =
             crate::conn::connect_with(&servers.source, "pgtransit/heartbeat", &servers.policy)
                 .await?;
         // Who it is on the source: the fence leaves it alone.
         let session = Session::of(&source).await.map_err(pg)?;
+        // Before the first batch commits, nothing is applied (0/0): the lag counts from where
+        // the slot's stream begins, not from the start of the source's WAL.
+        let slot_flushed = match start {
+            0 => crate::catalog::read_slot(&source, slot)
+                .await
+                .ok()
+                .flatten()
+                .and_then(|s| s.confirmed_flush_lsn)
+                .and_then(|l| crate::stream::parse_lsn(&l))
+                .unwrap_or(0),
+            _ => 0,
+        };
         let version: i32 = source
             .query_one("SELECT current_setting('server_version_num')::int", &[])
             .await
@@ -120,7 +128,7 @@ pub async fn stream(
             watch(source, slot, version, baseline, scope, live, prefix, drift_every, walsender)
                 .await
         });
-        (task, session)
+        (task, session, slot_flushed)
     };
     struct AbortOnDrop(tokio::task::JoinHandle<()>);
     impl Drop for AbortOnDrop {
@@ -183,7 +191,7 @@ pub async fn stream(
         batch_counts: BTreeMap::new(),
         batch_total: Counters::default(),
         applied_lsn: start,
-        confirmed: start,
+        confirmed: start.max(slot_flushed),
         sync,
         prefix,
         barrier: crate::naming::barrier_prefix(slot),

@@ -540,3 +540,82 @@ pub fn write_results(path: &Path, doc: &Value) {
         Err(e) => println!("\ncannot write {}: {e}", path.display()),
     }
 }
+
+/// CPU seconds (user + system, all threads) of a process, from `/proc/<pid>/stat`. Every
+/// server process of the benchmark's clusters is readable: the benchmark runs as their user or
+/// as root.
+pub fn proc_cpu_seconds(pid: u32) -> Option<f64> {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // "pid (comm) state ..." where comm may hold spaces: fields 14 and 15 (utime, stime, in
+    // clock ticks of USER_HZ = 100) are the 12th and 13th after the closing parenthesis.
+    let fields: Vec<&str> = stat[stat.rfind(')')? + 1..].split_whitespace().collect();
+    let ticks: u64 = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
+    Some(ticks as f64 / 100.0)
+}
+
+/// The peak resident set size (`VmHWM`, kB) of a process, from `/proc/<pid>/status`.
+pub fn proc_peak_rss_kb(pid: u32) -> Option<u64> {
+    fs::read_to_string(format!("/proc/{pid}/status")).ok().and_then(|s| {
+        s.lines()
+            .find_map(|l| l.strip_prefix("VmHWM:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+    })
+}
+
+/// The summed CPU seconds of `pids` (those still running); None when none could be read.
+pub fn procs_cpu_seconds(pids: &[u32]) -> Option<f64> {
+    let read: Vec<f64> = pids.iter().filter_map(|&p| proc_cpu_seconds(p)).collect();
+    (!read.is_empty()).then(|| read.iter().sum())
+}
+
+/// A kept-open connection for polls and small statements during a measurement: a psql process
+/// per poll (fork, connect, backend start) would cost a 2-core machine more CPU than the poll's
+/// query, and blur the timings.
+pub struct Probe {
+    rt: tokio::runtime::Runtime,
+    client: tokio_postgres::Client,
+    name: String,
+}
+
+impl Probe {
+    pub fn connect(c: &LocalCluster, name: &str) -> R<Probe> {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| format!("tokio runtime: {e}"))?;
+        let conninfo = format!("{} application_name=bench-probe", c.conninfo(DB));
+        let (client, connection) = rt
+            .block_on(tokio_postgres::connect(&conninfo, tokio_postgres::NoTls))
+            .map_err(|e| format!("connecting to {name}: {}", pg_error(&e)))?;
+        // A current-thread runtime: the connection makes progress inside `block_on` calls.
+        rt.spawn(async move {
+            let _ = connection.await;
+        });
+        Ok(Probe { rt, client, name: name.to_string() })
+    }
+
+    /// The first column of every row `sql` returns (NULLs left out).
+    pub fn column(&self, sql: &str) -> R<Vec<String>> {
+        let messages = self
+            .rt
+            .block_on(self.client.simple_query(sql))
+            .map_err(|e| format!("{} on {}: {}", sql.trim(), self.name, pg_error(&e)))?;
+        Ok(messages
+            .iter()
+            .filter_map(|m| match m {
+                tokio_postgres::SimpleQueryMessage::Row(row) => row.get(0).map(str::to_string),
+                _ => None,
+            })
+            .collect())
+    }
+
+    /// The first column of the first row `sql` returns (None for no row or NULL).
+    pub fn value(&self, sql: &str) -> R<Option<String>> {
+        Ok(self.column(sql)?.into_iter().next())
+    }
+
+    /// The process ids `sql` returns (one a row).
+    pub fn pids(&self, sql: &str) -> R<Vec<u32>> {
+        Ok(self.column(sql)?.iter().filter_map(|v| v.parse().ok()).collect())
+    }
+}

@@ -3,7 +3,7 @@
 //! run, on the same local servers, for several kinds of workload.
 //!
 //! ```sh
-//! cargo bench --bench sync -- [--scale 10] [--backlog-transactions 50000] [--clients 4]
+//! cargo bench --bench sync -- [--scale 10] [--backlog-transactions 100000] [--clients 4]
 //!     [--runs 3] [--workloads tpcb,uniform,wide]
 //! cargo bench --bench sync -- --scale 1 --backlog-transactions 5000 --runs 1   # smoke run
 //! ```
@@ -78,7 +78,7 @@ usage: cargo bench --bench sync -- [OPTIONS]
   --scale N                  pgbench scale of the source: N * 100,000 accounts, N * 10,000
                              rows of `wide` (default 10)
   --backlog-transactions N   transactions in each backlog, 4 row changes each, split across
-                             the clients (default 50,000)
+                             the clients (default 100,000)
   --clients N                pgbench clients writing the backlog (default 4)
   --runs N                   backlogs of each workload, each applied by both (default 3);
                              medians are reported
@@ -232,7 +232,7 @@ struct Opts {
 fn parse_args() -> R<Opts> {
     let mut opts = Opts {
         scale: 10,
-        transactions: 50_000,
+        transactions: 100_000,
         clients: 4,
         runs: 3,
         workloads: Workload::ALL.to_vec(),

@@ -46,7 +46,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use pgtransit::cluster::{ClusterOptions, LocalCluster};
+use pgtransit::cluster::LocalCluster;
 use serde_json::{Value, json};
 
 mod common;
@@ -505,9 +505,7 @@ struct Bench {
 fn run(opts: Opts) -> R<bool> {
     let started = Instant::now();
     let target = target_dir();
-    let logs = target.join("bench-cutover");
-    let _ = fs::remove_dir_all(&logs);
-    fs::create_dir_all(&logs).map_err(|e| format!("creating {}: {e}", logs.display()))?;
+    let logs = common::fresh_logs("bench-cutover")?;
     let work = TempDir::new("bench-cutover")?;
 
     println!("pgtransit cutover benchmark: the write gap under a steady writer");
@@ -525,27 +523,9 @@ fn run(opts: Opts) -> R<bool> {
     print_machine();
     let pgtransit = private_pgtransit(&work.0)?;
 
-    let options = |name: &str, logical: bool| {
-        let mut settings: Vec<(String, String)> =
-            SETTINGS.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
-        if logical {
-            settings.push(("wal_level".into(), "logical".into()));
-        }
-        ClusterOptions { name: name.into(), settings, ..ClusterOptions::default() }
-    };
-    let t = Instant::now();
-    let (src, tgt) = std::thread::scope(|s| {
-        let a = s.spawn(|| LocalCluster::start(options("cutover-source", true)));
-        let b = s.spawn(|| LocalCluster::start(options("cutover-target", false)));
-        (a.join().expect("cluster thread"), b.join().expect("cluster thread"))
-    });
-    let (src, tgt) = (src.map_err(|e| e.to_string())?, tgt.map_err(|e| e.to_string())?);
-    println!(
-        "  clusters started in {:.1} s: source {}, target {}",
-        t.elapsed().as_secs_f64(),
-        src.url(DB),
-        tgt.url(DB)
-    );
+    let options = |name: &str, logical: bool| common::cluster_options(name, &SETTINGS, logical);
+    let (src, tgt) =
+        common::start_pair(options("cutover-source", true), options("cutover-target", false))?;
     let shown = server_settings(&src, &SHOWN_SETTINGS)?;
     println!(
         "  server settings (source; the target differs only in wal_level): {}",

@@ -347,9 +347,7 @@ struct Bench {
 fn run(opts: Opts) -> R<bool> {
     let started = Instant::now();
     let target = target_dir();
-    let logs = target.join("bench-load");
-    let _ = fs::remove_dir_all(&logs);
-    fs::create_dir_all(&logs).map_err(|e| format!("creating {}: {e}", logs.display()))?;
+    let logs = common::fresh_logs("bench-load")?;
     let work = TempDir::new("bench")?;
 
     println!("pgtransit load benchmark");
@@ -389,19 +387,7 @@ fn run(opts: Opts) -> R<bool> {
         settings: settings.clone(),
         ..ClusterOptions::default()
     };
-    let t = Instant::now();
-    let (src, tgt) = std::thread::scope(|s| {
-        let a = s.spawn(|| LocalCluster::start(options("bench-source")));
-        let b = s.spawn(|| LocalCluster::start(options("bench-target")));
-        (a.join().expect("cluster thread"), b.join().expect("cluster thread"))
-    });
-    let (src, tgt) = (src.map_err(|e| e.to_string())?, tgt.map_err(|e| e.to_string())?);
-    println!(
-        "  clusters started in {:.1} s: source {}, target {}",
-        t.elapsed().as_secs_f64(),
-        src.url(DB),
-        tgt.url(DB)
-    );
+    let (src, tgt) = common::start_pair(options("bench-source"), options("bench-target"))?;
     let shown = server_settings(&src, &SHOWN_SETTINGS)?;
     println!(
         "  server settings (both): {}",

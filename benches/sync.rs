@@ -60,7 +60,7 @@ use std::process::{Command, ExitCode, Stdio};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use pgtransit::cluster::{ClusterOptions, LocalCluster};
+use pgtransit::cluster::LocalCluster;
 use serde_json::{Value, json};
 
 mod common;
@@ -443,9 +443,7 @@ struct Bench {
 fn run(opts: Opts) -> R<bool> {
     let started = Instant::now();
     let target = target_dir();
-    let logs = target.join("bench-sync");
-    let _ = fs::remove_dir_all(&logs);
-    fs::create_dir_all(&logs).map_err(|e| format!("creating {}: {e}", logs.display()))?;
+    let logs = common::fresh_logs("bench-sync")?;
     let work = TempDir::new("bench-sync")?;
 
     println!("pgtransit sync benchmark: applying a backlog, pgtransit vs native subscription");
@@ -464,14 +462,7 @@ fn run(opts: Opts) -> R<bool> {
     let pgtransit = private_pgtransit(&work.0)?;
 
     // Three clusters, same settings; the source decodes.
-    let options = |name: &str, logical: bool| {
-        let mut settings: Vec<(String, String)> =
-            SETTINGS.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
-        if logical {
-            settings.push(("wal_level".into(), "logical".into()));
-        }
-        ClusterOptions { name: name.into(), settings, ..ClusterOptions::default() }
-    };
+    let options = |name: &str, logical: bool| common::cluster_options(name, &SETTINGS, logical);
     let t = Instant::now();
     let (src, tgt_a, tgt_b) = std::thread::scope(|s| {
         let a = s.spawn(|| LocalCluster::start(options("sync-source", true)));

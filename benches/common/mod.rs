@@ -44,6 +44,50 @@ pub fn main<O>(parse_args: fn() -> R<O>, run: fn(O) -> R<bool>) -> ExitCode {
 }
 
 /// A command without the caller's libpq environment (PGHOST, PGPASSWORD, ...).
+/// `target/<name>/`, emptied: where a benchmark keeps every tool's output.
+pub fn fresh_logs(name: &str) -> R<PathBuf> {
+    let logs = target_dir().join(name);
+    let _ = std::fs::remove_dir_all(&logs);
+    std::fs::create_dir_all(&logs).map_err(|e| format!("creating {}: {e}", logs.display()))?;
+    Ok(logs)
+}
+
+/// A throwaway cluster's options: `settings`, and `wal_level = logical` for a source that
+/// decodes.
+pub fn cluster_options(
+    name: &str,
+    settings: &[(&str, &str)],
+    logical: bool,
+) -> pgtransit::cluster::ClusterOptions {
+    let mut settings: Vec<(String, String)> =
+        settings.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+    if logical {
+        settings.push(("wal_level".into(), "logical".into()));
+    }
+    pgtransit::cluster::ClusterOptions { name: name.into(), settings, ..Default::default() }
+}
+
+/// Starts a source and a target cluster at once, and says so.
+pub fn start_pair(
+    source: pgtransit::cluster::ClusterOptions,
+    target: pgtransit::cluster::ClusterOptions,
+) -> R<(LocalCluster, LocalCluster)> {
+    let t = std::time::Instant::now();
+    let (src, tgt) = std::thread::scope(|s| {
+        let a = s.spawn(|| LocalCluster::start(source));
+        let b = s.spawn(|| LocalCluster::start(target));
+        (a.join().expect("cluster thread"), b.join().expect("cluster thread"))
+    });
+    let (src, tgt) = (src.map_err(|e| e.to_string())?, tgt.map_err(|e| e.to_string())?);
+    println!(
+        "  clusters started in {:.1} s: source {}, target {}",
+        t.elapsed().as_secs_f64(),
+        src.url(DB),
+        tgt.url(DB)
+    );
+    Ok((src, tgt))
+}
+
 /// Reads the command line, `--key value` or `--key=value`: calls `set(key, value)` for each
 /// option, where `value()` takes its value (the inline one, or the next argument). `cargo
 /// bench`'s own `--bench` is skipped, and `-h`/`--help` prints `usage` and exits.

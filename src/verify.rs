@@ -81,17 +81,12 @@ async fn aggregate(
     t: &VerifyTable,
     checksums: bool,
 ) -> Result<Option<(i64, String)>, tokio_postgres::Error> {
-    let sum = if checksums {
-        "coalesce(sum(hashtextextended(ROW(pgtransit_row.*)::text, 0)::numeric), 0)::text"
-    } else {
-        "''"
-    };
+    if checksums {
+        return range_sum(client, t, None, None).await;
+    }
     let row = client
         .query_one(
-            &format!(
-                "SELECT count(*), {sum} FROM ONLY {} pgtransit_row",
-                qualified_ident(&t.schema, &t.table)
-            ),
+            &format!("SELECT count(*), '' FROM ONLY {}", qualified_ident(&t.schema, &t.table)),
             &[],
         )
         .await;
@@ -111,8 +106,7 @@ async fn chunks(
         .query(
             &format!(
                 "SELECT floor({k}::numeric / {CHUNK})::int8 AS chunk, count(*), \
-                        coalesce(sum(hashtextextended(ROW(pgtransit_row.*)::text, 0)::numeric), \
-                                 0)::text \
+                        coalesce(sum({ROW_HASH}::numeric), 0)::text \
                  FROM ONLY {} pgtransit_row GROUP BY 1 ORDER BY 1",
                 qualified_ident(&t.schema, &t.table),
                 k = ident(key)
@@ -154,6 +148,11 @@ fn chunk_sum_sql(name: &str, filter: &str) -> String {
 fn next_key_sql(name: &str, key: &str, filter: &str) -> String {
     format!("SELECT min({key})::int8 FROM ONLY {name} WHERE {filter}")
 }
+
+/// How a repair's target transaction begins: replicated rows fire no trigger or foreign-key
+/// check, and the stream, standing still meanwhile, waits for no lock for long.
+pub const REPAIR_BEGIN: &str = "BEGIN; SET LOCAL session_replication_role = replica; \
+     SET LOCAL lock_timeout = '2s'; SET LOCAL statement_timeout = '30s'";
 
 /// How rows found different are copied again (`keys`: an `int8[]` literal): deleted on the
 /// target, then copied from the source under the round's snapshot, in one target transaction
@@ -212,8 +211,7 @@ pub fn continuous_sql(slot: &str, version_num: i32, rows_per_second: u64, repair
         sql.push_str(&format!(
             "\n-- rows that differ (verify.repair), at a consistent point, the stream standing \
              still:\n-- on the source, under its snapshot:\n{};\n\
-             -- on the target, in one transaction:\n\
-             BEGIN; SET LOCAL session_replication_role = replica;\n{};\n{};\nCOMMIT;",
+             -- on the target, in one transaction:\n{REPAIR_BEGIN};\n{};\n{};\nCOMMIT;",
             r.source, r.delete, r.target
         ));
     }

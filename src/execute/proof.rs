@@ -411,12 +411,7 @@ async fn copy_again(source: &Client, target: &Client, r: &Repair<'_>) -> Result<
         &keys,
     );
     // The stream stands still meanwhile: a lock held on the target must not keep it so.
-    target
-        .batch_execute(
-            "BEGIN; SET LOCAL session_replication_role = replica; \
-             SET LOCAL lock_timeout = '2s'; SET LOCAL statement_timeout = '30s';",
-        )
-        .await?;
+    target.batch_execute(crate::verify::REPAIR_BEGIN).await?;
     target.batch_execute(&sql.delete).await?;
     let out = source.copy_out(&sql.source).await?;
     let sink = target.copy_in::<_, Bytes>(&sql.target).await?;

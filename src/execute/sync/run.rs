@@ -95,18 +95,7 @@ pub async fn stream(
                 .await?;
         // Who it is on the source: the fence leaves it alone.
         let session = Session::of(&source).await.map_err(pg)?;
-        // Before the first batch commits, nothing is applied (0/0): the lag counts from where
-        // the slot's stream begins, not from the start of the source's WAL.
-        let slot_flushed = match start {
-            0 => crate::catalog::read_slot(&source, slot)
-                .await
-                .ok()
-                .flatten()
-                .and_then(|s| s.confirmed_flush_lsn)
-                .and_then(|l| crate::stream::parse_lsn(&l))
-                .unwrap_or(0),
-            _ => 0,
-        };
+        let slot_flushed = if start == 0 { slot_confirmed(&source, slot).await } else { 0 };
         let version: i32 = source
             .query_one("SELECT current_setting('server_version_num')::int", &[])
             .await
@@ -222,6 +211,19 @@ pub async fn stream(
     ctx.state_dir.save(state)?;
     let _ = tokio::time::timeout(Duration::from_secs(5), stream.stop()).await;
     result
+}
+
+/// Where the slot's stream begins (its confirmed position; 0 when it cannot be read): before
+/// the first batch commits, nothing is applied (0/0), and the lag counts from there, not from
+/// the start of the source's WAL.
+async fn slot_confirmed(source: &tokio_postgres::Client, slot: &str) -> u64 {
+    crate::catalog::read_slot(source, slot)
+        .await
+        .ok()
+        .flatten()
+        .and_then(|s| s.confirmed_flush_lsn)
+        .and_then(|l| crate::stream::parse_lsn(&l))
+        .unwrap_or(0)
 }
 
 /// Writes the progress into the state and tells the report. Returns the lag in seconds.

@@ -44,9 +44,7 @@ pub fn cutover(
     for t in tables {
         let name = crate::sql::qualified(&t.schema, &t.table);
         let proof = state.verification.as_ref().and_then(|v| v.tables.get(&name));
-        let as_of = proof
-            .filter(|p| continuous && p.proven_at().is_some())
-            .and_then(|p| p.complete.iter().map(|c| c.at).min_by(f64::total_cmp));
+        let as_of = proof.filter(|_| continuous).and_then(|p| p.proven_as_of());
         match as_of {
             // Rows changed since (all tables' rate: an upper bound for one table).
             Some(at) => {

@@ -341,6 +341,16 @@ impl TableProof {
         }
         self.complete.iter().map(|c| crate::stream::parse_lsn(&c.lsn).unwrap_or(0)).min()
     }
+
+    /// When the last complete pass proved every chunk equal: its oldest chunk's time.
+    pub fn proven_as_of(&self) -> Option<f64> {
+        self.proven_at().and_then(|_| oldest_at(&self.complete))
+    }
+}
+
+/// The time of the oldest of `chunks`.
+pub fn oldest_at(chunks: &[ChunkProof]) -> Option<f64> {
+    chunks.iter().map(|c| c.at).min_by(f64::total_cmp)
 }
 
 /// One chunk compared: the keys in `(after, upto]` (a table without an integer key is one

@@ -127,15 +127,12 @@ fn proven(p: &crate::state::Proofs, name: &str, copied: Option<u64>) -> Option<T
             format!("{}: {keys}", c.range(key))
         })
         .collect();
-    let oldest = |chunks: &[crate::state::ChunkProof]| {
-        chunks.iter().map(|c| c.at).min_by(|a, b| a.total_cmp(b))
-    };
-    let (fraction, as_of) = if !tp.complete.is_empty() && tp.differing().next().is_none() {
-        (1.0, oldest(&tp.complete))
+    let (fraction, as_of) = if tp.proven_at().is_some() {
+        (1.0, tp.proven_as_of())
     } else {
         let done: i64 = tp.current.iter().filter(|c| c.equal).map(|c| c.rows).sum();
         let total = copied.unwrap_or(0).max(tp.rows().max(0) as u64).max(1);
-        ((done as f64 / total as f64).min(0.99), oldest(&tp.current))
+        ((done as f64 / total as f64).min(0.99), crate::state::oldest_at(&tp.current))
     };
     Some(TableProven { fraction, as_of, differing })
 }

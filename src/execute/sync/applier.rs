@@ -442,26 +442,14 @@ impl<'a> Applier<'a> {
             }
             return Err(drift_error(format!("the source's table {display} {}", what.join("; "))));
         }
-        let identity_always = rel
-            .columns
-            .iter()
-            .map(|c| columns.iter().any(|t| t.name == c.name && t.identity_always))
-            .collect();
-        let types = rel
-            .columns
-            .iter()
-            .map(|c| columns.iter().find(|t| t.name == c.name).map_or(0, |t| t.type_oid))
-            .collect();
-        let type_names = rel
-            .columns
-            .iter()
-            .map(|c| {
-                columns
-                    .iter()
-                    .find(|t| t.name == c.name)
-                    .map_or(String::new(), |t| t.type_name.clone())
-            })
-            .collect();
+        // Each source column's target column (the sets are equal: checked above).
+        let on_target: Vec<Option<&crate::catalog::ColumnInfo>> =
+            rel.columns.iter().map(|c| columns.iter().find(|t| t.name == c.name)).collect();
+        let identity_always =
+            on_target.iter().map(|t| t.is_some_and(|t| t.identity_always)).collect();
+        let types = on_target.iter().map(|t| t.map_or(0, |t| t.type_oid)).collect();
+        let type_names =
+            on_target.iter().map(|t| t.map_or(String::new(), |t| t.type_name.clone())).collect();
         let full = rel.replica_identity == 'f';
         self.tables.insert(
             rel.id,

@@ -1488,9 +1488,7 @@ fn cutover_steps(
     out.push(step(
         "verify",
         format!("rows of {} tables", verify.len()),
-        "-- on both servers, per table (a difference stops the cutover and lifts the fence):\n\
-         SELECT count(*), sum(hashtextextended(ROW(r.*)::text, 0)::numeric) FROM ONLY <table> r;"
-            .into(),
+        crate::verify::fence_sql(),
         "exact: nothing changes on either side now",
         Work::Verify { tables: verify },
     ));

@@ -302,6 +302,37 @@ pub fn differing_keys(
     keys.into_iter().take(limit).map(|k| format!("{key}={k}")).collect()
 }
 
+/// Each key's row hash (NULL without such a row): `$1`, `$2`... the keys' text, one array per
+/// key column (`columns`: quoted name and type), for quoted table `name`.
+fn rows_by_key_sql(name: &str, columns: &[(String, &str)]) -> String {
+    let unnest: Vec<String> = (1..=columns.len()).map(|i| format!("${i}::text[]")).collect();
+    let names: Vec<String> = (1..=columns.len()).map(|i| format!("c{i}")).collect();
+    let on: Vec<String> = columns
+        .iter()
+        .enumerate()
+        .map(|(i, (name, ty))| format!("pgtransit_row.{name} = k.c{}::{ty}", i + 1))
+        .collect();
+    format!(
+        "SELECT k.n, CASE WHEN pgtransit_row.ctid IS NULL THEN NULL ELSE {ROW_HASH} END \
+         FROM unnest({}) WITH ORDINALITY AS k({}, n) \
+         LEFT JOIN ONLY {name} pgtransit_row ON {} ORDER BY k.n",
+        unnest.join(", "),
+        names.join(", "),
+        on.join(" AND ")
+    )
+}
+
+/// What the cutover's verification runs, as the plan shows it.
+pub fn fence_sql() -> String {
+    format!(
+        "-- on both servers, per table (a difference stops the cutover and lifts the fence):\n\
+         -- a table proven equal while streaming: the rows changed since, by key\n{};\n\
+         -- any other table: all of it\n{};",
+        rows_by_key_sql("<table>", &[("<key>".into(), "<key type>")]),
+        chunk_sum_sql("<table>", "true")
+    )
+}
+
 /// Rows looked up by key: for each key (the text of each key column, in the order of
 /// `columns`, which are (name, type)), the row's hash, or `None` when there is no such row.
 pub async fn rows_by_key(
@@ -317,22 +348,9 @@ pub async fn rows_by_key(
         (0..columns.len()).map(|i| keys.iter().map(|k| k[i].clone()).collect()).collect();
     let params: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> =
         arrays.iter().map(|a| a as &(dyn tokio_postgres::types::ToSql + Sync)).collect();
-    let unnest: Vec<String> = (1..=columns.len()).map(|i| format!("${i}::text[]")).collect();
-    let names: Vec<String> = (1..=columns.len()).map(|i| format!("c{i}")).collect();
-    let on: Vec<String> = columns
-        .iter()
-        .enumerate()
-        .map(|(i, (name, ty))| format!("pgtransit_row.{} = k.c{}::{ty}", ident(name), i + 1))
-        .collect();
-    let sql = format!(
-        "SELECT k.n, CASE WHEN pgtransit_row.ctid IS NULL THEN NULL ELSE {ROW_HASH} END \
-         FROM unnest({}) WITH ORDINALITY AS k({}, n) \
-         LEFT JOIN ONLY {} pgtransit_row ON {} ORDER BY k.n",
-        unnest.join(", "),
-        names.join(", "),
-        qualified_ident(&t.schema, &t.table),
-        on.join(" AND ")
-    );
+    let columns: Vec<(String, &str)> =
+        columns.iter().map(|(n, ty)| (ident(n), ty.as_str())).collect();
+    let sql = rows_by_key_sql(&qualified_ident(&t.schema, &t.table), &columns);
     let rows = client.query(&sql, &params).await?;
     let mut out = vec![None; keys.len()];
     for r in rows {

@@ -1043,6 +1043,63 @@ pub async fn read_table_columns(
     ))
 }
 
+/// What keeps the applier from reordering a target table's changes (coalescing them per row,
+/// or grouping its inserts): each a description for the log, `None` when nothing does.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ApplyOrder {
+    /// Every change must go on its own, in order: triggers or rules that fire for replicated
+    /// rows (`ENABLE ALWAYS`/`REPLICA`), which may read anything; or columns whose type has a
+    /// cast from `text` of its own (set-based statements pass values as `text[]`).
+    pub one_by_one: Option<String>,
+    /// Rows with different keys can meet: a unique index or exclusion constraint that does not
+    /// hold every key column (`key`).
+    pub across_keys: Option<String>,
+}
+
+/// Reads [`ApplyOrder`] for the target table `schema.table`, whose rows are told apart by the
+/// columns `key` (the source's replica identity; empty: none).
+pub async fn read_apply_order(
+    client: &Client,
+    schema: &str,
+    table: &str,
+    key: &[String],
+) -> Result<ApplyOrder, CatalogError> {
+    let row = client
+        .query_one(
+            "WITH t AS (SELECT c.oid FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
+                         WHERE n.nspname = $1 AND c.relname = $2), \
+                  k AS (SELECT coalesce(array_agg(a.attnum), '{}') AS nums FROM pg_attribute a, t \
+                         WHERE a.attrelid = t.oid AND a.attname = ANY($3::text[]) \
+                           AND cardinality($3::text[]) > 0) \
+             SELECT (SELECT string_agg(format('trigger %I', g.tgname), ', ' ORDER BY g.tgname) \
+                       FROM pg_trigger g, t WHERE g.tgrelid = t.oid AND g.tgenabled IN ('A', 'R')), \
+                    (SELECT string_agg(format('rule %I', r.rulename), ', ' ORDER BY r.rulename) \
+                       FROM pg_rewrite r, t WHERE r.ev_class = t.oid AND r.rulename <> '_RETURN' \
+                        AND r.ev_enabled IN ('A', 'R')), \
+                    (SELECT string_agg(format('column %I (%s)', a.attname, format_type(a.atttypid, NULL)), \
+                                       ', ' ORDER BY a.attnum) \
+                       FROM pg_attribute a JOIN pg_type ty ON ty.oid = a.atttypid, t \
+                      WHERE a.attrelid = t.oid AND a.attnum > 0 AND NOT a.attisdropped \
+                        AND EXISTS (SELECT FROM pg_cast ca WHERE ca.castsource = 'text'::regtype \
+                                      AND ca.castmethod = 'f' AND ca.casttarget IN \
+                                          (ty.oid, ty.typbasetype))), \
+                    (SELECT string_agg(format('index %s', i.indexrelid::regclass), ', ' \
+                                       ORDER BY i.indexrelid) \
+                       FROM pg_index i, t, k WHERE i.indrelid = t.oid \
+                        AND (i.indisunique OR i.indisexclusion) \
+                        AND (i.indisexclusion OR cardinality(k.nums) = 0 \
+                             OR NOT i.indkey::int2[] @> k.nums))",
+            &[&schema, &table, &key],
+        )
+        .await
+        .map_err(ctx("apply order"))?;
+    let one_by_one: Vec<String> = (0..3).filter_map(|i| row.get::<_, Option<String>>(i)).collect();
+    Ok(ApplyOrder {
+        one_by_one: (!one_by_one.is_empty()).then(|| one_by_one.join(", ")),
+        across_keys: row.get(3),
+    })
+}
+
 /// A replication slot's health, for `status` and `abort`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SlotHealth {

@@ -27,7 +27,7 @@ pub fn parse_lsn(s: &str) -> Option<WalPos> {
 }
 
 /// One column value of a decoded row.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum Value {
     /// SQL NULL.
     Null,

@@ -7,6 +7,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Instant;
 
+use bytes::BufMut;
 use bytes::{Bytes, BytesMut};
 use futures_util::StreamExt;
 use futures_util::stream::FuturesOrdered;
@@ -17,13 +18,11 @@ use crate::execute::context::{ApplyError, Ctx};
 use crate::execute::context::{pg, sync_error};
 use crate::execute::proof::Touched;
 use crate::execute::session::Progress;
-use crate::execute::sync::{INSERT_ROWS, PIPELINE, drift_error};
+use crate::execute::sync::coalesce::{Batch, Flush};
+use crate::execute::sync::{BUFFER_BYTES, PIPELINE, drift_error};
 use crate::sql::{ident, literal, qualified, qualified_ident};
 use crate::state::{Counters, SyncState};
 use crate::stream::{Change, ChangeSource, Relation, Tuple, Value};
-
-/// The protocol's limit of parameters per statement.
-const MAX_PARAMS: usize = 65_535;
 
 /// A transaction snapshot as `pg_current_snapshot()` prints it: which transactions it sees.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -97,14 +96,69 @@ impl ToSql for Text {
     to_sql_checked!();
 }
 
+/// One column of many rows, as a `text[]` parameter in binary form (no quoting to get wrong):
+/// set-based statements cast each element to the column's type, with its input function.
+#[derive(Debug, Clone)]
+pub(crate) struct TextArray(Vec<Option<Bytes>>);
+
+impl TextArray {
+    /// Column `i` of `rows`.
+    fn column(rows: &[Tuple], i: usize) -> TextArray {
+        TextArray(
+            rows.iter()
+                .map(|r| match &r[i] {
+                    Value::Text(b) => Some(b.clone()),
+                    Value::Null | Value::Unchanged => None,
+                })
+                .collect(),
+        )
+    }
+}
+
+impl ToSql for TextArray {
+    fn to_sql(
+        &self,
+        _: &Type,
+        out: &mut BytesMut,
+    ) -> Result<IsNull, Box<dyn StdError + Sync + Send>> {
+        let int = |n: usize| i32::try_from(n).map_err(|_| "a value is too large for an array");
+        // Dimensions, whether any element is NULL, the element type (text).
+        out.put_i32(i32::from(!self.0.is_empty()));
+        out.put_i32(i32::from(self.0.iter().any(Option::is_none)));
+        out.put_u32(Type::TEXT.oid());
+        if !self.0.is_empty() {
+            // Length and lower bound of the one dimension.
+            out.put_i32(int(self.0.len())?);
+            out.put_i32(1);
+        }
+        for e in &self.0 {
+            match e {
+                None => out.put_i32(-1),
+                Some(b) => {
+                    out.put_i32(int(b.len())?);
+                    out.extend_from_slice(b);
+                }
+            }
+        }
+        Ok(IsNull::No)
+    }
+
+    fn accepts(_: &Type) -> bool {
+        true
+    }
+
+    to_sql_checked!();
+}
+
 type Pending = Pin<Box<dyn Future<Output = Result<Applied, tokio_postgres::Error>> + Send>>;
 
 /// What a pipelined statement reports back.
 pub(crate) struct Applied {
     /// Rows it changed.
     rows: u64,
-    /// For updates and deletes: the table, to count rows that were not found.
-    expect_row: Option<Arc<str>>,
+    /// For updates and deletes: the table and the rows the statement should have found, to
+    /// count those that were not.
+    expect: Option<(Arc<str>, u64)>,
 }
 
 /// Statements sent to the target ahead of their results.
@@ -138,11 +192,15 @@ impl Pipeline {
     ) -> Result<(), tokio_postgres::Error> {
         self.beat.now();
         let o = r?;
-        if o.rows == 0
-            && let Some(table) = o.expect_row
+        if let Some((table, rows)) = o.expect
+            && o.rows < rows
         {
-            self.missing += 1;
-            tracing::warn!(table = %table, "a replicated update or delete found no row on the target");
+            self.missing += rows - o.rows;
+            tracing::warn!(
+                table = %table,
+                rows = rows - o.rows,
+                "replicated updates or deletes found no row on the target"
+            );
         }
         Ok(())
     }
@@ -154,9 +212,25 @@ impl Pipeline {
         expect_row: Option<Arc<str>>,
     ) -> Result<(), tokio_postgres::Error> {
         let (client, stmt) = (self.client.clone(), stmt.clone());
+        let expect = expect_row.map(|t| (t, 1));
         self.push(Box::pin(async move {
             let rows = client.execute_raw(&stmt, params.iter()).await?;
-            Ok(Applied { rows, expect_row })
+            Ok(Applied { rows, expect })
+        }))
+        .await
+    }
+
+    /// A set-based statement: one array per column; `expect`: the rows it should find.
+    pub(crate) async fn execute_rows(
+        &mut self,
+        stmt: &Statement,
+        params: Vec<TextArray>,
+        expect: Option<(Arc<str>, u64)>,
+    ) -> Result<(), tokio_postgres::Error> {
+        let (client, stmt) = (self.client.clone(), stmt.clone());
+        self.push(Box::pin(async move {
+            let rows = client.execute_raw(&stmt, params.iter()).await?;
+            Ok(Applied { rows, expect })
         }))
         .await
     }
@@ -165,7 +239,7 @@ impl Pipeline {
         let client = self.client.clone();
         self.push(Box::pin(async move {
             client.batch_execute(&sql).await?;
-            Ok(Applied { rows: 0, expect_row: None })
+            Ok(Applied { rows: 0, expect: None })
         }))
         .await
     }
@@ -192,6 +266,24 @@ pub(crate) enum Shape {
     /// Columns set (by index), then the key columns matched.
     Update(Vec<usize>, Vec<usize>),
     Delete(Vec<usize>),
+    /// Set-based, any number of rows (each column a `text[]` parameter): inserts of every
+    /// column...
+    InsertRows,
+    /// ... updates setting these columns, matched on the key...
+    UpdateRows(Vec<usize>),
+    /// ... deletes matched on the key.
+    DeleteRows,
+}
+
+/// How a table's changes may be applied.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Mode {
+    /// Coalesced per row (by key) within a batch, set-based.
+    ByKey,
+    /// Inserts grouped into set-based statements, in order; updates and deletes on their own.
+    Inserts,
+    /// Every change on its own, in order.
+    OneByOne,
 }
 
 /// A published table as the applier knows it.
@@ -211,6 +303,7 @@ pub(crate) struct Table {
     /// Each column's type's name on the target.
     pub(crate) type_names: Vec<String>,
     pub(crate) statements: HashMap<Shape, Statement>,
+    pub(crate) mode: Mode,
 }
 
 impl Table {
@@ -233,7 +326,52 @@ impl Table {
             Shape::Insert(rows) => (0..rows * n).map(|k| of(k % n)).collect(),
             Shape::Update(set, keys) => set.iter().chain(keys).map(|&i| of(i)).collect(),
             Shape::Delete(keys) => keys.iter().map(|&i| of(i)).collect(),
+            Shape::InsertRows => vec![Type::TEXT_ARRAY; n],
+            Shape::UpdateRows(set) => vec![Type::TEXT_ARRAY; set.len() + self.key_columns().len()],
+            Shape::DeleteRows => vec![Type::TEXT_ARRAY; self.key_columns().len()],
         }
+    }
+
+    /// The columns an update of `row` sets in a set-based statement: those it did not leave
+    /// unchanged, but not the key (the same, or it would not be coalesced) nor an identity
+    /// column `GENERATED ALWAYS`.
+    pub(crate) fn set_columns(&self, row: &Tuple) -> Vec<usize> {
+        (0..row.len())
+            .filter(|&i| {
+                row[i] != Value::Unchanged && !self.identity_always[i] && !self.rel.columns[i].key
+            })
+            .collect()
+    }
+
+    /// `SELECT` of the columns `cols` (named `v1`...) from `text[]` parameters `$1`...: each
+    /// element cast to its column's type.
+    fn unnest(&self, cols: &[usize]) -> String {
+        let n = 1..=cols.len();
+        format!(
+            "SELECT {} FROM unnest({}) AS u({})",
+            cols.iter()
+                .enumerate()
+                .map(|(k, &i)| format!(
+                    "CAST(u.v{} AS {}) AS v{}",
+                    k + 1,
+                    self.type_names[i],
+                    k + 1
+                ))
+                .collect::<Vec<_>>()
+                .join(", "),
+            n.clone().map(|k| format!("${k}::text[]")).collect::<Vec<_>>().join(", "),
+            n.map(|k| format!("v{k}")).collect::<Vec<_>>().join(", "),
+        )
+    }
+
+    /// `x.key = v.vN AND ...`: the key columns, which come after `first` others in `v`.
+    fn key_match(&self, first: usize) -> String {
+        self.key_columns()
+            .iter()
+            .enumerate()
+            .map(|(k, &i)| format!("x.{} = v.v{}", ident(&self.rel.columns[i].name), first + k + 1))
+            .collect::<Vec<_>>()
+            .join(" AND ")
     }
 
     pub(crate) fn sql(&self, shape: &Shape) -> String {
@@ -288,6 +426,35 @@ impl Table {
             Shape::Delete(keys) => {
                 format!("DELETE FROM ONLY {} WHERE {}", self.name_sql, matcher(keys, 1))
             }
+            Shape::InsertRows => {
+                let all: Vec<usize> = (0..self.rel.columns.len()).collect();
+                format!(
+                    "INSERT INTO {} ({}) OVERRIDING SYSTEM VALUE {}",
+                    self.name_sql,
+                    all.iter().map(|&i| col(i)).collect::<Vec<_>>().join(", "),
+                    self.unnest(&all)
+                )
+            }
+            Shape::UpdateRows(set) => {
+                let cols: Vec<usize> = set.iter().copied().chain(self.key_columns()).collect();
+                format!(
+                    "UPDATE ONLY {} AS x SET {} FROM ({}) AS v WHERE {}",
+                    self.name_sql,
+                    set.iter()
+                        .enumerate()
+                        .map(|(k, &i)| format!("{} = v.v{}", col(i), k + 1))
+                        .collect::<Vec<_>>()
+                        .join(", "),
+                    self.unnest(&cols),
+                    self.key_match(set.len())
+                )
+            }
+            Shape::DeleteRows => format!(
+                "DELETE FROM ONLY {} AS x USING ({}) AS v WHERE {}",
+                self.name_sql,
+                self.unnest(&self.key_columns()),
+                self.key_match(0)
+            ),
         }
     }
 }
@@ -296,6 +463,15 @@ fn text(v: &Value) -> Text {
     match v {
         Value::Text(b) => Text(Some(b.clone())),
         Value::Null | Value::Unchanged => Text(None),
+    }
+}
+
+/// A catalog read's failure: the connection lost, or an error of the stream.
+fn catalog_error(e: crate::catalog::CatalogError) -> ApplyError {
+    if crate::execute::context::is_lost(e.postgres()) {
+        ApplyError::ConnectionLost(e.to_string())
+    } else {
+        sync_error(e.to_string())
     }
 }
 
@@ -313,8 +489,8 @@ pub(crate) struct Applier<'a> {
     pub(crate) replayed: bool,
     /// Where the commit of the transaction being received is.
     pub(crate) final_lsn: u64,
-    /// Consecutive inserts into one table, not sent yet.
-    pub(crate) inserts: Option<(u32, Vec<Tuple>)>,
+    /// Changes of the open batch not sent yet, coalesced.
+    pub(crate) buffer: Batch,
     pub(crate) batch_started: Instant,
     pub(crate) batch_changes: usize,
     /// The last commit received, not yet committed on the target: (end, time).
@@ -351,10 +527,11 @@ impl<'a> Applier<'a> {
     pub(crate) async fn commit_batch(
         &mut self,
         stream: &impl ChangeSource,
-    ) -> Result<(), tokio_postgres::Error> {
+    ) -> Result<(), ApplyError> {
         if !self.open {
             return Ok(());
         }
+        self.flush_buffer().await?;
         if let Some((end, time)) = self.last_commit {
             let secs = time as f64 / 1e6 + 946_684_800.0;
             self.pipe
@@ -362,10 +539,11 @@ impl<'a> Applier<'a> {
                     "SELECT pg_replication_origin_xact_setup({}::pg_lsn, to_timestamp({secs}))",
                     literal(&crate::stream::lsn_text(end))
                 ))
-                .await?;
+                .await
+                .map_err(pg)?;
         }
-        self.pipe.sql("COMMIT".into()).await?;
-        self.pipe.drain().await?;
+        self.pipe.sql("COMMIT".into()).await.map_err(pg)?;
+        self.pipe.drain().await.map_err(pg)?;
         self.open = false;
         if let Some((end, time)) = self.last_commit.take() {
             self.applied_lsn = end;
@@ -388,7 +566,7 @@ impl<'a> Applier<'a> {
             self.open = false;
         }
         self.last_commit = None;
-        self.inserts = None;
+        self.buffer = Batch::default();
         self.batch_counts.clear();
         self.batch_total = Counters::default();
     }
@@ -416,13 +594,7 @@ impl<'a> Applier<'a> {
         self.pipe.drain().await.map_err(pg)?;
         let columns = crate::catalog::read_table_columns(&self.pipe.client, &rel.schema, &rel.name)
             .await
-            .map_err(|e| {
-                if crate::execute::context::is_lost(e.postgres()) {
-                    ApplyError::ConnectionLost(e.to_string())
-                } else {
-                    sync_error(e.to_string())
-                }
-            })?
+            .map_err(catalog_error)?
             .ok_or_else(|| {
                 drift_error(format!("table {display} no longer exists on the target"))
             })?;
@@ -451,6 +623,39 @@ impl<'a> Applier<'a> {
         let type_names =
             on_target.iter().map(|t| t.map_or(String::new(), |t| t.type_name.clone())).collect();
         let full = rel.replica_identity == 'f';
+        let key: Vec<String> = if full {
+            vec![]
+        } else {
+            rel.columns.iter().filter(|c| c.key).map(|c| c.name.clone()).collect()
+        };
+        let order =
+            crate::catalog::read_apply_order(&self.pipe.client, &rel.schema, &rel.name, &key)
+                .await
+                .map_err(catalog_error)?;
+        let shown = display.clone();
+        let typed = on_target.iter().all(|t| t.is_some_and(|t| !t.type_name.is_empty()));
+        let mode = match (&order.one_by_one, &order.across_keys) {
+            (Some(why), _) => {
+                tracing::info!(
+                    table = &*shown,
+                    why = why.as_str(),
+                    "changes applied one by one, in order"
+                );
+                Mode::OneByOne
+            }
+            _ if !typed => Mode::OneByOne,
+            (None, None) if !key.is_empty() => Mode::ByKey,
+            (None, why) => {
+                if let Some(why) = why {
+                    tracing::info!(
+                        table = &*shown,
+                        why = why.as_str(),
+                        "changes not coalesced by key"
+                    );
+                }
+                Mode::Inserts
+            }
+        };
         self.tables.insert(
             rel.id,
             Table {
@@ -462,6 +667,7 @@ impl<'a> Applier<'a> {
                 types,
                 type_names,
                 statements: HashMap::new(),
+                mode,
                 rel,
             },
         );
@@ -510,17 +716,89 @@ impl<'a> Applier<'a> {
         }
     }
 
-    /// Sends the buffered inserts.
-    pub(crate) async fn flush_inserts(&mut self) -> Result<(), ApplyError> {
-        let Some((rel, rows)) = self.inserts.take() else { return Ok(()) };
-        let stmt = self.statement(rel, Shape::Insert(rows.len())).await?;
-        let display = self.table(rel)?.display.clone();
-        self.begin_batch().await.map_err(pg)?;
-        let n = rows.len() as u64;
-        let params = rows.iter().flat_map(|r| r.iter().map(text)).collect();
-        self.pipe.execute(&stmt, params, None).await.map_err(pg)?;
-        self.count(&display, |c| c.inserts += n);
-        self.batch_changes += rows.len();
+    /// Sends the buffered changes: per table, deletes, then updates, then inserts, each kind
+    /// one set-based statement (one per set of columns for updates).
+    pub(crate) async fn flush_buffer(&mut self) -> Result<(), ApplyError> {
+        if self.buffer.is_empty() {
+            return Ok(());
+        }
+        let tables = &self.tables;
+        let flushes = self
+            .buffer
+            .take(|rel, row| tables.get(&rel).map(|t| t.set_columns(row)).unwrap_or_default());
+        for (rel, f) in flushes {
+            self.flush_table(rel, f).await?;
+        }
+        Ok(())
+    }
+
+    async fn flush_table(&mut self, rel: u32, f: Flush) -> Result<(), ApplyError> {
+        let t = self.table(rel)?;
+        let (display, keys) = (t.display.clone(), t.key_columns());
+        let arrays = |rows: &[Tuple], cols: &[usize]| -> Vec<TextArray> {
+            cols.iter().map(|&i| TextArray::column(rows, i)).collect()
+        };
+        if !f.deletes.is_empty() {
+            let stmt = self.statement(rel, Shape::DeleteRows).await?;
+            let expect = Some((display.clone(), f.deletes.len() as u64));
+            self.pipe.execute_rows(&stmt, arrays(&f.deletes, &keys), expect).await.map_err(pg)?;
+        }
+        for (set, rows) in f.updates {
+            let cols: Vec<usize> = set.iter().chain(&keys).copied().collect();
+            let stmt = self.statement(rel, Shape::UpdateRows(set)).await?;
+            let expect = Some((display.clone(), rows.len() as u64));
+            self.pipe.execute_rows(&stmt, arrays(&rows, &cols), expect).await.map_err(pg)?;
+        }
+        if !f.inserts.is_empty() {
+            let all: Vec<usize> = (0..f.inserts[0].len()).collect();
+            let stmt = self.statement(rel, Shape::InsertRows).await?;
+            self.pipe.execute_rows(&stmt, arrays(&f.inserts, &all), None).await.map_err(pg)?;
+        }
+        Ok(())
+    }
+
+    /// Offers a change to the buffer; gives it back when it must go on its own.
+    fn offer(&mut self, c: Change) -> Result<(), Change> {
+        let Some(t) = (match &c {
+            Change::Insert { rel, .. }
+            | Change::Update { rel, .. }
+            | Change::Delete { rel, .. } => self.tables.get(rel),
+            _ => None,
+        }) else {
+            return Err(c);
+        };
+        let key_of = |row: &Tuple| -> Vec<Value> {
+            t.rel.columns.iter().zip(row).filter(|(c, _)| c.key).map(|(_, v)| v.clone()).collect()
+        };
+        let display = t.display.clone();
+        match (c, &t.mode) {
+            (Change::Insert { rel, new }, Mode::ByKey) => {
+                let key = key_of(&new);
+                self.buffer.insert(rel, key, new).map_err(|new| Change::Insert { rel, new })?;
+                self.count(&display, |c| c.inserts += 1);
+            }
+            (Change::Insert { rel, new }, Mode::Inserts) => {
+                self.buffer.append(rel, new).map_err(|new| Change::Insert { rel, new })?;
+                self.count(&display, |c| c.inserts += 1);
+            }
+            // (An old tuple comes with a key change, or a table matched on every column.)
+            (Change::Update { rel, old: None, new }, Mode::ByKey) => {
+                let key = key_of(&new);
+                self.buffer.update(rel, key, new).map_err(|new| Change::Update {
+                    rel,
+                    old: None,
+                    new,
+                })?;
+                self.count(&display, |c| c.updates += 1);
+            }
+            (Change::Delete { rel, old }, Mode::ByKey) => {
+                let key = key_of(&old);
+                self.buffer.delete(rel, key, old).map_err(|old| Change::Delete { rel, old })?;
+                self.count(&display, |c| c.deletes += 1);
+            }
+            (c, _) => return Err(c),
+        }
+        self.batch_changes += 1;
         Ok(())
     }
 
@@ -559,38 +837,40 @@ impl<'a> Applier<'a> {
         if !self.replayed {
             self.touch(&c);
         }
-        if !matches!(c, Change::Insert { .. }) {
-            // Changes keep their order: buffered inserts go first.
-            self.flush_inserts().await?;
+        if let Change::Insert { rel, .. } | Change::Update { rel, .. } | Change::Delete { rel, .. } =
+            &c
+            && self.skipped(*rel)
+        {
+            return Ok(());
         }
+        let c = match self.offer(c) {
+            Ok(()) => {
+                self.begin_batch().await.map_err(pg)?;
+                if self.buffer.bytes >= BUFFER_BYTES {
+                    self.flush_buffer().await?;
+                }
+                return Ok(());
+            }
+            Err(c) => c,
+        };
+        // Changes keep their order: what is buffered goes first.
+        self.flush_buffer().await?;
         match c {
             Change::Relation(rel) => self.relation(rel).await?,
             Change::Insert { rel, new } => {
-                if self.skipped(rel) {
-                    return Ok(());
-                }
-                // Consecutive inserts into one table go out as one multi-row INSERT.
-                if self.inserts.as_ref().is_some_and(|(r, _)| *r != rel) {
-                    self.flush_inserts().await?;
-                }
-                let cap = (MAX_PARAMS / new.len().max(1)).clamp(1, INSERT_ROWS);
-                let (_, rows) = self.inserts.get_or_insert_with(|| (rel, Vec::new()));
-                rows.push(new);
-                if rows.len() >= cap {
-                    self.flush_inserts().await?;
-                }
+                let stmt = self.statement(rel, Shape::Insert(1)).await?;
+                let display = self.table(rel)?.display.clone();
+                self.begin_batch().await.map_err(pg)?;
+                let params = new.iter().map(text).collect();
+                self.pipe.execute(&stmt, params, None).await.map_err(pg)?;
+                self.count(&display, |c| c.inserts += 1);
+                self.batch_changes += 1;
             }
             Change::Update { rel, old, new } => {
-                if self.skipped(rel) {
-                    return Ok(());
-                }
                 self.update(rel, old, new).await?;
                 self.batch_changes += 1;
             }
             Change::Delete { rel, old } => {
-                if self.skipped(rel) {
-                    return Ok(());
-                }
                 let t = self.table(rel)?;
                 let keys: Vec<usize> = if t.full {
                     (0..old.len()).filter(|&i| old[i] != Value::Unchanged).collect()
@@ -743,6 +1023,7 @@ mod tests {
             types: vec![23, 16385],
             type_names: vec!["integer".into(), "s.mood".into()],
             statements: HashMap::new(),
+            mode: if full { Mode::Inserts } else { Mode::ByKey },
         }
     }
 
@@ -772,6 +1053,29 @@ mod tests {
         // SET columns first, then the key.
         assert_eq!(oids(Shape::Update(vec![1], vec![0])), [16385, 23]);
         assert_eq!(oids(Shape::Delete(vec![1])), [16385]);
+    }
+
+    #[test]
+    pub(crate) fn set_based_statements_cast_text_arrays_to_each_column_and_join_on_the_key() {
+        let t = table(false);
+        assert_eq!(
+            t.sql(&Shape::InsertRows),
+            r#"INSERT INTO s."T" ("id", "note") OVERRIDING SYSTEM VALUE SELECT CAST(u.v1 AS integer) AS v1, CAST(u.v2 AS s.mood) AS v2 FROM unnest($1::text[], $2::text[]) AS u(v1, v2)"#
+        );
+        assert_eq!(
+            t.sql(&Shape::UpdateRows(vec![1])),
+            r#"UPDATE ONLY s."T" AS x SET "note" = v.v1 FROM (SELECT CAST(u.v1 AS s.mood) AS v1, CAST(u.v2 AS integer) AS v2 FROM unnest($1::text[], $2::text[]) AS u(v1, v2)) AS v WHERE x."id" = v.v2"#
+        );
+        assert_eq!(
+            t.sql(&Shape::DeleteRows),
+            r#"DELETE FROM ONLY s."T" AS x USING (SELECT CAST(u.v1 AS integer) AS v1 FROM unnest($1::text[]) AS u(v1)) AS v WHERE x."id" = v.v1"#
+        );
+        assert_eq!(
+            t.param_types(&Shape::UpdateRows(vec![1])),
+            [Type::TEXT_ARRAY, Type::TEXT_ARRAY]
+        );
+        let row = vec![Value::Text("1".into()), Value::Unchanged];
+        assert!(t.set_columns(&row).is_empty(), "neither the key nor an unchanged value is set");
     }
 
     #[test]

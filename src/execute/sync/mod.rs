@@ -19,6 +19,7 @@
 //!   change stops the stream with what changed (DDL is not replicated).
 
 mod applier;
+mod coalesce;
 mod run;
 mod watch;
 
@@ -38,8 +39,9 @@ pub const BATCH_AGE: Duration = Duration::from_millis(100);
 /// Statements sent ahead of their results.
 pub const PIPELINE: usize = 1024;
 
-/// Consecutive inserts into one table sent as one statement, at most.
-pub const INSERT_ROWS: usize = 100;
+/// The changes of a batch are buffered (coalesced per row) up to about this much memory, then
+/// sent as set-based statements; the batch goes on.
+pub const BUFFER_BYTES: usize = 8 << 20;
 
 /// A batch open between source transactions is committed once the stream has been quiet this
 /// long (so a lone transaction is applied at once, and a busy stream fills batches).

@@ -173,7 +173,7 @@ pub async fn stream(
         in_source_tx: None,
         replayed: false,
         final_lsn: 0,
-        inserts: None,
+        buffer: Default::default(),
         batch_started: Instant::now(),
         batch_changes: 0,
         last_commit: None,
@@ -309,7 +309,7 @@ async fn at_consistent_point(
         && pause_at.as_ref().is_some_and(|p| at >= p.lsn)
         && let Some(p) = pause_at.take()
     {
-        a.commit_batch(stream).await.map_err(pg)?;
+        a.commit_batch(stream).await?;
         pause(p).await;
     }
     Ok(())
@@ -356,7 +356,7 @@ async fn run_stream(
             None => {
                 stalled(waited, live)?;
                 if a.open && a.in_source_tx.is_none() {
-                    a.commit_batch(stream).await.map_err(pg)?;
+                    a.commit_batch(stream).await?;
                 }
             }
             Some(Err(e)) if e.transient => {
@@ -386,7 +386,6 @@ async fn run_stream(
                         a.in_source_tx = Some(xid);
                     }
                     Change::Commit { end_lsn, commit_time } => {
-                        a.flush_inserts().await?;
                         a.in_source_tx = None;
                         if end_lsn <= a.applied_lsn {
                             // Applied before (a resumed stream may send it again).
@@ -401,7 +400,7 @@ async fn run_stream(
                             if a.batch_changes >= BATCH_CHANGES
                                 || a.batch_started.elapsed() >= BATCH_AGE
                             {
-                                a.commit_batch(stream).await.map_err(pg)?;
+                                a.commit_batch(stream).await?;
                             }
                         }
                     }
@@ -411,7 +410,7 @@ async fn run_stream(
                     {
                         // Everything committed before the fence is applied: drained. (The
                         // barrier comes in a transaction of its own, which has nothing else.)
-                        a.commit_batch(stream).await.map_err(pg)?;
+                        a.commit_batch(stream).await?;
                         report(a, live, state);
                         if let Some(f) = fenced.take() {
                             return Ok(Stopped::Drained(Box::new(f)));
@@ -423,7 +422,7 @@ async fn run_stream(
                         // A heartbeat: everything before it was received. Commit what is open, so
                         // what was received is applied.
                         if a.in_source_tx.is_none() {
-                            a.commit_batch(stream).await.map_err(pg)?;
+                            a.commit_batch(stream).await?;
                         }
                         let text = std::str::from_utf8(&content).unwrap_or_default();
                         let mut l = live.lock().expect("live lock");
@@ -452,7 +451,7 @@ async fn run_stream(
             && fenced.is_none()
             && let Some(r) = proving.take_request()
         {
-            a.commit_batch(stream).await.map_err(pg)?;
+            a.commit_batch(stream).await?;
             pause_at = hold(r).await;
         }
         if last_report.elapsed() >= Duration::from_secs(1) {
@@ -463,7 +462,7 @@ async fn run_stream(
             };
             if let Some(what) = drift {
                 if a.in_source_tx.is_none() {
-                    a.commit_batch(stream).await.map_err(pg)?;
+                    a.commit_batch(stream).await?;
                 }
                 return Err(drift_error(format!("since streaming began on the source: {what}")));
             }
@@ -503,7 +502,7 @@ async fn run_stream(
         }
         if a.ctx.cancel.requested() && fenced.is_none() {
             if a.in_source_tx.is_none() {
-                a.commit_batch(stream).await.map_err(pg)?;
+                a.commit_batch(stream).await?;
             } else {
                 a.rollback().await;
             }

@@ -1,0 +1,332 @@
+//! Coalescing: the changes of one target transaction reduced to each row's net change, applied
+//! as a few set-based statements per table.
+//!
+//! Why it is safe. A batch of source transactions is one target transaction: nothing outside
+//! sees the rows between its changes, only the batch's end. Within it, what the target must end
+//! with is each row's last version, or its absence. Rows are told apart by their replica
+//! identity key, and the order between rows only matters where rows can meet:
+//! - on the key itself: one entry per key keeps every change to that row in order;
+//! - on another unique index or exclusion constraint that does not include the whole key, or
+//!   through a trigger or rule that fires on the target (`ENABLE ALWAYS`/`REPLICA`): such a
+//!   table is never coalesced (its changes go one by one, in order);
+//! - through foreign keys: not checked for replicated rows (`session_replication_role =
+//!   replica`), as in a native subscription.
+//!
+//! A change whose effect the buffer cannot hold (a key change, a table without a key, an
+//! insert of a row the batch already has) flushes every buffer first and goes on its own, so it
+//! keeps its place. The buffer is applied deletes first, then updates, then inserts: distinct
+//! keys do not meet, and a row deleted and inserted again in the batch is deleted, then
+//! inserted with its last version.
+
+use std::collections::HashMap;
+
+use crate::stream::{Tuple, Value};
+
+/// A row's net change within the batch.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Net {
+    /// Not there before the batch: inserted with this version.
+    Insert(Tuple),
+    /// There before: these columns set (`Unchanged`: left as they are).
+    Update(Tuple),
+    /// There before, gone after: the key tuple.
+    Delete(Tuple),
+    /// There before, deleted, then inserted again with this version.
+    Replace(Tuple),
+}
+
+/// Whether the buffer took a change: `Err` gives the change's tuple back, to be applied on
+/// its own after every buffer is flushed.
+pub(crate) type Offer = Result<(), Tuple>;
+
+/// One table's buffered changes.
+#[derive(Debug, Default)]
+pub(crate) struct TableChanges {
+    /// Net change per key (in the order keys were first seen; `None`: inserted and deleted
+    /// again, nothing left to do).
+    rows: Vec<Option<Net>>,
+    index: HashMap<Vec<Value>, usize>,
+    /// Inserts into a table that is not coalesced by key (appended in order).
+    appended: Vec<Tuple>,
+}
+
+/// What a table's buffer comes to: statements to run, in this order.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub(crate) struct Flush {
+    /// Key tuples (the row's version: its key columns are read).
+    pub(crate) deletes: Vec<Tuple>,
+    /// Updates, grouped by the columns they set (in the order first seen).
+    pub(crate) updates: Vec<(Vec<usize>, Vec<Tuple>)>,
+    pub(crate) inserts: Vec<Tuple>,
+}
+
+/// Every table's buffered changes, and their size.
+#[derive(Debug, Default)]
+pub(crate) struct Batch {
+    pub(crate) tables: Vec<(u32, TableChanges)>,
+    /// Roughly the memory the buffered values take.
+    pub(crate) bytes: usize,
+    pub(crate) rows: usize,
+}
+
+/// A tuple's approximate size in memory.
+fn size(t: &Tuple) -> usize {
+    t.iter().map(|v| 32 + if let Value::Text(b) = v { b.len() } else { 0 }).sum::<usize>() + 24
+}
+
+/// `new` over `base`: a column `new` left unchanged keeps `base`'s value.
+fn merge(base: &Tuple, new: Tuple) -> Tuple {
+    new.into_iter()
+        .zip(base)
+        .map(|(n, b)| if n == Value::Unchanged { b.clone() } else { n })
+        .collect()
+}
+
+impl Batch {
+    pub(crate) fn is_empty(&self) -> bool {
+        self.rows == 0
+    }
+
+    fn table(&mut self, rel: u32) -> &mut TableChanges {
+        let at = match self.tables.iter().position(|(r, _)| *r == rel) {
+            Some(at) => at,
+            None => {
+                self.tables.push((rel, TableChanges::default()));
+                self.tables.len() - 1
+            }
+        };
+        &mut self.tables[at].1
+    }
+
+    fn taken(&mut self, bytes: usize) -> Offer {
+        self.bytes += bytes;
+        self.rows += 1;
+        Ok(())
+    }
+
+    /// An insert into a table that is not coalesced by key: kept in order after the others.
+    pub(crate) fn append(&mut self, rel: u32, new: Tuple) -> Offer {
+        let n = size(&new);
+        self.table(rel).appended.push(new);
+        self.bytes += n;
+        self.rows += 1;
+        Ok(())
+    }
+
+    /// An insert of the row with key `key`.
+    pub(crate) fn insert(&mut self, rel: u32, key: Vec<Value>, new: Tuple) -> Offer {
+        let t = self.table(rel);
+        let next = match t.index.get(&key).map(|&i| t.rows[i].take()) {
+            None | Some(None) => Net::Insert(new),
+            Some(Some(Net::Delete(_))) => Net::Replace(new),
+            Some(Some(other)) => {
+                // The row is there already: the insert fails as it would have.
+                let i = t.index[&key];
+                t.rows[i] = Some(other);
+                return Err(new);
+            }
+        };
+        let n = size(next_tuple(&next));
+        set(t, key, next);
+        self.taken(n)
+    }
+
+    /// An update (its key unchanged) of the row with key `key`.
+    pub(crate) fn update(&mut self, rel: u32, key: Vec<Value>, new: Tuple) -> Offer {
+        let t = self.table(rel);
+        let next = match t.index.get(&key).map(|&i| t.rows[i].take()) {
+            None | Some(None) if t.index.contains_key(&key) => {
+                // Inserted and deleted in this batch: the update finds no row.
+                let i = t.index[&key];
+                t.rows[i] = None;
+                return Err(new);
+            }
+            None | Some(None) => Net::Update(new),
+            Some(Some(Net::Insert(base))) => Net::Insert(merge(&base, new)),
+            Some(Some(Net::Replace(base))) => Net::Replace(merge(&base, new)),
+            Some(Some(Net::Update(base))) => Net::Update(merge(&base, new)),
+            Some(Some(deleted @ Net::Delete(_))) => {
+                let i = t.index[&key];
+                t.rows[i] = Some(deleted);
+                return Err(new);
+            }
+        };
+        let n = size(next_tuple(&next));
+        set(t, key, next);
+        self.taken(n)
+    }
+
+    /// A delete of the row with key `key` (`old`: the key tuple).
+    pub(crate) fn delete(&mut self, rel: u32, key: Vec<Value>, old: Tuple) -> Offer {
+        let n = size(&old);
+        let t = self.table(rel);
+        let next = match t.index.get(&key).map(|&i| t.rows[i].take()) {
+            None => Some(Net::Delete(old)),
+            Some(Some(Net::Insert(_))) => None,
+            Some(Some(Net::Update(_) | Net::Replace(_))) => Some(Net::Delete(old)),
+            Some(previous @ (None | Some(Net::Delete(_)))) => {
+                // Deleted already: the delete finds no row.
+                let i = t.index[&key];
+                t.rows[i] = previous;
+                return Err(old);
+            }
+        };
+        match next {
+            Some(n) => set(t, key, n),
+            None => {
+                let i = t.index[&key];
+                t.rows[i] = None;
+            }
+        }
+        self.taken(n)
+    }
+
+    /// Empties the buffer: each table's statements, in the order tables were first changed.
+    /// `set_columns` says which columns an update of a table sets (of those it did not leave
+    /// unchanged).
+    pub(crate) fn take(
+        &mut self,
+        set_columns: impl Fn(u32, &Tuple) -> Vec<usize>,
+    ) -> Vec<(u32, Flush)> {
+        self.bytes = 0;
+        self.rows = 0;
+        std::mem::take(&mut self.tables)
+            .into_iter()
+            .map(|(rel, t)| {
+                let mut f = Flush::default();
+                for net in t.rows.into_iter().flatten() {
+                    match net {
+                        Net::Insert(row) => f.inserts.push(row),
+                        Net::Delete(key) => f.deletes.push(key),
+                        Net::Replace(row) => {
+                            f.deletes.push(row.clone());
+                            f.inserts.push(row);
+                        }
+                        Net::Update(row) => {
+                            let set = set_columns(rel, &row);
+                            if set.is_empty() {
+                                continue;
+                            }
+                            match f.updates.iter_mut().find(|(s, _)| *s == set) {
+                                Some((_, rows)) => rows.push(row),
+                                None => f.updates.push((set, vec![row])),
+                            }
+                        }
+                    }
+                }
+                f.inserts.extend(t.appended);
+                (rel, f)
+            })
+            .collect()
+    }
+}
+
+fn next_tuple(n: &Net) -> &Tuple {
+    match n {
+        Net::Insert(t) | Net::Update(t) | Net::Delete(t) | Net::Replace(t) => t,
+    }
+}
+
+fn set(t: &mut TableChanges, key: Vec<Value>, next: Net) {
+    match t.index.get(&key) {
+        Some(&i) => t.rows[i] = Some(next),
+        None => {
+            t.index.insert(key, t.rows.len());
+            t.rows.push(Some(next));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn v(s: &str) -> Value {
+        Value::Text(bytes::Bytes::copy_from_slice(s.as_bytes()))
+    }
+
+    fn row(id: &str, note: &str) -> Tuple {
+        vec![v(id), v(note)]
+    }
+
+    fn key(id: &str) -> Vec<Value> {
+        vec![v(id)]
+    }
+
+    fn all_but_key(_: u32, r: &Tuple) -> Vec<usize> {
+        (1..r.len()).filter(|&i| r[i] != Value::Unchanged).collect()
+    }
+
+    #[test]
+    fn a_row_inserted_updated_deleted_and_inserted_again_ends_as_one_insert_of_its_last_version() {
+        let mut b = Batch::default();
+        b.insert(1, key("1"), row("1", "a")).unwrap();
+        assert_eq!(b.update(1, key("1"), row("1", "b")), Ok(()));
+        assert_eq!(b.update(1, key("1"), row("1", "c")), Ok(()));
+        assert_eq!(b.delete(1, key("1"), vec![v("1"), Value::Null]), Ok(()));
+        assert_eq!(b.insert(1, key("1"), row("1", "d")), Ok(()));
+        assert_eq!(b.update(1, key("1"), row("1", "e")), Ok(()));
+        let f = b.take(all_but_key);
+        assert_eq!(
+            f,
+            vec![(1, Flush { deletes: vec![], updates: vec![], inserts: vec![row("1", "e")] })]
+        );
+        assert!(b.is_empty());
+    }
+
+    #[test]
+    fn a_row_that_was_there_and_is_deleted_then_inserted_is_replaced() {
+        let mut b = Batch::default();
+        b.update(1, key("1"), row("1", "b")).unwrap();
+        b.delete(1, key("1"), vec![v("1"), Value::Null]).unwrap();
+        b.insert(1, key("1"), row("1", "c")).unwrap();
+        let f = b.take(all_but_key);
+        assert_eq!(f[0].1.deletes, vec![row("1", "c")]);
+        assert_eq!(f[0].1.inserts, vec![row("1", "c")]);
+        assert!(f[0].1.updates.is_empty());
+    }
+
+    #[test]
+    fn hot_rows_cost_one_update_each_and_unchanged_values_keep_the_earlier_ones() {
+        let mut b = Batch::default();
+        for i in 0..100 {
+            b.update(1, key("7"), row("7", &i.to_string())).unwrap();
+            b.update(1, key("8"), vec![v("8"), Value::Unchanged, v(&i.to_string())]).unwrap();
+        }
+        b.update(1, key("8"), vec![v("8"), v("x"), Value::Unchanged]).unwrap();
+        let f = b.take(|_, r| (1..r.len()).filter(|&i| r[i] != Value::Unchanged).collect());
+        let updates = &f[0].1.updates;
+        assert_eq!(updates.len(), 2, "grouped by the columns set: {updates:?}");
+        assert_eq!(updates[0], (vec![1], vec![row("7", "99")]));
+        assert_eq!(updates[1], (vec![1, 2], vec![vec![v("8"), v("x"), v("99")]]));
+    }
+
+    #[test]
+    fn changes_the_buffer_cannot_hold_are_refused_and_leave_it_as_it_was() {
+        let mut b = Batch::default();
+        b.insert(1, key("1"), row("1", "a")).unwrap();
+        assert_eq!(b.insert(1, key("1"), row("1", "b")), Err(row("1", "b")), "duplicate insert");
+        b.delete(1, key("2"), vec![v("2"), Value::Null]).unwrap();
+        assert!(b.update(1, key("2"), row("2", "x")).is_err(), "update of a deleted row");
+        assert!(b.delete(1, key("2"), vec![v("2"), Value::Null]).is_err());
+        b.insert(1, key("3"), row("3", "a")).unwrap();
+        b.delete(1, key("3"), vec![v("3"), Value::Null]).unwrap();
+        assert!(b.update(1, key("3"), row("3", "x")).is_err(), "inserted and deleted");
+        assert!(b.delete(1, key("3"), vec![v("3"), Value::Null]).is_err());
+        let f = b.take(all_but_key);
+        assert_eq!(f[0].1.inserts, vec![row("1", "a")]);
+        assert_eq!(f[0].1.deletes, vec![vec![v("2"), Value::Null]]);
+    }
+
+    #[test]
+    fn inserts_into_tables_without_a_key_keep_their_order_after_the_keyed_ones() {
+        let mut b = Batch::default();
+        b.append(2, row("x", "1")).unwrap();
+        b.append(2, row("x", "2")).unwrap();
+        b.insert(1, key("1"), row("1", "a")).unwrap();
+        let f = b.take(all_but_key);
+        assert_eq!(f.iter().map(|(r, _)| *r).collect::<Vec<_>>(), [2, 1]);
+        assert_eq!(f[0].1.inserts, vec![row("x", "1"), row("x", "2")]);
+        assert_eq!(b.bytes, 0);
+    }
+}

@@ -19,7 +19,7 @@ use crate::execute::context::{pg, sync_error};
 use crate::execute::proof::Touched;
 use crate::execute::session::Progress;
 use crate::execute::sync::coalesce::{Batch, Flush};
-use crate::execute::sync::{BUFFER_BYTES, PIPELINE, drift_error};
+use crate::execute::sync::{BUFFER_BYTES, PIPELINE, PIPELINE_BYTES, drift_error};
 use crate::sql::{ident, literal, qualified, qualified_ident};
 use crate::state::{Counters, SyncState};
 use crate::stream::{Change, ChangeSource, Relation, Tuple, Value};
@@ -103,7 +103,7 @@ pub(crate) struct TextArray(Vec<Option<Bytes>>);
 
 impl TextArray {
     /// Column `i` of `rows`.
-    fn column(rows: &[Tuple], i: usize) -> TextArray {
+    pub(crate) fn column(rows: &[Tuple], i: usize) -> TextArray {
         TextArray(
             rows.iter()
                 .map(|r| match &r[i] {
@@ -152,10 +152,21 @@ impl ToSql for TextArray {
 
 type Pending = Pin<Box<dyn Future<Output = Result<Applied, tokio_postgres::Error>> + Send>>;
 
+/// A batch whose `COMMIT` was sent: what it holds, recorded once the commit succeeded.
+#[derive(Debug, Default)]
+pub(crate) struct Committed {
+    /// The end of its last source transaction (its origin position).
+    end: Option<u64>,
+    total: Counters,
+    per_table: BTreeMap<Arc<str>, Counters>,
+}
+
 /// What a pipelined statement reports back.
 pub(crate) struct Applied {
     /// Rows it changed.
     rows: u64,
+    /// A batch's `COMMIT`: the batch.
+    commit: Option<Committed>,
     /// For updates and deletes: the table and the rows the statement should have found, to
     /// count those that were not.
     expect: Option<(Arc<str>, u64)>,
@@ -165,23 +176,67 @@ pub(crate) struct Applied {
 pub(crate) struct Pipeline {
     pub(crate) client: Arc<Client>,
     pub(crate) inflight: FuturesOrdered<Pending>,
+    /// The size of each statement in flight (in order), and their sum.
+    sizes: std::collections::VecDeque<usize>,
+    bytes: usize,
+    /// Batches whose `COMMIT` is in flight.
+    pub(crate) commits: usize,
+    /// Batches committed, not yet recorded.
+    pub(crate) done: Vec<Committed>,
     pub(crate) missing: u64,
     pub(crate) beat: Progress,
 }
 
 impl Pipeline {
+    pub(crate) fn new(client: Arc<Client>, beat: Progress) -> Pipeline {
+        Pipeline {
+            client,
+            inflight: FuturesOrdered::new(),
+            sizes: Default::default(),
+            bytes: 0,
+            commits: 0,
+            done: vec![],
+            missing: 0,
+            beat,
+        }
+    }
+
     /// Sends a statement now (its request is queued on the connection before this returns, so
-    /// statements run in the order they were pushed) and keeps its result for later.
-    pub(crate) async fn push(&mut self, mut f: Pending) -> Result<(), tokio_postgres::Error> {
+    /// statements run in the order they were pushed) and keeps its result for later. At most
+    /// [`PIPELINE`] statements and [`PIPELINE_BYTES`] of parameters stay in flight.
+    pub(crate) async fn push(
+        &mut self,
+        mut f: Pending,
+        size: usize,
+    ) -> Result<(), tokio_postgres::Error> {
         if let std::task::Poll::Ready(r) = futures_util::poll!(f.as_mut()) {
             self.take(r)?;
         } else {
             self.inflight.push_back(f);
+            self.sizes.push_back(size);
+            self.bytes += size;
         }
-        while self.inflight.len() > PIPELINE {
-            if let Some(r) = self.inflight.next().await {
-                self.take(r)?;
-            }
+        while self.inflight.len() > PIPELINE
+            || (self.bytes > PIPELINE_BYTES && self.inflight.len() > 1)
+        {
+            self.next().await?;
+        }
+        Ok(())
+    }
+
+    /// Waits for the oldest result in flight.
+    async fn next(&mut self) -> Result<(), tokio_postgres::Error> {
+        if let Some(r) = self.inflight.next().await {
+            self.bytes -= self.sizes.pop_front().unwrap_or(0);
+            self.take(r)?;
+        }
+        Ok(())
+    }
+
+    /// Waits until at most `n` batches' `COMMIT`s are in flight.
+    pub(crate) async fn wait_commits(&mut self, n: usize) -> Result<(), tokio_postgres::Error> {
+        while self.commits > n && !self.inflight.is_empty() {
+            self.next().await?;
         }
         Ok(())
     }
@@ -192,6 +247,10 @@ impl Pipeline {
     ) -> Result<(), tokio_postgres::Error> {
         self.beat.now();
         let o = r?;
+        if let Some(c) = o.commit {
+            self.commits -= 1;
+            self.done.push(c);
+        }
         if let Some((table, rows)) = o.expect
             && o.rows < rows
         {
@@ -213,10 +272,14 @@ impl Pipeline {
     ) -> Result<(), tokio_postgres::Error> {
         let (client, stmt) = (self.client.clone(), stmt.clone());
         let expect = expect_row.map(|t| (t, 1));
-        self.push(Box::pin(async move {
-            let rows = client.execute_raw(&stmt, params.iter()).await?;
-            Ok(Applied { rows, expect })
-        }))
+        let size = params.iter().map(|p| p.0.as_ref().map_or(4, |b| b.len() + 4)).sum();
+        self.push(
+            Box::pin(async move {
+                let rows = client.execute_raw(&stmt, params.iter()).await?;
+                Ok(Applied { rows, expect, commit: None })
+            }),
+            size,
+        )
         .await
     }
 
@@ -228,32 +291,53 @@ impl Pipeline {
         expect: Option<(Arc<str>, u64)>,
     ) -> Result<(), tokio_postgres::Error> {
         let (client, stmt) = (self.client.clone(), stmt.clone());
-        self.push(Box::pin(async move {
-            let rows = client.execute_raw(&stmt, params.iter()).await?;
-            Ok(Applied { rows, expect })
-        }))
+        let size =
+            params.iter().flat_map(|p| &p.0).map(|e| e.as_ref().map_or(4, |b| b.len() + 4)).sum();
+        self.push(
+            Box::pin(async move {
+                let rows = client.execute_raw(&stmt, params.iter()).await?;
+                Ok(Applied { rows, expect, commit: None })
+            }),
+            size,
+        )
         .await
     }
 
     pub(crate) async fn sql(&mut self, sql: String) -> Result<(), tokio_postgres::Error> {
+        self.sql_then(sql, None).await
+    }
+
+    /// `sql`, and once it succeeded, the batch `commit` is recorded as committed.
+    pub(crate) async fn sql_then(
+        &mut self,
+        sql: String,
+        commit: Option<Committed>,
+    ) -> Result<(), tokio_postgres::Error> {
         let client = self.client.clone();
-        self.push(Box::pin(async move {
-            client.batch_execute(&sql).await?;
-            Ok(Applied { rows: 0, expect: None })
-        }))
+        let size = sql.len();
+        self.commits += usize::from(commit.is_some());
+        self.push(
+            Box::pin(async move {
+                client.batch_execute(&sql).await?;
+                Ok(Applied { rows: 0, expect: None, commit })
+            }),
+            size,
+        )
         .await
     }
 
     /// Waits for every result; the first error wins.
     pub(crate) async fn drain(&mut self) -> Result<(), tokio_postgres::Error> {
         let mut first = None;
-        while let Some(r) = self.inflight.next().await {
-            if let Err(e) = self.take(r)
+        while !self.inflight.is_empty() {
+            if let Err(e) = self.next().await
                 && first.is_none()
             {
                 first = Some(e);
             }
         }
+        // (A batch whose COMMIT failed never commits.)
+        self.commits = 0;
         first.map_or(Ok(()), Err)
     }
 }
@@ -459,6 +543,12 @@ impl Table {
     }
 }
 
+impl Text {
+    pub(crate) fn of(v: &Value) -> Text {
+        text(v)
+    }
+}
+
 fn text(v: &Value) -> Text {
     match v {
         Value::Text(b) => Text(Some(b.clone())),
@@ -473,6 +563,17 @@ fn catalog_error(e: crate::catalog::CatalogError) -> ApplyError {
     } else {
         sync_error(e.to_string())
     }
+}
+
+/// A statement that fails unless this session's origin is at `end`: the previous batch
+/// committed. (The error depends on the value read, so the planner cannot raise it early.)
+pub(crate) fn origin_check(end: u64) -> String {
+    format!(
+        "SELECT CASE WHEN p = {lsn}::pg_lsn THEN 0 ELSE ('the batch before, up to source \
+         position ' || {lsn} || ', did not commit: the replication origin is at ' || p)::int \
+         END FROM pg_replication_origin_session_progress(false) AS p",
+        lsn = literal(&crate::stream::lsn_text(end))
+    )
 }
 
 /// Everything the applier keeps between batches.
@@ -493,6 +594,8 @@ pub(crate) struct Applier<'a> {
     pub(crate) buffer: Batch,
     pub(crate) batch_started: Instant,
     pub(crate) batch_changes: usize,
+    /// The position of the last batch whose `COMMIT` was sent.
+    pub(crate) origin_sent: Option<u64>,
     /// The last commit received, not yet committed on the target: (end, time).
     pub(crate) last_commit: Option<(u64, i64)>,
     pub(crate) batch_counts: BTreeMap<Arc<str>, Counters>,
@@ -515,6 +618,13 @@ impl<'a> Applier<'a> {
     pub(crate) async fn begin_batch(&mut self) -> Result<(), tokio_postgres::Error> {
         if !self.open {
             self.pipe.sql("BEGIN".into()).await?;
+            if self.pipe.commits > 0
+                && let Some(end) = self.origin_sent
+            {
+                // The batch before may still fail (its COMMIT of a transaction aborted by an
+                // error, not seen yet, ends it without one): this one then must not commit.
+                self.pipe.sql(origin_check(end)).await?;
+            }
             self.open = true;
             self.batch_started = Instant::now();
             self.batch_changes = 0;
@@ -522,46 +632,82 @@ impl<'a> Applier<'a> {
         Ok(())
     }
 
-    /// Commits the open target transaction with the position of the last source commit in it.
-    /// Returns the position now durable on the target.
+    /// Commits the open target transaction with the position of the last source commit in it,
+    /// without waiting for it: the target applies a batch while the next is read. An earlier
+    /// batch's commit is waited for (at most one is in flight), and what committed is recorded
+    /// (and acknowledged to the source).
     pub(crate) async fn commit_batch(
         &mut self,
         stream: &impl ChangeSource,
     ) -> Result<(), ApplyError> {
-        if !self.open {
-            return Ok(());
+        if self.open {
+            self.flush_buffer().await?;
+            if let Some((end, time)) = self.last_commit {
+                let secs = time as f64 / 1e6 + 946_684_800.0;
+                self.pipe
+                    .sql(format!(
+                        "SELECT pg_replication_origin_xact_setup({}::pg_lsn, to_timestamp({secs}))",
+                        literal(&crate::stream::lsn_text(end))
+                    ))
+                    .await
+                    .map_err(pg)?;
+            }
+            self.origin_sent = self.last_commit.map(|(end, _)| end).or(self.origin_sent);
+            let batch = Committed {
+                end: self.last_commit.take().map(|(end, _)| end),
+                total: std::mem::take(&mut self.batch_total),
+                per_table: std::mem::take(&mut self.batch_counts),
+            };
+            self.pipe.sql_then("COMMIT".into(), Some(batch)).await.map_err(pg)?;
+            self.open = false;
         }
-        self.flush_buffer().await?;
-        if let Some((end, time)) = self.last_commit {
-            let secs = time as f64 / 1e6 + 946_684_800.0;
-            self.pipe
-                .sql(format!(
-                    "SELECT pg_replication_origin_xact_setup({}::pg_lsn, to_timestamp({secs}))",
-                    literal(&crate::stream::lsn_text(end))
-                ))
-                .await
-                .map_err(pg)?;
-        }
-        self.pipe.sql("COMMIT".into()).await.map_err(pg)?;
-        self.pipe.drain().await.map_err(pg)?;
-        self.open = false;
-        if let Some((end, time)) = self.last_commit.take() {
-            self.applied_lsn = end;
-            self.confirmed = self.confirmed.max(end);
-            stream.ack(end);
-            let _ = time;
-        }
-        self.sync.applied.add(&self.batch_total);
-        for (t, c) in std::mem::take(&mut self.batch_counts) {
-            self.sync.per_table.entry(t.to_string()).or_default().add(&c);
-        }
-        self.batch_total = Counters::default();
+        self.pipe.wait_commits(1).await.map_err(pg)?;
+        self.settle(stream);
         Ok(())
     }
 
+    /// Commits the open target transaction and waits until every batch is committed: the
+    /// target has everything received so far.
+    pub(crate) async fn commit_all(
+        &mut self,
+        stream: &impl ChangeSource,
+    ) -> Result<(), ApplyError> {
+        self.commit_batch(stream).await?;
+        self.pipe.wait_commits(0).await.map_err(pg)?;
+        self.settle(stream);
+        Ok(())
+    }
+
+    /// Records the batches committed: their position applied (and acknowledged), their counts.
+    pub(crate) fn settle(&mut self, stream: &impl ChangeSource) {
+        if let Some(end) = self.record_committed() {
+            stream.ack(end);
+        }
+    }
+
+    /// Records the batches committed; returns the last one's position.
+    fn record_committed(&mut self) -> Option<u64> {
+        let mut last = None;
+        for batch in std::mem::take(&mut self.pipe.done) {
+            if let Some(end) = batch.end {
+                self.applied_lsn = self.applied_lsn.max(end);
+                self.confirmed = self.confirmed.max(end);
+                last = Some(end);
+            }
+            self.sync.applied.add(&batch.total);
+            for (t, c) in batch.per_table {
+                self.sync.per_table.entry(t.to_string()).or_default().add(&c);
+            }
+        }
+        last
+    }
+
     pub(crate) async fn rollback(&mut self) {
+        // (Batches committed before the failure are recorded; the stream is not told: the
+        // next one starts from the target's origin anyway.)
+        let _ = self.pipe.drain().await;
+        self.record_committed();
         if self.open {
-            let _ = self.pipe.drain().await;
             let _ = self.pipe.client.batch_execute("ROLLBACK").await;
             self.open = false;
         }

@@ -21,6 +21,8 @@
 mod applier;
 mod coalesce;
 mod run;
+#[cfg(test)]
+mod server_tests;
 mod watch;
 
 use std::time::Duration;
@@ -36,12 +38,15 @@ pub const BATCH_CHANGES: usize = 20_000;
 /// ... or when it is this old, at the next source commit.
 pub const BATCH_AGE: Duration = Duration::from_millis(100);
 
-/// Statements sent ahead of their results.
+/// Statements sent ahead of their results...
 pub const PIPELINE: usize = 1024;
+
+/// ... and the most their parameters may take (a set-based statement carries many rows).
+pub const PIPELINE_BYTES: usize = 8 << 20;
 
 /// The changes of a batch are buffered (coalesced per row) up to about this much memory, then
 /// sent as set-based statements; the batch goes on.
-pub const BUFFER_BYTES: usize = 8 << 20;
+pub const BUFFER_BYTES: usize = 4 << 20;
 
 /// A batch open between source transactions is committed once the stream has been quiet this
 /// long (so a lone transaction is applied at once, and a busy stream fills batches).

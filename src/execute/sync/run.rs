@@ -5,8 +5,6 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use futures_util::stream::FuturesOrdered;
-
 use crate::execute::context::{ApplyError, Ctx, Event, Session, pg, sync_error};
 use crate::execute::cutover::{CutoverRequest, Fenced, fence, triggered};
 use crate::execute::proof::{PauseAt, Proving, hold, pause};
@@ -163,12 +161,7 @@ pub async fn stream(
         ctx,
         tables_by_name,
         tables: HashMap::new(),
-        pipe: Pipeline {
-            client: target.clone(),
-            inflight: FuturesOrdered::new(),
-            missing: 0,
-            beat: beat.clone(),
-        },
+        pipe: Pipeline::new(target.clone(), beat.clone()),
         open: false,
         in_source_tx: None,
         replayed: false,
@@ -177,6 +170,7 @@ pub async fn stream(
         batch_started: Instant::now(),
         batch_changes: 0,
         last_commit: None,
+        origin_sent: None,
         batch_counts: BTreeMap::new(),
         batch_total: Counters::default(),
         applied_lsn: start,
@@ -309,7 +303,7 @@ async fn at_consistent_point(
         && pause_at.as_ref().is_some_and(|p| at >= p.lsn)
         && let Some(p) = pause_at.take()
     {
-        a.commit_batch(stream).await?;
+        a.commit_all(stream).await?;
         pause(p).await;
     }
     Ok(())
@@ -335,9 +329,9 @@ async fn run_stream(
     let mut waited = Duration::ZERO;
     loop {
         a.pipe.beat.now();
-        // Between source transactions with a batch open, a quiet stream (nothing for IDLE)
-        // commits it at once; otherwise wake up now and then for the reports and Ctrl-C.
-        let idle = a.open && a.in_source_tx.is_none();
+        // Between source transactions with a batch open (or its commit in flight), a quiet
+        // stream (nothing for IDLE) commits it at once and waits for it; otherwise wake up now and then for the reports and Ctrl-C.
+        let idle = (a.open || a.pipe.commits > 0) && a.in_source_tx.is_none();
         let wake =
             if idle { last_event + IDLE } else { Instant::now() + Duration::from_millis(50) };
         let asked = Instant::now();
@@ -355,8 +349,8 @@ async fn run_stream(
         match next {
             None => {
                 stalled(waited, live)?;
-                if a.open && a.in_source_tx.is_none() {
-                    a.commit_batch(stream).await?;
+                if (a.open || a.pipe.commits > 0) && a.in_source_tx.is_none() {
+                    a.commit_all(stream).await?;
                 }
             }
             Some(Err(e)) if e.transient => {
@@ -410,7 +404,7 @@ async fn run_stream(
                     {
                         // Everything committed before the fence is applied: drained. (The
                         // barrier comes in a transaction of its own, which has nothing else.)
-                        a.commit_batch(stream).await?;
+                        a.commit_all(stream).await?;
                         report(a, live, state);
                         if let Some(f) = fenced.take() {
                             return Ok(Stopped::Drained(Box::new(f)));
@@ -422,7 +416,7 @@ async fn run_stream(
                         // A heartbeat: everything before it was received. Commit what is open, so
                         // what was received is applied.
                         if a.in_source_tx.is_none() {
-                            a.commit_batch(stream).await?;
+                            a.commit_all(stream).await?;
                         }
                         let text = std::str::from_utf8(&content).unwrap_or_default();
                         let mut l = live.lock().expect("live lock");
@@ -435,7 +429,11 @@ async fn run_stream(
                         }
                     }
                     Change::KeepAlive { wal_end } => {
-                        if !a.open && a.in_source_tx.is_none() && wal_end > a.confirmed {
+                        if !a.open
+                            && a.pipe.commits == 0
+                            && a.in_source_tx.is_none()
+                            && wal_end > a.confirmed
+                        {
                             a.confirmed = wal_end;
                             stream.ack(wal_end);
                         }
@@ -451,7 +449,7 @@ async fn run_stream(
             && fenced.is_none()
             && let Some(r) = proving.take_request()
         {
-            a.commit_batch(stream).await?;
+            a.commit_all(stream).await?;
             pause_at = hold(r).await;
         }
         if last_report.elapsed() >= Duration::from_secs(1) {
@@ -462,7 +460,7 @@ async fn run_stream(
             };
             if let Some(what) = drift {
                 if a.in_source_tx.is_none() {
-                    a.commit_batch(stream).await?;
+                    a.commit_all(stream).await?;
                 }
                 return Err(drift_error(format!("since streaming began on the source: {what}")));
             }
@@ -474,6 +472,7 @@ async fn run_stream(
                     sync_error(message)
                 });
             }
+            a.settle(stream);
             let lag = report(a, live, state);
             state.verification = Some(proving.proofs());
             a.ctx.state_dir.save(state)?;
@@ -502,7 +501,7 @@ async fn run_stream(
         }
         if a.ctx.cancel.requested() && fenced.is_none() {
             if a.in_source_tx.is_none() {
-                a.commit_batch(stream).await?;
+                a.commit_all(stream).await?;
             } else {
                 a.rollback().await;
             }

@@ -1,0 +1,258 @@
+//! The applier's statements on a real server: set-based statements (values as `text[]`, cast to
+//! each column's type) store exactly what one-row statements with typed text parameters store,
+//! for types whose text form is hard to carry; the guard that keeps a batch from committing
+//! after a failed one; and what keeps a table's changes in order.
+
+use std::collections::HashMap;
+
+use tokio_postgres::{Client, NoTls};
+
+use super::applier::{Mode, Shape, Table, Text, TextArray, origin_check};
+use crate::cluster::{ClusterOptions, LocalCluster};
+use crate::stream::{Column, Relation, Tuple, Value};
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap()
+}
+
+async fn connect(c: &LocalCluster) -> Client {
+    let (client, connection) = tokio_postgres::connect(&c.conninfo("postgres"), NoTls)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    tokio::spawn(async move {
+        let _ = connection.await;
+    });
+    client
+}
+
+const SCHEMA: &str = "
+CREATE SCHEMA s;
+CREATE TYPE s.mood AS ENUM ('sad', 'ok', 'happy');
+CREATE TYPE s.pair AS (a int, b text);
+CREATE DOMAIN s.posint AS int CHECK (VALUE > 0);
+CREATE TABLE s.src (id int PRIMARY KEY, c_char char(5), c_num numeric(10,2), c_arr int[],
+    c_tarr text[], c_comp s.pair, c_enum s.mood, c_json jsonb, c_bytea bytea, c_text text,
+    c_ts timestamptz, c_iv interval, c_dom s.posint, c_bit bit(4), c_f float8, c_uuid uuid,
+    c_pairs s.pair[], c_vc varchar(3));
+INSERT INTO s.src VALUES
+ (1, 'ab', 1.5, '{1,NULL,3}', '{\"a,b\",\"c\\\"d\",NULL,\"\"}', '(1,\"x y\")', 'ok',
+  '{\"k\": [1, \"é\"]}', '\\x00ff5c', E'quote'' dq\" bs\\\\ nl\\n tab\\t {,}', '2024-02-29 12:34:56.789+05',
+  '1 year 2 mons -3 days 04:05:06.7', 7, B'1010', 'NaN', 'a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11',
+  ARRAY[ROW(1, 'p')::s.pair, ROW(NULL, 'q,\"r')::s.pair], 'abc'),
+ (2, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL),
+ (3, '', -0.01, '{}', '{}', '(,)', 'sad', 'null', '\\x', '', '-infinity', '0', 1, B'0000',
+  '-1.5e-300', '00000000-0000-0000-0000-000000000000', '{}', ''),
+ (4, 'zz   ', 99999999.99, '{{1,2},{3,4}}', '{NULL}', '(-1,)', 'happy', '[]', '\\xdeadbeef',
+  'ünïcødé ☃', 'infinity', '-178000000 years', 2147483647, B'1111', '1e308', NULL, NULL, 'x');
+CREATE TABLE s.bulk (LIKE s.src INCLUDING ALL);
+CREATE TABLE s.one (LIKE s.src INCLUDING ALL);
+";
+
+/// `s.src`'s rows in their text form, as pgoutput sends them.
+async fn rows_as_text(client: &Client, table: &str) -> Vec<Tuple> {
+    let names: Vec<String> = client
+        .query(
+            "SELECT attname::text FROM pg_attribute WHERE attrelid = $1::text::regclass AND attnum > 0 \
+             ORDER BY attnum",
+            &[&table],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    let select = names.iter().map(|c| format!("{c}::text")).collect::<Vec<_>>().join(", ");
+    client
+        .query(&format!("SELECT {select} FROM {table} ORDER BY id"), &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| {
+            (0..names.len())
+                .map(|i| match r.get::<_, Option<String>>(i) {
+                    Some(s) => Value::Text(s.into()),
+                    None => Value::Null,
+                })
+                .collect()
+        })
+        .collect()
+}
+
+async fn table(client: &Client, name: &str) -> Table {
+    let columns = crate::catalog::read_table_columns(client, "s", name).await.unwrap().unwrap();
+    Table {
+        rel: Relation {
+            id: 1,
+            schema: "s".into(),
+            name: name.into(),
+            replica_identity: 'd',
+            columns: columns
+                .iter()
+                .map(|c| Column { name: c.name.clone(), key: c.name == "id" })
+                .collect(),
+        },
+        name_sql: format!("s.{name}"),
+        display: format!("s.{name}").into(),
+        skip: None,
+        full: false,
+        identity_always: columns.iter().map(|c| c.identity_always).collect(),
+        types: columns.iter().map(|c| c.type_oid).collect(),
+        type_names: columns.iter().map(|c| c.type_name.clone()).collect(),
+        statements: HashMap::new(),
+        mode: Mode::ByKey,
+    }
+}
+
+async fn run_rows(client: &Client, t: &Table, shape: Shape, rows: &[Tuple], cols: &[usize]) -> u64 {
+    let stmt = client.prepare_typed(&t.sql(&shape), &t.param_types(&shape)).await.unwrap();
+    let params: Vec<TextArray> = cols.iter().map(|&i| TextArray::column(rows, i)).collect();
+    client.execute_raw(&stmt, params.iter()).await.unwrap_or_else(|e| panic!("{shape:?}: {e:?}"))
+}
+
+async fn run_one(client: &Client, t: &Table, shape: Shape, row: &Tuple, cols: &[usize]) -> u64 {
+    let stmt = client.prepare_typed(&t.sql(&shape), &t.param_types(&shape)).await.unwrap();
+    let params: Vec<Text> = cols.iter().map(|&i| Text::of(&row[i])).collect();
+    client.execute_raw(&stmt, params.iter()).await.unwrap_or_else(|e| panic!("{shape:?}: {e:?}"))
+}
+
+#[test]
+fn set_based_statements_store_exactly_what_one_row_statements_store_for_hard_types() {
+    let c = LocalCluster::start(ClusterOptions { name: "bulk-types".into(), ..Default::default() })
+        .unwrap_or_else(|e| panic!("cannot start a test cluster: {e}"));
+    c.psql("postgres", SCHEMA).unwrap_or_else(|e| panic!("{e}"));
+    runtime().block_on(async {
+        let client = connect(&c).await;
+        let rows = rows_as_text(&client, "s.src").await;
+        assert_eq!(rows.len(), 4);
+        let (bulk, one) = (table(&client, "bulk").await, table(&client, "one").await);
+        let all: Vec<usize> = (0..rows[0].len()).collect();
+        assert_eq!(run_rows(&client, &bulk, Shape::InsertRows, &rows, &all).await, 4);
+        for r in &rows {
+            run_one(&client, &one, Shape::Insert(1), r, &all).await;
+        }
+        let same = "SELECT (SELECT array_agg(t::text ORDER BY id) FROM s.src t) = \
+                    (SELECT array_agg(t::text ORDER BY id) FROM s.bulk t) AND \
+                    (SELECT array_agg(t::text ORDER BY id) FROM s.src t) = \
+                    (SELECT array_agg(t::text ORDER BY id) FROM s.one t)";
+        let equal: bool = client.query_one(same, &[]).await.unwrap().get(0);
+        assert!(equal, "{}", c.psql("postgres", "TABLE s.src; TABLE s.bulk; TABLE s.one").unwrap());
+
+        // Updates: row 1 takes row 4's values, row 4 row 2's (all NULL), by key; the key and
+        // an unchanged value are not set.
+        client.batch_execute(
+            "UPDATE s.src SET (c_char, c_num, c_arr, c_tarr, c_comp, c_enum, c_json, c_bytea, \
+             c_text, c_ts, c_iv, c_dom, c_bit, c_f, c_uuid, c_pairs, c_vc) = \
+             (SELECT c_char, c_num, c_arr, c_tarr, c_comp, c_enum, c_json, c_bytea, c_text, c_ts, \
+             c_iv, c_dom, c_bit, c_f, c_uuid, c_pairs, c_vc FROM s.src x WHERE x.id = s.src.id + 3) \
+             WHERE id = 1;
+             UPDATE s.src SET (c_char, c_num, c_arr) = (NULL, NULL, NULL) WHERE id = 4;",
+        ).await.unwrap();
+        let after = rows_as_text(&client, "s.src").await;
+        let mut r4 = after[3].clone();
+        for v in r4.iter_mut().skip(4) {
+            *v = Value::Unchanged;
+        }
+        let set1 = bulk.set_columns(&after[0]);
+        let set4 = bulk.set_columns(&r4);
+        assert_eq!(set4, [1, 2, 3]);
+        let cols = |set: &[usize]| set.iter().copied().chain([0]).collect::<Vec<_>>();
+        let updated = run_rows(&client, &bulk, Shape::UpdateRows(set1.clone()), &after[..1], &cols(&set1)).await
+            + run_rows(&client, &bulk, Shape::UpdateRows(set4.clone()), &[r4], &cols(&set4)).await;
+        assert_eq!(updated, 2);
+        // Deletes by key, one of them of a row that is not there.
+        client.batch_execute("DELETE FROM s.src WHERE id = 3").await.unwrap();
+        let gone = vec![vec![Value::Text("3".into())], vec![Value::Text("99".into())]];
+        let deleted = run_rows(&client, &bulk, Shape::DeleteRows, &gone, &[0]).await;
+        assert_eq!(deleted, 1, "the missing row is counted as not found");
+        let equal: bool = client
+            .query_one(
+                "SELECT (SELECT array_agg(t::text ORDER BY id) FROM s.src t) = \
+                 (SELECT array_agg(t::text ORDER BY id) FROM s.bulk t)",
+                &[],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        assert!(equal, "{}", c.psql("postgres", "TABLE s.src; TABLE s.bulk").unwrap());
+    });
+}
+
+#[test]
+fn a_batch_after_one_that_did_not_commit_cannot_commit() {
+    let c =
+        LocalCluster::start(ClusterOptions { name: "origin-guard".into(), ..Default::default() })
+            .unwrap_or_else(|e| panic!("cannot start a test cluster: {e}"));
+    c.psql(
+        "postgres",
+        "CREATE TABLE t (id int PRIMARY KEY); SELECT pg_replication_origin_create('o')",
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    runtime().block_on(async {
+        let client = connect(&c).await;
+        client.batch_execute("SELECT pg_replication_origin_session_setup('o')").await.unwrap();
+        // Batch 1 commits at 0/100; batch 2 (up to 0/200) fails; batch 3 checks for 0/200.
+        client
+            .batch_execute(
+                "BEGIN; INSERT INTO t VALUES (1); \
+                 SELECT pg_replication_origin_xact_setup('0/100', now()); COMMIT",
+            )
+            .await
+            .unwrap();
+        client.batch_execute(&origin_check(0x100)).await.expect("batch 1 committed: passes");
+        client.batch_execute("BEGIN").await.unwrap();
+        assert!(client.batch_execute("INSERT INTO t VALUES (1)").await.is_err());
+        client.batch_execute("SELECT pg_replication_origin_xact_setup('0/200', now())").await.ok();
+        client.batch_execute("COMMIT").await.expect("COMMIT of an aborted transaction: no error");
+        client.batch_execute("BEGIN; INSERT INTO t VALUES (3)").await.unwrap();
+        let e = client.batch_execute(&origin_check(0x200)).await.expect_err("batch 2 failed");
+        let message = e.as_db_error().map(|d| d.message().to_string()).unwrap_or_default();
+        assert!(
+            message.contains("did not commit: the replication origin is at 0/100"),
+            "{message}"
+        );
+        client.batch_execute("COMMIT").await.unwrap();
+        let rows: i64 = client.query_one("SELECT count(*) FROM t", &[]).await.unwrap().get(0);
+        assert_eq!(rows, 1, "batch 3 was rolled back with the check");
+    });
+}
+
+#[test]
+fn tables_whose_rows_meet_outside_the_key_or_fire_triggers_keep_their_order() {
+    let c =
+        LocalCluster::start(ClusterOptions { name: "apply-order".into(), ..Default::default() })
+            .unwrap_or_else(|e| panic!("cannot start a test cluster: {e}"));
+    c.psql(
+        "postgres",
+        "CREATE TABLE plain (id int PRIMARY KEY, a int, UNIQUE (id, a));
+         CREATE TABLE emails (id int PRIMARY KEY, email text UNIQUE);
+         CREATE TABLE lowered (id int PRIMARY KEY, email text);
+         CREATE UNIQUE INDEX ON lowered (lower(email));
+         CREATE TABLE fired (id int PRIMARY KEY);
+         CREATE FUNCTION f() RETURNS trigger LANGUAGE plpgsql AS 'BEGIN RETURN NEW; END';
+         CREATE TRIGGER t BEFORE INSERT ON fired FOR EACH ROW EXECUTE FUNCTION f();
+         ALTER TABLE fired ENABLE ALWAYS TRIGGER t;
+         CREATE TABLE quiet (id int PRIMARY KEY);
+         CREATE TRIGGER t BEFORE INSERT ON quiet FOR EACH ROW EXECUTE FUNCTION f();
+         CREATE TABLE named (id int PRIMARY KEY, r regclass);",
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    runtime().block_on(async {
+        let client = connect(&c).await;
+        let order = |t: &'static str| {
+            let client = &client;
+            async move {
+                crate::catalog::read_apply_order(client, "public", t, &["id".to_string()])
+                    .await
+                    .unwrap()
+            }
+        };
+        assert_eq!(order("plain").await, Default::default(), "a unique index holding the key");
+        assert_eq!(order("quiet").await, Default::default(), "a trigger that does not fire");
+        let emails = order("emails").await;
+        assert!(emails.one_by_one.is_none());
+        assert!(emails.across_keys.unwrap().contains("emails_email_key"));
+        assert!(order("lowered").await.across_keys.is_some(), "an expression index");
+        assert!(order("fired").await.one_by_one.unwrap().contains("trigger t"));
+        assert!(order("named").await.one_by_one.unwrap().contains("column r (regclass)"));
+    });
+}

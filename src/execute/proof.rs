@@ -64,8 +64,9 @@ const MISSED_MAX: Duration = Duration::from_secs(60);
 /// Differing keys named per chunk, at most.
 const KEYS_NAMED: usize = 20;
 
-/// Changed rows remembered per table, at most (see [`Touched::record`]).
-const MAX_KEYS_PER_TABLE: usize = 500_000;
+/// Changed rows remembered, at most, over all tables (see [`Touched::record`]): about 60 bytes
+/// each for an integer key.
+const MAX_KEYS: usize = 200_000;
 
 /// What the stream, the verifier and the cutover share.
 #[derive(Clone, Default)]
@@ -116,6 +117,8 @@ pub(crate) struct Touched {
     /// Recorded since this source position (none: nothing streamed yet).
     pub(crate) since: Option<u64>,
     pub(crate) tables: HashMap<Arc<str>, TableTouch>,
+    /// Keys remembered, over all tables.
+    count: usize,
 }
 
 /// One table's changed rows.
@@ -123,8 +126,8 @@ pub(crate) struct Touched {
 pub(crate) struct TableTouch {
     /// Its key columns: (name, type).
     pub(crate) columns: Vec<(String, String)>,
-    /// Each changed key, and where the last transaction that changed it commits.
-    pub(crate) keys: HashMap<Vec<Option<Bytes>>, u64>,
+    /// Each changed key ([`pack`]ed), and where the last transaction that changed it commits.
+    pub(crate) keys: HashMap<Box<[u8]>, u64>,
     /// Changed as a whole (a truncate, or a change to a table without a key), last at.
     pub(crate) whole: Option<u64>,
 }
@@ -149,28 +152,34 @@ impl Touched {
             return;
         }
         for tuple in tuples {
-            // Copied: a slice would keep the whole message it came in.
-            let key: Option<Vec<Option<Bytes>>> = keys
-                .iter()
-                .map(|&i| match tuple.get(i) {
-                    Some(Value::Text(b)) => Some(Some(Bytes::copy_from_slice(b))),
-                    Some(Value::Null) => Some(None),
-                    // A key the stream did not send (unchanged TOAST): not looked up by key.
-                    _ => None,
-                })
-                .collect();
-            match key {
+            // (A key the stream did not send, unchanged TOAST, cannot be looked up by key.)
+            match pack(keys.iter().map(|&i| tuple.get(i))) {
                 Some(key) => {
-                    t.keys.insert(key, lsn);
+                    if t.keys.insert(key, lsn).is_none() {
+                        self.count += 1;
+                    }
                 }
                 None => t.whole = Some(lsn),
             }
         }
-        // Memory stays bounded: past this many, the table is compared in full (until its next
-        // proof), which is what so many lookups would cost anyway.
-        if t.keys.len() > MAX_KEYS_PER_TABLE {
-            t.keys.clear();
+        // Memory stays bounded: past this many, the table with the most is compared in full
+        // (until its next proof), which is what so many lookups would cost anyway.
+        if self.count > MAX_KEYS
+            && let Some(t) = self.tables.values_mut().max_by_key(|t| t.keys.len())
+        {
+            self.count -= t.keys.len();
+            t.keys = HashMap::new();
             t.whole = Some(lsn);
+        }
+    }
+
+    /// Forgets the keys of `table` last changed before `lsn` (proven since).
+    pub(crate) fn forget_before(&mut self, table: &str, lsn: u64) {
+        if let Some(t) = self.tables.get_mut(table) {
+            let before = t.keys.len();
+            t.keys.retain(|_, at| *at >= lsn);
+            self.count -= before - t.keys.len();
+            t.keys.shrink_to_fit();
         }
     }
 
@@ -568,10 +577,8 @@ fn record(
     }
     tp.complete = std::mem::take(&mut tp.current);
     let oldest = tp.proven_at();
-    if let Some(oldest) = oldest
-        && let Some(touch) = proving.touched.lock().expect("touched lock").tables.get_mut(&*name)
-    {
-        touch.keys.retain(|_, lsn| *lsn >= oldest);
+    if let Some(oldest) = oldest {
+        proving.touched.lock().expect("touched lock").forget_before(&name, oldest);
     }
     match tables.get(index + 1) {
         Some(next) => {
@@ -724,14 +731,9 @@ fn in_fence_plan(
     if touch.is_some_and(|t| t.whole.is_some_and(|w| w >= proven_at)) {
         return None;
     }
-    let text = |b: &Option<Bytes>| b.as_ref().map(|b| String::from_utf8_lossy(b).into_owned());
     let keys: Vec<Vec<Option<String>>> = touch
         .map(|t| {
-            t.keys
-                .iter()
-                .filter(|(_, lsn)| **lsn >= proven_at)
-                .map(|(k, _)| k.iter().map(text).collect())
-                .collect()
+            t.keys.iter().filter(|(_, lsn)| **lsn >= proven_at).map(|(k, _)| unpack(k)).collect()
         })
         .unwrap_or_default();
     let columns = touch.map(|t| t.columns.clone()).unwrap_or_default();
@@ -739,6 +741,43 @@ fn in_fence_plan(
         return None;
     }
     Some((proven_at, tp.complete.len(), tp.rows(), columns, keys))
+}
+
+/// A key's values in one allocation (a key is kept long, and there can be many): per value,
+/// `0` (NULL), or `1`, its length (4 bytes) and its text. `None` if a value was not sent.
+fn pack<'a>(values: impl Iterator<Item = Option<&'a Value>> + Clone) -> Option<Box<[u8]>> {
+    let mut out = Vec::with_capacity(
+        values.clone().map(|v| if let Some(Value::Text(b)) = v { 5 + b.len() } else { 1 }).sum(),
+    );
+    for v in values {
+        match v? {
+            Value::Text(b) => {
+                out.push(1);
+                out.extend_from_slice(&u32::try_from(b.len()).ok()?.to_le_bytes());
+                out.extend_from_slice(b);
+            }
+            Value::Null => out.push(0),
+            Value::Unchanged => return None,
+        }
+    }
+    Some(out.into_boxed_slice())
+}
+
+/// The values [`pack`] packed.
+fn unpack(mut key: &[u8]) -> Vec<Option<String>> {
+    let mut values = vec![];
+    while let Some((&tag, rest)) = key.split_first() {
+        if tag == 0 || rest.len() < 4 {
+            values.push(None);
+            key = rest;
+            continue;
+        }
+        let len = u32::from_le_bytes([rest[0], rest[1], rest[2], rest[3]]) as usize;
+        let (text, rest) = rest[4..].split_at(len.min(rest.len() - 4));
+        values.push(Some(String::from_utf8_lossy(text).into_owned()));
+        key = rest;
+    }
+    values
 }
 
 /// `id=7`, `(a, b)=(1, x)`.
@@ -793,18 +832,32 @@ mod tests {
     }
 
     #[test]
+    fn packed_keys_give_back_their_values_nulls_and_empty_texts_included() {
+        let values = [Value::Text(Bytes::from("7")), Value::Null, Value::Text(Bytes::new())];
+        let key = pack(values.iter().map(Some)).unwrap();
+        assert_eq!(unpack(&key), vec![Some("7".into()), None, Some(String::new())]);
+        assert!(pack([Some(&Value::Unchanged)].into_iter()).is_none());
+    }
+
+    #[test]
     fn changed_rows_are_remembered_up_to_a_bound_then_the_table_is_compared_in_full() {
         let mut t = Touched { since: Some(1), ..Touched::default() };
         let table: Arc<str> = "public.t".into();
         let columns = || vec![("id".to_string(), "integer".to_string())];
-        for i in 0..=MAX_KEYS_PER_TABLE {
+        let other: Arc<str> = "public.other".into();
+        t.record(&other, columns, &[0], &[&vec![Value::Text(Bytes::from("1"))]], 0x50);
+        for i in 0..MAX_KEYS {
             let row = vec![Value::Text(Bytes::from(i.to_string()))];
             t.record(&table, columns, &[0], &[&row], 0x100 + i as u64);
         }
         let touch = &t.tables[&table];
-        assert!(touch.keys.is_empty());
-        assert_eq!(touch.whole, Some(0x100 + MAX_KEYS_PER_TABLE as u64));
+        assert!(touch.keys.is_empty(), "the table with the most keys is compared in full");
+        assert_eq!(touch.whole, Some(0x100 + MAX_KEYS as u64 - 1));
         assert!(in_fence_plan(&proofs("0/100", true), &t, "public.t", true).is_none());
+        assert_eq!(t.tables[&other].keys.len(), 1, "the others keep theirs");
+        assert_eq!(t.count, 1);
+        t.forget_before("public.other", 0x51);
+        assert_eq!(t.count, 0);
     }
 
     #[test]

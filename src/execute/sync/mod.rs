@@ -42,11 +42,11 @@ pub const BATCH_AGE: Duration = Duration::from_millis(100);
 pub const PIPELINE: usize = 1024;
 
 /// ... and the most their parameters may take (a set-based statement carries many rows).
-pub const PIPELINE_BYTES: usize = 8 << 20;
+pub const PIPELINE_BYTES: usize = 4 << 20;
 
 /// The changes of a batch are buffered (coalesced per row) up to about this much memory, then
 /// sent as set-based statements; the batch goes on.
-pub const BUFFER_BYTES: usize = 4 << 20;
+pub const BUFFER_BYTES: usize = 2 << 20;
 
 /// A batch open between source transactions is committed once the stream has been quiet this
 /// long (so a lone transaction is applied at once, and a busy stream fills batches).

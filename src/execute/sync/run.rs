@@ -336,8 +336,14 @@ async fn run_stream(
             if idle { last_event + IDLE } else { Instant::now() + Duration::from_millis(50) };
         let asked = Instant::now();
         let next = tokio::select! {
-            // What the stream has ready comes first (a deadline already past must not win).
+            // The target's results first: they move statements in flight on (a COPY's data
+            // goes once the server is ready for it). Then what the stream has ready (a
+            // deadline already past must not win).
             biased;
+            r = a.pipe.progress() => {
+                r.map_err(pg)?;
+                continue;
+            }
             c = stream.next() => Some(c),
             _ = tokio::time::sleep_until(wake.into()) => None,
         };
@@ -477,7 +483,7 @@ async fn run_stream(
             state.verification = Some(proving.proofs());
             a.ctx.state_dir.save(state)?;
             // An idle stream sends the target nothing: make sure it is still there.
-            if !a.open {
+            if !a.open && a.pipe.is_idle() {
                 a.pipe.client.batch_execute("").await.map_err(pg)?;
             }
             if let Some(c) = cutover

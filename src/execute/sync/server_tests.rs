@@ -1,5 +1,6 @@
-//! The applier's statements on a real server: set-based statements (values as `text[]`, cast to
-//! each column's type) store exactly what one-row statements with typed text parameters store,
+//! The applier's statements on a real server: `COPY` and set-based statements (values as
+//! `text[]`, cast to each column's type) store exactly what one-row statements with typed text
+//! parameters store,
 //! for types whose text form is hard to carry; the guard that keeps a batch from committing
 //! after a failed one; and what keeps a table's changes in order.
 
@@ -7,7 +8,7 @@ use std::collections::HashMap;
 
 use tokio_postgres::{Client, NoTls};
 
-use super::applier::{Mode, Shape, Table, Text, TextArray, origin_check};
+use super::applier::{Mode, Shape, Table, Text, TextArray, copy_text, origin_check, text};
 use crate::cluster::{ClusterOptions, LocalCluster};
 use crate::stream::{Column, Relation, Tuple, Value};
 
@@ -111,7 +112,7 @@ async fn run_rows(client: &Client, t: &Table, shape: Shape, rows: &[Tuple], cols
 
 async fn run_one(client: &Client, t: &Table, shape: Shape, row: &Tuple, cols: &[usize]) -> u64 {
     let stmt = client.prepare_typed(&t.sql(&shape), &t.param_types(&shape)).await.unwrap();
-    let params: Vec<Text> = cols.iter().map(|&i| Text::of(&row[i])).collect();
+    let params: Vec<Text> = cols.iter().map(|&i| text(&row[i])).collect();
     client.execute_raw(&stmt, params.iter()).await.unwrap_or_else(|e| panic!("{shape:?}: {e:?}"))
 }
 
@@ -126,7 +127,11 @@ fn set_based_statements_store_exactly_what_one_row_statements_store_for_hard_typ
         assert_eq!(rows.len(), 4);
         let (bulk, one) = (table(&client, "bulk").await, table(&client, "one").await);
         let all: Vec<usize> = (0..rows[0].len()).collect();
-        assert_eq!(run_rows(&client, &bulk, Shape::InsertRows, &rows, &all).await, 4);
+        let copy = client.prepare(&bulk.sql(&Shape::Copy)).await.unwrap();
+        let sink = client.copy_in::<_, bytes::Bytes>(&copy).await.unwrap();
+        futures_util::pin_mut!(sink);
+        futures_util::SinkExt::send(&mut sink, copy_text(&rows)).await.unwrap();
+        assert_eq!(sink.finish().await.unwrap(), 4);
         for r in &rows {
             run_one(&client, &one, Shape::Insert(1), r, &all).await;
         }

@@ -238,7 +238,10 @@ fn report(
     let lag_bytes = l.source_lsn.saturating_sub(a.confirmed);
     a.sync.source_lsn = (l.source_lsn > 0).then(|| crate::stream::lsn_text(l.source_lsn));
     drop(l);
-    a.sync.applied_lsn = Some(crate::stream::lsn_text(a.applied_lsn));
+    // Before the first batch commits, what is applied is where the slot's stream began (or
+    // what the source's keepalives said had nothing to apply): never 0/0, whose lag would be
+    // the source's whole WAL once apply stops.
+    a.sync.applied_lsn = Some(crate::stream::lsn_text(a.applied_lsn.max(a.confirmed)));
     a.sync.lag_bytes = Some(lag_bytes);
     a.sync.lag_seconds = known.then_some(lag_seconds);
     if known && lag_seconds == 0.0 {

@@ -82,6 +82,10 @@ pub struct Proving {
     /// Set when the cutover puts its fence up: no round starts after it (the fence ends the
     /// sessions of one under way).
     pub(crate) halted: Arc<std::sync::atomic::AtomicBool>,
+    /// Set by the stream while its lag is within `sync.max_lag`: rounds wait for it (a round's
+    /// reads on both servers only slow down a catch-up, and its consistent point would wait
+    /// for the backlog anyway).
+    pub(crate) caught_up: Arc<std::sync::atomic::AtomicBool>,
 }
 
 /// The execution plan's continuous verification step.
@@ -273,6 +277,10 @@ pub(crate) async fn verify_continuously(
     // up to PAUSE_LIMIT.
     let mut missed = 0u32;
     while !halted() {
+        if !proving.caught_up.load(std::sync::atomic::Ordering::SeqCst) {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            continue;
+        }
         let result = round(&servers, &slot, &settings, &proving).await;
         missed = if matches!(result, Err(Void::Missed(_))) { missed + 1 } else { 0 };
         let wait = match result {

@@ -676,6 +676,8 @@ pub(crate) struct Applier<'a> {
     pub(crate) barrier: String,
     /// Rows changed, for the cutover's verification (with continuous verification only).
     pub(crate) touched: Option<Arc<std::sync::Mutex<Touched>>>,
+    /// Told whether the stream is caught up (continuous verification waits for it).
+    pub(crate) caught_up: Arc<std::sync::atomic::AtomicBool>,
     /// When the rate of changes was last sampled, and the rows applied then.
     pub(crate) rate_sample: Option<(f64, u64)>,
 }

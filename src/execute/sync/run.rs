@@ -179,6 +179,7 @@ pub async fn stream(
         prefix,
         barrier: crate::naming::barrier_prefix(slot),
         touched: proving.settings.is_some().then(|| proving.touched.clone()),
+        caught_up: proving.caught_up.clone(),
         rate_sample: None,
     };
     // The watchdog: a server that stops answering on a connection still open would hold the
@@ -262,12 +263,9 @@ fn report(
         a.rate_sample = Some((now, rows));
     }
     state.sync = Some(a.sync.clone());
-    (a.ctx.events)(Event::Streaming {
-        lag_bytes,
-        lag_seconds,
-        applied: a.sync.applied,
-        ready: known && lag_seconds <= a.sync.max_lag_seconds,
-    });
+    let ready = known && lag_seconds <= a.sync.max_lag_seconds;
+    a.caught_up.store(ready && a.sync.streaming, std::sync::atomic::Ordering::SeqCst);
+    (a.ctx.events)(Event::Streaming { lag_bytes, lag_seconds, applied: a.sync.applied, ready });
     known.then_some(lag_seconds)
 }
 

@@ -19,7 +19,9 @@ use crate::execute::context::{pg, sync_error};
 use crate::execute::proof::Touched;
 use crate::execute::session::Progress;
 use crate::execute::sync::coalesce::{Batch, Flush};
-use crate::execute::sync::{BUFFER_BYTES, PIPELINE, PIPELINE_BYTES, drift_error};
+use crate::execute::sync::{
+    BATCH_AGE, BATCH_CHANGES, BUFFER_BYTES, PIPELINE, PIPELINE_BYTES, drift_error,
+};
 use crate::sql::{ident, literal, qualified, qualified_ident};
 use crate::state::{Counters, SyncState};
 use crate::stream::{Change, ChangeSource, Relation, Tuple, Value};
@@ -270,17 +272,8 @@ impl Pipeline {
         params: Vec<Text>,
         expect_row: Option<Arc<str>>,
     ) -> Result<(), tokio_postgres::Error> {
-        let (client, stmt) = (self.client.clone(), stmt.clone());
-        let expect = expect_row.map(|t| (t, 1));
         let size = params.iter().map(|p| p.0.as_ref().map_or(4, |b| b.len() + 4)).sum();
-        self.push(
-            Box::pin(async move {
-                let rows = client.execute_raw(&stmt, params.iter()).await?;
-                Ok(Applied { rows, expect, commit: None })
-            }),
-            size,
-        )
-        .await
+        self.run(stmt, params, size, expect_row.map(|t| (t, 1))).await
     }
 
     /// A set-based statement: one array per column; `expect`: the rows it should find.
@@ -290,9 +283,19 @@ impl Pipeline {
         params: Vec<TextArray>,
         expect: Option<(Arc<str>, u64)>,
     ) -> Result<(), tokio_postgres::Error> {
-        let (client, stmt) = (self.client.clone(), stmt.clone());
         let size =
             params.iter().flat_map(|p| &p.0).map(|e| e.as_ref().map_or(4, |b| b.len() + 4)).sum();
+        self.run(stmt, params, size, expect).await
+    }
+
+    async fn run<P: ToSql + Sync + Send + 'static>(
+        &mut self,
+        stmt: &Statement,
+        params: Vec<P>,
+        size: usize,
+        expect: Option<(Arc<str>, u64)>,
+    ) -> Result<(), tokio_postgres::Error> {
+        let (client, stmt) = (self.client.clone(), stmt.clone());
         self.push(
             Box::pin(async move {
                 let rows = client.execute_raw(&stmt, params.iter()).await?;
@@ -597,6 +600,9 @@ pub(crate) fn copy_text(rows: &[Tuple]) -> Bytes {
                 out.put_u8(b'\t');
             }
             match v {
+                Value::Text(b) if !b.iter().any(|c| matches!(c, b'\\' | b'\t' | b'\n' | b'\r')) => {
+                    out.extend_from_slice(b);
+                }
                 Value::Text(b) => {
                     let mut from = 0;
                     for (at, &c) in b.iter().enumerate() {
@@ -696,6 +702,42 @@ impl<'a> Applier<'a> {
             self.open = true;
             self.batch_started = Instant::now();
             self.batch_changes = 0;
+        }
+        Ok(())
+    }
+
+    /// A source transaction begins. One whose commit lies before what the target has applied
+    /// was applied already (a resumed stream may send it again): all of it is skipped.
+    pub(crate) fn begin(&mut self, xid: u32, final_lsn: u64) {
+        self.replayed = final_lsn < self.applied_lsn;
+        self.final_lsn = final_lsn;
+        if self.replayed {
+            tracing::debug!(xid, "transaction already applied");
+        }
+        self.in_source_tx = Some(xid);
+    }
+
+    /// A source transaction commits: the batch is committed once it is big or old enough.
+    pub(crate) async fn commit(
+        &mut self,
+        end_lsn: u64,
+        commit_time: i64,
+        stream: &impl ChangeSource,
+    ) -> Result<(), ApplyError> {
+        self.in_source_tx = None;
+        if end_lsn <= self.applied_lsn {
+            // Applied before (a resumed stream may send it again).
+        } else if !self.open {
+            // Nothing of it applied (every change was in a copy already): nothing to commit.
+            // Were the process to stop now, the stream would send it again, and it would be
+            // skipped again.
+            self.applied_lsn = end_lsn;
+        } else {
+            self.last_commit = Some((end_lsn, commit_time));
+            self.batch_total.transactions += 1;
+            if self.batch_changes >= BATCH_CHANGES || self.batch_started.elapsed() >= BATCH_AGE {
+                self.commit_batch(stream).await?;
+            }
         }
         Ok(())
     }

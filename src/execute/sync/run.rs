@@ -11,7 +11,7 @@ use crate::execute::proof::{PauseAt, Proving, hold, pause};
 use crate::execute::session::{Progress, end_previous, stall, stuck, stuck_target};
 use crate::execute::sync::applier::{Applier, Pipeline, XidSnapshot};
 use crate::execute::sync::watch::{Heartbeats, schema_of, watch};
-use crate::execute::sync::{BATCH_AGE, BATCH_CHANGES, DRAIN_LIMIT, IDLE, Stopped, drift_error};
+use crate::execute::sync::{DRAIN_LIMIT, IDLE, Stopped, drift_error};
 use crate::execution_plan::StreamTable;
 use crate::sql::literal;
 use crate::state::{Counters, State, now_f64};
@@ -375,35 +375,9 @@ async fn run_stream(
                 last_event = Instant::now();
                 at_consistent_point(a, stream, &change, &mut pause_at).await?;
                 match change {
-                    Change::Begin { xid, final_lsn, .. } => {
-                        // A transaction whose commit lies before what the target has applied
-                        // was applied already (a resumed stream may send it again): all of it
-                        // is skipped.
-                        a.replayed = final_lsn < a.applied_lsn;
-                        a.final_lsn = final_lsn;
-                        if a.replayed {
-                            tracing::debug!(xid, "transaction already applied");
-                        }
-                        a.in_source_tx = Some(xid);
-                    }
+                    Change::Begin { xid, final_lsn, .. } => a.begin(xid, final_lsn),
                     Change::Commit { end_lsn, commit_time } => {
-                        a.in_source_tx = None;
-                        if end_lsn <= a.applied_lsn {
-                            // Applied before (a resumed stream may send it again).
-                        } else if !a.open {
-                            // Nothing of it applied (every change was in a copy already): nothing
-                            // to commit. Were the process to stop now, the stream would send it
-                            // again, and it would be skipped again.
-                            a.applied_lsn = end_lsn;
-                        } else {
-                            a.last_commit = Some((end_lsn, commit_time));
-                            a.batch_total.transactions += 1;
-                            if a.batch_changes >= BATCH_CHANGES
-                                || a.batch_started.elapsed() >= BATCH_AGE
-                            {
-                                a.commit_batch(stream).await?;
-                            }
-                        }
+                        a.commit(end_lsn, commit_time, stream).await?;
                     }
                     Change::Message { prefix, lsn, .. }
                         if prefix == barrier

@@ -363,13 +363,14 @@ pub fn streaming_line(
     let t = |n: u64| crate::preflight::thousands(n as i64);
     format!(
         "lag {lag_seconds:.1} s ({}); applied {} inserts, {} updates, {} deletes, {} truncates \
-         in {} transactions{}",
+         in {} transactions, as {} statements{}",
         crate::preflight::human_bytes(lag_bytes as i64),
         t(applied.inserts),
         t(applied.updates),
         t(applied.deletes),
         t(applied.truncates),
         t(applied.transactions),
+        t(applied.statements),
         if ready { " - ready for cutover" } else { "" }
     )
 }
@@ -697,12 +698,14 @@ pub fn status(out: &mut dyn Write, st: &crate::status::Status, format: Format) -
         let t = |n: u64| crate::preflight::thousands(n as i64);
         writeln!(
             out,
-            "  applied: {} inserts, {} updates, {} deletes, {} truncates in {} transactions",
+            "  applied: {} inserts, {} updates, {} deletes, {} truncates in {} transactions, as {} \
+             statements on the target",
             t(a.inserts),
             t(a.updates),
             t(a.deletes),
             t(a.truncates),
-            t(a.transactions)
+            t(a.transactions),
+            t(a.statements)
         )?;
         if let Some(at) = &st.applied_lsn {
             writeln!(

@@ -407,6 +407,10 @@ pub struct Counters {
     pub truncates: u64,
     /// Source transactions applied.
     pub transactions: u64,
+    /// Statements that applied them on the target: fewer than the rows when a batch's changes
+    /// were coalesced (a hot row updated many times) and sent as set-based statements.
+    #[serde(default)]
+    pub statements: u64,
 }
 
 impl Counters {
@@ -417,6 +421,7 @@ impl Counters {
         self.deletes += other.deletes;
         self.truncates += other.truncates;
         self.transactions += other.transactions;
+        self.statements += other.statements;
     }
 }
 

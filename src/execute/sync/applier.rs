@@ -827,6 +827,11 @@ impl<'a> Applier<'a> {
         self.batch_total = Counters::default();
     }
 
+    /// Counts a statement sent for `table`.
+    fn count_statement(&mut self, table: &Arc<str>) {
+        self.count(table, |c| c.statements += 1);
+    }
+
     pub(crate) fn count(&mut self, table: &Arc<str>, f: impl Fn(&mut Counters)) {
         f(self.batch_counts.entry(table.clone()).or_default());
         f(&mut self.batch_total);
@@ -1012,16 +1017,19 @@ impl<'a> Applier<'a> {
             let stmt = self.statement(rel, Shape::DeleteRows).await?;
             let expect = Some((display.clone(), f.deletes.len() as u64));
             self.pipe.execute_rows(&stmt, arrays(&f.deletes, &keys), expect).await.map_err(pg)?;
+            self.count_statement(&display);
         }
         for (set, rows) in f.updates {
             let cols: Vec<usize> = set.iter().chain(&keys).copied().collect();
             let stmt = self.statement(rel, Shape::UpdateRows(set)).await?;
             let expect = Some((display.clone(), rows.len() as u64));
             self.pipe.execute_rows(&stmt, arrays(&rows, &cols), expect).await.map_err(pg)?;
+            self.count_statement(&display);
         }
         if !f.inserts.is_empty() {
             let stmt = self.statement(rel, Shape::Copy).await?;
             self.pipe.copy(&stmt, copy_text(&f.inserts)).await.map_err(pg)?;
+            self.count_statement(&display);
         }
         Ok(())
     }
@@ -1132,7 +1140,9 @@ impl<'a> Applier<'a> {
                 self.begin_batch().await.map_err(pg)?;
                 let params = new.iter().map(text).collect();
                 self.pipe.execute(&stmt, params, None).await.map_err(pg)?;
-                self.count(&display, |c| c.inserts += 1);
+                self.count(&display, |c| {
+                    (c.inserts, c.statements) = (c.inserts + 1, c.statements + 1)
+                });
                 self.batch_changes += 1;
             }
             Change::Update { rel, old, new } => {
@@ -1151,7 +1161,9 @@ impl<'a> Applier<'a> {
                 self.begin_batch().await.map_err(pg)?;
                 let params = keys.iter().map(|&i| text(&old[i])).collect();
                 self.pipe.execute(&stmt, params, Some(display.clone())).await.map_err(pg)?;
-                self.count(&display, |c| c.deletes += 1);
+                self.count(&display, |c| {
+                    (c.deletes, c.statements) = (c.deletes + 1, c.statements + 1)
+                });
                 self.batch_changes += 1;
             }
             Change::Truncate { rels, restart_identity, .. } => {
@@ -1179,6 +1191,7 @@ impl<'a> Applier<'a> {
                 for (_, display) in &names {
                     self.count(display, |c| c.truncates += 1);
                 }
+                self.count_statement(&names[0].1);
                 self.batch_changes += 1;
             }
             _ => {}
@@ -1226,7 +1239,7 @@ impl<'a> Applier<'a> {
             self.begin_batch().await.map_err(pg)?;
             self.pipe.execute(&delete, key_values, Some(display.clone())).await.map_err(pg)?;
             self.pipe.execute(&insert, new.iter().map(text).collect(), None).await.map_err(pg)?;
-            self.count(&display, |c| c.updates += 1);
+            self.count(&display, |c| (c.updates, c.statements) = (c.updates + 1, c.statements + 2));
             return Ok(());
         }
         let set: Vec<usize> = (0..new.len())
@@ -1241,7 +1254,7 @@ impl<'a> Applier<'a> {
         let mut params: Vec<Text> = set.iter().map(|&i| text(&new[i])).collect();
         params.extend(key_values);
         self.pipe.execute(&stmt, params, Some(display.clone())).await.map_err(pg)?;
-        self.count(&display, |c| c.updates += 1);
+        self.count(&display, |c| (c.updates, c.statements) = (c.updates + 1, c.statements + 1));
         Ok(())
     }
 }

@@ -1047,10 +1047,12 @@ pub async fn read_table_columns(
 /// or grouping its inserts): each a description for the log, `None` when nothing does.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ApplyOrder {
-    /// Every change must go on its own, in order: triggers or rules that fire for replicated
-    /// rows (`ENABLE ALWAYS`/`REPLICA`), which may read anything; or columns whose type has a
-    /// cast from `text` of its own (set-based statements pass values as `text[]`).
-    pub one_by_one: Option<String>,
+    /// Every change must go on its own, after every other table's: triggers or rules that fire
+    /// for replicated rows (`ENABLE ALWAYS`/`REPLICA`), which may read anything.
+    pub fires: Option<String>,
+    /// Every change must go on its own: columns whose type has a cast from `text` of its own
+    /// (set-based statements pass values as `text[]`).
+    pub casts: Option<String>,
     /// Rows with different keys can meet: a unique index or exclusion constraint that does not
     /// hold every key column (`key`).
     pub across_keys: Option<String>,
@@ -1093,9 +1095,10 @@ pub async fn read_apply_order(
         )
         .await
         .map_err(ctx("apply order"))?;
-    let one_by_one: Vec<String> = (0..3).filter_map(|i| row.get::<_, Option<String>>(i)).collect();
+    let fires: Vec<String> = (0..2).filter_map(|i| row.get::<_, Option<String>>(i)).collect();
     Ok(ApplyOrder {
-        one_by_one: (!one_by_one.is_empty()).then(|| one_by_one.join(", ")),
+        fires: (!fires.is_empty()).then(|| fires.join(", ")),
+        casts: row.get(2),
         across_keys: row.get(3),
     })
 }

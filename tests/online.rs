@@ -1195,6 +1195,11 @@ fn many_changes_to_the_same_rows_in_one_batch_end_with_each_rows_last_version_in
         "CREATE TABLE hot (id int PRIMARY KEY, n int, note text, big text);
          CREATE TABLE people (id int PRIMARY KEY, email text UNIQUE);
          CREATE TABLE log (at int, what text);
+         CREATE TABLE watched (id int PRIMARY KEY, hot_rows bigint);
+         CREATE FUNCTION count_hot() RETURNS trigger LANGUAGE plpgsql AS
+           'BEGIN NEW.hot_rows := (SELECT count(*) FROM public.hot); RETURN NEW; END';
+         CREATE TRIGGER count_hot BEFORE INSERT ON watched FOR EACH ROW EXECUTE FUNCTION count_hot();
+         ALTER TABLE watched ENABLE ALWAYS TRIGGER count_hot;
          INSERT INTO hot VALUES (1, 0, 'a', repeat('x', 100000)), (2, 0, 'b', NULL);
          INSERT INTO people VALUES (1, 'x'), (2, 'y');",
     );
@@ -1233,7 +1238,12 @@ fn many_changes_to_the_same_rows_in_one_batch_end_with_each_rows_last_version_in
          DELETE FROM hot WHERE id = 2;
          INSERT INTO hot VALUES (2, 7, 'replaced', NULL);
          INSERT INTO hot VALUES (4, 0, 'gone', NULL);
+         -- a trigger that fires on the target too, and reads hot: it must see exactly what
+         -- the source's did (hot's changes before it applied, none after)
+         INSERT INTO watched VALUES (1);
          DELETE FROM hot WHERE id = 4;
+         INSERT INTO watched VALUES (2);
+         INSERT INTO hot VALUES (5, 0, 'after', NULL);
          -- two rows swap values of a unique column through a third: out of order, the
          -- target's unique index would refuse it
          UPDATE people SET email = 't' WHERE id = 1;
@@ -1248,7 +1258,11 @@ fn many_changes_to_the_same_rows_in_one_batch_end_with_each_rows_last_version_in
     wait_identical(&src, &tgt, &dir);
     assert_eq!(
         sql(&tgt, "app", "SELECT id, n, note, length(big) FROM hot ORDER BY id"),
-        "1|500|kept big|100000\n2|7|replaced|\n3|101|again|50000"
+        "1|500|kept big|100000\n2|7|replaced|\n3|101|again|50000\n5|0|after|"
+    );
+    assert_eq!(
+        sql(&tgt, "app", "SELECT string_agg(hot_rows::text, ',' ORDER BY id) FROM watched"),
+        "4,3"
     );
     assert_eq!(sql(&tgt, "app", "SELECT string_agg(email, ',' ORDER BY id) FROM people"), "y,x");
     // Counted as the source made them, one by one.
@@ -1257,17 +1271,18 @@ fn many_changes_to_the_same_rows_in_one_batch_end_with_each_rows_last_version_in
         st["applied"]["updates"].as_u64() == Some(508)
     });
     let st = run(dir.path(), &["status", &plan, "--format", "json"]).json();
-    assert_eq!(st["applied"]["inserts"], 15, "{st}");
+    assert_eq!(st["applied"]["inserts"], 18, "{st}");
     assert_eq!(st["applied"]["deletes"], 4, "{st}");
-    // 527 changes, far fewer statements: each table's net changes go as a few (the hot row
+    // 530 changes, far fewer statements: each table's net changes go as a few (the hot row
     // carries its 100 kB value in every update, so the 2 MB buffer is sent every 20 or so of
     // them; people's updates and log's delete go on their own).
     let statements = st["applied"]["statements"].as_u64().unwrap();
-    assert!((5..=60).contains(&statements), "{statements} statements for 527 changes: {st}");
+    assert!((5..=60).contains(&statements), "{statements} statements for 530 changes: {st}");
     assert_eq!(stop(&mut child), 0, "{}", apply_output(&dir));
     let out = apply_output(&dir);
     assert!(
         out.contains("changes not coalesced by key") && out.contains("people_email_key"),
         "the table whose rows meet on another unique index is applied in order: {out}"
     );
+    assert!(out.contains("trigger count_hot"), "the table whose trigger fires: {out}");
 }

@@ -408,6 +408,9 @@ pub(crate) enum Mode {
     Inserts,
     /// Every change on its own, in order.
     OneByOne,
+    /// Every change on its own, in order, after what every other table has buffered (a
+    /// trigger or rule fires for it, and may read them).
+    Fires,
 }
 
 /// A published table as the applier knows it.
@@ -895,27 +898,29 @@ impl<'a> Applier<'a> {
                 .map_err(catalog_error)?;
         let shown = display.clone();
         let typed = on_target.iter().all(|t| t.is_some_and(|t| !t.type_name.is_empty()));
-        let mode = match (&order.one_by_one, &order.across_keys) {
-            (Some(why), _) => {
-                tracing::info!(
-                    table = &*shown,
-                    why = why.as_str(),
-                    "changes applied one by one, in order"
-                );
-                Mode::OneByOne
-            }
-            _ if !typed => Mode::OneByOne,
-            (None, None) if !key.is_empty() => Mode::ByKey,
-            (None, why) => {
-                if let Some(why) = why {
-                    tracing::info!(
-                        table = &*shown,
-                        why = why.as_str(),
-                        "changes not coalesced by key"
-                    );
-                }
-                Mode::Inserts
-            }
+        let mode = if let Some(why) = &order.fires {
+            tracing::info!(
+                table = &*shown,
+                why = why.as_str(),
+                "changes applied one by one, in order"
+            );
+            Mode::Fires
+        } else if let Some(why) = order.casts.as_ref().filter(|_| typed) {
+            tracing::info!(
+                table = &*shown,
+                why = why.as_str(),
+                "changes applied one by one, in order"
+            );
+            Mode::OneByOne
+        } else if !typed {
+            Mode::OneByOne
+        } else if let Some(why) = &order.across_keys {
+            tracing::info!(table = &*shown, why = why.as_str(), "changes not coalesced by key");
+            Mode::Inserts
+        } else if key.is_empty() {
+            Mode::Inserts
+        } else {
+            Mode::ByKey
         };
         self.tables.insert(
             rel.id,
@@ -1130,8 +1135,26 @@ impl<'a> Applier<'a> {
             }
             Err(c) => c,
         };
-        // Changes keep their order: what is buffered goes first.
-        self.flush_buffer().await?;
+        // Changes keep their order: what is buffered for the table goes first, and for a table
+        // whose triggers fire (or anything but a row's change), what every table has.
+        let own = match &c {
+            Change::Insert { rel, .. }
+            | Change::Update { rel, .. }
+            | Change::Delete { rel, .. } => {
+                self.tables.get(rel).filter(|t| t.mode != Mode::Fires).map(|_| *rel)
+            }
+            _ => None,
+        };
+        match own {
+            Some(rel) => {
+                if let Some(f) = self.buffer.take_table(rel, |row| {
+                    self.tables.get(&rel).map(|t| t.set_columns(row)).unwrap_or_default()
+                }) {
+                    self.flush_table(rel, f).await?;
+                }
+            }
+            None => self.flush_buffer().await?,
+        }
         match c {
             Change::Relation(rel) => self.relation(rel).await?,
             Change::Insert { rel, new } => {

@@ -84,7 +84,7 @@ fn merge(base: &Tuple, new: Tuple) -> Tuple {
 
 impl Batch {
     pub(crate) fn is_empty(&self) -> bool {
-        self.rows == 0
+        self.tables.is_empty()
     }
 
     fn table(&mut self, rel: u32) -> &mut TableChanges {
@@ -192,32 +192,62 @@ impl Batch {
         self.rows = 0;
         std::mem::take(&mut self.tables)
             .into_iter()
-            .map(|(rel, t)| {
-                let mut f = Flush::default();
-                for net in t.rows.into_iter().flatten() {
-                    match net {
-                        Net::Insert(row) => f.inserts.push(row),
-                        Net::Delete(key) => f.deletes.push(key),
-                        Net::Replace(row) => {
-                            f.deletes.push(row.clone());
-                            f.inserts.push(row);
-                        }
-                        Net::Update(row) => {
-                            let set = set_columns(rel, &row);
-                            if set.is_empty() {
-                                continue;
-                            }
-                            match f.updates.iter_mut().find(|(s, _)| *s == set) {
-                                Some((_, rows)) => rows.push(row),
-                                None => f.updates.push((set, vec![row])),
-                            }
-                        }
+            .map(|(rel, t)| (rel, t.flush(|row| set_columns(rel, row))))
+            .collect()
+    }
+
+    /// Takes one table's buffered changes (none: it has none).
+    pub(crate) fn take_table(
+        &mut self,
+        rel: u32,
+        set_columns: impl Fn(&Tuple) -> Vec<usize>,
+    ) -> Option<Flush> {
+        let at = self.tables.iter().position(|(r, _)| *r == rel)?;
+        let (_, t) = self.tables.remove(at);
+        let (rows, bytes) = t.counted();
+        // (What it held counted once per change offered: at least what is left.)
+        self.rows = self.rows.saturating_sub(rows);
+        self.bytes = self.bytes.saturating_sub(bytes);
+        Some(t.flush(set_columns))
+    }
+}
+
+impl TableChanges {
+    /// The rows it holds and about the memory they take.
+    fn counted(&self) -> (usize, usize) {
+        let mut rows = self.appended.len();
+        let mut bytes: usize = self.appended.iter().map(size).sum();
+        for net in self.rows.iter().flatten() {
+            rows += 1;
+            bytes += size(next_tuple(net));
+        }
+        (rows, bytes)
+    }
+
+    fn flush(self, set_columns: impl Fn(&Tuple) -> Vec<usize>) -> Flush {
+        let mut f = Flush::default();
+        for net in self.rows.into_iter().flatten() {
+            match net {
+                Net::Insert(row) => f.inserts.push(row),
+                Net::Delete(key) => f.deletes.push(key),
+                Net::Replace(row) => {
+                    f.deletes.push(row.clone());
+                    f.inserts.push(row);
+                }
+                Net::Update(row) => {
+                    let set = set_columns(&row);
+                    if set.is_empty() {
+                        continue;
+                    }
+                    match f.updates.iter_mut().find(|(s, _)| *s == set) {
+                        Some((_, rows)) => rows.push(row),
+                        None => f.updates.push((set, vec![row])),
                     }
                 }
-                f.inserts.extend(t.appended);
-                (rel, f)
-            })
-            .collect()
+            }
+        }
+        f.inserts.extend(self.appended);
+        f
     }
 }
 
@@ -316,6 +346,19 @@ mod tests {
         let f = b.take(all_but_key);
         assert_eq!(f[0].1.inserts, vec![row("1", "a")]);
         assert_eq!(f[0].1.deletes, vec![vec![v("2"), Value::Null]]);
+    }
+
+    #[test]
+    fn one_tables_changes_are_taken_alone_and_the_others_stay() {
+        let mut b = Batch::default();
+        b.insert(1, key("1"), row("1", "a")).unwrap();
+        b.append(2, row("x", "1")).unwrap();
+        let f = b.take_table(2, |_| vec![]).unwrap();
+        assert_eq!(f.inserts, vec![row("x", "1")]);
+        assert!(b.take_table(2, |_| vec![]).is_none());
+        assert!(!b.is_empty());
+        assert_eq!(b.take(all_but_key)[0].1.inserts, vec![row("1", "a")]);
+        assert!(b.is_empty());
     }
 
     #[test]

@@ -254,10 +254,10 @@ fn tables_whose_rows_meet_outside_the_key_or_fire_triggers_keep_their_order() {
         assert_eq!(order("plain").await, Default::default(), "a unique index holding the key");
         assert_eq!(order("quiet").await, Default::default(), "a trigger that does not fire");
         let emails = order("emails").await;
-        assert!(emails.one_by_one.is_none());
+        assert!(emails.fires.is_none() && emails.casts.is_none());
         assert!(emails.across_keys.unwrap().contains("emails_email_key"));
         assert!(order("lowered").await.across_keys.is_some(), "an expression index");
-        assert!(order("fired").await.one_by_one.unwrap().contains("trigger t"));
-        assert!(order("named").await.one_by_one.unwrap().contains("column r (regclass)"));
+        assert!(order("fired").await.fires.unwrap().contains("trigger t"));
+        assert!(order("named").await.casts.unwrap().contains("column r (regclass)"));
     });
 }

@@ -994,8 +994,10 @@ pub struct ColumnInfo {
     /// Its type on the target (`atttypid`): statements name it for their parameters, so a
     /// key of any type (a composite, an enum) is compared as that type.
     pub type_oid: u32,
-    /// Its type's name, for a cast to it whatever the `search_path`: `format_type` for
-    /// built-in types, the schema-qualified name of any other.
+    /// Its type's name, for a cast to it whatever the `search_path`: schema-qualified and
+    /// quoted, without a type modifier (`pg_catalog."bpchar"`, not `character(8)`: an explicit
+    /// cast to a length cuts a longer value short, where assigning it fails; and `character`
+    /// or `bit` alone would mean a length of 1).
     pub type_name: String,
 }
 
@@ -1009,9 +1011,7 @@ pub async fn read_table_columns(
     let rows = client
         .query(
             "SELECT a.attname::text, a.attidentity = 'a', a.atttypid, \
-                    (SELECT CASE WHEN t.typnamespace = 'pg_catalog'::regnamespace \
-                                 THEN format_type(a.atttypid, a.atttypmod) \
-                                 ELSE quote_ident(tn.nspname) || '.' || quote_ident(t.typname) END \
+                    (SELECT quote_ident(tn.nspname) || '.' || quote_ident(t.typname) \
                        FROM pg_type t JOIN pg_namespace tn ON tn.oid = t.typnamespace \
                       WHERE t.oid = a.atttypid) FROM pg_class c \
              JOIN pg_namespace n ON n.oid = c.relnamespace \
@@ -1053,8 +1053,8 @@ pub struct ApplyOrder {
     /// Every change must go on its own: columns whose type has a cast from `text` of its own
     /// (set-based statements pass values as `text[]`).
     pub casts: Option<String>,
-    /// Rows with different keys can meet: a unique index or exclusion constraint that does not
-    /// hold every key column (`key`).
+    /// Rows with different keys can meet: a unique index or exclusion constraint whose key
+    /// columns (not its `INCLUDE`d ones) do not hold every column of `key`.
     pub across_keys: Option<String>,
 }
 
@@ -1090,7 +1090,7 @@ pub async fn read_apply_order(
                        FROM pg_index i, t, k WHERE i.indrelid = t.oid \
                         AND (i.indisunique OR i.indisexclusion) \
                         AND (i.indisexclusion OR cardinality(k.nums) = 0 \
-                             OR NOT i.indkey::int2[] @> k.nums))",
+                             OR NOT (i.indkey::int2[])[0:i.indnkeyatts - 1] @> k.nums))",
             &[&schema, &table, &key],
         )
         .await

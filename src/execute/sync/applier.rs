@@ -158,9 +158,9 @@ type Pending = Pin<Box<dyn Future<Output = Result<Applied, tokio_postgres::Error
 #[derive(Debug, Default)]
 pub(crate) struct Committed {
     /// The end of its last source transaction (its origin position).
-    end: Option<u64>,
-    total: Counters,
-    per_table: BTreeMap<Arc<str>, Counters>,
+    pub(crate) end: Option<u64>,
+    pub(crate) total: Counters,
+    pub(crate) per_table: BTreeMap<Arc<str>, Counters>,
 }
 
 /// What a pipelined statement reports back.
@@ -185,6 +185,10 @@ pub(crate) struct Pipeline {
     pub(crate) commits: usize,
     /// Batches committed, not yet recorded.
     pub(crate) done: Vec<Committed>,
+    /// A statement failed: no later `COMMIT` is taken for a commit (that of a transaction an
+    /// error aborted succeeds, and ends it with a rollback), and the connection is not trusted
+    /// to pair results with statements any more.
+    failed: bool,
     pub(crate) missing: u64,
     pub(crate) beat: Progress,
 }
@@ -198,6 +202,7 @@ impl Pipeline {
             bytes: 0,
             commits: 0,
             done: vec![],
+            failed: false,
             missing: 0,
             beat,
         }
@@ -248,10 +253,18 @@ impl Pipeline {
         r: Result<Applied, tokio_postgres::Error>,
     ) -> Result<(), tokio_postgres::Error> {
         self.beat.now();
-        let o = r?;
+        let o = match r {
+            Ok(o) => o,
+            Err(e) => {
+                self.failed = true;
+                return Err(e);
+            }
+        };
         if let Some(c) = o.commit {
             self.commits -= 1;
-            self.done.push(c);
+            if !self.failed {
+                self.done.push(c);
+            }
         }
         if let Some((table, rows)) = o.expect
             && o.rows < rows
@@ -406,10 +419,8 @@ pub(crate) enum Mode {
     ByKey,
     /// Inserts grouped into set-based statements, in order; updates and deletes on their own.
     Inserts,
-    /// Every change on its own, in order.
-    OneByOne,
-    /// Every change on its own, in order, after what every other table has buffered (a
-    /// trigger or rule fires for it, and may read them).
+    /// Every change on its own, in order, after what every table has buffered (a trigger or
+    /// rule fires for it, and may read them).
     Fires,
 }
 
@@ -898,6 +909,13 @@ impl<'a> Applier<'a> {
                 .map_err(catalog_error)?;
         let shown = display.clone();
         let typed = on_target.iter().all(|t| t.is_some_and(|t| !t.type_name.is_empty()));
+        // Why the rows of the table are not coalesced by key (COPY still takes its inserts: it
+        // reads values with each type's input function, as one-row statements do).
+        let not_by_key = order
+            .casts
+            .clone()
+            .or_else(|| (!typed).then(|| "a column of a type not found".to_string()))
+            .or_else(|| order.across_keys.clone());
         let mode = if let Some(why) = &order.fires {
             tracing::info!(
                 table = &*shown,
@@ -905,16 +923,7 @@ impl<'a> Applier<'a> {
                 "changes applied one by one, in order"
             );
             Mode::Fires
-        } else if let Some(why) = order.casts.as_ref().filter(|_| typed) {
-            tracing::info!(
-                table = &*shown,
-                why = why.as_str(),
-                "changes applied one by one, in order"
-            );
-            Mode::OneByOne
-        } else if !typed {
-            Mode::OneByOne
-        } else if let Some(why) = &order.across_keys {
+        } else if let Some(why) = &not_by_key {
             tracing::info!(table = &*shown, why = why.as_str(), "changes not coalesced by key");
             Mode::Inserts
         } else if key.is_empty() {
@@ -1122,6 +1131,13 @@ impl<'a> Applier<'a> {
         if let Change::Insert { rel, .. } | Change::Update { rel, .. } | Change::Delete { rel, .. } =
             &c
             && self.skipped(*rel)
+        {
+            return Ok(());
+        }
+        // A table described again as it was (pgoutput does so after cache invalidations)
+        // changes nothing: what is buffered stays.
+        if let Change::Relation(rel) = &c
+            && self.tables.get(&rel.id).is_some_and(|t| t.rel == *rel)
         {
             return Ok(());
         }

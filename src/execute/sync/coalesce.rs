@@ -74,6 +74,26 @@ fn size(t: &Tuple) -> usize {
     t.iter().map(|v| 32 + if let Value::Text(b) = v { b.len() } else { 0 }).sum::<usize>() + 24
 }
 
+/// The tuple's values copied into one allocation: as received, each is a slice of the block
+/// its message came in, which a value kept for the whole batch would keep alive.
+fn compact(t: Tuple) -> Tuple {
+    let mut all = bytes::BytesMut::with_capacity(
+        t.iter().map(|v| if let Value::Text(b) = v { b.len() } else { 0 }).sum(),
+    );
+    for v in &t {
+        if let Value::Text(b) = v {
+            all.extend_from_slice(b);
+        }
+    }
+    let mut all = all.freeze();
+    t.into_iter()
+        .map(|v| match v {
+            Value::Text(b) => Value::Text(all.split_to(b.len())),
+            other => other,
+        })
+        .collect()
+}
+
 /// `new` over `base`: a column `new` left unchanged keeps `base`'s value.
 fn merge(base: &Tuple, new: Tuple) -> Tuple {
     new.into_iter()
@@ -106,6 +126,7 @@ impl Batch {
 
     /// An insert into a table that is not coalesced by key: kept in order after the others.
     pub(crate) fn append(&mut self, rel: u32, new: Tuple) -> Offer {
+        let new = compact(new);
         let n = size(&new);
         self.table(rel).appended.push(new);
         self.bytes += n;
@@ -117,8 +138,8 @@ impl Batch {
     pub(crate) fn insert(&mut self, rel: u32, key: Vec<Value>, new: Tuple) -> Offer {
         let t = self.table(rel);
         let next = match t.index.get(&key).map(|&i| t.rows[i].take()) {
-            None | Some(None) => Net::Insert(new),
-            Some(Some(Net::Delete(_))) => Net::Replace(new),
+            None | Some(None) => Net::Insert(compact(new)),
+            Some(Some(Net::Delete(_))) => Net::Replace(compact(new)),
             Some(Some(other)) => {
                 // The row is there already: the insert fails as it would have.
                 let i = t.index[&key];
@@ -126,7 +147,7 @@ impl Batch {
                 return Err(new);
             }
         };
-        let n = size(next_tuple(&next));
+        let n = size(next_tuple(&next)) + size(&key);
         set(t, key, next);
         self.taken(n)
     }
@@ -141,29 +162,29 @@ impl Batch {
                 t.rows[i] = None;
                 return Err(new);
             }
-            None | Some(None) => Net::Update(new),
-            Some(Some(Net::Insert(base))) => Net::Insert(merge(&base, new)),
-            Some(Some(Net::Replace(base))) => Net::Replace(merge(&base, new)),
-            Some(Some(Net::Update(base))) => Net::Update(merge(&base, new)),
+            None | Some(None) => Net::Update(compact(new)),
+            Some(Some(Net::Insert(base))) => Net::Insert(compact(merge(&base, new))),
+            Some(Some(Net::Replace(base))) => Net::Replace(compact(merge(&base, new))),
+            Some(Some(Net::Update(base))) => Net::Update(compact(merge(&base, new))),
             Some(Some(deleted @ Net::Delete(_))) => {
                 let i = t.index[&key];
                 t.rows[i] = Some(deleted);
                 return Err(new);
             }
         };
-        let n = size(next_tuple(&next));
+        let n = size(next_tuple(&next)) + size(&key);
         set(t, key, next);
         self.taken(n)
     }
 
     /// A delete of the row with key `key` (`old`: the key tuple).
     pub(crate) fn delete(&mut self, rel: u32, key: Vec<Value>, old: Tuple) -> Offer {
-        let n = size(&old);
+        let n = size(&old) + size(&key);
         let t = self.table(rel);
         let next = match t.index.get(&key).map(|&i| t.rows[i].take()) {
-            None => Some(Net::Delete(old)),
+            None => Some(Net::Delete(compact(old))),
             Some(Some(Net::Insert(_))) => None,
-            Some(Some(Net::Update(_) | Net::Replace(_))) => Some(Net::Delete(old)),
+            Some(Some(Net::Update(_) | Net::Replace(_))) => Some(Net::Delete(compact(old))),
             Some(previous @ (None | Some(Net::Delete(_)))) => {
                 // Deleted already: the delete finds no row.
                 let i = t.index[&key];
@@ -261,7 +282,8 @@ fn set(t: &mut TableChanges, key: Vec<Value>, next: Net) {
     match t.index.get(&key) {
         Some(&i) => t.rows[i] = Some(next),
         None => {
-            t.index.insert(key, t.rows.len());
+            // (Copied: a slice of the message would keep its whole block.)
+            t.index.insert(compact(key), t.rows.len());
             t.rows.push(Some(next));
         }
     }

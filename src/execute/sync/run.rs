@@ -469,6 +469,10 @@ async fn run_stream(
                 // (A round waiting for its consistent point is abandoned, and none starts.)
                 pause_at = None;
                 proving.halt();
+                // Nothing in flight while the fence goes up (a COPY waits for its data until
+                // the pipeline is polled): the statements sent are done, the batch still open.
+                a.pipe.drain().await.map_err(pg)?;
+                a.settle(stream);
                 fenced = Some(fence(a.ctx, c, &barrier, &[heartbeat], state).await?);
             }
         }

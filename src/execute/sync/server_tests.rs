@@ -8,7 +8,9 @@ use std::collections::HashMap;
 
 use tokio_postgres::{Client, NoTls};
 
-use super::applier::{Mode, Shape, Table, Text, TextArray, copy_text, origin_check, text};
+use super::applier::{
+    Committed, Mode, Pipeline, Shape, Table, Text, TextArray, copy_text, origin_check, text,
+};
 use crate::cluster::{ClusterOptions, LocalCluster};
 use crate::stream::{Column, Relation, Tuple, Value};
 
@@ -46,6 +48,8 @@ INSERT INTO s.src VALUES
  (4, 'zz   ', 99999999.99, '{{1,2},{3,4}}', '{NULL}', '(-1,)', 'happy', '[]', '\\xdeadbeef',
   'ünïcødé ☃', 'infinity', '-178000000 years', 2147483647, B'1111', '1e308', NULL, NULL, 'x');
 CREATE TABLE s.bulk (LIKE s.src INCLUDING ALL);
+CREATE TABLE s.narrow (id varchar(3) PRIMARY KEY, v char(2));
+INSERT INTO s.narrow VALUES ('abc', 'x');
 CREATE TABLE s.one (LIKE s.src INCLUDING ALL);
 ";
 
@@ -179,6 +183,21 @@ fn set_based_statements_store_exactly_what_one_row_statements_store_for_hard_typ
             .unwrap()
             .get(0);
         assert!(equal, "{}", c.psql("postgres", "TABLE s.src; TABLE s.bulk").unwrap());
+
+        // Values are cast to the type, not to the column's length: a key longer than the
+        // column matches no row (a cast to varchar(3) would cut it to 'abc'), and a value too
+        // long for its column fails, as it does in a one-row statement.
+        let narrow = table(&client, "narrow").await;
+        let long_key = vec![vec![Value::Text("abcd".into())]];
+        assert_eq!(run_rows(&client, &narrow, Shape::DeleteRows, &long_key, &[0]).await, 0);
+        let stmt = client
+            .prepare_typed(&narrow.sql(&Shape::UpdateRows(vec![1])), &narrow.param_types(&Shape::UpdateRows(vec![1])))
+            .await
+            .unwrap();
+        let too_long = vec![vec![Value::Text("abc".into()), Value::Text("xyz".into())]];
+        let params = [TextArray::column(&too_long, 1), TextArray::column(&too_long, 0)];
+        let e = client.execute_raw(&stmt, params.iter()).await.expect_err("too long for char(2)");
+        assert!(format!("{e:?}").contains("too long"), "{e:?}");
     });
 }
 
@@ -230,6 +249,7 @@ fn tables_whose_rows_meet_outside_the_key_or_fire_triggers_keep_their_order() {
         "postgres",
         "CREATE TABLE plain (id int PRIMARY KEY, a int, UNIQUE (id, a));
          CREATE TABLE emails (id int PRIMARY KEY, email text UNIQUE);
+         CREATE TABLE included (id int PRIMARY KEY, email text, UNIQUE (email) INCLUDE (id));
          CREATE TABLE lowered (id int PRIMARY KEY, email text);
          CREATE UNIQUE INDEX ON lowered (lower(email));
          CREATE TABLE fired (id int PRIMARY KEY);
@@ -257,7 +277,36 @@ fn tables_whose_rows_meet_outside_the_key_or_fire_triggers_keep_their_order() {
         assert!(emails.fires.is_none() && emails.casts.is_none());
         assert!(emails.across_keys.unwrap().contains("emails_email_key"));
         assert!(order("lowered").await.across_keys.is_some(), "an expression index");
+        let included = order("included").await.across_keys;
+        assert!(
+            included.is_some_and(|i| i.contains("included_email_id_key")),
+            "the key only INCLUDEd"
+        );
         assert!(order("fired").await.fires.unwrap().contains("trigger t"));
         assert!(order("named").await.casts.unwrap().contains("column r (regclass)"));
+    });
+}
+
+#[test]
+fn a_batch_whose_statement_failed_is_never_recorded_as_committed() {
+    let c =
+        LocalCluster::start(ClusterOptions { name: "pipeline-fail".into(), ..Default::default() })
+            .unwrap_or_else(|e| panic!("cannot start a test cluster: {e}"));
+    runtime().block_on(async {
+        let client = std::sync::Arc::new(connect(&c).await);
+        let mut pipe = Pipeline::new(client, crate::execute::session::Progress::default());
+        let batch = |end| Some(Committed { end: Some(end), ..Committed::default() });
+        // Batch 1 commits; batch 2 fails in a statement, and its COMMIT (of an aborted
+        // transaction) succeeds: only batch 1 is done.
+        for sql in ["BEGIN", "SELECT 1"] {
+            pipe.sql(sql.into()).await.unwrap();
+        }
+        pipe.sql_then("COMMIT".into(), batch(0x100)).await.unwrap();
+        pipe.sql("BEGIN".into()).await.unwrap();
+        let _ = pipe.sql("SELECT 1/0".into()).await;
+        let _ = pipe.sql_then("COMMIT".into(), batch(0x200)).await;
+        assert!(pipe.drain().await.is_err(), "the division by zero is reported");
+        let done: Vec<Option<u64>> = pipe.done.iter().map(|b| b.end).collect();
+        assert_eq!(done, [Some(0x100)]);
     });
 }

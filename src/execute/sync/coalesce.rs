@@ -76,7 +76,7 @@ fn size(t: &Tuple) -> usize {
 
 /// The tuple's values copied into one allocation: as received, each is a slice of the block
 /// its message came in, which a value kept for the whole batch would keep alive.
-fn compact(t: Tuple) -> Tuple {
+fn compact(mut t: Tuple) -> Tuple {
     let mut all = bytes::BytesMut::with_capacity(
         t.iter().map(|v| if let Value::Text(b) = v { b.len() } else { 0 }).sum(),
     );
@@ -86,12 +86,12 @@ fn compact(t: Tuple) -> Tuple {
         }
     }
     let mut all = all.freeze();
-    t.into_iter()
-        .map(|v| match v {
-            Value::Text(b) => Value::Text(all.split_to(b.len())),
-            other => other,
-        })
-        .collect()
+    for v in &mut t {
+        if let Value::Text(b) = v {
+            *b = all.split_to(b.len());
+        }
+    }
+    t
 }
 
 /// `new` over `base`: a column `new` left unchanged keeps `base`'s value.

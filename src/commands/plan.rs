@@ -374,36 +374,57 @@ async fn inspect(
         }
     };
     result.endpoint = resolved.display();
-    let client = match conn::connect_with(&resolved, APP_PLAN, policy).await {
-        Ok(c) => c,
-        Err(e) => {
-            let help = miette::Diagnostic::help(&e).map(|h| h.to_string());
-            result.problem = Some(preflight::unreachable(side, e.to_string(), help));
-            return result;
+    // A server that goes away after the connection was made (a crash, a restart) is waited
+    // for as one that does not answer yet, within the same time: the catalog is read again.
+    let deadline = std::time::Instant::now() + policy.max_elapsed;
+    loop {
+        let client = match conn::connect_with(&resolved, APP_PLAN, policy).await {
+            Ok(c) => c,
+            Err(e) => {
+                let help = miette::Diagnostic::help(&e).map(|h| h.to_string());
+                result.problem = Some(preflight::unreachable(side, e.to_string(), help));
+                return result;
+            }
+        };
+        let read = read_all(&client, &resolved, side, scope, &result.endpoint).await;
+        let lost = client.is_closed() && std::time::Instant::now() < deadline;
+        match read {
+            Err(_) if lost => {}
+            Ok((catalog, _)) if lost && catalog.dump.failed => {}
+            Ok((catalog, objects)) => {
+                result.objects = objects;
+                result.catalog = Some(catalog);
+                result.client = Some(client);
+                return result;
+            }
+            Err(problem) => {
+                result.problem = Some(problem);
+                return result;
+            }
         }
-    };
+        tracing::warn!(side = %side, "the connection was lost while reading the catalog: again");
+        tokio::time::sleep(policy.initial.max(std::time::Duration::from_millis(250))).await;
+    }
+}
+
+/// The catalog and the schema objects of one side, or why they could not be read.
+async fn read_all(
+    client: &Client,
+    resolved: &conn::Resolved,
+    side: Side,
+    scope: &Scope,
+    endpoint: &str,
+) -> Result<(Catalog, Vec<SchemaObject>), crate::check::Check> {
     let unreadable = |what: &str, e: &dyn std::fmt::Display| {
         preflight::unreachable(
             side,
-            format!("connected to {} but could not read its {what}: {e}", result.endpoint),
+            format!("connected to {endpoint} but could not read its {what}: {e}"),
             Some("check that the role may read the system catalogs (pg_catalog)".into()),
         )
     };
-    let mut catalog = match catalog::read(&client).await {
-        Ok(c) => c,
-        Err(e) => {
-            result.problem = Some(unreadable("catalog", &e));
-            return result;
-        }
-    };
-    match read_objects(&client, &resolved, &mut catalog, side, scope).await {
-        Ok(objects) => result.objects = objects,
-        Err(e) => {
-            result.problem = Some(unreadable("schema objects", &e));
-            return result;
-        }
-    }
-    result.catalog = Some(catalog);
-    result.client = Some(client);
-    result
+    let mut catalog = catalog::read(client).await.map_err(|e| unreadable("catalog", &e))?;
+    let objects = read_objects(client, resolved, &mut catalog, side, scope)
+        .await
+        .map_err(|e| unreadable("schema objects", &e))?;
+    Ok((catalog, objects))
 }

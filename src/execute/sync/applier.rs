@@ -1134,11 +1134,18 @@ impl<'a> Applier<'a> {
         {
             return Ok(());
         }
-        // A table described again as it was (pgoutput does so after cache invalidations)
-        // changes nothing: what is buffered stays.
-        if let Change::Relation(rel) = &c
-            && self.tables.get(&rel.id).is_some_and(|t| t.rel == *rel)
-        {
+        // A table described again as it was (pgoutput does so after cache invalidations), and
+        // what applies nothing (a type's or an origin's description, a message), change
+        // nothing: what is buffered stays.
+        let unchanged = match &c {
+            Change::Relation(rel) => self.tables.get(&rel.id).is_some_and(|t| t.rel == *rel),
+            Change::Insert { .. }
+            | Change::Update { .. }
+            | Change::Delete { .. }
+            | Change::Truncate { .. } => false,
+            _ => true,
+        };
+        if unchanged {
             return Ok(());
         }
         let c = match self.offer(c) {

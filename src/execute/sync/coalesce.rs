@@ -64,9 +64,8 @@ pub(crate) struct Flush {
 #[derive(Debug, Default)]
 pub(crate) struct Batch {
     pub(crate) tables: Vec<(u32, TableChanges)>,
-    /// Roughly the memory the buffered values take.
+    /// Roughly the memory the buffered values take (each change offered counted whole).
     pub(crate) bytes: usize,
-    pub(crate) rows: usize,
 }
 
 /// A tuple's approximate size in memory.
@@ -120,7 +119,6 @@ impl Batch {
 
     fn taken(&mut self, bytes: usize) -> Offer {
         self.bytes += bytes;
-        self.rows += 1;
         Ok(())
     }
 
@@ -130,7 +128,6 @@ impl Batch {
         let n = size(&new);
         self.table(rel).appended.push(new);
         self.bytes += n;
-        self.rows += 1;
         Ok(())
     }
 
@@ -210,7 +207,6 @@ impl Batch {
         set_columns: impl Fn(u32, &Tuple) -> Vec<usize>,
     ) -> Vec<(u32, Flush)> {
         self.bytes = 0;
-        self.rows = 0;
         std::mem::take(&mut self.tables)
             .into_iter()
             .map(|(rel, t)| (rel, t.flush(|row| set_columns(rel, row))))
@@ -225,24 +221,17 @@ impl Batch {
     ) -> Option<Flush> {
         let at = self.tables.iter().position(|(r, _)| *r == rel)?;
         let (_, t) = self.tables.remove(at);
-        let (rows, bytes) = t.counted();
-        // (What it held counted once per change offered: at least what is left.)
-        self.rows = self.rows.saturating_sub(rows);
-        self.bytes = self.bytes.saturating_sub(bytes);
+        // (What it held was counted once per change offered: at least what is left.)
+        self.bytes = self.bytes.saturating_sub(t.bytes());
         Some(t.flush(set_columns))
     }
 }
 
 impl TableChanges {
-    /// The rows it holds and about the memory they take.
-    fn counted(&self) -> (usize, usize) {
-        let mut rows = self.appended.len();
-        let mut bytes: usize = self.appended.iter().map(size).sum();
-        for net in self.rows.iter().flatten() {
-            rows += 1;
-            bytes += size(next_tuple(net));
-        }
-        (rows, bytes)
+    /// About the memory its rows and keys take.
+    fn bytes(&self) -> usize {
+        let rows = self.rows.iter().flatten().map(next_tuple).chain(&self.appended);
+        rows.chain(self.index.keys()).map(size).sum()
     }
 
     fn flush(self, set_columns: impl Fn(&Tuple) -> Vec<usize>) -> Flush {

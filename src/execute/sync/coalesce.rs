@@ -134,43 +134,30 @@ impl Batch {
     /// An insert of the row with key `key`.
     pub(crate) fn insert(&mut self, rel: u32, key: Vec<Value>, new: Tuple) -> Offer {
         let t = self.table(rel);
-        let next = match t.index.get(&key).map(|&i| t.rows[i].take()) {
-            None | Some(None) => Net::Insert(compact(new)),
-            Some(Some(Net::Delete(_))) => Net::Replace(compact(new)),
-            Some(Some(other)) => {
-                // The row is there already: the insert fails as it would have.
-                let i = t.index[&key];
-                t.rows[i] = Some(other);
-                return Err(new);
-            }
+        let next = match t.current(&key) {
+            (_, None) => Net::Insert(compact(new)),
+            (_, Some(Net::Delete(_))) => Net::Replace(compact(new)),
+            // The row is there already: the insert fails as it would have.
+            (_, Some(_)) => return Err(new),
         };
         let n = size(next_tuple(&next)) + size(&key);
-        set(t, key, next);
+        t.set(key, Some(next));
         self.taken(n)
     }
 
     /// An update (its key unchanged) of the row with key `key`.
     pub(crate) fn update(&mut self, rel: u32, key: Vec<Value>, new: Tuple) -> Offer {
         let t = self.table(rel);
-        let next = match t.index.get(&key).map(|&i| t.rows[i].take()) {
-            None | Some(None) if t.index.contains_key(&key) => {
-                // Inserted and deleted in this batch: the update finds no row.
-                let i = t.index[&key];
-                t.rows[i] = None;
-                return Err(new);
-            }
-            None | Some(None) => Net::Update(compact(new)),
-            Some(Some(Net::Insert(base))) => Net::Insert(compact(merge(&base, new))),
-            Some(Some(Net::Replace(base))) => Net::Replace(compact(merge(&base, new))),
-            Some(Some(Net::Update(base))) => Net::Update(compact(merge(&base, new))),
-            Some(Some(deleted @ Net::Delete(_))) => {
-                let i = t.index[&key];
-                t.rows[i] = Some(deleted);
-                return Err(new);
-            }
+        let next = match t.current(&key) {
+            (false, _) => Net::Update(compact(new)),
+            // Deleted (or inserted and deleted) in this batch: the update finds no row.
+            (true, None | Some(Net::Delete(_))) => return Err(new),
+            (true, Some(Net::Insert(base))) => Net::Insert(compact(merge(base, new))),
+            (true, Some(Net::Replace(base))) => Net::Replace(compact(merge(base, new))),
+            (true, Some(Net::Update(base))) => Net::Update(compact(merge(base, new))),
         };
         let n = size(next_tuple(&next)) + size(&key);
-        set(t, key, next);
+        t.set(key, Some(next));
         self.taken(n)
     }
 
@@ -178,24 +165,16 @@ impl Batch {
     pub(crate) fn delete(&mut self, rel: u32, key: Vec<Value>, old: Tuple) -> Offer {
         let n = size(&old) + size(&key);
         let t = self.table(rel);
-        let next = match t.index.get(&key).map(|&i| t.rows[i].take()) {
-            None => Some(Net::Delete(compact(old))),
-            Some(Some(Net::Insert(_))) => None,
-            Some(Some(Net::Update(_) | Net::Replace(_))) => Some(Net::Delete(compact(old))),
-            Some(previous @ (None | Some(Net::Delete(_)))) => {
-                // Deleted already: the delete finds no row.
-                let i = t.index[&key];
-                t.rows[i] = previous;
-                return Err(old);
+        let next = match t.current(&key) {
+            (false, _) | (true, Some(Net::Update(_) | Net::Replace(_))) => {
+                Some(Net::Delete(compact(old)))
             }
+            // Inserted in this batch: nothing left to do.
+            (true, Some(Net::Insert(_))) => None,
+            // Deleted already: the delete finds no row.
+            (true, None | Some(Net::Delete(_))) => return Err(old),
         };
-        match next {
-            Some(n) => set(t, key, n),
-            None => {
-                let i = t.index[&key];
-                t.rows[i] = None;
-            }
-        }
+        t.set(key, next);
         self.taken(n)
     }
 
@@ -228,6 +207,27 @@ impl Batch {
 }
 
 impl TableChanges {
+    /// Whether the batch has seen the row with `key`, and its net change (none: inserted and
+    /// deleted again).
+    fn current(&self, key: &[Value]) -> (bool, Option<&Net>) {
+        match self.index.get(key) {
+            Some(&i) => (true, self.rows[i].as_ref()),
+            None => (false, None),
+        }
+    }
+
+    /// Records the row's net change.
+    fn set(&mut self, key: Vec<Value>, next: Option<Net>) {
+        match self.index.get(&key) {
+            Some(&i) => self.rows[i] = next,
+            None => {
+                // (Copied: a slice of the message would keep its whole block.)
+                self.index.insert(compact(key), self.rows.len());
+                self.rows.push(next);
+            }
+        }
+    }
+
     /// About the memory its rows and keys take.
     fn bytes(&self) -> usize {
         let rows = self.rows.iter().flatten().map(next_tuple).chain(&self.appended);
@@ -264,17 +264,6 @@ impl TableChanges {
 fn next_tuple(n: &Net) -> &Tuple {
     match n {
         Net::Insert(t) | Net::Update(t) | Net::Delete(t) | Net::Replace(t) => t,
-    }
-}
-
-fn set(t: &mut TableChanges, key: Vec<Value>, next: Net) {
-    match t.index.get(&key) {
-        Some(&i) => t.rows[i] = Some(next),
-        None => {
-            // (Copied: a slice of the message would keep its whole block.)
-            t.index.insert(compact(key), t.rows.len());
-            t.rows.push(Some(next));
-        }
     }
 }
 

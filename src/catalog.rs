@@ -14,6 +14,9 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 use tokio_postgres::Client;
 
+mod globals;
+pub use globals::{APPLICATION_SETTINGS, DatabaseProps, Membership, PasswordKind};
+
 /// Settings read from `pg_settings` (those preflight checks use).
 pub const SETTINGS: &[&str] = &[
     "server_version_num",
@@ -74,6 +77,23 @@ pub struct Catalog {
     /// What `pg_dump --schema-only` said of this database, where it ran (see `crate::dump`).
     #[serde(default)]
     pub dump: DumpCheck,
+    /// Memberships between roles.
+    #[serde(default)]
+    pub memberships: Vec<Membership>,
+    /// The database's own properties.
+    #[serde(default)]
+    pub database: DatabaseProps,
+    /// The settings in [`APPLICATION_SETTINGS`] this session sees (name → value), where the
+    /// connecting role may read them.
+    #[serde(default)]
+    pub application_settings: BTreeMap<String, String>,
+    /// Every parameter the server knows, name → `context` (`superuser`: only a superuser may
+    /// set it).
+    #[serde(default)]
+    pub parameters: BTreeMap<String, String>,
+    /// Client sessions connected now.
+    #[serde(default)]
+    pub client_backends: i64,
 }
 
 /// The schema read through pg_dump: filled by the caller that ran it (`plan`), empty otherwise.
@@ -184,6 +204,39 @@ pub struct Role {
     /// The connecting role has this role's privileges (is it, or a member that inherits).
     #[serde(default)]
     pub has_privileges_of: bool,
+    /// INHERIT.
+    #[serde(default)]
+    pub inherit: bool,
+    /// CREATEROLE.
+    #[serde(default)]
+    pub createrole: bool,
+    /// CREATEDB.
+    #[serde(default)]
+    pub createdb: bool,
+    /// BYPASSRLS.
+    #[serde(default)]
+    pub bypassrls: bool,
+    /// CONNECTION LIMIT (-1: none).
+    #[serde(default)]
+    pub connection_limit: i32,
+    /// VALID UNTIL, in UTC (`infinity` as such).
+    #[serde(default)]
+    pub valid_until: Option<String>,
+    /// The kind of password verifier it has.
+    #[serde(default)]
+    pub password: PasswordKind,
+    /// `ALTER ROLE ... SET` for every database, name → value as stored.
+    #[serde(default)]
+    pub settings: Vec<(String, String)>,
+    /// `ALTER ROLE ... IN DATABASE <this one> SET`.
+    #[serde(default)]
+    pub settings_here: Vec<(String, String)>,
+    /// Created by `initdb` (the bootstrap superuser and the predefined `pg_*` roles).
+    #[serde(default)]
+    pub builtin: bool,
+    /// The connecting role may grant membership in it.
+    #[serde(default)]
+    pub grantable: bool,
 }
 
 /// An installed extension.
@@ -446,6 +499,7 @@ async fn read_in_transaction(client: &Client) -> Result<Catalog, CatalogError> {
     cat.server = read_server(client, version_num).await?;
 
     cat.roles = read_roles(client).await?;
+    globals::read(&mut cat, client).await?;
     cat.extensions = read_extensions(client).await?;
     cat.available_extensions = read_available_extensions(client).await?;
     cat.schemas = read_schemas(client).await?;
@@ -491,6 +545,7 @@ async fn read_roles(client: &Client) -> Result<Vec<Role>, CatalogError> {
             login: r.get(2),
             replication: r.get(3),
             has_privileges_of: r.get(4),
+            ..Default::default()
         })
         .collect())
 }

@@ -118,6 +118,13 @@ pub struct Estimate {
 pub enum Work {
     /// Run `Step::sql` on the target in one transaction.
     TargetSql,
+    /// Create a role: `Step::sql` on the target in one transaction, with the role's password
+    /// verifier, read from the source as it runs, in place of `globals::VERIFIER` (so that no
+    /// plan, state or log holds it).
+    CreateRole {
+        /// The role, on the source.
+        role: String,
+    },
     /// Copy a table: `COPY ... TO STDOUT` on the source under the load snapshot, streamed into
     /// `TRUNCATE` + `COPY ... FROM STDIN` on the target in one transaction.
     CopyTable {

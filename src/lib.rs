@@ -21,6 +21,7 @@ pub mod dump;
 pub mod estimate;
 pub mod execute;
 pub mod execution_plan;
+pub mod globals;
 pub mod hash;
 pub mod migration_plan;
 pub mod naming;

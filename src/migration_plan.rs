@@ -139,10 +139,18 @@ pub struct Roles {
     pub map: BTreeMap<String, String>,
     /// A source role that owns or is granted something in scope, is not mapped, and does not
     /// exist on the target: `error` (default) stops the plan; `create` creates it on the target
-    /// (`NOLOGIN`, shown in the plan); `skip` gives its objects to the target's connecting role
-    /// and leaves out its grants (each one reported).
+    /// as on the source (attributes, password verifier, settings, memberships; with the roles
+    /// that are members of it and those it is a member of), shown in the plan; `skip` gives its
+    /// objects to the target's connecting role and leaves out its grants (each one reported).
     #[serde(default)]
     pub missing: MissingRoles,
+    /// Source roles to create on the target as on the source even when nothing in scope needs
+    /// them (login roles of the applications, say): names, with `*` and `?` wildcards (`"*"`:
+    /// every role but the predefined `pg_*` ones). Their members and the roles they are
+    /// members of come with them.
+    #[serde(default)]
+    #[schemars(with = "Vec<String>")]
+    pub include: Vec<Spanned<String>>,
 }
 
 /// See `roles.missing`.
@@ -152,7 +160,7 @@ pub enum MissingRoles {
     /// Stop: the role must exist on the target or be mapped.
     #[default]
     Error,
-    /// Create the role on the target as `NOLOGIN`.
+    /// Create the role on the target as on the source.
     Create,
     /// Use the target's connecting role as owner; leave the grants out.
     Skip,
@@ -507,6 +515,11 @@ pub fn parse(
             ));
     }
     for pattern in spec.objects.schemas.include.iter().chain(&spec.objects.schemas.exclude) {
+        if let Err(e) = crate::pattern::Pattern::parse_schema(&pattern.value) {
+            return Err(at(pattern.referenced, e));
+        }
+    }
+    for pattern in &spec.roles.include {
         if let Err(e) = crate::pattern::Pattern::parse_schema(&pattern.value) {
             return Err(at(pattern.referenced, e));
         }

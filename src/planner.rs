@@ -157,6 +157,11 @@ pub fn plan(inputs: Inputs<'_>) -> Plan {
     let mut steps: Vec<Step> = vec![];
 
     steps.extend(role_steps(&inputs, &source_in_scope));
+    let created: BTreeSet<String> = steps
+        .iter()
+        .filter(|s| s.id.starts_with("schema:role:"))
+        .map(|s| s.id["schema:role:".len()..].to_string())
+        .collect();
 
     // Schema objects, in dependency order.
     let order = match objects::creation_order(&source_in_scope) {
@@ -211,6 +216,8 @@ pub fn plan(inputs: Inputs<'_>) -> Plan {
     steps.extend(sequence_steps(&scope, inputs.source, inputs.target, &source_keys));
     steps.extend(matview_steps(&matviews, inputs.source, inputs.target, &steps, &built));
     steps.extend(analyze_step(&copied));
+    let database = database_step(&inputs, &steps, &created);
+    steps.extend(database);
     steps.extend(event_triggers);
 
     let all_tables = verify_tables(inputs.source, &streamed);
@@ -273,33 +280,81 @@ fn keyless_made_full(
     made_full
 }
 
-/// Roles the migration creates (roles.missing: create).
+/// Roles the migration creates, as on the source, then their memberships (`globals::roles`).
 fn role_steps(inputs: &Inputs<'_>, source_in_scope: &[SchemaObject]) -> Vec<Step> {
-    let spec = &inputs.spec.spec;
+    let used = roles_used(&source_in_scope.iter().collect::<Vec<_>>());
+    let carried =
+        crate::globals::roles(&inputs.spec.spec.roles, &used, inputs.source, inputs.target);
     let mut steps = vec![];
-    if spec.roles.missing == MissingRoles::Create {
-        let used = roles_used(&source_in_scope.iter().collect::<Vec<_>>());
-        for role in used {
-            let mapped = spec.roles.map.contains_key(&role);
-            let exists = inputs.target.roles.iter().any(|r| r.name == role);
-            if !mapped && !exists && role != "PUBLIC" && !role.starts_with("pg_") {
-                steps.push(Step {
-                    id: step_id(Phase::Schema, "role", "", &role),
-                    phase: Phase::Schema,
-                    action: Action::Create,
-                    object: format!("role {}", crate::sql::display(&role)),
-                    sql: format!("CREATE ROLE {} NOLOGIN;", ident(&role)),
-                    estimate: None,
-                    note: Some("roles.missing: create".into()),
-                    diff: None,
-                    work: Work::TargetSql,
-                    after: vec![],
-                    table: None,
-                });
-            }
-        }
+    for role in carried.create {
+        steps.push(Step {
+            id: step_id(Phase::Schema, "role", "", &role.name),
+            phase: Phase::Schema,
+            action: Action::Create,
+            object: format!("role {}", crate::sql::display(&role.name)),
+            sql: role.sql,
+            estimate: None,
+            note: Some(if role.reads_verifier {
+                format!("{}; its password verifier is read from the source as it runs", role.why)
+            } else {
+                role.why
+            }),
+            diff: None,
+            work: if role.reads_verifier {
+                Work::CreateRole { role: role.name }
+            } else {
+                Work::TargetSql
+            },
+            after: vec![],
+            table: None,
+        });
+    }
+    for (member, grants) in carried.grants {
+        steps.push(Step {
+            id: step_id(Phase::Schema, "role_membership", "", &member),
+            phase: Phase::Schema,
+            action: Action::Create,
+            object: format!("memberships of role {}", crate::sql::display(&member)),
+            sql: grants.join("\n"),
+            estimate: None,
+            note: Some("as on the source".into()),
+            diff: None,
+            work: Work::TargetSql,
+            after: vec![],
+            table: None,
+        });
     }
     steps
+}
+
+/// The database's own properties (`globals::database`), after everything else of the
+/// post-load phase: a setting such as `statement_timeout` then applies to nothing pgtransit
+/// builds.
+fn database_step(inputs: &Inputs<'_>, steps: &[Step], created: &BTreeSet<String>) -> Option<Step> {
+    let mapper = role_mapper(inputs.spec, inputs.target);
+    let roles = |r: &str| mapper(r).or_else(|| created.contains(r).then(|| r.to_string()));
+    let (sql, _) = crate::globals::database(inputs.source, inputs.target, &roles);
+    if sql.is_empty() {
+        return None;
+    }
+    let database = &inputs.target.server.database;
+    Some(Step {
+        id: step_id(Phase::PostLoad, "database", "", database),
+        phase: Phase::PostLoad,
+        action: Action::Update,
+        object: format!("database {}", crate::sql::display(database)),
+        sql: sql.join("\n"),
+        estimate: None,
+        note: Some("the source database's properties, last".into()),
+        diff: None,
+        work: Work::TargetSql,
+        after: steps
+            .iter()
+            .filter(|s| s.phase == Phase::PostLoad && s.action.is_work())
+            .map(|s| s.id.clone())
+            .collect(),
+        table: None,
+    })
 }
 
 /// Table data, largest first: the copy steps, the tables copied (for ANALYZE), and every table

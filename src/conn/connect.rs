@@ -213,9 +213,15 @@ pub async fn connect_with(
                 // a startup option, which poolers may refuse.
                 // `row_security = off`: a query that row-level security would filter fails
                 // instead, so no copy, change or verification ever sees part of a table and
-                // takes it for the whole.
+                // takes it for the whole. No timeout of the role's or the database's (which
+                // the migration carries to the target) cuts off an hour-long copy, index
+                // build or snapshot, as pg_dump's own sessions do.
                 if let Err(e) = client
-                    .batch_execute("SET synchronous_commit = on; SET row_security = off")
+                    .batch_execute(
+                        "SET synchronous_commit = on; SET row_security = off; \
+                         SET statement_timeout = 0; SET lock_timeout = 0; \
+                         SET idle_in_transaction_session_timeout = 0",
+                    )
                     .await
                 {
                     return Err(ConnectError {

@@ -200,6 +200,10 @@ pub(crate) async fn run_step(
     let work = again_after_deadlock(async || {
         match &step.work {
             Work::TargetSql => target_sql(target, &step.sql).await,
+            Work::CreateRole { role } => match source_verifier(source, role).await {
+                Ok(verifier) => target_sql(target, &with_verifier(&step.sql, verifier)).await,
+                Err(e) => Err(e),
+            },
             Work::SetSequence { schema, sequence, margin } => {
                 set_sequence(source, target, schema, sequence, *margin).await
             }
@@ -249,7 +253,8 @@ pub(crate) async fn run_step(
     // Ctrl-C (or SIGTERM) while a target step runs (an index build may take hours): its
     // statement is cancelled, its transaction rolls back, and the next apply runs it again.
     tokio::pin!(work);
-    let on_target = matches!(step.work, Work::TargetSql | Work::SetSequence { .. });
+    let on_target =
+        matches!(step.work, Work::TargetSql | Work::SetSequence { .. } | Work::CreateRole { .. });
     let result = tokio::select! {
         r = &mut work => r,
         () = cancel.wait(), if on_target => {
@@ -283,6 +288,23 @@ pub(crate) async fn run_step(
     drop(state);
     step_done(events, step, started);
     Ok(())
+}
+
+/// A role's password verifier on the source (None: it has none).
+async fn source_verifier(
+    source: &Client,
+    role: &str,
+) -> Result<Option<String>, tokio_postgres::Error> {
+    let row = source
+        .query_opt("SELECT rolpassword FROM pg_catalog.pg_authid WHERE rolname = $1", &[&role])
+        .await?;
+    Ok(row.and_then(|r| r.get(0)))
+}
+
+/// A role step's SQL with its verifier in place of `globals::VERIFIER`.
+fn with_verifier(sql: &str, verifier: Option<String>) -> String {
+    let value = verifier.as_deref().map(crate::sql::literal).unwrap_or_else(|| "NULL".into());
+    sql.replacen(crate::globals::VERIFIER, &value, 1)
 }
 
 /// Runs SQL on the target in one transaction. `check_function_bodies` is off, as in pg_dump's

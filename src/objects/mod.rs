@@ -20,7 +20,7 @@
 //! made by a role other than the object's owner are reproduced with `SET SESSION AUTHORIZATION`,
 //! which needs a superuser session (as restoring pg_dump's output does).
 
-mod acl;
+pub(crate) mod acl;
 mod ddl;
 mod dumped;
 mod order;

@@ -245,6 +245,9 @@ pub fn schema_dump_using(pg_dump: &Path, c: &LocalCluster, db: &str) -> String {
     if dump_supports_restrict_key(pg_dump) {
         cmd.arg("--restrict-key=pgtransit");
     }
+    if let Some(password) = c.superuser_password() {
+        cmd.env("PGPASSWORD", password);
+    }
     let out = cmd.env_remove("PGDATABASE").output().expect("run pg_dump");
     assert!(out.status.success(), "pg_dump failed: {}", String::from_utf8_lossy(&out.stderr));
     String::from_utf8(out.stdout).unwrap()

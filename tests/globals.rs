@@ -1,0 +1,153 @@
+//! Roles and the database's own properties, carried as on the source: attributes, SCRAM
+//! verifiers, settings, nested memberships, `ALTER DATABASE ... SET`, owner, grants.
+
+use std::process::Command;
+
+use pgtransit::cluster::{ClusterOptions, LocalCluster};
+
+use crate::support::*;
+
+const ROLES: &str = "
+SET password_encryption = 'scram-sha-256';
+CREATE ROLE app_owner NOLOGIN;
+CREATE ROLE readers NOLOGIN;
+CREATE ROLE writers NOLOGIN IN ROLE readers;
+CREATE ROLE alice LOGIN PASSWORD 'alice-secret' CONNECTION LIMIT 7
+  VALID UNTIL '2031-02-03 04:05:06+00' IN ROLE writers;
+CREATE ROLE reporting LOGIN NOINHERIT CREATEDB BYPASSRLS PASSWORD 'rep-secret';
+ALTER ROLE reporting SET search_path = reports, \"$user\", public;
+ALTER ROLE reporting SET statement_timeout = '5min';
+ALTER ROLE reporting IN DATABASE app SET work_mem = '64MB';
+GRANT readers TO reporting WITH ADMIN OPTION;
+GRANT pg_read_all_stats TO reporting;
+CREATE ROLE ops LOGIN;
+CREATE ROLE unrelated LOGIN;
+CREATE SCHEMA shop AUTHORIZATION app_owner;
+CREATE TABLE shop.items (id int PRIMARY KEY, name text);
+ALTER TABLE shop.items OWNER TO app_owner;
+INSERT INTO shop.items SELECT g, 'item ' || g FROM generate_series(1, 100) g;
+GRANT USAGE ON SCHEMA shop TO readers;
+GRANT SELECT ON shop.items TO readers;
+GRANT INSERT, UPDATE ON shop.items TO writers;
+ALTER DATABASE app OWNER TO app_owner;
+ALTER DATABASE app SET \"TimeZone\" = 'Europe/Paris';
+ALTER DATABASE app SET search_path = shop, public;
+ALTER DATABASE app CONNECTION LIMIT 40;
+COMMENT ON DATABASE app IS 'the shop';
+REVOKE TEMPORARY ON DATABASE app FROM PUBLIC;
+GRANT CONNECT ON DATABASE app TO readers;
+";
+
+/// `pg_dumpall --globals-only --no-role-passwords`, without the lines naming `skip`.
+fn globals(c: &LocalCluster, skip: &[&str]) -> String {
+    let out = Command::new(c.bin("pg_dumpall"))
+        .args(["--globals-only", "--no-role-passwords", "--no-sync"])
+        .args(["-h", c.host(), "-p", &c.port().to_string(), "-U", "postgres"])
+        .env("PGPASSWORD", c.superuser_password().unwrap_or(""))
+        .output()
+        .expect("run pg_dumpall");
+    assert!(out.status.success(), "pg_dumpall: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .filter(|l| !l.starts_with("\\restrict") && !l.starts_with("\\unrestrict"))
+        .filter(|l| !l.starts_with("--") && !skip.iter().any(|s| l.contains(s)))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// Logs in over TCP (scram-sha-256 on the target) as `user` with `password`.
+fn login(c: &LocalCluster, user: &str, password: &str) -> Result<String, String> {
+    let out = Command::new(c.bin("psql"))
+        .args(["-h", c.host(), "-p", &c.port().to_string(), "-U", user, "-d", "app"])
+        .args(["-XAtc", "SELECT current_user || ' ' || current_setting('TimeZone')"])
+        .env("PGPASSWORD", password)
+        .output()
+        .expect("run psql");
+    if out.status.success() {
+        Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
+    } else {
+        Err(String::from_utf8_lossy(&out.stderr).into_owned())
+    }
+}
+
+#[test]
+fn roles_carry_attributes_nested_memberships_settings_and_scram_verifiers_and_the_database_its_properties()
+ {
+    let src = cluster("globals-src", &[]);
+    src.create_database("app").unwrap();
+    sql(&src, "app", ROLES);
+    let password = "target-secret";
+    let tgt = cluster_with(ClusterOptions {
+        name: "globals-tgt".into(),
+        superuser_password: Some(password.into()),
+        ..Default::default()
+    });
+    tgt.create_database("app").unwrap();
+    let dir = TempDir::new("globals");
+    let extra = "mode: offline\nroles:\n  missing: create\n  include: [ops]\n";
+    let f =
+        dir.write("globals.yaml", &plan_yaml("globals", &src.url("app"), &tgt.url("app"), extra));
+    let f = f.to_str().unwrap();
+    let pgtransit_run = |args: &[&str]| {
+        Run::of(pgtransit(dir.path()).env("PGPASSWORD", password).args(args).output().unwrap())
+    };
+    let out = pgtransit_run(&["plan", f, "--format", "json"]);
+    assert_eq!(out.code, 0, "{out:?}");
+    let doc = out.json();
+    let step = |id: &str| {
+        doc["steps"].as_array().unwrap().iter().find(|s| s["id"] == id).cloned().unwrap_or_else(
+            || panic!("no step {id} in {}", serde_json::to_string_pretty(&doc["steps"]).unwrap()),
+        )
+    };
+    // The plan shows where the verifier goes, never the verifier.
+    let alice = step("schema:role:alice");
+    assert!(alice["sql"].as_str().unwrap().contains("PASSWORD :'source_verifier'"), "{alice}");
+    assert!(!out.stdout.contains("SCRAM-SHA-256$"), "a verifier is in the plan");
+    // Only what the migration needs, what the plan names, and their memberships come.
+    for role in ["app_owner", "readers", "writers", "reporting", "ops"] {
+        step(&format!("schema:role:{role}"));
+    }
+    assert!(!out.stdout.contains("unrelated"), "{out:?}");
+    let database = step("post_load:database:app");
+    assert!(
+        database["sql"]
+            .as_str()
+            .unwrap()
+            .ends_with("ALTER DATABASE \"app\" OWNER TO \"app_owner\";"),
+        "{database}"
+    );
+    // PUBLIC may still use temporary tables on the target: reported, not revoked.
+    find_check(&doc, "database_grant_extra", "info", "database app");
+
+    let out = pgtransit_run(&["apply", f, "--auto-approve"]);
+    assert_eq!(out.code, 0, "{out:?}");
+    assert!(
+        !std::fs::read_to_string(dir.path().join(".pgtransit/globals/state.json"))
+            .unwrap_or_default()
+            .contains("SCRAM-SHA-256$")
+    );
+
+    // pg_dumpall's globals agree but for what is not carried (and the target's own password).
+    assert_eq!(globals(&tgt, &["unrelated"]), globals(&src, &["unrelated"]));
+    let verifier = "SELECT rolpassword FROM pg_authid WHERE rolname = 'alice'";
+    assert!(sql(&src, "app", verifier).starts_with("SCRAM-SHA-256$"));
+    assert_eq!(sql(&tgt, "app", verifier), sql(&src, "app", verifier));
+    // The same password logs in, and the database's time zone applies to the session.
+    assert_eq!(login(&tgt, "alice", "alice-secret").unwrap(), "alice Europe/Paris");
+    assert!(login(&tgt, "alice", "wrong").is_err());
+    let in_database = "SELECT r.rolname, s.setconfig FROM pg_db_role_setting s \
+                       JOIN pg_roles r ON r.oid = s.setrole \
+                       JOIN pg_database d ON d.oid = s.setdatabase WHERE d.datname = 'app'";
+    assert_eq!(sql(&tgt, "app", in_database), sql(&src, "app", in_database));
+    let props = "SELECT pg_get_userbyid(datdba), datconnlimit, shobj_description(oid, 'pg_database'), \
+                 (SELECT setconfig FROM pg_db_role_setting WHERE setdatabase = d.oid AND setrole = 0), \
+                 has_database_privilege('readers', datname, 'CONNECT') \
+                 FROM pg_database d WHERE datname = 'app'";
+    assert_eq!(sql(&tgt, "app", props), sql(&src, "app", props));
+    assert_migrated(&src, &tgt, "app");
+
+    // Everything is there: nothing is left to do.
+    let out = pgtransit_run(&["plan", f, "--detailed-exitcode"]);
+    assert_eq!(out.code, 0, "nothing left to do: {out:?}");
+}

@@ -2233,9 +2233,27 @@ mod tests {
         let s = spec("roles: {missing: create}");
         let mut t = table("t", "CREATE TABLE t (id int)", 0);
         t.owner = Some("Reporting Team".into());
-        let p = plan_of(&s, &[t], &[], &[]);
+        let mut source = catalog_with_role("app");
+        source.roles.push(crate::catalog::Role {
+            name: "Reporting Team".into(),
+            inherit: true,
+            connection_limit: -1,
+            ..Default::default()
+        });
+        let target = catalog_with_role("app");
+        let p = plan(Inputs {
+            spec: &s,
+            source: &source,
+            target: &target,
+            source_objects: &[t],
+            target_objects: &[],
+            checks: vec![],
+            state: None,
+            source_endpoint: "s".into(),
+            target_endpoint: "t".into(),
+        });
         assert_eq!(p.steps[0].id, "schema:role:Reporting Team");
-        assert_eq!(p.steps[0].sql, "CREATE ROLE \"Reporting Team\" NOLOGIN;");
+        assert_eq!(p.steps[0].sql, "CREATE ROLE \"Reporting Team\" WITH NOLOGIN;");
     }
 
     #[test]

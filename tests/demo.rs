@@ -19,6 +19,13 @@ fn demo_starts_two_servers_writes_a_plan_and_passes_preflight() {
     // A text search configuration, whose DDL is pg_dump's, and an inheriting archive table.
     assert!(out.stdout.contains("create text search configuration public.shop_search"), "{out:?}");
     assert!(out.stdout.contains("TRUNCATE ONLY \"public\".\"order_notes\""), "{out:?}");
+    // The roles that use the shop, created as on the source (the verifier read as it runs),
+    // their memberships, and the database's settings last.
+    assert!(out.stdout.contains("PASSWORD :'source_verifier'"), "{out:?}");
+    assert!(out.stdout.contains("GRANT \"shop_writers\" TO \"shop_app\";"), "{out:?}");
+    assert!(out.stdout.contains("ALTER DATABASE \"shop\" SET \"work_mem\" TO '16MB';"), "{out:?}");
+    assert!(!out.stdout.contains("SCRAM-SHA-256$"), "a verifier was printed: {out:?}");
+    assert!(out.stdout.contains("are the same on both servers"), "{out:?}");
     // It copied (the larger table included), streamed a writer's changes, showed the lag and
     // the status, and ended with identical rows and no slot left on the source.
     assert!(out.stdout.contains("public.order_events"), "{out:?}");

@@ -141,7 +141,8 @@ pub async fn run(args: &DemoArgs, out: &mut dyn Write) -> miette::Result<Outcome
     // The fence ends every session but the cutover's own: the demo's end here first.
     drop((probe, check));
     let cutover_done = cut_over(out, &exe, &plan_path, apply, &state_dir).await?;
-    let ok = rows_identical && cutover_done;
+    let roles_identical = compare_roles(out, &source, &target)?;
+    let ok = rows_identical && cutover_done && roles_identical;
     let result = if ok { Outcome::Done } else { Outcome::Failed };
 
     clean_up(out, args, &dir, source, target)?;
@@ -172,7 +173,8 @@ async fn start_and_fill(out: &mut dyn Write) -> miette::Result<(LocalCluster, Lo
         "demo",
         "filling the source's `shop` database: an enum, a sequence, identity columns, foreign \
          keys, triggers, a text search configuration (created from pg_dump's DDL), notes with \
-         an inheriting archive, 1,000 customers, 5,000 orders, 400,000 order events",
+         an inheriting archive, 1,000 customers, 5,000 orders, 400,000 order events; roles \
+         that read and write it (a login role with a SCRAM password), database settings",
     )
     .map_err(io_err)?;
     for c in [&source, &target] {
@@ -180,6 +182,38 @@ async fn start_and_fill(out: &mut dyn Write) -> miette::Result<(LocalCluster, Lo
     }
     source.psql(DATABASE, SAMPLE_SQL).into_diagnostic().wrap_err("loading the sample failed")?;
     Ok((source, target))
+}
+
+/// The shop's roles and the database's properties on both servers, compared (but for the
+/// source's read-only default: the fence, the one database setting not carried).
+fn compare_roles(
+    out: &mut dyn Write,
+    source: &LocalCluster,
+    target: &LocalCluster,
+) -> miette::Result<bool> {
+    const ROLES: &str = "SELECT r.rolname, r.rolcanlogin, r.rolconnlimit, a.rolpassword, \
+        (SELECT setconfig FROM pg_db_role_setting WHERE setrole = r.oid AND setdatabase = 0), \
+        (SELECT string_agg(g.rolname, ',' ORDER BY g.rolname) FROM pg_auth_members m \
+          JOIN pg_roles g ON g.oid = m.roleid WHERE m.member = r.oid), \
+        (SELECT array(SELECT c FROM unnest(setconfig) c \
+                       WHERE c NOT LIKE 'default\\_transaction\\_read\\_only=%') \
+          FROM pg_db_role_setting s JOIN pg_database d ON d.oid = s.setdatabase \
+          WHERE d.datname = 'shop' AND s.setrole = 0), \
+        (SELECT shobj_description(oid, 'pg_database') FROM pg_database WHERE datname = 'shop') \
+        FROM pg_roles r JOIN pg_authid a ON a.oid = r.oid \
+        WHERE r.rolname LIKE 'shop\\_%' ORDER BY 1";
+    let read = |c: &LocalCluster| c.psql(DATABASE, ROLES).into_diagnostic();
+    let (theirs, ours) = (read(source)?, read(target)?);
+    let same = theirs == ours && theirs.lines().count() == 3;
+    let message = if same {
+        "roles shop_app, shop_readers and shop_writers are the same on both servers: \
+         attributes, SCRAM verifier (the same password logs in), settings, memberships; and \
+         the database's settings and comment"
+    } else {
+        "the shop's roles differ between the servers"
+    };
+    report::say(out, "demo", message).map_err(io_err)?;
+    Ok(same)
 }
 
 /// A writer on the source for 8 seconds while, on the way, the target crashes and comes back and
@@ -481,7 +515,9 @@ fn migration_plan(source: &LocalCluster, target: &LocalCluster) -> String {
          name: shop\n\
          mode: online\n\
          source:\n  url: {}\n\
-         target:\n  url: {}\n",
+         target:\n  url: {}\n\
+         # The roles that read and write the shop, created as they are on the source.\n\
+         roles:\n  missing: create\n",
         source.url(DATABASE),
         target.url(DATABASE)
     )

@@ -2,7 +2,8 @@
 -- identity and serial columns, foreign keys (one with ON DELETE CASCADE), a CHECK constraint,
 -- two triggers (one rewrites rows, one draws from the sequence), a text search configuration
 -- with an index that uses it (its DDL is pg_dump's), and notes whose archive inherits from them
--- (each table keeps exactly its own rows).
+-- (each table keeps exactly its own rows); roles that read and write it, and the database's
+-- own settings.
 CREATE TYPE order_status AS ENUM ('pending', 'paid', 'shipped', 'cancelled');
 
 CREATE SEQUENCE invoice_number_seq START 1000;
@@ -100,5 +101,18 @@ CREATE TABLE order_notes (
 CREATE TABLE order_notes_archive (PRIMARY KEY (id)) INHERITS (order_notes);
 INSERT INTO order_notes SELECT i, i, 'note ' || i FROM generate_series(1, 500) i;
 INSERT INTO order_notes_archive SELECT i, i, 'archived ' || i FROM generate_series(501, 5000) i;
+
+-- Who uses the shop: a group that reads, one that writes (a member of the first), and the
+-- application's login role, a member of the writers with a SCRAM password and a setting of its
+-- own; and the database's own settings. The migration plan creates the roles as they are here.
+SET password_encryption = 'scram-sha-256';
+CREATE ROLE shop_readers NOLOGIN;
+CREATE ROLE shop_writers NOLOGIN IN ROLE shop_readers;
+CREATE ROLE shop_app LOGIN PASSWORD 'demo-only' CONNECTION LIMIT 20 IN ROLE shop_writers;
+ALTER ROLE shop_app SET statement_timeout = '30s';
+GRANT SELECT ON ALL TABLES IN SCHEMA public TO shop_readers;
+GRANT INSERT, UPDATE, DELETE ON orders, order_events TO shop_writers;
+ALTER DATABASE shop SET work_mem = '16MB';
+COMMENT ON DATABASE shop IS 'the pgtransit demo''s shop';
 
 ANALYZE;

@@ -290,6 +290,23 @@ fn new_role(
     let reads_verifier = matches!(role.password, PasswordKind::Scram | PasswordKind::Md5);
     if reads_verifier {
         options.push(format!("PASSWORD {VERIFIER}"));
+    }
+    if role.password == PasswordKind::Md5 {
+        findings.push(not_carried(
+            "role_password_md5",
+            &object,
+            format!(
+                "{}'s password is an MD5 hash: it is carried unchanged, but logs in only where \
+                 pg_hba.conf says md5 (scram-sha-256 refuses it), and PostgreSQL 18 deprecates \
+                 MD5 passwords",
+                display(&role.name)
+            ),
+            Some(format!(
+                "SET password_encryption = 'scram-sha-256'; ALTER ROLE {} PASSWORD '...';  \
+                 -- on the target, with the role's password",
+                ident(&role.name)
+            )),
+        ));
     } else if role.password == PasswordKind::Unknown && role.login {
         findings.push(not_carried(
             "role_password_not_carried",
@@ -304,6 +321,30 @@ fn new_role(
         ));
     }
     let mut sql = format!("CREATE ROLE {} WITH {};", ident(&role.name), options.join(" "));
+    if !tgt.server.is_superuser {
+        // Only a member may give a role objects (ALTER ... OWNER TO needs SET ROLE to it).
+        sql.push_str(&format!(
+            "\nGRANT {} TO {};",
+            ident(&role.name),
+            ident(&tgt.server.current_user)
+        ));
+        findings.push(Check {
+            code: "role_granted_to_target_user".into(),
+            severity: Severity::Info,
+            object: object.clone(),
+            message: format!(
+                "the target's role {} is not a superuser: it is made a member of {} to give it \
+                 its objects",
+                display(&tgt.server.current_user),
+                display(&role.name)
+            ),
+            fix: Some(format!(
+                "REVOKE {} FROM {};  -- on the target, once the migration is over",
+                ident(&role.name),
+                ident(&tgt.server.current_user)
+            )),
+        });
+    }
     let here = format!("IN DATABASE {} ", ident(&tgt.server.database));
     for (settings, scope) in [(&role.settings, ""), (&role.settings_here, here.as_str())] {
         for (name, value) in settings {

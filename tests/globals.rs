@@ -40,7 +40,12 @@ GRANT CONNECT ON DATABASE app TO readers;
 
 /// `pg_dumpall --globals-only --no-role-passwords`, without the lines naming `skip`.
 fn globals(c: &LocalCluster, skip: &[&str]) -> String {
-    let out = Command::new(c.bin("pg_dumpall"))
+    globals_using(&c.bin("pg_dumpall"), c, skip)
+}
+
+/// [`globals`] with this `pg_dumpall`.
+fn globals_using(pg_dumpall: &std::path::Path, c: &LocalCluster, skip: &[&str]) -> String {
+    let out = Command::new(pg_dumpall)
         .args(["--globals-only", "--no-role-passwords", "--no-sync"])
         .args(["-h", c.host(), "-p", &c.port().to_string(), "-U", "postgres"])
         .env("PGPASSWORD", c.superuser_password().unwrap_or(""))
@@ -51,7 +56,7 @@ fn globals(c: &LocalCluster, skip: &[&str]) -> String {
         .unwrap()
         .lines()
         .filter(|l| !l.starts_with("\\restrict") && !l.starts_with("\\unrestrict"))
-        .filter(|l| !l.starts_with("--") && !skip.iter().any(|s| l.contains(s)))
+        .filter(|l| !l.is_empty() && !l.starts_with("--") && !skip.iter().any(|s| l.contains(s)))
         .collect::<Vec<_>>()
         .join("\n")
 }
@@ -150,4 +155,129 @@ fn roles_carry_attributes_nested_memberships_settings_and_scram_verifiers_and_th
     // Everything is there: nothing is left to do.
     let out = pgtransit_run(&["plan", f, "--detailed-exitcode"]);
     assert_eq!(out.code, 0, "nothing left to do: {out:?}");
+}
+
+/// Roles whose definition each version spells its own way: an MD5 verifier from 13 (salted with
+/// the role's name: carried unchanged, it still logs in on 18), and from 16 the INHERIT and SET
+/// options of a membership. Both sides are dumped by the newer pg_dumpall.
+#[test]
+fn roles_from_13_to_18_and_from_16_to_17_keep_md5_verifiers_and_membership_options() {
+    for (from, to) in [(13, 18), (16, 17)] {
+        let Some(src) = cluster_of(from, &format!("globals-{from}"), &[]) else { return };
+        let password = "target-secret";
+        let Some(bin) = pg_bin(to) else { return };
+        let tgt = cluster_with(ClusterOptions {
+            name: format!("globals-{to}"),
+            superuser_password: Some(password.into()),
+            bin_dir: Some(bin),
+            ..Default::default()
+        });
+        src.create_database("app").unwrap();
+        tgt.create_database("app").unwrap();
+        let mut setup = String::from(
+            "SET password_encryption = 'md5';
+             CREATE ROLE legacy LOGIN PASSWORD 'legacy-secret';
+             SET password_encryption = 'scram-sha-256';
+             CREATE ROLE readers;
+             CREATE ROLE keeper LOGIN PASSWORD 'keeper-secret';
+             CREATE TABLE t (id int PRIMARY KEY);
+             GRANT SELECT ON t TO readers;
+             GRANT readers TO legacy;",
+        );
+        if from >= 16 {
+            setup.push_str("GRANT readers TO keeper WITH ADMIN TRUE, INHERIT FALSE, SET FALSE;");
+        } else {
+            setup.push_str("GRANT readers TO keeper WITH ADMIN OPTION;");
+        }
+        sql(&src, "app", &setup);
+        let dir = TempDir::new(&format!("globals-{from}-{to}"));
+        let extra = "mode: offline\nroles:\n  missing: create\n";
+        let f = dir.write("g.yaml", &plan_yaml("g", &src.url("app"), &tgt.url("app"), extra));
+        let pgtransit_run = |args: &[&str]| {
+            Run::of(pgtransit(dir.path()).env("PGPASSWORD", password).args(args).output().unwrap())
+        };
+        let out = pgtransit_run(&["plan", f.to_str().unwrap(), "--format", "json"]);
+        find_check(&out.json(), "role_password_md5", "warning", "legacy");
+        let out = pgtransit_run(&["apply", f.to_str().unwrap(), "--auto-approve"]);
+        assert_eq!(out.code, 0, "{from} -> {to}: {out:?}");
+        let dumpall = tgt.bin("pg_dumpall");
+        let mut target = globals_using(&dumpall, &tgt, &[]);
+        if from < 16 {
+            // pg_dumpall spells out a 16+ server's membership options and grantor, which an
+            // older server does not record (there, INHERIT is the member's attribute).
+            for default in [", INHERIT TRUE", " WITH INHERIT TRUE", " GRANTED BY postgres"] {
+                target = target.replace(default, "");
+            }
+        }
+        assert_eq!(target, globals_using(&dumpall, &src, &[]), "{from} -> {to}");
+        let verifiers = "SELECT rolname, rolpassword FROM pg_authid \
+                         WHERE rolname IN ('legacy', 'keeper') ORDER BY 1";
+        assert_eq!(sql(&tgt, "app", verifiers), sql(&src, "app", verifiers), "{from} -> {to}");
+        // The target's pg_hba.conf says scram-sha-256: the SCRAM verifier logs in, the MD5 hash
+        // (the same as the source's) cannot, as preflight warned.
+        assert!(login(&tgt, "keeper", "keeper-secret").is_ok(), "{from} -> {to}");
+        assert!(login(&tgt, "legacy", "legacy-secret").is_err(), "{from} -> {to}");
+    }
+}
+
+/// A target whose role is no superuser, as on a managed service: `CREATEROLE` and the
+/// database's owner. What it may not give (SUPERUSER, REPLICATION and BYPASSRLS before 16, the
+/// database's owner) is reported and left out, and the rest is carried: the roles own their
+/// objects. (The owner of a table needs CREATE on its schema: on the target, `app_owner` does not
+/// own the database, so it needs the grant on `public` the source also gives it.)
+#[test]
+fn a_target_role_without_superuser_carries_what_it_may_and_reports_the_rest() {
+    let src = cluster("globals-managed-src", &[]);
+    src.create_database("app").unwrap();
+    sql(
+        &src,
+        "app",
+        "CREATE ROLE app_owner;
+         CREATE ROLE dba LOGIN SUPERUSER;
+         CREATE ROLE replicator LOGIN REPLICATION BYPASSRLS IN ROLE app_owner;
+         CREATE TABLE t (id int PRIMARY KEY);
+         ALTER TABLE t OWNER TO app_owner;
+         INSERT INTO t SELECT generate_series(1, 10);
+         ALTER DATABASE app OWNER TO app_owner;
+         GRANT CREATE ON SCHEMA public TO app_owner;
+         ALTER DATABASE app SET work_mem = '8MB';",
+    );
+    let tgt = cluster("globals-managed-tgt", &[]);
+    sql(&tgt, "postgres", "CREATE ROLE admin LOGIN CREATEROLE CREATEDB");
+    sql(&tgt, "postgres", "CREATE DATABASE app OWNER admin");
+    let dir = TempDir::new("globals-managed");
+    let target_url = format!("postgresql://admin@{}:{}/app", tgt.host(), tgt.port());
+    let extra = "mode: offline\nroles:\n  missing: create\n  include: [dba]\n";
+    let f = dir.write("m.yaml", &plan_yaml("m", &src.url("app"), &target_url, extra));
+    let f = f.to_str().unwrap();
+    let out = run(dir.path(), &["plan", f, "--format", "json"]);
+    assert_eq!(out.code, 0, "{out:?}");
+    let doc = out.json();
+    find_check(&doc, "role_attribute_not_carried", "warning", "role dba");
+    let replicator = checks(&doc, "role_attribute_not_carried")
+        .into_iter()
+        .filter(|c| c["object"] == "role replicator")
+        .count();
+    assert_eq!(replicator, 2, "REPLICATION and BYPASSRLS");
+    let owner = find_check(&doc, "database_property_not_carried", "warning", "database app");
+    assert!(
+        owner["fix"].as_str().unwrap().starts_with("ALTER DATABASE \"app\" OWNER TO"),
+        "{owner}"
+    );
+    find_check(&doc, "role_granted_to_target_user", "info", "role app_owner");
+    let out = run(dir.path(), &["apply", f, "--auto-approve"]);
+    assert_eq!(out.code, 0, "{out:?}");
+    let roles = "SELECT rolname, rolsuper, rolreplication, rolbypassrls, rolcanlogin FROM pg_roles \
+                 WHERE rolname IN ('dba', 'replicator') ORDER BY 1";
+    assert_eq!(sql(&tgt, "app", roles), "dba|f|f|f|t\nreplicator|f|f|f|t");
+    assert_eq!(
+        sql(&tgt, "app", "SELECT pg_get_userbyid(relowner) FROM pg_class WHERE relname = 't'"),
+        "app_owner"
+    );
+    let member = "SELECT pg_has_role('replicator', 'app_owner', 'MEMBER')";
+    assert_eq!(sql(&tgt, "app", member), "t");
+    let settings = "SELECT setconfig FROM pg_db_role_setting s JOIN pg_database d \
+                    ON d.oid = s.setdatabase WHERE d.datname = 'app' AND s.setrole = 0";
+    assert_eq!(sql(&tgt, "app", settings), "{work_mem=8MB}");
+    assert_same_rows(&src, &tgt, "app");
 }

@@ -15,7 +15,9 @@ use serde::{Deserialize, Serialize};
 use tokio_postgres::Client;
 
 mod globals;
-pub use globals::{APPLICATION_SETTINGS, DatabaseProps, Membership, PasswordKind};
+pub use globals::{
+    APPLICATION_SETTINGS, DatabaseInfo, DatabaseProps, Membership, PasswordKind, read_databases,
+};
 
 /// Settings read from `pg_settings` (those preflight checks use).
 pub const SETTINGS: &[&str] = &[

@@ -37,6 +37,8 @@ pub struct RolesCarried {
     pub create: Vec<NewRole>,
     /// Member → its `GRANT role TO member` statements, for memberships the target lacks.
     pub grants: BTreeMap<String, Vec<String>>,
+    /// Role → its `ALTER ROLE ... IN DATABASE <this one> SET` statements the target lacks.
+    pub settings_here: BTreeMap<String, Vec<String>>,
     /// Attributes, passwords, settings and memberships left out, and login roles left behind.
     pub findings: Vec<Check>,
 }
@@ -130,6 +132,26 @@ pub fn roles(spec: &Roles, used: &BTreeSet<String>, src: &Catalog, tgt: &Catalog
             "a member of, or a group of, a role the migration carries".to_string()
         };
         out.create.push(new_role(role, &why, src, tgt, me, &mut out.findings));
+    }
+    // Settings in this database (`ALTER ROLE ... IN DATABASE`), for every role carried, created
+    // now or earlier (by the plan of another database of the same migration).
+    let here = format!("IN DATABASE {} ", ident(&tgt.server.database));
+    for name in carried.iter().filter(|r| !mapped(r) && !predefined(r)) {
+        let Some(role) = on_source(name) else { continue };
+        let theirs = tgt.roles.iter().find(|r| &r.name == name);
+        if theirs.is_none() && !created.contains(name) {
+            continue;
+        }
+        let missing: Vec<(String, String)> = role
+            .settings_here
+            .iter()
+            .filter(|s| !theirs.is_some_and(|t| t.settings_here.contains(s)))
+            .cloned()
+            .collect();
+        let statements = role_settings(name, &missing, &here, tgt, &mut out.findings);
+        if !statements.is_empty() {
+            out.settings_here.insert(name.clone(), statements);
+        }
     }
     for m in &src.memberships {
         if !carried.contains(&m.member) || mapped(&m.member) || predefined(&m.member) {
@@ -331,7 +353,7 @@ fn new_role(
         findings.push(Check {
             code: "role_granted_to_target_user".into(),
             severity: Severity::Info,
-            object: object.clone(),
+            object,
             message: format!(
                 "the target's role {} is not a superuser: it is made a member of {} to give it \
                  its objects",
@@ -345,32 +367,36 @@ fn new_role(
             )),
         });
     }
-    let here = format!("IN DATABASE {} ", ident(&tgt.server.database));
-    for (settings, scope) in [(&role.settings, ""), (&role.settings_here, here.as_str())] {
-        for (name, value) in settings {
-            match setting_refused(name, tgt) {
-                None => sql.push_str(&format!(
-                    "\nALTER ROLE {} {scope}SET {};",
-                    ident(&role.name),
-                    set_clause(name, value)
-                )),
-                Some(why) => findings.push(not_carried(
-                    "role_setting_not_carried",
-                    &object,
-                    format!(
-                        "{}'s setting {name} = {value} is not carried: {why}",
-                        display(&role.name)
-                    ),
-                    Some(format!(
-                        "ALTER ROLE {} {scope}SET {};  -- on the target, as a superuser",
-                        ident(&role.name),
-                        set_clause(name, value)
-                    )),
-                )),
-            }
-        }
+    for statement in role_settings(&role.name, &role.settings, "", tgt, findings) {
+        sql.push('\n');
+        sql.push_str(&statement);
     }
     NewRole { name: role.name.clone(), sql, reads_verifier, why: why.to_string() }
+}
+
+/// `ALTER ROLE ... {scope}SET` for each of `settings` the target accepts; the others reported.
+fn role_settings(
+    role: &str,
+    settings: &[(String, String)],
+    scope: &str,
+    tgt: &Catalog,
+    findings: &mut Vec<Check>,
+) -> Vec<String> {
+    let mut out = vec![];
+    for (name, value) in settings {
+        let statement =
+            format!("ALTER ROLE {} {scope}SET {};", ident(role), set_clause(name, value));
+        match setting_refused(name, tgt) {
+            None => out.push(statement),
+            Some(why) => findings.push(not_carried(
+                "role_setting_not_carried",
+                &format!("role {}", display(role)),
+                format!("{}'s setting {name} = {value} is not carried: {why}", display(role)),
+                Some(format!("{statement}  -- on the target, as a superuser")),
+            )),
+        }
+    }
+    out
 }
 
 /// `GRANT role TO member` with the source's options.

@@ -17,6 +17,7 @@ pub mod cli;
 pub mod cluster;
 pub mod commands;
 pub mod conn;
+pub mod databases;
 pub mod dump;
 pub mod estimate;
 pub mod execute;

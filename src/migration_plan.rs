@@ -46,6 +46,14 @@ pub struct MigrationPlan {
     pub source: Endpoint,
     /// The server the database moves to.
     pub target: Endpoint,
+    /// Several databases of the source server in one migration: every database of the source
+    /// these name patterns select (`include: ["*"]`: all but templates and cloud providers'
+    /// own) moves to the database of the same name on the target, each with every other option
+    /// of this plan. `source.url` and `target.url` then name the servers; the source's database
+    /// in it (`postgres` when unset) is where the databases are listed. Default: the one
+    /// database of `source.url`.
+    #[serde(default)]
+    pub databases: Option<Filter>,
     /// Which schemas and tables are in scope (default: every schema but the system ones).
     #[serde(default)]
     pub objects: Objects,
@@ -517,6 +525,13 @@ pub fn parse(
     for pattern in spec.objects.schemas.include.iter().chain(&spec.objects.schemas.exclude) {
         if let Err(e) = crate::pattern::Pattern::parse_schema(&pattern.value) {
             return Err(at(pattern.referenced, e));
+        }
+    }
+    if let Some(databases) = &spec.databases {
+        for pattern in databases.include.iter().chain(&databases.exclude) {
+            if let Err(e) = crate::pattern::Pattern::parse_schema(&pattern.value) {
+                return Err(at(pattern.referenced, e));
+            }
         }
     }
     for pattern in &spec.roles.include {

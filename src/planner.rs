@@ -309,6 +309,25 @@ fn role_steps(inputs: &Inputs<'_>, source_in_scope: &[SchemaObject]) -> Vec<Step
             table: None,
         });
     }
+    let database = crate::sql::display(&inputs.target.server.database);
+    for (role, statements) in carried.settings_here {
+        steps.push(Step {
+            id: step_id(Phase::Schema, "role_settings", "", &role),
+            phase: Phase::Schema,
+            action: Action::Create,
+            object: format!(
+                "settings of role {} in database {database}",
+                crate::sql::display(&role)
+            ),
+            sql: statements.join("\n"),
+            estimate: None,
+            note: Some("as on the source".into()),
+            diff: None,
+            work: Work::TargetSql,
+            after: vec![],
+            table: None,
+        });
+    }
     for (member, grants) in carried.grants {
         steps.push(Step {
             id: step_id(Phase::Schema, "role_membership", "", &member),
@@ -2240,7 +2259,8 @@ mod tests {
             connection_limit: -1,
             ..Default::default()
         });
-        let target = catalog_with_role("app");
+        let mut target = catalog_with_role("app");
+        target.server.is_superuser = true;
         let p = plan(Inputs {
             spec: &s,
             source: &source,

@@ -14,6 +14,9 @@ use crate::check::{Check, Severity};
 use crate::execution_plan::{Action, Phase, Plan, PlanSummary, Step};
 use crate::migration_plan::Mode;
 
+mod several;
+pub use several::{DatabaseReport, SeveralReport, plan_several};
+
 /// How to render.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
 pub enum Format {

@@ -19,6 +19,8 @@ mod offline;
 mod golden;
 // Online migrations: slot and snapshot, change streaming, status, abort, resume, drift.
 mod online;
+// Whole-server migrations: several databases and every role in one migration plan.
+mod server;
 // Roles (attributes, memberships, settings, SCRAM verifiers) and database properties.
 mod globals;
 // Chaos: kills, crashes and network faults at seeded moments of an online migration under

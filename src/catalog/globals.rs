@@ -251,3 +251,37 @@ async fn read_database(client: &Client) -> Result<DatabaseProps, CatalogError> {
         settings: split_settings(r.get(5)),
     })
 }
+
+/// A database of the server.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DatabaseInfo {
+    /// Name.
+    pub name: String,
+    /// Encoding (`UTF8`).
+    pub encoding: String,
+    /// `datcollate`.
+    pub collate: String,
+    /// `datctype`.
+    pub ctype: String,
+}
+
+/// The server's databases that take connections and are not templates, by name.
+pub async fn read_databases(client: &Client) -> Result<Vec<DatabaseInfo>, CatalogError> {
+    Ok(client
+        .query(
+            "SELECT datname::text, pg_encoding_to_char(encoding)::text, datcollate::text, \
+                    datctype::text \
+             FROM pg_database WHERE datallowconn AND NOT datistemplate ORDER BY 1",
+            &[],
+        )
+        .await
+        .map_err(ctx("databases"))?
+        .iter()
+        .map(|r| DatabaseInfo {
+            name: r.get(0),
+            encoding: r.get(1),
+            collate: r.get(2),
+            ctype: r.get(3),
+        })
+        .collect())
+}

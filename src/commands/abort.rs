@@ -30,6 +30,7 @@ pub struct AbortArgs {
 /// Runs `pgtransit abort`.
 pub async fn run(args: &AbortArgs, out: &mut dyn Write) -> miette::Result<Outcome> {
     let loaded = super::plan::load_spec_or_saved(&args.file)?;
+    super::several::refuse_several(&loaded, "abort")?;
     let migration = loaded.spec.name.value.clone();
     // Holding the lock: no apply runs meanwhile (a running one is named, and must be stopped).
     let (state_dir, _lock) =

@@ -87,6 +87,9 @@ pub async fn run_with(
         }
         None => {
             let loaded = super::plan::load_spec(&args.file)?;
+            if loaded.spec.databases.is_some() {
+                return super::several::apply(args, &loaded, out).await;
+            }
             // Locked before planning, so the plan is not computed from a state another apply
             // is changing.
             let (state_dir, lock) = lock(&loaded, &command)?;

@@ -28,6 +28,7 @@ pub struct CutoverArgs {
 /// Runs `pgtransit cutover`.
 pub async fn run(args: &CutoverArgs, out: &mut dyn Write) -> miette::Result<Outcome> {
     let loaded = super::plan::load_spec_or_saved(&args.file)?;
+    super::several::refuse_several(&loaded, "cutover")?;
     if loaded.spec.mode != crate::migration_plan::Mode::Online {
         miette::bail!(
             help = "an offline migration is complete when `pgtransit apply` ends",

@@ -9,6 +9,7 @@ pub mod apply;
 pub mod cutover;
 pub mod demo;
 pub mod plan;
+pub mod several;
 pub mod status;
 pub mod verify;
 

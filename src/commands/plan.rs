@@ -47,6 +47,9 @@ pub const APP_PLAN: &str = "pgtransit/plan";
 /// Runs `pgtransit plan FILE`.
 pub async fn run(args: &PlanArgs, out: &mut dyn Write) -> miette::Result<Outcome> {
     let loaded = load_spec(&args.file)?;
+    if loaded.spec.databases.is_some() {
+        return super::several::plan(args, &loaded, out).await;
+    }
     let computed = compute(&loaded, &Env::from_process(), args.connect.retry_for).await;
     report::plan(out, &computed.report, args.format).map_err(io_err)?;
     if let (Some(path), Some(plan)) = (&args.out, &computed.plan) {
@@ -115,6 +118,42 @@ pub struct Computed {
     pub report: PlanReport,
     /// The execution plan, when both servers were read.
     pub plan: Option<Plan>,
+    /// The roles and memberships the plan creates (for the next database of a migration of
+    /// several).
+    pub creates: Created,
+}
+
+/// Roles and memberships (cluster-wide) created by the plans of earlier databases of a
+/// migration of several: there by the time the next one applies, so it does not plan them
+/// again.
+#[derive(Debug, Clone, Default)]
+pub struct Created {
+    /// Roles, as on the source.
+    pub roles: Vec<catalog::Role>,
+    /// Memberships.
+    pub memberships: Vec<catalog::Membership>,
+}
+
+impl Created {
+    /// What `plan`'s role steps create, read from the source catalog.
+    fn of(plan: &Plan, source: &Catalog) -> Created {
+        let mut out = Created::default();
+        for step in &plan.steps {
+            if let Some(name) = step.id.strip_prefix("schema:role:") {
+                out.roles.extend(source.roles.iter().find(|r| r.name == name).cloned());
+            } else if let Some(member) = step.id.strip_prefix("schema:role_membership:") {
+                let of_member = source.memberships.iter().filter(|m| m.member == member);
+                out.memberships.extend(of_member.cloned());
+            }
+        }
+        out
+    }
+
+    /// Adds `more`.
+    pub fn extend(&mut self, more: Created) {
+        self.roles.extend(more.roles);
+        self.memberships.extend(more.memberships);
+    }
 }
 
 impl Computed {
@@ -143,12 +182,36 @@ struct Inspected {
 /// computes the execution plan. Never fails: a server that cannot be reached or read becomes an
 /// error finding, and the plan is then absent.
 pub async fn compute(loaded: &LoadedMigrationPlan, env: &Env, retry_for: Duration) -> Computed {
+    compute_after(loaded, env, retry_for, &Created::default()).await
+}
+
+/// [`compute`], with what the plans of earlier databases create taken as on the target.
+pub async fn compute_after(
+    loaded: &LoadedMigrationPlan,
+    env: &Env,
+    retry_for: Duration,
+    earlier: &Created,
+) -> Computed {
     let policy = RetryPolicy { max_elapsed: retry_for, ..RetryPolicy::default() };
     let scope = Scope::new(&loaded.spec.objects);
     let (mut source, mut target) = tokio::join!(
         inspect(Side::Source, &loaded.source_conninfo, env, &policy, &scope),
         inspect(Side::Target, &loaded.target_conninfo, env, &policy, &scope),
     );
+    if let Some(cat) = target.catalog.as_mut() {
+        for role in &earlier.roles {
+            if !cat.roles.iter().any(|r| r.name == role.name) {
+                // Created by pgtransit's role, which may grant it (a member, or a superuser).
+                // Its settings in that other database are not this one's.
+                cat.roles.push(catalog::Role {
+                    grantable: true,
+                    settings_here: vec![],
+                    ..role.clone()
+                });
+            }
+        }
+        cat.memberships.extend(earlier.memberships.iter().cloned());
+    }
     // Which tables in scope hold rows: on the target, the plan never overwrites them; on the
     // source, a table empty on both sides needs no copy.
     for (side, which) in [(&mut source, Side::Source), (&mut target, Side::Target)] {
@@ -257,6 +320,10 @@ pub async fn compute(loaded: &LoadedMigrationPlan, env: &Env, retry_for: Duratio
         p.cutover_estimate =
             crate::estimate::cutover(st, &p.steps, &p.tables, crate::state::now_f64());
     }
+    let creates = match (&plan, &source.catalog) {
+        (Some(p), Some(src)) => Created::of(p, src),
+        _ => Created::default(),
+    };
     source.client.take();
     target.client.take();
     let report = PlanReport::new(
@@ -267,7 +334,7 @@ pub async fn compute(loaded: &LoadedMigrationPlan, env: &Env, retry_for: Duratio
         checks,
         plan.as_ref(),
     );
-    Computed { report, plan }
+    Computed { report, plan, creates }
 }
 
 /// Reads the schema objects, and runs pg_dump under the same snapshot: on the source always

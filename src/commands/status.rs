@@ -30,11 +30,29 @@ pub struct StatusArgs {
 /// Runs `pgtransit status`.
 pub async fn run(args: &StatusArgs, out: &mut dyn Write) -> miette::Result<Outcome> {
     let loaded = super::plan::load_spec_or_saved(&args.file)?;
+    if loaded.spec.databases.is_none() {
+        return one(&loaded, args, out).await;
+    }
+    let members =
+        super::several::members_of(&loaded, &Env::from_process(), args.connect.retry_for).await?;
+    for member in &members {
+        crate::report::say(out, "database", &member.database).map_err(io_err)?;
+        one(&member.plan, args, out).await?;
+    }
+    Ok(Outcome::Done)
+}
+
+/// The status of one database's migration.
+async fn one(
+    loaded: &crate::migration_plan::LoadedMigrationPlan,
+    args: &StatusArgs,
+    out: &mut dyn Write,
+) -> miette::Result<Outcome> {
     let migration = loaded.spec.name.value.clone();
     let dir = StateDir::new(loaded.state_dir());
     let state = dir.load()?;
     let running = dir.holder();
-    let servers = Servers::new(&loaded, &Env::from_process(), args.connect.retry_for)
+    let servers = Servers::new(loaded, &Env::from_process(), args.connect.retry_for)
         .map_err(miette::Report::new)?;
     let mut live = Live::default();
     match conn::connect_with(&servers.source, "pgtransit/status", &servers.policy).await {

@@ -30,8 +30,29 @@ pub struct VerifyArgs {
 /// Runs `pgtransit verify`.
 pub async fn run(args: &VerifyArgs, out: &mut dyn Write) -> miette::Result<Outcome> {
     let loaded = super::plan::load_spec_or_saved(&args.file)?;
+    if loaded.spec.databases.is_none() {
+        return one(&loaded, args, out).await;
+    }
+    let members =
+        super::several::members_of(&loaded, &Env::from_process(), args.connect.retry_for).await?;
+    let mut outcome = Outcome::Done;
+    for member in &members {
+        crate::report::say(out, "database", &member.database).map_err(io_err)?;
+        if one(&member.plan, args, out).await? == Outcome::Failed {
+            outcome = Outcome::Failed;
+        }
+    }
+    Ok(outcome)
+}
+
+/// Verifies one database's migration.
+async fn one(
+    loaded: &crate::migration_plan::LoadedMigrationPlan,
+    args: &VerifyArgs,
+    out: &mut dyn Write,
+) -> miette::Result<Outcome> {
     let env = Env::from_process();
-    let computed = super::plan::compute(&loaded, &env, args.connect.retry_for).await;
+    let computed = super::plan::compute(loaded, &env, args.connect.retry_for).await;
     let Some(plan) = computed.plan else {
         crate::report::plan(out, &computed.report, crate::report::Format::Text).map_err(io_err)?;
         return Ok(Outcome::Failed);
@@ -43,7 +64,7 @@ pub async fn run(args: &VerifyArgs, out: &mut dyn Write) -> miette::Result<Outco
         .filter(|s| matches!(s.action, Action::Create | Action::Update | Action::Conflict))
         .map(|s| format!("{} {}", s.action.name(), s.object))
         .collect();
-    let servers = crate::execute::Servers::new(&loaded, &env, args.connect.retry_for)
+    let servers = crate::execute::Servers::new(loaded, &env, args.connect.retry_for)
         .map_err(miette::Report::new)?;
     let source = conn::connect_with(&servers.source, "pgtransit/verify", &servers.policy).await?;
     let target = conn::connect_with(&servers.target, "pgtransit/verify", &servers.policy).await?;

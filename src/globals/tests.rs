@@ -134,9 +134,22 @@ fn a_role_is_created_with_its_attributes_verifier_placeholder_and_settings() {
         alice.sql,
         "CREATE ROLE \"alice\" WITH LOGIN CREATEDB REPLICATION NOINHERIT CONNECTION LIMIT 5 \
          VALID UNTIL '2030-01-01 00:00:00.000000+00' PASSWORD :'source_verifier';\n\
-         ALTER ROLE \"alice\" SET \"search_path\" TO '$user', 'app';\n\
-         ALTER ROLE \"alice\" IN DATABASE \"shop\" SET \"work_mem\" TO '64MB';"
+         ALTER ROLE \"alice\" SET \"search_path\" TO '$user', 'app';"
     );
+    // Its settings in this database are their own step, as for a role created by the plan of
+    // another database of the migration (whose settings here the target lacks).
+    assert_eq!(
+        c.settings_here["alice"],
+        ["ALTER ROLE \"alice\" IN DATABASE \"shop\" SET \"work_mem\" TO '64MB';"]
+    );
+    let mut tgt = tgt;
+    tgt.roles.push(Role { settings_here: vec![], ..src.roles[1].clone() });
+    let c = super::roles(&spec(MissingRoles::Error, &["alice"]), &used(&[]), &src, &tgt);
+    assert!(c.create.is_empty());
+    assert_eq!(c.settings_here["alice"].len(), 1);
+    tgt.roles[1].settings_here = src.roles[1].settings_here.clone();
+    let c = super::roles(&spec(MissingRoles::Error, &["alice"]), &used(&[]), &src, &tgt);
+    assert!(c.settings_here.is_empty(), "already there: {:?}", c.settings_here);
     assert!(c.findings.is_empty(), "{:?}", c.findings);
 }
 

@@ -1,0 +1,358 @@
+//! `plan` and `apply` of a migration of several databases (`databases:` in the migration plan):
+//! the databases of both servers listed, each selected database's member (see
+//! `crate::databases`) planned in turn by the one-database pipeline (the roles one database's
+//! plan creates are taken as there by the next, so each is created once), reported per
+//! database, and applied one database after another.
+//!
+//! Offline only, for now: an online migration of several databases must fence, drain, verify
+//! and cut over every database together (one write gap), which is not built; preflight refuses
+//! it and says so.
+
+use std::io::Write;
+use std::time::Duration;
+
+use crate::catalog::{self, DatabaseInfo};
+use crate::check::{Check, Severity};
+use crate::conn::{self, ConnInfo, Env, RetryPolicy};
+use crate::databases::{self, Member};
+use crate::migration_plan::{LoadedMigrationPlan, Mode};
+use crate::preflight::{self, Side};
+use crate::report::{self, DatabaseReport, Format, SeveralReport};
+use crate::sql::{display, ident, literal};
+
+use super::apply::ApplyArgs;
+use super::plan::{APP_PLAN, Computed, Created, PlanArgs};
+use super::{Outcome, io_err};
+
+/// What `plan` computed for every database.
+pub struct Several {
+    /// The report.
+    pub report: SeveralReport,
+    /// Each database's member and its plan, in name order.
+    pub members: Vec<(Member, Computed)>,
+}
+
+impl Several {
+    /// Failed when a server check or any database failed; else whether work remains.
+    pub fn outcome(&self) -> Outcome {
+        let outcomes: Vec<Outcome> = self.members.iter().map(|(_, c)| c.outcome()).collect();
+        if crate::check::has_errors(&self.report.checks) || outcomes.contains(&Outcome::Failed) {
+            Outcome::Failed
+        } else if outcomes.contains(&Outcome::ChangesPlanned) {
+            Outcome::ChangesPlanned
+        } else {
+            Outcome::NothingToDo
+        }
+    }
+}
+
+/// `pgtransit plan` of a migration of several databases.
+pub async fn plan(
+    args: &PlanArgs,
+    loaded: &LoadedMigrationPlan,
+    out: &mut dyn Write,
+) -> miette::Result<Outcome> {
+    if args.out.is_some() {
+        miette::bail!(
+            help = "apply the migration plan itself (`pgtransit apply FILE`, which shows the plan \
+                    of every database and asks before it changes anything)",
+            "a migration of several databases cannot be saved with --out yet"
+        );
+    }
+    let several = compute(loaded, &Env::from_process(), args.connect.retry_for).await;
+    report::plan_several(out, &several.report, args.format).map_err(io_err)?;
+    Ok(several.outcome())
+}
+
+/// `pgtransit apply` of a migration of several databases: every database planned and shown,
+/// one confirmation, then each database applied in turn (a failure stops there; the next apply
+/// goes on from it).
+pub async fn apply(
+    args: &ApplyArgs,
+    loaded: &LoadedMigrationPlan,
+    out: &mut dyn Write,
+) -> miette::Result<Outcome> {
+    let env = Env::from_process();
+    let several = compute(loaded, &env, args.connect.retry_for).await;
+    report::plan_several(out, &several.report, Format::Text).map_err(io_err)?;
+    match several.outcome() {
+        Outcome::Failed => return Ok(Outcome::Failed),
+        Outcome::NothingToDo => {
+            report::nothing_to_do(out).map_err(io_err)?;
+            return Ok(Outcome::Done);
+        }
+        _ => {}
+    }
+    let count = several.members.len();
+    let taken: Vec<String> = several.members.iter().map(|(m, _)| m.database.clone()).collect();
+    if !args.auto_approve
+        && !super::confirm(
+            out,
+            |out| {
+                write!(
+                    out,
+                    "\nApply the plans of these {count} databases? Only 'yes' is accepted: "
+                )?;
+                out.flush()
+            },
+            "pass --auto-approve to apply without confirmation",
+        )?
+    {
+        miette::bail!(help = "nothing was changed", "apply cancelled");
+    }
+    record(loaded, &taken)?;
+    for (i, (member, computed)) in several.members.iter().enumerate() {
+        let Some(plan) = computed.plan.as_ref().filter(|p| p.has_work()) else { continue };
+        report::say(out, "database", &format!("{} ({} of {count})", member.database, i + 1))
+            .map_err(io_err)?;
+        let command = format!("apply {}", args.file.display());
+        let (state_dir, _lock) = super::apply::lock(&member.plan, &command)?;
+        let outcome =
+            super::apply::apply_plan(&member.plan, plan, &state_dir, &env, args, out, false, false)
+                .await?;
+        if outcome == Outcome::Failed {
+            return Ok(Outcome::Failed);
+        }
+    }
+    Ok(Outcome::Done)
+}
+
+/// Lists the databases of both servers, selects the source's, and plans each.
+pub async fn compute(loaded: &LoadedMigrationPlan, env: &Env, retry_for: Duration) -> Several {
+    let policy = RetryPolicy { max_elapsed: retry_for, ..RetryPolicy::default() };
+    let spec = &loaded.spec;
+    let mut report = SeveralReport {
+        migration: spec.name.value.clone(),
+        mode: spec.mode.to_string(),
+        checks: vec![],
+        databases: vec![],
+    };
+    let (source, target) = tokio::join!(
+        list(Side::Source, &loaded.source_conninfo, env, &policy),
+        list(Side::Target, &loaded.target_conninfo, env, &policy),
+    );
+    let (source, target) = match (source, target) {
+        (Ok(s), Ok(t)) => (s, t),
+        (s, t) => {
+            report.checks.extend(s.err());
+            report.checks.extend(t.err());
+            return Several { report, members: vec![] };
+        }
+    };
+    let names: Vec<String> = source.iter().map(|d| d.name.clone()).collect();
+    let filter = spec.databases.clone().unwrap_or_default();
+    let selected = databases::select(&filter, &names);
+    report.checks.extend(server_checks(spec.mode, &source, &target, &selected));
+    if let Some(before) = recorded(loaded) {
+        report.checks.extend(changed_since(&before, &selected));
+        report.checks.sort_by_key(|c| c.severity);
+    }
+    let present: Vec<String> =
+        selected.into_iter().filter(|d| target.iter().any(|t| &t.name == d)).collect();
+    let mut members = vec![];
+    let mut created = Created::default();
+    for member in databases::members(loaded, &present) {
+        let computed = super::plan::compute_after(&member.plan, env, retry_for, &created).await;
+        created.extend(computed.creates.clone());
+        report.databases.push(DatabaseReport {
+            database: member.database.clone(),
+            report: computed.report.clone(),
+        });
+        members.push((member, computed));
+    }
+    Several { report, members }
+}
+
+/// Databases selected now that earlier applies did not take, and the other way round.
+fn changed_since(before: &[String], selected: &[String]) -> Vec<Check> {
+    let mut checks = vec![];
+    for d in selected.iter().filter(|d| !before.contains(d)) {
+        checks.push(Check {
+            code: "database_added".into(),
+            severity: Severity::Warning,
+            object: format!("database {}", display(d)),
+            message: format!(
+                "database {} is selected now but was not when this migration was applied \
+                 before (created on the source since, or the patterns changed): it is migrated \
+                 whole by the next apply",
+                display(d)
+            ),
+            fix: Some("exclude it (databases.exclude) if it should stay behind".into()),
+        });
+    }
+    for d in before.iter().filter(|d| !selected.contains(d)) {
+        checks.push(Check {
+            code: "database_gone".into(),
+            severity: Severity::Warning,
+            object: format!("database {}", display(d)),
+            message: format!(
+                "database {} was migrated by an earlier apply but is no longer selected \
+                 (dropped on the source, or excluded since): its copy on the target is left as \
+                 it is",
+                display(d)
+            ),
+            fix: None,
+        });
+    }
+    checks
+}
+
+/// Which databases, which the target lacks, and what is not built.
+fn server_checks(
+    mode: Mode,
+    source: &[DatabaseInfo],
+    target: &[DatabaseInfo],
+    selected: &[String],
+) -> Vec<Check> {
+    let mut checks = vec![];
+    if mode == Mode::Online {
+        checks.push(Check {
+            code: "databases_online_not_built".into(),
+            severity: Severity::Error,
+            object: "migration plan".into(),
+            message: "an online migration of several databases (one fence, one drain, one \
+                      verification and one write gap for all) is not built yet"
+                .into(),
+            fix: Some(
+                "mode: offline, or one migration plan per database (each online, each with its \
+                 own cutover)"
+                    .into(),
+            ),
+        });
+    }
+    if selected.is_empty() {
+        checks.push(Check {
+            code: "databases_none_selected".into(),
+            severity: Severity::Error,
+            object: "databases".into(),
+            message: format!(
+                "databases: selects none of the source's databases ({})",
+                source.iter().map(|d| display(&d.name)).collect::<Vec<_>>().join(", ")
+            ),
+            fix: Some("fix the patterns of databases.include and databases.exclude".into()),
+        });
+    }
+    for name in selected {
+        if target.iter().any(|t| &t.name == name) {
+            continue;
+        }
+        let Some(db) = source.iter().find(|d| &d.name == name) else { continue };
+        checks.push(Check {
+            code: "target_database_missing".into(),
+            severity: Severity::Error,
+            object: format!("database {}", display(name)),
+            message: format!("database {} is not on the target", display(name)),
+            fix: Some(format!(
+                "CREATE DATABASE {} TEMPLATE template0 ENCODING {} LC_COLLATE {} LC_CTYPE {};  \
+                 -- on the target",
+                ident(name),
+                literal(&db.encoding),
+                literal(&db.collate),
+                literal(&db.ctype)
+            )),
+        });
+    }
+    let left: Vec<String> =
+        source.iter().filter(|d| !selected.contains(&d.name)).map(|d| display(&d.name)).collect();
+    checks.push(Check {
+        code: "databases".into(),
+        severity: Severity::Info,
+        object: "databases".into(),
+        message: format!(
+            "{} database(s) of the source in this migration: {}{}",
+            selected.len(),
+            selected.iter().map(|d| display(d)).collect::<Vec<_>>().join(", "),
+            if left.is_empty() {
+                String::new()
+            } else {
+                format!("; not in it: {}", left.join(", "))
+            }
+        ),
+        fix: None,
+    });
+    checks.sort_by_key(|c| c.severity);
+    checks
+}
+
+/// The databases of one server, read through the database its URL names (`postgres` when
+/// it names none).
+async fn list(
+    side: Side,
+    info: &ConnInfo,
+    env: &Env,
+    policy: &RetryPolicy,
+) -> Result<Vec<DatabaseInfo>, Check> {
+    let mut info = info.clone();
+    if info.get("dbname").is_none() {
+        let _ = info.set("dbname", "postgres");
+    }
+    let resolved = info.resolve(env).map_err(|e| {
+        let help = miette::Diagnostic::help(&e).map(|h| h.to_string());
+        preflight::unreachable(side, format!("{side}.url: {e}"), help)
+    })?;
+    let client = conn::connect_with(&resolved, APP_PLAN, policy).await.map_err(|e| {
+        let help = miette::Diagnostic::help(&e).map(|h| h.to_string());
+        preflight::unreachable(side, e.to_string(), help)
+    })?;
+    catalog::read_databases(&client).await.map_err(|e| {
+        preflight::unreachable(side, format!("could not list the {side}'s databases: {e}"), None)
+    })
+}
+
+/// `cutover` and `abort` act on one database's stream: a migration of several databases has
+/// none yet (it is offline).
+pub fn refuse_several(loaded: &LoadedMigrationPlan, command: &str) -> miette::Result<()> {
+    if loaded.spec.databases.is_some() {
+        miette::bail!(
+            help = "a migration of several databases runs offline: `pgtransit apply` ends it, \
+                    and nothing of it stays on the servers",
+            "`pgtransit {command}` is for online migrations of one database"
+        );
+    }
+    Ok(())
+}
+
+/// The file, in the migration's state directory, that lists the databases it has applied.
+const DATABASES_FILE: &str = "databases.json";
+
+/// The databases earlier applies of this migration took, if any did.
+fn recorded(loaded: &LoadedMigrationPlan) -> Option<Vec<String>> {
+    let text = std::fs::read_to_string(loaded.state_dir().join(DATABASES_FILE)).ok()?;
+    serde_json::from_str(&text).ok()
+}
+
+/// Records `databases` (with those recorded before) as taken by this migration.
+fn record(loaded: &LoadedMigrationPlan, databases: &[String]) -> miette::Result<()> {
+    let mut all = recorded(loaded).unwrap_or_default();
+    for d in databases {
+        if !all.contains(d) {
+            all.push(d.clone());
+        }
+    }
+    all.sort();
+    let dir = loaded.state_dir();
+    std::fs::create_dir_all(&dir)
+        .and_then(|()| {
+            std::fs::write(dir.join(DATABASES_FILE), serde_json::to_string_pretty(&all)? + "\n")
+        })
+        .map_err(|e| miette::miette!("cannot write {}: {e}", dir.join(DATABASES_FILE).display()))
+}
+
+/// The members of a migration of several databases: those earlier applies took, else those it
+/// selects on the source now.
+pub async fn members_of(
+    loaded: &LoadedMigrationPlan,
+    env: &Env,
+    retry_for: Duration,
+) -> miette::Result<Vec<Member>> {
+    if let Some(databases) = recorded(loaded) {
+        return Ok(databases::members(loaded, &databases));
+    }
+    let policy = RetryPolicy { max_elapsed: retry_for, ..RetryPolicy::default() };
+    let source = list(Side::Source, &loaded.source_conninfo, env, &policy)
+        .await
+        .map_err(|c| miette::miette!("{}", c.message))?;
+    let names: Vec<String> = source.iter().map(|d| d.name.clone()).collect();
+    let filter = loaded.spec.databases.clone().unwrap_or_default();
+    Ok(databases::members(loaded, &databases::select(&filter, &names)))
+}

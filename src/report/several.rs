@@ -1,0 +1,137 @@
+//! The plan of a migration of several databases: the checks about the server as a whole, then
+//! each database's own report (text: one section each; markdown: one collapsible block each,
+//! for a PR comment; JSON: one document), and a summary line per database.
+
+use std::io::{self, Write};
+
+use serde::Serialize;
+
+use super::{BOLD, CYAN, Format, GREEN, PlanReport, RED, check_text, paint, summary_line};
+use crate::check::Check;
+
+/// What `plan` says of a migration of several databases.
+#[derive(Debug, Clone, Serialize)]
+pub struct SeveralReport {
+    /// Migration name.
+    pub migration: String,
+    /// Online or offline.
+    pub mode: String,
+    /// Findings about the servers as a whole (which databases, which are missing).
+    pub checks: Vec<Check>,
+    /// Each database's report, in name order.
+    pub databases: Vec<DatabaseReport>,
+}
+
+/// One database's report.
+#[derive(Debug, Clone, Serialize)]
+pub struct DatabaseReport {
+    /// The database.
+    pub database: String,
+    /// Its plan.
+    #[serde(flatten)]
+    pub report: PlanReport,
+}
+
+/// "0 errors, 2 warnings; 12 to create, ..." for one database.
+fn one_line(d: &DatabaseReport) -> String {
+    let s = d.report.summary;
+    let checks = format!("{} errors, {} warnings", s.errors, s.warnings);
+    match &d.report.plan_summary {
+        Some(p) => format!("{checks}; {}", summary_line(p)),
+        None => format!("{checks}; no execution plan"),
+    }
+}
+
+/// Renders the report.
+pub fn plan_several(out: &mut dyn Write, r: &SeveralReport, format: Format) -> io::Result<()> {
+    match format {
+        Format::Json => {
+            serde_json::to_writer_pretty(&mut *out, r)?;
+            writeln!(out)
+        }
+        Format::Text => several_text(out, r),
+        Format::Markdown => several_markdown(out, r),
+    }
+}
+
+fn names(r: &SeveralReport) -> String {
+    r.databases.iter().map(|d| d.database.as_str()).collect::<Vec<_>>().join(", ")
+}
+
+fn several_text(out: &mut dyn Write, r: &SeveralReport) -> io::Result<()> {
+    writeln!(
+        out,
+        "{} {} ({} mode): {} databases ({})",
+        paint(BOLD, "Migration"),
+        r.migration,
+        r.mode,
+        r.databases.len(),
+        names(r)
+    )?;
+    if !r.checks.is_empty() {
+        writeln!(out)?;
+        writeln!(out, "{}", paint(BOLD, "Server checks"))?;
+        for c in &r.checks {
+            check_text(out, c)?;
+        }
+    }
+    let total = r.databases.len();
+    for (i, d) in r.databases.iter().enumerate() {
+        writeln!(out)?;
+        let title = format!("━━ database {} ({} of {total}) ━━", d.database, i + 1);
+        writeln!(out, "{}", paint(CYAN, &title))?;
+        super::plan_text(out, &d.report)?;
+    }
+    writeln!(out)?;
+    writeln!(out, "{}", paint(BOLD, "Databases"))?;
+    let width = r.databases.iter().map(|d| d.database.len()).max().unwrap_or(0);
+    for d in &r.databases {
+        writeln!(out, "  {:width$}  {}", d.database, one_line(d))?;
+    }
+    let errors = crate::check::has_errors(&r.checks);
+    let failed = r.databases.iter().filter(|d| d.report.summary.errors > 0).count();
+    if errors || failed > 0 {
+        writeln!(
+            out,
+            "{} fix the errors above (server checks, or {failed} of {total} databases), then run \
+             `pgtransit plan` again.",
+            paint(RED, "Preflight failed:")
+        )
+    } else {
+        writeln!(out, "{} every database.", paint(GREEN, "Preflight passed:"))
+    }
+}
+
+fn several_markdown(out: &mut dyn Write, r: &SeveralReport) -> io::Result<()> {
+    writeln!(
+        out,
+        "## pgtransit: migration `{}` ({} mode), {} databases\n",
+        r.migration,
+        r.mode,
+        r.databases.len()
+    )?;
+    if !r.checks.is_empty() {
+        writeln!(out, "**Server checks**\n")?;
+        for c in &r.checks {
+            let fix = c.fix.as_deref().map(|f| format!(" Fix: `{f}`")).unwrap_or_default();
+            writeln!(out, "- **{:?}** `{}` {}: {}{fix}", c.severity, c.code, c.object, c.message)?;
+        }
+        writeln!(out)?;
+    }
+    writeln!(out, "| database | summary |\n| --- | --- |")?;
+    for d in &r.databases {
+        writeln!(out, "| `{}` | {} |", d.database, one_line(d))?;
+    }
+    writeln!(out)?;
+    for d in &r.databases {
+        writeln!(
+            out,
+            "<details><summary><b>database {}</b>: {}</summary>\n",
+            d.database,
+            one_line(d)
+        )?;
+        super::plan_markdown(out, &d.report)?;
+        writeln!(out, "\n</details>\n")?;
+    }
+    Ok(())
+}

@@ -1,0 +1,201 @@
+//! Whole-server migrations (`databases:`): several databases and every role in one migration
+//! plan, planned per database, applied one database after another.
+
+use std::process::Command;
+
+use pgtransit::cluster::{ClusterOptions, LocalCluster};
+
+use crate::support::*;
+
+/// Fifteen roles: an owner, group roles with nested memberships, login roles with SCRAM
+/// passwords, a read-only role, one with per-database settings.
+const ROLES: &str = "
+SET password_encryption = 'scram-sha-256';
+CREATE ROLE app_owner;
+CREATE ROLE readers;
+CREATE ROLE writers IN ROLE readers;
+CREATE ROLE auditors IN ROLE readers;
+CREATE ROLE readonly;
+CREATE ROLE app_login LOGIN PASSWORD 'app-secret' IN ROLE writers;
+CREATE ROLE report_login LOGIN PASSWORD 'report-secret' CONNECTION LIMIT 3 IN ROLE readonly;
+ALTER ROLE report_login SET search_path = reports, public;
+CREATE ROLE auditor_login LOGIN IN ROLE auditors;
+CREATE ROLE ops LOGIN CREATEDB;
+CREATE ROLE batch LOGIN NOINHERIT IN ROLE writers;
+CREATE ROLE tenant_admin CREATEROLE;
+CREATE ROLE tenant_a LOGIN IN ROLE tenant_admin;
+CREATE ROLE tenant_b LOGIN IN ROLE tenant_admin;
+CREATE ROLE unused;
+CREATE ROLE expired LOGIN VALID UNTIL '2020-01-01 00:00:00+00';
+";
+
+/// Ten schemas with a table each, owned by `app_owner`, read by `readonly`.
+fn tenants_sql() -> String {
+    let mut s = String::new();
+    for i in 1..=10 {
+        s.push_str(&format!(
+            "CREATE SCHEMA tenant_{i} AUTHORIZATION app_owner;
+             CREATE TABLE tenant_{i}.accounts (id int PRIMARY KEY, name text);
+             ALTER TABLE tenant_{i}.accounts OWNER TO app_owner;
+             INSERT INTO tenant_{i}.accounts SELECT g, 'account ' || g FROM generate_series(1, {}) g;
+             GRANT USAGE ON SCHEMA tenant_{i} TO readonly;
+             GRANT SELECT ON tenant_{i}.accounts TO readonly;\n",
+            i * 100
+        ));
+    }
+    s
+}
+
+const LOBS: &str = "
+CREATE TABLE docs (id int PRIMARY KEY, doc oid);
+INSERT INTO docs VALUES (1, lo_from_bytea(0, 'a small document')),
+  (2, lo_from_bytea(0, decode(repeat('00ff', 50000), 'hex')));
+GRANT SELECT ON docs TO auditors;
+";
+
+const DATABASES: [&str; 4] = ["lobs", "pagila", "shop", "tenants"];
+
+fn fill_source(src: &LocalCluster) {
+    sql(src, "postgres", ROLES);
+    load_pagila(src, "pagila");
+    sql(src, "pagila", "GRANT SELECT ON ALL TABLES IN SCHEMA public TO readers");
+    sql(src, "pagila", "ALTER ROLE report_login IN DATABASE pagila SET work_mem = '32MB'");
+    src.create_database("shop").unwrap();
+    let shop =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src/commands/demo_sample.sql");
+    src.psql_file("shop", &shop).unwrap();
+    src.create_database("lobs").unwrap();
+    sql(src, "lobs", LOBS);
+    src.create_database("tenants").unwrap();
+    sql(src, "tenants", &tenants_sql());
+    sql(src, "postgres", "ALTER DATABASE tenants SET search_path = tenant_1, public");
+    sql(src, "postgres", "ALTER DATABASE pagila SET \"TimeZone\" = 'America/New_York'");
+    sql(src, "postgres", "CREATE DATABASE scratch");
+}
+
+fn dumpall_globals(c: &LocalCluster, dumpall: &std::path::Path) -> String {
+    let out = Command::new(dumpall)
+        .args(["--globals-only", "--no-role-passwords", "--no-sync"])
+        .args(["-h", c.host(), "-p", &c.port().to_string(), "-U", "postgres"])
+        .env("PGPASSWORD", c.superuser_password().unwrap_or(""))
+        .output()
+        .expect("run pg_dumpall");
+    assert!(out.status.success(), "pg_dumpall: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .filter(|l| !l.is_empty() && !l.starts_with("--") && !l.starts_with("\\"))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+#[test]
+fn four_databases_and_fifteen_roles_move_in_one_plan_and_a_database_added_later_is_reported() {
+    let src = cluster("server-src", &[]);
+    fill_source(&src);
+    let password = "target-secret";
+    let tgt = cluster_with(ClusterOptions {
+        name: "server-tgt".into(),
+        superuser_password: Some(password.into()),
+        ..Default::default()
+    });
+    let dir = TempDir::new("server");
+    let extra = "mode: offline\n\
+                 databases:\n  include: [\"*\"]\n  exclude: [postgres, scratch]\n\
+                 roles:\n  missing: create\n  include: [\"*\"]\n";
+    let source_url = format!("postgresql://postgres@{}:{}/postgres", src.host(), src.port());
+    let target_url = format!("postgresql://postgres@{}:{}/postgres", tgt.host(), tgt.port());
+    let f = dir.write("server.yaml", &plan_yaml("server", &source_url, &target_url, extra));
+    let f = f.to_str().unwrap();
+    let pgtransit_run = |args: &[&str]| {
+        Run::of(pgtransit(dir.path()).env("PGPASSWORD", password).args(args).output().unwrap())
+    };
+
+    // The target lacks the databases: each is named, with the statement that creates it.
+    let out = pgtransit_run(&["plan", f, "--format", "json"]);
+    assert_eq!(out.code, 1, "{out:?}");
+    let doc = out.json();
+    for db in DATABASES {
+        let check = doc["checks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| {
+                c["code"] == "target_database_missing" && c["object"] == format!("database {db}")
+            })
+            .unwrap_or_else(|| panic!("{db} not reported missing: {}", doc["checks"]));
+        let fix = check["fix"].as_str().unwrap();
+        assert!(fix.starts_with(&format!("CREATE DATABASE \"{db}\" TEMPLATE template0")), "{fix}");
+        tgt.create_database(db).unwrap();
+    }
+
+    // One plan, a section per database; each role is created once (by the first database
+    // that needs it).
+    let out = pgtransit_run(&["plan", f]);
+    assert_eq!(out.code, 0, "{out:?}");
+    for db in DATABASES {
+        assert!(out.stdout.contains(&format!("━━ database {db} (")), "{out:?}");
+    }
+    assert_eq!(out.stdout.matches("create role app_login").count(), 1, "{out:?}");
+    assert!(out.stdout.contains("not in it: postgres, scratch"), "{out:?}");
+    let md = pgtransit_run(&["plan", f, "--format", "markdown"]);
+    assert_eq!(md.stdout.matches("<details><summary><b>database ").count(), 4, "{md:?}");
+
+    let out = pgtransit_run(&["apply", f, "--auto-approve"]);
+    assert_eq!(out.code, 0, "{out:?}");
+
+    // pg_dumpall's globals are the same; every database's schema and rows are the same.
+    let dumpall = tgt.bin("pg_dumpall");
+    assert_eq!(dumpall_globals(&tgt, &dumpall), dumpall_globals(&src, &dumpall));
+    for db in DATABASES {
+        assert_migrated(&src, &tgt, db);
+        let settings = "SELECT coalesce(r.rolname, '-'), s.setconfig FROM pg_db_role_setting s \
+                        LEFT JOIN pg_roles r ON r.oid = s.setrole JOIN pg_database d \
+                        ON d.oid = s.setdatabase WHERE d.datname = current_database() ORDER BY 1";
+        assert_eq!(sql(&tgt, db, settings), sql(&src, db, settings), "settings of {db}");
+    }
+    let lobs = "SELECT id, md5(lo_get(doc)) FROM docs ORDER BY id";
+    assert_eq!(sql(&tgt, "lobs", lobs), sql(&src, "lobs", lobs));
+    let login = Command::new(tgt.bin("psql"))
+        .args(["-h", tgt.host(), "-p", &tgt.port().to_string(), "-U", "app_login", "-d", "pagila"])
+        .args(["-XAtc", "SELECT count(*) > 0 FROM film"])
+        .env("PGPASSWORD", "app-secret")
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&login.stdout).trim(), "t", "{login:?}");
+
+    // Nothing is left to do; status and verify speak of every database.
+    let out = pgtransit_run(&["plan", f, "--detailed-exitcode"]);
+    assert_eq!(out.code, 0, "nothing left to do: {out:?}");
+    let out = pgtransit_run(&["verify", f]);
+    assert_eq!(out.code, 0, "{out:?}");
+    for db in DATABASES {
+        assert!(out.stdout.contains(&format!("database {db}\n")), "{out:?}");
+    }
+    let out = pgtransit_run(&["status", f]);
+    assert_eq!(out.code, 0, "{out:?}");
+    for db in DATABASES {
+        assert!(out.stdout.contains(&format!("database {db}\n")), "{out:?}");
+    }
+
+    // A database created on the source since is reported, and migrated by the next apply.
+    src.create_database("reports").unwrap();
+    sql(&src, "reports", "CREATE TABLE r (id int PRIMARY KEY); INSERT INTO r VALUES (1), (2);");
+    tgt.create_database("reports").unwrap();
+    let out = pgtransit_run(&["plan", f, "--format", "json"]);
+    let doc = out.json();
+    let added = doc["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|c| c["code"] == "database_added" && c["object"] == "database reports");
+    assert!(added, "{}", doc["checks"]);
+    let out = pgtransit_run(&["apply", f, "--auto-approve"]);
+    assert_eq!(out.code, 0, "{out:?}");
+    assert_migrated(&src, &tgt, "reports");
+
+    // cutover and abort are for one database's stream.
+    let out = pgtransit_run(&["abort", f]);
+    assert_eq!(out.code, 1, "{out:?}");
+    assert!(out.stderr.contains("online migrations of one database"), "{out:?}");
+}

@@ -42,3 +42,26 @@ fn demo_starts_two_servers_writes_a_plan_and_passes_preflight() {
     // And cleaned up after itself: no server of the demo is left running.
     assert!(out.stdout.contains("stopping and removing both servers"), "{out:?}");
 }
+
+#[test]
+fn demo_of_several_databases_names_the_missing_ones_then_migrates_and_verifies_each() {
+    let dir = TempDir::new("demo-server");
+    let work = dir.path().join("work");
+    let out = run(dir.path(), &["demo", "--databases", "3", "--dir", work.to_str().unwrap()]);
+    assert_eq!(out.code, 0, "{out:?}");
+    // First the target lacks every database: preflight names each, with its statement.
+    for db in ["shop", "shop_2", "shop_3"] {
+        assert!(
+            out.stdout.contains(&format!("target_database_missing  database {db}\n")),
+            "{out:?}"
+        );
+        assert!(out.stdout.contains(&format!("━━ database {db} (")), "{out:?}");
+        assert!(out.stdout.contains(&format!("Verify server-{db}")), "{out:?}");
+    }
+    // scratch stays behind; each role is created once; every database verifies.
+    assert!(out.stdout.contains("not in it: postgres, scratch"), "{out:?}");
+    assert_eq!(out.stdout.matches("+ create role shop_app").count(), 1, "{out:?}");
+    assert_eq!(out.stdout.matches("Identical: source and target are identical.").count(), 3);
+    assert!(out.stdout.contains("done 3 databases: shop, shop_2, shop_3"), "{out:?}");
+    assert!(out.stdout.contains("are the same on both servers"), "{out:?}");
+}

@@ -28,9 +28,13 @@ pub struct DemoArgs {
     /// Leave both servers running at the end (the demo prints how to stop them).
     #[arg(long)]
     pub keep: bool,
+    /// Show a whole-server migration instead: this many databases and their roles in one
+    /// migration plan (offline).
+    #[arg(long, value_parser = clap::value_parser!(u8).range(1..=20))]
+    pub databases: Option<u8>,
 }
 
-const SAMPLE_SQL: &str = include_str!("demo_sample.sql");
+pub(super) const SAMPLE_SQL: &str = include_str!("demo_sample.sql");
 const DATABASE: &str = "shop";
 
 /// Runs the demo.
@@ -43,6 +47,9 @@ pub async fn run(args: &DemoArgs, out: &mut dyn Write) -> miette::Result<Outcome
         .into_diagnostic()
         .wrap_err_with(|| format!("cannot create the demo directory {}", dir.display()))?;
 
+    if let Some(count) = args.databases {
+        return super::demo_server::run(args, count.into(), &dir, out).await;
+    }
     let (source, mut target) = start_and_fill(out).await?;
 
     let plan_path = dir.join("plans").join("shop.yaml");
@@ -149,8 +156,8 @@ pub async fn run(args: &DemoArgs, out: &mut dyn Write) -> miette::Result<Outcome
     Ok(result)
 }
 
-/// Starts the two servers and fills the source with the sample.
-async fn start_and_fill(out: &mut dyn Write) -> miette::Result<(LocalCluster, LocalCluster)> {
+/// Starts the two servers, and says where they are.
+pub(super) async fn start(out: &mut dyn Write) -> miette::Result<(LocalCluster, LocalCluster)> {
     report::say(out, "demo", "starting two throwaway PostgreSQL servers (source and target)")
         .map_err(io_err)?;
     let (source, target) = tokio::task::spawn_blocking(start_clusters)
@@ -167,7 +174,12 @@ async fn start_and_fill(out: &mut dyn Write) -> miette::Result<(LocalCluster, Lo
         ),
     )
     .map_err(io_err)?;
+    Ok((source, target))
+}
 
+/// Starts the two servers and fills the source with the sample.
+async fn start_and_fill(out: &mut dyn Write) -> miette::Result<(LocalCluster, LocalCluster)> {
+    let (source, target) = start(out).await?;
     report::say(
         out,
         "demo",
@@ -186,7 +198,7 @@ async fn start_and_fill(out: &mut dyn Write) -> miette::Result<(LocalCluster, Lo
 
 /// The shop's roles and the database's properties on both servers, compared (but for the
 /// source's read-only default: the fence, the one database setting not carried).
-fn compare_roles(
+pub(super) fn compare_roles(
     out: &mut dyn Write,
     source: &LocalCluster,
     target: &LocalCluster,
@@ -421,7 +433,7 @@ async fn cut_over(
 
 /// Leaves the servers running (`--keep`) or removes them, and the demo's directory unless it
 /// was given.
-fn clean_up(
+pub(super) fn clean_up(
     out: &mut dyn Write,
     args: &DemoArgs,
     dir: &Path,

@@ -8,6 +8,7 @@ pub mod abort;
 pub mod apply;
 pub mod cutover;
 pub mod demo;
+mod demo_server;
 pub mod plan;
 pub mod several;
 pub mod status;

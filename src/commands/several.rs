@@ -114,6 +114,8 @@ pub async fn apply(
             return Ok(Outcome::Failed);
         }
     }
+    report::say(out, "done", &format!("{count} databases: {}", taken.join(", ")))
+        .map_err(io_err)?;
     Ok(Outcome::Done)
 }
 
@@ -124,6 +126,7 @@ pub async fn compute(loaded: &LoadedMigrationPlan, env: &Env, retry_for: Duratio
     let mut report = SeveralReport {
         migration: spec.name.value.clone(),
         mode: spec.mode.to_string(),
+        selected: vec![],
         checks: vec![],
         databases: vec![],
     };
@@ -142,6 +145,7 @@ pub async fn compute(loaded: &LoadedMigrationPlan, env: &Env, retry_for: Duratio
     let names: Vec<String> = source.iter().map(|d| d.name.clone()).collect();
     let filter = spec.databases.clone().unwrap_or_default();
     let selected = databases::select(&filter, &names);
+    report.selected = selected.clone();
     report.checks.extend(server_checks(spec.mode, &source, &target, &selected));
     if let Some(before) = recorded(loaded) {
         report.checks.extend(changed_since(&before, &selected));

@@ -16,6 +16,8 @@ pub struct SeveralReport {
     pub migration: String,
     /// Online or offline.
     pub mode: String,
+    /// The databases the migration takes (each planned when the target has it).
+    pub selected: Vec<String>,
     /// Findings about the servers as a whole (which databases, which are missing).
     pub checks: Vec<Check>,
     /// Each database's report, in name order.
@@ -55,7 +57,7 @@ pub fn plan_several(out: &mut dyn Write, r: &SeveralReport, format: Format) -> i
 }
 
 fn names(r: &SeveralReport) -> String {
-    r.databases.iter().map(|d| d.database.as_str()).collect::<Vec<_>>().join(", ")
+    r.selected.join(", ")
 }
 
 fn several_text(out: &mut dyn Write, r: &SeveralReport) -> io::Result<()> {
@@ -65,7 +67,7 @@ fn several_text(out: &mut dyn Write, r: &SeveralReport) -> io::Result<()> {
         paint(BOLD, "Migration"),
         r.migration,
         r.mode,
-        r.databases.len(),
+        r.selected.len(),
         names(r)
     )?;
     if !r.checks.is_empty() {
@@ -108,7 +110,7 @@ fn several_markdown(out: &mut dyn Write, r: &SeveralReport) -> io::Result<()> {
         "## pgtransit: migration `{}` ({} mode), {} databases\n",
         r.migration,
         r.mode,
-        r.databases.len()
+        r.selected.len()
     )?;
     if !r.checks.is_empty() {
         writeln!(out, "**Server checks**\n")?;

@@ -431,6 +431,10 @@ pub struct Plan {
     /// SHA-256 of the steps as computed: a saved plan whose steps were edited is refused.
     #[serde(default)]
     pub steps_hash: String,
+    /// The role memberships its steps grant, (role, member): in a migration of several
+    /// databases, the next database's plan takes them as there.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub memberships_granted: Vec<(String, String)>,
 }
 
 impl Plan {

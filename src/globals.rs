@@ -22,9 +22,10 @@ pub const VERIFIER: &str = ":'source_verifier'";
 pub struct NewRole {
     /// Name (on both servers: a created role keeps its name).
     pub name: String,
-    /// `CREATE ROLE`, then its `ALTER ROLE ... SET`s; the verifier as [`VERIFIER`].
+    /// `CREATE ROLE`, its password ([`password_sql`] with [`VERIFIER`]), then its
+    /// `ALTER ROLE ... SET`s.
     pub sql: String,
-    /// Whether [`VERIFIER`] is in `sql`.
+    /// Whether `sql` has the password statement.
     pub reads_verifier: bool,
     /// Why it is created, for reviewers.
     pub why: String,
@@ -39,13 +40,27 @@ pub struct RolesCarried {
     pub grants: BTreeMap<String, Vec<String>>,
     /// Role → its `ALTER ROLE ... IN DATABASE <this one> SET` statements the target lacks.
     pub settings_here: BTreeMap<String, Vec<String>>,
+    /// The memberships `grants` grants: (role, member).
+    pub granted: Vec<(String, String)>,
     /// Attributes, passwords, settings and memberships left out, and login roles left behind.
     pub findings: Vec<Check>,
 }
 
-/// A predefined role (`pg_read_all_data`...): every server has its own.
+/// Roles of managed services (their administrators, agents and replication): every such server
+/// has its own, and no migration creates them.
+pub const PROVIDERS_OWN: &[&str] =
+    &["rds", "azure_", "azuresu", "cloudsql", "alloydb", "aiven", "supabase_", "neon_"];
+
+/// A predefined role (`pg_read_all_data`...) or a managed service's: every such server has its
+/// own.
 fn predefined(name: &str) -> bool {
-    name.starts_with("pg_")
+    name.starts_with("pg_") || PROVIDERS_OWN.iter().any(|p| name.starts_with(p))
+}
+
+/// `ALTER ROLE ... PASSWORD value`: the statement a role step shows with [`VERIFIER`] and runs,
+/// on its own, with the source's verifier.
+pub fn password_sql(role: &str, value: &str) -> String {
+    format!("ALTER ROLE {} PASSWORD {value};", ident(role))
 }
 
 /// The roles the migration carries: under `roles.missing: create`, those `used` (owning or
@@ -77,8 +92,11 @@ pub fn roles(spec: &Roles, used: &BTreeSet<String>, src: &Catalog, tgt: &Catalog
     // Down: members of what is carried (not through mapped roles).
     let mut carried = seeds.clone();
     let mut queue: VecDeque<String> = seeds.into_iter().collect();
+    let builtin = |n: &str| src.roles.iter().any(|r| r.name == n && r.builtin);
     while let Some(group) = queue.pop_front() {
-        if mapped(&group) {
+        // Members of a mapped role, of the bootstrap superuser or of a predefined role (a
+        // monitoring agent in pg_monitor) do not reach the scope through it.
+        if mapped(&group) || builtin(&group) || predefined(&group) {
             continue;
         }
         for m in src.memberships.iter().filter(|m| m.role == group && !predefined(&m.member)) {
@@ -148,6 +166,37 @@ pub fn roles(spec: &Roles, used: &BTreeSet<String>, src: &Catalog, tgt: &Catalog
             .filter(|s| !theirs.is_some_and(|t| t.settings_here.contains(s)))
             .cloned()
             .collect();
+        let refused = if name == &tgt.server.current_user {
+            Some(format!(
+                "{} is pgtransit's own role on the target: its settings would apply to the \
+                 migration's sessions",
+                display(name)
+            ))
+        } else if theirs.is_some_and(|t| !t.grantable) && !tgt.server.is_superuser {
+            Some(format!(
+                "the target's role {} may not alter {}",
+                display(&tgt.server.current_user),
+                display(name)
+            ))
+        } else {
+            None
+        };
+        if let Some(why) = refused {
+            for (setting, value) in &missing {
+                let statement =
+                    format!("ALTER ROLE {} {here}SET {};", ident(name), set_clause(setting, value));
+                out.findings.push(not_carried(
+                    "role_setting_not_carried",
+                    &format!("role {}", display(name)),
+                    format!(
+                        "{}'s setting {setting} = {value} here is not carried: {why}",
+                        display(name)
+                    ),
+                    Some(format!("{statement}  -- on the target, after the migration")),
+                ));
+            }
+            continue;
+        }
         let statements = role_settings(name, &missing, &here, tgt, &mut out.findings);
         if !statements.is_empty() {
             out.settings_here.insert(name.clone(), statements);
@@ -164,7 +213,7 @@ pub fn roles(spec: &Roles, used: &BTreeSet<String>, src: &Catalog, tgt: &Catalog
             continue;
         }
         let what = format!("membership of {} in {}", display(&m.member), display(&m.role));
-        let grant = grant_sql(m, src);
+        let grant = grant_sql(m);
         let why = if let Some(to) = spec.map.get(&m.role) {
             Some(format!("{} is mapped to {} (roles.map)", display(&m.role), display(to)))
         } else if created.contains(&m.role) {
@@ -181,7 +230,10 @@ pub fn roles(spec: &Roles, used: &BTreeSet<String>, src: &Catalog, tgt: &Catalog
             Some(format!("{} is not carried", display(&m.role)))
         };
         match why {
-            None => out.grants.entry(m.member.clone()).or_default().push(grant),
+            None => {
+                out.grants.entry(m.member.clone()).or_default().push(grant);
+                out.granted.push((m.role.clone(), m.member.clone()));
+            }
             Some(why) => out.findings.push(not_carried(
                 "role_membership_not_carried",
                 &format!("role {}", display(&m.member)),
@@ -309,10 +361,17 @@ fn new_role(
     if let Some(until) = &role.valid_until {
         options.push(format!("VALID UNTIL {}", literal(until)));
     }
-    let reads_verifier = matches!(role.password, PasswordKind::Scram | PasswordKind::Md5);
-    if reads_verifier {
-        options.push(format!("PASSWORD {VERIFIER}"));
+    if role.builtin {
+        // The source's bootstrap superuser, which the target names otherwise (a managed
+        // service's administrator): a bare owner of what it owned, nothing of its powers.
+        return NewRole {
+            name: role.name.clone(),
+            sql: format!("CREATE ROLE {} WITH NOLOGIN;", ident(&role.name)),
+            reads_verifier: false,
+            why: format!("{why}; the source's bootstrap superuser: created bare"),
+        };
     }
+    let reads_verifier = matches!(role.password, PasswordKind::Scram | PasswordKind::Md5);
     if role.password == PasswordKind::Md5 {
         findings.push(not_carried(
             "role_password_md5",
@@ -343,6 +402,10 @@ fn new_role(
         ));
     }
     let mut sql = format!("CREATE ROLE {} WITH {};", ident(&role.name), options.join(" "));
+    if reads_verifier {
+        sql.push('\n');
+        sql.push_str(&password_sql(&role.name, VERIFIER));
+    }
     if !tgt.server.is_superuser {
         // Only a member may give a role objects (ALTER ... OWNER TO needs SET ROLE to it).
         sql.push_str(&format!(
@@ -386,6 +449,18 @@ fn role_settings(
     for (name, value) in settings {
         let statement =
             format!("ALTER ROLE {} {scope}SET {};", ident(role), set_clause(name, value));
+        if NEVER_CARRIED.iter().any(|n| n.eq_ignore_ascii_case(name)) {
+            findings.push(not_carried(
+                "role_setting_not_carried",
+                &format!("role {}", display(role)),
+                format!(
+                    "{}'s setting {name} = {value} is not carried: a target must take writes",
+                    display(role)
+                ),
+                None,
+            ));
+            continue;
+        }
         match setting_refused(name, tgt) {
             None => out.push(statement),
             Some(why) => findings.push(not_carried(
@@ -400,15 +475,17 @@ fn role_settings(
 }
 
 /// `GRANT role TO member` with the source's options.
-fn grant_sql(m: &crate::catalog::Membership, src: &Catalog) -> String {
+fn grant_sql(m: &crate::catalog::Membership) -> String {
     let mut with = vec![];
     if m.admin {
         with.push("ADMIN TRUE");
     }
-    // From 16 the option defaults to the member's INHERIT attribute: said only when it differs.
-    let member_inherits = src.roles.iter().find(|r| r.name == m.member).is_none_or(|r| r.inherit);
-    if m.inherit.is_some_and(|i| i != member_inherits) {
-        with.push(if member_inherits { "INHERIT FALSE" } else { "INHERIT TRUE" });
+    // From 16 (source, so target too) the option is always said: unsaid, it would follow the
+    // member's INHERIT attribute on the target, which may differ from the source's.
+    match m.inherit {
+        Some(true) => with.push("INHERIT TRUE"),
+        Some(false) => with.push("INHERIT FALSE"),
+        None => {}
     }
     if m.set == Some(false) {
         with.push("SET FALSE");
@@ -544,11 +621,34 @@ pub fn database(
         wanted.push((statement, what.to_string(), needs_superuser));
     };
     let (s, t) = (&src.database, &tgt.database);
+    // The owner first: its implicit privileges (and explicit grants to the old owner) move to
+    // the new one, so the grants below are computed as they will stand after it. Only a
+    // superuser gives a database away, and the other properties need no ownership then.
+    let mut owner_after = t.owner.clone();
+    if !s.owner_is_superuser && !s.owner.is_empty() {
+        match roles(&s.owner) {
+            Some(owner) if owner != t.owner => {
+                add(format!("ALTER DATABASE {db} OWNER TO {};", ident(&owner)), "owner", true);
+                if tgt.server.is_superuser {
+                    owner_after = owner;
+                }
+            }
+            Some(_) => {}
+            None => findings.push(not_carried(
+                "database_property_not_carried",
+                &object,
+                format!("the source database's owner {} is not on the target", display(&s.owner)),
+                None,
+            )),
+        }
+    }
     if s.connection_limit != t.connection_limit {
+        // A limit counts pgtransit's own sessions too, unless a superuser's: only then is it
+        // carried before the migration ends.
         add(
             format!("ALTER DATABASE {db} CONNECTION LIMIT {};", s.connection_limit),
             "connection limit",
-            false,
+            s.connection_limit >= 0,
         );
     }
     if s.comment.is_some() && s.comment != t.comment {
@@ -574,23 +674,8 @@ pub fn database(
             None => add(statement, &format!("setting {name}"), false),
         }
     }
-    for statement in database_grants(src, tgt, roles, &mut findings) {
+    for statement in database_grants(src, tgt, roles, &owner_after, &mut findings) {
         add(statement, "grants", false);
-    }
-    // The owner last: it may take the database from pgtransit's role.
-    if !s.owner_is_superuser && !s.owner.is_empty() {
-        match roles(&s.owner) {
-            Some(owner) if owner != t.owner => {
-                add(format!("ALTER DATABASE {db} OWNER TO {};", ident(&owner)), "owner", true)
-            }
-            Some(_) => {}
-            None => findings.push(not_carried(
-                "database_property_not_carried",
-                &object,
-                format!("the source database's owner {} is not on the target", display(&s.owner)),
-                None,
-            )),
-        }
     }
     let may_alter = tgt.server.is_superuser || tgt.server.owns_database;
     for (statement, what, needs_superuser) in wanted {
@@ -623,14 +708,21 @@ fn database_grants(
     src: &Catalog,
     tgt: &Catalog,
     roles: &dyn Fn(&str) -> Option<String>,
+    owner_after: &str,
     findings: &mut Vec<Check>,
 ) -> Vec<String> {
     let db = ident(&tgt.server.database);
     let object = format!("database {}", display(&tgt.server.database));
     let parse = |acl: &[String]| acl.iter().filter_map(|a| AclItem::parse(a)).collect::<Vec<_>>();
-    let (s, t) = (parse(&src.database.acl), parse(&tgt.database.acl));
+    let s = parse(&src.database.acl);
+    // The target's ACL as it will be once the owner step (first) has run.
+    let t = crate::objects::acl::rename_role(
+        &parse(&tgt.database.acl),
+        &tgt.database.owner,
+        owner_after,
+    );
     let target_has = |grantee: &str, c: char, grantable: bool| {
-        grantee == tgt.database.owner
+        grantee == owner_after
             || t.iter().any(|i| {
                 i.grantee == grantee
                     && i.privileges.contains(c)
@@ -673,7 +765,7 @@ fn database_grants(
             }
         }
     }
-    for item in t.iter().filter(|i| i.grantee != tgt.database.owner) {
+    for item in t.iter().filter(|i| i.grantee != owner_after) {
         for c in item.privileges.chars().filter(|&c| !keyword(c).is_empty()) {
             if !wanted.contains(&(item.grantee.clone(), c)) {
                 let who = if item.grantee.is_empty() {
@@ -688,7 +780,7 @@ fn database_grants(
                 };
                 findings.push(Check {
                     code: "database_grant_extra".into(),
-                    severity: Severity::Info,
+                    severity: Severity::Warning,
                     object: object.clone(),
                     message: format!("the target gives {who} {} on the database, the source does not: left as it is", keyword(c)),
                     fix: Some(format!("REVOKE {} ON DATABASE {db} FROM {spec};  -- on the target, if it should not", keyword(c))),

@@ -156,7 +156,8 @@ pub fn plan(inputs: Inputs<'_>) -> Plan {
 
     let mut steps: Vec<Step> = vec![];
 
-    steps.extend(role_steps(&inputs, &source_in_scope));
+    let (role_steps, memberships_granted, role_findings) = role_steps(&inputs, &source_in_scope);
+    steps.extend(role_steps);
     let created: BTreeSet<String> = steps
         .iter()
         .filter(|s| s.id.starts_with("schema:role:"))
@@ -244,13 +245,14 @@ pub fn plan(inputs: Inputs<'_>) -> Plan {
         fingerprint,
         source: identity_of(inputs.source, &inputs.source_endpoint),
         target: identity_of(inputs.target, &inputs.target_endpoint),
-        checks: inputs.checks,
+        checks: with_findings(inputs.checks, role_findings),
         steps,
         summary,
         load_estimate,
         tables: all_tables,
         cutover_estimate: None,
         steps_hash,
+        memberships_granted,
     }
 }
 
@@ -281,7 +283,10 @@ fn keyless_made_full(
 }
 
 /// Roles the migration creates, as on the source, then their memberships (`globals::roles`).
-fn role_steps(inputs: &Inputs<'_>, source_in_scope: &[SchemaObject]) -> Vec<Step> {
+fn role_steps(
+    inputs: &Inputs<'_>,
+    source_in_scope: &[SchemaObject],
+) -> (Vec<Step>, Vec<(String, String)>, Vec<crate::check::Check>) {
     let used = roles_used(&source_in_scope.iter().collect::<Vec<_>>());
     let carried =
         crate::globals::roles(&inputs.spec.spec.roles, &used, inputs.source, inputs.target);
@@ -343,7 +348,23 @@ fn role_steps(inputs: &Inputs<'_>, source_in_scope: &[SchemaObject]) -> Vec<Step
             table: None,
         });
     }
-    steps
+    (steps, carried.granted, carried.findings)
+}
+
+/// Preflight's findings, with those about the roles the plan carries that preflight did not
+/// make: the plan's roles come from every object in scope (policies, grantors, pg_dump's DDL
+/// name roles too), preflight's from the catalog.
+fn with_findings(
+    mut checks: Vec<crate::check::Check>,
+    more: Vec<crate::check::Check>,
+) -> Vec<crate::check::Check> {
+    for f in more {
+        if !checks.contains(&f) {
+            checks.push(f);
+        }
+    }
+    checks.sort_by_key(|c| c.severity);
+    checks
 }
 
 /// The database's own properties (`globals::database`), after everything else of the

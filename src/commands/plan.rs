@@ -141,10 +141,12 @@ impl Created {
         for step in &plan.steps {
             if let Some(name) = step.id.strip_prefix("schema:role:") {
                 out.roles.extend(source.roles.iter().find(|r| r.name == name).cloned());
-            } else if let Some(member) = step.id.strip_prefix("schema:role_membership:") {
-                let of_member = source.memberships.iter().filter(|m| m.member == member);
-                out.memberships.extend(of_member.cloned());
             }
+        }
+        for (role, member) in &plan.memberships_granted {
+            let granted =
+                source.memberships.iter().filter(|m| &m.role == role && &m.member == member);
+            out.memberships.extend(granted.cloned());
         }
         out
     }
@@ -326,6 +328,8 @@ pub async fn compute_after(
     };
     source.client.take();
     target.client.take();
+    // The plan's findings: preflight's, and those about the roles it carries.
+    let checks = plan.as_ref().map(|p| p.checks.clone()).unwrap_or(checks);
     let report = PlanReport::new(
         &loaded.spec.name.value,
         loaded.spec.mode,

@@ -73,6 +73,9 @@ pub async fn apply(
     out: &mut dyn Write,
 ) -> miette::Result<Outcome> {
     let env = Env::from_process();
+    let command = format!("apply {}", args.file.display());
+    // The whole migration is locked while it is planned and applied: one apply at a time.
+    let _whole = crate::state::StateDir::new(loaded.state_dir()).lock(&command)?;
     let several = compute(loaded, &env, args.connect.retry_for).await;
     report::plan_several(out, &several.report, Format::Text).map_err(io_err)?;
     match several.outcome() {
@@ -102,11 +105,29 @@ pub async fn apply(
     }
     record(loaded, &taken)?;
     for (i, (member, computed)) in several.members.iter().enumerate() {
-        let Some(plan) = computed.plan.as_ref().filter(|p| p.has_work()) else { continue };
+        let Some(shown) = computed.plan.as_ref().filter(|p| p.has_work()) else { continue };
         report::say(out, "database", &format!("{} ({} of {count})", member.database, i + 1))
             .map_err(io_err)?;
-        let command = format!("apply {}", args.file.display());
         let (state_dir, _lock) = super::apply::lock(&member.plan, &command)?;
+        // Planned again now, under its lock, once the databases before it are applied (the
+        // roles they created are there, as its plan assumed): applied only if neither server
+        // changed since its plan was shown.
+        let fresh = super::plan::compute(&member.plan, &env, args.connect.retry_for).await;
+        let Some(plan) = fresh.plan.as_ref() else {
+            report::plan(out, &fresh.report, Format::Text).map_err(io_err)?;
+            return Ok(Outcome::Failed);
+        };
+        let (was, now) = (&shown.fingerprint, &plan.fingerprint);
+        if was.source != now.source || was.target != now.target || !plan.is_applicable() {
+            report::plan(out, &fresh.report, Format::Text).map_err(io_err)?;
+            miette::bail!(
+                help = "run `pgtransit apply` again: it plans every database afresh and shows \
+                        what changed",
+                "database {} changed since its plan was shown (above, as it is now); the \
+                 databases before it are applied",
+                member.database
+            );
+        }
         let outcome =
             super::apply::apply_plan(&member.plan, plan, &state_dir, &env, args, out, false, false)
                 .await?;

@@ -215,12 +215,15 @@ pub async fn connect_with(
                 // instead, so no copy, change or verification ever sees part of a table and
                 // takes it for the whole. No timeout of the role's or the database's (which
                 // the migration carries to the target) cuts off an hour-long copy, index
-                // build or snapshot, as pg_dump's own sessions do.
+                // build or snapshot, as pg_dump's own sessions do (`idle_session_timeout` from
+                // 14, `transaction_timeout` from 17, where the server has them).
                 if let Err(e) = client
                     .batch_execute(
                         "SET synchronous_commit = on; SET row_security = off; \
                          SET statement_timeout = 0; SET lock_timeout = 0; \
-                         SET idle_in_transaction_session_timeout = 0",
+                         SET idle_in_transaction_session_timeout = 0; \
+                         SELECT pg_catalog.set_config(name, '0', false) FROM pg_catalog.pg_settings \
+                         WHERE name IN ('idle_session_timeout', 'transaction_timeout')",
                     )
                     .await
                 {

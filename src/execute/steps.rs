@@ -200,10 +200,7 @@ pub(crate) async fn run_step(
     let work = again_after_deadlock(async || {
         match &step.work {
             Work::TargetSql => target_sql(target, &step.sql).await,
-            Work::CreateRole { role } => match source_verifier(source, role).await {
-                Ok(verifier) => target_sql(target, &with_verifier(&step.sql, verifier)).await,
-                Err(e) => Err(e),
-            },
+            Work::CreateRole { role } => create_role(source, target, role, &step.sql).await,
             Work::SetSequence { schema, sequence, margin } => {
                 set_sequence(source, target, schema, sequence, *margin).await
             }
@@ -290,21 +287,58 @@ pub(crate) async fn run_step(
     Ok(())
 }
 
-/// A role's password verifier on the source (None: it has none).
-async fn source_verifier(
+/// Creates a role whose password verifier is read from the source now (`sql`: the step's, with
+/// `globals::password_sql(role, VERIFIER)` as one of its lines). In one transaction: the step's
+/// other statements first, then the password on its own, so that a failing statement (a role
+/// already there, when an interrupted step runs again) never carries the verifier into the
+/// server's log; with the target's server log and statement statistics told to leave it out
+/// where pgtransit's role may say so (a superuser).
+async fn create_role(
     source: &Client,
+    target: &Client,
     role: &str,
-) -> Result<Option<String>, tokio_postgres::Error> {
-    let row = source
+    sql: &str,
+) -> Result<(), tokio_postgres::Error> {
+    let verifier: Option<String> = source
         .query_opt("SELECT rolpassword FROM pg_catalog.pg_authid WHERE rolname = $1", &[&role])
-        .await?;
-    Ok(row.and_then(|r| r.get(0)))
-}
-
-/// A role step's SQL with its verifier in place of `globals::VERIFIER`.
-fn with_verifier(sql: &str, verifier: Option<String>) -> String {
-    let value = verifier.as_deref().map(crate::sql::literal).unwrap_or_else(|| "NULL".into());
-    sql.replacen(crate::globals::VERIFIER, &value, 1)
+        .await?
+        .and_then(|r| r.get(0));
+    let password_line = crate::globals::password_sql(role, crate::globals::VERIFIER);
+    let others: Vec<&str> = sql.lines().filter(|l| *l != password_line).collect();
+    let script = format!("BEGIN;\nSET LOCAL check_function_bodies = false;\n{}", others.join("\n"));
+    let result = async {
+        target.batch_execute(&script).await?;
+        let Some(verifier) = verifier else {
+            // The plan saw a password: one gone since is an error, not a role without one.
+            let message = format!(
+                "the source role {} has no password any more (the plan read one): plan again",
+                crate::sql::display(role)
+            );
+            let raise = format!(
+                "DO $pgtransit$ BEGIN RAISE EXCEPTION '%', {}; END $pgtransit$",
+                crate::sql::literal(&message)
+            );
+            return target.batch_execute(&raise).await;
+        };
+        target
+            .batch_execute(
+                "SELECT pg_catalog.set_config(name, value, true) \
+                 FROM (VALUES ('log_statement', 'none'), ('log_min_error_statement', 'panic'), \
+                              ('log_min_duration_statement', '-1'), \
+                              ('pg_stat_statements.track_utility', 'off')) AS v(name, value) \
+                 WHERE current_setting('is_superuser') = 'on' \
+                   AND current_setting(name, true) IS NOT NULL",
+            )
+            .await?;
+        let password = crate::globals::password_sql(role, &crate::sql::literal(&verifier));
+        target.batch_execute(&password).await?;
+        target.batch_execute("COMMIT").await
+    }
+    .await;
+    if result.is_err() {
+        let _ = target.batch_execute("ROLLBACK").await;
+    }
+    result
 }
 
 /// Runs SQL on the target in one transaction. `check_function_bodies` is off, as in pg_dump's

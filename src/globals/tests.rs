@@ -133,7 +133,8 @@ fn a_role_is_created_with_its_attributes_verifier_placeholder_and_settings() {
     assert_eq!(
         alice.sql,
         "CREATE ROLE \"alice\" WITH LOGIN CREATEDB REPLICATION NOINHERIT CONNECTION LIMIT 5 \
-         VALID UNTIL '2030-01-01 00:00:00.000000+00' PASSWORD :'source_verifier';\n\
+         VALID UNTIL '2030-01-01 00:00:00.000000+00';\n\
+         ALTER ROLE \"alice\" PASSWORD :'source_verifier';\n\
          ALTER ROLE \"alice\" SET \"search_path\" TO '$user', 'app';"
     );
     // Its settings in this database are their own step, as for a role created by the plan of
@@ -207,15 +208,19 @@ fn membership_options_of_postgresql_16_are_kept() {
         inherit,
         set,
     };
-    assert_eq!(grant_sql(&m(false, None, None), &src), "GRANT \"g\" TO \"m\";");
-    assert_eq!(grant_sql(&m(true, None, None), &src), "GRANT \"g\" TO \"m\" WITH ADMIN OPTION;");
+    assert_eq!(grant_sql(&m(false, None, None)), "GRANT \"g\" TO \"m\";");
+    assert_eq!(grant_sql(&m(true, None, None)), "GRANT \"g\" TO \"m\" WITH ADMIN OPTION;");
     assert_eq!(
-        grant_sql(&m(true, Some(false), Some(false)), &src),
+        grant_sql(&m(true, Some(false), Some(false))),
         "GRANT \"g\" TO \"m\" WITH ADMIN TRUE, INHERIT FALSE, SET FALSE;"
     );
-    assert_eq!(grant_sql(&m(false, Some(true), Some(true)), &src), "GRANT \"g\" TO \"m\";");
+    // From 16, INHERIT is always said (unsaid, the target's member attribute would decide).
+    assert_eq!(
+        grant_sql(&m(false, Some(true), Some(true))),
+        "GRANT \"g\" TO \"m\" WITH INHERIT TRUE;"
+    );
     let n = Membership { member: "n".into(), ..m(false, Some(true), Some(true)) };
-    assert_eq!(grant_sql(&n, &src), "GRANT \"g\" TO \"n\" WITH INHERIT TRUE;");
+    assert_eq!(grant_sql(&n), "GRANT \"g\" TO \"n\" WITH INHERIT TRUE;");
 }
 
 #[test]
@@ -245,7 +250,7 @@ fn database_of(owner: &str, acl: &[&str], settings: &[(&str, &str)]) -> Database
 }
 
 #[test]
-fn database_properties_are_added_never_revoked_and_the_owner_goes_last() {
+fn database_properties_are_added_never_revoked_and_the_owner_goes_first() {
     let (mut src, mut tgt) = servers();
     src.database = database_of(
         "app_owner",
@@ -260,11 +265,11 @@ fn database_properties_are_added_never_revoked_and_the_owner_goes_last() {
     assert_eq!(
         sql,
         [
+            "ALTER DATABASE \"shop\" OWNER TO \"app_owner\";",
             "ALTER DATABASE \"shop\" CONNECTION LIMIT 50;",
             "COMMENT ON DATABASE \"shop\" IS 'the shop';",
             "ALTER DATABASE \"shop\" SET \"search_path\" TO 'app', 'public';",
             "GRANT CONNECT ON DATABASE \"shop\" TO \"readers\";",
-            "ALTER DATABASE \"shop\" OWNER TO \"app_owner\";",
         ]
     );
     // PUBLIC may connect on the target, not on the source: reported, not revoked.
@@ -275,6 +280,24 @@ fn database_properties_are_added_never_revoked_and_the_owner_goes_last() {
     tgt.database.settings.retain(|(n, _)| n != "default_transaction_read_only");
     let (sql, _) = database(&src, &tgt, &roles);
     assert!(sql.is_empty(), "{sql:?}");
+    // A grant to the target's owner before it gives the database away: its implicit
+    // privileges go with the database, so the grant is made, after the owner moves.
+    let mut owned = tgt.clone();
+    owned.database = database_of("admin", &["=Tc/admin", "admin=CTc/admin"], &[]);
+    owned.database.connection_limit = 50;
+    owned.database.comment = Some("the shop".into());
+    let mut granting = src.clone();
+    granting.database.acl.push("admin=c/app_owner".into());
+    granting.database.settings.clear();
+    let (sql, _) = database(&granting, &owned, &roles);
+    assert_eq!(
+        sql,
+        [
+            "ALTER DATABASE \"shop\" OWNER TO \"app_owner\";",
+            "GRANT CONNECT ON DATABASE \"shop\" TO \"readers\";",
+            "GRANT CONNECT ON DATABASE \"shop\" TO \"admin\";",
+        ]
+    );
     // A role that owns nothing there may not alter the database: each property reported.
     tgt.database.connection_limit = 5;
     tgt.server.is_superuser = false;
@@ -312,4 +335,34 @@ fn server_settings_that_differ_are_reported_unless_the_database_carries_them() {
         found[1].fix.as_deref().unwrap().split("  --").next().unwrap(),
         "ALTER SYSTEM SET shared_preload_libraries = 'pg_stat_statements', 'pg_cron';"
     );
+}
+
+#[test]
+fn bootstrap_superusers_predefined_and_providers_roles_bring_nobody_and_are_not_recreated_whole() {
+    let (mut src, tgt) = servers();
+    src.roles[0].builtin = true;
+    src.roles[0].login = true;
+    src.roles[0].password = PasswordKind::Scram;
+    for r in ["monitor_agent", "rds_superuser", "app"] {
+        src.roles.push(Role { login: true, ..role(r) });
+    }
+    src.memberships = vec![
+        member("pg_monitor", "monitor_agent"),
+        member("postgres", "app"),
+        member("rds_superuser", "app"),
+    ];
+    let mut tgt = tgt;
+    tgt.roles = vec![Role { superuser: true, ..role("azure_su") }];
+    tgt.server.current_user = "azure_su".into();
+    let c = super::roles(
+        &spec(MissingRoles::Create, &[]),
+        &used(&["postgres", "pg_monitor", "rds_superuser"]),
+        &src,
+        &tgt,
+    );
+    // The source's bootstrap superuser owns things: created bare; nobody comes through it,
+    // through pg_monitor or through a provider's role, which is not created either.
+    assert_eq!(created(&c), ["postgres"]);
+    assert_eq!(c.create[0].sql, "CREATE ROLE \"postgres\" WITH NOLOGIN;");
+    assert!(!c.create[0].reads_verifier);
 }

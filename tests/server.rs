@@ -199,3 +199,62 @@ fn four_databases_and_fifteen_roles_move_in_one_plan_and_a_database_added_later_
     assert_eq!(out.code, 1, "{out:?}");
     assert!(out.stderr.contains("online migrations of one database"), "{out:?}");
 }
+
+/// An apply of several databases killed (as suddenly as kill -9) right after a role of the first
+/// database is created, and again in the middle of the second database's load: each next apply
+/// goes on from there, and the end is every database identical, every role once.
+#[test]
+fn a_migration_of_several_databases_killed_twice_resumes_to_identical_databases_and_roles() {
+    let src = cluster("server-kill-src", &[]);
+    let tgt = cluster("server-kill-tgt", &[]);
+    sql(
+        &src,
+        "postgres",
+        "SET password_encryption = 'scram-sha-256';
+         CREATE ROLE readers; CREATE ROLE alice LOGIN PASSWORD 'a' IN ROLE readers;",
+    );
+    for (db, rows) in [("alpha", 1_000), ("beta", 200_000), ("gamma", 10)] {
+        src.create_database(db).unwrap();
+        tgt.create_database(db).unwrap();
+        sql(
+            &src,
+            db,
+            &format!(
+                "CREATE TABLE {db}_rows (id int PRIMARY KEY, note text);
+                 INSERT INTO {db}_rows SELECT g, md5(g::text) FROM generate_series(1, {rows}) g;
+                 GRANT SELECT ON {db}_rows TO readers;"
+            ),
+        );
+    }
+    let dir = TempDir::new("server-kill");
+    let extra = "mode: offline\ndatabases:\n  include: [alpha, beta, gamma]\n\
+                 roles:\n  missing: create\n";
+    let f = dir.write("k.yaml", &plan_yaml("k", &src.url("postgres"), &tgt.url("postgres"), extra));
+    let f = f.to_str().unwrap();
+    let killed_at = |failpoint: &str| {
+        let out = Run::of(
+            pgtransit(dir.path())
+                .env("PGTRANSIT_FAILPOINT", failpoint)
+                .args(["apply", f, "--auto-approve"])
+                .output()
+                .unwrap(),
+        );
+        assert_ne!(out.code, 0, "the failpoint {failpoint} did not stop it: {out:?}");
+    };
+    killed_at("after:schema:role:alice");
+    killed_at("after:load:table:public.beta_rows");
+    let out = run(dir.path(), &["apply", f, "--auto-approve"]);
+    assert_eq!(out.code, 0, "{out:?}");
+    for db in ["alpha", "beta", "gamma"] {
+        assert_migrated(&src, &tgt, db);
+    }
+    let roles = "SELECT r.rolname, r.rolcanlogin, a.rolpassword IS NOT NULL, \
+                 (SELECT count(*) FROM pg_auth_members m WHERE m.member = r.oid) \
+                 FROM pg_roles r JOIN pg_authid a ON a.oid = r.oid \
+                 WHERE r.rolname IN ('alice', 'readers') ORDER BY 1";
+    assert_eq!(sql(&tgt, "postgres", roles), sql(&src, "postgres", roles));
+    let verifier = "SELECT rolpassword FROM pg_authid WHERE rolname = 'alice'";
+    assert_eq!(sql(&tgt, "postgres", verifier), sql(&src, "postgres", verifier));
+    let out = run(dir.path(), &["plan", f, "--detailed-exitcode"]);
+    assert_eq!(out.code, 0, "nothing left to do: {out:?}");
+}

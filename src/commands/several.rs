@@ -179,13 +179,42 @@ pub async fn compute(loaded: &LoadedMigrationPlan, env: &Env, retry_for: Duratio
     for member in databases::members(loaded, &present) {
         let computed = super::plan::compute_after(&member.plan, env, retry_for, &created).await;
         created.extend(computed.creates.clone());
-        report.databases.push(DatabaseReport {
-            database: member.database.clone(),
-            report: computed.report.clone(),
-        });
+        let mut database = computed.report.clone();
+        // What each database's preflight says of the servers themselves is said once, above.
+        for check in take_server_level(&mut database) {
+            if !report.checks.contains(&check) {
+                report.checks.push(check);
+            }
+        }
+        report
+            .databases
+            .push(DatabaseReport { database: member.database.clone(), report: database });
         members.push((member, computed));
     }
+    report.checks.sort_by_key(|c| c.severity);
     Several { report, members }
+}
+
+/// Findings about the servers rather than one database (parameters, versions), out of a
+/// database's report, its counts adjusted.
+fn take_server_level(r: &mut report::PlanReport) -> Vec<Check> {
+    const SERVER_LEVEL: &[&str] = &[
+        "server_setting_differs",
+        "shared_preload_libraries_differ",
+        "max_connections_lower",
+        "versions",
+    ];
+    let (taken, kept): (Vec<Check>, Vec<Check>) =
+        r.checks.drain(..).partition(|c| SERVER_LEVEL.contains(&c.code.as_str()));
+    r.checks = kept;
+    for c in &taken {
+        match c.severity {
+            Severity::Error => r.summary.errors -= 1,
+            Severity::Warning => r.summary.warnings -= 1,
+            Severity::Info => r.summary.info -= 1,
+        }
+    }
+    taken
 }
 
 /// Databases selected now that earlier applies did not take, and the other way round.

@@ -31,6 +31,7 @@ pub const SETTINGS: &[&str] = &[
     "max_connections",
     "lc_collate",
     "lc_ctype",
+    "log_statement",
 ];
 
 /// Everything pgtransit knows about one database on one server.

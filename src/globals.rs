@@ -140,8 +140,33 @@ pub fn roles(spec: &Roles, used: &BTreeSet<String>, src: &Catalog, tgt: &Catalog
             )),
         });
     }
+    let logs_statements =
+        tgt.settings.get("log_statement").is_some_and(|v| v == "ddl" || v == "all");
     for name in &created {
         let Some(role) = on_source(name) else { continue };
+        if logs_statements
+            && !tgt.server.is_superuser
+            && matches!(role.password, PasswordKind::Scram | PasswordKind::Md5)
+            && !role.builtin
+        {
+            out.findings.push(not_carried(
+                "role_password_logged",
+                &format!("role {}", display(name)),
+                format!(
+                    "the target logs DDL statements (log_statement = {}) and pgtransit's role {} \
+                     may not turn that off: the statement that sets {}'s password verifier will \
+                     be in the target's server log",
+                    tgt.settings.get("log_statement").map(String::as_str).unwrap_or_default(),
+                    display(&tgt.server.current_user),
+                    display(name)
+                ),
+                Some(
+                    "log_statement = 'none' on the target while the roles are created (a \
+                     superuser, or the service's parameter settings)"
+                        .into(),
+                ),
+            ));
+        }
         let why = if spec.missing == MissingRoles::Create && used.contains(*name) {
             "owns or is granted something in scope (roles.missing: create)".to_string()
         } else if patterns.iter().any(|p| p.matches_schema(name)) {

@@ -529,13 +529,13 @@ pub fn parse(
     }
     if let Some(databases) = &spec.databases {
         for pattern in databases.include.iter().chain(&databases.exclude) {
-            if let Err(e) = crate::pattern::Pattern::parse_schema(&pattern.value) {
+            if let Err(e) = crate::pattern::Pattern::parse_name(&pattern.value, "database") {
                 return Err(at(pattern.referenced, e));
             }
         }
     }
     for pattern in &spec.roles.include {
-        if let Err(e) = crate::pattern::Pattern::parse_schema(&pattern.value) {
+        if let Err(e) = crate::pattern::Pattern::parse_name(&pattern.value, "role") {
             return Err(at(pattern.referenced, e));
         }
     }

@@ -68,11 +68,16 @@ pub struct Pattern {
 impl Pattern {
     /// Parses a schema pattern (one part).
     pub fn parse_schema(raw: &str) -> Result<Pattern, String> {
+        Self::parse_name(raw, "schema")
+    }
+
+    /// Parses a pattern of one name (a schema, a role, a database: `what`).
+    pub fn parse_name(raw: &str, what: &str) -> Result<Pattern, String> {
         let parts = split_parts(raw)?;
         match <[Glob; 1]>::try_from(parts) {
             Ok([name]) => Ok(Pattern { raw: raw.to_string(), schema: None, name }),
             Err(_) => Err(format!(
-                "schema pattern `{raw}` has a dot: quote it (\"a.b\") if the dot is in the name"
+                "{what} pattern `{raw}` has a dot: quote it (\"a.b\") if the dot is in the name"
             )),
         }
     }

@@ -366,3 +366,22 @@ fn bootstrap_superusers_predefined_and_providers_roles_bring_nobody_and_are_not_
     assert_eq!(c.create[0].sql, "CREATE ROLE \"postgres\" WITH NOLOGIN;");
     assert!(!c.create[0].reads_verifier);
 }
+
+#[test]
+fn a_target_that_logs_ddl_is_warned_about_when_pgtransit_may_not_turn_it_off() {
+    let (mut src, mut tgt) = servers();
+    src.roles.push(Role { login: true, password: PasswordKind::Scram, ..role("alice") });
+    tgt.settings.insert("log_statement".into(), "ddl".into());
+    let logged = |tgt: &Catalog| {
+        let c = super::roles(&spec(MissingRoles::Error, &["alice"]), &used(&[]), &src, tgt);
+        c.findings.iter().any(|f| f.code == "role_password_logged")
+    };
+    // A superuser turns it off for the transaction.
+    assert!(!logged(&tgt));
+    tgt.server.is_superuser = false;
+    tgt.server.current_user = "admin".into();
+    tgt.roles.push(Role { createrole: true, ..role("admin") });
+    assert!(logged(&tgt));
+    tgt.settings.insert("log_statement".into(), "none".into());
+    assert!(!logged(&tgt));
+}

@@ -119,6 +119,29 @@ pub fn roles(spec: &Roles, used: &BTreeSet<String>, src: &Catalog, tgt: &Catalog
     if spec.missing != MissingRoles::Create {
         left_behind(spec, used, &carried, src, tgt, &mut out.findings);
     }
+    // The source's roles nothing carries, said once: a whole-server migration lists them so
+    // that what differs between the servers' roles afterwards is on record.
+    let behind: Vec<String> = src
+        .roles
+        .iter()
+        .filter(|r| !carried.contains(&r.name) && !r.builtin && !predefined(&r.name))
+        .filter(|r| !on_target(&r.name) && !mapped(&r.name))
+        .map(|r| display(&r.name))
+        .collect();
+    if !behind.is_empty() {
+        out.findings.push(Check {
+            code: "roles_not_carried".into(),
+            severity: Severity::Info,
+            object: "roles".into(),
+            message: format!(
+                "{} role(s) of the source that the target lacks are not carried (nothing in \
+                 scope needs them): {}",
+                behind.len(),
+                behind.join(", ")
+            ),
+            fix: Some("roles.include: [...]  -- to carry them too (\"*\": every role)".into()),
+        });
+    }
     let me = tgt.roles.iter().find(|r| r.name == tgt.server.current_user);
     let created: BTreeSet<&String> = carried.iter().filter(|r| creatable(r)).collect();
     if !created.is_empty() && !tgt.server.is_superuser && !me.is_some_and(|r| r.createrole) {

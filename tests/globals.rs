@@ -113,7 +113,11 @@ fn roles_carry_attributes_nested_memberships_settings_and_scram_verifiers_and_th
     for role in ["app_owner", "readers", "writers", "reporting", "ops"] {
         step(&format!("schema:role:{role}"));
     }
-    assert!(!out.stdout.contains("unrelated"), "{out:?}");
+    // ... and the roles left behind are listed, so what differs between the servers' roles
+    // afterwards is on record.
+    let behind = find_check(&doc, "roles_not_carried", "info", "roles");
+    assert!(behind["message"].as_str().unwrap().ends_with(": unrelated"), "{behind}");
+    assert!(!doc["steps"].to_string().contains("unrelated"), "{out:?}");
     let database = step("post_load:database:app");
     assert!(
         database["sql"]

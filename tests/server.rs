@@ -140,6 +140,7 @@ fn four_databases_and_fifteen_roles_move_in_one_plan_and_a_database_added_later_
     assert!(out.stdout.contains("not in it: postgres, scratch"), "{out:?}");
     // What each database's preflight says of the servers is said once, with the server checks.
     assert_eq!(out.stdout.matches("versions  servers").count(), 1, "{out:?}");
+    assert_eq!(out.stdout.matches("roles_not_carried").count(), 0, "every role is: {out:?}");
     let md = pgtransit_run(&["plan", f, "--format", "markdown"]);
     assert_eq!(md.stdout.matches("<details><summary><b>database ").count(), 4, "{md:?}");
 

@@ -181,6 +181,9 @@ pub async fn compute(loaded: &LoadedMigrationPlan, env: &Env, retry_for: Duratio
         created.extend(computed.creates.clone());
         let mut database = computed.report.clone();
         // What each database's preflight says of the servers themselves is said once, above.
+        // The roles left behind: the last database's list (those no database carries, as each
+        // takes the roles of those before it as there).
+        report.checks.retain(|c| c.code != "roles_not_carried");
         for check in take_server_level(&mut database) {
             if !report.checks.contains(&check) {
                 report.checks.push(check);
@@ -203,6 +206,7 @@ fn take_server_level(r: &mut report::PlanReport) -> Vec<Check> {
         "shared_preload_libraries_differ",
         "max_connections_lower",
         "versions",
+        "roles_not_carried",
     ];
     let (taken, kept): (Vec<Check>, Vec<Check>) =
         r.checks.drain(..).partition(|c| SERVER_LEVEL.contains(&c.code.as_str()));

@@ -79,69 +79,13 @@ pub fn roles(spec: &Roles, used: &BTreeSet<String>, src: &Catalog, tgt: &Catalog
     let patterns: Vec<Pattern> =
         spec.include.iter().filter_map(|p| Pattern::parse_schema(&p.value).ok()).collect();
 
-    let mut seeds: BTreeSet<String> = BTreeSet::new();
-    if spec.missing == MissingRoles::Create {
-        seeds.extend(used.iter().filter(|r| *r != "PUBLIC").cloned());
-        seeds.extend(database_roles(src));
-    }
-    for r in &src.roles {
-        if patterns.iter().any(|p| p.matches_schema(&r.name)) && !predefined(&r.name) {
-            seeds.insert(r.name.clone());
-        }
-    }
-    // Down: members of what is carried (not through mapped roles).
-    let mut carried = seeds.clone();
-    let mut queue: VecDeque<String> = seeds.into_iter().collect();
-    let builtin = |n: &str| src.roles.iter().any(|r| r.name == n && r.builtin);
-    while let Some(group) = queue.pop_front() {
-        // Members of a mapped role, of the bootstrap superuser or of a predefined role (a
-        // monitoring agent in pg_monitor) do not reach the scope through it.
-        if mapped(&group) || builtin(&group) || predefined(&group) {
-            continue;
-        }
-        for m in src.memberships.iter().filter(|m| m.role == group && !predefined(&m.member)) {
-            if carried.insert(m.member.clone()) {
-                queue.push_back(m.member.clone());
-            }
-        }
-    }
-    // Up: the groups of the roles created, for their memberships.
-    let mut queue: VecDeque<String> = carried.iter().filter(|r| creatable(r)).cloned().collect();
-    while let Some(member) = queue.pop_front() {
-        for m in src.memberships.iter().filter(|m| m.member == member && !predefined(&m.role)) {
-            if carried.insert(m.role.clone()) && creatable(&m.role) {
-                queue.push_back(m.role.clone());
-            }
-        }
-    }
+    let carried = closure(spec, used, src, &creatable, &patterns);
     // Error mode: login roles that reach what is in scope through a role but would be left
     // behind.
     if spec.missing != MissingRoles::Create {
         left_behind(spec, used, &carried, src, tgt, &mut out.findings);
     }
-    // The source's roles nothing carries, said once: a whole-server migration lists them so
-    // that what differs between the servers' roles afterwards is on record.
-    let behind: Vec<String> = src
-        .roles
-        .iter()
-        .filter(|r| !carried.contains(&r.name) && !r.builtin && !predefined(&r.name))
-        .filter(|r| !on_target(&r.name) && !mapped(&r.name))
-        .map(|r| display(&r.name))
-        .collect();
-    if !behind.is_empty() {
-        out.findings.push(Check {
-            code: "roles_not_carried".into(),
-            severity: Severity::Info,
-            object: "roles".into(),
-            message: format!(
-                "{} role(s) of the source that the target lacks are not carried (nothing in \
-                 scope needs them): {}",
-                behind.len(),
-                behind.join(", ")
-            ),
-            fix: Some("roles.include: [...]  -- to carry them too (\"*\": every role)".into()),
-        });
-    }
+    out.findings.extend(not_carried_at_all(&carried, src, &|n: &str| on_target(n) || mapped(n)));
     let me = tgt.roles.iter().find(|r| r.name == tgt.server.current_user);
     let created: BTreeSet<&String> = carried.iter().filter(|r| creatable(r)).collect();
     if !created.is_empty() && !tgt.server.is_superuser && !me.is_some_and(|r| r.createrole) {
@@ -291,6 +235,83 @@ pub fn roles(spec: &Roles, used: &BTreeSet<String>, src: &Catalog, tgt: &Catalog
         }
     }
     out
+}
+
+/// The roles carried: the seeds (see [`roles`]), their members transitively (not through
+/// mapped, bootstrap or predefined roles), then the groups of those to be created.
+fn closure(
+    spec: &Roles,
+    used: &BTreeSet<String>,
+    src: &Catalog,
+    creatable: &dyn Fn(&str) -> bool,
+    patterns: &[Pattern],
+) -> BTreeSet<String> {
+    let mapped = |n: &str| spec.map.contains_key(n);
+    let mut seeds: BTreeSet<String> = BTreeSet::new();
+    if spec.missing == MissingRoles::Create {
+        seeds.extend(used.iter().filter(|r| *r != "PUBLIC").cloned());
+        seeds.extend(database_roles(src));
+    }
+    for r in &src.roles {
+        if patterns.iter().any(|p| p.matches_schema(&r.name)) && !predefined(&r.name) {
+            seeds.insert(r.name.clone());
+        }
+    }
+    // Down: members of what is carried (not through mapped roles).
+    let mut carried = seeds.clone();
+    let mut queue: VecDeque<String> = seeds.into_iter().collect();
+    let builtin = |n: &str| src.roles.iter().any(|r| r.name == n && r.builtin);
+    while let Some(group) = queue.pop_front() {
+        // Members of a mapped role, of the bootstrap superuser or of a predefined role (a
+        // monitoring agent in pg_monitor) do not reach the scope through it.
+        if mapped(&group) || builtin(&group) || predefined(&group) {
+            continue;
+        }
+        for m in src.memberships.iter().filter(|m| m.role == group && !predefined(&m.member)) {
+            if carried.insert(m.member.clone()) {
+                queue.push_back(m.member.clone());
+            }
+        }
+    }
+    // Up: the groups of the roles created, for their memberships.
+    let mut queue: VecDeque<String> = carried.iter().filter(|r| creatable(r)).cloned().collect();
+    while let Some(member) = queue.pop_front() {
+        for m in src.memberships.iter().filter(|m| m.member == member && !predefined(&m.role)) {
+            if carried.insert(m.role.clone()) && creatable(&m.role) {
+                queue.push_back(m.role.clone());
+            }
+        }
+    }
+    carried
+}
+
+/// The source's roles nothing carries (`elsewhere`: on the target or mapped), said once: a
+/// whole-server migration lists them, so what differs between the servers' roles afterwards
+/// is on record.
+fn not_carried_at_all(
+    carried: &BTreeSet<String>,
+    src: &Catalog,
+    elsewhere: &dyn Fn(&str) -> bool,
+) -> Option<Check> {
+    let behind: Vec<String> = src
+        .roles
+        .iter()
+        .filter(|r| !carried.contains(&r.name) && !r.builtin && !predefined(&r.name))
+        .filter(|r| !elsewhere(&r.name))
+        .map(|r| display(&r.name))
+        .collect();
+    (!behind.is_empty()).then(|| Check {
+        code: "roles_not_carried".into(),
+        severity: Severity::Info,
+        object: "roles".into(),
+        message: format!(
+            "{} role(s) of the source that the target lacks are not carried (nothing in scope \
+             needs them): {}",
+            behind.len(),
+            behind.join(", ")
+        ),
+        fix: Some("roles.include: [...]  -- to carry them too (\"*\": every role)".into()),
+    })
 }
 
 /// The database's owner (when not a superuser) and grantees, on the source.

@@ -20,7 +20,7 @@ use crate::hash::hash_parts;
 use crate::migration_plan::{KeylessTables, LoadedMigrationPlan, MissingRoles, Mode};
 use crate::objects::{self, ObjectKey, ObjectKind, SchemaObject, Section};
 use crate::scope::Scope;
-use crate::sql::{ident, qualified, qualified_ident};
+use crate::sql::{display, ident, qualified, qualified_ident};
 use crate::state::{State, StepStatus};
 
 /// Everything the planner looks at.
@@ -296,7 +296,7 @@ fn role_steps(
             id: step_id(Phase::Schema, "role", "", &role.name),
             phase: Phase::Schema,
             action: Action::Create,
-            object: format!("role {}", crate::sql::display(&role.name)),
+            object: format!("role {}", display(&role.name)),
             sql: role.sql,
             estimate: None,
             note: Some(if role.reads_verifier {
@@ -314,39 +314,28 @@ fn role_steps(
             table: None,
         });
     }
-    let database = crate::sql::display(&inputs.target.server.database);
+    let database = display(&inputs.target.server.database);
+    // A role's settings in this database, and its memberships: SQL on the target.
+    let as_on_source = |what: &str, role: &str, object: String, statements: Vec<String>| Step {
+        id: step_id(Phase::Schema, what, "", role),
+        phase: Phase::Schema,
+        action: Action::Create,
+        object,
+        sql: statements.join("\n"),
+        estimate: None,
+        note: Some("as on the source".into()),
+        diff: None,
+        work: Work::TargetSql,
+        after: vec![],
+        table: None,
+    };
     for (role, statements) in carried.settings_here {
-        steps.push(Step {
-            id: step_id(Phase::Schema, "role_settings", "", &role),
-            phase: Phase::Schema,
-            action: Action::Create,
-            object: format!(
-                "settings of role {} in database {database}",
-                crate::sql::display(&role)
-            ),
-            sql: statements.join("\n"),
-            estimate: None,
-            note: Some("as on the source".into()),
-            diff: None,
-            work: Work::TargetSql,
-            after: vec![],
-            table: None,
-        });
+        let object = format!("settings of role {} in database {database}", display(&role));
+        steps.push(as_on_source("role_settings", &role, object, statements));
     }
     for (member, grants) in carried.grants {
-        steps.push(Step {
-            id: step_id(Phase::Schema, "role_membership", "", &member),
-            phase: Phase::Schema,
-            action: Action::Create,
-            object: format!("memberships of role {}", crate::sql::display(&member)),
-            sql: grants.join("\n"),
-            estimate: None,
-            note: Some("as on the source".into()),
-            diff: None,
-            work: Work::TargetSql,
-            after: vec![],
-            table: None,
-        });
+        let object = format!("memberships of role {}", display(&member));
+        steps.push(as_on_source("role_membership", &member, object, grants));
     }
     (steps, carried.granted, carried.findings)
 }
@@ -382,7 +371,7 @@ fn database_step(inputs: &Inputs<'_>, steps: &[Step], created: &BTreeSet<String>
         id: step_id(Phase::PostLoad, "database", "", database),
         phase: Phase::PostLoad,
         action: Action::Update,
-        object: format!("database {}", crate::sql::display(database)),
+        object: format!("database {}", display(database)),
         sql: sql.join("\n"),
         estimate: None,
         note: Some("the source database's properties, last".into()),

@@ -40,25 +40,7 @@ GRANT CONNECT ON DATABASE app TO readers;
 
 /// `pg_dumpall --globals-only --no-role-passwords`, without the lines naming `skip`.
 fn globals(c: &LocalCluster, skip: &[&str]) -> String {
-    globals_using(&c.bin("pg_dumpall"), c, skip)
-}
-
-/// [`globals`] with this `pg_dumpall`.
-fn globals_using(pg_dumpall: &std::path::Path, c: &LocalCluster, skip: &[&str]) -> String {
-    let out = Command::new(pg_dumpall)
-        .args(["--globals-only", "--no-role-passwords", "--no-sync"])
-        .args(["-h", c.host(), "-p", &c.port().to_string(), "-U", "postgres"])
-        .env("PGPASSWORD", c.superuser_password().unwrap_or(""))
-        .output()
-        .expect("run pg_dumpall");
-    assert!(out.status.success(), "pg_dumpall: {}", String::from_utf8_lossy(&out.stderr));
-    String::from_utf8(out.stdout)
-        .unwrap()
-        .lines()
-        .filter(|l| !l.starts_with("\\restrict") && !l.starts_with("\\unrestrict"))
-        .filter(|l| !l.is_empty() && !l.starts_with("--") && !skip.iter().any(|s| l.contains(s)))
-        .collect::<Vec<_>>()
-        .join("\n")
+    dumpall_globals(&c.bin("pg_dumpall"), c, skip)
 }
 
 /// Logs in over TCP (scram-sha-256 on the target) as `user` with `password`.
@@ -205,7 +187,7 @@ fn roles_from_13_to_18_and_from_16_to_17_keep_md5_verifiers_and_membership_optio
         let out = pgtransit_run(&["apply", f.to_str().unwrap(), "--auto-approve"]);
         assert_eq!(out.code, 0, "{from} -> {to}: {out:?}");
         let dumpall = tgt.bin("pg_dumpall");
-        let mut target = globals_using(&dumpall, &tgt, &[]);
+        let mut target = dumpall_globals(&dumpall, &tgt, &[]);
         if from < 16 {
             // pg_dumpall spells out a 16+ server's membership options and grantor, which an
             // older server does not record (there, INHERIT is the member's attribute).
@@ -213,7 +195,7 @@ fn roles_from_13_to_18_and_from_16_to_17_keep_md5_verifiers_and_membership_optio
                 target = target.replace(default, "");
             }
         }
-        assert_eq!(target, globals_using(&dumpall, &src, &[]), "{from} -> {to}");
+        assert_eq!(target, dumpall_globals(&dumpall, &src, &[]), "{from} -> {to}");
         let verifiers = "SELECT rolname, rolpassword FROM pg_authid \
                          WHERE rolname IN ('legacy', 'keeper') ORDER BY 1";
         assert_eq!(sql(&tgt, "app", verifiers), sql(&src, "app", verifiers), "{from} -> {to}");

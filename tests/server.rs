@@ -73,22 +73,6 @@ fn fill_source(src: &LocalCluster) {
     sql(src, "postgres", "CREATE DATABASE scratch");
 }
 
-fn dumpall_globals(c: &LocalCluster, dumpall: &std::path::Path) -> String {
-    let out = Command::new(dumpall)
-        .args(["--globals-only", "--no-role-passwords", "--no-sync"])
-        .args(["-h", c.host(), "-p", &c.port().to_string(), "-U", "postgres"])
-        .env("PGPASSWORD", c.superuser_password().unwrap_or(""))
-        .output()
-        .expect("run pg_dumpall");
-    assert!(out.status.success(), "pg_dumpall: {}", String::from_utf8_lossy(&out.stderr));
-    String::from_utf8(out.stdout)
-        .unwrap()
-        .lines()
-        .filter(|l| !l.is_empty() && !l.starts_with("--") && !l.starts_with("\\"))
-        .collect::<Vec<_>>()
-        .join("\n")
-}
-
 #[test]
 fn four_databases_and_fifteen_roles_move_in_one_plan_and_a_database_added_later_is_reported() {
     let src = cluster("server-src", &[]);
@@ -149,7 +133,7 @@ fn four_databases_and_fifteen_roles_move_in_one_plan_and_a_database_added_later_
 
     // pg_dumpall's globals are the same; every database's schema and rows are the same.
     let dumpall = tgt.bin("pg_dumpall");
-    assert_eq!(dumpall_globals(&tgt, &dumpall), dumpall_globals(&src, &dumpall));
+    assert_eq!(dumpall_globals(&dumpall, &tgt, &[]), dumpall_globals(&dumpall, &src, &[]));
     for db in DATABASES {
         assert_migrated(&src, &tgt, db);
         let settings = "SELECT coalesce(r.rolname, '-'), s.setconfig FROM pg_db_role_setting s \

@@ -347,3 +347,22 @@ pub fn sequence_values(c: &LocalCluster, db: &str) -> std::collections::BTreeMap
         .map(|(name, v)| (name.to_string(), v.parse().unwrap()))
         .collect()
 }
+
+/// `pg_dumpall --globals-only --no-role-passwords` (by this `pg_dumpall`): its statements, without
+/// comments, blank lines, `\restrict` lines and the lines naming any of `skip`.
+pub fn dumpall_globals(pg_dumpall: &Path, c: &LocalCluster, skip: &[&str]) -> String {
+    let out = Command::new(pg_dumpall)
+        .args(["--globals-only", "--no-role-passwords", "--no-sync"])
+        .args(["-h", c.host(), "-p", &c.port().to_string(), "-U", "postgres"])
+        .env("PGPASSWORD", c.superuser_password().unwrap_or(""))
+        .output()
+        .expect("run pg_dumpall");
+    assert!(out.status.success(), "pg_dumpall: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .filter(|l| !l.is_empty() && !l.starts_with("--") && !l.starts_with('\\'))
+        .filter(|l| !skip.iter().any(|s| l.contains(s)))
+        .collect::<Vec<_>>()
+        .join("\n")
+}

@@ -32,6 +32,7 @@ pub const SETTINGS: &[&str] = &[
     "lc_collate",
     "lc_ctype",
     "log_statement",
+    "log_min_duration_statement",
 ];
 
 /// Everything pgtransit knows about one database on one server.

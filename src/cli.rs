@@ -148,11 +148,18 @@ fn init_logging(cli: &Cli) {
         1 => "pgtransit=debug",
         _ => "pgtransit=trace",
     };
+    use tracing_subscriber::prelude::*;
     let filter =
         EnvFilter::try_from_env("PGTRANSIT_LOG").unwrap_or_else(|_| EnvFilter::new(default));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    // The client library logs every statement it sends at debug level: whatever PGTRANSIT_LOG
+    // asks, never that (a role's password verifier is one of them).
+    let no_statements = tracing_subscriber::filter::filter_fn(|m| {
+        !(m.target().starts_with("tokio_postgres") && *m.level() > tracing::Level::INFO)
+    });
+    let logging = tracing_subscriber::registry().with(filter).with(no_statements);
+    let layer = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
     let _ = match cli.log_format {
-        LogFormat::Json => builder.json().try_init(),
+        LogFormat::Json => logging.with(layer.json()).try_init(),
         LogFormat::Text => {
             // Colour in log lines only where it would show: a terminal, no NO_COLOR.
             use std::io::IsTerminal;
@@ -163,7 +170,7 @@ fn init_logging(cli: &Cli) {
                     std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none()
                 }
             };
-            builder.with_ansi(ansi).try_init()
+            logging.with(layer.with_ansi(ansi)).try_init()
         }
     };
 }

@@ -435,6 +435,10 @@ pub struct Plan {
     /// databases, the next database's plan takes them as there.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub memberships_granted: Vec<(String, String)>,
+    /// The roles it carries (creates, or finds there): in a migration of several databases, the
+    /// next database's plan carries them too (their settings in that database).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub roles_carried: Vec<String>,
 }
 
 impl Plan {

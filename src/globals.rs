@@ -42,20 +42,57 @@ pub struct RolesCarried {
     pub settings_here: BTreeMap<String, Vec<String>>,
     /// The memberships `grants` grants: (role, member).
     pub granted: Vec<(String, String)>,
+    /// Every role carried (created now, or there already), mapped and predefined ones aside.
+    pub carried: Vec<String>,
     /// Attributes, passwords, settings and memberships left out, and login roles left behind.
     pub findings: Vec<Check>,
 }
 
-/// Roles of managed services (their administrators, agents and replication): every such server
-/// has its own, and no migration creates them.
-pub const PROVIDERS_OWN: &[&str] =
-    &["rds", "azure_", "azuresu", "cloudsql", "alloydb", "aiven", "supabase_", "neon_"];
+/// Roles of managed services (their administrators, agents and replication), by name: every
+/// such server has its own, and no migration creates them.
+pub const PROVIDERS_OWN: &[&str] = &[
+    "rdsadmin",
+    "rds_superuser",
+    "rds_replication",
+    "rds_password",
+    "rds_iam",
+    "rds_ad",
+    "rdstopmgr",
+    "rdsrepladmin",
+    "azure_pg_admin",
+    "azure_superuser",
+    "azuresu",
+    "cloudsqladmin",
+    "cloudsqlsuperuser",
+    "cloudsqlagent",
+    "cloudsqlreplica",
+    "cloudsqliamuser",
+    "cloudsqliamserviceaccount",
+    "cloudsqlimportexport",
+    "alloydbadmin",
+    "alloydbsuperuser",
+];
 
 /// A predefined role (`pg_read_all_data`...) or a managed service's: every such server has its
 /// own.
-fn predefined(name: &str) -> bool {
-    name.starts_with("pg_") || PROVIDERS_OWN.iter().any(|p| name.starts_with(p))
+pub fn predefined(name: &str) -> bool {
+    name.starts_with("pg_") || PROVIDERS_OWN.contains(&name)
 }
+
+/// The finding codes [`roles`] makes: the plan's, computed from every object in scope, replace
+/// preflight's, computed from the catalog.
+pub const ROLE_CODES: &[&str] = &[
+    "target_cannot_create_roles",
+    "role_attribute_not_carried",
+    "role_password_not_carried",
+    "role_password_md5",
+    "role_password_logged",
+    "role_granted_to_target_user",
+    "role_setting_not_carried",
+    "role_membership_not_carried",
+    "role_member_missing",
+    "roles_not_carried",
+];
 
 /// `ALTER ROLE ... PASSWORD value`: the statement a role step shows with [`VERIFIER`] and runs,
 /// on its own, with the source's verifier.
@@ -86,6 +123,7 @@ pub fn roles(spec: &Roles, used: &BTreeSet<String>, src: &Catalog, tgt: &Catalog
         left_behind(spec, used, &carried, src, tgt, &mut out.findings);
     }
     out.findings.extend(not_carried_at_all(&carried, src, &|n: &str| on_target(n) || mapped(n)));
+    out.carried = carried.iter().filter(|r| !mapped(r) && !predefined(r)).cloned().collect();
     let me = tgt.roles.iter().find(|r| r.name == tgt.server.current_user);
     let created: BTreeSet<&String> = carried.iter().filter(|r| creatable(r)).collect();
     if !created.is_empty() && !tgt.server.is_superuser && !me.is_some_and(|r| r.createrole) {
@@ -108,7 +146,8 @@ pub fn roles(spec: &Roles, used: &BTreeSet<String>, src: &Catalog, tgt: &Catalog
         });
     }
     let logs_statements =
-        tgt.settings.get("log_statement").is_some_and(|v| v == "ddl" || v == "all");
+        tgt.settings.get("log_statement").is_some_and(|v| v == "ddl" || v == "all")
+            || tgt.settings.get("log_min_duration_statement").is_some_and(|v| v == "0");
     for name in &created {
         let Some(role) = on_source(name) else { continue };
         if logs_statements
@@ -120,16 +159,21 @@ pub fn roles(spec: &Roles, used: &BTreeSet<String>, src: &Catalog, tgt: &Catalog
                 "role_password_logged",
                 &format!("role {}", display(name)),
                 format!(
-                    "the target logs DDL statements (log_statement = {}) and pgtransit's role {} \
-                     may not turn that off: the statement that sets {}'s password verifier will \
-                     be in the target's server log",
+                    "the target logs DDL statements (log_statement = {}, log_min_duration_statement \
+                     = {}) and pgtransit's role {} may not turn that off: the statement that sets \
+                     {}'s password verifier will be in the target's server log",
                     tgt.settings.get("log_statement").map(String::as_str).unwrap_or_default(),
+                    tgt.settings
+                        .get("log_min_duration_statement")
+                        .map(String::as_str)
+                        .unwrap_or_default(),
                     display(&tgt.server.current_user),
                     display(name)
                 ),
                 Some(
-                    "log_statement = 'none' on the target while the roles are created (a \
-                     superuser, or the service's parameter settings)"
+                    "log_statement = 'none' and log_min_duration_statement = -1 on the target \
+                     while the roles are created (a superuser, or the service's parameter \
+                     settings)"
                         .into(),
                 ),
             ));
@@ -164,7 +208,7 @@ pub fn roles(spec: &Roles, used: &BTreeSet<String>, src: &Catalog, tgt: &Catalog
                  migration's sessions",
                 display(name)
             ))
-        } else if theirs.is_some_and(|t| !t.grantable) && !tgt.server.is_superuser {
+        } else if theirs.is_some_and(|t| !may_alter(t, tgt)) {
             Some(format!(
                 "the target's role {} may not alter {}",
                 display(&tgt.server.current_user),
@@ -504,6 +548,16 @@ fn new_role(
         sql.push_str(&statement);
     }
     NewRole { name: role.name.clone(), sql, reads_verifier, why: why.to_string() }
+}
+
+/// Whether the target's role may alter `role` (set its settings): a superuser; else CREATEROLE,
+/// on a role that is no superuser, and from 16 with ADMIN OPTION on it.
+fn may_alter(role: &Role, tgt: &Catalog) -> bool {
+    let me = tgt.roles.iter().find(|r| r.name == tgt.server.current_user);
+    tgt.server.is_superuser
+        || (me.is_some_and(|m| m.createrole)
+            && !role.superuser
+            && (tgt.server.major() < 16 || role.grantable))
 }
 
 /// `ALTER ROLE ... {scope}SET` for each of `settings` the target accepts; the others reported.

@@ -156,7 +156,8 @@ pub fn plan(inputs: Inputs<'_>) -> Plan {
 
     let mut steps: Vec<Step> = vec![];
 
-    let (role_steps, memberships_granted, role_findings) = role_steps(&inputs, &source_in_scope);
+    let (role_steps, (memberships_granted, roles_carried), role_findings) =
+        role_steps(&inputs, &source_in_scope);
     steps.extend(role_steps);
     let created: BTreeSet<String> = steps
         .iter()
@@ -253,6 +254,7 @@ pub fn plan(inputs: Inputs<'_>) -> Plan {
         cutover_estimate: None,
         steps_hash,
         memberships_granted,
+        roles_carried,
     }
 }
 
@@ -283,10 +285,13 @@ fn keyless_made_full(
 }
 
 /// Roles the migration creates, as on the source, then their memberships (`globals::roles`).
+type Granted = (Vec<(String, String)>, Vec<String>);
+
+/// The role steps, with (memberships granted, roles carried) and the findings.
 fn role_steps(
     inputs: &Inputs<'_>,
     source_in_scope: &[SchemaObject],
-) -> (Vec<Step>, Vec<(String, String)>, Vec<crate::check::Check>) {
+) -> (Vec<Step>, Granted, Vec<crate::check::Check>) {
     let used = roles_used(&source_in_scope.iter().collect::<Vec<_>>());
     let carried =
         crate::globals::roles(&inputs.spec.spec.roles, &used, inputs.source, inputs.target);
@@ -337,16 +342,17 @@ fn role_steps(
         let object = format!("memberships of role {}", display(&member));
         steps.push(as_on_source("role_membership", &member, object, grants));
     }
-    (steps, carried.granted, carried.findings)
+    (steps, (carried.granted, carried.carried), carried.findings)
 }
 
-/// Preflight's findings, with those about the roles the plan carries that preflight did not
-/// make: the plan's roles come from every object in scope (policies, grantors, pg_dump's DDL
-/// name roles too), preflight's from the catalog.
+/// Preflight's findings, with its findings about the roles carried replaced by the plan's: the
+/// plan's roles come from every object in scope (policies, grantors, pg_dump's DDL name roles
+/// too), preflight's from the catalog.
 fn with_findings(
     mut checks: Vec<crate::check::Check>,
     more: Vec<crate::check::Check>,
 ) -> Vec<crate::check::Check> {
+    checks.retain(|c| !crate::globals::ROLE_CODES.contains(&c.code.as_str()));
     for f in more {
         if !checks.contains(&f) {
             checks.push(f);

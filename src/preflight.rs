@@ -1129,6 +1129,17 @@ fn check_roles(
         }
         let object = format!("role {}", display(role));
         let what = format!("role {} {}", display(role), parts.join(" and "));
+        if crate::globals::predefined(role) {
+            // Another server's own role (a managed service's): never created elsewhere.
+            f.add(
+                "role_missing",
+                Severity::Error,
+                object,
+                format!("{what}, but is a predefined or managed service's role the target lacks"),
+                Some(format!("roles.map: {{ {}: <target role> }}", literal(role))),
+            );
+            continue;
+        }
         match spec.roles.missing {
             MissingRoles::Error => f.add(
                 "role_missing",

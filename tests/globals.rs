@@ -111,8 +111,17 @@ fn roles_carry_attributes_nested_memberships_settings_and_scram_verifiers_and_th
     // PUBLIC may still use temporary tables on the target: reported, not revoked.
     find_check(&doc, "database_grant_extra", "warning", "database app");
 
-    let out = pgtransit_run(&["apply", f, "--auto-approve"]);
+    // Whatever the log level asks, no statement the client sends is logged.
+    let out = Run::of(
+        pgtransit(dir.path())
+            .env("PGPASSWORD", password)
+            .env("PGTRANSIT_LOG", "trace")
+            .args(["apply", f, "--auto-approve"])
+            .output()
+            .unwrap(),
+    );
     assert_eq!(out.code, 0, "{out:?}");
+    assert!(!out.stderr.contains("SCRAM-SHA-256$"), "a verifier in pgtransit's log: {out:?}");
     assert!(
         !std::fs::read_to_string(dir.path().join(".pgtransit/globals/state.json"))
             .unwrap_or_default()
@@ -282,7 +291,15 @@ fn a_failing_role_step_leaves_no_verifier_in_the_targets_log() {
          CREATE ROLE alice LOGIN PASSWORD 'alice-secret';
          CREATE TABLE t (id int PRIMARY KEY); GRANT SELECT ON t TO alice;",
     );
-    let tgt = cluster("globals-log-tgt", &[("log_min_error_statement", "error")]);
+    let tgt = cluster(
+        "globals-log-tgt",
+        &[
+            ("log_min_error_statement", "error"),
+            ("log_statement", "all"),
+            ("log_min_duration_statement", "0"),
+            ("log_transaction_sample_rate", "1"),
+        ],
+    );
     tgt.create_database("app").unwrap();
     let dir = TempDir::new("globals-log");
     let extra = "mode: offline\nroles:\n  missing: create\n";
@@ -295,7 +312,20 @@ fn a_failing_role_step_leaves_no_verifier_in_the_targets_log() {
     let out = run(dir.path(), &["apply", saved.to_str().unwrap()]);
     assert_eq!(out.code, 1, "{out:?}");
     assert!(out.stderr.contains("role \"alice\" already"), "{out:?}");
-    let log = tgt.log_tail(200);
+    // The verifier itself (pgtransit's catalog queries name the prefix `SCRAM-SHA-256$`).
+    let verifier = "SELECT rolpassword FROM pg_authid WHERE rolname = 'alice'";
+    let secret = sql(&src, "app", verifier);
+    assert!(secret.starts_with("SCRAM-SHA-256$"), "{secret}");
+    let log = tgt.log_tail(1_000_000);
     assert!(log.contains("role \"alice\" already exists"), "{log}");
-    assert!(!log.contains("SCRAM-SHA-256$"), "the verifier is in the server log:\n{log}");
+    assert!(!log.contains(&secret), "the verifier is in the server log:\n{log}");
+    // Created for real on a target that logs every statement, its duration, and samples
+    // transactions: pgtransit, a superuser there, turns all of it off for the role's step.
+    sql(&tgt, "app", "DROP ROLE alice");
+    let out = run(dir.path(), &["apply", f, "--auto-approve"]);
+    assert_eq!(out.code, 0, "{out:?}");
+    let log = tgt.log_tail(1_000_000);
+    assert!(log.contains("LOG:  statement: "), "the server logs statements: {log}");
+    assert!(!log.contains(&secret), "the verifier is in the server log:\n{log}");
+    assert_eq!(sql(&tgt, "app", verifier), secret);
 }

@@ -130,6 +130,7 @@ fn sample_plan() -> Plan {
         summary: Plan::summarize(&steps),
         steps_hash: String::new(),
         memberships_granted: vec![],
+        roles_carried: vec![],
         tables: vec![],
         cutover_estimate: None,
         load_estimate: Some(pgtransit::execution_plan::LoadEstimate {

@@ -200,6 +200,7 @@ fn a_migration_of_several_databases_killed_twice_resumes_to_identical_databases_
         "SET password_encryption = 'scram-sha-256';
          CREATE ROLE readers; CREATE ROLE alice LOGIN PASSWORD 'a' IN ROLE readers;",
     );
+    sql(&src, "postgres", "CREATE ROLE alpha_owner");
     for (db, rows) in [("alpha", 1_000), ("beta", 200_000), ("gamma", 10)] {
         src.create_database(db).unwrap();
         tgt.create_database(db).unwrap();
@@ -213,6 +214,10 @@ fn a_migration_of_several_databases_killed_twice_resumes_to_identical_databases_
             ),
         );
     }
+    // A role only alpha needs, with a setting in gamma: alpha's plan creates it, gamma's
+    // carries its setting there.
+    sql(&src, "alpha", "ALTER TABLE alpha_rows OWNER TO alpha_owner");
+    sql(&src, "postgres", "ALTER ROLE alpha_owner IN DATABASE gamma SET work_mem = '8MB'");
     let dir = TempDir::new("server-kill");
     let extra = "mode: offline\ndatabases:\n  include: [alpha, beta, gamma]\n\
                  roles:\n  missing: create\n";
@@ -235,6 +240,9 @@ fn a_migration_of_several_databases_killed_twice_resumes_to_identical_databases_
     for db in ["alpha", "beta", "gamma"] {
         assert_migrated(&src, &tgt, db);
     }
+    let settings = "SELECT r.rolname, d.datname, s.setconfig FROM pg_db_role_setting s \
+                    JOIN pg_roles r ON r.oid = s.setrole JOIN pg_database d ON d.oid = s.setdatabase";
+    assert_eq!(sql(&tgt, "postgres", settings), "alpha_owner|gamma|{work_mem=8MB}");
     let roles = "SELECT r.rolname, r.rolcanlogin, a.rolpassword IS NOT NULL, \
                  (SELECT count(*) FROM pg_auth_members m WHERE m.member = r.oid) \
                  FROM pg_roles r JOIN pg_authid a ON a.oid = r.oid \

@@ -123,9 +123,9 @@ pub struct Computed {
     pub creates: Created,
 }
 
-/// Roles and memberships (cluster-wide) created by the plans of earlier databases of a
+/// Roles and memberships (cluster-wide) carried by the plans of earlier databases of a
 /// migration of several: there by the time the next one applies, so it does not plan them
-/// again.
+/// again, and carries those roles too (their settings in its database).
 #[derive(Debug, Clone, Default)]
 pub struct Created {
     /// Roles, as on the source.
@@ -135,13 +135,11 @@ pub struct Created {
 }
 
 impl Created {
-    /// What `plan`'s role steps create, read from the source catalog.
+    /// The roles `plan` carries and the memberships it grants, read from the source catalog.
     fn of(plan: &Plan, source: &Catalog) -> Created {
         let mut out = Created::default();
-        for step in &plan.steps {
-            if let Some(name) = step.id.strip_prefix("schema:role:") {
-                out.roles.extend(source.roles.iter().find(|r| r.name == name).cloned());
-            }
+        for name in &plan.roles_carried {
+            out.roles.extend(source.roles.iter().find(|r| &r.name == name).cloned());
         }
         for (role, member) in &plan.memberships_granted {
             let granted =
@@ -194,6 +192,21 @@ pub async fn compute_after(
     retry_for: Duration,
     earlier: &Created,
 ) -> Computed {
+    // The roles the databases before this one create are carried by this one too, for what
+    // this database has of them (their settings in it): named as if by `roles.include`.
+    let with_earlier;
+    let loaded = if earlier.roles.is_empty() {
+        loaded
+    } else {
+        let mut more = loaded.clone();
+        let at = serde_saphyr::Location::UNKNOWN;
+        for role in &earlier.roles {
+            let exact = format!("\"{}\"", role.name.replace('"', "\"\""));
+            more.spec.roles.include.push(serde_saphyr::Spanned::new(exact, at, at));
+        }
+        with_earlier = more;
+        &with_earlier
+    };
     let policy = RetryPolicy { max_elapsed: retry_for, ..RetryPolicy::default() };
     let scope = Scope::new(&loaded.spec.objects);
     let (mut source, mut target) = tokio::join!(

@@ -15,6 +15,7 @@ use crate::catalog::{self, DatabaseInfo};
 use crate::check::{Check, Severity};
 use crate::conn::{self, ConnInfo, Env, RetryPolicy};
 use crate::databases::{self, Member};
+use crate::execution_plan::Plan;
 use crate::migration_plan::{LoadedMigrationPlan, Mode};
 use crate::preflight::{self, Side};
 use crate::report::{self, DatabaseReport, Format, SeveralReport};
@@ -30,6 +31,8 @@ pub struct Several {
     pub report: SeveralReport,
     /// Each database's member and its plan, in name order.
     pub members: Vec<(Member, Computed)>,
+    /// For each member, what the plans of the databases before it create.
+    pub earlier: Vec<Created>,
 }
 
 impl Several {
@@ -112,13 +115,29 @@ pub async fn apply(
         // Planned again now, under its lock, once the databases before it are applied (the
         // roles they created are there, as its plan assumed): applied only if neither server
         // changed since its plan was shown.
-        let fresh = super::plan::compute(&member.plan, &env, args.connect.retry_for).await;
+        let fresh = super::plan::compute_after(
+            &member.plan,
+            &env,
+            args.connect.retry_for,
+            &several.earlier[i],
+        )
+        .await;
         let Some(plan) = fresh.plan.as_ref() else {
             report::plan(out, &fresh.report, Format::Text).map_err(io_err)?;
             return Ok(Outcome::Failed);
         };
         let (was, now) = (&shown.fingerprint, &plan.fingerprint);
-        if was.source != now.source || was.target != now.target || !plan.is_applicable() {
+        let same = |a: &Plan, b: &Plan| {
+            let steps = |p: &Plan| -> Vec<(String, String, String)> {
+                p.steps
+                    .iter()
+                    .map(|s| (s.id.clone(), s.action.name().to_string(), s.sql.clone()))
+                    .collect()
+            };
+            steps(a) == steps(b)
+        };
+        let changed = was.source != now.source || was.target != now.target || !same(shown, plan);
+        if changed || !plan.is_applicable() {
             report::plan(out, &fresh.report, Format::Text).map_err(io_err)?;
             miette::bail!(
                 help = "run `pgtransit apply` again: it plans every database afresh and shows \
@@ -160,7 +179,7 @@ pub async fn compute(loaded: &LoadedMigrationPlan, env: &Env, retry_for: Duratio
         (s, t) => {
             report.checks.extend(s.err());
             report.checks.extend(t.err());
-            return Several { report, members: vec![] };
+            return Several { report, members: vec![], earlier: vec![] };
         }
     };
     let names: Vec<String> = source.iter().map(|d| d.name.clone()).collect();
@@ -175,9 +194,11 @@ pub async fn compute(loaded: &LoadedMigrationPlan, env: &Env, retry_for: Duratio
     let present: Vec<String> =
         selected.into_iter().filter(|d| target.iter().any(|t| &t.name == d)).collect();
     let mut members = vec![];
+    let mut earlier = vec![];
     let mut created = Created::default();
     for member in databases::members(loaded, &present) {
         let computed = super::plan::compute_after(&member.plan, env, retry_for, &created).await;
+        earlier.push(created.clone());
         created.extend(computed.creates.clone());
         let mut database = computed.report.clone();
         // What each database's preflight says of the servers themselves is said once, above.
@@ -195,14 +216,13 @@ pub async fn compute(loaded: &LoadedMigrationPlan, env: &Env, retry_for: Duratio
         members.push((member, computed));
     }
     report.checks.sort_by_key(|c| c.severity);
-    Several { report, members }
+    Several { report, members, earlier }
 }
 
 /// Findings about the servers rather than one database (parameters, versions), out of a
 /// database's report, its counts adjusted.
 fn take_server_level(r: &mut report::PlanReport) -> Vec<Check> {
     const SERVER_LEVEL: &[&str] = &[
-        "server_setting_differs",
         "shared_preload_libraries_differ",
         "max_connections_lower",
         "versions",

@@ -287,12 +287,12 @@ pub(crate) async fn run_step(
     Ok(())
 }
 
-/// Creates a role whose password verifier is read from the source now (`sql`: the step's, with
-/// `globals::password_sql(role, VERIFIER)` as one of its lines). In one transaction: the step's
+/// Creates a role whose password verifier is read from the source now (`sql`: the step's, whose
+/// last statement is `globals::password_sql(role, VERIFIER)`). In one transaction: the step's
 /// other statements first, then the password on its own, so that a failing statement (a role
 /// already there, when an interrupted step runs again) never carries the verifier into the
-/// server's log; with the target's server log and statement statistics told to leave it out
-/// where pgtransit's role may say so (a superuser).
+/// server's log; with the server's statement logging and sampling, and statement statistics,
+/// off around it where pgtransit's role may say so (a superuser).
 async fn create_role(
     source: &Client,
     target: &Client,
@@ -303,9 +303,22 @@ async fn create_role(
         .query_opt("SELECT rolpassword FROM pg_catalog.pg_authid WHERE rolname = $1", &[&role])
         .await?
         .and_then(|r| r.get(0));
-    let password_line = crate::globals::password_sql(role, crate::globals::VERIFIER);
-    let others: Vec<&str> = sql.lines().filter(|l| *l != password_line).collect();
-    let script = format!("BEGIN;\nSET LOCAL check_function_bodies = false;\n{}", others.join("\n"));
+    let password = format!("\n{}", crate::globals::password_sql(role, crate::globals::VERIFIER));
+    let others = sql.replacen(&password, "", 1);
+    // Sampling is decided when a transaction begins: these are set for the session, before.
+    const QUIET: &str = "('log_statement', 'none'), ('log_min_error_statement', 'panic'), \
+        ('log_min_duration_statement', '-1'), ('log_min_duration_sample', '-1'), \
+        ('log_statement_sample_rate', '0'), ('log_transaction_sample_rate', '0'), \
+        ('pg_stat_statements.track_utility', 'off')";
+    let quiet = |value: &str| {
+        format!(
+            "SELECT pg_catalog.set_config(name, {value}, false) FROM (VALUES {QUIET}) AS v(name, \
+             value) WHERE current_setting('is_superuser') = 'on' \
+             AND current_setting(name, true) IS NOT NULL"
+        )
+    };
+    target.batch_execute(&quiet("value")).await?;
+    let script = format!("BEGIN;\nSET LOCAL check_function_bodies = false;\n{others}");
     let result = async {
         target.batch_execute(&script).await?;
         let Some(verifier) = verifier else {
@@ -314,22 +327,15 @@ async fn create_role(
                 "the source role {} has no password any more (the plan read one): plan again",
                 crate::sql::display(role)
             );
-            let raise = format!(
-                "DO $pgtransit$ BEGIN RAISE EXCEPTION '%', {}; END $pgtransit$",
-                crate::sql::literal(&message)
-            );
-            return target.batch_execute(&raise).await;
+            target
+                .execute("SELECT pg_catalog.set_config('pgtransit.message', $1, true)", &[&message])
+                .await?;
+            return target
+                .batch_execute(
+                    "DO $$ BEGIN RAISE EXCEPTION '%', current_setting('pgtransit.message'); END $$",
+                )
+                .await;
         };
-        target
-            .batch_execute(
-                "SELECT pg_catalog.set_config(name, value, true) \
-                 FROM (VALUES ('log_statement', 'none'), ('log_min_error_statement', 'panic'), \
-                              ('log_min_duration_statement', '-1'), \
-                              ('pg_stat_statements.track_utility', 'off')) AS v(name, value) \
-                 WHERE current_setting('is_superuser') = 'on' \
-                   AND current_setting(name, true) IS NOT NULL",
-            )
-            .await?;
         let password = crate::globals::password_sql(role, &crate::sql::literal(&verifier));
         target.batch_execute(&password).await?;
         target.batch_execute("COMMIT").await
@@ -338,6 +344,9 @@ async fn create_role(
     if result.is_err() {
         let _ = target.batch_execute("ROLLBACK").await;
     }
+    // The server's own settings again for the session's next statements.
+    let reset = quiet("(SELECT reset_val FROM pg_catalog.pg_settings s WHERE s.name = v.name)");
+    let _ = target.batch_execute(&reset).await;
     result
 }
 

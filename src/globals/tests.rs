@@ -385,3 +385,29 @@ fn a_target_that_logs_ddl_is_warned_about_when_pgtransit_may_not_turn_it_off() {
     tgt.settings.insert("log_statement".into(), "none".into());
     assert!(!logged(&tgt));
 }
+
+#[test]
+fn providers_roles_are_known_by_name_not_by_prefix() {
+    assert!(
+        predefined("rds_superuser") && predefined("cloudsqlsuperuser") && predefined("pg_monitor")
+    );
+    assert!(!predefined("rdsmith") && !predefined("azure_team") && !predefined("neon_app"));
+}
+
+#[test]
+fn settings_of_a_role_that_exists_need_createrole_on_a_role_that_is_no_superuser() {
+    let (mut src, mut tgt) = servers();
+    src.roles
+        .push(Role { settings_here: vec![("work_mem".into(), "8MB".into())], ..role("alice") });
+    tgt.roles.push(Role { grantable: true, ..role("alice") });
+    tgt.server.is_superuser = false;
+    tgt.server.current_user = "admin".into();
+    tgt.roles.push(role("admin"));
+    let c = super::roles(&spec(MissingRoles::Error, &["alice"]), &used(&[]), &src, &tgt);
+    // ADMIN OPTION alone is not enough: CREATEROLE is.
+    assert!(c.settings_here.is_empty());
+    assert!(c.findings.iter().any(|f| f.code == "role_setting_not_carried"));
+    tgt.roles.last_mut().unwrap().createrole = true;
+    let c = super::roles(&spec(MissingRoles::Error, &["alice"]), &used(&[]), &src, &tgt);
+    assert_eq!(c.settings_here["alice"].len(), 1);
+}

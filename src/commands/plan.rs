@@ -118,26 +118,26 @@ pub struct Computed {
     pub report: PlanReport,
     /// The execution plan, when both servers were read.
     pub plan: Option<Plan>,
-    /// The roles and memberships the plan creates (for the next database of a migration of
-    /// several).
-    pub creates: Created,
+    /// The roles the plan carries and the memberships it grants (for the next database of a
+    /// migration of several).
+    pub carries: Carried,
 }
 
 /// Roles and memberships (cluster-wide) carried by the plans of earlier databases of a
 /// migration of several: there by the time the next one applies, so it does not plan them
 /// again, and carries those roles too (their settings in its database).
 #[derive(Debug, Clone, Default)]
-pub struct Created {
+pub struct Carried {
     /// Roles, as on the source.
     pub roles: Vec<catalog::Role>,
     /// Memberships.
     pub memberships: Vec<catalog::Membership>,
 }
 
-impl Created {
+impl Carried {
     /// The roles `plan` carries and the memberships it grants, read from the source catalog.
-    fn of(plan: &Plan, source: &Catalog) -> Created {
-        let mut out = Created::default();
+    fn of(plan: &Plan, source: &Catalog) -> Carried {
+        let mut out = Carried::default();
         for name in &plan.roles_carried {
             out.roles.extend(source.roles.iter().find(|r| &r.name == name).cloned());
         }
@@ -150,7 +150,7 @@ impl Created {
     }
 
     /// Adds `more`.
-    pub fn extend(&mut self, more: Created) {
+    pub fn extend(&mut self, more: Carried) {
         self.roles.extend(more.roles);
         self.memberships.extend(more.memberships);
     }
@@ -182,7 +182,7 @@ struct Inspected {
 /// computes the execution plan. Never fails: a server that cannot be reached or read becomes an
 /// error finding, and the plan is then absent.
 pub async fn compute(loaded: &LoadedMigrationPlan, env: &Env, retry_for: Duration) -> Computed {
-    compute_after(loaded, env, retry_for, &Created::default()).await
+    compute_after(loaded, env, retry_for, &Carried::default()).await
 }
 
 /// [`compute`], with what the plans of earlier databases create taken as on the target.
@@ -190,7 +190,7 @@ pub async fn compute_after(
     loaded: &LoadedMigrationPlan,
     env: &Env,
     retry_for: Duration,
-    earlier: &Created,
+    earlier: &Carried,
 ) -> Computed {
     // The roles the databases before this one create are carried by this one too, for what
     // this database has of them (their settings in it): named as if by `roles.include`.
@@ -216,7 +216,7 @@ pub async fn compute_after(
     if let Some(cat) = target.catalog.as_mut() {
         for role in &earlier.roles {
             if !cat.roles.iter().any(|r| r.name == role.name) {
-                // Created by pgtransit's role, which may grant it (a member, or a superuser).
+                // Carried by pgtransit's role, which may grant it (a member, or a superuser).
                 // Its settings in that other database are not this one's.
                 cat.roles.push(catalog::Role {
                     grantable: true,
@@ -335,9 +335,9 @@ pub async fn compute_after(
         p.cutover_estimate =
             crate::estimate::cutover(st, &p.steps, &p.tables, crate::state::now_f64());
     }
-    let creates = match (&plan, &source.catalog) {
-        (Some(p), Some(src)) => Created::of(p, src),
-        _ => Created::default(),
+    let carries = match (&plan, &source.catalog) {
+        (Some(p), Some(src)) => Carried::of(p, src),
+        _ => Carried::default(),
     };
     source.client.take();
     target.client.take();
@@ -351,7 +351,7 @@ pub async fn compute_after(
         checks,
         plan.as_ref(),
     );
-    Computed { report, plan, creates }
+    Computed { report, plan, carries }
 }
 
 /// Reads the schema objects, and runs pg_dump under the same snapshot: on the source always

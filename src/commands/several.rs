@@ -22,7 +22,7 @@ use crate::report::{self, DatabaseReport, Format, SeveralReport};
 use crate::sql::{display, ident, literal};
 
 use super::apply::ApplyArgs;
-use super::plan::{APP_PLAN, Computed, Created, PlanArgs};
+use super::plan::{APP_PLAN, Carried, Computed, PlanArgs};
 use super::{Outcome, io_err};
 
 /// What `plan` computed for every database.
@@ -32,7 +32,7 @@ pub struct Several {
     /// Each database's member and its plan, in name order.
     pub members: Vec<(Member, Computed)>,
     /// For each member, what the plans of the databases before it create.
-    pub earlier: Vec<Created>,
+    pub earlier: Vec<Carried>,
 }
 
 impl Several {
@@ -113,8 +113,8 @@ pub async fn apply(
             .map_err(io_err)?;
         let (state_dir, _lock) = super::apply::lock(&member.plan, &command)?;
         // Planned again now, under its lock, once the databases before it are applied (the
-        // roles they created are there, as its plan assumed): applied only if neither server
-        // changed since its plan was shown.
+        // roles they carried are there, as its plan assumed): applied only if its steps are
+        // those shown and neither server changed since.
         let fresh = super::plan::compute_after(
             &member.plan,
             &env,
@@ -195,11 +195,11 @@ pub async fn compute(loaded: &LoadedMigrationPlan, env: &Env, retry_for: Duratio
         selected.into_iter().filter(|d| target.iter().any(|t| &t.name == d)).collect();
     let mut members = vec![];
     let mut earlier = vec![];
-    let mut created = Created::default();
+    let mut carried = Carried::default();
     for member in databases::members(loaded, &present) {
-        let computed = super::plan::compute_after(&member.plan, env, retry_for, &created).await;
-        earlier.push(created.clone());
-        created.extend(computed.creates.clone());
+        let computed = super::plan::compute_after(&member.plan, env, retry_for, &carried).await;
+        earlier.push(carried.clone());
+        carried.extend(computed.carries.clone());
         let mut database = computed.report.clone();
         // What each database's preflight says of the servers themselves is said once, above.
         // The roles left behind: the last database's list (those no database carries, as each

@@ -79,21 +79,6 @@ pub fn predefined(name: &str) -> bool {
     name.starts_with("pg_") || PROVIDERS_OWN.contains(&name)
 }
 
-/// The finding codes [`roles`] makes: the plan's, computed from every object in scope, replace
-/// preflight's, computed from the catalog.
-pub const ROLE_CODES: &[&str] = &[
-    "target_cannot_create_roles",
-    "role_attribute_not_carried",
-    "role_password_not_carried",
-    "role_password_md5",
-    "role_password_logged",
-    "role_granted_to_target_user",
-    "role_setting_not_carried",
-    "role_membership_not_carried",
-    "role_member_missing",
-    "roles_not_carried",
-];
-
 /// `ALTER ROLE ... PASSWORD value`: the statement a role step shows with [`VERIFIER`] and runs,
 /// on its own, with the source's verifier.
 pub fn password_sql(role: &str, value: &str) -> String {

@@ -218,7 +218,7 @@ pub fn plan(inputs: Inputs<'_>) -> Plan {
     steps.extend(sequence_steps(&scope, inputs.source, inputs.target, &source_keys));
     steps.extend(matview_steps(&matviews, inputs.source, inputs.target, &steps, &built));
     steps.extend(analyze_step(&copied));
-    let database = database_step(&inputs, &steps, &created);
+    let (database, database_findings) = database_step(&inputs, &steps, &created);
     steps.extend(database);
     steps.extend(event_triggers);
 
@@ -246,7 +246,7 @@ pub fn plan(inputs: Inputs<'_>) -> Plan {
         fingerprint,
         source: identity_of(inputs.source, &inputs.source_endpoint),
         target: identity_of(inputs.target, &inputs.target_endpoint),
-        checks: with_findings(inputs.checks, role_findings),
+        checks: with_findings(inputs.checks, role_findings.into_iter().chain(database_findings)),
         steps,
         summary,
         load_estimate,
@@ -345,14 +345,12 @@ fn role_steps(
     (steps, (carried.granted, carried.carried), carried.findings)
 }
 
-/// Preflight's findings, with its findings about the roles carried replaced by the plan's: the
-/// plan's roles come from every object in scope (policies, grantors, pg_dump's DDL name roles
-/// too), preflight's from the catalog.
+/// Preflight's findings, with the plan's about the roles and the database it carries (its roles
+/// come from every object in scope: policies, grantors, pg_dump's DDL name roles too).
 fn with_findings(
     mut checks: Vec<crate::check::Check>,
-    more: Vec<crate::check::Check>,
+    more: impl IntoIterator<Item = crate::check::Check>,
 ) -> Vec<crate::check::Check> {
-    checks.retain(|c| !crate::globals::ROLE_CODES.contains(&c.code.as_str()));
     for f in more {
         if !checks.contains(&f) {
             checks.push(f);
@@ -365,15 +363,19 @@ fn with_findings(
 /// The database's own properties (`globals::database`), after everything else of the
 /// post-load phase: a setting such as `statement_timeout` then applies to nothing pgtransit
 /// builds.
-fn database_step(inputs: &Inputs<'_>, steps: &[Step], created: &BTreeSet<String>) -> Option<Step> {
+fn database_step(
+    inputs: &Inputs<'_>,
+    steps: &[Step],
+    created: &BTreeSet<String>,
+) -> (Option<Step>, Vec<crate::check::Check>) {
     let mapper = role_mapper(inputs.spec, inputs.target);
     let roles = |r: &str| mapper(r).or_else(|| created.contains(r).then(|| r.to_string()));
-    let (sql, _) = crate::globals::database(inputs.source, inputs.target, &roles);
+    let (sql, findings) = crate::globals::database(inputs.source, inputs.target, &roles);
     if sql.is_empty() {
-        return None;
+        return (None, findings);
     }
     let database = &inputs.target.server.database;
-    Some(Step {
+    let step = Step {
         id: step_id(Phase::PostLoad, "database", "", database),
         phase: Phase::PostLoad,
         action: Action::Update,
@@ -389,7 +391,8 @@ fn database_step(inputs: &Inputs<'_>, steps: &[Step], created: &BTreeSet<String>
             .map(|s| s.id.clone())
             .collect(),
         table: None,
-    })
+    };
+    (Some(step), findings)
 }
 
 /// Table data, largest first: the copy steps, the tables copied (for ANALYZE), and every table

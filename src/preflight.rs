@@ -1067,21 +1067,8 @@ fn check_roles(
         add(role, what.clone(), &mut owned);
     }
     let referenced: BTreeSet<&String> = owned.keys().chain(granted.keys()).collect();
-    let used: BTreeSet<String> = referenced.iter().map(|r| r.to_string()).collect();
-    let carried = crate::globals::roles(&spec.roles, &used, src, tgt);
-    let created: BTreeSet<String> = carried.create.iter().map(|r| r.name.clone()).collect();
-    f.0.extend(carried.findings);
-    let roles = |r: &str| {
-        if let Some(to) = spec.roles.map.get(r) {
-            Some(to.clone())
-        } else if created.contains(r) || tgt.roles.iter().any(|t| t.name == r) {
-            Some(r.to_string())
-        } else {
-            None
-        }
-    };
-    let (_, database) = crate::globals::database(src, tgt, &roles);
-    f.0.extend(database);
+    // What the roles and the database carry, and what not, the planner reports (its roles come
+    // from every object in scope); the servers' parameters are preflight's.
     f.0.extend(crate::globals::server_differences(src, tgt));
     let exists = |name: &str| tgt.roles.iter().any(|r| r.name == name);
     for (from, to) in &spec.roles.map {

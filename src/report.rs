@@ -15,7 +15,7 @@ use crate::execution_plan::{Action, Phase, Plan, PlanSummary, Step};
 use crate::migration_plan::Mode;
 
 mod several;
-pub use several::{DatabaseReport, SeveralReport, plan_several};
+pub use several::{DatabaseReport, SeveralReport, plan_several, together_done, together_gap};
 
 /// How to render.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]

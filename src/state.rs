@@ -143,6 +143,10 @@ pub enum CutoverStatus {
     Finishing,
     /// Comparing the rows of every table.
     Verifying,
+    /// Verified, waiting for the other databases of the migration to be verified too (a
+    /// migration of several databases cuts them over together). Not the primary yet: a crash
+    /// here lifts the fence, unless every database was verified and the decision to go recorded.
+    Verified,
     /// Verified (the target is the new primary); the slot, publication and origin go.
     CleaningUp,
     /// The target is ready for the applications.
@@ -159,6 +163,7 @@ impl CutoverStatus {
             CutoverStatus::Draining => "draining",
             CutoverStatus::Finishing => "finishing",
             CutoverStatus::Verifying => "verifying",
+            CutoverStatus::Verified => "verified",
             CutoverStatus::CleaningUp => "cleaning_up",
             CutoverStatus::Done => "done",
             CutoverStatus::Failed => "failed",
@@ -244,7 +249,7 @@ impl CutoverState {
     /// crash), or failed and could not lift it (the source was unreachable).
     pub fn fence_left_up(&self) -> bool {
         use CutoverStatus::*;
-        matches!(self.status, Fencing | Draining | Finishing | Verifying)
+        matches!(self.status, Fencing | Draining | Finishing | Verifying | Verified)
             || (self.status == Failed && !self.fence_lifted)
     }
 }
@@ -820,9 +825,17 @@ mod tests {
     #[test]
     fn the_cutover_lifecycle_is_saved_as_the_strings_earlier_state_files_hold() {
         use CutoverStatus::*;
-        let all = [Fencing, Draining, Finishing, Verifying, CleaningUp, Done, Failed];
-        let saved =
-            ["fencing", "draining", "finishing", "verifying", "cleaning_up", "done", "failed"];
+        let all = [Fencing, Draining, Finishing, Verifying, Verified, CleaningUp, Done, Failed];
+        let saved = [
+            "fencing",
+            "draining",
+            "finishing",
+            "verifying",
+            "verified",
+            "cleaning_up",
+            "done",
+            "failed",
+        ];
         for (status, text) in all.iter().zip(saved) {
             assert_eq!(serde_json::to_string(status).unwrap(), format!("\"{text}\""));
             assert_eq!(

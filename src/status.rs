@@ -137,6 +137,47 @@ fn proven(p: &crate::state::Proofs, name: &str, copied: Option<u64>) -> Option<T
     Some(TableProven { fraction, as_of, differing })
 }
 
+/// What the cutover's state says: the phase when it is done or under way (true: done, nothing
+/// more to say), or how an interrupted or failed one left things.
+fn cutover_said(st: &mut Status) -> bool {
+    match st.cutover.as_ref().map(|c| c.status) {
+        Some(CutoverStatus::Done) => {
+            st.phase = "cut_over";
+            st.warnings.clear();
+            return true;
+        }
+        Some(CutoverStatus::Failed) | None => {}
+        Some(_) if st.running.is_some() => st.phase = "cutting_over",
+        Some(CutoverStatus::Verified) => st.warnings.push(
+            "a cutover was verified and waiting for the migration's other databases when it was \
+             interrupted: `pgtransit apply` finishes it if every database was verified (the \
+             decision to go was recorded), and lifts its fence otherwise"
+                .into(),
+        ),
+        Some(CutoverStatus::CleaningUp) => st.warnings.push(
+            "a cutover was verified (the target is the new primary) and its clean-up was \
+             interrupted: the replication slot may still hold the source's WAL. `pgtransit apply` \
+             finishes it; `pgtransit abort` removes what is left"
+                .into(),
+        ),
+        Some(_) => st.warnings.push(
+            "a cutover was interrupted before verification passed: the source may still be \
+             fenced (read-only). `pgtransit apply` lifts the fence and resumes; `pgtransit \
+             abort` lifts it too"
+                .into(),
+        ),
+    }
+    if st.cutover.as_ref().is_some_and(|c| c.status == CutoverStatus::Failed && !c.fence_lifted) {
+        st.warnings.push(
+            "the failed cutover could not lift its fence: the source is still read-only for new \
+             sessions (`pgtransit abort` lifts it, or ALTER DATABASE ... RESET \
+             default_transaction_read_only)"
+                .into(),
+        );
+    }
+    false
+}
+
 /// Computes the status. `running` is the lock holder, if an apply runs now; `now` is Unix time;
 /// `wal_warning`: the slot's retained WAL that deserves a warning.
 pub fn compute(
@@ -256,34 +297,8 @@ pub fn compute(
         };
         st.lag_seconds = sync.caught_up_at.map(|t| (now - t).max(0.0));
     }
-    match st.cutover.as_ref().map(|c| c.status) {
-        Some(CutoverStatus::Done) => {
-            st.phase = "cut_over";
-            st.warnings.clear();
-            return st;
-        }
-        Some(CutoverStatus::Failed) | None => {}
-        Some(_) if running.is_some() => st.phase = "cutting_over",
-        Some(CutoverStatus::CleaningUp) => st.warnings.push(
-            "a cutover was verified (the target is the new primary) and its clean-up was \
-             interrupted: the replication slot may still hold the source's WAL. `pgtransit apply` \
-             finishes it; `pgtransit abort` removes what is left"
-                .into(),
-        ),
-        Some(_) => st.warnings.push(
-            "a cutover was interrupted before verification passed: the source may still be \
-             fenced (read-only). `pgtransit apply` lifts the fence and resumes; `pgtransit \
-             abort` lifts it too"
-                .into(),
-        ),
-    }
-    if st.cutover.as_ref().is_some_and(|c| c.status == CutoverStatus::Failed && !c.fence_lifted) {
-        st.warnings.push(
-            "the failed cutover could not lift its fence: the source is still read-only for new \
-             sessions (`pgtransit abort` lifts it, or ALTER DATABASE ... RESET \
-             default_transaction_read_only)"
-                .into(),
-        );
+    if cutover_said(&mut st) {
+        return st;
     }
     st.ready_for_cutover =
         streaming && all_copied && st.lag_seconds.is_some_and(|l| l <= sync.max_lag_seconds);

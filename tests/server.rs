@@ -1,7 +1,9 @@
 //! Whole-server migrations (`databases:`): several databases and every role in one migration
-//! plan, planned per database, applied one database after another.
+//! plan, planned per database, applied one database after another (online: streamed, and cut
+//! over together).
 
 use std::process::Command;
+use std::time::Duration;
 
 use pgtransit::cluster::{ClusterOptions, LocalCluster};
 
@@ -181,10 +183,10 @@ fn four_databases_and_fifteen_roles_move_in_one_plan_and_a_database_added_later_
     assert_eq!(out.code, 0, "{out:?}");
     assert_migrated(&src, &tgt, "reports");
 
-    // cutover and abort are for one database's stream.
-    let out = pgtransit_run(&["abort", f]);
+    // Offline: nothing to cut over, nothing of it on the servers.
+    let out = pgtransit_run(&["cutover", f, "--auto-approve"]);
     assert_eq!(out.code, 1, "{out:?}");
-    assert!(out.stderr.contains("online migrations of one database"), "{out:?}");
+    assert!(out.stderr.contains("cutover is for online migrations"), "{out:?}");
 }
 
 /// An apply of several databases killed (as suddenly as kill -9) right after a role of the first
@@ -252,4 +254,223 @@ fn a_migration_of_several_databases_killed_twice_resumes_to_identical_databases_
     assert_eq!(sql(&tgt, "postgres", verifier), sql(&src, "postgres", verifier));
     let out = run(dir.path(), &["plan", f, "--detailed-exitcode"]);
     assert_eq!(out.code, 0, "nothing left to do: {out:?}");
+}
+
+/// Writes to `db` of `src` until `stop` is set: inserts, updates, deletes and a sequence in use
+/// (errors, as under the cutover's read-only fence, are ignored). Returns how many statements
+/// went through.
+fn keep_writing(
+    src: &LocalCluster,
+    db: &'static str,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> std::thread::JoinHandle<usize> {
+    let (psql, host, port) = (src.bin("psql"), src.host().to_string(), src.port());
+    std::thread::spawn(move || {
+        let mut done = 0;
+        let mut i = 0;
+        while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+            i += 1;
+            let statement = format!(
+                "INSERT INTO {db}_rows (id, note) VALUES (nextval('{db}_ids'), 'written {i}');
+                 UPDATE {db}_rows SET note = note || '+' WHERE id = {};
+                 DELETE FROM {db}_rows WHERE id = {};",
+                i % 500 + 1,
+                i % 500 + 600
+            );
+            let ok = Command::new(&psql)
+                .args(["-h", &host, "-p", &port.to_string(), "-U", "postgres", "-d", db])
+                .args(["-X", "-q", "-v", "ON_ERROR_STOP=1", "-c", &statement])
+                .output()
+                .is_ok_and(|o| o.status.success());
+            done += usize::from(ok);
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        done
+    })
+}
+
+/// Three databases online in one plan, under writes to two of them: the apply is killed (as
+/// suddenly as kill -9) in the middle of the biggest database's load while the first one
+/// streams; the next apply resumes them all; one `cutover` fences, drains, verifies and cleans
+/// up every database together, with one write gap for all; nothing is left on either server.
+#[test]
+fn several_databases_stream_and_cut_over_together_after_a_kill_during_one_load() {
+    let src = logical_source("together-src");
+    let tgt = cluster("together-tgt", &[]);
+    for (db, rows) in [("alpha", 1_000), ("beta", 200_000), ("gamma", 1_000)] {
+        src.create_database(db).unwrap();
+        tgt.create_database(db).unwrap();
+        sql(
+            &src,
+            db,
+            &format!(
+                "CREATE SEQUENCE {db}_ids START 1000000;
+                 CREATE TABLE {db}_rows (id bigint PRIMARY KEY, note text);
+                 INSERT INTO {db}_rows SELECT g, md5(g::text) FROM generate_series(1, {rows}) g;"
+            ),
+        );
+    }
+    let dir = TempDir::new("together");
+    let extra = "mode: online\ndatabases:\n  include: [alpha, beta, gamma]\n";
+    let f = dir.write("t.yaml", &plan_yaml("t", &src.url("postgres"), &tgt.url("postgres"), extra));
+    let f = f.to_str().unwrap();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let writers =
+        [keep_writing(&src, "alpha", stop.clone()), keep_writing(&src, "gamma", stop.clone())];
+
+    // Killed right after beta's copy, alpha streaming meanwhile.
+    let out = Run::of(
+        pgtransit(dir.path())
+            .env("PGTRANSIT_FAILPOINT", "after:load:table:public.beta_rows")
+            .args(["apply", f, "--auto-approve"])
+            .output()
+            .unwrap(),
+    );
+    assert_ne!(out.code, 0, "the failpoint did not stop it: {out:?}");
+    assert!(state(&dir, "t/t-alpha")["sync"]["slot"].is_string(), "alpha streams: {out:?}");
+    assert!(out.stdout.contains("[alpha] "), "each database's lines are named: {out:?}");
+
+    let mut child = start_apply(&dir, f, &[]);
+    for member in ["t/t-alpha", "t/t-beta", "t/t-gamma"] {
+        wait_for(Duration::from_secs(90), "every database to stream", || {
+            state(&dir, member)["sync"]["streaming"] == true
+        });
+    }
+    std::thread::sleep(Duration::from_secs(1));
+    let out = run(dir.path(), &["cutover", f, "--auto-approve"]);
+    assert_eq!(out.code, 0, "{out:?}\n{}", apply_output(&dir));
+    assert!(out.stdout.contains("3 databases cut over together"), "{out:?}");
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    let written: Vec<usize> = writers.into_iter().map(|w| w.join().unwrap()).collect();
+    assert!(written.iter().all(|n| *n > 5), "the writers wrote: {written:?}");
+    let status = wait_exit(&mut child, Duration::from_secs(60));
+    assert_eq!(status.and_then(|s| s.code()), Some(0), "{}", apply_output(&dir));
+
+    // One write gap for all: every database was fenced before any was cleaned up.
+    let cut: Vec<serde_json::Value> = ["t/t-alpha", "t/t-beta", "t/t-gamma"]
+        .iter()
+        .map(|m| state(&dir, m)["cutover"].clone())
+        .collect();
+    let last_fence = cut
+        .iter()
+        .map(|c| c["finished_at"].as_f64().unwrap() - c["write_gap_seconds"].as_f64().unwrap())
+        .fold(f64::MIN, f64::max);
+    let first_end = cut.iter().map(|c| c["finished_at"].as_f64().unwrap()).fold(f64::MAX, f64::min);
+    assert!(last_fence < first_end, "a database was cut over before another was fenced: {cut:?}");
+    for db in ["alpha", "beta", "gamma"] {
+        assert_migrated(&src, &tgt, db);
+        assert_eq!(sequence_values(&tgt, db), sequence_values(&src, db), "sequences of {db}");
+        let leftovers = "SELECT (SELECT count(*) FROM pg_publication) \
+                         + (SELECT count(*) FROM pg_replication_slots)";
+        assert_eq!(sql(&src, db, leftovers), "0", "left on the source's {db}");
+        assert_eq!(sql(&tgt, db, "SELECT count(*) FROM pg_replication_origin"), "0");
+    }
+}
+
+/// All or none: a database whose verification fails (a row the source lacks, written on the
+/// target) abandons the others' cutover too: every fence is lifted, none is cut over; `abort`
+/// then removes every database's slot and publication.
+#[test]
+fn one_database_failing_verification_lifts_every_fence_and_abort_removes_every_slot() {
+    let src = logical_source("together-fail-src");
+    let tgt = cluster("together-fail-tgt", &[]);
+    for db in ["one", "two"] {
+        src.create_database(db).unwrap();
+        tgt.create_database(db).unwrap();
+        sql(
+            &src,
+            db,
+            "CREATE TABLE r (id int PRIMARY KEY); INSERT INTO r SELECT generate_series(1, 100);",
+        );
+    }
+    let dir = TempDir::new("together-fail");
+    let extra = "mode: online\ndatabases:\n  include: [one, two]\n";
+    let f = dir.write("u.yaml", &plan_yaml("u", &src.url("postgres"), &tgt.url("postgres"), extra));
+    let f = f.to_str().unwrap();
+    let mut child = start_apply(&dir, f, &[]);
+    for member in ["u/u-one", "u/u-two"] {
+        wait_for(Duration::from_secs(60), "both databases to stream", || {
+            state(&dir, member)["sync"]["streaming"] == true
+        });
+    }
+    sql(&tgt, "two", "INSERT INTO r VALUES (1000)");
+    let out = run(dir.path(), &["cutover", f, "--auto-approve"]);
+    assert_eq!(out.code, 1, "{out:?}\n{}", apply_output(&dir));
+    assert!(out.stderr.contains("the cutover failed"), "{out:?}");
+    let status = wait_exit(&mut child, Duration::from_secs(60));
+    assert_ne!(status.and_then(|s| s.code()), Some(0), "{}", apply_output(&dir));
+    assert_eq!(state(&dir, "u/u-two")["cutover"]["status"], "failed");
+    for (db, member) in [("one", "u/u-one"), ("two", "u/u-two")] {
+        // (`one` may have been stopped before its fence went up, or have lifted it.)
+        let cut = &state(&dir, member)["cutover"];
+        assert_ne!(cut["status"], "done", "{db}: {cut}");
+        assert!(cut.is_null() || cut["fence_lifted"] == true, "{db}: {cut}");
+        let read_only = "SELECT count(*) FROM pg_db_role_setting s JOIN pg_database d \
+                         ON d.oid = s.setdatabase WHERE array_to_string(s.setconfig, ',') \
+                         LIKE '%default_transaction_read_only%'";
+        assert_eq!(sql(&src, "postgres", read_only), "0", "a fence is left");
+        sql(&src, db, "INSERT INTO r VALUES (2000)");
+    }
+    let out = run(dir.path(), &["abort", f, "--auto-approve"]);
+    assert_eq!(out.code, 0, "{out:?}");
+    for db in ["one", "two"] {
+        let leftovers = "SELECT (SELECT count(*) FROM pg_publication) \
+                         + (SELECT count(*) FROM pg_replication_slots)";
+        assert_eq!(sql(&src, db, leftovers), "0", "left on the source's {db}: {out:?}");
+        assert_eq!(sql(&tgt, db, "SELECT count(*) FROM pg_replication_origin"), "0");
+    }
+}
+
+/// Killed (as suddenly as kill -9) once every database was verified and the decision to go
+/// recorded, before the clean-up (one database's state still says it waits for the others): the next apply finishes every database's cutover, the
+/// source stays fenced meanwhile, and nothing is left.
+#[test]
+fn several_databases_killed_after_the_decision_to_go_finish_their_cutover_on_the_next_apply() {
+    let src = logical_source("together-go-src");
+    let tgt = cluster("together-go-tgt", &[]);
+    for db in ["one", "two"] {
+        src.create_database(db).unwrap();
+        tgt.create_database(db).unwrap();
+        sql(
+            &src,
+            db,
+            "CREATE TABLE r (id int PRIMARY KEY); INSERT INTO r SELECT generate_series(1, 100);",
+        );
+    }
+    let dir = TempDir::new("together-go");
+    let extra = "mode: online\ndatabases:\n  include: [one, two]\n";
+    let f = dir.write("g.yaml", &plan_yaml("g", &src.url("postgres"), &tgt.url("postgres"), extra));
+    let f = f.to_str().unwrap();
+    let mut child = start_apply(&dir, f, &[("PGTRANSIT_FAILPOINT", "after:cutover:together")]);
+    for member in ["g/g-one", "g/g-two"] {
+        wait_for(Duration::from_secs(60), "both databases to stream", || {
+            state(&dir, member)["sync"]["streaming"] == true
+        });
+    }
+    let out = run(dir.path(), &["cutover", f, "--auto-approve"]);
+    assert_eq!(out.code, 1, "{out:?}\n{}", apply_output(&dir));
+    assert!(wait_exit(&mut child, Duration::from_secs(30)).is_some(), "{}", apply_output(&dir));
+    let decision = std::fs::read_to_string(dir.path().join(".pgtransit/g/cutover.decision"));
+    assert_eq!(decision.unwrap(), "go\n");
+    let waiting: Vec<serde_json::Value> = ["g/g-one", "g/g-two"]
+        .iter()
+        .map(|m| state(&dir, m)["cutover"]["status"].clone())
+        .collect();
+    assert!(waiting.contains(&"verified".into()), "killed while verified and waiting: {waiting:?}");
+    let read_only = "SELECT count(*) FROM pg_db_role_setting s JOIN pg_database d \
+                     ON d.oid = s.setdatabase WHERE array_to_string(s.setconfig, ',') \
+                     LIKE '%default_transaction_read_only=on%'";
+    assert_eq!(sql(&src, "postgres", read_only), "2", "both sources stay fenced");
+
+    let out = run(dir.path(), &["apply", f, "--auto-approve"]);
+    assert_eq!(out.code, 0, "{out:?}");
+    for (db, member) in [("one", "g/g-one"), ("two", "g/g-two")] {
+        assert_eq!(state(&dir, member)["cutover"]["status"], "done", "{db}: {out:?}");
+        assert_migrated(&src, &tgt, db);
+        let leftovers = "SELECT (SELECT count(*) FROM pg_publication) \
+                         + (SELECT count(*) FROM pg_replication_slots)";
+        assert_eq!(sql(&src, db, leftovers), "0", "left on the source's {db}: {out:?}");
+    }
+    assert_eq!(sql(&tgt, "postgres", "SELECT count(*) FROM pg_replication_origin"), "0");
+    assert_eq!(sql(&src, "postgres", read_only), "2", "the old primary stays read-only");
 }

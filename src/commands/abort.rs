@@ -30,13 +30,34 @@ pub struct AbortArgs {
 /// Runs `pgtransit abort`.
 pub async fn run(args: &AbortArgs, out: &mut dyn Write) -> miette::Result<Outcome> {
     let loaded = super::plan::load_spec_or_saved(&args.file)?;
-    super::several::refuse_several(&loaded, "abort")?;
+    if loaded.spec.databases.is_none() {
+        return abort(&loaded, args, out).await;
+    }
+    // Every database's, under the migration's lock (no apply runs meanwhile).
+    let dir = crate::state::StateDir::new(loaded.state_dir());
+    let _whole = dir.lock(&format!("abort {}", args.file.display()))?;
+    let env = Env::from_process();
+    for member in super::several::members_of(&loaded, &env, args.connect.retry_for).await? {
+        crate::report::say(out, "database", &member.database).map_err(io_err)?;
+        abort(&member.plan, args, out).await?;
+    }
+    // A cutover decided earlier decides nothing now.
+    crate::execute::together::clear(dir.path())
+        .map_err(|e| miette::miette!("cannot remove a file of {}: {e}", dir.path().display()))?;
+    Ok(Outcome::Done)
+}
+
+/// Aborts the migration of one database.
+async fn abort(
+    loaded: &crate::migration_plan::LoadedMigrationPlan,
+    args: &AbortArgs,
+    out: &mut dyn Write,
+) -> miette::Result<Outcome> {
     let migration = loaded.spec.name.value.clone();
     // Holding the lock: no apply runs meanwhile (a running one is named, and must be stopped).
-    let (state_dir, _lock) =
-        super::apply::lock(&loaded, &format!("abort {}", args.file.display()))?;
+    let (state_dir, _lock) = super::apply::lock(loaded, &format!("abort {}", args.file.display()))?;
     let mut state = state_dir.load()?;
-    let servers = Servers::new(&loaded, &Env::from_process(), args.connect.retry_for)
+    let servers = Servers::new(loaded, &Env::from_process(), args.connect.retry_for)
         .map_err(miette::Report::new)?;
     let source = conn::connect_with(&servers.source, "pgtransit/abort", &servers.policy).await?;
     // Under a cutover's fence new sessions are read-only; pgtransit's own may write.

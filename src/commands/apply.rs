@@ -19,7 +19,7 @@ use crate::state::{State, StateDir};
 use super::{ConnectArgs, Outcome, io_err};
 
 /// `pgtransit apply`.
-#[derive(Debug, Args)]
+#[derive(Debug, Clone, Args)]
 pub struct ApplyArgs {
     /// A saved execution plan (from `plan --out`, applied exactly as reviewed), or a migration
     /// plan (YAML: planned afresh, shown, and applied after confirmation).
@@ -88,7 +88,7 @@ pub async fn run_with(
         None => {
             let loaded = super::plan::load_spec(&args.file)?;
             if loaded.spec.databases.is_some() {
-                return super::several::apply(args, &loaded, out).await;
+                return super::several::apply(args, &loaded, out, cutover_now).await;
             }
             // Locked before planning, so the plan is not computed from a state another apply
             // is changing.
@@ -111,7 +111,33 @@ pub async fn run_with(
     };
     // A saved plan was computed earlier: check it still describes the servers. A fresh one was
     // computed a moment ago.
-    apply_plan(&loaded, &plan, &state_dir, &env, args, out, is_saved, cutover_now).await
+    let how = How { check_stale: is_saved, cutover_now, member: None };
+    apply_plan(&loaded, &plan, &state_dir, &env, args, out, how).await
+}
+
+/// How [`apply_plan`] applies.
+pub struct How<'a> {
+    /// A saved plan: check it still describes the servers (a fresh one was computed a moment
+    /// ago).
+    pub check_stale: bool,
+    /// Cut over as soon as ready.
+    pub cutover_now: bool,
+    /// One database of several applied at once (each on a thread of its own).
+    pub member: Option<MemberRun<'a>>,
+}
+
+/// What a database applied at once with others shares with them.
+pub struct MemberRun<'a> {
+    /// Its member name (`<migration>-<database>`).
+    pub name: &'a str,
+    /// Where the databases' cutovers meet.
+    pub together: &'a crate::execute::together::Together,
+    /// The migration's Ctrl-C / SIGTERM, and its stop when another database fails.
+    pub cancel: &'a Cancel,
+    /// Where its progress lines go (one line at a time, no progress bars).
+    pub view: Box<dyn Write + Send + 'a>,
+    /// Called when its stream begins (the next database may start loading).
+    pub streaming: &'a (dyn Fn() + Sync),
 }
 
 /// Takes the migration's lock (held until the returned guard drops).
@@ -149,8 +175,7 @@ fn run_id(plan: &Plan) -> String {
 }
 
 /// Applies `plan`: staleness check (for saved plans), state, steps. The caller holds the lock
-/// of `state_dir` (see [`lock`]). `cutover_now`: cut over as soon as ready.
-#[allow(clippy::too_many_arguments)]
+/// of `state_dir` (see [`lock`]).
 pub async fn apply_plan(
     loaded: &LoadedMigrationPlan,
     plan: &Plan,
@@ -158,9 +183,9 @@ pub async fn apply_plan(
     env: &Env,
     args: &ApplyArgs,
     out: &mut dyn Write,
-    check_stale: bool,
-    cutover_now: bool,
+    how: How<'_>,
 ) -> miette::Result<Outcome> {
+    let How { check_stale, cutover_now, member } = how;
     if !plan.is_applicable() {
         let n = crate::check::has_errors(&plan.checks);
         return Err(ApplyError::NotApplicable(if n {
@@ -227,10 +252,20 @@ pub async fn apply_plan(
         .jobs
         .or(loaded.spec.load.jobs.map(|j| j as usize))
         .unwrap_or(crate::execution_plan::DEFAULT_JOBS);
-    let cancel = Cancel::on_signals();
-    let interactive = std::io::stdout().is_terminal();
-    let view = std::sync::Mutex::new((report::ApplyView::new(interactive), anstream::stdout()));
+    let (cancel, view_out, streaming, together) = match member {
+        Some(m) => (m.cancel.clone(), m.view, Some(m.streaming), Some((m.together, m.name))),
+        None => {
+            let stdout: Box<dyn Write + Send> = Box::new(anstream::stdout());
+            (Cancel::on_signals(), stdout, None, None)
+        }
+    };
+    let interactive = together.is_none() && std::io::stdout().is_terminal();
+    let view = std::sync::Mutex::new((report::ApplyView::new(interactive), view_out));
     let on_event = |e: apply::Event| {
+        if let (Some(f), apply::Event::Phase(crate::execution_plan::Phase::Sync)) = (streaming, &e)
+        {
+            f();
+        }
         if let Ok(mut guard) = view.lock() {
             let (view, stdout) = &mut *guard;
             let _ = view.event(stdout, &e);
@@ -245,6 +280,7 @@ pub async fn apply_plan(
         spec: &loaded.spec,
         cutover_now,
         sessions: Default::default(),
+        together,
     };
     let result = apply::run(plan, &ctx, &mut state).await;
     let guard = view.lock().map_err(|_| miette::miette!("the output lock was poisoned"))?;

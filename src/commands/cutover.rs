@@ -28,7 +28,6 @@ pub struct CutoverArgs {
 /// Runs `pgtransit cutover`.
 pub async fn run(args: &CutoverArgs, out: &mut dyn Write) -> miette::Result<Outcome> {
     let loaded = super::plan::load_spec_or_saved(&args.file)?;
-    super::several::refuse_several(&loaded, "cutover")?;
     if loaded.spec.mode != crate::migration_plan::Mode::Online {
         miette::bail!(
             help = "an offline migration is complete when `pgtransit apply` ends",
@@ -38,6 +37,9 @@ pub async fn run(args: &CutoverArgs, out: &mut dyn Write) -> miette::Result<Outc
     let dir = StateDir::new(loaded.state_dir());
     if !args.auto_approve && !confirmed(out)? {
         miette::bail!(help = "nothing was changed", "cutover cancelled");
+    }
+    if loaded.spec.databases.is_some() {
+        return super::together::cutover(args, &loaded, out).await;
     }
     let Some(holder) = dir.holder() else {
         // No apply runs: this command applies (resuming the stream) and cuts over when ready.

@@ -29,9 +29,12 @@ pub struct DemoArgs {
     #[arg(long)]
     pub keep: bool,
     /// Show a whole-server migration instead: this many databases and their roles in one
-    /// migration plan (offline).
+    /// migration plan (offline, unless --online).
     #[arg(long, value_parser = clap::value_parser!(u8).range(1..=20))]
     pub databases: Option<u8>,
+    /// With --databases: online, the databases streamed under writes and cut over together.
+    #[arg(long, requires = "databases")]
+    pub online: bool,
 }
 
 pub(super) const SAMPLE_SQL: &str = include_str!("demo_sample.sql");
@@ -459,7 +462,7 @@ pub(super) fn clean_up(
 }
 
 /// Waits until `ready` holds (checked every 200 ms), or the process ends (false).
-async fn wait_until(
+pub(super) async fn wait_until(
     child: &mut tokio::process::Child,
     limit: Duration,
     ready: impl Fn() -> bool,
@@ -475,7 +478,7 @@ async fn wait_until(
 }
 
 /// The demo's writer: small shop transactions for `how_long`. Returns how many committed.
-async fn write_for(
+pub(super) async fn write_for(
     client: &tokio_postgres::Client,
     how_long: Duration,
 ) -> Result<u64, tokio_postgres::Error> {

@@ -55,13 +55,14 @@ pub async fn run(
         "# A whole-server migration plan, written by `pgtransit demo --databases {count}`.\n\
          version: 1\n\
          name: server\n\
-         mode: offline\n\
+         mode: {}\n\
          source:\n  url: {}\n\
          target:\n  url: {}\n\
          # Every shop database; each moves to the database of the same name on the target.\n\
          databases:\n  include: [\"shop*\"]\n\
          # Every role that uses them, as on the source.\n\
          roles:\n  missing: create\n",
+        if args.online { "online" } else { "offline" },
         source.url("postgres"),
         target.url("postgres")
     );
@@ -84,14 +85,18 @@ pub async fn run(
         target.create_database(db).into_diagnostic()?;
     }
 
-    report::say(out, "demo", "pgtransit apply --auto-approve").map_err(io_err)?;
-    let apply = ApplyArgs {
-        file: plan_path.clone(),
-        auto_approve: true,
-        jobs: None,
-        connect: ConnectArgs { retry_for: Duration::from_secs(15) },
+    let applied = if args.online {
+        online(out, &plan_path, &source, &databases).await?
+    } else {
+        report::say(out, "demo", "pgtransit apply --auto-approve").map_err(io_err)?;
+        let apply = ApplyArgs {
+            file: plan_path.clone(),
+            auto_approve: true,
+            jobs: None,
+            connect: ConnectArgs { retry_for: Duration::from_secs(15) },
+        };
+        super::apply::run(&apply, out).await?
     };
-    let applied = super::apply::run(&apply, out).await?;
     report::say(out, "demo", "pgtransit verify").map_err(io_err)?;
     let verify = super::verify::VerifyArgs {
         file: plan_path.clone(),
@@ -100,14 +105,92 @@ pub async fn run(
     };
     let verified = super::verify::run(&verify, out).await?;
     let roles = super::demo::compare_roles(out, &source, &target)?;
-    report::say(
-        out,
-        "demo",
-        "online, several databases would need one fence, one drain and one verification for \
-         all of them (one write gap): not built yet; online, migrate one database per plan",
-    )
-    .map_err(io_err)?;
     let ok = applied == Outcome::Done && verified == Outcome::Done && roles;
     super::demo::clean_up(out, args, dir, source, target)?;
     Ok(if ok { Outcome::Done } else { Outcome::Failed })
+}
+
+/// Online: `pgtransit apply` in the background (its own process, as an operator runs it) until
+/// every database streams, writers on the first two, then `pgtransit cutover`: every database
+/// fenced, drained, verified and cleaned up together, one write gap.
+async fn online(
+    out: &mut dyn Write,
+    plan_path: &Path,
+    source: &crate::cluster::LocalCluster,
+    databases: &[String],
+) -> miette::Result<Outcome> {
+    report::say(
+        out,
+        "demo",
+        &format!("pgtransit apply {} --auto-approve   (in the background)", plan_path.display()),
+    )
+    .map_err(io_err)?;
+    out.flush().map_err(io_err)?;
+    let exe = std::env::current_exe().into_diagnostic()?;
+    let plan = plan_path.to_string_lossy().to_string();
+    let mut apply = tokio::process::Command::new(&exe)
+        .args(["apply", &plan, "--auto-approve"])
+        .stdin(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .into_diagnostic()?;
+    let loaded = super::plan::load_spec(plan_path)?;
+    let env = crate::conn::Env::from_process();
+    let members = super::several::members_of(&loaded, &env, Duration::from_secs(15)).await?;
+    let streaming = || {
+        members.iter().all(|m| {
+            crate::state::StateDir::new(m.plan.state_dir())
+                .load()
+                .ok()
+                .flatten()
+                .and_then(|s| s.sync)
+                .is_some_and(|s| s.streaming)
+        })
+    };
+    if !super::demo::wait_until(&mut apply, Duration::from_secs(600), streaming).await? {
+        return Ok(Outcome::Failed);
+    }
+    let writing: Vec<&String> = databases.iter().take(2).collect();
+    report::say(
+        out,
+        "demo",
+        &format!(
+            "every database streams; writers on {} (orders, items, events, deletes) for 5 \
+             seconds",
+            writing.iter().map(|d| d.as_str()).collect::<Vec<_>>().join(" and ")
+        ),
+    )
+    .map_err(io_err)?;
+    let mut writers = vec![];
+    for db in writing {
+        let conn = crate::conn::ConnInfo::parse(&source.conninfo(db))
+            .and_then(|c| c.resolve(&env))
+            .into_diagnostic()?;
+        let client =
+            crate::conn::connect_with(&conn, "pgtransit/demo-writer", &Default::default()).await?;
+        writers.push(tokio::spawn(async move {
+            super::demo::write_for(&client, Duration::from_secs(5)).await
+        }));
+    }
+    let mut written = 0;
+    for w in writers {
+        written += w.await.into_diagnostic()?.into_diagnostic()?;
+    }
+    report::say(
+        out,
+        "demo",
+        &format!(
+            "{written} transactions written; pgtransit cutover {plan} --auto-approve   (every \
+             database fenced, drained, verified, then cleaned up: all or none)"
+        ),
+    )
+    .map_err(io_err)?;
+    out.flush().map_err(io_err)?;
+    let cutover = tokio::process::Command::new(&exe)
+        .args(["cutover", &plan, "--auto-approve"])
+        .status()
+        .await
+        .into_diagnostic()?;
+    let applied = apply.wait().await.into_diagnostic()?;
+    Ok(if cutover.success() && applied.success() { Outcome::Done } else { Outcome::Failed })
 }

@@ -12,6 +12,7 @@ mod demo_server;
 pub mod plan;
 pub mod several;
 pub mod status;
+mod together;
 pub mod verify;
 
 use std::time::Duration;

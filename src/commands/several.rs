@@ -4,9 +4,7 @@
 //! plan creates are taken as there by the next, so each is created once), reported per
 //! database, and applied one database after another.
 //!
-//! Offline only, for now: an online migration of several databases must fence, drain, verify
-//! and cut over every database together (one write gap), which is not built; preflight refuses
-//! it and says so.
+//! Online, the databases stream and are cut over together: `super::together`.
 
 use std::io::Write;
 use std::time::Duration;
@@ -69,16 +67,22 @@ pub async fn plan(
 
 /// `pgtransit apply` of a migration of several databases: every database planned and shown,
 /// one confirmation, then each database applied in turn (a failure stops there; the next apply
-/// goes on from it).
+/// goes on from it). Online, each database streams once loaded, while the next one loads, and
+/// they are cut over together (see `super::together`).
 pub async fn apply(
     args: &ApplyArgs,
     loaded: &LoadedMigrationPlan,
     out: &mut dyn Write,
+    cutover_now: bool,
 ) -> miette::Result<Outcome> {
     let env = Env::from_process();
     let command = format!("apply {}", args.file.display());
     // The whole migration is locked while it is planned and applied: one apply at a time.
     let _whole = crate::state::StateDir::new(loaded.state_dir()).lock(&command)?;
+    if loaded.spec.mode == Mode::Online {
+        // What an interrupted cutover decided, before the databases are planned.
+        super::together::settle(loaded, &env, args.connect.retry_for).await?;
+    }
     let several = compute(loaded, &env, args.connect.retry_for).await;
     report::plan_several(out, &several.report, Format::Text).map_err(io_err)?;
     match several.outcome() {
@@ -107,31 +111,64 @@ pub async fn apply(
         miette::bail!(help = "nothing was changed", "apply cancelled");
     }
     record(loaded, &taken)?;
+    if loaded.spec.mode == Mode::Online {
+        return super::together::apply(args, loaded, &several, out, cutover_now).await;
+    }
     for (i, (member, computed)) in several.members.iter().enumerate() {
         let Some(shown) = computed.plan.as_ref().filter(|p| p.has_work()) else { continue };
         report::say(out, "database", &format!("{} ({} of {count})", member.database, i + 1))
             .map_err(io_err)?;
         let (state_dir, _lock) = super::apply::lock(&member.plan, &command)?;
-        // Planned again now, under its lock, once the databases before it are applied (the
-        // roles they carried are there, as its plan assumed): applied only if its steps are
-        // those shown and neither server changed since.
-        let fresh = super::plan::compute_after(
-            &member.plan,
-            &env,
-            args.connect.retry_for,
-            &several.earlier[i],
-        )
-        .await;
-        let Some(plan) = fresh.plan.as_ref() else {
-            report::plan(out, &fresh.report, Format::Text).map_err(io_err)?;
+        let Some(plan) = replan(&several, i, shown, &env, args, out).await? else {
             return Ok(Outcome::Failed);
         };
+        let how = super::apply::How { check_stale: false, cutover_now: false, member: None };
+        let outcome =
+            super::apply::apply_plan(&member.plan, &plan, &state_dir, &env, args, out, how).await?;
+        if outcome == Outcome::Failed {
+            return Ok(Outcome::Failed);
+        }
+    }
+    report::say(out, "done", &format!("{count} databases: {}", taken.join(", ")))
+        .map_err(io_err)?;
+    Ok(Outcome::Done)
+}
+
+/// The `i`th database planned again now, under its lock, once the databases before it are
+/// applied (the roles they carried are there, as its plan assumed): its plan, if its steps are
+/// those `shown` and neither server changed since. None: it could not be planned (the report
+/// says why).
+pub async fn replan(
+    several: &Several,
+    i: usize,
+    shown: &Plan,
+    env: &Env,
+    args: &ApplyArgs,
+    out: &mut dyn Write,
+) -> miette::Result<Option<Plan>> {
+    let member = &several.members[i].0;
+    let fresh =
+        super::plan::compute_after(&member.plan, env, args.connect.retry_for, &several.earlier[i])
+            .await;
+    {
+        let Some(plan) = fresh.plan.as_ref() else {
+            report::plan(out, &fresh.report, Format::Text).map_err(io_err)?;
+            return Ok(None);
+        };
         let (was, now) = (&shown.fingerprint, &plan.fingerprint);
+        // (A sequence's value is read when planned: a source taking writes moves it on, and
+        // the newer value is the one to set.)
         let same = |a: &Plan, b: &Plan| {
             let steps = |p: &Plan| -> Vec<(String, String, String)> {
                 p.steps
                     .iter()
-                    .map(|s| (s.id.clone(), s.action.name().to_string(), s.sql.clone()))
+                    .map(|s| {
+                        let sql = match s.work {
+                            crate::execution_plan::Work::SetSequence { .. } => String::new(),
+                            _ => s.sql.clone(),
+                        };
+                        (s.id.clone(), s.action.name().to_string(), sql)
+                    })
                     .collect()
             };
             steps(a) == steps(b)
@@ -147,16 +184,8 @@ pub async fn apply(
                 member.database
             );
         }
-        let outcome =
-            super::apply::apply_plan(&member.plan, plan, &state_dir, &env, args, out, false, false)
-                .await?;
-        if outcome == Outcome::Failed {
-            return Ok(Outcome::Failed);
-        }
+        Ok(Some(plan.clone()))
     }
-    report::say(out, "done", &format!("{count} databases: {}", taken.join(", ")))
-        .map_err(io_err)?;
-    Ok(Outcome::Done)
 }
 
 /// Lists the databases of both servers, selects the source's, and plans each.
@@ -186,7 +215,7 @@ pub async fn compute(loaded: &LoadedMigrationPlan, env: &Env, retry_for: Duratio
     let filter = spec.databases.clone().unwrap_or_default();
     let selected = databases::select(&filter, &names);
     report.selected = selected.clone();
-    report.checks.extend(server_checks(spec.mode, &source, &target, &selected));
+    report.checks.extend(server_checks(&source, &target, &selected));
     if let Some(before) = recorded(loaded) {
         report.checks.extend(changed_since(&before, &selected));
         report.checks.sort_by_key(|c| c.severity);
@@ -275,29 +304,13 @@ fn changed_since(before: &[String], selected: &[String]) -> Vec<Check> {
     checks
 }
 
-/// Which databases, which the target lacks, and what is not built.
+/// Which databases, and which the target lacks.
 fn server_checks(
-    mode: Mode,
     source: &[DatabaseInfo],
     target: &[DatabaseInfo],
     selected: &[String],
 ) -> Vec<Check> {
     let mut checks = vec![];
-    if mode == Mode::Online {
-        checks.push(Check {
-            code: "databases_online_not_built".into(),
-            severity: Severity::Error,
-            object: "migration plan".into(),
-            message: "an online migration of several databases (one fence, one drain, one \
-                      verification and one write gap for all) is not built yet"
-                .into(),
-            fix: Some(
-                "mode: offline, or one migration plan per database (each online, each with its \
-                 own cutover)"
-                    .into(),
-            ),
-        });
-    }
     if selected.is_empty() {
         checks.push(Check {
             code: "databases_none_selected".into(),
@@ -375,19 +388,6 @@ async fn list(
     catalog::read_databases(&client).await.map_err(|e| {
         preflight::unreachable(side, format!("could not list the {side}'s databases: {e}"), None)
     })
-}
-
-/// `cutover` and `abort` act on one database's stream: a migration of several databases has
-/// none yet (it is offline).
-pub fn refuse_several(loaded: &LoadedMigrationPlan, command: &str) -> miette::Result<()> {
-    if loaded.spec.databases.is_some() {
-        miette::bail!(
-            help = "a migration of several databases runs offline: `pgtransit apply` ends it, \
-                    and nothing of it stays on the servers",
-            "`pgtransit {command}` is for online migrations of one database"
-        );
-    }
-    Ok(())
 }
 
 /// The file, in the migration's state directory, that lists the databases it has applied.

@@ -124,6 +124,18 @@ pub enum ApplyError {
         )
     )]
     VerifyFailed(String),
+    /// Several databases cut over together: another one failed, or they were not all verified
+    /// in time; every database lifted its fence.
+    #[error("the databases' cutover was abandoned: {0}")]
+    #[diagnostic(
+        code(pgtransit::cutover_abandoned),
+        help(
+            "the databases are cut over all together or none: every database's fence was lifted \
+             and its source takes writes again. Fix the cause named, run `pgtransit apply` to \
+             stream every database again, then `pgtransit cutover`"
+        )
+    )]
+    Abandoned(String),
     /// A server went away (network, restart) and did not come back within `--retry-for`.
     #[error("lost the connection to a server: {0}")]
     #[diagnostic(
@@ -193,6 +205,11 @@ impl Cancel {
             flag.store(true, Ordering::SeqCst);
         });
         c
+    }
+
+    /// Asks for a stop, as Ctrl-C does.
+    pub fn request(&self) {
+        self.0.store(true, Ordering::SeqCst);
     }
 
     /// Whether a stop was requested.
@@ -434,6 +451,9 @@ pub struct Ctx<'a> {
     pub cutover_now: bool,
     /// Sessions an earlier attempt of this run may have left on the servers.
     pub sessions: EarlierSessions,
+    /// In a migration of several databases cut over together: where their cutovers meet, and
+    /// this database's member name.
+    pub together: Option<(&'a crate::execute::together::Together, &'a str)>,
 }
 
 /// A session of a server, exactly: its pid and its start time (pids are reused).

@@ -12,6 +12,7 @@ use crate::execute::context::{ApplyError, Ctx, Event, Session, sync_error};
 use crate::execute::proof::Proving;
 use crate::execute::proof::check_in_fence;
 use crate::execute::teardown;
+use crate::execute::together::Decision;
 use crate::execution_plan::{Step, Work};
 use crate::planner::FenceSql;
 use crate::state::{CutoverStatus, State, WriteGap, now_f64};
@@ -355,8 +356,22 @@ async fn finish_steps(
                 }
                 state.start(&step.id);
                 state.finish(&step.id, None);
-                set_status(state, CutoverStatus::CleaningUp)?;
-                done(ctx, step, started);
+                if let Some((together, member)) = ctx.together {
+                    // Not the primary until every database is: wait for the others, and go
+                    // (the decision is on disk) or lift the fence with them.
+                    set_status(state, CutoverStatus::Verified)?;
+                    done(ctx, step, started);
+                    if let Decision::Abort(why) = together.verified(member, ctx.cancel).await {
+                        return Err(ApplyError::Abandoned(format!(
+                            "this database was verified, but {why}"
+                        )));
+                    }
+                    crate::execute::context::failpoint("after", "cutover:together");
+                    set_status(state, CutoverStatus::CleaningUp)?;
+                } else {
+                    set_status(state, CutoverStatus::CleaningUp)?;
+                    done(ctx, step, started);
+                }
             }
             Work::Cleanup { slot, publication, origin } => {
                 crate::execute::context::failpoint("before", &step.id);

@@ -44,6 +44,7 @@ mod session;
 mod steps;
 mod sync;
 pub mod teardown;
+pub mod together;
 
 use std::time::Duration;
 

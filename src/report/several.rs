@@ -137,3 +137,38 @@ fn several_markdown(out: &mut dyn Write, r: &SeveralReport) -> io::Result<()> {
     }
     Ok(())
 }
+
+/// The server's write gap when several databases were cut over together: from the first
+/// database's fence (once up) to the end of the last one's cutover.
+pub fn together_gap(cut: &[(String, crate::state::CutoverState)]) -> Option<f64> {
+    let starts = cut.iter().filter_map(|(_, c)| Some(c.finished_at? - c.write_gap_seconds?));
+    let start = starts.fold(f64::INFINITY, f64::min);
+    let end = cut.iter().filter_map(|(_, c)| c.finished_at).fold(f64::NEG_INFINITY, f64::max);
+    (start.is_finite() && end.is_finite()).then(|| (end - start).max(0.0))
+}
+
+/// Several databases cut over together: the server's write gap, and each database's.
+pub fn together_done(
+    out: &mut dyn Write,
+    cut: &[(String, crate::state::CutoverState)],
+) -> io::Result<()> {
+    writeln!(out)?;
+    writeln!(
+        out,
+        "{} {} databases cut over together; the write gap was {:.2} s (from the first \
+         database's fence to the end of the last one's cutover).",
+        paint(GREEN, "Cutover complete:"),
+        cut.len(),
+        together_gap(cut).unwrap_or_default()
+    )?;
+    for (database, c) in cut {
+        let rows: i64 = c.verified.iter().map(|t| t.target_rows).sum();
+        writeln!(
+            out,
+            "  {database}: write gap {:.2} s, {} tables verified ({rows} rows)",
+            c.write_gap_seconds.unwrap_or_default(),
+            c.verified.len(),
+        )?;
+    }
+    writeln!(out, "Point the applications at the target's databases.")
+}

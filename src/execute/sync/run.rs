@@ -433,7 +433,11 @@ async fn run_stream(
             a.commit_all(stream).await?;
             pause_at = hold(r).await;
         }
-        if last_report.elapsed() >= Duration::from_secs(1) {
+        // (When another database's fence is up, this one follows within 50 ms, not at its next
+        // report: the databases' write gap is one.)
+        let follow = fenced.is_none() && a.ctx.together.is_some_and(|(t, _)| t.fencing());
+        let every = if follow { Duration::from_millis(50) } else { Duration::from_secs(1) };
+        if last_report.elapsed() >= every {
             last_report = Instant::now();
             let (drift, failed) = {
                 let l = live.lock().expect("live lock");
@@ -461,10 +465,26 @@ async fn run_stream(
             if !a.open && a.pipe.is_idle() {
                 a.pipe.client.batch_execute("").await.map_err(pg)?;
             }
+            let due = cutover
+                .filter(|_| fenced.is_none())
+                .map(|c| lag.is_some_and(|l| l <= a.sync.max_lag_seconds) && triggered(&c.trigger));
+            // With several databases cut over together: only once every one is ready (or one's
+            // fence is up); a cutover abandoned by another database stops this stream too.
+            let due = match (due, a.ctx.together) {
+                (Some(ready), Some((together, member))) => {
+                    if let Some(crate::execute::together::Decision::Abort(why)) = together.decided()
+                    {
+                        if a.in_source_tx.is_none() {
+                            a.commit_all(stream).await?;
+                        }
+                        return Err(ApplyError::Abandoned(why));
+                    }
+                    together.may_fence(member, ready)
+                }
+                (due, _) => due.unwrap_or(false),
+            };
             if let Some(c) = cutover
-                && fenced.is_none()
-                && lag.is_some_and(|l| l <= a.sync.max_lag_seconds)
-                && triggered(&c.trigger)
+                && due
             {
                 // (A round waiting for its consistent point is abandoned, and none starts.)
                 pause_at = None;

@@ -1,0 +1,245 @@
+//! Several databases cut over together: one apply process streams each database on a thread of
+//! its own, and their cutovers meet twice.
+//!
+//! - **Before the fence**: a database's fence goes up only once every database is ready (its
+//!   cutover asked for and its lag under `sync.max_lag`), or once another one's fence is up.
+//! - **Between verification and clean-up**: a verified database waits for every other one. The
+//!   first that sees them all verified records the decision to go, durably (a file written and
+//!   renamed in the migration's state directory) before any of them cleans up; one that failed
+//!   (its fence lifted), a stop on request, or a wait longer than [`WAIT`] decides to abort, and
+//!   every database lifts its fence. All of them, or none, are cut over.
+//!
+//! After a crash, the file says what was decided: a database verified and waiting (state
+//! `verified`) finishes its clean-up if the decision was to go, and lifts its fence otherwise
+//! (as any cutover interrupted before it was verified).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use super::Cancel;
+
+/// How long a verified database waits for the others before the cutover is abandoned.
+pub const WAIT: Duration = Duration::from_secs(120);
+
+/// The file, in the migration's state directory, that records the decision.
+pub const DECISION_FILE: &str = "cutover.decision";
+
+/// What the databases' cutover came to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Decision {
+    /// Every database was verified: each cleans up; the target is the primary.
+    Go,
+    /// Each lifts its fence; the source takes writes again.
+    Abort(String),
+}
+
+#[derive(Default)]
+struct Inner {
+    ready: BTreeMap<String, bool>,
+    fencing: bool,
+    verified: BTreeSet<String>,
+    decision: Option<Decision>,
+}
+
+/// The meeting points of the databases' cutovers (see the module's documentation).
+pub struct Together {
+    members: Vec<String>,
+    file: PathBuf,
+    inner: Mutex<Inner>,
+}
+
+impl Together {
+    /// For `members` (the databases that stream), deciding in `dir`'s [`DECISION_FILE`].
+    pub fn new(members: Vec<String>, dir: &Path) -> Together {
+        Together { members, file: dir.join(DECISION_FILE), inner: Mutex::default() }
+    }
+
+    fn inner(&self) -> std::sync::MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Whether `member`, `ready` or not, may put its fence up now: every database is ready, or
+    /// one's fence is up already (and nothing was decided).
+    pub fn may_fence(&self, member: &str, ready: bool) -> bool {
+        let mut inner = self.inner();
+        inner.ready.insert(member.to_string(), ready);
+        if inner.decision.is_some() || !ready {
+            return false;
+        }
+        let all = self.members.iter().all(|m| inner.ready.get(m).copied().unwrap_or(false));
+        if all || inner.fencing {
+            inner.fencing = true;
+            return true;
+        }
+        false
+    }
+
+    /// Whether a database's fence is up (or going up): the others follow as soon as they can.
+    pub fn fencing(&self) -> bool {
+        let inner = self.inner();
+        inner.fencing && inner.decision.is_none()
+    }
+
+    /// The decision, once there is one.
+    pub fn decided(&self) -> Option<Decision> {
+        self.inner().decision.clone()
+    }
+
+    /// `member` failed, or stopped, before it was verified: the others abort (unless every
+    /// database was verified already, and went).
+    pub fn failed(&self, member: &str, reason: &str) {
+        let mut inner = self.inner();
+        if inner.decision.is_none() {
+            let why = format!("database {member}: {reason}");
+            let _ = record(&self.file, &Decision::Abort(why.clone()));
+            inner.decision = Some(Decision::Abort(why));
+        }
+    }
+
+    /// `member` is verified: waits for every other database (at most [`WAIT`], and not past a
+    /// stop on request), and says what was decided. "Go" is on disk before it is returned.
+    pub async fn verified(&self, member: &str, cancel: &Cancel) -> Decision {
+        let started = Instant::now();
+        {
+            let mut inner = self.inner();
+            inner.verified.insert(member.to_string());
+            if inner.decision.is_none() && self.members.iter().all(|m| inner.verified.contains(m)) {
+                inner.decision = Some(match record(&self.file, &Decision::Go) {
+                    Ok(()) => Decision::Go,
+                    Err(e) => Decision::Abort(format!(
+                        "the decision to go could not be recorded in {}: {e}",
+                        self.file.display()
+                    )),
+                });
+            }
+        }
+        loop {
+            if let Some(d) = self.decided() {
+                return d;
+            }
+            let waiting: Vec<String> = {
+                let inner = self.inner();
+                self.members.iter().filter(|m| !inner.verified.contains(*m)).cloned().collect()
+            };
+            if cancel.requested() {
+                self.failed(member, "stopped on request while the others were being verified");
+            } else if started.elapsed() > WAIT {
+                self.failed(
+                    member,
+                    &format!(
+                        "waited {} s for {} to be verified",
+                        WAIT.as_secs(),
+                        waiting.join(", ")
+                    ),
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+}
+
+/// What the file in `dir` says was decided (none: no cutover got that far, or it was cleared).
+pub fn recorded(dir: &Path) -> Option<Decision> {
+    let text = std::fs::read_to_string(dir.join(DECISION_FILE)).ok()?;
+    let text = text.trim_end();
+    match text.split_once(' ').map_or((text, ""), |(a, b)| (a, b)) {
+        ("go", _) => Some(Decision::Go),
+        ("abort", why) => Some(Decision::Abort(why.to_string())),
+        _ => None,
+    }
+}
+
+/// Forgets an earlier decision (a new attempt decides again).
+pub fn clear(dir: &Path) -> std::io::Result<()> {
+    match std::fs::remove_file(dir.join(DECISION_FILE)) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
+        _ => Ok(()),
+    }
+}
+
+/// Writes `decision` durably: a file of its own, synced, renamed into place, the directory
+/// synced.
+fn record(file: &Path, decision: &Decision) -> std::io::Result<()> {
+    let text = match decision {
+        Decision::Go => "go\n".to_string(),
+        Decision::Abort(why) => format!("abort {}\n", why.replace('\n', " ")),
+    };
+    let dir = file.parent().unwrap_or(Path::new("."));
+    std::fs::create_dir_all(dir)?;
+    let tmp = file.with_extension("decision.tmp");
+    {
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(text.as_bytes())?;
+        f.sync_all()?;
+    }
+    std::fs::rename(&tmp, file)?;
+    std::fs::File::open(dir)?.sync_all()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn scratch(name: &str) -> PathBuf {
+        let dir =
+            std::env::temp_dir().join(format!("pgtransit-together-{}-{name}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        dir
+    }
+
+    fn two(dir: &Path) -> Together {
+        Together::new(vec!["a".into(), "b".into()], dir)
+    }
+
+    #[test]
+    fn no_fence_goes_up_until_every_database_is_ready_then_each_may() {
+        let dir = scratch("fence");
+        let t = two(dir.as_path());
+        assert!(!t.may_fence("a", true), "b has not said it is ready");
+        assert!(!t.may_fence("b", false));
+        assert!(t.may_fence("b", true), "both ready");
+        assert!(t.may_fence("a", true), "one fence is up: the other follows");
+        assert!(!t.may_fence("a", false), "never while not ready itself");
+    }
+
+    #[tokio::test]
+    async fn go_is_recorded_on_disk_only_when_every_database_is_verified() {
+        let dir = scratch("go");
+        let t = std::sync::Arc::new(two(dir.as_path()));
+        let cancel = Cancel::default();
+        let waiting = {
+            let (t, cancel) = (t.clone(), cancel.clone());
+            tokio::spawn(async move { t.verified("a", &cancel).await })
+        };
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert_eq!(recorded(dir.as_path()), None, "b is not verified yet");
+        assert_eq!(t.verified("b", &cancel).await, Decision::Go);
+        assert_eq!(waiting.await.unwrap(), Decision::Go);
+        assert_eq!(recorded(dir.as_path()), Some(Decision::Go));
+        clear(dir.as_path()).unwrap();
+        assert_eq!(recorded(dir.as_path()), None);
+    }
+
+    #[tokio::test]
+    async fn one_database_failing_aborts_the_verified_ones_and_no_fence_goes_up_after() {
+        let dir = scratch("abort");
+        let t = std::sync::Arc::new(two(dir.as_path()));
+        let cancel = Cancel::default();
+        let waiting = {
+            let (t, cancel) = (t.clone(), cancel.clone());
+            tokio::spawn(async move { t.verified("a", &cancel).await })
+        };
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        t.failed("b", "rows differ");
+        let Decision::Abort(why) = waiting.await.unwrap() else { panic!("went") };
+        assert!(why.contains("database b: rows differ"), "{why}");
+        assert!(matches!(recorded(dir.as_path()), Some(Decision::Abort(_))));
+        assert!(!t.may_fence("a", true) && !t.may_fence("b", true));
+        t.failed("a", "later");
+        assert!(matches!(t.decided(), Some(Decision::Abort(w)) if w.contains("database b")));
+    }
+}

@@ -65,3 +65,16 @@ fn demo_of_several_databases_names_the_missing_ones_then_migrates_and_verifies_e
     assert!(out.stdout.contains("done 3 databases: shop, shop_2, shop_3"), "{out:?}");
     assert!(out.stdout.contains("are the same on both servers"), "{out:?}");
 }
+
+#[test]
+fn demo_of_several_databases_online_streams_them_under_writes_and_cuts_over_once() {
+    let dir = TempDir::new("demo-server-online");
+    let work = dir.path().join("work");
+    let args = ["demo", "--databases", "2", "--online", "--dir", work.to_str().unwrap()];
+    let out = run(dir.path(), &args);
+    assert_eq!(out.code, 0, "{out:?}");
+    assert!(out.stdout.contains("transactions written; pgtransit cutover"), "{out:?}");
+    assert!(out.stdout.contains("2 databases cut over together; the write gap was"), "{out:?}");
+    assert_eq!(out.stdout.matches("Identical: source and target are identical.").count(), 2);
+    assert!(out.stdout.contains("are the same on both servers"), "{out:?}");
+}

@@ -474,3 +474,68 @@ fn several_databases_killed_after_the_decision_to_go_finish_their_cutover_on_the
     assert_eq!(sql(&tgt, "postgres", "SELECT count(*) FROM pg_replication_origin"), "0");
     assert_eq!(sql(&src, "postgres", read_only), "2", "the old primary stays read-only");
 }
+
+/// The four databases and fifteen roles of the offline test, online in one plan under writes to
+/// two of them (pagila and shop), cut over once: `pg_dumpall --globals-only` of both servers is
+/// the same, every database's schema and rows are, the SCRAM login works with the same
+/// password, and the write gap reported is the server's.
+#[test]
+fn four_databases_and_fifteen_roles_move_online_under_writes_with_one_cutover() {
+    let src = logical_source("server-online-src");
+    fill_source(&src);
+    let tgt = cluster("server-online-tgt", &[]);
+    for db in ["pagila", "shop"] {
+        sql(
+            &src,
+            db,
+            &format!(
+                "CREATE SEQUENCE {db}_ids START 1000000;
+                 CREATE TABLE {db}_rows (id bigint PRIMARY KEY, note text);
+                 INSERT INTO {db}_rows SELECT g, md5(g::text) FROM generate_series(1, 1000) g;"
+            ),
+        );
+    }
+    for db in DATABASES {
+        tgt.create_database(db).unwrap();
+    }
+    let dir = TempDir::new("server-online");
+    let extra = "mode: online\n\
+                 databases:\n  include: [\"*\"]\n  exclude: [postgres, scratch]\n\
+                 roles:\n  missing: create\n  include: [\"*\"]\n";
+    let f = dir.write("s.yaml", &plan_yaml("s", &src.url("postgres"), &tgt.url("postgres"), extra));
+    let f = f.to_str().unwrap();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let writers =
+        [keep_writing(&src, "pagila", stop.clone()), keep_writing(&src, "shop", stop.clone())];
+    let mut child = start_apply(&dir, f, &[]);
+    for db in DATABASES {
+        wait_for(Duration::from_secs(120), "every database to stream", || {
+            state(&dir, &format!("s/s-{db}"))["sync"]["streaming"] == true
+        });
+    }
+    let out = run(dir.path(), &["cutover", f, "--auto-approve"]);
+    assert_eq!(out.code, 0, "{out:?}\n{}", apply_output(&dir));
+    assert!(out.stdout.contains("4 databases cut over together; the write gap was"), "{out:?}");
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    let written: Vec<usize> = writers.into_iter().map(|w| w.join().unwrap()).collect();
+    assert!(written.iter().all(|n| *n > 5), "the writers wrote: {written:?}");
+    let status = wait_exit(&mut child, Duration::from_secs(60));
+    assert_eq!(status.and_then(|s| s.code()), Some(0), "{}", apply_output(&dir));
+
+    let dumpall = tgt.bin("pg_dumpall");
+    assert_eq!(dumpall_globals(&dumpall, &tgt, &[]), dumpall_globals(&dumpall, &src, &[]));
+    for db in DATABASES {
+        assert_migrated(&src, &tgt, db);
+        assert_eq!(sequence_values(&tgt, db), sequence_values(&src, db), "sequences of {db}");
+        assert_eq!(sql(&src, db, "SELECT count(*) FROM pg_replication_slots"), "0");
+    }
+    let lobs = "SELECT id, md5(lo_get(doc)) FROM docs ORDER BY id";
+    assert_eq!(sql(&tgt, "lobs", lobs), sql(&src, "lobs", lobs));
+    let login = Command::new(tgt.bin("psql"))
+        .args(["-h", tgt.host(), "-p", &tgt.port().to_string(), "-U", "app_login", "-d", "shop"])
+        .args(["-XAtc", "SELECT current_user"])
+        .env("PGPASSWORD", "app-secret")
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&login.stdout).trim(), "app_login", "{login:?}");
+}

@@ -633,6 +633,33 @@ fn a_cutover_cut_off_in_its_clean_up_is_finished_by_the_next_apply() {
     assert_eq!(out.code, 0, "nothing left to do: {out:?}");
 }
 
+/// `abort` after a cutover verified but cut off in its clean-up removes the leftovers and
+/// keeps the cutover on record: the target is the primary, and no later plan copies into it.
+#[test]
+fn abort_after_a_verified_cutover_removes_its_leftovers_and_no_plan_copies_again() {
+    let (src, tgt) = logical_pair(
+        "online-cleanup-abort",
+        "CREATE TABLE t (id int PRIMARY KEY); INSERT INTO t VALUES (1);",
+    );
+    let dir = TempDir::new("online-cleanup-abort");
+    let plan = online_plan(&dir, "cleanupabort", &src, &tgt, "");
+    let mut child = start_apply(&dir, &plan, &[("PGTRANSIT_FAILPOINT", "before:cutover:cleanup")]);
+    wait_streaming(&dir, "cleanupabort", &mut child);
+    let out = run(dir.path(), &["cutover", &plan, "--auto-approve"]);
+    assert_ne!(out.code, 0, "{out:?}");
+    let _ = child.wait();
+    assert_eq!(state(&dir, "cleanupabort")["cutover"]["status"], "cleaning_up");
+    sql(&tgt, "app", "INSERT INTO t VALUES (2)");
+    let out = run(dir.path(), &["abort", &plan, "--auto-approve"]);
+    assert_eq!(out.code, 0, "{out:?}");
+    assert_eq!(slots(&src), "");
+    let st = run(dir.path(), &["status", &plan, "--format", "json"]).json();
+    assert_eq!(st["phase"], "cut_over", "{st}");
+    let out = run(dir.path(), &["plan", &plan, "--detailed-exitcode"]);
+    assert_eq!(out.code, 0, "nothing to copy into the new primary: {out:?}");
+    assert_eq!(sql(&tgt, "app", "SELECT count(*) FROM t"), "2");
+}
+
 /// Waits until continuous verification has completed `passes` passes over every table.
 fn wait_passes(dir: &TempDir, plan: &str, passes: u64) -> serde_json::Value {
     let mut st = serde_json::Value::Null;

@@ -143,15 +143,7 @@ fn four_databases_and_fifteen_roles_move_in_one_plan_and_a_database_added_later_
                         ON d.oid = s.setdatabase WHERE d.datname = current_database() ORDER BY 1";
         assert_eq!(sql(&tgt, db, settings), sql(&src, db, settings), "settings of {db}");
     }
-    let lobs = "SELECT id, md5(lo_get(doc)) FROM docs ORDER BY id";
-    assert_eq!(sql(&tgt, "lobs", lobs), sql(&src, "lobs", lobs));
-    let login = Command::new(tgt.bin("psql"))
-        .args(["-h", tgt.host(), "-p", &tgt.port().to_string(), "-U", "app_login", "-d", "pagila"])
-        .args(["-XAtc", "SELECT count(*) > 0 FROM film"])
-        .env("PGPASSWORD", "app-secret")
-        .output()
-        .unwrap();
-    assert_eq!(String::from_utf8_lossy(&login.stdout).trim(), "t", "{login:?}");
+    assert_lobs_and_login(&src, &tgt, "pagila");
 
     // Nothing is left to do; status and verify speak of every database.
     let out = pgtransit_run(&["plan", f, "--detailed-exitcode"]);
@@ -360,10 +352,7 @@ fn several_databases_stream_and_cut_over_together_after_a_kill_during_one_load()
     for db in ["alpha", "beta", "gamma"] {
         assert_migrated(&src, &tgt, db);
         assert_eq!(sequence_values(&tgt, db), sequence_values(&src, db), "sequences of {db}");
-        let leftovers = "SELECT (SELECT count(*) FROM pg_publication) \
-                         + (SELECT count(*) FROM pg_replication_slots)";
-        assert_eq!(sql(&src, db, leftovers), "0", "left on the source's {db}");
-        assert_eq!(sql(&tgt, db, "SELECT count(*) FROM pg_replication_origin"), "0");
+        assert_nothing_left(&src, &tgt, db);
     }
 }
 
@@ -372,27 +361,8 @@ fn several_databases_stream_and_cut_over_together_after_a_kill_during_one_load()
 /// then removes every database's slot and publication.
 #[test]
 fn one_database_failing_verification_lifts_every_fence_and_abort_removes_every_slot() {
-    let src = logical_source("together-fail-src");
-    let tgt = cluster("together-fail-tgt", &[]);
-    for db in ["one", "two"] {
-        src.create_database(db).unwrap();
-        tgt.create_database(db).unwrap();
-        sql(
-            &src,
-            db,
-            "CREATE TABLE r (id int PRIMARY KEY); INSERT INTO r SELECT generate_series(1, 100);",
-        );
-    }
-    let dir = TempDir::new("together-fail");
-    let extra = "mode: online\ndatabases:\n  include: [one, two]\n";
-    let f = dir.write("u.yaml", &plan_yaml("u", &src.url("postgres"), &tgt.url("postgres"), extra));
-    let f = f.to_str().unwrap();
-    let mut child = start_apply(&dir, f, &[]);
-    for member in ["u/u-one", "u/u-two"] {
-        wait_for(Duration::from_secs(60), "both databases to stream", || {
-            state(&dir, member)["sync"]["streaming"] == true
-        });
-    }
+    let (src, tgt, dir, f, mut child) = two_streaming("together-fail", "u", &[]);
+    let f = f.as_str();
     sql(&tgt, "two", "INSERT INTO r VALUES (1000)");
     let out = run(dir.path(), &["cutover", f, "--auto-approve"]);
     assert_eq!(out.code, 1, "{out:?}\n{}", apply_output(&dir));
@@ -414,39 +384,19 @@ fn one_database_failing_verification_lifts_every_fence_and_abort_removes_every_s
     let out = run(dir.path(), &["abort", f, "--auto-approve"]);
     assert_eq!(out.code, 0, "{out:?}");
     for db in ["one", "two"] {
-        let leftovers = "SELECT (SELECT count(*) FROM pg_publication) \
-                         + (SELECT count(*) FROM pg_replication_slots)";
-        assert_eq!(sql(&src, db, leftovers), "0", "left on the source's {db}: {out:?}");
-        assert_eq!(sql(&tgt, db, "SELECT count(*) FROM pg_replication_origin"), "0");
+        assert_nothing_left(&src, &tgt, db);
     }
 }
 
 /// Killed (as suddenly as kill -9) once every database was verified and the decision to go
-/// recorded, before the clean-up (one database's state still says it waits for the others): the next apply finishes every database's cutover, the
-/// source stays fenced meanwhile, and nothing is left.
+/// recorded, before the clean-up (one database's state still says it waits for the others): the
+/// next apply finishes every database's cutover, the source stays fenced meanwhile, and
+/// nothing is left.
 #[test]
 fn several_databases_killed_after_the_decision_to_go_finish_their_cutover_on_the_next_apply() {
-    let src = logical_source("together-go-src");
-    let tgt = cluster("together-go-tgt", &[]);
-    for db in ["one", "two"] {
-        src.create_database(db).unwrap();
-        tgt.create_database(db).unwrap();
-        sql(
-            &src,
-            db,
-            "CREATE TABLE r (id int PRIMARY KEY); INSERT INTO r SELECT generate_series(1, 100);",
-        );
-    }
-    let dir = TempDir::new("together-go");
-    let extra = "mode: online\ndatabases:\n  include: [one, two]\n";
-    let f = dir.write("g.yaml", &plan_yaml("g", &src.url("postgres"), &tgt.url("postgres"), extra));
-    let f = f.to_str().unwrap();
-    let mut child = start_apply(&dir, f, &[("PGTRANSIT_FAILPOINT", "after:cutover:together")]);
-    for member in ["g/g-one", "g/g-two"] {
-        wait_for(Duration::from_secs(60), "both databases to stream", || {
-            state(&dir, member)["sync"]["streaming"] == true
-        });
-    }
+    let failpoint = [("PGTRANSIT_FAILPOINT", "after:cutover:together")];
+    let (src, tgt, dir, f, mut child) = two_streaming("together-go", "g", &failpoint);
+    let f = f.as_str();
     let out = run(dir.path(), &["cutover", f, "--auto-approve"]);
     assert_eq!(out.code, 1, "{out:?}\n{}", apply_output(&dir));
     assert!(wait_exit(&mut child, Duration::from_secs(30)).is_some(), "{}", apply_output(&dir));
@@ -467,12 +417,10 @@ fn several_databases_killed_after_the_decision_to_go_finish_their_cutover_on_the
     for (db, member) in [("one", "g/g-one"), ("two", "g/g-two")] {
         assert_eq!(state(&dir, member)["cutover"]["status"], "done", "{db}: {out:?}");
         assert_migrated(&src, &tgt, db);
-        let leftovers = "SELECT (SELECT count(*) FROM pg_publication) \
-                         + (SELECT count(*) FROM pg_replication_slots)";
-        assert_eq!(sql(&src, db, leftovers), "0", "left on the source's {db}: {out:?}");
+        assert_nothing_left(&src, &tgt, db);
     }
-    assert_eq!(sql(&tgt, "postgres", "SELECT count(*) FROM pg_replication_origin"), "0");
     assert_eq!(sql(&src, "postgres", read_only), "2", "the old primary stays read-only");
+    assert!(!dir.path().join(".pgtransit/g/cutover.decision").exists(), "settled, then forgotten");
 }
 
 /// The four databases and fifteen roles of the offline test, online in one plan under writes to
@@ -529,10 +477,55 @@ fn four_databases_and_fifteen_roles_move_online_under_writes_with_one_cutover() 
         assert_eq!(sequence_values(&tgt, db), sequence_values(&src, db), "sequences of {db}");
         assert_eq!(sql(&src, db, "SELECT count(*) FROM pg_replication_slots"), "0");
     }
+    assert_lobs_and_login(&src, &tgt, "shop");
+}
+
+/// Databases `one` and `two` (a table of 100 rows each) on a logical source and a target, and an
+/// online migration `name` of both, applied in the background (with `env`) until both stream.
+fn two_streaming(
+    name: &str,
+    short: &str,
+    env: &[(&str, &str)],
+) -> (LocalCluster, LocalCluster, TempDir, String, std::process::Child) {
+    let src = logical_source(&format!("{name}-src"));
+    let tgt = cluster(&format!("{name}-tgt"), &[]);
+    for db in ["one", "two"] {
+        src.create_database(db).unwrap();
+        tgt.create_database(db).unwrap();
+        sql(
+            &src,
+            db,
+            "CREATE TABLE r (id int PRIMARY KEY); INSERT INTO r SELECT generate_series(1, 100);",
+        );
+    }
+    let dir = TempDir::new(name);
+    let extra = "mode: online\ndatabases:\n  include: [one, two]\n";
+    let plan = plan_yaml(short, &src.url("postgres"), &tgt.url("postgres"), extra);
+    let f = dir.write(&format!("{short}.yaml"), &plan).to_str().unwrap().to_string();
+    let child = start_apply(&dir, &f, env);
+    for db in ["one", "two"] {
+        wait_for(Duration::from_secs(60), "both databases to stream", || {
+            state(&dir, &format!("{short}/{short}-{db}"))["sync"]["streaming"] == true
+        });
+    }
+    (src, tgt, dir, f, child)
+}
+
+/// No slot or publication on the source's `db`, no replication origin on the target.
+fn assert_nothing_left(src: &LocalCluster, tgt: &LocalCluster, db: &str) {
+    let leftovers = "SELECT (SELECT count(*) FROM pg_publication) \
+                     + (SELECT count(*) FROM pg_replication_slots)";
+    assert_eq!(sql(src, db, leftovers), "0", "left on the source's {db}");
+    assert_eq!(sql(tgt, db, "SELECT count(*) FROM pg_replication_origin"), "0");
+}
+
+/// The large objects of `lobs` are the same on both servers, and `app_login` logs in to `db` on
+/// the target with its password on the source (its SCRAM verifier carried).
+fn assert_lobs_and_login(src: &LocalCluster, tgt: &LocalCluster, db: &str) {
     let lobs = "SELECT id, md5(lo_get(doc)) FROM docs ORDER BY id";
-    assert_eq!(sql(&tgt, "lobs", lobs), sql(&src, "lobs", lobs));
+    assert_eq!(sql(tgt, "lobs", lobs), sql(src, "lobs", lobs));
     let login = Command::new(tgt.bin("psql"))
-        .args(["-h", tgt.host(), "-p", &tgt.port().to_string(), "-U", "app_login", "-d", "shop"])
+        .args(["-h", tgt.host(), "-p", &tgt.port().to_string(), "-U", "app_login", "-d", db])
         .args(["-XAtc", "SELECT current_user"])
         .env("PGPASSWORD", "app-secret")
         .output()

@@ -37,13 +37,13 @@ pub async fn run(args: &AbortArgs, out: &mut dyn Write) -> miette::Result<Outcom
     let dir = crate::state::StateDir::new(loaded.state_dir());
     let _whole = dir.lock(&format!("abort {}", args.file.display()))?;
     let env = Env::from_process();
+    // A cutover decided before a crash is settled first: a database verified when every one
+    // was (the decision to go) is a primary, whose fence stays; only its leftovers go.
+    super::together::settle(&loaded, &env, args.connect.retry_for).await?;
     for member in super::several::members_of(&loaded, &env, args.connect.retry_for).await? {
         crate::report::say(out, "database", &member.database).map_err(io_err)?;
         abort(&member.plan, args, out).await?;
     }
-    // A cutover decided earlier decides nothing now.
-    crate::execute::together::clear(dir.path())
-        .map_err(|e| miette::miette!("cannot remove a file of {}: {e}", dir.path().display()))?;
     Ok(Outcome::Done)
 }
 
@@ -118,14 +118,20 @@ async fn abort(
         }
     }
     if let Some(state) = state.as_mut() {
-        // What the removed objects' steps recorded no longer holds: a new plan creates them
-        // again (and, the slot being gone, copies every table again).
-        state.sync = None;
-        state.cutover = None;
-        state.steps.retain(|id, _| {
-            !matches!(id.as_str(), "load:slot" | "load:publication" | "load:replica_identity")
-                && !id.starts_with("sync:")
-        });
+        if let Some(cut) = state.cutover.as_mut().filter(|c| c.verified()) {
+            // A cutover that was verified stays on record, now complete: the target is the
+            // primary, and no later plan may copy into it again.
+            cut.status = crate::state::CutoverStatus::Done;
+        } else {
+            // What the removed objects' steps recorded no longer holds: a new plan creates
+            // them again (and, the slot being gone, copies every table again).
+            state.sync = None;
+            state.cutover = None;
+            state.steps.retain(|id, _| {
+                !matches!(id.as_str(), "load:slot" | "load:publication" | "load:replica_identity")
+                    && !id.starts_with("sync:")
+            });
+        }
         state_dir.save(state)?;
     }
     crate::report::abort_done(out, !removals.is_empty()).map_err(io_err)?;

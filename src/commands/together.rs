@@ -22,30 +22,33 @@ use super::cutover::CutoverArgs;
 use super::several::Several;
 use super::{Outcome, io_err};
 
-/// Before the databases are planned: what an interrupted cutover decided. Every database
-/// verified ("go" recorded): those still waiting finish their clean-up. Otherwise the decision
-/// is forgotten, and a database verified and waiting lifts its fence as any cutover interrupted
-/// before it was verified.
+/// Before the databases are planned (or aborted), under the migration's lock: what an
+/// interrupted cutover decided. Every database verified ("go" recorded): those still waiting
+/// are the primaries, and finish their clean-up. Otherwise a database verified and waiting
+/// lifts its fence as any cutover interrupted before it was verified. Either way the decision
+/// is then forgotten, once what it decided is in every database's state: a later cutover
+/// decides again.
 pub async fn settle(
     loaded: &LoadedMigrationPlan,
     env: &Env,
     retry_for: Duration,
 ) -> miette::Result<()> {
     let dir = loaded.state_dir();
-    if together::recorded(&dir) != Some(Decision::Go) {
-        return together::clear(&dir)
-            .map_err(|e| miette::miette!("cannot remove {}: {e}", dir.display()));
-    }
-    for member in super::several::members_of(loaded, env, retry_for).await? {
-        let state_dir = StateDir::new(member.plan.state_dir());
-        let _lock = state_dir.lock("apply (settling the databases' cutover)")?;
-        let Some(mut state) = state_dir.load()? else { continue };
-        if let Some(cut) = state.cutover.as_mut().filter(|c| c.status == CutoverStatus::Verified) {
-            cut.status = CutoverStatus::CleaningUp;
-            state_dir.save(&mut state)?;
+    if together::recorded(&dir) == Some(Decision::Go) {
+        for member in super::several::members_of(loaded, env, retry_for).await? {
+            let state_dir = StateDir::new(member.plan.state_dir());
+            let _lock = state_dir.lock("apply (settling the databases' cutover)")?;
+            let Some(mut state) = state_dir.load()? else { continue };
+            if let Some(cut) =
+                state.cutover.as_mut().filter(|c| c.status == CutoverStatus::Verified)
+            {
+                cut.status = CutoverStatus::CleaningUp;
+                state_dir.save(&mut state)?;
+            }
         }
     }
-    Ok(())
+    together::clear(&dir)
+        .map_err(|e| miette::miette!("cannot remove a file of {}: {e}", dir.display()))
 }
 
 /// What a database's thread tells the migration's.
@@ -122,28 +125,31 @@ fn spawn(
         let Run { i, database, loaded, plan, state_dir, lock, streams } = run;
         let name = loaded.spec.name.value.clone();
         let mut out = Lines::new(&database, tx.clone());
-        let result = match tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()
-        {
-            Ok(rt) => rt.block_on(async {
-                let streaming = || {
-                    let _ = tx.send(Msg::Streaming(i));
-                };
-                let member = MemberRun {
-                    name: &name,
-                    together: &together,
-                    cancel: &cancel,
-                    view: Box::new(Lines::new(&database, tx.clone())),
-                    streaming: &streaming,
-                };
-                let how = How { check_stale: false, cutover_now, member: Some(member) };
-                super::apply::apply_plan(&loaded, &plan, &state_dir, &env, &args, &mut out, how)
-                    .await
-            }),
-            Err(e) => Err(miette::miette!("cannot start the runtime of database {database}: {e}")),
-        };
+        // (A panic is an end too: the others must not wait for this one.)
+        let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()
+            {
+                Ok(rt) => rt.block_on(async {
+                    let streaming = || {
+                        let _ = tx.send(Msg::Streaming(i));
+                    };
+                    let member = MemberRun {
+                        name: &name,
+                        together: &together,
+                        cancel: &cancel,
+                        view: Box::new(Lines::new(&database, tx.clone())),
+                        streaming: &streaming,
+                    };
+                    let how = How { check_stale: false, cutover_now, member: Some(member) };
+                    super::apply::apply_plan(&loaded, &plan, &state_dir, &env, &args, &mut out, how)
+                        .await
+                }),
+                Err(e) => {
+                    Err(miette::miette!("cannot start the runtime of database {database}: {e}"))
+                }
+            }
+        }))
+        .unwrap_or_else(|_| Err(miette::miette!("the apply of database {database} panicked")));
         let ended = match result {
             Ok(Outcome::Failed) => Err("its apply failed (above)".to_string()),
             Ok(_) => Ok(()),
@@ -197,6 +203,7 @@ pub async fn apply(
     let cancel = Cancel::on_signals();
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
     let count = several.members.len();
+    let began = now_f64();
     let mut running = 0;
     let mut failed: Vec<String> = vec![];
     let mut databases = vec![];
@@ -205,8 +212,8 @@ pub async fn apply(
         if !failed.is_empty() || cancel.requested() {
             break;
         }
-        report::say(out, "database", &format!("{} ({} of {count})", member.database, i + 1))
-            .map_err(io_err)?;
+        let _ =
+            report::say(out, "database", &format!("{} ({} of {count})", member.database, i + 1));
         let started = async {
             let (state_dir, lock) = super::apply::lock(&member.plan, &command)?;
             let plan = super::several::replan(several, i, shown, &env, args, out).await?;
@@ -233,13 +240,20 @@ pub async fn apply(
             }
         };
         databases.push((member.database.clone(), run.state_dir.clone()));
-        spawn(run, &env, args, cutover_now, &together, &cancel, &tx)?;
+        if let Err(e) = spawn(run, &env, args, cutover_now, &together, &cancel, &tx) {
+            failed.push(format!("{}: {e}", member.database));
+            break;
+        }
         running += 1;
-        // The next database loads once this one streams (or ended).
+        // The next database loads once this one streams (or ended). One that fails stops
+        // the others, loading or streaming.
         while let Some(msg) = rx.recv().await {
-            let (this, ended) = handle(msg, several, out, &mut failed)?;
+            let (this, ended) = handle(msg, several, out, &mut failed);
             if ended {
                 running -= 1;
+            }
+            if !failed.is_empty() {
+                cancel.request();
             }
             if this == Some(i) {
                 break;
@@ -253,7 +267,7 @@ pub async fn apply(
             cancel.request();
         }
         let Some(msg) = rx.recv().await else { break };
-        if handle(msg, several, out, &mut failed)?.1 {
+        if handle(msg, several, out, &mut failed).1 {
             running -= 1;
         }
     }
@@ -269,7 +283,7 @@ pub async fn apply(
     let cut: Vec<(String, CutoverState)> = databases
         .iter()
         .filter_map(|(db, dir)| Some((db.clone(), dir.load().ok()??.cutover?)))
-        .filter(|(_, c)| c.done())
+        .filter(|(_, c)| c.done() && c.finished_at.is_some_and(|f| f >= began))
         .collect();
     if !cut.is_empty() && cut.len() == databases.len() {
         report::together_done(out, &cut).map_err(io_err)?;
@@ -291,10 +305,11 @@ fn handle(
     several: &Several,
     out: &mut dyn Write,
     failed: &mut Vec<String>,
-) -> miette::Result<(Option<usize>, bool)> {
-    Ok(match msg {
+) -> (Option<usize>, bool) {
+    match msg {
         Msg::Line(line) => {
-            writeln!(out, "{line}").map_err(io_err)?;
+            // (Output that cannot be written does not stop the databases' applies.)
+            let _ = writeln!(out, "{line}");
             (None, false)
         }
         Msg::Streaming(i) => (Some(i), false),
@@ -304,7 +319,7 @@ fn handle(
             }
             (Some(i), true)
         }
-    })
+    }
 }
 
 /// `pgtransit cutover` of an online migration of several databases: asks the running apply to
@@ -345,25 +360,57 @@ pub async fn cutover(
         ),
     )
     .map_err(io_err)?;
+    let result = wait_for_cutover(&dir, &members, asked, out).await;
+    for m in &members {
+        // (Those not yet read by the apply, in databases cut over earlier, or left by a failure.)
+        let _ = std::fs::remove_file(m.plan.state_dir().join(crate::execute::CUTOVER_REQUEST));
+    }
+    result
+}
+
+/// Waits until every database is cut over (those cut over before `asked` too: the write gap is
+/// the others'), or the apply ended without.
+async fn wait_for_cutover(
+    dir: &StateDir,
+    members: &[crate::databases::Member],
+    asked: f64,
+    out: &mut dyn Write,
+) -> miette::Result<Outcome> {
     loop {
         tokio::time::sleep(Duration::from_millis(20)).await;
-        let mut cut = vec![];
+        // (Whether the apply still runs is read before the states: one that ends meanwhile has
+        // saved them.)
+        let ended = dir.holder().is_none();
+        let mut now = vec![];
+        let mut earlier = vec![];
         let mut failed = vec![];
-        for m in &members {
+        for m in members {
             let state = StateDir::new(m.plan.state_dir()).load()?;
             match state.and_then(|s| s.cutover) {
-                Some(c) if c.done() => cut.push((m.database.clone(), c)),
+                Some(c) if c.done() && c.finished_at.is_some_and(|f| f >= asked) => {
+                    now.push((m.database.clone(), c))
+                }
+                Some(c) if c.done() => earlier.push(m.database.clone()),
                 Some(c) if c.finished_at.is_some_and(|f| f >= asked) => {
                     failed.push(format!("{}: {}", m.database, c.error.unwrap_or_default()))
                 }
                 _ => {}
             }
         }
-        if cut.len() == members.len() {
-            report::together_done(out, &cut).map_err(io_err)?;
+        if now.len() + earlier.len() == members.len() {
+            if !earlier.is_empty() {
+                report::say(out, "cutover", &format!("cut over earlier: {}", earlier.join(", ")))
+                    .map_err(io_err)?;
+            }
+            if !now.is_empty() {
+                report::together_done(out, &now).map_err(io_err)?;
+            }
             return Ok(Outcome::Done);
         }
-        if !failed.is_empty() && dir.holder().is_none() {
+        if !ended {
+            continue;
+        }
+        if !failed.is_empty() {
             miette::bail!(
                 help = "every database's fence was lifted (see `pgtransit status`): fix the \
                         cause, run `pgtransit apply` again, then `pgtransit cutover`",
@@ -371,16 +418,9 @@ pub async fn cutover(
                 failed.join("; ")
             );
         }
-        if dir.holder().is_none() {
-            for m in &members {
-                let _ =
-                    std::fs::remove_file(m.plan.state_dir().join(crate::execute::CUTOVER_REQUEST));
-            }
-            miette::bail!(
-                help = "run `pgtransit status` to see where it stopped, then `pgtransit cutover` \
-                        again",
-                "the apply stopped before every database was cut over"
-            );
-        }
+        miette::bail!(
+            help = "run `pgtransit status` to see where it stopped, then `pgtransit cutover` again",
+            "the apply stopped before every database was cut over"
+        );
     }
 }

@@ -300,6 +300,13 @@ async fn finish_steps(
         state.cutover.get_or_insert_with(Default::default).status = status;
         ctx.state_dir.save(state)
     };
+    // Another database's failure abandoned the cutover while this one drained: no need to
+    // set sequences and verify before lifting the fence.
+    if let Some((together, _)) = ctx.together
+        && let Some(Decision::Abort(why)) = together.decided()
+    {
+        return Err(ApplyError::Abandoned(why));
+    }
     set_status(state, CutoverStatus::Finishing)?;
     // Inside the write gap: every sequence in one query and one target transaction (a commit
     // and two state saves per sequence cost 6 to 20 ms each), then the refreshes on one pair

@@ -6,8 +6,10 @@
 //! - **Between verification and clean-up**: a verified database waits for every other one. The
 //!   first that sees them all verified records the decision to go, durably (a file written and
 //!   renamed in the migration's state directory) before any of them cleans up; one that failed
-//!   (its fence lifted), a stop on request, or a wait longer than [`WAIT`] decides to abort, and
-//!   every database lifts its fence. All of them, or none, are cut over.
+//!   (its fence lifted), a stop on request, or a database that did not put its fence up within
+//!   [`WAIT`] decides to abort, and every database lifts its fence. All of them, or none, are
+//!   cut over. (Databases whose fence is up are waited for as long as they drain and verify:
+//!   each ends verified or failed.)
 //!
 //! After a crash, the file says what was decided: a database verified and waiting (state
 //! `verified`) finishes its clean-up if the decision was to go, and lifts its fence otherwise
@@ -21,7 +23,8 @@ use std::time::{Duration, Instant};
 
 use super::Cancel;
 
-/// How long a verified database waits for the others before the cutover is abandoned.
+/// How long a verified database waits for the others to put their fence up (not ready: a lag
+/// over `sync.max_lag`) before the cutover is abandoned.
 pub const WAIT: Duration = Duration::from_secs(120);
 
 /// The file, in the migration's state directory, that records the decision.
@@ -40,6 +43,9 @@ pub enum Decision {
 struct Inner {
     ready: BTreeMap<String, bool>,
     fencing: bool,
+    fenced: BTreeSet<String>,
+    /// A database stopped (an error, a stop on request) before any fence went up: none may.
+    stopped: bool,
     verified: BTreeSet<String>,
     decision: Option<Decision>,
 }
@@ -66,12 +72,13 @@ impl Together {
     pub fn may_fence(&self, member: &str, ready: bool) -> bool {
         let mut inner = self.inner();
         inner.ready.insert(member.to_string(), ready);
-        if inner.decision.is_some() || !ready {
+        if inner.decision.is_some() || inner.stopped || !ready {
             return false;
         }
         let all = self.members.iter().all(|m| inner.ready.get(m).copied().unwrap_or(false));
         if all || inner.fencing {
             inner.fencing = true;
+            inner.fenced.insert(member.to_string());
             return true;
         }
         false
@@ -88,10 +95,15 @@ impl Together {
         self.inner().decision.clone()
     }
 
-    /// `member` failed, or stopped, before it was verified: the others abort (unless every
-    /// database was verified already, and went).
+    /// `member` failed, or stopped, before it was verified: once a fence is up, the others
+    /// abort (unless every database was verified already, and went); before, no fence may go
+    /// up in this run.
     pub fn failed(&self, member: &str, reason: &str) {
         let mut inner = self.inner();
+        if !inner.fencing {
+            inner.stopped = true;
+            return;
+        }
         if inner.decision.is_none() {
             let why = format!("database {member}: {reason}");
             let _ = record(&self.file, &Decision::Abort(why.clone()));
@@ -99,8 +111,8 @@ impl Together {
         }
     }
 
-    /// `member` is verified: waits for every other database (at most [`WAIT`], and not past a
-    /// stop on request), and says what was decided. "Go" is on disk before it is returned.
+    /// `member` is verified: waits for every other database (those whose fence is not up, at
+    /// most [`WAIT`]; none past a stop on request), and says what was decided. "Go" is on disk before it is returned.
     pub async fn verified(&self, member: &str, cancel: &Cancel) -> Decision {
         let started = Instant::now();
         {
@@ -120,19 +132,21 @@ impl Together {
             if let Some(d) = self.decided() {
                 return d;
             }
-            let waiting: Vec<String> = {
+            // Those whose fence is not up yet (not ready) are waited for at most WAIT.
+            let unfenced: Vec<String> = {
                 let inner = self.inner();
-                self.members.iter().filter(|m| !inner.verified.contains(*m)).cloned().collect()
+                self.members.iter().filter(|m| !inner.fenced.contains(*m)).cloned().collect()
             };
             if cancel.requested() {
                 self.failed(member, "stopped on request while the others were being verified");
-            } else if started.elapsed() > WAIT {
+            } else if !unfenced.is_empty() && started.elapsed() > WAIT {
                 self.failed(
                     member,
                     &format!(
-                        "waited {} s for {} to be verified",
+                        "waited {} s for {} to be ready for the cutover (lag under \
+                         sync.max_lag) and fenced",
                         WAIT.as_secs(),
-                        waiting.join(", ")
+                        unfenced.join(", ")
                     ),
                 );
             }
@@ -196,6 +210,17 @@ mod tests {
     }
 
     #[test]
+    fn a_database_stopping_before_any_fence_decides_nothing_but_keeps_every_fence_down() {
+        let dir = scratch("stopped");
+        let t = two(dir.as_path());
+        assert!(!t.may_fence("a", true));
+        t.failed("b", "schema drift");
+        assert_eq!(t.decided(), None, "no cutover was under way: nothing to abandon");
+        assert_eq!(recorded(dir.as_path()), None);
+        assert!(!t.may_fence("a", true) && !t.may_fence("b", true));
+    }
+
+    #[test]
     fn no_fence_goes_up_until_every_database_is_ready_then_each_may() {
         let dir = scratch("fence");
         let t = two(dir.as_path());
@@ -228,6 +253,7 @@ mod tests {
     async fn one_database_failing_aborts_the_verified_ones_and_no_fence_goes_up_after() {
         let dir = scratch("abort");
         let t = std::sync::Arc::new(two(dir.as_path()));
+        assert!(!t.may_fence("b", true) && t.may_fence("a", true), "both ready: a fences");
         let cancel = Cancel::default();
         let waiting = {
             let (t, cancel) = (t.clone(), cancel.clone());

@@ -222,6 +222,28 @@ async fn slot_confirmed(source: &tokio_postgres::Client, slot: &str) -> u64 {
 }
 
 /// Writes the progress into the state and tells the report. Returns the lag in seconds.
+/// Whether the cutover's fence goes up now (`due`: none asked for, or whether this database is
+/// ready). With several databases cut over together: only once every one is ready (or one's
+/// fence is up); a cutover another database abandoned stops this stream too.
+async fn together_due(
+    a: &mut Applier<'_>,
+    stream: &mut PgoutputStream,
+    due: Option<bool>,
+) -> Result<bool, ApplyError> {
+    let (Some(ready), Some((together, member))) = (due, a.ctx.together) else {
+        return Ok(due.unwrap_or(false));
+    };
+    if let Some(crate::execute::together::Decision::Abort(why)) = together.decided()
+        && !a.ctx.cancel.requested()
+    {
+        if a.in_source_tx.is_none() {
+            a.commit_all(stream).await?;
+        }
+        return Err(ApplyError::Abandoned(why));
+    }
+    Ok(together.may_fence(member, ready))
+}
+
 fn report(
     a: &mut Applier<'_>,
     live: &std::sync::Mutex<Heartbeats>,
@@ -468,21 +490,7 @@ async fn run_stream(
             let due = cutover
                 .filter(|_| fenced.is_none())
                 .map(|c| lag.is_some_and(|l| l <= a.sync.max_lag_seconds) && triggered(&c.trigger));
-            // With several databases cut over together: only once every one is ready (or one's
-            // fence is up); a cutover abandoned by another database stops this stream too.
-            let due = match (due, a.ctx.together) {
-                (Some(ready), Some((together, member))) => {
-                    if let Some(crate::execute::together::Decision::Abort(why)) = together.decided()
-                    {
-                        if a.in_source_tx.is_none() {
-                            a.commit_all(stream).await?;
-                        }
-                        return Err(ApplyError::Abandoned(why));
-                    }
-                    together.may_fence(member, ready)
-                }
-                (due, _) => due.unwrap_or(false),
-            };
+            let due = together_due(a, stream, due).await?;
             if let Some(c) = cutover
                 && due
             {

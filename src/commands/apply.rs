@@ -136,8 +136,11 @@ pub struct MemberRun<'a> {
     pub cancel: &'a Cancel,
     /// Where its progress lines go (one line at a time, no progress bars).
     pub view: Box<dyn Write + Send + 'a>,
-    /// Called when its stream begins (the next database may start loading).
-    pub streaming: &'a (dyn Fn() + Sync),
+    /// Called once its schema phase is done (the roles it carries are there: the next
+    /// database may start).
+    pub past_schema: &'a (dyn Fn() + Sync),
+    /// The migration's pool of load jobs.
+    pub pool: &'a tokio::sync::Semaphore,
 }
 
 /// Takes the migration's lock (held until the returned guard drops).
@@ -252,17 +255,24 @@ pub async fn apply_plan(
         .jobs
         .or(loaded.spec.load.jobs.map(|j| j as usize))
         .unwrap_or(crate::execution_plan::DEFAULT_JOBS);
-    let (cancel, view_out, streaming, together) = match member {
-        Some(m) => (m.cancel.clone(), m.view, Some(m.streaming), Some((m.together, m.name))),
+    let (cancel, view_out, past_schema, together, pool) = match member {
+        Some(m) => (
+            m.cancel.clone(),
+            m.view,
+            Some(m.past_schema),
+            Some((m.together, m.name)),
+            Some(m.pool),
+        ),
         None => {
             let stdout: Box<dyn Write + Send> = Box::new(anstream::stdout());
-            (Cancel::on_signals(), stdout, None, None)
+            (Cancel::on_signals(), stdout, None, None, None)
         }
     };
     let interactive = together.is_none() && std::io::stdout().is_terminal();
     let view = std::sync::Mutex::new((report::ApplyView::new(interactive), view_out));
     let on_event = |e: apply::Event| {
-        if let (Some(f), apply::Event::Phase(crate::execution_plan::Phase::Sync)) = (streaming, &e)
+        if let (Some(f), apply::Event::Phase(p)) = (past_schema, &e)
+            && *p != crate::execution_plan::Phase::Schema
         {
             f();
         }
@@ -281,6 +291,7 @@ pub async fn apply_plan(
         cutover_now,
         sessions: Default::default(),
         together,
+        pool,
     };
     let result = apply::run(plan, &ctx, &mut state).await;
     let guard = view.lock().map_err(|_| miette::miette!("the output lock was poisoned"))?;

@@ -1,6 +1,7 @@
-//! An online migration of several databases: `apply` loads one database after another, each
-//! streaming as soon as it is loaded (on a thread of its own, the one-database pipeline as it
-//! is) while the next one loads; `cutover` asks every database at once, and their cutovers
+//! An online migration of several databases: `apply` runs each database's pipeline on a thread
+//! of its own (the one-database pipeline as it is), each started once the one before has
+//! created its schema (and the roles it carries), their copies sharing one pool of `jobs`, each
+//! streaming as soon as it is loaded; `cutover` asks every database at once, and their cutovers
 //! meet before the fence and between verification and clean-up
 //! (`crate::execute::together`): one write gap for all, all cut over or none. `abort` removes
 //! every database's slot, publication and origin.
@@ -55,8 +56,8 @@ pub async fn settle(
 enum Msg {
     /// A line of its output (already prefixed with the database).
     Line(String),
-    /// It streams: the next database may load.
-    Streaming(usize),
+    /// Its schema phase is done (the roles it carries are there): the next database may start.
+    PastSchema(usize),
     /// It ended.
     Ended(usize, Result<(), String>),
 }
@@ -110,17 +111,24 @@ struct Run {
     streams: bool,
 }
 
+/// What every database's thread shares.
+struct Shared {
+    together: Arc<Together>,
+    cancel: Cancel,
+    pool: Arc<tokio::sync::Semaphore>,
+    tx: tokio::sync::mpsc::UnboundedSender<Msg>,
+}
+
 fn spawn(
     run: Run,
     env: &Env,
     args: &ApplyArgs,
     cutover_now: bool,
-    together: &Arc<Together>,
-    cancel: &Cancel,
-    tx: &tokio::sync::mpsc::UnboundedSender<Msg>,
+    shared: &Shared,
 ) -> miette::Result<()> {
-    let (env, args, together, cancel, tx) =
-        (env.clone(), args.clone(), together.clone(), cancel.clone(), tx.clone());
+    let (env, args) = (env.clone(), args.clone());
+    let (together, cancel, pool, tx) =
+        (shared.together.clone(), shared.cancel.clone(), shared.pool.clone(), shared.tx.clone());
     let body = move || {
         let Run { i, database, loaded, plan, state_dir, lock, streams } = run;
         let name = loaded.spec.name.value.clone();
@@ -130,15 +138,16 @@ fn spawn(
             match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()
             {
                 Ok(rt) => rt.block_on(async {
-                    let streaming = || {
-                        let _ = tx.send(Msg::Streaming(i));
+                    let past_schema = || {
+                        let _ = tx.send(Msg::PastSchema(i));
                     };
                     let member = MemberRun {
                         name: &name,
                         together: &together,
                         cancel: &cancel,
                         view: Box::new(Lines::new(&database, tx.clone())),
-                        streaming: &streaming,
+                        past_schema: &past_schema,
+                        pool: &pool,
                     };
                     let how = How { check_stale: false, cutover_now, member: Some(member) };
                     super::apply::apply_plan(&loaded, &plan, &state_dir, &env, &args, &mut out, how)
@@ -178,8 +187,8 @@ fn spawn(
 }
 
 /// `pgtransit apply` of an online migration of several databases, once shown and approved:
-/// each database loads in turn (the next once the one before streams), every one streams until
-/// stopped or cut over. One that fails stops the others (each saves its state; the next apply
+/// each database starts once the one before is past its schema phase, their copies share one
+/// pool of `jobs`, and every one streams until stopped or cut over. One that fails stops the others (each saves its state; the next apply
 /// resumes them all).
 pub async fn apply(
     args: &ApplyArgs,
@@ -199,9 +208,18 @@ pub async fn apply(
         .filter(|(_, c)| c.plan.as_ref().is_some_and(streams))
         .map(|(m, _)| m.plan.spec.name.value.clone())
         .collect();
-    let together = Arc::new(Together::new(names, &loaded.state_dir()));
-    let cancel = Cancel::on_signals();
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let jobs = args
+        .jobs
+        .or(loaded.spec.load.jobs.map(|j| j as usize))
+        .unwrap_or(crate::execution_plan::DEFAULT_JOBS);
+    let shared = Shared {
+        together: Arc::new(Together::new(names, &loaded.state_dir())),
+        cancel: Cancel::on_signals(),
+        pool: Arc::new(tokio::sync::Semaphore::new(jobs.max(1))),
+        tx,
+    };
+    let cancel = &shared.cancel;
     let count = several.members.len();
     let began = now_f64();
     let mut running = 0;
@@ -240,13 +258,13 @@ pub async fn apply(
             }
         };
         databases.push((member.database.clone(), run.state_dir.clone()));
-        if let Err(e) = spawn(run, &env, args, cutover_now, &together, &cancel, &tx) {
+        if let Err(e) = spawn(run, &env, args, cutover_now, &shared) {
             failed.push(format!("{}: {e}", member.database));
             break;
         }
         running += 1;
-        // The next database loads once this one streams (or ended). One that fails stops
-        // the others, loading or streaming.
+        // The next database starts once this one is past its schema (or ended). One that
+        // fails stops the others, loading or streaming.
         while let Some(msg) = rx.recv().await {
             let (this, ended) = handle(msg, several, out, &mut failed);
             if ended {
@@ -260,7 +278,7 @@ pub async fn apply(
             }
         }
     }
-    drop(tx);
+    drop(shared.tx);
     while running > 0 {
         if !failed.is_empty() {
             // One database failed: the others stop (their state saved), or abandon the cutover.
@@ -312,7 +330,7 @@ fn handle(
             let _ = writeln!(out, "{line}");
             (None, false)
         }
-        Msg::Streaming(i) => (Some(i), false),
+        Msg::PastSchema(i) => (Some(i), false),
         Msg::Ended(i, result) => {
             if let Err(e) = result {
                 failed.push(format!("{}: {e}", several.members[i].0.database));

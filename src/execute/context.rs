@@ -454,6 +454,9 @@ pub struct Ctx<'a> {
     /// In a migration of several databases cut over together: where their cutovers meet, and
     /// this database's member name.
     pub together: Option<(&'a crate::execute::together::Together, &'a str)>,
+    /// Several databases loading at once: the migration's pool of `jobs` (a copy or a build
+    /// runs with one of its permits).
+    pub pool: Option<&'a tokio::sync::Semaphore>,
 }
 
 /// A session of a server, exactly: its pid and its start time (pids are reused).

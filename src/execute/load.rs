@@ -160,10 +160,17 @@ pub(crate) async fn load(
             })?;
             Ok((src, tgt, me))
         },
-        async |step, (src, tgt, me)| match step.work {
-            // A table's index and constraint builds, once its copy is done.
-            Work::TargetSql => run_step(step, src, (tgt, me), ctx, &shared).await,
-            _ => copy_one(step, src, tgt, ctx, &shared, snapshot_lsn).await,
+        async |step, (src, tgt, me)| {
+            // (Several databases loading at once share one pool of jobs.)
+            let _permit = match ctx.pool {
+                Some(pool) => pool.acquire().await.ok(),
+                None => None,
+            };
+            match step.work {
+                // A table's index and constraint builds, once its copy is done.
+                Work::TargetSql => run_step(step, src, (tgt, me), ctx, &shared).await,
+                _ => copy_one(step, src, tgt, ctx, &shared, snapshot_lsn).await,
+            }
         },
     )
     .await;

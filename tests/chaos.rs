@@ -63,10 +63,10 @@ INSERT INTO events SELECT g, 'k' || (g % 10) FROM generate_series(1, 5000) g;
 // -- the seed ------------------------------------------------------------------------------------
 
 /// splitmix64: tiny, and the same sequence for the same seed everywhere.
-struct Rng(u64);
+pub(crate) struct Rng(pub(crate) u64);
 
 impl Rng {
-    fn next(&mut self) -> u64 {
+    pub(crate) fn next(&mut self) -> u64 {
         self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
         let mut z = self.0;
         z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
@@ -82,7 +82,7 @@ impl Rng {
         self.below(100) < percent
     }
 
-    fn ms(&mut self, lo: u64, hi: u64) -> Duration {
+    pub(crate) fn ms(&mut self, lo: u64, hi: u64) -> Duration {
         Duration::from_millis(lo + self.next() % (hi - lo + 1))
     }
 }
@@ -91,7 +91,7 @@ impl Rng {
 /// luck of the draw. `PGTRANSIT_CHAOS_SEED=random` draws a new one (printed) to hunt for more.
 const DEFAULT_SEED: u64 = 2;
 
-fn seed() -> u64 {
+pub(crate) fn seed() -> u64 {
     match std::env::var("PGTRANSIT_CHAOS_SEED") {
         Err(_) => return DEFAULT_SEED,
         Ok(s) if s.trim() != "random" => {

@@ -532,3 +532,102 @@ fn assert_lobs_and_login(src: &LocalCluster, tgt: &LocalCluster, db: &str) {
         .unwrap();
     assert_eq!(String::from_utf8_lossy(&login.stdout).trim(), "app_login", "{login:?}");
 }
+
+/// The chaos test's judgement for several databases cut over together: the apply killed
+/// (SIGKILL) at seeded moments while the databases load and stream under writes to two of them,
+/// then once more while `cutover` runs (before the fences, while they drain or verify, while
+/// they wait for each other, or cleaning up); the next `cutover` finishes it, and every
+/// database is identical, its sequences set, nothing left on either server.
+/// `PGTRANSIT_CHAOS_SEED` (or `random`) as for the other chaos test; the seed is printed.
+#[test]
+fn chaos_several_databases_killed_at_seeded_moments_cut_over_together_with_nothing_lost() {
+    let seed = crate::chaos::seed();
+    let mut rng = crate::chaos::Rng(seed);
+    eprintln!(
+        "chaos (several databases): seed {seed} (replay: PGTRANSIT_CHAOS_SEED={seed} cargo test \
+         --test integration chaos_several -- --nocapture)"
+    );
+    let src = logical_source("chaos-several-src");
+    let tgt = cluster("chaos-several-tgt", &[]);
+    for (db, rows) in [("alpha", 2_000), ("beta", 300_000), ("gamma", 2_000)] {
+        src.create_database(db).unwrap();
+        tgt.create_database(db).unwrap();
+        sql(
+            &src,
+            db,
+            &format!(
+                "CREATE SEQUENCE {db}_ids START 1000000;
+                 CREATE TABLE {db}_rows (id bigint PRIMARY KEY, note text);
+                 INSERT INTO {db}_rows SELECT g, md5(g::text) FROM generate_series(1, {rows}) g;"
+            ),
+        );
+    }
+    let dir = TempDir::new("chaos-several");
+    let extra = "mode: online\nload:\n  jobs: 2\ndatabases:\n  include: [alpha, beta, gamma]\n";
+    let f = dir.write("c.yaml", &plan_yaml("c", &src.url("postgres"), &tgt.url("postgres"), extra));
+    let f = f.to_str().unwrap();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let writers =
+        [keep_writing(&src, "alpha", stop.clone()), keep_writing(&src, "gamma", stop.clone())];
+    let members = ["c/c-alpha", "c/c-beta", "c/c-gamma"];
+    for k in 1..=3 {
+        let mut child = start_apply(&dir, f, &[]);
+        let after = rng.ms(300, 5_000);
+        std::thread::sleep(after);
+        let _ = child.kill();
+        let _ = child.wait();
+        eprintln!("chaos (several databases): kill {k} after {after:?}");
+    }
+    let mut child = start_apply(&dir, f, &[]);
+    for member in members {
+        wait_for(Duration::from_secs(120), "every database to stream", || {
+            state(&dir, member)["sync"]["streaming"] == true
+        });
+    }
+    let mut cutover = pgtransit(dir.path())
+        .args(["cutover", f, "--auto-approve"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    // Killed a seeded moment after the first fence goes up.
+    let fencing = poll(Duration::from_secs(30), Duration::from_millis(5), || {
+        members.iter().any(|m| state(&dir, m)["cutover"].is_object())
+    });
+    assert!(fencing, "seed {seed}: no cutover began:\n{}", apply_output(&dir));
+    let after = rng.ms(0, 300);
+    std::thread::sleep(after);
+    let _ = child.kill();
+    let _ = child.wait();
+    let _ = cutover.wait();
+    let statuses: Vec<String> =
+        members.iter().map(|m| state(&dir, m)["cutover"]["status"].to_string()).collect();
+    eprintln!("chaos (several databases): killed {after:?} after the first fence: {statuses:?}");
+    // All or none: once one database is cut over, every other one is, or was verified when
+    // all were and the decision to go is on disk.
+    let done = statuses.iter().filter(|s| s.as_str() == "\"done\"").count();
+    let past_go = ["\"done\"", "\"cleaning_up\"", "\"verified\""];
+    if done > 0 {
+        assert!(
+            statuses.iter().all(|s| past_go.contains(&s.as_str())),
+            "seed {seed}: cut over partly: {statuses:?}"
+        );
+    }
+    if done > 0 && done < 3 {
+        let decision = std::fs::read_to_string(dir.path().join(".pgtransit/c/cutover.decision"));
+        assert_eq!(decision.ok().as_deref(), Some("go\n"), "seed {seed}: {statuses:?}");
+    }
+
+    // (No apply runs: `cutover` resumes every stream, or finishes a decided clean-up.)
+    let out = run(dir.path(), &["cutover", f, "--auto-approve"]);
+    assert_eq!(out.code, 0, "seed {seed}: {out:?}");
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    let written: Vec<usize> = writers.into_iter().map(|w| w.join().unwrap()).collect();
+    assert!(written.iter().all(|n| *n > 5), "the writers wrote: {written:?}");
+    for (db, member) in ["alpha", "beta", "gamma"].iter().zip(members) {
+        assert_eq!(state(&dir, member)["cutover"]["status"], "done", "seed {seed}: {db}");
+        assert_migrated(&src, &tgt, db);
+        assert_eq!(sequence_values(&tgt, db), sequence_values(&src, db), "sequences of {db}");
+        assert_nothing_left(&src, &tgt, db);
+    }
+}

@@ -321,6 +321,8 @@ fn several_databases_stream_and_cut_over_together_after_a_kill_during_one_load()
     assert_ne!(out.code, 0, "the failpoint did not stop it: {out:?}");
     assert!(state(&dir, "t/t-alpha")["sync"]["slot"].is_string(), "alpha streams: {out:?}");
     assert!(out.stdout.contains("[alpha] "), "each database's lines are named: {out:?}");
+    // (alpha, first in the pool and a thousand rows, streams long before beta's copy ends.)
+    assert!(out.stdout.contains("[alpha] Sync (change streaming)"), "alpha streams: {out:?}");
 
     let mut child = start_apply(&dir, f, &[]);
     for member in ["t/t-alpha", "t/t-beta", "t/t-gamma"] {

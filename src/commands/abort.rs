@@ -122,6 +122,7 @@ async fn abort(
             // A cutover that was verified stays on record, now complete: the target is the
             // primary, and no later plan may copy into it again.
             cut.status = crate::state::CutoverStatus::Done;
+            cut.finished_at.get_or_insert_with(crate::state::now_f64);
         } else {
             // What the removed objects' steps recorded no longer holds: a new plan creates
             // them again (and, the slot being gone, copies every table again).

@@ -139,8 +139,8 @@ pub struct MemberRun<'a> {
     /// Called once its schema phase is done (the roles it carries are there: the next
     /// database may start).
     pub past_schema: &'a (dyn Fn() + Sync),
-    /// The migration's pool of load jobs.
-    pub pool: &'a tokio::sync::Semaphore,
+    /// The migration's pool of load jobs, and this database's rank in it.
+    pub pool: (&'a crate::execute::together::Pool, usize),
 }
 
 /// Takes the migration's lock (held until the returned guard drops).

@@ -68,6 +68,8 @@ pub async fn run(args: &CutoverArgs, out: &mut dyn Write) -> miette::Result<Outc
     loop {
         // Often: the applications wait for this command to say the target is ready.
         tokio::time::sleep(Duration::from_millis(20)).await;
+        // (Read before the state: an apply that ends meanwhile has saved it.)
+        let ended = dir.holder().is_none();
         let state = dir.load()?;
         let cut = state
             .as_ref()
@@ -97,7 +99,7 @@ pub async fn run(args: &CutoverArgs, out: &mut dyn Write) -> miette::Result<Outc
                     c.error.unwrap_or_default()
                 );
             }
-            None if dir.holder().is_none() => {
+            None if ended => {
                 let _ = std::fs::remove_file(&request);
                 miette::bail!(
                     help = "run `pgtransit status` to see where it stopped, then `pgtransit \

@@ -426,6 +426,28 @@ pub async fn members_of(
     if let Some(databases) = recorded(loaded) {
         return Ok(databases::members(loaded, &databases));
     }
+    selected_members(loaded, env, retry_for).await
+}
+
+/// The members an apply runs now: those it selects on the source now that earlier applies took
+/// (none yet: all it selects).
+pub async fn members_now(
+    loaded: &LoadedMigrationPlan,
+    env: &Env,
+    retry_for: Duration,
+) -> miette::Result<Vec<Member>> {
+    let selected = selected_members(loaded, env, retry_for).await?;
+    Ok(match recorded(loaded) {
+        Some(taken) => selected.into_iter().filter(|m| taken.contains(&m.database)).collect(),
+        None => selected,
+    })
+}
+
+async fn selected_members(
+    loaded: &LoadedMigrationPlan,
+    env: &Env,
+    retry_for: Duration,
+) -> miette::Result<Vec<Member>> {
     let policy = RetryPolicy { max_elapsed: retry_for, ..RetryPolicy::default() };
     let source = list(Side::Source, &loaded.source_conninfo, env, &policy)
         .await

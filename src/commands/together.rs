@@ -1,7 +1,7 @@
 //! An online migration of several databases: `apply` runs each database's pipeline on a thread
 //! of its own (the one-database pipeline as it is), each started once the one before has
-//! created its schema (and the roles it carries), their copies sharing one pool of `jobs`, each
-//! streaming as soon as it is loaded; `cutover` asks every database at once, and their cutovers
+//! created its schema (and the roles it carries), their copies sharing one pool of `jobs`
+//! (earliest database first), each streaming as soon as it is loaded; `cutover` asks every database at once, and their cutovers
 //! meet before the fence and between verification and clean-up
 //! (`crate::execute::together`): one write gap for all, all cut over or none. `abort` removes
 //! every database's slot, publication and origin.
@@ -115,7 +115,7 @@ struct Run {
 struct Shared {
     together: Arc<Together>,
     cancel: Cancel,
-    pool: Arc<tokio::sync::Semaphore>,
+    pool: Arc<crate::execute::together::Pool>,
     tx: tokio::sync::mpsc::UnboundedSender<Msg>,
 }
 
@@ -147,7 +147,7 @@ fn spawn(
                         cancel: &cancel,
                         view: Box::new(Lines::new(&database, tx.clone())),
                         past_schema: &past_schema,
-                        pool: &pool,
+                        pool: (&pool, i),
                     };
                     let how = How { check_stale: false, cutover_now, member: Some(member) };
                     super::apply::apply_plan(&loaded, &plan, &state_dir, &env, &args, &mut out, how)
@@ -216,7 +216,7 @@ pub async fn apply(
     let shared = Shared {
         together: Arc::new(Together::new(names, &loaded.state_dir())),
         cancel: Cancel::on_signals(),
-        pool: Arc::new(tokio::sync::Semaphore::new(jobs.max(1))),
+        pool: Arc::new(crate::execute::together::Pool::new(jobs)),
         tx,
     };
     let cancel = &shared.cancel;
@@ -247,6 +247,8 @@ pub async fn apply(
         }
         .await;
         let run = match started {
+            // (A stop asked for while this database was planned: it does not start.)
+            Ok(Some(_)) if cancel.requested() => break,
             Ok(Some(run)) => run,
             Ok(None) => {
                 failed.push(format!("{}: could not be planned (above)", member.database));
@@ -361,7 +363,8 @@ pub async fn cutover(
         return super::several::apply(&apply, loaded, out, true).await;
     };
     let env = Env::from_process();
-    let members = super::several::members_of(loaded, &env, args.connect.retry_for).await?;
+    // (Not a database excluded since, which the running apply does not run.)
+    let members = super::several::members_now(loaded, &env, args.connect.retry_for).await?;
     let asked = now_f64();
     for m in &members {
         let request = m.plan.state_dir().join(crate::execute::CUTOVER_REQUEST);

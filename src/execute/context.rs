@@ -455,8 +455,8 @@ pub struct Ctx<'a> {
     /// this database's member name.
     pub together: Option<(&'a crate::execute::together::Together, &'a str)>,
     /// Several databases loading at once: the migration's pool of `jobs` (a copy or a build
-    /// runs with one of its permits).
-    pub pool: Option<&'a tokio::sync::Semaphore>,
+    /// runs with one of its permits), and this database's rank in it.
+    pub pool: Option<(&'a crate::execute::together::Pool, usize)>,
 }
 
 /// A session of a server, exactly: its pid and its start time (pids are reused).

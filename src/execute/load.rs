@@ -35,6 +35,10 @@ pub(crate) async fn load(
         }
         ctx.sessions.load.lock().expect("sessions lock").retain(|s| !earlier.contains(s));
     }
+    // Several databases: this one's turn first (its slot keeps WAL from when it is created).
+    if let Some((pool, rank)) = ctx.pool {
+        drop(pool.acquire(rank).await);
+    }
     // Online mode: the source's replica identities and publication, then the slot, before any
     // copy: the copies read the snapshot the slot exports.
     let (setup, steps): (Vec<&Step>, Vec<&Step>) = steps.iter().partition(|s| {
@@ -163,7 +167,7 @@ pub(crate) async fn load(
         async |step, (src, tgt, me)| {
             // (Several databases loading at once share one pool of jobs.)
             let _permit = match ctx.pool {
-                Some(pool) => pool.acquire().await.ok(),
+                Some((pool, rank)) => Some(pool.acquire(rank).await),
                 None => None,
             };
             match step.work {

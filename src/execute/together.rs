@@ -155,6 +155,82 @@ impl Together {
     }
 }
 
+/// The load jobs of several databases: `jobs` permits, each to the earliest database (in the
+/// migration's order) that waits for one. The first database's copies take every job they can
+/// use, so it streams first, and a later database's slot is created only once it is its turn
+/// (its WAL kept from then, not from the start of the whole load).
+pub struct Pool {
+    inner: Mutex<PoolInner>,
+    notify: tokio::sync::Notify,
+}
+
+struct PoolInner {
+    free: usize,
+    /// How many wait, per database rank.
+    waiting: BTreeMap<usize, usize>,
+}
+
+/// A job of the pool, given back when dropped.
+pub struct Permit<'a>(&'a Pool);
+
+impl Drop for Permit<'_> {
+    fn drop(&mut self) {
+        self.0.inner().free += 1;
+        self.0.notify.notify_waiters();
+    }
+}
+
+/// Counts a waiter while it waits (also when its future is dropped).
+struct Waiting<'a>(&'a Pool, usize);
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        let mut inner = self.0.inner();
+        if let Some(n) = inner.waiting.get_mut(&self.1) {
+            *n -= 1;
+            if *n == 0 {
+                inner.waiting.remove(&self.1);
+            }
+        }
+        drop(inner);
+        self.0.notify.notify_waiters();
+    }
+}
+
+impl Pool {
+    /// `jobs` permits (at least one).
+    pub fn new(jobs: usize) -> Pool {
+        Pool {
+            inner: Mutex::new(PoolInner { free: jobs.max(1), waiting: BTreeMap::new() }),
+            notify: tokio::sync::Notify::new(),
+        }
+    }
+
+    fn inner(&self) -> std::sync::MutexGuard<'_, PoolInner> {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// A permit for database `rank`, once one is free and no earlier database waits.
+    pub async fn acquire(&self, rank: usize) -> Permit<'_> {
+        *self.inner().waiting.entry(rank).or_default() += 1;
+        let waiting = Waiting(self, rank);
+        loop {
+            // Created before looking, so a release between the look and the wait is not lost.
+            let notified = self.notify.notified();
+            {
+                let mut inner = self.inner();
+                if inner.free > 0 && inner.waiting.keys().next() == Some(&rank) {
+                    inner.free -= 1;
+                    drop(inner);
+                    drop(waiting);
+                    return Permit(self);
+                }
+            }
+            notified.await;
+        }
+    }
+}
+
 /// What the file in `dir` says was decided (none: no cutover got that far, or it was cleared).
 pub fn recorded(dir: &Path) -> Option<Decision> {
     let text = std::fs::read_to_string(dir.join(DECISION_FILE)).ok()?;
@@ -207,6 +283,30 @@ mod tests {
 
     fn two(dir: &Path) -> Together {
         Together::new(vec!["a".into(), "b".into()], dir)
+    }
+
+    #[tokio::test]
+    async fn the_pool_gives_a_free_job_to_the_earliest_database_waiting() {
+        let pool = std::sync::Arc::new(Pool::new(1));
+        let held = pool.acquire(0).await;
+        let order = std::sync::Arc::new(Mutex::new(vec![]));
+        let mut waiters = vec![];
+        // A later database asks first, then the first one.
+        for rank in [2, 1, 0] {
+            let (pool, order) = (pool.clone(), order.clone());
+            waiters.push(tokio::spawn(async move {
+                let _p = pool.acquire(rank).await;
+                order.lock().unwrap().push(rank);
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }));
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        drop(held);
+        for w in waiters {
+            w.await.unwrap();
+        }
+        assert_eq!(*order.lock().unwrap(), vec![0, 1, 2]);
+        let _again = pool.acquire(5).await;
     }
 
     #[test]

@@ -16,7 +16,8 @@ use tokio_postgres::Client;
 
 mod globals;
 pub use globals::{
-    APPLICATION_SETTINGS, DatabaseInfo, DatabaseProps, Membership, PasswordKind, read_databases,
+    APPLICATION_SETTINGS, DatabaseInfo, DatabaseProps, Membership, PasswordKind,
+    ReplicationCapacity, read_databases, read_replication_capacity,
 };
 
 /// Settings read from `pg_settings` (those preflight checks use).

@@ -633,3 +633,26 @@ fn chaos_several_databases_killed_at_seeded_moments_cut_over_together_with_nothi
         assert_nothing_left(&src, &tgt, db);
     }
 }
+
+/// Online, every database streams at once with a slot and a WAL sender of its own: a source
+/// with room for fewer is refused by `plan`, with the settings that fit.
+#[test]
+fn several_databases_online_need_a_slot_each_and_plan_says_which_setting_fits() {
+    let src = cluster("capacity-src", &[("wal_level", "logical"), ("max_replication_slots", "2")]);
+    let tgt = cluster("capacity-tgt", &[]);
+    for db in ["one", "two", "three"] {
+        src.create_database(db).unwrap();
+        tgt.create_database(db).unwrap();
+    }
+    let dir = TempDir::new("capacity");
+    let extra = "mode: online\ndatabases:\n  include: [one, two, three]\n";
+    let f = dir.write("p.yaml", &plan_yaml("p", &src.url("postgres"), &tgt.url("postgres"), extra));
+    let out = run(dir.path(), &["plan", f.to_str().unwrap(), "--format", "json"]);
+    assert_eq!(out.code, 1, "{out:?}");
+    let doc = out.json();
+    let check = checks(&doc, "replication_capacity");
+    assert_eq!(check.len(), 1, "{}", doc["checks"]);
+    assert_eq!(check[0]["severity"], "error");
+    let fix = check[0]["fix"].as_str().unwrap();
+    assert!(fix.starts_with("ALTER SYSTEM SET max_replication_slots = 3;"), "{fix}");
+}

@@ -285,3 +285,45 @@ pub async fn read_databases(client: &Client) -> Result<Vec<DatabaseInfo>, Catalo
         })
         .collect())
 }
+
+/// What the server has for replication: slots and WAL senders (a migration of several
+/// databases streams each with a slot and a WAL sender of its own).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ReplicationCapacity {
+    /// `max_replication_slots`.
+    pub max_slots: i64,
+    /// `max_wal_senders`.
+    pub max_senders: i64,
+    /// Every slot of the server, and whether a session streams from it now.
+    pub slots: Vec<(String, bool)>,
+    /// WAL senders at work now.
+    pub active_senders: i64,
+}
+
+/// The server's [`ReplicationCapacity`].
+pub async fn read_replication_capacity(
+    client: &Client,
+) -> Result<ReplicationCapacity, CatalogError> {
+    let row = client
+        .query_one(
+            "SELECT current_setting('max_replication_slots')::int8, \
+                    current_setting('max_wal_senders')::int8, \
+                    (SELECT count(*) FROM pg_stat_replication)",
+            &[],
+        )
+        .await
+        .map_err(ctx("replication settings"))?;
+    let slots = client
+        .query("SELECT slot_name::text, active FROM pg_replication_slots ORDER BY 1", &[])
+        .await
+        .map_err(ctx("replication slots"))?
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    Ok(ReplicationCapacity {
+        max_slots: row.get(0),
+        max_senders: row.get(1),
+        slots,
+        active_senders: row.get(2),
+    })
+}

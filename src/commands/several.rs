@@ -222,6 +222,27 @@ pub async fn compute(loaded: &LoadedMigrationPlan, env: &Env, retry_for: Duratio
     }
     let present: Vec<String> =
         selected.into_iter().filter(|d| target.iter().any(|t| &t.name == d)).collect();
+    if spec.mode == Mode::Online {
+        let ours: Vec<String> = databases::members(loaded, &present)
+            .iter()
+            .map(|m| crate::naming::slot_name(&m.plan.spec.name.value))
+            .collect();
+        let source = connect(Side::Source, &loaded.source_conninfo, env, &policy).await;
+        match source {
+            Ok(client) => match catalog::read_replication_capacity(&client).await {
+                Ok(cap) => {
+                    let continuous = spec.verify.continuous && spec.verify.checksums;
+                    report.checks.extend(replication_checks(&cap, &ours, continuous));
+                }
+                Err(e) => report.checks.push(preflight::unreachable(
+                    Side::Source,
+                    format!("could not read the source's replication settings: {e}"),
+                    None,
+                )),
+            },
+            Err(check) => report.checks.push(check),
+        }
+    }
     let mut members = vec![];
     let mut earlier = vec![];
     let mut carried = Carried::default();
@@ -373,6 +394,19 @@ async fn list(
     env: &Env,
     policy: &RetryPolicy,
 ) -> Result<Vec<DatabaseInfo>, Check> {
+    let client = connect(side, info, env, policy).await?;
+    catalog::read_databases(&client).await.map_err(|e| {
+        preflight::unreachable(side, format!("could not list the {side}'s databases: {e}"), None)
+    })
+}
+
+/// A session on the database a server's URL names (`postgres` when it names none).
+async fn connect(
+    side: Side,
+    info: &ConnInfo,
+    env: &Env,
+    policy: &RetryPolicy,
+) -> Result<tokio_postgres::Client, Check> {
     let mut info = info.clone();
     if info.get("dbname").is_none() {
         let _ = info.set("dbname", "postgres");
@@ -381,13 +415,81 @@ async fn list(
         let help = miette::Diagnostic::help(&e).map(|h| h.to_string());
         preflight::unreachable(side, format!("{side}.url: {e}"), help)
     })?;
-    let client = conn::connect_with(&resolved, APP_PLAN, policy).await.map_err(|e| {
+    conn::connect_with(&resolved, APP_PLAN, policy).await.map_err(|e| {
         let help = miette::Diagnostic::help(&e).map(|h| h.to_string());
         preflight::unreachable(side, e.to_string(), help)
-    })?;
-    catalog::read_databases(&client).await.map_err(|e| {
-        preflight::unreachable(side, format!("could not list the {side}'s databases: {e}"), None)
     })
+}
+
+/// Online: whether the source has a slot and a WAL sender for every database (`ours`: their
+/// slots' names) at once, and one more each for continuous verification's consistent points.
+/// (One database's preflight counts its own.)
+fn replication_checks(
+    cap: &catalog::ReplicationCapacity,
+    ours: &[String],
+    continuous: bool,
+) -> Vec<Check> {
+    let n = ours.len() as i64;
+    if n < 2 {
+        return vec![];
+    }
+    let existing = cap.slots.iter().filter(|(s, _)| ours.contains(s));
+    let (there, streaming) =
+        existing.fold((0, 0), |(t, s), (_, active)| (t + 1, s + i64::from(*active)));
+    let slots = cap.slots.len() as i64 + n - there;
+    let senders = cap.active_senders + n - streaming;
+    let check = |severity, need: (i64, i64), why: String| -> Option<Check> {
+        let short: Vec<String> = [
+            (need.0 > cap.max_slots).then(|| format!("max_replication_slots = {}", need.0)),
+            (need.1 > cap.max_senders).then(|| format!("max_wal_senders = {}", need.1)),
+        ]
+        .into_iter()
+        .flatten()
+        .collect();
+        if short.is_empty() {
+            return None;
+        }
+        Some(Check {
+            code: "replication_capacity".into(),
+            severity,
+            object: "source".into(),
+            message: format!(
+                "{why}: {} (the source has max_replication_slots = {}, {} slots now, \
+                 max_wal_senders = {}, {} at work now)",
+                short.join(", "),
+                cap.max_slots,
+                cap.slots.len(),
+                cap.max_senders,
+                cap.active_senders
+            ),
+            fix: Some(format!(
+                "{}; then restart the source (needs a restart)",
+                short
+                    .iter()
+                    .map(|s| format!("ALTER SYSTEM SET {s}"))
+                    .collect::<Vec<_>>()
+                    .join("; ")
+            )),
+        })
+    };
+    let streams = check(
+        Severity::Error,
+        (slots, senders),
+        format!("the {n} databases stream at once, each with a slot and a WAL sender of its own"),
+    );
+    if streams.is_some() || !continuous {
+        return streams.into_iter().collect();
+    }
+    check(
+        Severity::Warning,
+        (slots + n, senders + n),
+        "continuous verification needs one more slot and WAL sender per database for a \
+             moment at each consistent point (without them each cutover compares every row \
+             inside its fence)"
+            .into(),
+    )
+    .into_iter()
+    .collect()
 }
 
 /// The file, in the migration's state directory, that lists the databases it has applied.
@@ -455,4 +557,50 @@ async fn selected_members(
     let names: Vec<String> = source.iter().map(|d| d.name.clone()).collect();
     let filter = loaded.spec.databases.clone().unwrap_or_default();
     Ok(databases::members(loaded, &databases::select(&filter, &names)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn capacity(
+        max_slots: i64,
+        max_senders: i64,
+        slots: &[(&str, bool)],
+    ) -> catalog::ReplicationCapacity {
+        catalog::ReplicationCapacity {
+            max_slots,
+            max_senders,
+            slots: slots.iter().map(|(s, a)| (s.to_string(), *a)).collect(),
+            active_senders: slots.iter().filter(|(_, a)| *a).count() as i64,
+        }
+    }
+
+    #[test]
+    fn several_databases_need_a_slot_and_a_sender_each_and_their_own_count_once_there() {
+        let ours = ["m_a".to_string(), "m_b".into(), "m_c".into()];
+        // Another tool's slot, and room for two more: one short, with the settings that fit.
+        let short = replication_checks(&capacity(3, 10, &[("other", true)]), &ours, false);
+        assert_eq!(short.len(), 1, "{short:?}");
+        assert_eq!(short[0].severity, Severity::Error);
+        assert!(
+            short[0]
+                .fix
+                .as_deref()
+                .unwrap()
+                .starts_with("ALTER SYSTEM SET max_replication_slots = 4;")
+        );
+        // Their slots exist and stream (a plan while apply runs): nothing more is needed.
+        let running = [("m_a", true), ("m_b", true), ("m_c", true), ("other", true)];
+        assert!(replication_checks(&capacity(4, 4, &running), &ours, false).is_empty());
+        // Senders short though slots suffice.
+        let senders = replication_checks(&capacity(10, 2, &[]), &ours, false);
+        assert!(senders[0].message.contains("max_wal_senders = 3"), "{senders:?}");
+        // Continuous verification: one more each, a warning.
+        let proof = replication_checks(&capacity(4, 10, &[]), &ours, true);
+        assert_eq!(proof[0].severity, Severity::Warning, "{proof:?}");
+        assert!(proof[0].message.contains("max_replication_slots = 6"), "{proof:?}");
+        // One database: its own preflight says it.
+        assert!(replication_checks(&capacity(0, 0, &[]), &ours[..1], true).is_empty());
+    }
 }

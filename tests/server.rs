@@ -290,17 +290,7 @@ fn several_databases_stream_and_cut_over_together_after_a_kill_during_one_load()
     let src = logical_source("together-src");
     let tgt = cluster("together-tgt", &[]);
     for (db, rows) in [("alpha", 1_000), ("beta", 200_000), ("gamma", 1_000)] {
-        src.create_database(db).unwrap();
-        tgt.create_database(db).unwrap();
-        sql(
-            &src,
-            db,
-            &format!(
-                "CREATE SEQUENCE {db}_ids START 1000000;
-                 CREATE TABLE {db}_rows (id bigint PRIMARY KEY, note text);
-                 INSERT INTO {db}_rows SELECT g, md5(g::text) FROM generate_series(1, {rows}) g;"
-            ),
-        );
+        written_to(&src, &tgt, db, rows);
     }
     let dir = TempDir::new("together");
     let extra = "mode: online\ndatabases:\n  include: [alpha, beta, gamma]\n";
@@ -552,17 +542,7 @@ fn chaos_several_databases_killed_at_seeded_moments_cut_over_together_with_nothi
     let src = logical_source("chaos-several-src");
     let tgt = cluster("chaos-several-tgt", &[]);
     for (db, rows) in [("alpha", 2_000), ("beta", 300_000), ("gamma", 2_000)] {
-        src.create_database(db).unwrap();
-        tgt.create_database(db).unwrap();
-        sql(
-            &src,
-            db,
-            &format!(
-                "CREATE SEQUENCE {db}_ids START 1000000;
-                 CREATE TABLE {db}_rows (id bigint PRIMARY KEY, note text);
-                 INSERT INTO {db}_rows SELECT g, md5(g::text) FROM generate_series(1, {rows}) g;"
-            ),
-        );
+        written_to(&src, &tgt, db, rows);
     }
     let dir = TempDir::new("chaos-several");
     let extra = "mode: online\nload:\n  jobs: 2\ndatabases:\n  include: [alpha, beta, gamma]\n";
@@ -655,4 +635,20 @@ fn several_databases_online_need_a_slot_each_and_plan_says_which_setting_fits() 
     assert_eq!(check[0]["severity"], "error");
     let fix = check[0]["fix"].as_str().unwrap();
     assert!(fix.starts_with("ALTER SYSTEM SET max_replication_slots = 3;"), "{fix}");
+}
+
+/// Database `db` on both servers; on the source, `<db>_rows` with `rows` rows and the sequence
+/// `<db>_ids` that [`keep_writing`] uses.
+fn written_to(src: &LocalCluster, tgt: &LocalCluster, db: &str, rows: u32) {
+    src.create_database(db).unwrap();
+    tgt.create_database(db).unwrap();
+    sql(
+        src,
+        db,
+        &format!(
+            "CREATE SEQUENCE {db}_ids START 1000000;
+             CREATE TABLE {db}_rows (id bigint PRIMARY KEY, note text);
+             INSERT INTO {db}_rows SELECT g, md5(g::text) FROM generate_series(1, {rows}) g;"
+        ),
+    );
 }

@@ -615,10 +615,13 @@ fn chaos_several_databases_killed_at_seeded_moments_cut_over_together_with_nothi
 }
 
 /// Online, every database streams at once with a slot and a WAL sender of its own: a source
-/// with room for fewer is refused by `plan`, with the settings that fit.
+/// with room for fewer is refused by `plan`, with the settings that fit; one with too few
+/// connections for their loads is warned about.
 #[test]
 fn several_databases_online_need_a_slot_each_and_plan_says_which_setting_fits() {
-    let src = cluster("capacity-src", &[("wal_level", "logical"), ("max_replication_slots", "2")]);
+    let settings =
+        [("wal_level", "logical"), ("max_replication_slots", "2"), ("max_connections", "15")];
+    let src = cluster("capacity-src", &settings);
     let tgt = cluster("capacity-tgt", &[]);
     for db in ["one", "two", "three"] {
         src.create_database(db).unwrap();
@@ -635,6 +638,10 @@ fn several_databases_online_need_a_slot_each_and_plan_says_which_setting_fits() 
     assert_eq!(check[0]["severity"], "error");
     let fix = check[0]["fix"].as_str().unwrap();
     assert!(fix.starts_with("ALTER SYSTEM SET max_replication_slots = 3;"), "{fix}");
+    // Three databases loading at once with 4 jobs each do not fit in 15 connections either.
+    let short = checks(&doc, "connections_short");
+    assert_eq!(short.len(), 1, "{}", doc["checks"]);
+    assert_eq!(short[0]["object"], "source");
 }
 
 /// Database `db` on both servers; on the source, `<db>_rows` with `rows` rows and the sequence

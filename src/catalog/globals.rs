@@ -286,10 +286,16 @@ pub async fn read_databases(client: &Client) -> Result<Vec<DatabaseInfo>, Catalo
         .collect())
 }
 
-/// What the server has for replication: slots and WAL senders (a migration of several
-/// databases streams each with a slot and a WAL sender of its own).
+/// What the server has for replication, slots and WAL senders, and for sessions (a migration of
+/// several databases streams each with a slot and a WAL sender of its own, and loads them with
+/// sessions of their own).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ReplicationCapacity {
+    /// Sessions a role without special rights may open: `max_connections` less those reserved
+    /// (`superuser_reserved_connections`, `reserved_connections`).
+    pub open_connections: i64,
+    /// Client sessions now.
+    pub client_backends: i64,
     /// `max_replication_slots`.
     pub max_slots: i64,
     /// `max_wal_senders`.
@@ -308,7 +314,13 @@ pub async fn read_replication_capacity(
         .query_one(
             "SELECT current_setting('max_replication_slots')::int8, \
                     current_setting('max_wal_senders')::int8, \
-                    (SELECT count(*) FROM pg_stat_replication)",
+                    (SELECT count(*) FROM pg_stat_replication), \
+                    (SELECT sum(CASE name WHEN 'max_connections' THEN setting::int8 \
+                                          ELSE -setting::int8 END) \
+                     FROM pg_settings WHERE name IN ('max_connections', \
+                          'superuser_reserved_connections', 'reserved_connections'))::int8, \
+                    (SELECT count(*) FROM pg_stat_activity \
+                     WHERE backend_type = 'client backend')",
             &[],
         )
         .await
@@ -325,5 +337,7 @@ pub async fn read_replication_capacity(
         max_senders: row.get(1),
         slots,
         active_senders: row.get(2),
+        open_connections: row.get(3),
+        client_backends: row.get(4),
     })
 }

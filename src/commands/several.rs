@@ -223,25 +223,7 @@ pub async fn compute(loaded: &LoadedMigrationPlan, env: &Env, retry_for: Duratio
     let present: Vec<String> =
         selected.into_iter().filter(|d| target.iter().any(|t| &t.name == d)).collect();
     if spec.mode == Mode::Online {
-        let ours: Vec<String> = databases::members(loaded, &present)
-            .iter()
-            .map(|m| crate::naming::slot_name(&m.plan.spec.name.value))
-            .collect();
-        let source = connect(Side::Source, &loaded.source_conninfo, env, &policy).await;
-        match source {
-            Ok(client) => match catalog::read_replication_capacity(&client).await {
-                Ok(cap) => {
-                    let continuous = spec.verify.continuous && spec.verify.checksums;
-                    report.checks.extend(replication_checks(&cap, &ours, continuous));
-                }
-                Err(e) => report.checks.push(preflight::unreachable(
-                    Side::Source,
-                    format!("could not read the source's replication settings: {e}"),
-                    None,
-                )),
-            },
-            Err(check) => report.checks.push(check),
-        }
+        report.checks.extend(capacity_checks(loaded, env, &policy, &present).await);
     }
     let mut members = vec![];
     let mut earlier = vec![];
@@ -421,6 +403,87 @@ async fn connect(
     })
 }
 
+/// Online, several databases at once: the source's slots and WAL senders, and both servers'
+/// sessions.
+async fn capacity_checks(
+    loaded: &LoadedMigrationPlan,
+    env: &Env,
+    policy: &RetryPolicy,
+    present: &[String],
+) -> Vec<Check> {
+    let spec = &loaded.spec;
+    let ours: Vec<String> = databases::members(loaded, present)
+        .iter()
+        .map(|m| crate::naming::slot_name(&m.plan.spec.name.value))
+        .collect();
+    let jobs = spec.load.jobs.map(|j| j as usize).unwrap_or(crate::execution_plan::DEFAULT_JOBS);
+    let mut checks = vec![];
+    for (side, info) in
+        [(Side::Source, &loaded.source_conninfo), (Side::Target, &loaded.target_conninfo)]
+    {
+        let cap = match connect(side, info, env, policy).await {
+            Ok(client) => catalog::read_replication_capacity(&client).await.map_err(|e| {
+                preflight::unreachable(
+                    side,
+                    format!("could not read the {side}'s settings: {e}"),
+                    None,
+                )
+            }),
+            Err(check) => Err(check),
+        };
+        match cap {
+            Ok(cap) => {
+                if side == Side::Source {
+                    let continuous = spec.verify.continuous && spec.verify.checksums;
+                    checks.extend(replication_checks(&cap, &ours, continuous));
+                }
+                checks.extend(connection_check(side, &cap, ours.len(), jobs));
+            }
+            Err(check) => checks.push(check),
+        }
+    }
+    checks
+}
+
+/// Whether `side` has room for the sessions of `n` databases loading at once (`jobs` each, as
+/// each opens its own, and one or two more: the snapshot's, the heartbeat's): a warning, as
+/// the figures are estimates.
+fn connection_check(
+    side: Side,
+    cap: &catalog::ReplicationCapacity,
+    n: usize,
+    jobs: usize,
+) -> Option<Check> {
+    if n < 2 {
+        return None;
+    }
+    let each = jobs as i64 + if side == Side::Source { 2 } else { 1 };
+    let need = n as i64 * each;
+    let free = cap.open_connections - cap.client_backends;
+    if need <= free {
+        return None;
+    }
+    let fits = (free / n as i64 - (each - jobs as i64)).max(1);
+    Some(Check {
+        code: "connections_short".into(),
+        severity: Severity::Warning,
+        object: side.to_string(),
+        message: format!(
+            "the {n} databases load at once, each with sessions of its own (load.jobs = {jobs} \
+             and {} more): about {need} sessions on the {side}, which has room for {free} more \
+             ({} open to roles without special rights, {} in use)",
+            each - jobs as i64,
+            cap.open_connections,
+            cap.client_backends
+        ),
+        fix: Some(format!(
+            "load.jobs: {fits} in the migration plan, or ALTER SYSTEM SET max_connections = {} \
+             on the {side} and restart it",
+            need + cap.client_backends + 5
+        )),
+    })
+}
+
 /// Online: whether the source has a slot and a WAL sender for every database (`ours`: their
 /// slots' names) at once, and one more each for continuous verification's consistent points.
 /// (One database's preflight counts its own.)
@@ -569,6 +632,8 @@ mod tests {
         slots: &[(&str, bool)],
     ) -> catalog::ReplicationCapacity {
         catalog::ReplicationCapacity {
+            open_connections: 100,
+            client_backends: 10,
             max_slots,
             max_senders,
             slots: slots.iter().map(|(s, a)| (s.to_string(), *a)).collect(),
@@ -602,5 +667,20 @@ mod tests {
         assert!(proof[0].message.contains("max_replication_slots = 6"), "{proof:?}");
         // One database: its own preflight says it.
         assert!(replication_checks(&capacity(0, 0, &[]), &ours[..1], true).is_empty());
+    }
+
+    #[test]
+    fn several_databases_loading_at_once_warn_when_their_sessions_do_not_fit() {
+        let mut cap = capacity(10, 10, &[]);
+        // 90 free: 10 databases x (8 jobs + 2) = 100 do not fit; 8 jobs -> 7 do.
+        let short = connection_check(Side::Source, &cap, 10, 8).unwrap();
+        assert_eq!(short.severity, Severity::Warning);
+        assert!(short.fix.as_deref().unwrap().starts_with("load.jobs: 7 "), "{short:?}");
+        assert!(connection_check(Side::Source, &cap, 10, 7).is_none());
+        assert!(connection_check(Side::Target, &cap, 10, 8).is_none(), "one fewer each there");
+        cap.client_backends = 98;
+        let full = connection_check(Side::Target, &cap, 2, 1).unwrap();
+        assert!(full.fix.as_deref().unwrap().starts_with("load.jobs: 1 "), "{full:?}");
+        assert!(connection_check(Side::Source, &cap, 1, 100).is_none(), "one database: its own");
     }
 }

@@ -58,6 +58,14 @@ pub enum Command {
     /// Compare source and target now: schema (as `plan` does) and rows (counts and checksums).
     #[command(display_order = 3)]
     Verify(VerifyArgs),
+    /// Go back after a cutover with `cutover.rollback_window`: fence the new primary, drain its
+    /// changes to the old source, set sequences, verify, and make the old source the primary.
+    #[command(display_order = 3)]
+    Rollback(crate::commands::rollback::WindowArgs),
+    /// Close the rollback window: remove its slot, publication and origin (the target keeps
+    /// no WAL for it any more).
+    #[command(display_order = 3)]
+    Finish(crate::commands::rollback::WindowArgs),
     /// Remove everything pgtransit created for a migration on the source (replication slot,
     /// publication, replica identities) and the target's replication bookkeeping.
     #[command(display_order = 4)]
@@ -184,6 +192,8 @@ pub async fn run(cli: Cli) -> miette::Result<Outcome> {
         Command::Status(args) => crate::commands::status::run(&args, &mut out).await,
         Command::Cutover(args) => crate::commands::cutover::run(&args, &mut out).await,
         Command::Verify(args) => crate::commands::verify::run(&args, &mut out).await,
+        Command::Rollback(args) => crate::commands::rollback::rollback(&args, &mut out).await,
+        Command::Finish(args) => crate::commands::rollback::finish(&args, &mut out).await,
         Command::Abort(args) => crate::commands::abort::run(&args, &mut out).await,
         Command::Validate { files } => crate::commands::plan::validate(&files, &mut out),
         Command::Schema { out: path } => {

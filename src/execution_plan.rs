@@ -213,6 +213,28 @@ pub enum Work {
     /// Run `Step::sql` on the source in one transaction (online mode: the publication, replica
     /// identities).
     SourceSql,
+    /// Cutover with `cutover.rollback_window`, once verified: on the target, the window's
+    /// publication (the tables streamed) and its slot, which starts at the cutover point; then
+    /// the window's migration plan, written to `plan_path`.
+    OpenWindow {
+        /// The window's slot, on the target.
+        slot: String,
+        /// The window's publication, on the target: `CREATE PUBLICATION ... FOR TABLE` these
+        /// (quoted).
+        publication: String,
+        /// The tables, quoted.
+        tables: Vec<String>,
+        /// Where the window's migration plan goes.
+        plan_path: String,
+        /// Its text.
+        plan_text: String,
+    },
+    /// The rollback (a cutover of a rollback window's migration), once verified: the target,
+    /// the old source, takes writes again (its cutover's read-only default reset).
+    LiftTargetFence {
+        /// The target's database.
+        database: String,
+    },
     /// Online mode (`sync.tables_without_key: replica_identity_full`): `ALTER TABLE ...
     /// REPLICA IDENTITY FULL` on the source for these tables (quoted names).
     ReplicaIdentityFull {

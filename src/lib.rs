@@ -31,6 +31,7 @@ pub mod pattern;
 pub mod planner;
 pub mod preflight;
 pub mod report;
+pub mod rollback;
 pub mod scope;
 pub mod sql;
 pub mod state;

@@ -76,6 +76,11 @@ pub struct MigrationPlan {
     /// Default: `.pgtransit/<name>/` beside this file.
     #[serde(default)]
     pub state_dir: Option<PathBuf>,
+    /// Written by pgtransit, not by hand: this plan is the rollback window of the migration
+    /// named here (its target streamed back to its source from the cutover point: nothing is
+    /// copied, every row is there).
+    #[serde(default)]
+    pub rollback_of: Option<String>,
 }
 
 /// `online` or `offline`.
@@ -230,6 +235,12 @@ pub struct Cutover {
     /// Added to every sequence value copied to the target (default 0).
     #[serde(default)]
     pub sequence_margin: u64,
+    /// Keep a way back (default false): at the cutover, while the source is fenced, a slot and
+    /// publication on the target start exactly at the cutover point, and the old source is
+    /// kept current with the target's changes (`pgtransit apply` streams them back) until
+    /// `pgtransit finish`; `pgtransit rollback` cuts over in the other direction.
+    #[serde(default)]
+    pub rollback_window: bool,
 }
 
 /// See `cutover.mode`.

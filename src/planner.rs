@@ -224,10 +224,15 @@ pub fn plan(inputs: Inputs<'_>) -> Plan {
 
     let all_tables = verify_tables(inputs.source, &streamed);
     if online {
-        let cutover = cutover_steps(spec, inputs.source, &streamed, &matviews, &scope);
+        let mut cutover = cutover_steps(spec, inputs.source, &streamed, &matviews, &scope);
+        let before_cleanup = cutover.len() - 1;
+        cutover.splice(before_cleanup..before_cleanup, window_steps(&inputs, &streamed));
         steps.extend(sync_steps(&spec.name.value, streamed));
         steps.extend(continuous_verify_step(spec, inputs.source, &all_tables));
         steps.extend(cutover);
+        if spec.rollback_of.is_some() {
+            streaming_only(&mut steps);
+        }
     }
     if cut_over {
         settle_after_cutover(&mut steps, &inputs);
@@ -474,10 +479,144 @@ fn settle_after_cutover(steps: &mut Vec<Step>, inputs: &Inputs<'_>) {
         .and_then(|s| s.cutover.as_ref())
         .is_some_and(|c| c.status == crate::state::CutoverStatus::CleaningUp);
     if cleaning_up {
+        // (What comes between verification and clean-up is idempotent, and done again: the
+        // rollback window opened, the old source's read-only default lifted.)
+        let tables: Vec<StreamTable> = steps
+            .iter()
+            .find_map(|s| match &s.work {
+                Work::Stream { tables, .. } => Some(tables.clone()),
+                _ => None,
+            })
+            .unwrap_or_default();
+        steps.extend(window_steps(inputs, &tables));
         steps.push(cleanup_step(
             &spec.name.value,
             "the cutover was verified and its clean-up interrupted: finished now",
         ));
+    }
+}
+
+/// Between verification and clean-up: with `cutover.rollback_window`, the window opened on the
+/// target; in a rollback window's own migration (a rollback), the old source's read-only
+/// default lifted.
+fn window_steps(inputs: &Inputs<'_>, tables: &[StreamTable]) -> Vec<Step> {
+    let loaded = inputs.spec;
+    let spec = &loaded.spec;
+    let step = |id: &str, object: String, sql: String, note: &str, work: Work| Step {
+        id: format!("cutover:{id}"),
+        phase: Phase::Cutover,
+        action: Action::Run,
+        object,
+        sql,
+        estimate: None,
+        note: Some(note.into()),
+        diff: None,
+        work,
+        after: vec![],
+        table: None,
+    };
+    if spec.rollback_of.is_some() {
+        let db = &inputs.target.server.database;
+        return vec![step(
+            "lift_target_fence",
+            format!("writes on the target database {}", crate::sql::display(db)),
+            format!("{};  -- target", FenceSql::lift(db)),
+            "on the old source, once verified: the fence its own cutover left is lifted, and it \
+             is the primary again",
+            Work::LiftTargetFence { database: db.clone() },
+        )];
+    }
+    if !spec.cutover.rollback_window {
+        return vec![];
+    }
+    let reverse = crate::rollback::reverse_name(&spec.name.value);
+    let (slot, publication) =
+        (crate::naming::slot_name(&reverse), crate::naming::publication_name(&reverse));
+    let names: Vec<String> = tables
+        .iter()
+        .filter(|t| {
+            !inputs
+                .source
+                .relations
+                .iter()
+                .any(|r| r.schema == t.schema && r.name == t.table && r.unlogged)
+        })
+        .map(|t| qualified_ident(&t.schema, &t.table))
+        .collect();
+    let plan_path = crate::rollback::reverse_plan_path(loaded).to_string_lossy().to_string();
+    vec![step(
+        "rollback_window",
+        "the rollback window".into(),
+        format!(
+            "{};  -- target\n{};  -- target: its start is the cutover point\n\
+             -- and the window's migration plan, written to {plan_path}",
+            window_publication_sql(&publication, &names, false),
+            window_slot_sql(&slot),
+        ),
+        "on the target, once verified and before anything writes there: the target's changes \
+         from here on can stream back to the old source (`pgtransit apply` goes on doing so \
+         after the cutover; `pgtransit rollback` goes back, `pgtransit finish` ends it)",
+        Work::OpenWindow {
+            slot,
+            publication,
+            tables: names,
+            plan_path,
+            plan_text: crate::rollback::reverse_plan_text(loaded),
+        },
+    )]
+}
+
+/// The rollback window's publication on the target (`exists`: its tables set again).
+pub fn window_publication_sql(publication: &str, tables: &[String], exists: bool) -> String {
+    match (exists, tables.is_empty()) {
+        (false, true) => format!("CREATE PUBLICATION {}", ident(publication)),
+        (false, false) => {
+            format!("CREATE PUBLICATION {} FOR TABLE {}", ident(publication), tables.join(", "))
+        }
+        (true, true) => String::new(),
+        (true, false) => {
+            format!("ALTER PUBLICATION {} SET TABLE {}", ident(publication), tables.join(", "))
+        }
+    }
+}
+
+/// The rollback window's slot on the target, starting where the target is now.
+pub fn window_slot_sql(slot: &str) -> String {
+    format!("SELECT pg_create_logical_replication_slot({}, 'pgoutput')", crate::sql::literal(slot))
+}
+
+/// A rollback window's migration streams only: every row is on its target already (it was the
+/// source, fenced, when the window's slot began), and the slot, created at the cutover, must
+/// be there.
+fn streaming_only(steps: &mut [Step]) {
+    for step in steps.iter_mut() {
+        // (Its tables hold rows pgtransit did not copy into them: no conflict, they are the
+        // rows.)
+        let copy = step.action == Action::Copy
+            || step.id == "post_load:analyze"
+            || (step.phase == Phase::Load && step.id.starts_with("load:table:"))
+            || step.id.starts_with("load:large_objects")
+            || matches!(step.work, Work::EmptyForParts { .. } | Work::CopyTable { .. });
+        if copy {
+            step.action = Action::Unchanged;
+            step.work = Work::None;
+            step.sql = String::new();
+            step.note = Some(
+                "every row is there: the window's slot streams what changed since the cutover"
+                    .into(),
+            );
+        }
+        if step.id == "load:slot" && matches!(step.work, Work::CreateSlot { .. }) {
+            step.action = Action::Conflict;
+            step.work = Work::None;
+            step.sql = String::new();
+            step.note = Some(
+                "the rollback window's slot is gone (dropped by hand?): the old source cannot be \
+                 brought up to date from the cutover point. Close the window with `pgtransit \
+                 finish`"
+                    .into(),
+            );
+        }
     }
 }
 

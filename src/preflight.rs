@@ -106,6 +106,9 @@ pub fn run(spec: &MigrationPlan, source: Option<&Catalog>, target: Option<&Catal
         check_target_settings(&mut f, tgt);
         if spec.mode == Mode::Online {
             check_target_apply_role(&mut f, tgt);
+            if spec.cutover.rollback_window {
+                check_rollback_window(&mut f, spec, tgt);
+            }
         }
     }
     if let (Some(src), Some(tgt)) = (source, target) {
@@ -152,6 +155,9 @@ pub fn check_state(
                 f.add("state_mismatch", Severity::Error, file, e.to_string(), fix);
             }
         }
+        // (A rollback window's slot is created by the cutover, before its migration's first
+        // apply.)
+        None if spec.rollback_of.is_some() => {}
         None => {
             let slot = crate::naming::slot_name(&spec.name.value);
             if let Some(src) = source
@@ -477,6 +483,87 @@ fn check_replication(f: &mut Findings, spec: &MigrationPlan, src: &Catalog) {
                 ident(user),
                 ident(user)
             )),
+        );
+    }
+}
+
+/// `cutover.rollback_window`: the target streams its changes back after the cutover, so it
+/// needs what a source of online mode needs (logical WAL, a role that may replicate, a free slot
+/// and WAL sender), known before the cutover rather than found at it.
+fn check_rollback_window(f: &mut Findings, spec: &MigrationPlan, tgt: &Catalog) {
+    let mut need = |code: &'static str, message: String, fix: String| {
+        f.add(code, Severity::Error, "target", message, Some(fix));
+    };
+    if tgt.server.version_num < 140000 {
+        need(
+            "rollback_window_target_version",
+            format!(
+                "the rollback window streams the target's changes back, which needs a target of \
+                 PostgreSQL 14 or newer (this one runs {})",
+                version_text(tgt)
+            ),
+            "cutover.rollback_window: false".into(),
+        );
+    }
+    let wal_level = tgt.settings.get("wal_level").map(String::as_str).unwrap_or("unknown");
+    if wal_level != "logical" {
+        need(
+            "rollback_window_wal_level",
+            format!(
+                "the rollback window streams the target's changes back with logical decoding, \
+                 which needs wal_level = logical on the target (it is `{wal_level}`)"
+            ),
+            "ALTER SYSTEM SET wal_level = logical; then restart the target (before the \
+             cutover), or cutover.rollback_window: false"
+                .into(),
+        );
+    }
+    if !tgt.server.can_replicate {
+        need(
+            "rollback_window_replication_role",
+            format!(
+                "the rollback window's stream reads the target as {}, which may not open \
+                 replication connections",
+                crate::sql::display(&tgt.server.current_user)
+            ),
+            format!(
+                "ALTER ROLE {} REPLICATION;  -- on the target, or cutover.rollback_window: false",
+                crate::sql::ident(&tgt.server.current_user)
+            ),
+        );
+    }
+    let slot = crate::naming::slot_name(&crate::rollback::reverse_name(&spec.name.value));
+    let ours = tgt.replication_slots.iter().any(|s| s.name == slot);
+    let used = tgt.replication_slots.len() as i64;
+    if let Some(max) = setting_i64(tgt, "max_replication_slots")
+        && !ours
+        && used >= max
+    {
+        need(
+            "rollback_window_no_slot",
+            format!(
+                "all {max} replication slots of the target (max_replication_slots) are in use; \
+                 the rollback window needs one"
+            ),
+            format!(
+                "ALTER SYSTEM SET max_replication_slots = {}; then restart the target",
+                used + 1
+            ),
+        );
+    }
+    if let Some(max) = setting_i64(tgt, "max_wal_senders")
+        && tgt.active_wal_senders >= max
+    {
+        need(
+            "rollback_window_no_wal_sender",
+            format!(
+                "all {max} WAL senders of the target (max_wal_senders) are busy; the rollback \
+                 window's stream needs one"
+            ),
+            format!(
+                "ALTER SYSTEM SET max_wal_senders = {}; then restart the target",
+                tgt.active_wal_senders + 1
+            ),
         );
     }
 }

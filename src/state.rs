@@ -210,6 +210,9 @@ pub struct CutoverState {
     /// After a failure: the fence was lifted (the source takes writes again).
     #[serde(default)]
     pub fence_lifted: bool,
+    /// With `cutover.rollback_window`: the window's migration plan, once the window is open.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rollback_plan: Option<String>,
 }
 
 /// Where a cutover's write gap went, in seconds: the drain, sequences (and refreshes),

@@ -78,3 +78,14 @@ fn demo_of_several_databases_online_streams_them_under_writes_and_cuts_over_once
     assert_eq!(out.stdout.matches("Identical: source and target are identical.").count(), 2);
     assert!(out.stdout.contains("are the same on both servers"), "{out:?}");
 }
+
+#[test]
+fn demo_with_rollback_cuts_over_writes_to_the_target_and_rolls_back() {
+    let dir = TempDir::new("demo-rollback");
+    let work = dir.path().join("work");
+    let out = run(dir.path(), &["demo", "--rollback", "--dir", work.to_str().unwrap()]);
+    assert_eq!(out.code, 0, "{out:?}");
+    assert!(out.stdout.contains("done the rollback window"), "{out:?}");
+    assert!(out.stdout.contains("transactions written to the target"), "{out:?}");
+    assert!(out.stdout.contains("rolled back: the old source is the primary again"), "{out:?}");
+}

@@ -19,6 +19,8 @@ mod offline;
 mod golden;
 // Online migrations: slot and snapshot, change streaming, status, abort, resume, drift.
 mod online;
+// The rollback window after a cutover: the old source follows, rollback, finish.
+mod rollback;
 // Whole-server migrations: several databases and every role in one migration plan.
 mod server;
 // Roles (attributes, memberships, settings, SCRAM verifiers) and database properties.

@@ -90,6 +90,10 @@ pub async fn run_with(
             if loaded.spec.databases.is_some() {
                 return super::several::apply(args, &loaded, out, cutover_now).await;
             }
+            // Cut over with a rollback window open: the window's stream is what is left.
+            if let Some(window) = super::rollback::open_window(&loaded)? {
+                return window_stream(args, &window, out).await;
+            }
             // Locked before planning, so the plan is not computed from a state another apply
             // is changing.
             let (state_dir, lock) = lock(&loaded, &command)?;
@@ -112,7 +116,34 @@ pub async fn run_with(
     // A saved plan was computed earlier: check it still describes the servers. A fresh one was
     // computed a moment ago.
     let how = How { check_stale: is_saved, cutover_now, member: None };
-    apply_plan(&loaded, &plan, &state_dir, &env, args, out, how).await
+    let outcome = apply_plan(&loaded, &plan, &state_dir, &env, args, out, how).await?;
+    drop(_lock);
+    // An apply that streamed until the cutover goes on into the rollback window's stream (a
+    // `pgtransit cutover` that ran the stream itself ends with the cutover).
+    if !cutover_now && let Some(window) = super::rollback::open_window(&loaded)? {
+        return window_stream(args, &window, out).await;
+    }
+    Ok(outcome)
+}
+
+/// The rollback window's stream: the window's own migration applied (streaming only).
+async fn window_stream(
+    args: &ApplyArgs,
+    window: &Path,
+    out: &mut dyn Write,
+) -> miette::Result<Outcome> {
+    report::say(
+        out,
+        "rollback window",
+        &format!(
+            "the target's changes stream back to the old source until `pgtransit finish` \
+             (`pgtransit rollback` goes back); the window's migration plan: {}",
+            window.display()
+        ),
+    )
+    .map_err(io_err)?;
+    let reverse = ApplyArgs { file: window.to_path_buf(), auto_approve: true, ..args.clone() };
+    Box::pin(run_with(&reverse, out, false)).await
 }
 
 /// How [`apply_plan`] applies.

@@ -35,6 +35,9 @@ pub struct DemoArgs {
     /// With --databases: online, the databases streamed under writes and cut over together.
     #[arg(long, requires = "databases")]
     pub online: bool,
+    /// Cut over with a rollback window, write to the target, then roll back.
+    #[arg(long, conflicts_with = "databases")]
+    pub rollback: bool,
 }
 
 pub(super) const SAMPLE_SQL: &str = include_str!("demo_sample.sql");
@@ -56,7 +59,7 @@ pub async fn run(args: &DemoArgs, out: &mut dyn Write) -> miette::Result<Outcome
     let (source, mut target) = start_and_fill(out).await?;
 
     let plan_path = dir.join("plans").join("shop.yaml");
-    let plan_text = migration_plan(&source, &target);
+    let plan_text = migration_plan(&source, &target, args.rollback);
     std::fs::write(&plan_path, &plan_text).into_diagnostic()?;
     report::wrote(out, "migration plan", &plan_path).map_err(io_err)?;
     report::block(out, &plan_text).map_err(io_err)?;
@@ -150,7 +153,14 @@ pub async fn run(args: &DemoArgs, out: &mut dyn Write) -> miette::Result<Outcome
 
     // The fence ends every session but the cutover's own: the demo's end here first.
     drop((probe, check));
-    let cutover_done = cut_over(out, &exe, &plan_path, apply, &state_dir).await?;
+    let cutover_done = if args.rollback {
+        let target_conn = crate::conn::ConnInfo::parse(&target.conninfo(DATABASE))
+            .and_then(|c| c.resolve(&env))
+            .into_diagnostic()?;
+        super::demo_rollback::run(out, &exe, &plan_path, apply, &target_conn).await?
+    } else {
+        cut_over(out, &exe, &plan_path, apply, &state_dir).await?
+    };
     let roles_identical = compare_roles(out, &source, &target)?;
     let ok = rows_identical && cutover_done && roles_identical;
     let result = if ok { Outcome::Done } else { Outcome::Failed };
@@ -515,14 +525,24 @@ fn start_clusters() -> miette::Result<(LocalCluster, LocalCluster)> {
             ..Default::default()
         })
     });
-    let target =
-        LocalCluster::start(ClusterOptions { name: "demo-target".into(), ..Default::default() })
-            .into_diagnostic()?;
+    // (Logical WAL on the target too: a rollback window streams it back.)
+    let target = LocalCluster::start(ClusterOptions {
+        name: "demo-target".into(),
+        settings: vec![("wal_level".into(), "logical".into())],
+        ..Default::default()
+    })
+    .into_diagnostic()?;
     let source = source.join().map_err(|_| miette::miette!("starting the source panicked"))?;
     Ok((source.into_diagnostic()?, target))
 }
 
-fn migration_plan(source: &LocalCluster, target: &LocalCluster) -> String {
+fn migration_plan(source: &LocalCluster, target: &LocalCluster, rollback: bool) -> String {
+    let window = if rollback {
+        "# After the cutover, the old source follows the target until `pgtransit finish`.\n\
+         cutover:\n  rollback_window: true\n"
+    } else {
+        ""
+    };
     format!(
         "# A pgtransit migration plan, written by `pgtransit demo`.\n\
          # It holds no secrets: the demo's servers trust local connections.\n\
@@ -532,7 +552,7 @@ fn migration_plan(source: &LocalCluster, target: &LocalCluster) -> String {
          source:\n  url: {}\n\
          target:\n  url: {}\n\
          # The roles that read and write the shop, created as they are on the source.\n\
-         roles:\n  missing: create\n",
+         roles:\n  missing: create\n{window}",
         source.url(DATABASE),
         target.url(DATABASE)
     )

@@ -216,6 +216,15 @@ pub async fn compute(loaded: &LoadedMigrationPlan, env: &Env, retry_for: Duratio
     let selected = databases::select(&filter, &names);
     report.selected = selected.clone();
     report.checks.extend(server_checks(&source, &target, &selected));
+    if spec.cutover.rollback_window {
+        report.checks.push(Check {
+            code: "rollback_window_several_not_built".into(),
+            severity: Severity::Error,
+            object: "migration plan".into(),
+            message: "a rollback window for a migration of several databases is not built".into(),
+            fix: Some("cutover.rollback_window: false, or one migration plan per database".into()),
+        });
+    }
     if let Some(before) = recorded(loaded) {
         report.checks.extend(changed_since(&before, &selected));
         report.checks.sort_by_key(|c| c.severity);

@@ -78,5 +78,15 @@ async fn one(
         wal_warning.unwrap_or(status::RETAINED_WAL_WARNING),
     );
     crate::report::status(out, &st, args.format).map_err(io_err)?;
+    // After a cutover with a rollback window: the window's own migration (its lag, the WAL its
+    // slot keeps on the target). (As JSON: `status` of the window's plan, one document each.)
+    if args.format != Format::Json
+        && let Some(window) = super::rollback::open_window(loaded)?
+    {
+        crate::report::say(out, "rollback window", &window.display().to_string())
+            .map_err(io_err)?;
+        let reverse = super::plan::load_spec(&window)?;
+        return Box::pin(one(&reverse, args, out)).await;
+    }
     Ok(Outcome::Done)
 }

@@ -314,7 +314,12 @@ async fn finish_steps(
     let (sql, staged): (Vec<&Step>, Vec<&Step>) = steps.iter().partition(|s| {
         !matches!(
             s.work,
-            Work::Fence { .. } | Work::Drain | Work::Verify { .. } | Work::Cleanup { .. }
+            Work::Fence { .. }
+                | Work::Drain
+                | Work::Verify { .. }
+                | Work::OpenWindow { .. }
+                | Work::LiftTargetFence { .. }
+                | Work::Cleanup { .. }
         )
     });
     let mut sql = Some(sql);
@@ -380,6 +385,15 @@ async fn finish_steps(
                     done(ctx, step, started);
                 }
             }
+            Work::OpenWindow { .. } | Work::LiftTargetFence { .. } => {
+                crate::execute::context::failpoint("before", &step.id);
+                let started = Instant::now();
+                window_step(ctx, step, state).await?;
+                state.start(&step.id);
+                state.finish(&step.id, None);
+                ctx.state_dir.save(state)?;
+                done(ctx, step, started);
+            }
             Work::Cleanup { slot, publication, origin } => {
                 crate::execute::context::failpoint("before", &step.id);
                 let started = Instant::now();
@@ -406,6 +420,36 @@ async fn finish_steps(
     }
     if let Some(sql) = sql {
         sequences_and_refreshes(&sql, ctx, state).await?;
+    }
+    Ok(())
+}
+
+/// The rollback window opened, or the old source's fence lifted at the end of a rollback:
+/// after verification, so a server that goes away is waited for (both are idempotent).
+async fn window_step(ctx: &Ctx<'_>, step: &Step, state: &mut State) -> Result<(), ApplyError> {
+    if let Work::OpenWindow { plan_path, plan_text, .. } = &step.work {
+        crate::execute::window::write_plan(plan_path, plan_text).map_err(|message| {
+            ApplyError::StepFailed { id: step.id.clone(), object: step.object.clone(), message }
+        })?;
+    }
+    crate::execute::context::retry(ctx, async || {
+        let app = "pgtransit/cutover";
+        let target =
+            crate::conn::connect_with(&ctx.servers.target, app, &ctx.servers.policy).await?;
+        match &step.work {
+            Work::OpenWindow { slot, publication, tables, .. } => {
+                crate::execute::window::open(&target, slot, publication, tables).await
+            }
+            Work::LiftTargetFence { database } => {
+                crate::execute::window::lift_target_fence(&target, database).await
+            }
+            _ => Ok(()),
+        }
+        .map_err(|e| failed(step, &e))
+    })
+    .await?;
+    if let Work::OpenWindow { plan_path, .. } = &step.work {
+        state.cutover.get_or_insert_with(Default::default).rollback_plan = Some(plan_path.clone());
     }
     Ok(())
 }

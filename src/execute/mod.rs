@@ -45,6 +45,7 @@ mod steps;
 mod sync;
 pub mod teardown;
 pub mod together;
+mod window;
 
 use std::time::Duration;
 

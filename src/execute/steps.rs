@@ -197,6 +197,11 @@ pub(crate) async fn run_step(
         action: step.action,
     });
     let started = Instant::now();
+    if let Work::OpenWindow { plan_path, plan_text, .. } = &step.work {
+        crate::execute::window::write_plan(plan_path, plan_text).map_err(|message| {
+            ApplyError::StepFailed { id: step.id.clone(), object: step.object.clone(), message }
+        })?;
+    }
     let work = again_after_deadlock(async || {
         match &step.work {
             Work::TargetSql => target_sql(target, &step.sql).await,
@@ -230,6 +235,20 @@ pub(crate) async fn run_step(
             | Work::Verify { .. }
             | Work::ContinuousVerify { .. }
             | Work::None => Ok(()),
+            // A verified cutover's rollback window or rollback, cut off before its clean-up.
+            Work::OpenWindow { slot, publication, tables, plan_path, .. } => {
+                let r = crate::execute::window::open(target, slot, publication, tables).await;
+                if r.is_ok() {
+                    let mut state = shared.lock().await;
+                    if let Some(cut) = state.cutover.as_mut() {
+                        cut.rollback_plan = Some(plan_path.clone());
+                    }
+                }
+                r
+            }
+            Work::LiftTargetFence { database } => {
+                crate::execute::window::lift_target_fence(target, database).await
+            }
             // A verified cutover's clean-up that was cut off: finished, and the cutover with it.
             Work::Cleanup { slot, publication, origin } => {
                 let r =

@@ -1,0 +1,152 @@
+//! The rollback window (`cutover.rollback_window`): after the cutover the old source follows
+//! the new primary, `pgtransit rollback` goes back, `pgtransit finish` closes the window.
+
+use std::time::Duration;
+
+use crate::support::*;
+
+/// The window's state (its migration `<name>-rb`, whose plan lives in the migration's state
+/// directory).
+fn window_state(dir: &TempDir, name: &str) -> serde_json::Value {
+    state(dir, &format!("{name}/.pgtransit/{name}-rb"))
+}
+
+const SHOP: &str = "
+CREATE TABLE orders (id bigserial PRIMARY KEY, customer int NOT NULL, note text);
+CREATE TABLE events (at timestamptz NOT NULL DEFAULT now(), kind text);
+ALTER TABLE events REPLICA IDENTITY FULL;
+INSERT INTO orders (customer, note) SELECT g % 50, 'order ' || g FROM generate_series(1, 2000) g;
+INSERT INTO events (kind) SELECT 'k' || g FROM generate_series(1, 100) g;
+";
+
+/// Cut over with the window, the applications writing to the target (inserts, updates,
+/// deletes, the sequence in use, a table without a key), then `rollback`: the old source has
+/// every row and sequence value the target had, takes writes again, and the new primary is
+/// fenced; `finish` leaves nothing on either server.
+#[test]
+fn a_rollback_window_keeps_the_old_source_current_and_rollback_goes_back() {
+    let src = logical_source("window-src");
+    let tgt = logical_source("window-tgt");
+    src.create_database("app").unwrap();
+    tgt.create_database("app").unwrap();
+    sql(&src, "app", SHOP);
+    let dir = TempDir::new("window");
+    let extra = "mode: online\ncutover:\n  rollback_window: true\n";
+    let text = plan_yaml("win", &src.url("app"), &tgt.url("app"), extra);
+    let f = dir.write("win.yaml", &text);
+    let f = f.to_str().unwrap();
+
+    let out = run(dir.path(), &["plan", f]);
+    assert_eq!(out.code, 0, "{out:?}");
+    assert!(out.stdout.contains("pg_create_logical_replication_slot('pgtransit_win_rb"), "{out:?}");
+
+    let mut child = start_apply(&dir, f, &[]);
+    wait_for(Duration::from_secs(60), "the stream", || {
+        state(&dir, "win")["sync"]["streaming"] == true
+    });
+    let out = run(dir.path(), &["cutover", f, "--auto-approve"]);
+    assert_eq!(out.code, 0, "{out:?}\n{}", apply_output(&dir));
+    // The apply goes on into the window's stream.
+    let streaming = poll(Duration::from_secs(60), Duration::from_millis(100), || {
+        window_state(&dir, "win")["sync"]["streaming"] == true
+    });
+    assert!(streaming, "the window's stream did not start:\n{}", apply_output(&dir));
+    let window_plan =
+        std::fs::read_to_string(dir.path().join(".pgtransit/win/rollback.yaml")).unwrap();
+    assert!(window_plan.contains("rollback_of: win"), "{window_plan}");
+
+    // The applications on the target.
+    sql(
+        &tgt,
+        "app",
+        "INSERT INTO orders (customer, note) SELECT 7, 'after ' || g FROM generate_series(1, 300) g;
+         UPDATE orders SET note = note || ' (changed)' WHERE id % 10 = 0;
+         DELETE FROM orders WHERE id % 17 = 0;
+         INSERT INTO events (kind) VALUES ('after');
+         DELETE FROM events WHERE kind = 'k1';
+         UPDATE events SET kind = 'K2' WHERE kind = 'k2';",
+    );
+    wait_identical(&tgt, &src, &dir);
+
+    let out = run(dir.path(), &["rollback", f, "--auto-approve"]);
+    assert_eq!(out.code, 0, "{out:?}\n{}", apply_output(&dir));
+    let status = wait_exit(&mut child, Duration::from_secs(60));
+    assert_eq!(status.and_then(|s| s.code()), Some(0), "{}", apply_output(&dir));
+    assert_eq!(table_checksums(&src, "app"), table_checksums(&tgt, "app"));
+    assert_same_schema(&schema_dump(&tgt, "app"), &schema_dump(&src, "app"));
+    let seq = "SELECT last_value FROM orders_id_seq";
+    let (old, new): (i64, i64) =
+        (sql(&src, "app", seq).parse().unwrap(), sql(&tgt, "app", seq).parse().unwrap());
+    assert!(old >= new, "the old source's sequence ({old}) is behind the target's ({new})");
+    // The old source takes writes again; the new primary is fenced.
+    sql(&src, "app", "INSERT INTO orders (customer) VALUES (1)");
+    let read_only = "SELECT count(*) FROM pg_db_role_setting s JOIN pg_database d \
+                     ON d.oid = s.setdatabase WHERE d.datname = 'app' \
+                     AND array_to_string(s.setconfig, ',') LIKE '%default_transaction_read_only=on%'";
+    assert_eq!(sql(&src, "postgres", read_only), "0");
+    assert_eq!(sql(&tgt, "postgres", read_only), "1");
+    for c in [&src, &tgt] {
+        let left = "SELECT (SELECT count(*) FROM pg_replication_slots) \
+                    + (SELECT count(*) FROM pg_publication) \
+                    + (SELECT count(*) FROM pg_replication_origin)";
+        assert_eq!(sql(c, "app", left), "0", "left on {}", c.port());
+    }
+}
+
+/// `status` shows the window's stream; `finish` closes the window: its slot and publication
+/// leave the target, its origin the old source, which stays read-only; `rollback` is then
+/// refused, naming why.
+#[test]
+fn finish_closes_the_window_and_leaves_the_old_source_read_only() {
+    let src = logical_source("window-finish-src");
+    let tgt = logical_source("window-finish-tgt");
+    src.create_database("app").unwrap();
+    tgt.create_database("app").unwrap();
+    sql(&src, "app", SHOP);
+    let dir = TempDir::new("window-finish");
+    let extra = "mode: online\ncutover:\n  mode: auto\n  rollback_window: true\n";
+    let f = dir.write("fin.yaml", &plan_yaml("fin", &src.url("app"), &tgt.url("app"), extra));
+    let f = f.to_str().unwrap();
+    let mut child = start_apply(&dir, f, &[]);
+    let streaming = poll(Duration::from_secs(90), Duration::from_millis(100), || {
+        window_state(&dir, "fin")["sync"]["streaming"] == true
+    });
+    assert!(streaming, "the window's stream did not start:\n{}", apply_output(&dir));
+    sql(&tgt, "app", "INSERT INTO orders (customer) VALUES (42)");
+    wait_identical(&tgt, &src, &dir);
+    let out = run(dir.path(), &["status", f]);
+    assert!(out.stdout.contains("rollback window"), "{out:?}");
+    assert!(out.stdout.contains("Migration fin-rb"), "{out:?}");
+    assert_eq!(stop(&mut child), 0, "{}", apply_output(&dir));
+
+    let out = run(dir.path(), &["finish", f, "--auto-approve"]);
+    assert_eq!(out.code, 0, "{out:?}");
+    assert!(out.stdout.contains("the rollback window is closed"), "{out:?}");
+    let left = "SELECT (SELECT count(*) FROM pg_replication_slots) \
+                + (SELECT count(*) FROM pg_publication) \
+                + (SELECT count(*) FROM pg_replication_origin)";
+    assert_eq!(sql(&tgt, "app", left), "0");
+    assert_eq!(sql(&src, "app", left), "0");
+    let read_only = "SELECT count(*) FROM pg_db_role_setting s JOIN pg_database d \
+                     ON d.oid = s.setdatabase WHERE d.datname = 'app' \
+                     AND array_to_string(s.setconfig, ',') LIKE '%default_transaction_read_only=on%'";
+    assert_eq!(sql(&src, "postgres", read_only), "1", "the old source stays read-only");
+    let out = run(dir.path(), &["rollback", f, "--auto-approve"]);
+    assert_eq!(out.code, 1, "{out:?}");
+    assert!(out.stderr.contains("has no open rollback window"), "{out:?}");
+}
+
+/// Requested, the window's needs on the target are checked before any cutover: logical WAL.
+#[test]
+fn a_rollback_window_needs_logical_wal_on_the_target_and_plan_says_so() {
+    let (src, tgt) = logical_pair("window-preflight", "CREATE TABLE t (id int PRIMARY KEY);");
+    let dir = TempDir::new("window-preflight");
+    let extra = "mode: online\ncutover:\n  rollback_window: true\n";
+    let f = dir.write("pre.yaml", &plan_yaml("pre", &src.url("app"), &tgt.url("app"), extra));
+    let out = run(dir.path(), &["plan", f.to_str().unwrap(), "--format", "json"]);
+    assert_eq!(out.code, 1, "{out:?}");
+    let doc = out.json();
+    let found = checks(&doc, "rollback_window_wal_level");
+    assert_eq!(found.len(), 1, "{}", doc["checks"]);
+    assert!(found[0]["fix"].as_str().unwrap().starts_with("ALTER SYSTEM SET wal_level = logical"));
+}

@@ -112,7 +112,7 @@ pub fn run(spec: &MigrationPlan, source: Option<&Catalog>, target: Option<&Catal
         }
     }
     if let (Some(src), Some(tgt)) = (source, target) {
-        check_versions(&mut f, src, tgt);
+        check_versions(&mut f, spec, src, tgt);
         check_extensions(&mut f, &scope, src, tgt);
         check_roles(&mut f, spec, &scope, src, tgt);
         check_encoding(&mut f, src, tgt);
@@ -298,8 +298,22 @@ fn check_source_version(f: &mut Findings, src: &Catalog) {
     }
 }
 
-fn check_versions(f: &mut Findings, src: &Catalog, tgt: &Catalog) {
-    if tgt.server.major() < src.server.major() {
+fn check_versions(f: &mut Findings, spec: &MigrationPlan, src: &Catalog, tgt: &Catalog) {
+    if tgt.server.major() < src.server.major() && spec.rollback_of.is_some() {
+        // The window streams rows back to the old source, whose schema they came from.
+        f.add(
+            "versions",
+            Severity::Info,
+            "servers",
+            format!(
+                "PostgreSQL {} → {}: the rollback window streams rows back to the older major \
+                 its schema came from (no DDL)",
+                version_text(src),
+                version_text(tgt)
+            ),
+            None,
+        );
+    } else if tgt.server.major() < src.server.major() {
         f.add(
             "target_version_older",
             Severity::Error,

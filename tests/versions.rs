@@ -16,8 +16,8 @@ use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use crate::support::{
-    LocalCluster, TempDir, apply_output, assert_migrated, cluster_of, load_pagila, plan_yaml, run,
-    sequence_values, sql, start_apply, wait_for, wait_streaming,
+    LocalCluster, TempDir, apply_output, assert_migrated, cluster_of, load_pagila, plan_yaml, poll,
+    run, sequence_values, sql, start_apply, state, wait_for, wait_streaming,
 };
 
 /// What each major version added that pgtransit must read from the catalogs and recreate; the
@@ -294,4 +294,87 @@ fn pagila_online_16_to_18_under_writes_cuts_over_identical_with_sequences_set_an
 #[test]
 fn pagila_online_18_to_18_under_writes_cuts_over_identical_with_sequences_set_and_no_slot_left() {
     online_pagila_under_writes_then_cutover(18, 18);
+}
+
+/// The rollback window between two majors: pagila migrated online, cut over with the window;
+/// the applications then write to the target (payments drawing from a sequence, film updates,
+/// inserts and deletes of the extras table, a table without a key on 15 and later) and the
+/// window streams it back; `pgtransit rollback` then leaves the old source with every row and
+/// sequence value the target had, the same schema, taking writes again, and nothing of the
+/// migration on either server.
+fn pagila_rollback_window(from: u32, to: u32) {
+    let name = format!("v{from}-{to}-rb");
+    let logical = [("wal_level", "logical")];
+    let Some(src) = cluster_of(from, &format!("{name}-src"), &logical) else { return };
+    let Some(tgt) = cluster_of(to, &format!("{name}-tgt"), &logical) else { return };
+    load_pagila(&src, "pagila");
+    sql(&src, "pagila", &format!("{}{APP_ROLE}", version_extras(from)));
+    tgt.create_database("pagila").unwrap();
+    sql(&tgt, "pagila", "CREATE ROLE app LOGIN");
+    let dir = TempDir::new(&name);
+    let extra = "mode: online\nsync:\n  tables_without_key: replica_identity_full\n\
+                 cutover:\n  rollback_window: true\n";
+    let yaml = plan_yaml(&name, &src.url("pagila"), &tgt.url("pagila"), extra);
+    let plan = dir.write(&format!("{name}.yaml"), &yaml);
+    let plan = plan.to_str().unwrap();
+    let mut child = start_apply(&dir, plan, &[]);
+    wait_streaming(&dir, &name, &mut child);
+    let out = run(dir.path(), &["cutover", plan, "--auto-approve"]);
+    assert_eq!(out.code, 0, "{out:?}\n{}", apply_output(&dir));
+    let window = format!("{name}/.pgtransit/{name}-rb");
+    let streaming = poll(Duration::from_secs(60), Duration::from_millis(100), || {
+        state(&dir, &window)["sync"]["streaming"] == true
+    });
+    assert!(streaming, "the window's stream did not start:\n{}", apply_output(&dir));
+
+    // The applications, on the target now; the window brings their rows back.
+    let writer = pagila_writer(&tgt, &dir);
+    let written = "SELECT count(*) FROM version_extras WHERE note = 'w'";
+    wait_for(Duration::from_secs(60), "the target's rows on the old source", || {
+        sql(&src, "pagila", written).parse::<i64>().unwrap() > 200
+    });
+    let out = run(dir.path(), &["rollback", plan, "--auto-approve"]);
+    assert_eq!(out.code, 0, "{out:?}\n{}", apply_output(&dir));
+    writer.join().unwrap();
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), Some(0), "{}", apply_output(&dir));
+
+    assert_migrated(&tgt, &src, "pagila");
+    let (old, new) = (sequence_values(&src, "pagila"), sequence_values(&tgt, "pagila"));
+    for (seq, v) in &new {
+        assert!(old[seq] >= *v, "{seq}: old source {} < target {v}", old[seq]);
+    }
+    sql(&src, "pagila", "INSERT INTO actor (first_name, last_name) VALUES ('back', 'again')");
+    for c in [&src, &tgt] {
+        let left = "SELECT (SELECT count(*) FROM pg_replication_slots) \
+                    + (SELECT count(*) FROM pg_publication) \
+                    + (SELECT count(*) FROM pg_replication_origin)";
+        assert_eq!(sql(c, "pagila", left), "0", "left on PostgreSQL {}", c.port());
+    }
+    let st = run(
+        dir.path(),
+        &[
+            "status",
+            dir.path().join(format!(".pgtransit/{name}/rollback.yaml")).to_str().unwrap(),
+            "--format",
+            "json",
+        ],
+    )
+    .json();
+    eprintln!(
+        "{from} -> {to} and back: {} writer rows, rollback write gap {} s: {}",
+        sql(&src, "pagila", written),
+        st["cutover"]["write_gap_seconds"],
+        st["cutover"]["write_gap"]
+    );
+}
+
+#[test]
+fn pagila_rollback_window_15_to_15_goes_back_with_every_write_made_on_the_target() {
+    pagila_rollback_window(15, 15);
+}
+
+#[test]
+fn pagila_rollback_window_14_to_17_goes_back_with_every_write_made_on_the_target() {
+    pagila_rollback_window(14, 17);
 }

@@ -225,8 +225,14 @@ pub fn plan(inputs: Inputs<'_>) -> Plan {
     let all_tables = verify_tables(inputs.source, &streamed);
     if online {
         let mut cutover = cutover_steps(spec, inputs.source, &streamed, &matviews, &scope);
+        // The window opens before verification (a failure until then lifts the fence and
+        // closes it again); a rollback lifts the old source's fence once verified.
+        let verify = cutover.iter().position(|s| matches!(s.work, Work::Verify { .. }));
+        if let (Some(at), Some(open)) = (verify, window_open_step(&inputs, &streamed)) {
+            cutover.insert(at, open);
+        }
         let before_cleanup = cutover.len() - 1;
-        cutover.splice(before_cleanup..before_cleanup, window_steps(&inputs, &streamed));
+        cutover.splice(before_cleanup..before_cleanup, lift_target_fence_step(&inputs));
         steps.extend(sync_steps(&spec.name.value, streamed));
         steps.extend(continuous_verify_step(spec, inputs.source, &all_tables));
         steps.extend(cutover);
@@ -479,16 +485,9 @@ fn settle_after_cutover(steps: &mut Vec<Step>, inputs: &Inputs<'_>) {
         .and_then(|s| s.cutover.as_ref())
         .is_some_and(|c| c.status == crate::state::CutoverStatus::CleaningUp);
     if cleaning_up {
-        // (What comes between verification and clean-up is idempotent, and done again: the
-        // rollback window opened, the old source's read-only default lifted.)
-        let tables: Vec<StreamTable> = steps
-            .iter()
-            .find_map(|s| match &s.work {
-                Work::Stream { tables, .. } => Some(tables.clone()),
-                _ => None,
-            })
-            .unwrap_or_default();
-        steps.extend(window_steps(inputs, &tables));
+        // (A rollback's lift of the old source's fence comes between verification and
+        // clean-up: done again, it is idempotent.)
+        steps.extend(lift_target_fence_step(inputs));
         steps.push(cleanup_step(
             &spec.name.value,
             "the cutover was verified and its clean-up interrupted: finished now",
@@ -496,13 +495,8 @@ fn settle_after_cutover(steps: &mut Vec<Step>, inputs: &Inputs<'_>) {
     }
 }
 
-/// Between verification and clean-up: with `cutover.rollback_window`, the window opened on the
-/// target; in a rollback window's own migration (a rollback), the old source's read-only
-/// default lifted.
-fn window_steps(inputs: &Inputs<'_>, tables: &[StreamTable]) -> Vec<Step> {
-    let loaded = inputs.spec;
-    let spec = &loaded.spec;
-    let step = |id: &str, object: String, sql: String, note: &str, work: Work| Step {
+fn window_step(id: &str, object: String, sql: String, note: &str, work: Work) -> Step {
+    Step {
         id: format!("cutover:{id}"),
         phase: Phase::Cutover,
         action: Action::Run,
@@ -514,20 +508,30 @@ fn window_steps(inputs: &Inputs<'_>, tables: &[StreamTable]) -> Vec<Step> {
         work,
         after: vec![],
         table: None,
-    };
-    if spec.rollback_of.is_some() {
-        let db = &inputs.target.server.database;
-        return vec![step(
-            "lift_target_fence",
-            format!("writes on the target database {}", crate::sql::display(db)),
-            format!("{};  -- target", FenceSql::lift(db)),
-            "on the old source, once verified: the fence its own cutover left is lifted, and it \
-             is the primary again",
-            Work::LiftTargetFence { database: db.clone() },
-        )];
     }
-    if !spec.cutover.rollback_window {
-        return vec![];
+}
+
+/// A rollback (the cutover of a rollback window's own migration), once verified: the old
+/// source's read-only default lifted.
+fn lift_target_fence_step(inputs: &Inputs<'_>) -> Option<Step> {
+    inputs.spec.spec.rollback_of.as_ref()?;
+    let db = &inputs.target.server.database;
+    Some(window_step(
+        "lift_target_fence",
+        format!("writes on the target database {}", crate::sql::display(db)),
+        format!("{};  -- target", FenceSql::lift(db)),
+        "on the old source, once verified: the fence its own cutover left is lifted, and it \
+             is the primary again",
+        Work::LiftTargetFence { database: db.clone() },
+    ))
+}
+
+/// With `cutover.rollback_window`, before verification: the window opened on the target.
+fn window_open_step(inputs: &Inputs<'_>, tables: &[StreamTable]) -> Option<Step> {
+    let loaded = inputs.spec;
+    let spec = &loaded.spec;
+    if !spec.cutover.rollback_window || spec.rollback_of.is_some() {
+        return None;
     }
     let reverse = crate::rollback::reverse_name(&spec.name.value);
     let (slot, publication) =
@@ -544,7 +548,7 @@ fn window_steps(inputs: &Inputs<'_>, tables: &[StreamTable]) -> Vec<Step> {
         .map(|t| qualified_ident(&t.schema, &t.table))
         .collect();
     let plan_path = crate::rollback::reverse_plan_path(loaded).to_string_lossy().to_string();
-    vec![step(
+    Some(window_step(
         "rollback_window",
         "the rollback window".into(),
         format!(
@@ -553,9 +557,11 @@ fn window_steps(inputs: &Inputs<'_>, tables: &[StreamTable]) -> Vec<Step> {
             window_publication_sql(&publication, &names, false),
             window_slot_sql(&slot),
         ),
-        "on the target, once verified and before anything writes there: the target's changes \
-         from here on can stream back to the old source (`pgtransit apply` goes on doing so \
-         after the cutover; `pgtransit rollback` goes back, `pgtransit finish` ends it)",
+        "on the target, drained and before anything writes there (a slot of an earlier attempt \
+         is dropped first; a failure until verification passes closes the window again): the \
+         target's changes from here on can stream back to the old source (`pgtransit apply` \
+         goes on doing so after the cutover; `pgtransit rollback` goes back, `pgtransit \
+         finish` ends it)",
         Work::OpenWindow {
             slot,
             publication,
@@ -563,7 +569,7 @@ fn window_steps(inputs: &Inputs<'_>, tables: &[StreamTable]) -> Vec<Step> {
             plan_path,
             plan_text: crate::rollback::reverse_plan_text(loaded),
         },
-    )]
+    ))
 }
 
 /// The rollback window's publication on the target (`exists`: its tables set again).
@@ -587,9 +593,32 @@ pub fn window_slot_sql(slot: &str) -> String {
 
 /// A rollback window's migration streams only: every row is on its target already (it was the
 /// source, fenced, when the window's slot began), and the slot, created at the cutover, must
-/// be there.
+/// be there. It changes nothing else on the old source: a schema that differs (DDL on the new
+/// primary since the cutover, which no stream carries) is a conflict to resolve by hand, and
+/// the old source's database properties stay as they are. (Sequences only move forward.)
 fn streaming_only(steps: &mut [Step]) {
     for step in steps.iter_mut() {
+        if step.id.starts_with("post_load:database") && step.action.is_work() {
+            step.action = Action::Unchanged;
+            step.work = Work::None;
+            step.sql = String::new();
+            step.note = Some("the old source's database is left as it is".into());
+        }
+        let keeps = matches!(step.work, Work::SetSequence { .. })
+            || step.id.contains(":refresh")
+            || step.id == "post_load:analyze";
+        if matches!(step.phase, Phase::Schema | Phase::PostLoad) && step.action.is_work() && !keeps
+        {
+            step.action = Action::Conflict;
+            step.work = Work::None;
+            step.note = Some(format!(
+                "differs between the new primary and the old source since the cutover (DDL is \
+                 not streamed): make the same change on the old source by hand, or close the \
+                 window (`pgtransit finish`). Planned: {}",
+                step.sql.lines().next().unwrap_or_default()
+            ));
+            step.sql = String::new();
+        }
         // (Its tables hold rows pgtransit did not copy into them: no conflict, they are the
         // rows.)
         let copy = step.action == Action::Copy

@@ -546,6 +546,23 @@ fn check_rollback_window(f: &mut Findings, spec: &MigrationPlan, tgt: &Catalog) 
             ),
         );
     }
+    let mut mapped: BTreeMap<&String, &String> = BTreeMap::new();
+    for (from, to) in &spec.roles.map {
+        if let Some(other) = mapped.insert(to, from) {
+            need(
+                "rollback_window_roles_map",
+                format!(
+                    "roles.map maps {} and {} to {}: the window streams back with the map \
+                     inverted, which cannot tell which of them to give back",
+                    crate::sql::display(other),
+                    crate::sql::display(from),
+                    crate::sql::display(to)
+                ),
+                "map each source role to a role of its own, or cutover.rollback_window: false"
+                    .into(),
+            );
+        }
+    }
     let slot = crate::naming::slot_name(&crate::rollback::reverse_name(&spec.name.value));
     let ours = tgt.replication_slots.iter().any(|s| s.name == slot);
     let used = tgt.replication_slots.len() as i64;

@@ -652,6 +652,16 @@ pub fn cutover_done(
         "The source database is read-only for new sessions (default_transaction_read_only); the \
          replication slot, publication and origin are gone."
     )?;
+    if let Some(window) = &cut.rollback_plan {
+        writeln!(
+            out,
+            "{} the target's changes stream back to the old source while `pgtransit apply` runs \
+             (an apply that was streaming goes on doing so); `pgtransit rollback` goes back, \
+             `pgtransit finish` closes the window (until then its slot keeps the target's WAL). \
+             The window's migration plan: {window}",
+            paint(BOLD, "Rollback window open:")
+        )?;
+    }
     writeln!(out, "{} point the applications at the target: {target}", paint(BOLD, "Next:"))
 }
 

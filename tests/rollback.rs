@@ -150,3 +150,62 @@ fn a_rollback_window_needs_logical_wal_on_the_target_and_plan_says_so() {
     assert_eq!(found.len(), 1, "{}", doc["checks"]);
     assert!(found[0]["fix"].as_str().unwrap().starts_with("ALTER SYSTEM SET wal_level = logical"));
 }
+
+/// Killed (as suddenly as kill -9) right after the window opened, before verification: the
+/// next apply lifts the fence and closes the window (its slot gone from the target), streams
+/// again, and the next cutover opens it at its own cutover point. Then SIGKILL while the window
+/// streams: `apply` resumes it with nothing lost or doubled, and `rollback` goes back.
+#[test]
+fn a_window_survives_kills_before_verification_and_while_it_streams() {
+    let src = logical_source("window-kill-src");
+    let tgt = logical_source("window-kill-tgt");
+    src.create_database("app").unwrap();
+    tgt.create_database("app").unwrap();
+    sql(&src, "app", SHOP);
+    let dir = TempDir::new("window-kill");
+    let extra = "mode: online\ncutover:\n  rollback_window: true\n";
+    let f = dir.write("wk.yaml", &plan_yaml("wk", &src.url("app"), &tgt.url("app"), extra));
+    let f = f.to_str().unwrap();
+    let window_slot =
+        "SELECT count(*) FROM pg_replication_slots WHERE slot_name LIKE 'pgtransit_wk_rb%'";
+
+    let mut child =
+        start_apply(&dir, f, &[("PGTRANSIT_FAILPOINT", "after:cutover:rollback_window")]);
+    wait_for(Duration::from_secs(60), "the stream", || {
+        state(&dir, "wk")["sync"]["streaming"] == true
+    });
+    let out = run(dir.path(), &["cutover", f, "--auto-approve"]);
+    assert_ne!(out.code, 0, "{out:?}");
+    let _ = child.wait();
+    assert_eq!(sql(&tgt, "app", window_slot), "1", "the window was open when it was killed");
+
+    // The next apply lifts the fence and closes the window; the cutover after opens it anew.
+    let mut child = start_apply(&dir, f, &[]);
+    wait_streaming(&dir, "wk", &mut child);
+    assert_eq!(sql(&tgt, "app", window_slot), "0", "closed with the fence lifted");
+    sql(&src, "app", "INSERT INTO orders (customer) VALUES (1)");
+    let out = run(dir.path(), &["cutover", f, "--auto-approve"]);
+    assert_eq!(out.code, 0, "{out:?}\n{}", apply_output(&dir));
+    assert!(out.stdout.contains("Rollback window open:"), "{out:?}");
+    let streaming = poll(Duration::from_secs(60), Duration::from_millis(100), || {
+        window_state(&dir, "wk")["sync"]["streaming"] == true
+    });
+    assert!(streaming, "the window's stream did not start:\n{}", apply_output(&dir));
+
+    // SIGKILL while the window streams, writes meanwhile, and `apply` resumes the window.
+    sql(&tgt, "app", "INSERT INTO orders (customer) SELECT 9 FROM generate_series(1, 100)");
+    let _ = child.kill();
+    let _ = child.wait();
+    sql(
+        &tgt,
+        "app",
+        "UPDATE orders SET note = 'killed' WHERE customer = 9; DELETE FROM orders WHERE id < 100",
+    );
+    let mut child = start_apply(&dir, f, &[]);
+    wait_identical(&tgt, &src, &dir);
+    let out = run(dir.path(), &["rollback", f, "--auto-approve"]);
+    assert_eq!(out.code, 0, "{out:?}\n{}", apply_output(&dir));
+    assert_eq!(wait_exit(&mut child, Duration::from_secs(60)).and_then(|s| s.code()), Some(0));
+    assert_eq!(table_checksums(&src, "app"), table_checksums(&tgt, "app"));
+    sql(&src, "app", "INSERT INTO orders (customer) VALUES (2)");
+}

@@ -117,6 +117,18 @@ async fn abort(
             crate::report::say(out, "removed", &r.what).map_err(io_err)?;
         }
     }
+    // A rollback (a window's cutover) that was verified: the old source is the primary, and
+    // takes writes again.
+    let rolled_back = state.as_ref().and_then(|s| s.cutover.as_ref()).is_some_and(|c| c.verified());
+    if loaded.spec.rollback_of.is_some() && rolled_back {
+        let db = loaded_database(&target).await?;
+        target
+            .batch_execute(&crate::planner::FenceSql::lift(&db))
+            .await
+            .map_err(|e| fail("lifting the old source's read-only default", e))?;
+        crate::report::say(out, "lifted", &format!("the read-only default of {db} on the target"))
+            .map_err(io_err)?;
+    }
     if let Some(state) = state.as_mut() {
         if let Some(cut) = state.cutover.as_mut().filter(|c| c.verified()) {
             // A cutover that was verified stays on record, now complete: the target is the

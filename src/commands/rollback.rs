@@ -27,20 +27,32 @@ pub struct WindowArgs {
     pub connect: ConnectArgs,
 }
 
-/// The rollback window's migration plan, when `loaded`'s cutover opened one that is still open
-/// (not closed by `finish`; a rollback that went through closes nothing: its own state says it
-/// is done).
+/// The rollback window's migration plan, when `loaded`'s cutover opened one that is still open:
+/// not closed by `finish`, nor by a rollback that went through.
 pub fn open_window(loaded: &LoadedMigrationPlan) -> miette::Result<Option<PathBuf>> {
     if !loaded.spec.cutover.rollback_window || loaded.spec.databases.is_some() {
         return Ok(None);
     }
     let state = StateDir::new(loaded.state_dir()).load()?;
-    Ok(state
+    let Some(path) = state
         .and_then(|s| s.cutover)
         .filter(|c| c.done())
         .and_then(|c| c.rollback_plan)
         .map(PathBuf::from)
-        .filter(|p| p.exists()))
+        .filter(|p| p.exists())
+    else {
+        return Ok(None);
+    };
+    let rolled_back = rollback_cutover(&path)?.is_some_and(|c| c.done());
+    Ok((!rolled_back).then_some(path))
+}
+
+/// Where the rollback (the cutover of the window's migration) stands, if it began.
+fn rollback_cutover(
+    window: &std::path::Path,
+) -> miette::Result<Option<crate::state::CutoverState>> {
+    let reverse = super::plan::load_spec(window)?;
+    Ok(StateDir::new(reverse.state_dir()).load()?.and_then(|s| s.cutover))
 }
 
 fn window(loaded: &LoadedMigrationPlan, command: &str) -> miette::Result<PathBuf> {
@@ -76,6 +88,13 @@ pub async fn rollback(args: &WindowArgs, out: &mut dyn Write) -> miette::Result<
 pub async fn finish(args: &WindowArgs, out: &mut dyn Write) -> miette::Result<Outcome> {
     let loaded = super::plan::load_spec(&args.file)?;
     let path = window(&loaded, "finish")?;
+    if rollback_cutover(&path)?.is_some_and(|c| c.verified()) {
+        miette::bail!(
+            help = "run `pgtransit rollback FILE` again: it finishes the rollback (the old \
+                    source takes writes again, the window's leftovers go)",
+            "the rollback was verified and did not finish: the old source is the primary now"
+        );
+    }
     let abort =
         AbortArgs { file: path, auto_approve: args.auto_approve, connect: args.connect.clone() };
     super::abort::run(&abort, out).await?;

@@ -217,18 +217,21 @@ pub async fn connect_with(
                 // the migration carries to the target) cuts off an hour-long copy, index
                 // build or snapshot, as pg_dump's own sessions do (`idle_session_timeout` from
                 // 14, `transaction_timeout` from 17, where the server has them).
-                // `default_transaction_read_only = off`: a database a cutover fenced stays
-                // read-only for everyone but pgtransit (its clean-up, and a rollback window's
-                // stream into the old source).
+                // A rollback window's old source stays read-only (its cutover's fence) for everyone
+                // but the window's own sessions.
+                let writes = if r.writes_when_fenced {
+                    "SET default_transaction_read_only = off; "
+                } else {
+                    ""
+                };
                 if let Err(e) = client
-                    .batch_execute(
-                        "SET synchronous_commit = on; SET row_security = off; \
-                         SET default_transaction_read_only = off; \
+                    .batch_execute(&format!(
+                        "{writes}SET synchronous_commit = on; SET row_security = off; \
                          SET statement_timeout = 0; SET lock_timeout = 0; \
                          SET idle_in_transaction_session_timeout = 0; \
                          SELECT pg_catalog.set_config(name, '0', false) FROM pg_catalog.pg_settings \
                          WHERE name IN ('idle_session_timeout', 'transaction_timeout')",
-                    )
+                    ))
                     .await
                 {
                     return Err(ConnectError {

@@ -239,6 +239,10 @@ pub struct Resolved {
     pub(super) keepalives_count: Option<u32>,
     pub(super) tcp_user_timeout: Option<Duration>,
     pub(super) load_balance_hosts: bool,
+    /// pgtransit writes here although a cutover fenced it (read-only by default): the old
+    /// source a rollback window streams into (each session sets
+    /// `default_transaction_read_only = off` for itself).
+    pub(super) writes_when_fenced: bool,
 }
 
 impl fmt::Debug for Resolved {
@@ -280,6 +284,13 @@ impl fmt::Display for Resolved {
 }
 
 impl Resolved {
+    /// The same endpoint, where pgtransit's sessions write although a cutover fenced the
+    /// database (the old source of a rollback window).
+    pub fn writing_when_fenced(mut self) -> Resolved {
+        self.writes_when_fenced = true;
+        self
+    }
+
     /// The servers to try, in order.
     pub fn targets(&self) -> &[Target] {
         &self.targets
@@ -609,6 +620,7 @@ pub(super) fn resolve(info: &ConnInfo, env: &Env) -> Result<Resolved, ConnInfoEr
         l.int("keepalives_count")?.filter(|n| *n > 0).map(|n| u32::try_from(n).unwrap_or(u32::MAX));
 
     let mut resolved = Resolved {
+        writes_when_fenced: false,
         targets,
         dbname,
         user,

@@ -250,9 +250,15 @@ impl Servers {
         env: &Env,
         retry_for: Duration,
     ) -> Result<Servers, conn::ConnInfoError> {
+        let target = loaded.target_conninfo.resolve(env)?;
         Ok(Servers {
             source: loaded.source_conninfo.resolve(env)?,
-            target: loaded.target_conninfo.resolve(env)?,
+            // A rollback window's target is the old source, fenced by the cutover.
+            target: if loaded.spec.rollback_of.is_some() {
+                target.writing_when_fenced()
+            } else {
+                target
+            },
             policy: RetryPolicy { max_elapsed: retry_for, ..RetryPolicy::default() },
         })
     }

@@ -324,8 +324,13 @@ async fn finish_steps(
     });
     let mut sql = Some(sql);
     for step in staged {
-        if matches!(step.work, Work::Verify { .. } | Work::Cleanup { .. })
-            && let Some(sql) = sql.take()
+        if matches!(
+            step.work,
+            Work::Verify { .. }
+                | Work::Cleanup { .. }
+                | Work::OpenWindow { .. }
+                | Work::LiftTargetFence { .. }
+        ) && let Some(sql) = sql.take()
         {
             sequences_and_refreshes(&sql, ctx, state).await?;
         }
@@ -389,6 +394,7 @@ async fn finish_steps(
                 crate::execute::context::failpoint("before", &step.id);
                 let started = Instant::now();
                 window_step(ctx, step, state).await?;
+                crate::execute::context::failpoint("after", &step.id);
                 state.start(&step.id);
                 state.finish(&step.id, None);
                 ctx.state_dir.save(state)?;

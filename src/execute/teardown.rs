@@ -28,6 +28,7 @@ pub async fn lift(ctx: &Ctx<'_>, database: &str, state: &mut State, why: &str) -
     if let Err(e) = &lifted {
         tracing::error!("the fence could not be lifted ({e}): run `{sql};` on the source");
     }
+    close_window(ctx, state).await;
     let cut = state.cutover.get_or_insert_with(Default::default);
     cut.status = crate::state::CutoverStatus::Failed;
     cut.error = Some(why.to_string());
@@ -35,6 +36,37 @@ pub async fn lift(ctx: &Ctx<'_>, database: &str, state: &mut State, why: &str) -
     cut.finished_at = Some(now_f64());
     let _ = ctx.state_dir.save(state);
     lifted.is_ok()
+}
+
+/// A cutover that failed before verification passed closes the rollback window it may have
+/// opened (the next attempt opens it at its own cutover point). Best effort: what is left is
+/// said, and dropped by that next attempt.
+async fn close_window(ctx: &Ctx<'_>, state: &mut State) {
+    let spec = ctx.spec;
+    if !spec.cutover.rollback_window || spec.rollback_of.is_some() {
+        return;
+    }
+    let reverse = crate::rollback::reverse_name(&spec.name.value);
+    let (slot, publication) =
+        (crate::naming::slot_name(&reverse), crate::naming::publication_name(&reverse));
+    let attempt = async || -> Result<(), ApplyError> {
+        let policy = &ctx.servers.policy;
+        let c = crate::conn::connect_with(&ctx.servers.target, "pgtransit/cutover", policy).await?;
+        crate::execute::window::close(&c, &slot, &publication)
+            .await
+            .map_err(|e| step_error("cutover:rollback_window", "the rollback window", &e))
+    };
+    match retry(ctx, attempt).await {
+        Ok(()) => {
+            if let Some(cut) = state.cutover.as_mut() {
+                cut.rollback_plan = None;
+            }
+        }
+        Err(e) => tracing::error!(
+            "the rollback window's slot {slot} could not be dropped from the target ({e}): the \
+             next cutover drops it, or run SELECT pg_drop_replication_slot('{slot}') there"
+        ),
+    }
 }
 
 /// Drops the slot (once released), the publication and the origin (once released), whichever

@@ -11,30 +11,53 @@ use tokio_postgres::Client;
 
 use crate::planner::{FenceSql, window_publication_sql, window_slot_sql};
 
-/// Opens the window on `target`: its publication, then its slot (where the target is now).
+/// Opens the window on `target`: its publication, then its slot, starting where the target is
+/// now (a slot an earlier cutover attempt left is dropped first: the window starts at this
+/// attempt's cutover point). The slot's creation waits for the target's running transactions,
+/// at most a minute (a prepared transaction would hold it forever).
 pub async fn open(
     target: &Client,
     slot: &str,
     publication: &str,
     tables: &[String],
 ) -> Result<(), tokio_postgres::Error> {
-    let exists = async |sql: &str, name: &str| -> Result<bool, tokio_postgres::Error> {
-        Ok(target.query_one(sql, &[&name]).await?.get(0))
-    };
-    let published =
-        exists("SELECT EXISTS (SELECT 1 FROM pg_publication WHERE pubname = $1)", publication)
-            .await?;
+    let published = exists(target, PUBLICATION_EXISTS, publication).await?;
     let sql = window_publication_sql(publication, tables, published);
     if !sql.is_empty() {
         target.batch_execute(&sql).await?;
     }
-    let slotted =
-        exists("SELECT EXISTS (SELECT 1 FROM pg_replication_slots WHERE slot_name = $1)", slot)
+    if exists(target, SLOT_EXISTS, slot).await? {
+        target.query_one("SELECT pg_drop_replication_slot($1)", &[&slot]).await?;
+    }
+    target.batch_execute("SET statement_timeout = '60s'").await?;
+    let created = target.batch_execute(&window_slot_sql(slot)).await;
+    target.batch_execute("SET statement_timeout = 0").await?;
+    created
+}
+
+/// Closes a window that a failed cutover opened (before verification passed): its slot and
+/// publication dropped, if there.
+pub(crate) async fn close(
+    target: &Client,
+    slot: &str,
+    publication: &str,
+) -> Result<(), tokio_postgres::Error> {
+    if exists(target, SLOT_EXISTS, slot).await? {
+        target.query_one("SELECT pg_drop_replication_slot($1)", &[&slot]).await?;
+    }
+    if exists(target, PUBLICATION_EXISTS, publication).await? {
+        target
+            .batch_execute(&format!("DROP PUBLICATION {}", crate::sql::ident(publication)))
             .await?;
-    if !slotted {
-        target.batch_execute(&window_slot_sql(slot)).await?;
     }
     Ok(())
+}
+
+const PUBLICATION_EXISTS: &str = "SELECT EXISTS (SELECT 1 FROM pg_publication WHERE pubname = $1)";
+const SLOT_EXISTS: &str = "SELECT EXISTS (SELECT 1 FROM pg_replication_slots WHERE slot_name = $1)";
+
+async fn exists(target: &Client, sql: &str, name: &str) -> Result<bool, tokio_postgres::Error> {
+    Ok(target.query_one(sql, &[&name]).await?.get(0))
 }
 
 /// The window's migration plan, written whole or not at all (a file of its own, synced, then

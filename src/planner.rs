@@ -236,9 +236,9 @@ pub fn plan(inputs: Inputs<'_>) -> Plan {
         steps.extend(sync_steps(&spec.name.value, streamed));
         steps.extend(continuous_verify_step(spec, inputs.source, &all_tables));
         steps.extend(cutover);
-        if spec.rollback_of.is_some() {
-            streaming_only(&mut steps);
-        }
+    }
+    if spec.rollback_of.is_some() {
+        streaming_only(&mut steps);
     }
     if cut_over {
         settle_after_cutover(&mut steps, &inputs);

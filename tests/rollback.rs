@@ -154,7 +154,9 @@ fn a_rollback_window_needs_logical_wal_on_the_target_and_plan_says_so() {
 /// Killed (as suddenly as kill -9) right after the window opened, before verification: the
 /// next apply lifts the fence and closes the window (its slot gone from the target), streams
 /// again, and the next cutover opens it at its own cutover point. Then SIGKILL while the window
-/// streams: `apply` resumes it with nothing lost or doubled, and `rollback` goes back.
+/// streams: `apply` resumes it with nothing lost or doubled. Then killed in the rollback, once
+/// verified and before the old source's fence is lifted: `finish` refuses, `rollback` again
+/// finishes it.
 #[test]
 fn a_window_survives_kills_before_verification_and_while_it_streams() {
     let src = logical_source("window-kill-src");
@@ -201,11 +203,31 @@ fn a_window_survives_kills_before_verification_and_while_it_streams() {
         "app",
         "UPDATE orders SET note = 'killed' WHERE customer = 9; DELETE FROM orders WHERE id < 100",
     );
-    let mut child = start_apply(&dir, f, &[]);
+    let lift = [("PGTRANSIT_FAILPOINT", "before:cutover:lift_target_fence")];
+    let mut child = start_apply(&dir, f, &lift);
     wait_identical(&tgt, &src, &dir);
+
+    // The rollback killed once verified, before the old source's fence is lifted: both are
+    // fenced; `rollback` again finishes it.
     let out = run(dir.path(), &["rollback", f, "--auto-approve"]);
-    assert_eq!(out.code, 0, "{out:?}\n{}", apply_output(&dir));
-    assert_eq!(wait_exit(&mut child, Duration::from_secs(60)).and_then(|s| s.code()), Some(0));
+    assert_ne!(out.code, 0, "{out:?}\n{}", apply_output(&dir));
+    let _ = child.wait();
+    let fenced = "SELECT count(*) FROM pg_db_role_setting s JOIN pg_database d \
+                  ON d.oid = s.setdatabase WHERE d.datname = 'app' \
+                  AND array_to_string(s.setconfig, ',') LIKE '%default_transaction_read_only=on%'";
+    assert_eq!(
+        (sql(&src, "postgres", fenced), sql(&tgt, "postgres", fenced)),
+        ("1".into(), "1".into())
+    );
+    let out = run(dir.path(), &["finish", f, "--auto-approve"]);
+    assert_eq!(out.code, 1, "a verified rollback is not undone by finish: {out:?}");
+    let out = run(dir.path(), &["rollback", f, "--auto-approve"]);
+    assert_eq!(out.code, 0, "{out:?}");
+    assert_eq!(sql(&src, "postgres", fenced), "0", "the old source takes writes again");
     assert_eq!(table_checksums(&src, "app"), table_checksums(&tgt, "app"));
     sql(&src, "app", "INSERT INTO orders (customer) VALUES (2)");
+    let left = "SELECT (SELECT count(*) FROM pg_replication_slots) \
+                + (SELECT count(*) FROM pg_publication) \
+                + (SELECT count(*) FROM pg_replication_origin)";
+    assert_eq!((sql(&src, "app", left), sql(&tgt, "app", left)), ("0".into(), "0".into()));
 }

@@ -231,3 +231,113 @@ fn a_window_survives_kills_before_verification_and_while_it_streams() {
                 + (SELECT count(*) FROM pg_replication_origin)";
     assert_eq!((sql(&src, "app", left), sql(&tgt, "app", left)), ("0".into(), "0".into()));
 }
+
+/// Writes to `app` of `c` until `stop` is set (errors, as under a fence, ignored).
+fn keep_writing(
+    c: &LocalCluster,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> std::thread::JoinHandle<usize> {
+    let (psql, host, port) = (c.bin("psql"), c.host().to_string(), c.port());
+    std::thread::spawn(move || {
+        let mut ok = 0;
+        let mut i = 0;
+        while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+            i += 1;
+            let statement = format!(
+                "INSERT INTO orders (customer, note) VALUES ({}, 'w{i}');
+                 UPDATE orders SET note = note || '+' WHERE id = {};
+                 DELETE FROM orders WHERE id = {};
+                 INSERT INTO events (kind) VALUES ('w{i}');",
+                i % 50,
+                i % 900 + 1,
+                i % 900 + 1000
+            );
+            let done = std::process::Command::new(&psql)
+                .args(["-h", &host, "-p", &port.to_string(), "-U", "postgres", "-d", "app"])
+                .args(["-X", "-q", "-v", "ON_ERROR_STOP=1", "-c", &statement])
+                .output()
+                .is_ok_and(|o| o.status.success());
+            ok += usize::from(done);
+            std::thread::sleep(Duration::from_millis(15));
+        }
+        ok
+    })
+}
+
+/// The chaos test's judgement for the rollback window: the apply killed (SIGKILL) at seeded
+/// moments while the window streams the applications' writes on the target back, then once
+/// more a seeded 0-300 ms after the rollback's fence went up; the next `rollback` finishes
+/// (or found it done), and the old source holds exactly the target's rows, takes writes, and
+/// nothing is left. `PGTRANSIT_CHAOS_SEED` (or `random`) as for the other chaos tests.
+#[test]
+fn chaos_rollback_window_killed_at_seeded_moments_goes_back_with_nothing_lost() {
+    let seed = crate::chaos::seed();
+    let mut rng = crate::chaos::Rng(seed);
+    eprintln!(
+        "chaos (rollback window): seed {seed} (replay: PGTRANSIT_CHAOS_SEED={seed} cargo test \
+         --test integration chaos_rollback -- --nocapture)"
+    );
+    let src = logical_source("window-chaos-src");
+    let tgt = logical_source("window-chaos-tgt");
+    src.create_database("app").unwrap();
+    tgt.create_database("app").unwrap();
+    sql(&src, "app", SHOP);
+    let dir = TempDir::new("window-chaos");
+    let extra = "mode: online\ncutover:\n  rollback_window: true\n";
+    let f = dir.write("wc.yaml", &plan_yaml("wc", &src.url("app"), &tgt.url("app"), extra));
+    let f = f.to_str().unwrap();
+    let mut child = start_apply(&dir, f, &[]);
+    wait_streaming(&dir, "wc", &mut child);
+    let out = run(dir.path(), &["cutover", f, "--auto-approve"]);
+    assert_eq!(out.code, 0, "{out:?}\n{}", apply_output(&dir));
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let writer = keep_writing(&tgt, stop.clone());
+    for k in 1..=3 {
+        let after = rng.ms(200, 3_000);
+        std::thread::sleep(after);
+        let _ = child.kill();
+        let _ = child.wait();
+        eprintln!("chaos (rollback window): kill {k} after {after:?}");
+        child = start_apply(&dir, f, &[]);
+    }
+    // (This apply's stream, not the killed one's state: `status` names the apply running it.)
+    let window_plan = dir.path().join(".pgtransit/wc/rollback.yaml");
+    let me = format!("pid {} ", child.id());
+    let streaming = poll(Duration::from_secs(60), Duration::from_millis(100), || {
+        let st = run(dir.path(), &["status", window_plan.to_str().unwrap(), "--format", "json"]);
+        let st = st.json();
+        st["phase"] == "streaming" && st["running"].as_str().is_some_and(|r| r.contains(&me))
+    });
+    assert!(streaming, "seed {seed}: the window does not stream:\n{}", apply_output(&dir));
+    let mut rollback = pgtransit(dir.path())
+        .args(["rollback", f, "--auto-approve"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let fencing = poll(Duration::from_secs(30), Duration::from_millis(5), || {
+        window_state(&dir, "wc")["cutover"].is_object()
+    });
+    assert!(fencing, "seed {seed}: the rollback did not begin:\n{}", apply_output(&dir));
+    let after = rng.ms(0, 300);
+    std::thread::sleep(after);
+    let _ = child.kill();
+    let _ = child.wait();
+    let _ = rollback.wait();
+    let status = window_state(&dir, "wc")["cutover"]["status"].clone();
+    eprintln!("chaos (rollback window): killed {after:?} after the rollback's fence: {status}");
+    if status != "done" {
+        let out = run(dir.path(), &["rollback", f, "--auto-approve"]);
+        assert_eq!(out.code, 0, "seed {seed}: {out:?}");
+    }
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    let written = writer.join().unwrap();
+    assert!(written > 5, "the writer wrote {written}");
+    assert_eq!(window_state(&dir, "wc")["cutover"]["status"], "done", "seed {seed}");
+    assert_eq!(table_checksums(&src, "app"), table_checksums(&tgt, "app"), "seed {seed}");
+    sql(&src, "app", "INSERT INTO orders (customer) VALUES (3)");
+    let left = "SELECT (SELECT count(*) FROM pg_replication_slots) \
+                + (SELECT count(*) FROM pg_publication) \
+                + (SELECT count(*) FROM pg_replication_origin)";
+    assert_eq!((sql(&src, "app", left), sql(&tgt, "app", left)), ("0".into(), "0".into()));
+}

@@ -134,7 +134,13 @@ pub enum Change {
         /// The server's WAL end.
         wal_end: WalPos,
     },
-    /// Something the applier does not need (types, origins).
+    /// The origin of the transaction being sent (pgoutput names it when the transaction was
+    /// applied under a replication origin).
+    Origin {
+        /// The origin's name.
+        name: String,
+    },
+    /// Something the applier does not need (types).
     Other,
 }
 
@@ -290,9 +296,10 @@ pub fn decode(parser: &mut LogicalReplicationParser, data: Bytes) -> Result<Chan
         LogicalReplicationMessage::Message { flags, lsn, prefix, content } => {
             Change::Message { lsn, transactional: flags & 1 != 0, prefix, content }
         }
-        LogicalReplicationMessage::Type { .. } | LogicalReplicationMessage::Origin { .. } => {
-            Change::Other
+        LogicalReplicationMessage::Origin { origin_name, .. } => {
+            Change::Origin { name: origin_name }
         }
+        LogicalReplicationMessage::Type { .. } => Change::Other,
         other => {
             return Err(protocol(format!(
                 "unexpected pgoutput message for protocol version 1: {other:?}"

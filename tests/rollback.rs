@@ -114,6 +114,30 @@ fn finish_closes_the_window_and_leaves_the_old_source_read_only() {
     assert!(streaming, "the window's stream did not start:\n{}", apply_output(&dir));
     sql(&tgt, "app", "INSERT INTO orders (customer) VALUES (42)");
     wait_identical(&tgt, &src, &dir);
+    // A transaction applied on the target under the forward migration's origin (pgtransit's
+    // own, as its stream applied them) is not sent back: no loop, whatever streams when.
+    let origin = "pgtransit_fin";
+    sql(
+        &tgt,
+        "app",
+        &format!(
+            "SELECT pg_replication_origin_create('{origin}');
+             SELECT pg_replication_origin_session_setup('{origin}');
+             INSERT INTO orders (customer, note) VALUES (77, 'from pgtransit');
+             SELECT pg_replication_origin_session_reset();
+             SELECT pg_replication_origin_drop('{origin}');
+             INSERT INTO orders (customer, note) VALUES (78, 'from the applications');"
+        ),
+    );
+    let after = "SELECT count(*) FROM orders WHERE customer = 78";
+    wait_for(Duration::from_secs(30), "the applications' row on the old source", || {
+        sql(&src, "app", after) == "1"
+    });
+    let looped = "SELECT count(*) FROM orders WHERE customer = 77";
+    assert_eq!(sql(&src, "app", looped), "0", "pgtransit's own transaction came back");
+    assert_eq!(sql(&tgt, "app", looped), "1");
+    sql(&tgt, "app", "DELETE FROM orders WHERE customer = 77");
+    wait_identical(&tgt, &src, &dir);
     let out = run(dir.path(), &["status", f]);
     assert!(out.stdout.contains("rollback window"), "{out:?}");
     assert!(out.stdout.contains("Migration fin-rb"), "{out:?}");

@@ -700,6 +700,11 @@ pub(crate) struct Applier<'a> {
     pub(crate) caught_up: Arc<std::sync::atomic::AtomicBool>,
     /// When the rate of changes was last sampled, and the rows applied then.
     pub(crate) rate_sample: Option<(f64, u64)>,
+    /// A rollback window's stream: transactions applied under this origin (the forward
+    /// migration's: pgtransit's own) are not sent back.
+    pub(crate) ignore_origin: Option<String>,
+    /// The current source transaction comes from `ignore_origin`.
+    pub(crate) from_ignored_origin: bool,
 }
 
 impl<'a> Applier<'a> {
@@ -723,6 +728,7 @@ impl<'a> Applier<'a> {
     /// A source transaction begins. One whose commit lies before what the target has applied
     /// was applied already (a resumed stream may send it again): all of it is skipped.
     pub(crate) fn begin(&mut self, xid: u32, final_lsn: u64) {
+        self.from_ignored_origin = false;
         self.replayed = final_lsn < self.applied_lsn;
         self.final_lsn = final_lsn;
         if self.replayed {
@@ -978,9 +984,18 @@ impl<'a> Applier<'a> {
             .ok_or_else(|| sync_error(format!("a change names relation {rel}, never described")))
     }
 
-    /// Whether the change to `rel` is already in the table's copy.
+    /// The current transaction's origin: one to ignore skips its changes.
+    pub(crate) fn origin(&mut self, name: &str) {
+        self.from_ignored_origin = self.ignore_origin.as_deref() == Some(name);
+        if self.from_ignored_origin {
+            tracing::debug!(origin = name, "a transaction pgtransit applied: not sent back");
+        }
+    }
+
+    /// Whether the change to `rel` is already in the table's copy, or comes from an origin to
+    /// ignore.
     pub(crate) fn skipped(&self, rel: u32) -> bool {
-        if self.replayed {
+        if self.replayed || self.from_ignored_origin {
             return true;
         }
         // A transaction committed at or after the copy's position is not in it (and past that
@@ -1125,7 +1140,10 @@ impl<'a> Applier<'a> {
     }
 
     pub(crate) async fn change(&mut self, c: Change) -> Result<(), ApplyError> {
-        if !self.replayed {
+        if self.from_ignored_origin && matches!(c, Change::Truncate { .. }) {
+            return Ok(());
+        }
+        if !self.replayed && !self.from_ignored_origin {
             self.touch(&c);
         }
         if let Change::Insert { rel, .. } | Change::Update { rel, .. } | Change::Delete { rel, .. } =

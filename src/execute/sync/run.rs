@@ -181,6 +181,8 @@ pub async fn stream(
         touched: proving.settings.is_some().then(|| proving.touched.clone()),
         caught_up: proving.caught_up.clone(),
         rate_sample: None,
+        ignore_origin: ctx.spec.rollback_of.as_deref().map(crate::naming::origin_name),
+        from_ignored_origin: false,
     };
     // The watchdog: a server that stops answering on a connection still open would hold the
     // applier forever.
@@ -398,6 +400,7 @@ async fn run_stream(
                 at_consistent_point(a, stream, &change, &mut pause_at).await?;
                 match change {
                     Change::Begin { xid, final_lsn, .. } => a.begin(xid, final_lsn),
+                    Change::Origin { name } => a.origin(&name),
                     Change::Commit { end_lsn, commit_time } => {
                         a.commit(end_lsn, commit_time, stream).await?;
                     }

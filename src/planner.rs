@@ -495,7 +495,8 @@ fn settle_after_cutover(steps: &mut Vec<Step>, inputs: &Inputs<'_>) {
     }
 }
 
-fn window_step(id: &str, object: String, sql: String, note: &str, work: Work) -> Step {
+/// A step of the cutover phase (`cutover:<id>`).
+fn cutover_step(id: &str, object: String, sql: String, note: &str, work: Work) -> Step {
     Step {
         id: format!("cutover:{id}"),
         phase: Phase::Cutover,
@@ -516,7 +517,7 @@ fn window_step(id: &str, object: String, sql: String, note: &str, work: Work) ->
 fn lift_target_fence_step(inputs: &Inputs<'_>) -> Option<Step> {
     inputs.spec.spec.rollback_of.as_ref()?;
     let db = &inputs.target.server.database;
-    Some(window_step(
+    Some(cutover_step(
         "lift_target_fence",
         format!("writes on the target database {}", crate::sql::display(db)),
         format!("{};  -- target", FenceSql::lift(db)),
@@ -548,7 +549,7 @@ fn window_open_step(inputs: &Inputs<'_>, tables: &[StreamTable]) -> Option<Step>
         .map(|t| qualified_ident(&t.schema, &t.table))
         .collect();
     let plan_path = crate::rollback::reverse_plan_path(loaded).to_string_lossy().to_string();
-    Some(window_step(
+    Some(cutover_step(
         "rollback_window",
         "the rollback window".into(),
         format!(
@@ -1656,19 +1657,7 @@ fn cutover_steps(
     let migration = &spec.name.value;
     let slot = crate::naming::slot_name(migration);
     let db = &source.server.database;
-    let step = |id: &str, object: String, sql: String, note: &str, work: Work| Step {
-        id: format!("cutover:{id}"),
-        phase: Phase::Cutover,
-        action: Action::Run,
-        object,
-        sql,
-        estimate: None,
-        note: Some(note.into()),
-        diff: None,
-        work,
-        after: vec![],
-        table: None,
-    };
+    let step = cutover_step;
     let fence = |mode| FenceSql::new(db, mode, tables);
     let (mode, fence_sql, fence_note) = match spec.cutover.fence {
         crate::migration_plan::Fence::ReadOnly => (

@@ -25,16 +25,9 @@ INSERT INTO events (kind) SELECT 'k' || g FROM generate_series(1, 100) g;
 /// fenced; `finish` leaves nothing on either server.
 #[test]
 fn a_rollback_window_keeps_the_old_source_current_and_rollback_goes_back() {
-    let src = logical_source("window-src");
-    let tgt = logical_source("window-tgt");
-    src.create_database("app").unwrap();
-    tgt.create_database("app").unwrap();
-    sql(&src, "app", SHOP);
-    let dir = TempDir::new("window");
-    let extra = "mode: online\ncutover:\n  rollback_window: true\n";
-    let text = plan_yaml("win", &src.url("app"), &tgt.url("app"), extra);
-    let f = dir.write("win.yaml", &text);
-    let f = f.to_str().unwrap();
+    let (src, tgt, dir, f) =
+        window_pair("window", "win", "mode: online\ncutover:\n  rollback_window: true\n");
+    let f = f.as_str();
 
     let out = run(dir.path(), &["plan", f]);
     assert_eq!(out.code, 0, "{out:?}");
@@ -98,15 +91,12 @@ fn a_rollback_window_keeps_the_old_source_current_and_rollback_goes_back() {
 /// refused, naming why.
 #[test]
 fn finish_closes_the_window_and_leaves_the_old_source_read_only() {
-    let src = logical_source("window-finish-src");
-    let tgt = logical_source("window-finish-tgt");
-    src.create_database("app").unwrap();
-    tgt.create_database("app").unwrap();
-    sql(&src, "app", SHOP);
-    let dir = TempDir::new("window-finish");
-    let extra = "mode: online\ncutover:\n  mode: auto\n  rollback_window: true\n";
-    let f = dir.write("fin.yaml", &plan_yaml("fin", &src.url("app"), &tgt.url("app"), extra));
-    let f = f.to_str().unwrap();
+    let (src, tgt, dir, f) = window_pair(
+        "window-finish",
+        "fin",
+        "mode: online\ncutover:\n  mode: auto\n  rollback_window: true\n",
+    );
+    let f = f.as_str();
     let mut child = start_apply(&dir, f, &[]);
     let streaming = poll(Duration::from_secs(90), Duration::from_millis(100), || {
         window_state(&dir, "fin")["sync"]["streaming"] == true
@@ -183,15 +173,9 @@ fn a_rollback_window_needs_logical_wal_on_the_target_and_plan_says_so() {
 /// finishes it.
 #[test]
 fn a_window_survives_kills_before_verification_and_while_it_streams() {
-    let src = logical_source("window-kill-src");
-    let tgt = logical_source("window-kill-tgt");
-    src.create_database("app").unwrap();
-    tgt.create_database("app").unwrap();
-    sql(&src, "app", SHOP);
-    let dir = TempDir::new("window-kill");
-    let extra = "mode: online\ncutover:\n  rollback_window: true\n";
-    let f = dir.write("wk.yaml", &plan_yaml("wk", &src.url("app"), &tgt.url("app"), extra));
-    let f = f.to_str().unwrap();
+    let (src, tgt, dir, f) =
+        window_pair("window-kill", "wk", "mode: online\ncutover:\n  rollback_window: true\n");
+    let f = f.as_str();
     let window_slot =
         "SELECT count(*) FROM pg_replication_slots WHERE slot_name LIKE 'pgtransit_wk_rb%'";
 
@@ -301,15 +285,9 @@ fn chaos_rollback_window_killed_at_seeded_moments_goes_back_with_nothing_lost() 
         "chaos (rollback window): seed {seed} (replay: PGTRANSIT_CHAOS_SEED={seed} cargo test \
          --test integration chaos_rollback -- --nocapture)"
     );
-    let src = logical_source("window-chaos-src");
-    let tgt = logical_source("window-chaos-tgt");
-    src.create_database("app").unwrap();
-    tgt.create_database("app").unwrap();
-    sql(&src, "app", SHOP);
-    let dir = TempDir::new("window-chaos");
-    let extra = "mode: online\ncutover:\n  rollback_window: true\n";
-    let f = dir.write("wc.yaml", &plan_yaml("wc", &src.url("app"), &tgt.url("app"), extra));
-    let f = f.to_str().unwrap();
+    let (src, tgt, dir, f) =
+        window_pair("window-chaos", "wc", "mode: online\ncutover:\n  rollback_window: true\n");
+    let f = f.as_str();
     let mut child = start_apply(&dir, f, &[]);
     wait_streaming(&dir, "wc", &mut child);
     let out = run(dir.path(), &["cutover", f, "--auto-approve"]);
@@ -364,4 +342,22 @@ fn chaos_rollback_window_killed_at_seeded_moments_goes_back_with_nothing_lost() 
                 + (SELECT count(*) FROM pg_publication) \
                 + (SELECT count(*) FROM pg_replication_origin)";
     assert_eq!((sql(&src, "app", left), sql(&tgt, "app", left)), ("0".into(), "0".into()));
+}
+
+/// A source with the shop and an empty target, both with logical WAL, and an online migration
+/// plan `name` (`extra`: its `mode:` and `cutover:` lines) written to `<name>.yaml`.
+fn window_pair(
+    label: &str,
+    name: &str,
+    extra: &str,
+) -> (LocalCluster, LocalCluster, TempDir, String) {
+    let src = logical_source(&format!("{label}-src"));
+    let tgt = logical_source(&format!("{label}-tgt"));
+    src.create_database("app").unwrap();
+    tgt.create_database("app").unwrap();
+    sql(&src, "app", SHOP);
+    let dir = TempDir::new(label);
+    let text = plan_yaml(name, &src.url("app"), &tgt.url("app"), extra);
+    let f = dir.write(&format!("{name}.yaml"), &text).to_str().unwrap().to_string();
+    (src, tgt, dir, f)
 }

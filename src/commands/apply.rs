@@ -90,8 +90,9 @@ pub async fn run_with(
             if loaded.spec.databases.is_some() {
                 return super::several::apply(args, &loaded, out, cutover_now).await;
             }
-            // Cut over with a rollback window open: the window's stream is what is left.
-            if let Some(window) = super::rollback::open_window(&loaded)? {
+            // Cut over with a rollback window open: the window's stream is what is left (not for
+            // a `pgtransit cutover`, which has nothing left to do).
+            if !cutover_now && let Some(window) = super::rollback::open_window(&loaded)? {
                 return window_stream(args, &window, out).await;
             }
             // Locked before planning, so the plan is not computed from a state another apply

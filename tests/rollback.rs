@@ -79,10 +79,7 @@ fn a_rollback_window_keeps_the_old_source_current_and_rollback_goes_back() {
     assert_eq!(sql(&src, "postgres", read_only), "0");
     assert_eq!(sql(&tgt, "postgres", read_only), "1");
     for c in [&src, &tgt] {
-        let left = "SELECT (SELECT count(*) FROM pg_replication_slots) \
-                    + (SELECT count(*) FROM pg_publication) \
-                    + (SELECT count(*) FROM pg_replication_origin)";
-        assert_eq!(sql(c, "app", left), "0", "left on {}", c.port());
+        assert_eq!(leftovers(c, "app"), "0", "left on {}", c.port());
     }
 }
 
@@ -136,11 +133,8 @@ fn finish_closes_the_window_and_leaves_the_old_source_read_only() {
     let out = run(dir.path(), &["finish", f, "--auto-approve"]);
     assert_eq!(out.code, 0, "{out:?}");
     assert!(out.stdout.contains("the rollback window is closed"), "{out:?}");
-    let left = "SELECT (SELECT count(*) FROM pg_replication_slots) \
-                + (SELECT count(*) FROM pg_publication) \
-                + (SELECT count(*) FROM pg_replication_origin)";
-    assert_eq!(sql(&tgt, "app", left), "0");
-    assert_eq!(sql(&src, "app", left), "0");
+    assert_eq!(leftovers(&tgt, "app"), "0");
+    assert_eq!(leftovers(&src, "app"), "0");
     let read_only = "SELECT count(*) FROM pg_db_role_setting s JOIN pg_database d \
                      ON d.oid = s.setdatabase WHERE d.datname = 'app' \
                      AND array_to_string(s.setconfig, ',') LIKE '%default_transaction_read_only=on%'";
@@ -234,10 +228,7 @@ fn a_window_survives_kills_before_verification_and_while_it_streams() {
     assert_eq!(sql(&src, "postgres", fenced), "0", "the old source takes writes again");
     assert_eq!(table_checksums(&src, "app"), table_checksums(&tgt, "app"));
     sql(&src, "app", "INSERT INTO orders (customer) VALUES (2)");
-    let left = "SELECT (SELECT count(*) FROM pg_replication_slots) \
-                + (SELECT count(*) FROM pg_publication) \
-                + (SELECT count(*) FROM pg_replication_origin)";
-    assert_eq!((sql(&src, "app", left), sql(&tgt, "app", left)), ("0".into(), "0".into()));
+    assert_eq!((leftovers(&src, "app"), leftovers(&tgt, "app")), ("0".into(), "0".into()));
 }
 
 /// Writes to `app` of `c` until `stop` is set (errors, as under a fence, ignored).
@@ -245,30 +236,16 @@ fn keep_writing(
     c: &LocalCluster,
     stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
 ) -> std::thread::JoinHandle<usize> {
-    let (psql, host, port) = (c.bin("psql"), c.host().to_string(), c.port());
-    std::thread::spawn(move || {
-        let mut ok = 0;
-        let mut i = 0;
-        while !stop.load(std::sync::atomic::Ordering::SeqCst) {
-            i += 1;
-            let statement = format!(
-                "INSERT INTO orders (customer, note) VALUES ({}, 'w{i}');
-                 UPDATE orders SET note = note || '+' WHERE id = {};
-                 DELETE FROM orders WHERE id = {};
-                 INSERT INTO events (kind) VALUES ('w{i}');",
-                i % 50,
-                i % 900 + 1,
-                i % 900 + 1000
-            );
-            let done = std::process::Command::new(&psql)
-                .args(["-h", &host, "-p", &port.to_string(), "-U", "postgres", "-d", "app"])
-                .args(["-X", "-q", "-v", "ON_ERROR_STOP=1", "-c", &statement])
-                .output()
-                .is_ok_and(|o| o.status.success());
-            ok += usize::from(done);
-            std::thread::sleep(Duration::from_millis(15));
-        }
-        ok
+    keep_writing_with(c, "app", Duration::from_millis(15), stop, |i| {
+        format!(
+            "INSERT INTO orders (customer, note) VALUES ({}, 'w{i}');
+             UPDATE orders SET note = note || '+' WHERE id = {};
+             DELETE FROM orders WHERE id = {};
+             INSERT INTO events (kind) VALUES ('w{i}');",
+            i % 50,
+            i % 900 + 1,
+            i % 900 + 1000
+        )
     })
 }
 
@@ -338,10 +315,7 @@ fn chaos_rollback_window_killed_at_seeded_moments_goes_back_with_nothing_lost() 
     assert_eq!(window_state(&dir, "wc")["cutover"]["status"], "done", "seed {seed}");
     assert_eq!(table_checksums(&src, "app"), table_checksums(&tgt, "app"), "seed {seed}");
     sql(&src, "app", "INSERT INTO orders (customer) VALUES (3)");
-    let left = "SELECT (SELECT count(*) FROM pg_replication_slots) \
-                + (SELECT count(*) FROM pg_publication) \
-                + (SELECT count(*) FROM pg_replication_origin)";
-    assert_eq!((sql(&src, "app", left), sql(&tgt, "app", left)), ("0".into(), "0".into()));
+    assert_eq!((leftovers(&src, "app"), leftovers(&tgt, "app")), ("0".into(), "0".into()));
 }
 
 /// A source with the shop and an empty target, both with logical WAL, and an online migration

@@ -256,28 +256,14 @@ fn keep_writing(
     db: &'static str,
     stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
 ) -> std::thread::JoinHandle<usize> {
-    let (psql, host, port) = (src.bin("psql"), src.host().to_string(), src.port());
-    std::thread::spawn(move || {
-        let mut done = 0;
-        let mut i = 0;
-        while !stop.load(std::sync::atomic::Ordering::SeqCst) {
-            i += 1;
-            let statement = format!(
-                "INSERT INTO {db}_rows (id, note) VALUES (nextval('{db}_ids'), 'written {i}');
-                 UPDATE {db}_rows SET note = note || '+' WHERE id = {};
-                 DELETE FROM {db}_rows WHERE id = {};",
-                i % 500 + 1,
-                i % 500 + 600
-            );
-            let ok = Command::new(&psql)
-                .args(["-h", &host, "-p", &port.to_string(), "-U", "postgres", "-d", db])
-                .args(["-X", "-q", "-v", "ON_ERROR_STOP=1", "-c", &statement])
-                .output()
-                .is_ok_and(|o| o.status.success());
-            done += usize::from(ok);
-            std::thread::sleep(std::time::Duration::from_millis(20));
-        }
-        done
+    keep_writing_with(src, db, Duration::from_millis(20), stop, move |i| {
+        format!(
+            "INSERT INTO {db}_rows (id, note) VALUES (nextval('{db}_ids'), 'written {i}');
+             UPDATE {db}_rows SET note = note || '+' WHERE id = {};
+             DELETE FROM {db}_rows WHERE id = {};",
+            i % 500 + 1,
+            i % 500 + 600
+        )
     })
 }
 

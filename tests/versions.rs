@@ -16,8 +16,8 @@ use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use crate::support::{
-    LocalCluster, TempDir, apply_output, assert_migrated, cluster_of, load_pagila, plan_yaml, poll,
-    run, sequence_values, sql, start_apply, state, wait_for, wait_streaming,
+    LocalCluster, TempDir, apply_output, assert_migrated, cluster_of, leftovers, load_pagila,
+    plan_yaml, poll, run, sequence_values, sql, start_apply, state, wait_for, wait_streaming,
 };
 
 /// What each major version added that pgtransit must read from the catalogs and recreate; the
@@ -346,10 +346,7 @@ fn pagila_rollback_window(from: u32, to: u32) {
     }
     sql(&src, "pagila", "INSERT INTO actor (first_name, last_name) VALUES ('back', 'again')");
     for c in [&src, &tgt] {
-        let left = "SELECT (SELECT count(*) FROM pg_replication_slots) \
-                    + (SELECT count(*) FROM pg_publication) \
-                    + (SELECT count(*) FROM pg_replication_origin)";
-        assert_eq!(sql(c, "pagila", left), "0", "left on PostgreSQL {}", c.port());
+        assert_eq!(leftovers(c, "pagila"), "0", "left on PostgreSQL {}", c.port());
     }
     let st = run(
         dir.path(),

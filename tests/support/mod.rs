@@ -10,8 +10,9 @@ pub use pgtransit::cluster::{ClusterOptions, LocalCluster};
 mod online;
 mod proxy;
 pub use online::{
-    apply_output, poll, rows_differ, start_apply, start_apply_with, state, state_file, stop,
-    terminate, wait_exit, wait_for, wait_identical, wait_step_running, wait_streaming,
+    apply_output, keep_writing_with, leftovers, poll, rows_differ, start_apply, start_apply_with,
+    state, state_file, stop, terminate, wait_exit, wait_for, wait_identical, wait_step_running,
+    wait_streaming,
 };
 pub use proxy::Proxy;
 

@@ -169,3 +169,40 @@ pub fn terminate(child: &mut Child) -> Option<ExitStatus> {
     }
     status
 }
+
+/// Runs `statement(i)` for i = 1, 2, ... with psql on `db` of `c`, every `pause`, until `stop` is
+/// set (errors, as under a cutover's fence, are ignored). Returns how many went through.
+pub fn keep_writing_with(
+    c: &LocalCluster,
+    db: &str,
+    pause: Duration,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    statement: impl Fn(usize) -> String + Send + 'static,
+) -> std::thread::JoinHandle<usize> {
+    let (psql, host, port, db) = (c.bin("psql"), c.host().to_string(), c.port(), db.to_string());
+    std::thread::spawn(move || {
+        let mut done = 0;
+        let mut i = 0;
+        while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+            i += 1;
+            let ok = std::process::Command::new(&psql)
+                .args(["-h", &host, "-p", &port.to_string(), "-U", "postgres", "-d", &db])
+                .args(["-X", "-q", "-v", "ON_ERROR_STOP=1", "-c", &statement(i)])
+                .output()
+                .is_ok_and(|o| o.status.success());
+            done += usize::from(ok);
+            std::thread::sleep(pause);
+        }
+        done
+    })
+}
+
+/// Slots, publications and replication origins left in `db` of `c` (0: none).
+pub fn leftovers(c: &LocalCluster, db: &str) -> String {
+    super::sql(
+        c,
+        db,
+        "SELECT (SELECT count(*) FROM pg_replication_slots) \
+         + (SELECT count(*) FROM pg_publication) + (SELECT count(*) FROM pg_replication_origin)",
+    )
+}

@@ -67,8 +67,8 @@ pub async fn plan(
 
 /// `pgtransit apply` of a migration of several databases: every database planned and shown,
 /// one confirmation, then each database applied in turn (a failure stops there; the next apply
-/// goes on from it). Online, each database streams once loaded, while the next one loads, and
-/// they are cut over together (see `super::together`).
+/// goes on from it). Online, the databases load from one pool of jobs, each streams once
+/// loaded, and they are cut over together (see `super::together`).
 pub async fn apply(
     args: &ApplyArgs,
     loaded: &LoadedMigrationPlan,

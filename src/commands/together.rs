@@ -188,8 +188,8 @@ fn spawn(
 
 /// `pgtransit apply` of an online migration of several databases, once shown and approved:
 /// each database starts once the one before is past its schema phase, their copies share one
-/// pool of `jobs`, and every one streams until stopped or cut over. One that fails stops the others (each saves its state; the next apply
-/// resumes them all).
+/// pool of `jobs`, and every one streams until stopped or cut over. One that fails stops the
+/// others (each saves its state; the next apply resumes them all).
 pub async fn apply(
     args: &ApplyArgs,
     loaded: &LoadedMigrationPlan,

@@ -14,6 +14,10 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 use tokio_postgres::Client;
 
+mod binary;
+pub use binary::{
+    BUILT_IN, KEY_TYPES, StreamColumn, binary_types, read_column_types, read_stream_columns,
+};
 mod globals;
 pub use globals::{
     APPLICATION_SETTINGS, DatabaseInfo, DatabaseProps, Membership, PasswordKind,
@@ -1059,6 +1063,9 @@ pub struct ColumnInfo {
     /// cast to a length cuts a longer value short, where assigning it fails; and `character`
     /// or `bit` alone would mean a length of 1).
     pub type_name: String,
+    /// The name of the array type of its type, the same way (empty: it has none, as an array
+    /// type has not): set-based statements pass values in binary as one of these.
+    pub array_type_name: String,
 }
 
 /// The columns of `schema.table` that hold data of their own (not dropped, not generated), in
@@ -1073,6 +1080,10 @@ pub async fn read_table_columns(
             "SELECT a.attname::text, a.attidentity = 'a', a.atttypid, \
                     (SELECT quote_ident(tn.nspname) || '.' || quote_ident(t.typname) \
                        FROM pg_type t JOIN pg_namespace tn ON tn.oid = t.typnamespace \
+                      WHERE t.oid = a.atttypid), \
+                    (SELECT quote_ident(tn.nspname) || '.' || quote_ident(at.typname) \
+                       FROM pg_type t JOIN pg_type at ON at.oid = t.typarray \
+                       JOIN pg_namespace tn ON tn.oid = at.typnamespace \
                       WHERE t.oid = a.atttypid) FROM pg_class c \
              JOIN pg_namespace n ON n.oid = c.relnamespace \
              LEFT JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum > 0 \
@@ -1092,11 +1103,13 @@ pub async fn read_table_columns(
                 let always: Option<bool> = r.get(1);
                 let type_oid: Option<u32> = r.get(2);
                 let type_name: Option<String> = r.get(3);
+                let array_type_name: Option<String> = r.get(4);
                 Some(ColumnInfo {
                     name: name?,
                     identity_always: always.unwrap_or(false),
                     type_oid: type_oid.unwrap_or(0),
                     type_name: type_name.unwrap_or_default(),
+                    array_type_name: array_type_name.unwrap_or_default(),
                 })
             })
             .collect(),

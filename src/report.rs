@@ -727,6 +727,9 @@ pub fn status(out: &mut dyn Write, st: &crate::status::Status, format: Format) -
                 st.source_lsn.as_deref().unwrap_or("?")
             )?;
         }
+        if let Some(values) = &st.values {
+            writeln!(out, "  values streamed in {values}")?;
+        }
         let ready = if st.ready_for_cutover {
             paint(GREEN, "ready for cutover: yes")
         } else {

@@ -97,6 +97,9 @@ pub struct SyncState {
     /// The source position applied on the target (committed with the changes).
     #[serde(default)]
     pub applied_lsn: Option<String>,
+    /// How the stream's values come: `binary`, or `text` with why not binary.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub values: Option<String>,
     /// The source's current WAL position, as last read.
     #[serde(default)]
     pub source_lsn: Option<String>,

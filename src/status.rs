@@ -82,6 +82,8 @@ pub struct Status {
     pub max_lag_seconds: Option<f64>,
     /// The source position applied on the target.
     pub applied_lsn: Option<String>,
+    /// How the stream's values come: `binary`, or `text` with why not binary.
+    pub values: Option<String>,
     /// The source's current position.
     pub source_lsn: Option<String>,
     /// Changes applied, all tables.
@@ -197,6 +199,7 @@ pub fn compute(
         lag_seconds: None,
         max_lag_seconds: None,
         applied_lsn: None,
+        values: None,
         source_lsn: live.source_lsn.map(crate::stream::lsn_text),
         applied: Counters::default(),
         tables: vec![],
@@ -237,6 +240,7 @@ pub fn compute(
     st.max_lag_seconds = Some(sync.max_lag_seconds);
     st.applied = sync.applied;
     st.applied_lsn = sync.applied_lsn.clone();
+    st.values = sync.values.clone();
     if sync.error.is_some() {
         st.error = sync.error.clone();
     }

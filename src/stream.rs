@@ -3,7 +3,8 @@
 //! Two young crates do the work, pinned exactly and used only here, so either can be replaced
 //! without touching the applier: `pgwire_replication` speaks the replication protocol
 //! (`CREATE_REPLICATION_SLOT`, `START_REPLICATION`, keepalives, standby status updates) and
-//! `pg_walstream` decodes pgoutput (protocol version 1, text values). The applier sees only
+//! `pg_walstream` decodes pgoutput (protocol version 1; values in text, or in binary when the
+//! stream asks for it and the source is PostgreSQL 14 or newer). The applier sees only
 //! [`ChangeSource`] and the types below.
 
 use bytes::Bytes;
@@ -33,8 +34,21 @@ pub enum Value {
     Null,
     /// A TOASTed value the update did not change: pgoutput does not send it.
     Unchanged,
-    /// The value in its text form.
+    /// The value in its text form (the type's output function).
     Text(Bytes),
+    /// The value in its binary form (the type's send function): a stream started with
+    /// [`StreamSettings::binary`].
+    Binary(Bytes),
+}
+
+impl Value {
+    /// The value's bytes, in whichever form it came; `None` for NULL and unchanged values.
+    pub fn bytes(&self) -> Option<&Bytes> {
+        match self {
+            Value::Text(b) | Value::Binary(b) => Some(b),
+            Value::Null | Value::Unchanged => None,
+        }
+    }
 }
 
 /// A decoded row, in the relation's column order.
@@ -47,6 +61,8 @@ pub struct Column {
     pub name: String,
     /// Part of the replica identity (the key updates and deletes name).
     pub key: bool,
+    /// Its type on the source (oid).
+    pub type_oid: u32,
 }
 
 /// A published table as the stream describes it (sent before its first change, and again after
@@ -193,6 +209,10 @@ pub struct StreamSettings<'a> {
     pub start: WalPos,
     /// `application_name`.
     pub application_name: &'a str,
+    /// Values in binary (`binary 'true'`, PostgreSQL 14 and later): only for tables whose every
+    /// column's type has a binary form both servers read the same (see
+    /// `catalog::read_binary_stream`).
+    pub binary: bool,
 }
 
 impl PgoutputStream {
@@ -204,7 +224,8 @@ impl PgoutputStream {
                 .with_start_lsn(Lsn(s.start))
                 .with_status_interval(std::time::Duration::from_millis(500))
                 .with_wakeup_interval(std::time::Duration::from_secs(1))
-                .with_buffer_size(16 * 1024);
+                .with_buffer_size(16 * 1024)
+                .with_binary(s.binary);
         let mut client = ReplicationClient::connect(cfg).await?;
         client.wait_started().await?;
         Ok(PgoutputStream { client, parser: LogicalReplicationParser::with_protocol_version(1) })
@@ -246,6 +267,7 @@ fn tuple(t: TupleData) -> Tuple {
         .map(|c| match c.data_type {
             b'n' => Value::Null,
             b'u' => Value::Unchanged,
+            b'b' => Value::Binary(c.into_bytes()),
             _ => Value::Text(c.into_bytes()),
         })
         .collect()
@@ -276,7 +298,7 @@ pub fn decode(parser: &mut LogicalReplicationParser, data: Bytes) -> Result<Chan
             replica_identity: replica_identity as char,
             columns: columns
                 .iter()
-                .map(|c| Column { name: c.name.to_string(), key: c.is_key() })
+                .map(|c| Column { name: c.name.to_string(), key: c.is_key(), type_oid: c.type_id })
                 .collect(),
         }),
         LogicalReplicationMessage::Insert { relation_id, tuple: t } => {

@@ -752,7 +752,8 @@ fn in_fence_plan(
 }
 
 /// A key's values in one allocation (a key is kept long, and there can be many): per value,
-/// `0` (NULL), or `1`, its length (4 bytes) and its text. `None` if a value was not sent.
+/// `0` (NULL), or `1`, its length (4 bytes) and its text. `None` if a value was not sent, or
+/// is not in text.
 fn pack<'a>(values: impl Iterator<Item = Option<&'a Value>> + Clone) -> Option<Box<[u8]>> {
     let mut out = Vec::with_capacity(
         values.clone().map(|v| if let Some(Value::Text(b)) = v { 5 + b.len() } else { 1 }).sum(),
@@ -765,7 +766,9 @@ fn pack<'a>(values: impl Iterator<Item = Option<&'a Value>> + Clone) -> Option<B
                 out.extend_from_slice(b);
             }
             Value::Null => out.push(0),
-            Value::Unchanged => return None,
+            // (Looked up in text: a key read back from binary is; one that could not be, or
+            // unchanged TOAST, leaves the table compared whole.)
+            Value::Unchanged | Value::Binary(_) => return None,
         }
     }
     Some(out.into_boxed_slice())

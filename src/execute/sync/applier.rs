@@ -67,10 +67,11 @@ fn widen(xid: u32, reference: u64) -> u64 {
     }
 }
 
-/// A statement parameter sent in text form: the server parses it with the column type's input
-/// function, exactly as pgoutput printed it with the output function.
+/// A statement parameter sent as it came: in text, which the server parses with the column
+/// type's input function, exactly as pgoutput printed it with the output function; or in
+/// binary (`true`), which it reads with the type's receive function.
 #[derive(Debug, Clone)]
-pub(crate) struct Text(Option<Bytes>);
+pub(crate) struct Text(Option<Bytes>, bool);
 
 impl ToSql for Text {
     fn to_sql(
@@ -92,42 +93,61 @@ impl ToSql for Text {
     }
 
     fn encode_format(&self, _: &Type) -> Format {
-        Format::Text
+        if self.1 { Format::Binary } else { Format::Text }
     }
 
     to_sql_checked!();
 }
 
-/// One column of many rows, as a `text[]` parameter in binary form (no quoting to get wrong):
-/// set-based statements cast each element to the column's type, with its input function.
+/// One column of many rows, as an array parameter in binary form (no quoting to get wrong):
+/// a `text[]` whose elements set-based statements cast to the column's type (its input
+/// function), or, for values that came in binary, an array of the column's own type whose
+/// elements the server reads with the type's receive function.
 #[derive(Debug, Clone)]
-pub(crate) struct TextArray(Vec<Option<Bytes>>);
+pub(crate) struct TextArray(Vec<Option<Bytes>>, bool);
 
 impl TextArray {
-    /// Column `i` of `rows`.
-    pub(crate) fn column(rows: &[Tuple], i: usize) -> TextArray {
-        TextArray(
-            rows.iter()
-                .map(|r| match &r[i] {
-                    Value::Text(b) => Some(b.clone()),
-                    Value::Null | Value::Unchanged => None,
-                })
-                .collect(),
-        )
+    /// Column `i` of `rows`, in binary when `binary` (the table's values all come so).
+    pub(crate) fn column(rows: &[Tuple], i: usize, binary: bool) -> Result<TextArray, ApplyError> {
+        let values = rows
+            .iter()
+            .map(|r| match &r[i] {
+                Value::Text(b) if !binary => Ok(Some(b.clone())),
+                Value::Binary(b) if binary => Ok(Some(b.clone())),
+                Value::Null | Value::Unchanged => Ok(None),
+                _ => Err(mixed_formats()),
+            })
+            .collect::<Result<_, _>>()?;
+        Ok(TextArray(values, binary))
     }
+}
+
+/// A value in text where the table's come in binary, or the other way round: never sent by
+/// pgoutput (the format is the stream's, for every column with a binary form).
+fn mixed_formats() -> ApplyError {
+    sync_error(
+        "a value came in text in a stream of binary values, or the other way round: run apply \
+         again (it chooses the stream's format afresh)",
+    )
 }
 
 impl ToSql for TextArray {
     fn to_sql(
         &self,
-        _: &Type,
+        ty: &Type,
         out: &mut BytesMut,
     ) -> Result<IsNull, Box<dyn StdError + Sync + Send>> {
         let int = |n: usize| i32::try_from(n).map_err(|_| "a value is too large for an array");
-        // Dimensions, whether any element is NULL, the element type (text).
+        // The element type: text, or the target's type of the column (the server checks it).
+        let element = match (self.1, ty.kind()) {
+            (false, _) => Type::TEXT.oid(),
+            (true, Kind::Array(e)) => e.oid(),
+            (true, _) => return Err(format!("binary values for a parameter of type {ty}").into()),
+        };
+        // Dimensions, whether any element is NULL, the element type.
         out.put_i32(i32::from(!self.0.is_empty()));
         out.put_i32(i32::from(self.0.iter().any(Option::is_none)));
-        out.put_u32(Type::TEXT.oid());
+        out.put_u32(element);
         if !self.0.is_empty() {
             // Length and lower bound of the one dimension.
             out.put_i32(int(self.0.len())?);
@@ -442,6 +462,14 @@ pub(crate) struct Table {
     pub(crate) type_names: Vec<String>,
     pub(crate) statements: HashMap<Shape, Statement>,
     pub(crate) mode: Mode,
+    /// Its values come in binary (the stream's format).
+    pub(crate) binary: bool,
+    /// Each column's array type's name on the target (set-based statements pass binary values
+    /// as arrays of the column's type); empty when the values come in text.
+    pub(crate) array_types: Vec<String>,
+    /// Per column, the built-in type whose binary form its values have (keys are read back
+    /// into text with it); empty when the values come in text.
+    pub(crate) bases: Vec<u32>,
 }
 
 impl Table {
@@ -464,8 +492,11 @@ impl Table {
             Shape::Insert(rows) => (0..rows * n).map(|k| of(k % n)).collect(),
             Shape::Update(set, keys) => set.iter().chain(keys).map(|&i| of(i)).collect(),
             Shape::Delete(keys) => keys.iter().map(|&i| of(i)).collect(),
-            Shape::UpdateRows(set) => vec![Type::TEXT_ARRAY; set.len() + self.key_columns().len()],
-            Shape::DeleteRows => vec![Type::TEXT_ARRAY; self.key_columns().len()],
+            // Binary: the server infers each array's type from the statement's cast.
+            Shape::UpdateRows(_) | Shape::DeleteRows if self.binary => {
+                vec![of_unknown(); self.arrays(shape)]
+            }
+            Shape::UpdateRows(_) | Shape::DeleteRows => vec![Type::TEXT_ARRAY; self.arrays(shape)],
             Shape::Copy => vec![],
         }
     }
@@ -481,23 +512,35 @@ impl Table {
             .collect()
     }
 
-    /// `SELECT` of the columns `cols` (named `v1`...) from `text[]` parameters `$1`...: each
-    /// element cast to its column's type.
+    /// The array parameters of a set-based statement.
+    fn arrays(&self, shape: &Shape) -> usize {
+        let keys = self.key_columns().len();
+        match shape {
+            Shape::UpdateRows(set) => set.len() + keys,
+            _ => keys,
+        }
+    }
+
+    /// `SELECT` of the columns `cols` (named `v1`...) from array parameters `$1`...: `text[]`
+    /// with each element cast to its column's type, or, binary, arrays of the column's type.
     fn unnest(&self, cols: &[usize]) -> String {
         let n = 1..=cols.len();
+        let (values, params): (Vec<String>, Vec<String>) = cols
+            .iter()
+            .zip(n.clone())
+            .map(|(&i, k)| {
+                if self.binary {
+                    (format!("u.v{k} AS v{k}"), format!("${k}::{}", self.array_types[i]))
+                } else {
+                    let ty = &self.type_names[i];
+                    (format!("CAST(u.v{k} AS {ty}) AS v{k}"), format!("${k}::text[]"))
+                }
+            })
+            .unzip();
         format!(
             "SELECT {} FROM unnest({}) AS u({})",
-            cols.iter()
-                .enumerate()
-                .map(|(k, &i)| format!(
-                    "CAST(u.v{} AS {}) AS v{}",
-                    k + 1,
-                    self.type_names[i],
-                    k + 1
-                ))
-                .collect::<Vec<_>>()
-                .join(", "),
-            n.clone().map(|k| format!("${k}::text[]")).collect::<Vec<_>>().join(", "),
+            values.join(", "),
+            params.join(", "),
             n.map(|k| format!("v{k}")).collect::<Vec<_>>().join(", "),
         )
     }
@@ -581,9 +624,10 @@ impl Table {
             // (COPY writes identity columns as given, as OVERRIDING SYSTEM VALUE does; it fires
             // no rule, and a table with a rule that fires for replicated rows is not copied.)
             Shape::Copy => format!(
-                "COPY {} ({}) FROM STDIN",
+                "COPY {} ({}) FROM STDIN{}",
                 self.name_sql,
-                (0..self.rel.columns.len()).map(col).collect::<Vec<_>>().join(", ")
+                (0..self.rel.columns.len()).map(col).collect::<Vec<_>>().join(", "),
+                if self.binary { " (FORMAT binary)" } else { "" }
             ),
             Shape::DeleteRows => format!(
                 "DELETE FROM ONLY {} AS x USING ({}) AS v WHERE {}",
@@ -597,16 +641,191 @@ impl Table {
 
 pub(crate) fn text(v: &Value) -> Text {
     match v {
-        Value::Text(b) => Text(Some(b.clone())),
-        Value::Null | Value::Unchanged => Text(None),
+        Value::Text(b) => Text(Some(b.clone()), false),
+        Value::Binary(b) => Text(Some(b.clone()), true),
+        Value::Null | Value::Unchanged => Text(None, false),
     }
+}
+
+/// A signed integer of 2, 4 or 8 bytes in binary (big-endian).
+fn binary_int(b: &[u8]) -> Option<i64> {
+    Some(match b.len() {
+        2 => i16::from_be_bytes(b.try_into().ok()?).into(),
+        4 => i32::from_be_bytes(b.try_into().ok()?).into(),
+        8 => i64::from_be_bytes(b.try_into().ok()?),
+        _ => return None,
+    })
+}
+
+/// A key value in text as the type's output function writes it, from its binary form (`base`:
+/// the built-in type it has, one of `catalog::KEY_TYPES`); left as it is when it cannot be.
+pub(crate) fn key_text(v: &Value, base: u32) -> Value {
+    let Value::Binary(b) = v else { return v.clone() };
+    let text = match base {
+        16 if b.len() == 1 => Some(if b[0] != 0 { "t".to_string() } else { "f".to_string() }),
+        20 | 21 | 23 => binary_int(b).map(|n| n.to_string()),
+        26 => <[u8; 4]>::try_from(&b[..]).ok().map(|o| u32::from_be_bytes(o).to_string()),
+        2950 if b.len() == 16 => {
+            let h: String = b.iter().map(|x| format!("{x:02x}")).collect();
+            Some(format!("{}-{}-{}-{}-{}", &h[..8], &h[8..12], &h[12..16], &h[16..20], &h[20..]))
+        }
+        // text, name, bpchar, varchar: the same characters in both forms.
+        25 | 19 | 1042 | 1043 => return Value::Text(b.clone()),
+        1082 => <[u8; 4]>::try_from(&b[..]).ok().map(|d| date_text(i32::from_be_bytes(d))),
+        1114 | 1184 => <[u8; 8]>::try_from(&b[..])
+            .ok()
+            .map(|t| timestamp_text(i64::from_be_bytes(t), if base == 1184 { "+00" } else { "" })),
+        1700 => numeric_text(b),
+        _ => None,
+    };
+    text.map_or_else(|| v.clone(), |t| Value::Text(Bytes::from(t)))
+}
+
+/// A year, month and day from days since 2000-01-01 (the proleptic Gregorian calendar, years
+/// astronomical: 0 is 1 BC).
+fn civil(days: i64) -> (i64, u32, u32) {
+    let z = days + 730_425; // 2000-01-01 is day 730,425 after 0000-03-01
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    (year, month, day)
+}
+
+/// `YYYY-MM-DD` of a year (astronomical), and the ` BC` that goes at the end of the text.
+fn ymd(year: i64, month: u32, day: u32) -> (String, &'static str) {
+    let (shown, era) = if year <= 0 { (1 - year, " BC") } else { (year, "") };
+    (format!("{shown:04}-{month:02}-{day:02}"), era)
+}
+
+/// A `date` (days since 2000-01-01) as `DateStyle = ISO` writes it.
+fn date_text(days: i32) -> String {
+    match days {
+        i32::MAX => "infinity".into(),
+        i32::MIN => "-infinity".into(),
+        d => {
+            let (date, era) = ymd_of(i64::from(d));
+            format!("{date}{era}")
+        }
+    }
+}
+
+fn ymd_of(days: i64) -> (String, &'static str) {
+    let (y, m, d) = civil(days);
+    ymd(y, m, d)
+}
+
+/// A `timestamp` (microseconds since 2000-01-01) as `DateStyle = ISO` writes it, `zone` after
+/// the time (`+00`: a `timestamptz`, in UTC).
+fn timestamp_text(us: i64, zone: &str) -> String {
+    match us {
+        i64::MAX => "infinity".into(),
+        i64::MIN => "-infinity".into(),
+        us => {
+            let (days, rest) = (us.div_euclid(86_400_000_000), us.rem_euclid(86_400_000_000));
+            let (date, era) = ymd_of(days);
+            let (secs, micros) = (rest / 1_000_000, rest % 1_000_000);
+            let fraction = if micros == 0 {
+                String::new()
+            } else {
+                format!(".{micros:06}").trim_end_matches('0').to_string()
+            };
+            format!(
+                "{date} {:02}:{:02}:{:02}{fraction}{zone}{era}",
+                secs / 3600,
+                secs / 60 % 60,
+                secs % 60
+            )
+        }
+    }
+}
+
+/// A `numeric` in binary (digit count, weight, sign, display scale, base-10000 digits) as
+/// text.
+fn numeric_text(b: &[u8]) -> Option<String> {
+    let word = |i: usize| b.get(i..i + 2).map(|w| u16::from_be_bytes([w[0], w[1]]));
+    let (ndigits, weight, sign, dscale) =
+        (word(0)? as usize, word(2)? as i16 as i64, word(4)?, word(6)? as usize);
+    let digits: Vec<u16> = (0..ndigits).map(|k| word(8 + 2 * k)).collect::<Option<_>>()?;
+    match sign {
+        0xC000 => return Some("NaN".into()),
+        0xD000 => return Some("Infinity".into()),
+        0xF000 => return Some("-Infinity".into()),
+        0x0000 | 0x4000 => {}
+        _ => return None,
+    }
+    // The base-10000 digit of weight w (10000^w): digits[weight - w], 0 beyond them.
+    let at =
+        |w: i64| usize::try_from(weight - w).ok().and_then(|k| digits.get(k)).map_or(0, |d| *d);
+    let mut out = String::new();
+    if sign == 0x4000 {
+        out.push('-');
+    }
+    if weight < 0 {
+        out.push('0');
+    } else {
+        out.push_str(&at(weight).to_string());
+        for w in (0..weight).rev() {
+            out.push_str(&format!("{:04}", at(w)));
+        }
+    }
+    if dscale > 0 {
+        let mut fraction = String::new();
+        let mut w = -1;
+        while fraction.len() < dscale {
+            fraction.push_str(&format!("{:04}", at(w)));
+            w -= 1;
+        }
+        out.push('.');
+        out.push_str(&fraction[..dscale]);
+    }
+    Some(out)
+}
+
+/// A parameter type left to the server to infer (from the statement's cast).
+fn of_unknown() -> Type {
+    Type::new(String::new(), 0, Kind::Simple, String::new())
+}
+
+/// Rows in `COPY`'s binary format: the header, per row the number of values and each value's
+/// length (-1: NULL) and bytes as its send function wrote them, and the trailer.
+pub(crate) fn copy_binary(rows: &[Tuple]) -> Result<Bytes, ApplyError> {
+    let mut out = BytesMut::with_capacity(
+        21 + rows.iter().flatten().map(|v| 4 + v.bytes().map_or(0, Bytes::len)).sum::<usize>()
+            + 2 * rows.len(),
+    );
+    out.extend_from_slice(b"PGCOPY\n\xff\r\n\0");
+    out.put_i32(0); // flags
+    out.put_i32(0); // header extension
+    for row in rows {
+        out.put_i16(i16::try_from(row.len()).map_err(|_| sync_error("too many columns"))?);
+        for v in row {
+            match v {
+                Value::Binary(b) => {
+                    out.put_i32(
+                        i32::try_from(b.len()).map_err(|_| sync_error("a value too large"))?,
+                    );
+                    out.extend_from_slice(b);
+                }
+                // (An insert always has every value.)
+                Value::Null | Value::Unchanged => out.put_i32(-1),
+                Value::Text(_) => return Err(mixed_formats()),
+            }
+        }
+    }
+    out.put_i16(-1);
+    Ok(out.freeze())
 }
 
 /// Rows in `COPY`'s text format: tab between values, `\N` for NULL, and a backslash before
 /// what would end a value or a row.
-pub(crate) fn copy_text(rows: &[Tuple]) -> Bytes {
+pub(crate) fn copy_text(rows: &[Tuple]) -> Result<Bytes, ApplyError> {
     let mut out = BytesMut::with_capacity(
-        rows.iter().flatten().map(|v| if let Value::Text(b) = v { b.len() + 1 } else { 3 }).sum(),
+        rows.iter().flatten().map(|v| v.bytes().map_or(3, |b| b.len() + 1)).sum(),
     );
     for row in rows {
         for (i, v) in row.iter().enumerate() {
@@ -635,11 +854,12 @@ pub(crate) fn copy_text(rows: &[Tuple]) -> Bytes {
                 }
                 // (An insert always has every value.)
                 Value::Null | Value::Unchanged => out.extend_from_slice(b"\\N"),
+                Value::Binary(_) => return Err(mixed_formats()),
             }
         }
         out.put_u8(b'\n');
     }
-    out.freeze()
+    Ok(out.freeze())
 }
 
 /// A catalog read's failure: the connection lost, or an error of the stream.
@@ -705,6 +925,9 @@ pub(crate) struct Applier<'a> {
     pub(crate) ignore_origin: Option<String>,
     /// The current source transaction comes from `ignore_origin`.
     pub(crate) from_ignored_origin: bool,
+    /// The stream's values come in binary: each published column type (source oid) with the
+    /// built-in type whose binary form its values have (`catalog::binary_types`).
+    pub(crate) binary: Option<Arc<HashMap<u32, u32>>>,
 }
 
 impl<'a> Applier<'a> {
@@ -900,9 +1123,18 @@ impl<'a> Applier<'a> {
             rel.columns.iter().map(|c| columns.iter().find(|t| t.name == c.name)).collect();
         let identity_always =
             on_target.iter().map(|t| t.is_some_and(|t| t.identity_always)).collect();
-        let types = on_target.iter().map(|t| t.map_or(0, |t| t.type_oid)).collect();
+        let types: Vec<u32> = on_target.iter().map(|t| t.map_or(0, |t| t.type_oid)).collect();
         let type_names =
             on_target.iter().map(|t| t.map_or(String::new(), |t| t.type_name.clone())).collect();
+        let bases = self.binary_bases(&display, &rel, &types)?;
+        let array_types: Vec<String> = if self.binary.is_some() {
+            on_target
+                .iter()
+                .map(|t| t.map_or(String::new(), |t| t.array_type_name.clone()))
+                .collect()
+        } else {
+            vec![]
+        };
         let full = rel.replica_identity == 'f';
         let key: Vec<String> = if full {
             vec![]
@@ -921,6 +1153,14 @@ impl<'a> Applier<'a> {
             .casts
             .clone()
             .or_else(|| (!typed).then(|| "a column of a type not found".to_string()))
+            .or_else(|| {
+                // (An array's values cannot be one element each of a parameter in binary.)
+                array_types.iter().any(String::is_empty).then(|| {
+                    "its values come in binary and a column's type has no array type (an \
+                     array, say)"
+                        .to_string()
+                })
+            })
             .or_else(|| order.across_keys.clone());
         let mode = if let Some(why) = &order.fires {
             tracing::info!(
@@ -949,10 +1189,42 @@ impl<'a> Applier<'a> {
                 type_names,
                 statements: HashMap::new(),
                 mode,
+                binary: self.binary.is_some(),
+                bases,
+                array_types,
                 rel,
             },
         );
         Ok(())
+    }
+
+    /// For a stream in binary, each column's built-in type (see [`Table::bases`]). A column
+    /// whose type the stream was not started for (added since), or whose built-in type differs
+    /// on the target, cannot be read in binary: the stream starts again, its format chosen
+    /// afresh from both servers' catalogs.
+    fn binary_bases(
+        &self,
+        display: &str,
+        rel: &Relation,
+        target_types: &[u32],
+    ) -> Result<Vec<u32>, ApplyError> {
+        let Some(types) = &self.binary else { return Ok(vec![]) };
+        rel.columns
+            .iter()
+            .zip(target_types)
+            .map(|(c, &on_target)| match types.get(&c.type_oid) {
+                Some(&base)
+                    if c.type_oid >= crate::catalog::BUILT_IN || c.type_oid == on_target =>
+                {
+                    Ok(base)
+                }
+                _ => Err(ApplyError::ConnectionLost(format!(
+                    "column {} of {display} has a type the stream's binary values were not \
+                     chosen for: streaming again",
+                    c.name
+                ))),
+            })
+            .collect()
     }
 
     pub(crate) async fn statement(
@@ -1032,6 +1304,7 @@ impl<'a> Applier<'a> {
         {
             let by_key = |r: &Tuple| match &r[k] {
                 Value::Text(b) => std::str::from_utf8(b).ok().and_then(|s| s.parse::<i64>().ok()),
+                Value::Binary(b) => binary_int(b),
                 _ => None,
             };
             f.deletes.sort_by_cached_key(by_key);
@@ -1039,25 +1312,29 @@ impl<'a> Applier<'a> {
                 rows.sort_by_cached_key(by_key);
             }
         }
-        let arrays = |rows: &[Tuple], cols: &[usize]| -> Vec<TextArray> {
-            cols.iter().map(|&i| TextArray::column(rows, i)).collect()
+        let binary = t.binary;
+        let arrays = |rows: &[Tuple], cols: &[usize]| -> Result<Vec<TextArray>, ApplyError> {
+            cols.iter().map(|&i| TextArray::column(rows, i, binary)).collect()
         };
         if !f.deletes.is_empty() {
+            let params = arrays(&f.deletes, &keys)?;
             let stmt = self.statement(rel, Shape::DeleteRows).await?;
             let expect = Some((display.clone(), f.deletes.len() as u64));
-            self.pipe.execute_rows(&stmt, arrays(&f.deletes, &keys), expect).await.map_err(pg)?;
+            self.pipe.execute_rows(&stmt, params, expect).await.map_err(pg)?;
             self.count_statement(&display);
         }
         for (set, rows) in f.updates {
             let cols: Vec<usize> = set.iter().chain(&keys).copied().collect();
+            let params = arrays(&rows, &cols)?;
             let stmt = self.statement(rel, Shape::UpdateRows(set)).await?;
             let expect = Some((display.clone(), rows.len() as u64));
-            self.pipe.execute_rows(&stmt, arrays(&rows, &cols), expect).await.map_err(pg)?;
+            self.pipe.execute_rows(&stmt, params, expect).await.map_err(pg)?;
             self.count_statement(&display);
         }
         if !f.inserts.is_empty() {
+            let rows = if binary { copy_binary(&f.inserts)? } else { copy_text(&f.inserts)? };
             let stmt = self.statement(rel, Shape::Copy).await?;
-            self.pipe.copy(&stmt, copy_text(&f.inserts)).await.map_err(pg)?;
+            self.pipe.copy(&stmt, rows).await.map_err(pg)?;
             self.count_statement(&display);
         }
         Ok(())
@@ -1130,6 +1407,23 @@ impl<'a> Applier<'a> {
         let columns = || {
             keys.iter().map(|&i| (t.rel.columns[i].name.clone(), t.type_names[i].clone())).collect()
         };
+        if t.binary && !keys.is_empty() {
+            // Keys are kept, and looked up, in text: read back from binary (a key that cannot
+            // be stays binary, and the table is then compared whole).
+            let texts: Vec<Tuple> = tuples
+                .iter()
+                .map(|row| keys.iter().map(|&i| key_text(&row[i], t.bases[i])).collect())
+                .collect();
+            let positions: Vec<usize> = (0..keys.len()).collect();
+            touched.lock().expect("touched lock").record(
+                &t.display,
+                columns,
+                &positions,
+                &texts.iter().collect::<Vec<_>>(),
+                self.final_lsn,
+            );
+            return;
+        }
         touched.lock().expect("touched lock").record(
             &t.display,
             columns,
@@ -1357,8 +1651,8 @@ mod tests {
                 name: "T".into(),
                 replica_identity: if full { 'f' } else { 'd' },
                 columns: vec![
-                    crate::stream::Column { name: "id".into(), key: true },
-                    crate::stream::Column { name: "note".into(), key: full },
+                    crate::stream::Column { name: "id".into(), key: true, type_oid: 23 },
+                    crate::stream::Column { name: "note".into(), key: full, type_oid: 16385 },
                 ],
             },
             name_sql: r#"s."T""#.into(),
@@ -1370,6 +1664,9 @@ mod tests {
             type_names: vec!["integer".into(), "s.mood".into()],
             statements: HashMap::new(),
             mode: if full { Mode::Inserts } else { Mode::ByKey },
+            binary: false,
+            bases: vec![],
+            array_types: vec![],
         }
     }
 
@@ -1409,7 +1706,7 @@ mod tests {
             vec![Value::Text("1".into()), Value::Text("a\tb\\c\nd\re".into())],
             vec![Value::Text("2".into()), Value::Null],
         ];
-        assert_eq!(&copy_text(&rows)[..], b"1\ta\\tb\\\\c\\nd\\re\n2\t\\N\n");
+        assert_eq!(&copy_text(&rows).unwrap()[..], b"1\ta\\tb\\\\c\\nd\\re\n2\t\\N\n");
         assert_eq!(
             t.sql(&Shape::UpdateRows(vec![1])),
             r#"UPDATE ONLY s."T" AS x SET "note" = v.v1 FROM (SELECT CAST(u.v1 AS s.mood) AS v1, CAST(u.v2 AS integer) AS v2 FROM unnest($1::text[], $2::text[]) AS u(v1, v2)) AS v WHERE x."id" = v.v2"#

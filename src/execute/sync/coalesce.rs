@@ -20,6 +20,8 @@
 
 use std::collections::HashMap;
 
+use bytes::Bytes;
+
 use crate::stream::{Tuple, Value};
 
 /// A row's net change within the batch.
@@ -70,23 +72,20 @@ pub(crate) struct Batch {
 
 /// A tuple's approximate size in memory.
 fn size(t: &Tuple) -> usize {
-    t.iter().map(|v| 32 + if let Value::Text(b) = v { b.len() } else { 0 }).sum::<usize>() + 24
+    t.iter().map(|v| 32 + v.bytes().map_or(0, Bytes::len)).sum::<usize>() + 24
 }
 
 /// The tuple's values copied into one allocation: as received, each is a slice of the block
 /// its message came in, which a value kept for the whole batch would keep alive.
 fn compact(mut t: Tuple) -> Tuple {
-    let mut all = bytes::BytesMut::with_capacity(
-        t.iter().map(|v| if let Value::Text(b) = v { b.len() } else { 0 }).sum(),
-    );
-    for v in &t {
-        if let Value::Text(b) = v {
-            all.extend_from_slice(b);
-        }
+    let mut all =
+        bytes::BytesMut::with_capacity(t.iter().map(|v| v.bytes().map_or(0, Bytes::len)).sum());
+    for b in t.iter().filter_map(Value::bytes) {
+        all.extend_from_slice(b);
     }
     let mut all = all.freeze();
     for v in &mut t {
-        if let Value::Text(b) = v {
+        if let Value::Text(b) | Value::Binary(b) = v {
             *b = all.split_to(b.len());
         }
     }

@@ -87,7 +87,7 @@ pub async fn stream(
         ..Heartbeats::default()
     }));
     let prefix = crate::naming::message_prefix(slot);
-    let (heartbeat, heartbeat_session, slot_flushed) = {
+    let (heartbeat, heartbeat_session, slot_flushed, (binary, values)) = {
         let source =
             crate::conn::connect_with(&servers.source, "pgtransit/heartbeat", &servers.policy)
                 .await?;
@@ -102,6 +102,7 @@ pub async fn stream(
         // (Failing to read it right after connecting is most likely the server going away.)
         let baseline =
             schema_of(&source, version, scope).await.map_err(ApplyError::ConnectionLost)?;
+        let values = values_format(&source, version, &target, publication, tables).await?;
         // The walsender of a stream this process lost still holds the slot: ended first.
         // (Kept until this stream's own replaces it: a failure here tries again next time.)
         let previous = ctx.sessions.walsender.lock().expect("sessions lock").clone();
@@ -115,8 +116,9 @@ pub async fn stream(
             watch(source, slot, version, baseline, scope, live, prefix, drift_every, walsender)
                 .await
         });
-        (task, session, slot_flushed)
+        (task, session, slot_flushed, values)
     };
+    sync.values = Some(values);
     struct AbortOnDrop(tokio::task::JoinHandle<()>);
     impl Drop for AbortOnDrop {
         fn drop(&mut self) {
@@ -140,6 +142,7 @@ pub async fn stream(
         publication,
         start,
         application_name: "pgtransit/sync",
+        binary: binary.is_some(),
     })
     .await
     .map_err(|e| {
@@ -183,6 +186,7 @@ pub async fn stream(
         rate_sample: None,
         ignore_origin: ctx.spec.rollback_of.as_deref().map(crate::naming::origin_name),
         from_ignored_origin: false,
+        binary: binary.map(Arc::new),
     };
     // The watchdog: a server that stops answering on a connection still open would hold the
     // applier forever.
@@ -208,6 +212,47 @@ pub async fn stream(
     ctx.state_dir.save(state)?;
     let _ = tokio::time::timeout(Duration::from_secs(5), stream.stop()).await;
     result
+}
+
+/// Whether the stream's values come in binary: both servers PostgreSQL 14 or later, the target
+/// of the source's major or a later one, and every published column of a type whose binary form
+/// both read the same (`catalog::binary_types`). `Some`: the types, for the applier. Recorded
+/// in the state (`status` shows it) and logged, with why not.
+async fn values_format(
+    source: &tokio_postgres::Client,
+    version: i32,
+    target: &tokio_postgres::Client,
+    publication: &str,
+    tables: &[StreamTable],
+) -> Result<(Option<HashMap<u32, u32>>, String), ApplyError> {
+    let target_version: i32 = target
+        .query_one("SELECT current_setting('server_version_num')::int", &[])
+        .await
+        .map_err(pg)?
+        .get(0);
+    let lost = |e: crate::catalog::CatalogError| ApplyError::ConnectionLost(e.to_string());
+    let decided = if version < 140000 {
+        Err("the source is older than PostgreSQL 14".to_string())
+    } else if target_version / 10000 < version / 10000 {
+        Err("the target is of an older major version".to_string())
+    } else {
+        let columns =
+            crate::catalog::read_stream_columns(source, publication).await.map_err(lost)?;
+        let names: Vec<(String, String)> =
+            tables.iter().map(|t| (t.schema.clone(), t.table.clone())).collect();
+        let on_target = crate::catalog::read_column_types(target, &names).await.map_err(lost)?;
+        crate::catalog::binary_types(&columns, &on_target)
+    };
+    Ok(match decided {
+        Ok(types) => {
+            tracing::info!("values streamed in binary");
+            (Some(types), "binary".to_string())
+        }
+        Err(why) => {
+            tracing::info!(why = why.as_str(), "values streamed in text");
+            (None, format!("text ({why})"))
+        }
+    })
 }
 
 /// Where the slot's stream begins (its confirmed position; 0 when it cannot be read): before

@@ -511,6 +511,10 @@ pub struct EarlierSessions {
     pub(crate) walsender: Arc<std::sync::Mutex<Option<Session>>>,
     /// The load workers' target sessions.
     pub(crate) load: std::sync::Mutex<Vec<Session>>,
+    /// A stream of an earlier attempt met a column its binary values were not chosen for (a
+    /// table or type that came since, or an older version of a table the stream decodes): the
+    /// next ones stream in text.
+    pub(crate) text_values: std::sync::atomic::AtomicBool,
 }
 
 /// Runs `work` again after a lost connection, with backoff, for `--retry-for` (see

@@ -1200,8 +1200,7 @@ impl<'a> Applier<'a> {
 
     /// For a stream in binary, each column's built-in type (see [`Table::bases`]). A column
     /// whose type the stream was not started for (added since), or whose built-in type differs
-    /// on the target, cannot be read in binary: the stream starts again, its format chosen
-    /// afresh from both servers' catalogs.
+    /// on the target, cannot be read in binary: the stream starts again, in text.
     fn binary_bases(
         &self,
         display: &str,
@@ -1218,11 +1217,14 @@ impl<'a> Applier<'a> {
                 {
                     Ok(base)
                 }
-                _ => Err(ApplyError::ConnectionLost(format!(
-                    "column {} of {display} has a type the stream's binary values were not \
-                     chosen for: streaming again",
-                    c.name
-                ))),
+                _ => {
+                    self.ctx.sessions.text_values.store(true, std::sync::atomic::Ordering::SeqCst);
+                    Err(ApplyError::ConnectionLost(format!(
+                        "column {} of {display} has a type the stream's binary values were not \
+                         chosen for: streaming again, in text",
+                        c.name
+                    )))
+                }
             })
             .collect()
     }

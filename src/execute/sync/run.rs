@@ -102,7 +102,9 @@ pub async fn stream(
         // (Failing to read it right after connecting is most likely the server going away.)
         let baseline =
             schema_of(&source, version, scope).await.map_err(ApplyError::ConnectionLost)?;
-        let values = values_format(&source, version, &target, publication, tables).await?;
+        let text_only = ctx.sessions.text_values.load(std::sync::atomic::Ordering::SeqCst);
+        let values =
+            values_format(&source, version, &target, publication, tables, text_only).await?;
         // The walsender of a stream this process lost still holds the slot: ended first.
         // (Kept until this stream's own replaces it: a failure here tries again next time.)
         let previous = ctx.sessions.walsender.lock().expect("sessions lock").clone();
@@ -224,6 +226,7 @@ async fn values_format(
     target: &tokio_postgres::Client,
     publication: &str,
     tables: &[StreamTable],
+    text_only: bool,
 ) -> Result<(Option<HashMap<u32, u32>>, String), ApplyError> {
     let target_version: i32 = target
         .query_one("SELECT current_setting('server_version_num')::int", &[])
@@ -231,7 +234,9 @@ async fn values_format(
         .map_err(pg)?
         .get(0);
     let lost = |e: crate::catalog::CatalogError| ApplyError::ConnectionLost(e.to_string());
-    let decided = if version < 140000 {
+    let decided = if text_only {
+        Err("an earlier stream of this run met a column it did not expect".to_string())
+    } else if version < 140000 {
         Err("the source is older than PostgreSQL 14".to_string())
     } else if target_version / 10000 < version / 10000 {
         Err("the target is of an older major version".to_string())

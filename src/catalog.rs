@@ -16,7 +16,8 @@ use tokio_postgres::Client;
 
 mod binary;
 pub use binary::{
-    BUILT_IN, KEY_TYPES, StreamColumn, binary_types, read_column_types, read_stream_columns,
+    BUILT_IN, KEY_TYPES, OID_ALIASES, StreamColumn, binary_types, read_column_types,
+    read_stream_columns,
 };
 mod globals;
 pub use globals::{
@@ -985,6 +986,8 @@ SELECT c.oid,
        NOT EXISTS (SELECT 1 FROM pg_attribute a JOIN pg_type t ON t.oid = a.atttypid
                    WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped
                      AND (t.oid >= 16384 OR t.typelem >= 16384
+                          OR t.oid = ANY ('{{{aliases}}}'::oid[])
+                          OR t.typelem = ANY ('{{{aliases}}}'::oid[])
                           OR t.typsend::oid = 0 OR t.typreceive::oid = 0
                           OR EXISTS (SELECT 1 FROM pg_type e WHERE e.oid = t.typelem
                                      AND (e.typsend::oid = 0 OR e.typreceive::oid = 0)))),
@@ -1017,6 +1020,7 @@ WHERE c.relkind IN ('r', 'p', 'f', 'v', 'm', 'S')
 ORDER BY n.nspname, c.relname",
         grantees_relacl = grantees("c.relacl"),
         extension_rel = extension_of("pg_class", "c.oid"),
+        aliases = binary::OID_ALIASES.iter().map(u32::to_string).collect::<Vec<_>>().join(","),
     )
 }
 
@@ -1066,6 +1070,9 @@ pub struct ColumnInfo {
     /// The name of the array type of its type, the same way (empty: it has none, as an array
     /// type has not): set-based statements pass values in binary as one of these.
     pub array_type_name: String,
+    /// The built-in type whose binary form its values have: its type under every domain, `text`
+    /// (25) for an enum (see `catalog::binary_types`).
+    pub binary_base: u32,
 }
 
 /// The columns of `schema.table` that hold data of their own (not dropped, not generated), in
@@ -1084,7 +1091,15 @@ pub async fn read_table_columns(
                     (SELECT quote_ident(tn.nspname) || '.' || quote_ident(at.typname) \
                        FROM pg_type t JOIN pg_type at ON at.oid = t.typarray \
                        JOIN pg_namespace tn ON tn.oid = at.typnamespace \
-                      WHERE t.oid = a.atttypid) FROM pg_class c \
+                      WHERE t.oid = a.atttypid), \
+                    (WITH RECURSIVE d(oid, typtype, base) AS ( \
+                         SELECT t.oid, t.typtype, t.typbasetype FROM pg_type t \
+                         WHERE t.oid = a.atttypid \
+                       UNION ALL \
+                         SELECT t.oid, t.typtype, t.typbasetype FROM d \
+                         JOIN pg_type t ON t.oid = d.base WHERE d.typtype = 'd') \
+                     SELECT CASE typtype WHEN 'e' THEN 25 ELSE oid END FROM d \
+                     WHERE typtype <> 'd') FROM pg_class c \
              JOIN pg_namespace n ON n.oid = c.relnamespace \
              LEFT JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum > 0 \
                   AND NOT a.attisdropped AND a.attgenerated = '' \
@@ -1104,12 +1119,14 @@ pub async fn read_table_columns(
                 let type_oid: Option<u32> = r.get(2);
                 let type_name: Option<String> = r.get(3);
                 let array_type_name: Option<String> = r.get(4);
+                let binary_base: Option<u32> = r.get(5);
                 Some(ColumnInfo {
                     name: name?,
                     identity_always: always.unwrap_or(false),
                     type_oid: type_oid.unwrap_or(0),
                     type_name: type_name.unwrap_or_default(),
                     array_type_name: array_type_name.unwrap_or_default(),
+                    binary_base: binary_base.unwrap_or(0),
                 })
             })
             .collect(),

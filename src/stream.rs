@@ -211,7 +211,7 @@ pub struct StreamSettings<'a> {
     pub application_name: &'a str,
     /// Values in binary (`binary 'true'`, PostgreSQL 14 and later): only for tables whose every
     /// column's type has a binary form both servers read the same (see
-    /// `catalog::read_binary_stream`).
+    /// `catalog::binary_types`).
     pub binary: bool,
 }
 

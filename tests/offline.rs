@@ -266,6 +266,7 @@ fn apply_of_a_fresh_plan_without_a_terminal_needs_auto_approve() {
 /// Nasty values, twice: `builtin` has built-in types only (copied in binary), `typed` has the same
 /// columns plus a user-defined enum (copied as text). Both must arrive identical.
 const NASTY: &str = r#"
+CREATE TABLE burn_oids (id int); DROP TABLE burn_oids;
 CREATE TYPE mood AS ENUM ('ok', 'meh');
 CREATE TYPE pair AS (a int, b text);
 CREATE TABLE builtin (
@@ -281,6 +282,8 @@ INSERT INTO builtin VALUES
      NULL, '\x', 'null', E'tab\there\nnewline\\backslash', '0', NULL),
     (3, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL);
 INSERT INTO typed SELECT *, 'meh', ROW(id, 'x,y')::pair, '{ok,meh}' FROM builtin;
+CREATE TABLE refs (id int PRIMARY KEY, r regclass, t regtype, c regconfig, rs regclass[]);
+INSERT INTO refs VALUES (1, 'typed', 'mood', 'english', '{builtin,typed}');
 "#;
 
 #[test]
@@ -298,11 +301,17 @@ fn binary_and_text_copies_give_identical_rows_for_nasty_values() {
     };
     assert!(sql_of("load:table:public.builtin").contains("(FORMAT binary, FREEZE)"));
     assert!(sql_of("load:table:public.typed").contains("FROM STDIN (FREEZE)"));
+    // A reg* value's binary form is the object's oid on the source: copied in text (names).
+    assert!(sql_of("load:table:public.refs").contains("FROM STDIN (FREEZE)"));
     let out = run(dir.path(), &["apply", &f, "--auto-approve"]);
     assert_eq!(out.code, 0, "{out:?}");
     assert_migrated(&src, &tgt, "app");
     // The TOASTed value arrived whole, and rows were written frozen.
     assert_eq!(sql(&tgt, "app", "SELECT length(big) FROM builtin WHERE id = 1"), "900000");
+    assert_eq!(
+        sql(&tgt, "app", "SELECT r::text || ' ' || t::text || ' ' || rs::text FROM refs"),
+        "typed mood {builtin,typed}"
+    );
     sql(&tgt, "app", "CREATE EXTENSION pg_visibility");
     for t in ["builtin", "typed"] {
         assert_eq!(

@@ -1251,7 +1251,7 @@ fn streamed_changes_to_inheritance_parents_and_composite_keys_reach_exactly_thei
     // A composite's binary form names the source's type oids: the stream stays in text.
     let st = run(dir.path(), &["status", &plan, "--format", "json"]).json();
     let values = st["values"].as_str().unwrap_or_default();
-    assert!(values.starts_with("text (column public.comp.k of type pair"), "{st}");
+    assert!(values.starts_with("text (column public.comp.k of type public.pair"), "{st}");
     assert!(run(dir.path(), &["status", &plan]).stdout.contains("values streamed in text ("));
     assert_eq!(stop(&mut child), 0, "{}", apply_output(&dir));
     let out = run(dir.path(), &["cutover", &plan, "--auto-approve"]);

@@ -23,7 +23,8 @@ pub struct StreamColumn {
     pub column: String,
     /// Its declared type (a domain stays a domain here: pgoutput names this oid).
     pub type_oid: u32,
-    /// The declared type's name.
+    /// The declared type's name, `schema.name` (quoted where needed; whatever the
+    /// `search_path`).
     pub type_name: String,
     /// Part of the replica identity's key (primary key or identity index).
     pub key: bool,
@@ -39,6 +40,8 @@ pub struct StreamColumn {
     pub elem: u32,
     /// `typtype` of `elem`.
     pub elem_typtype: char,
+    /// `elem` has binary send and receive functions (true when there is no `elem`).
+    pub elem_has_send: bool,
 }
 
 /// Every column of every table of `publication`.
@@ -65,9 +68,12 @@ pub async fn read_stream_columns(
                  SELECT cols.col, cols.typ, t.typbasetype, cols.is_key \
                  FROM cols JOIN pg_type t ON t.oid = cols.base AND t.typtype = 'd' \
              ) \
-             SELECT cols.col, cols.typ, format_type(cols.typ, NULL), cols.is_key, t.oid, \
-                    t.typtype::text, t.typsend <> 0, t.typcategory::text, t.typelem, \
-                    coalesce(e.typtype::text, '') \
+             SELECT cols.col, cols.typ, \
+                    (SELECT format('%I.%I', tn.nspname, d.typname) FROM pg_type d \
+                       JOIN pg_namespace tn ON tn.oid = d.typnamespace WHERE d.oid = cols.typ), \
+                    cols.is_key, t.oid, t.typtype::text, t.typsend <> 0 AND t.typreceive <> 0, \
+                    t.typcategory::text, t.typelem, coalesce(e.typtype::text, ''), \
+                    coalesce(e.typsend <> 0 AND e.typreceive <> 0, true) \
              FROM cols JOIN pg_type t ON t.oid = cols.base \
              LEFT JOIN pg_type e ON e.oid = t.typelem \
              WHERE t.typtype <> 'd' \
@@ -90,12 +96,13 @@ pub async fn read_stream_columns(
             category: ch(r.get(7)),
             elem: r.get(8),
             elem_typtype: ch(r.get(9)),
+            elem_has_send: r.get(10),
         })
         .collect())
 }
 
-/// The type (its name, `format_type` without modifiers) of every column of `tables`, by
-/// `schema.table.column` as [`StreamColumn::column`] names it.
+/// The type (`schema.name`, quoted where needed, as [`StreamColumn::type_name`]) of every column
+/// of `tables`, by `schema.table.column` as [`StreamColumn::column`] names it.
 pub async fn read_column_types(
     client: &Client,
     tables: &[(String, String)],
@@ -105,17 +112,24 @@ pub async fn read_column_types(
     let rows = client
         .query(
             "SELECT format('%I.%I.%I', n.nspname, c.relname, a.attname), \
-                    format_type(a.atttypid, NULL) \
+                    format('%I.%I', tn.nspname, t.typname) \
              FROM unnest($1::text[], $2::text[]) AS w(nspname, relname) \
              JOIN pg_namespace n ON n.nspname = w.nspname \
              JOIN pg_class c ON c.relnamespace = n.oid AND c.relname = w.relname \
-             JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped",
+             JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped \
+             JOIN pg_type t ON t.oid = a.atttypid \
+             JOIN pg_namespace tn ON tn.oid = t.typnamespace",
             &[&schemas, &names],
         )
         .await
         .map_err(super::ctx("the target's column types"))?;
     Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
 }
+
+/// The `reg*` types (`regclass`, `regtype`, `regconfig`...): their binary form is the object's
+/// oid on the source, which the target would take as is (its text form is the object's name,
+/// looked up again).
+pub const OID_ALIASES: &[u32] = &[24, 2202, 2203, 2204, 2205, 2206, 3734, 3769, 4089, 4096, 4191];
 
 /// Oids below this are PostgreSQL's own, the same in every version (`FirstGenbkiObjectId`).
 pub const BUILT_IN: u32 = 10_000;
@@ -138,8 +152,12 @@ pub fn binary_types(
     for c in columns {
         let why = if on_target.get(&c.column).is_some_and(|t| *t != c.type_name) {
             Some("has another type on the target")
-        } else if !c.has_send {
+        } else if !c.has_send || (c.category == 'A' && !c.elem_has_send) {
             Some("has no binary form")
+        } else if OID_ALIASES.contains(&c.base)
+            || (c.category == 'A' && OID_ALIASES.contains(&c.elem))
+        {
+            Some("is sent in binary as a source oid")
         } else if !match c.typtype {
             'e' => true,
             'b' => {
@@ -185,6 +203,7 @@ mod tests {
             category,
             elem: elem.0,
             elem_typtype: elem.1,
+            elem_has_send: true,
         }
     }
 
@@ -220,9 +239,14 @@ mod tests {
         let mut no_send = col("acl", 1033, 'b', 'U', (0, ' '));
         no_send.has_send = false;
         assert!(refused(no_send).contains("no binary form"));
-        let mut ts_key = col("at", 1184, 'b', 'D', (0, ' '));
-        ts_key.key = true;
-        assert!(refused(ts_key).contains("key"));
+        let mut interval_key = col("span", 1186, 'b', 'T', (0, ' '));
+        interval_key.key = true;
+        assert!(refused(interval_key).contains("key"));
+        assert!(refused(col("cfg", 3734, 'b', 'N', (0, ' '))).contains("source oid"));
+        assert!(refused(col("rels", 2210, 'b', 'A', (2205, 'b'))).contains("source oid"));
+        let mut acls = col("acls", 1034, 'b', 'A', (1033, 'b'));
+        acls.elem_has_send = false;
+        assert!(refused(acls).contains("no binary form"));
         let other = HashMap::from([("public.t.ts".to_string(), "timestamp with time zone".into())]);
         let ts = col("ts", 1114, 'b', 'D', (0, ' '));
         assert!(binary_types(&[ts], &other).unwrap_err().contains("another type on the target"));

@@ -1126,7 +1126,9 @@ impl<'a> Applier<'a> {
         let types: Vec<u32> = on_target.iter().map(|t| t.map_or(0, |t| t.type_oid)).collect();
         let type_names =
             on_target.iter().map(|t| t.map_or(String::new(), |t| t.type_name.clone())).collect();
-        let bases = self.binary_bases(&display, &rel, &types)?;
+        let target_bases: Vec<u32> =
+            on_target.iter().map(|t| t.map_or(0, |t| t.binary_base)).collect();
+        let bases = self.binary_bases(&display, &rel, &target_bases)?;
         let array_types: Vec<String> = if self.binary.is_some() {
             on_target
                 .iter()
@@ -1199,24 +1201,21 @@ impl<'a> Applier<'a> {
     }
 
     /// For a stream in binary, each column's built-in type (see [`Table::bases`]). A column
-    /// whose type the stream was not started for (added since), or whose built-in type differs
-    /// on the target, cannot be read in binary: the stream starts again, in text.
+    /// whose type the stream was not started for (added since, or an older version of the
+    /// table), or whose built-in type is another on the target (`target_bases`), cannot be read
+    /// in binary: the stream starts again, in text.
     fn binary_bases(
         &self,
         display: &str,
         rel: &Relation,
-        target_types: &[u32],
+        target_bases: &[u32],
     ) -> Result<Vec<u32>, ApplyError> {
         let Some(types) = &self.binary else { return Ok(vec![]) };
         rel.columns
             .iter()
-            .zip(target_types)
+            .zip(target_bases)
             .map(|(c, &on_target)| match types.get(&c.type_oid) {
-                Some(&base)
-                    if c.type_oid >= crate::catalog::BUILT_IN || c.type_oid == on_target =>
-                {
-                    Ok(base)
-                }
+                Some(&base) if base == on_target => Ok(base),
                 _ => {
                     self.ctx.sessions.text_values.store(true, std::sync::atomic::Ordering::SeqCst);
                     Err(ApplyError::ConnectionLost(format!(

@@ -33,6 +33,8 @@ fn demo_starts_two_servers_writes_a_plan_and_passes_preflight() {
     assert!(out.stdout.contains("reached the target in"), "{out:?}");
     assert!(out.stdout.contains("rows identical on both sides in 7 of 7 tables"), "{out:?}");
     assert!(out.stdout.contains("Migration shop - streaming"), "{out:?}");
+    // The shop's types all have a binary form both servers read the same.
+    assert!(out.stdout.contains("values streamed in binary"), "{out:?}");
     assert!(out.stdout.contains("Cutover complete: the write gap was"), "{out:?}");
     assert!(out.stdout.contains("Verified: 7 tables"), "{out:?}");
     assert!(out.stdout.contains("cut over: the source is read-only"), "{out:?}");

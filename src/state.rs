@@ -100,6 +100,10 @@ pub struct SyncState {
     /// How the stream's values come: `binary`, or `text` with why not binary.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub values: Option<String>,
+    /// A stream met a column its binary values were not chosen for: the migration's streams
+    /// are in text from then on.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub text_values: bool,
     /// The source's current WAL position, as last read.
     #[serde(default)]
     pub source_lsn: Option<String>,

@@ -54,7 +54,8 @@ pub async fn read_stream_columns(
             "WITH RECURSIVE cols AS ( \
                  SELECT format('%I.%I.%I', n.nspname, c.relname, a.attname) AS col, \
                         a.atttypid AS typ, a.atttypid AS base, \
-                        a.attnum = ANY (coalesce((SELECT i.indkey::int2[] FROM pg_index i \
+                        a.attnum = ANY (coalesce((SELECT (i.indkey::int2[])[0:i.indnkeyatts - 1] \
+                            FROM pg_index i \
                             WHERE i.indrelid = c.oid AND CASE c.relreplident \
                                 WHEN 'd' THEN i.indisprimary WHEN 'i' THEN i.indisreplident \
                                 ELSE false END LIMIT 1), '{}')) AS is_key \
@@ -162,7 +163,8 @@ pub fn binary_types(
             'e' => true,
             'b' => {
                 c.base < BUILT_IN
-                    && (c.category != 'A' || (c.elem < BUILT_IN && c.elem_typtype == 'b'))
+                    && (c.category != 'A'
+                        || (c.elem < BUILT_IN && matches!(c.elem_typtype, 'b' | 'r' | 'm')))
             }
             'r' | 'm' => c.base < BUILT_IN,
             _ => false,
@@ -227,6 +229,9 @@ mod tests {
         assert_eq!(types[&16_500], 23, "a domain is read as its base type");
         assert_eq!(types[&16_600], 25, "an enum's label comes as text");
         assert_eq!(types[&1007], 1007);
+        assert!(
+            binary_types(&[col("spans", 3905, 'b', 'A', (3904, 'r'))], &HashMap::new()).is_ok()
+        );
     }
 
     #[test]

@@ -33,6 +33,57 @@ pub async fn stream(
     proving: &Proving,
     state: &mut State,
 ) -> Result<Stopped, ApplyError> {
+    let text = &ctx.sessions.text_values;
+    if state.sync.as_ref().is_some_and(|s| s.text_values) {
+        text.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+    loop {
+        let was_text = text.load(std::sync::atomic::Ordering::SeqCst);
+        let result = stream_once(
+            ctx,
+            slot,
+            publication,
+            origin,
+            tables,
+            max_lag,
+            drift_every,
+            scope,
+            cutover,
+            proving,
+            state,
+        )
+        .await;
+        // A stream in binary that met a column it was not chosen for starts again at once, in
+        // text, from the target's applied position (the state records it, so that later runs
+        // stream in text too): not a lost connection, no wait. Unless the source is fenced and
+        // not drained: then the fence is lifted, as for any failure there.
+        let fenced = state.cutover.as_ref().is_some_and(|c| c.fenced_undrained());
+        match result {
+            Err(ApplyError::ConnectionLost(_))
+                if !was_text && text.load(std::sync::atomic::Ordering::SeqCst) && !fenced =>
+            {
+                tracing::warn!("streaming again, in text");
+            }
+            other => return other,
+        }
+    }
+}
+
+/// One stream, from the target's applied position until it stops (see [`stream`]).
+#[allow(clippy::too_many_arguments)]
+async fn stream_once(
+    ctx: &Ctx<'_>,
+    slot: &str,
+    publication: &str,
+    origin: &str,
+    tables: &[StreamTable],
+    max_lag: Duration,
+    drift_every: Duration,
+    scope: &crate::scope::Scope,
+    cutover: Option<&CutoverRequest<'_>>,
+    proving: &Proving,
+    state: &mut State,
+) -> Result<Stopped, ApplyError> {
     let servers = ctx.servers;
     let mut tables_by_name = HashMap::new();
     for t in tables {
@@ -206,6 +257,7 @@ pub async fn stream(
         let _ = tokio::time::timeout(Duration::from_secs(5), a.rollback()).await;
     }
     a.sync.streaming = false;
+    a.sync.text_values |= ctx.sessions.text_values.load(std::sync::atomic::Ordering::SeqCst);
     if let Err(e) = &result {
         a.sync.error = Some(e.to_string());
     }
@@ -233,20 +285,30 @@ async fn values_format(
         .await
         .map_err(pg)?
         .get(0);
-    let lost = |e: crate::catalog::CatalogError| ApplyError::ConnectionLost(e.to_string());
+    // A server gone is waited for; any other failure to read the types streams in text.
+    let lost = |e: crate::catalog::CatalogError| {
+        if crate::execute::context::is_lost(e.postgres()) {
+            Err(ApplyError::ConnectionLost(e.to_string()))
+        } else {
+            Ok(format!("the column types could not be read: {e}"))
+        }
+    };
     let decided = if text_only {
-        Err("an earlier stream of this run met a column it did not expect".to_string())
+        Err("an earlier stream of this migration met a column it was not chosen for".to_string())
     } else if version < 140000 {
         Err("the source is older than PostgreSQL 14".to_string())
     } else if target_version / 10000 < version / 10000 {
         Err("the target is of an older major version".to_string())
     } else {
-        let columns =
-            crate::catalog::read_stream_columns(source, publication).await.map_err(lost)?;
         let names: Vec<(String, String)> =
             tables.iter().map(|t| (t.schema.clone(), t.table.clone())).collect();
-        let on_target = crate::catalog::read_column_types(target, &names).await.map_err(lost)?;
-        crate::catalog::binary_types(&columns, &on_target)
+        match (
+            crate::catalog::read_stream_columns(source, publication).await,
+            crate::catalog::read_column_types(target, &names).await,
+        ) {
+            (Ok(columns), Ok(on_target)) => crate::catalog::binary_types(&columns, &on_target),
+            (Err(e), _) | (_, Err(e)) => Err(lost(e)?),
+        }
     };
     Ok(match decided {
         Ok(types) => {

@@ -487,6 +487,7 @@ fn keys_that_come_in_binary_are_read_back_into_the_text_the_server_writes() {
         let bases = [23, 16, 21, 20, 26, 25, 19, 1042, 1043, 2950, 1082, 1114, 1184, 1700];
         assert!(bases[1..].iter().all(|b| crate::catalog::KEY_TYPES.contains(b)));
         assert_eq!(texts.len(), 2007);
+        assert_eq!(binaries.len(), texts.len());
         for (text, binary) in texts.iter().zip(&binaries) {
             for (i, base) in bases.iter().enumerate() {
                 let read = super::applier::key_text(&binary[i], *base);

@@ -203,20 +203,18 @@ fn sync_and_cutover(
         // A server that goes away (network, restart) is waited for; the stream then resumes
         // from the target's recorded position.
         let stopped = with_reconnect(ctx, state, async |state| {
-            crate::execute::sync::stream(
-                ctx,
+            let request = crate::execute::sync::StreamRequest {
                 slot,
                 publication,
                 origin,
                 tables,
                 max_lag,
-                DRIFT_CHECK,
-                &scope,
-                cutover.as_ref(),
-                &proving,
-                state,
-            )
-            .await
+                drift_every: DRIFT_CHECK,
+                scope: &scope,
+                cutover: cutover.as_ref(),
+                proving: &proving,
+            };
+            crate::execute::sync::stream(ctx, &request, state).await
         })
         .await;
         match stopped {

@@ -10,7 +10,9 @@
 //!   [`BATCH_CHANGES`] changes or [`BATCH_AGE`]), statements are prepared once per table and
 //!   shape, and pipelined (up to [`PIPELINE`] in flight). Memory stays bounded whatever the size
 //!   of a source transaction.
-//! - **Faithful.** Values travel in their text form under pinned session settings; `INSERT`
+//! - **Faithful.** Values travel in their text form under pinned session settings, or in binary
+//!   where both servers read it the same (`catalog::binary_types`; keys read back into text by
+//!   `text_form` for verification); `INSERT`
 //!   says `OVERRIDING SYSTEM VALUE` (identity columns); unchanged TOAST values are left out of
 //!   `UPDATE`; a key change moves the row; `session_replication_role = replica` keeps target
 //!   triggers and foreign-key checks from firing for replicated rows.
@@ -23,11 +25,12 @@ mod coalesce;
 mod run;
 #[cfg(test)]
 mod server_tests;
+mod text_form;
 mod watch;
 
 use std::time::Duration;
 
-pub use run::stream;
+pub use run::{StreamRequest, stream};
 
 use crate::execute::context::ApplyError;
 use crate::execute::cutover::Fenced;

@@ -17,20 +17,11 @@ use crate::sql::literal;
 use crate::state::{Counters, State, now_f64};
 use crate::stream::{Change, ChangeSource, PgoutputStream, StreamSettings};
 
-/// Streams changes until Ctrl-C (or an error). `tables` are the published tables and their
+/// Streams changes until Ctrl-C (or an error). `r.tables` are the published tables and their
 /// copy steps; `state` has their copy snapshots and receives the progress.
-#[allow(clippy::too_many_arguments)]
 pub async fn stream(
     ctx: &Ctx<'_>,
-    slot: &str,
-    publication: &str,
-    origin: &str,
-    tables: &[StreamTable],
-    max_lag: Duration,
-    drift_every: Duration,
-    scope: &crate::scope::Scope,
-    cutover: Option<&CutoverRequest<'_>>,
-    proving: &Proving,
+    r: &StreamRequest<'_>,
     state: &mut State,
 ) -> Result<Stopped, ApplyError> {
     let text = &ctx.sessions.text_values;
@@ -39,20 +30,7 @@ pub async fn stream(
     }
     loop {
         let was_text = text.load(std::sync::atomic::Ordering::SeqCst);
-        let result = stream_once(
-            ctx,
-            slot,
-            publication,
-            origin,
-            tables,
-            max_lag,
-            drift_every,
-            scope,
-            cutover,
-            proving,
-            state,
-        )
-        .await;
+        let result = stream_once(ctx, r, state).await;
         // A stream in binary that met a column it was not chosen for starts again at once, in
         // text, from the target's applied position (the state records it, so that later runs
         // stream in text too): not a lost connection, no wait. Unless the source is fenced and
@@ -69,21 +47,46 @@ pub async fn stream(
     }
 }
 
+/// What a stream applies, and how (see [`stream`]).
+#[derive(Clone, Copy)]
+pub struct StreamRequest<'a> {
+    /// The slot on the source.
+    pub slot: &'a str,
+    /// The publication.
+    pub publication: &'a str,
+    /// The replication origin on the target.
+    pub origin: &'a str,
+    /// The streamed tables.
+    pub tables: &'a [StreamTable],
+    /// Ready for cutover below this lag.
+    pub max_lag: Duration,
+    /// How often the source's schema is compared with the baseline.
+    pub drift_every: Duration,
+    /// The migration's scope.
+    pub scope: &'a crate::scope::Scope,
+    /// A cutover to run from the stream.
+    pub cutover: Option<&'a CutoverRequest<'a>>,
+    /// Continuous verification.
+    pub proving: &'a Proving,
+}
+
 /// One stream, from the target's applied position until it stops (see [`stream`]).
-#[allow(clippy::too_many_arguments)]
 async fn stream_once(
     ctx: &Ctx<'_>,
-    slot: &str,
-    publication: &str,
-    origin: &str,
-    tables: &[StreamTable],
-    max_lag: Duration,
-    drift_every: Duration,
-    scope: &crate::scope::Scope,
-    cutover: Option<&CutoverRequest<'_>>,
-    proving: &Proving,
+    r: &StreamRequest<'_>,
     state: &mut State,
 ) -> Result<Stopped, ApplyError> {
+    let StreamRequest {
+        slot,
+        publication,
+        origin,
+        tables,
+        max_lag,
+        drift_every,
+        scope,
+        cutover,
+        proving,
+    } = *r;
     let servers = ctx.servers;
     let mut tables_by_name = HashMap::new();
     for t in tables {

@@ -490,7 +490,7 @@ fn keys_that_come_in_binary_are_read_back_into_the_text_the_server_writes() {
         assert_eq!(binaries.len(), texts.len());
         for (text, binary) in texts.iter().zip(&binaries) {
             for (i, base) in bases.iter().enumerate() {
-                let read = super::applier::key_text(&binary[i], *base);
+                let read = super::text_form::key_text(&binary[i], *base);
                 assert_eq!(read, text[i], "row {:?}, column {i} ({base})", text[0]);
             }
         }

@@ -71,9 +71,9 @@ fn widen(xid: u32, reference: u64) -> u64 {
 /// type's input function, exactly as pgoutput printed it with the output function; or in
 /// binary (`true`), which it reads with the type's receive function.
 #[derive(Debug, Clone)]
-pub(crate) struct Text(Option<Bytes>, bool);
+pub(crate) struct Param(Option<Bytes>, bool);
 
-impl ToSql for Text {
+impl ToSql for Param {
     fn to_sql(
         &self,
         _: &Type,
@@ -104,11 +104,11 @@ impl ToSql for Text {
 /// function), or, for values that came in binary, an array of the column's own type whose
 /// elements the server reads with the type's receive function.
 #[derive(Debug, Clone)]
-pub(crate) struct TextArray(Vec<Option<Bytes>>, bool);
+pub(crate) struct ArrayParam(Vec<Option<Bytes>>, bool);
 
-impl TextArray {
+impl ArrayParam {
     /// Column `i` of `rows`, in binary when `binary` (the table's values all come so).
-    pub(crate) fn column(rows: &[Tuple], i: usize, binary: bool) -> Result<TextArray, ApplyError> {
+    pub(crate) fn column(rows: &[Tuple], i: usize, binary: bool) -> Result<ArrayParam, ApplyError> {
         let values = rows
             .iter()
             .map(|r| match &r[i] {
@@ -118,7 +118,7 @@ impl TextArray {
                 _ => Err(mixed_formats()),
             })
             .collect::<Result<_, _>>()?;
-        Ok(TextArray(values, binary))
+        Ok(ArrayParam(values, binary))
     }
 }
 
@@ -131,7 +131,7 @@ fn mixed_formats() -> ApplyError {
     )
 }
 
-impl ToSql for TextArray {
+impl ToSql for ArrayParam {
     fn to_sql(
         &self,
         ty: &Type,
@@ -302,7 +302,7 @@ impl Pipeline {
     pub(crate) async fn execute(
         &mut self,
         stmt: &Statement,
-        params: Vec<Text>,
+        params: Vec<Param>,
         expect_row: Option<Arc<str>>,
     ) -> Result<(), tokio_postgres::Error> {
         let size = params.iter().map(|p| p.0.as_ref().map_or(4, |b| b.len() + 4)).sum();
@@ -313,7 +313,7 @@ impl Pipeline {
     pub(crate) async fn execute_rows(
         &mut self,
         stmt: &Statement,
-        params: Vec<TextArray>,
+        params: Vec<ArrayParam>,
         expect: Option<(Arc<str>, u64)>,
     ) -> Result<(), tokio_postgres::Error> {
         let size =
@@ -639,11 +639,11 @@ impl Table {
     }
 }
 
-pub(crate) fn text(v: &Value) -> Text {
+pub(crate) fn param(v: &Value) -> Param {
     match v {
-        Value::Text(b) => Text(Some(b.clone()), false),
-        Value::Binary(b) => Text(Some(b.clone()), true),
-        Value::Null | Value::Unchanged => Text(None, false),
+        Value::Text(b) => Param(Some(b.clone()), false),
+        Value::Binary(b) => Param(Some(b.clone()), true),
+        Value::Null | Value::Unchanged => Param(None, false),
     }
 }
 
@@ -1175,8 +1175,8 @@ impl<'a> Applier<'a> {
             }
         }
         let binary = t.binary;
-        let arrays = |rows: &[Tuple], cols: &[usize]| -> Result<Vec<TextArray>, ApplyError> {
-            cols.iter().map(|&i| TextArray::column(rows, i, binary)).collect()
+        let arrays = |rows: &[Tuple], cols: &[usize]| -> Result<Vec<ArrayParam>, ApplyError> {
+            cols.iter().map(|&i| ArrayParam::column(rows, i, binary)).collect()
         };
         if !f.deletes.is_empty() {
             let params = arrays(&f.deletes, &keys)?;
@@ -1360,7 +1360,7 @@ impl<'a> Applier<'a> {
                 let stmt = self.statement(rel, Shape::Insert(1)).await?;
                 let display = self.table(rel)?.display.clone();
                 self.begin_batch().await.map_err(pg)?;
-                let params = new.iter().map(text).collect();
+                let params = new.iter().map(param).collect();
                 self.pipe.execute(&stmt, params, None).await.map_err(pg)?;
                 self.count(&display, |c| {
                     (c.inserts, c.statements) = (c.inserts + 1, c.statements + 1)
@@ -1381,7 +1381,7 @@ impl<'a> Applier<'a> {
                 let display = t.display.clone();
                 let stmt = self.statement(rel, Shape::Delete(keys.clone())).await?;
                 self.begin_batch().await.map_err(pg)?;
-                let params = keys.iter().map(|&i| text(&old[i])).collect();
+                let params = keys.iter().map(|&i| param(&old[i])).collect();
                 self.pipe.execute(&stmt, params, Some(display.clone())).await.map_err(pg)?;
                 self.count(&display, |c| {
                     (c.deletes, c.statements) = (c.deletes + 1, c.statements + 1)
@@ -1433,11 +1433,11 @@ impl<'a> Applier<'a> {
             (Some(o), true) => (0..o.len()).filter(|&i| o[i] != Value::Unchanged).collect(),
             _ => t.key_columns(),
         };
-        let key_values: Vec<Text> = keys
+        let key_values: Vec<Param> = keys
             .iter()
             .map(|&i| match &old {
-                Some(o) => text(&o[i]),
-                None => text(&new[i]),
+                Some(o) => param(&o[i]),
+                None => param(&new[i]),
             })
             .collect();
         // An identity column GENERATED ALWAYS cannot be updated to a value: when it changed,
@@ -1460,7 +1460,7 @@ impl<'a> Applier<'a> {
             let insert = self.statement(rel, Shape::Insert(1)).await?;
             self.begin_batch().await.map_err(pg)?;
             self.pipe.execute(&delete, key_values, Some(display.clone())).await.map_err(pg)?;
-            self.pipe.execute(&insert, new.iter().map(text).collect(), None).await.map_err(pg)?;
+            self.pipe.execute(&insert, new.iter().map(param).collect(), None).await.map_err(pg)?;
             self.count(&display, |c| (c.updates, c.statements) = (c.updates + 1, c.statements + 2));
             return Ok(());
         }
@@ -1473,7 +1473,7 @@ impl<'a> Applier<'a> {
         }
         let stmt = self.statement(rel, Shape::Update(set.clone(), keys)).await?;
         self.begin_batch().await.map_err(pg)?;
-        let mut params: Vec<Text> = set.iter().map(|&i| text(&new[i])).collect();
+        let mut params: Vec<Param> = set.iter().map(|&i| param(&new[i])).collect();
         params.extend(key_values);
         self.pipe.execute(&stmt, params, Some(display.clone())).await.map_err(pg)?;
         self.count(&display, |c| (c.updates, c.statements) = (c.updates + 1, c.statements + 1));

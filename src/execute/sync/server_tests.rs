@@ -9,8 +9,8 @@ use std::collections::HashMap;
 use tokio_postgres::{Client, NoTls};
 
 use super::applier::{
-    Committed, Mode, Pipeline, Shape, Table, Text, TextArray, copy_binary, copy_text, origin_check,
-    text,
+    ArrayParam, Committed, Mode, Param, Pipeline, Shape, Table, copy_binary, copy_text,
+    origin_check, param,
 };
 use crate::cluster::{ClusterOptions, LocalCluster};
 use crate::stream::{Column, Relation, Tuple, Value};
@@ -156,14 +156,14 @@ async fn run_rows(client: &Client, t: &Table, shape: Shape, rows: &[Tuple], cols
         .prepare_typed(&t.sql(&shape), &t.param_types(&shape))
         .await
         .unwrap_or_else(|e| panic!("{}: {e:?}", t.sql(&shape)));
-    let params: Vec<TextArray> =
-        cols.iter().map(|&i| TextArray::column(rows, i, t.binary).unwrap()).collect();
+    let params: Vec<ArrayParam> =
+        cols.iter().map(|&i| ArrayParam::column(rows, i, t.binary).unwrap()).collect();
     client.execute_raw(&stmt, params.iter()).await.unwrap_or_else(|e| panic!("{shape:?}: {e:?}"))
 }
 
 async fn run_one(client: &Client, t: &Table, shape: Shape, row: &Tuple, cols: &[usize]) -> u64 {
     let stmt = client.prepare_typed(&t.sql(&shape), &t.param_types(&shape)).await.unwrap();
-    let params: Vec<Text> = cols.iter().map(|&i| text(&row[i])).collect();
+    let params: Vec<Param> = cols.iter().map(|&i| param(&row[i])).collect();
     client.execute_raw(&stmt, params.iter()).await.unwrap_or_else(|e| panic!("{shape:?}: {e:?}"))
 }
 
@@ -312,8 +312,8 @@ fn store_the_same(binary: bool) {
             .unwrap();
         let too_long = vec![vec![v("abc"), v("xyz")]];
         let params = [
-            TextArray::column(&too_long, 1, binary).unwrap(),
-            TextArray::column(&too_long, 0, binary).unwrap(),
+            ArrayParam::column(&too_long, 1, binary).unwrap(),
+            ArrayParam::column(&too_long, 0, binary).unwrap(),
         ];
         let e = client.execute_raw(&stmt, params.iter()).await.expect_err("too long for char(2)");
         assert!(format!("{e:?}").contains("too long"), "{e:?}");

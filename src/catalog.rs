@@ -15,10 +15,7 @@ use serde::{Deserialize, Serialize};
 use tokio_postgres::Client;
 
 mod binary;
-pub use binary::{
-    BUILT_IN, KEY_TYPES, OID_ALIASES, StreamColumn, binary_types, read_column_types,
-    read_stream_columns,
-};
+pub use binary::{KEY_TYPES, StreamColumn, binary_types, read_column_types, read_stream_columns};
 mod globals;
 pub use globals::{
     APPLICATION_SETTINGS, DatabaseInfo, DatabaseProps, Membership, PasswordKind,

@@ -133,7 +133,7 @@ pub async fn read_column_types(
 pub const OID_ALIASES: &[u32] = &[24, 2202, 2203, 2204, 2205, 2206, 3734, 3769, 4089, 4096, 4191];
 
 /// Oids below this are PostgreSQL's own, the same in every version (`FirstGenbkiObjectId`).
-pub const BUILT_IN: u32 = 10_000;
+const BUILT_IN: u32 = 10_000;
 
 /// Key types whose binary form pgtransit reads back into text (the keys continuous verification
 /// looks up): `bool`, `int8`, `int2`, `int4`, `text`, `oid`, `name`, `bpchar`, `varchar`,

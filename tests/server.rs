@@ -275,7 +275,9 @@ fn keep_writing(
 fn several_databases_stream_and_cut_over_together_after_a_kill_during_one_load() {
     let src = logical_source("together-src");
     let tgt = cluster("together-tgt", &[]);
-    for (db, rows) in [("alpha", 1_000), ("beta", 200_000), ("gamma", 1_000)] {
+    // (beta's copy is big enough for alpha to reach its stream first on a busy machine: a CI
+    // run saw alpha still in its post-load steps when 200,000 rows had been copied.)
+    for (db, rows) in [("alpha", 1_000), ("beta", 600_000), ("gamma", 1_000)] {
         written_to(&src, &tgt, db, rows);
     }
     let dir = TempDir::new("together");

@@ -305,7 +305,7 @@ fn several_databases_stream_and_cut_over_together_after_a_kill_during_one_load()
     let mut child = start_apply(&dir, f, &[]);
     for member in ["t/t-alpha", "t/t-beta", "t/t-gamma"] {
         wait_for(Duration::from_secs(90), "every database to stream", || {
-            state(&dir, member)["sync"]["streaming"] == true
+            streams_in(&dir, member, &child)
         });
     }
     std::thread::sleep(Duration::from_secs(1));
@@ -549,22 +549,37 @@ fn chaos_several_databases_killed_at_seeded_moments_cut_over_together_with_nothi
         eprintln!("chaos (several databases): kill {k} after {after:?}");
     }
     let mut child = start_apply(&dir, f, &[]);
+    // (In this apply: `cutover` started before the apply holds its lock would apply itself.)
     for member in members {
         wait_for(Duration::from_secs(120), "every database to stream", || {
-            state(&dir, member)["sync"]["streaming"] == true
+            streams_in(&dir, member, &child)
         });
     }
+    let log = |name: &str| std::fs::File::create(dir.path().join(name)).unwrap();
     let mut cutover = pgtransit(dir.path())
         .args(["cutover", f, "--auto-approve"])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
+        .stdout(log("cutover.out"))
+        .stderr(log("cutover.err"))
         .spawn()
         .unwrap();
     // Killed a seeded moment after the first fence goes up.
     let fencing = poll(Duration::from_secs(30), Duration::from_millis(5), || {
         members.iter().any(|m| state(&dir, m)["cutover"].is_object())
     });
-    assert!(fencing, "seed {seed}: no cutover began:\n{}", apply_output(&dir));
+    if !fencing {
+        let read = |f: &str| std::fs::read_to_string(dir.path().join(f)).unwrap_or_default();
+        let syncs: Vec<String> =
+            members.iter().map(|m| state(&dir, m)["sync"].to_string()).collect();
+        panic!(
+            "seed {seed}: no cutover began (cutover exited: {:?}):\n--- cutover\n{}{}\n--- \
+             sync states\n{}\n{}",
+            cutover.try_wait(),
+            read("cutover.out"),
+            read("cutover.err"),
+            syncs.join("\n"),
+            apply_output(&dir)
+        );
+    }
     let after = rng.ms(0, 300);
     std::thread::sleep(after);
     let _ = child.kill();

@@ -41,17 +41,25 @@ pub async fn run(args: &CutoverArgs, out: &mut dyn Write) -> miette::Result<Outc
     if loaded.spec.databases.is_some() {
         return super::together::cutover(args, &loaded, out).await;
     }
-    let Some(holder) = dir.holder() else {
-        // No apply runs: this command applies (resuming the stream) and cuts over when ready.
-        report::say(out, "cutover", "no apply is running: resuming the stream to cut over")
-            .map_err(io_err)?;
-        let apply = ApplyArgs {
-            file: args.file.clone(),
-            auto_approve: true,
-            jobs: None,
-            connect: args.connect.clone(),
-        };
-        return super::apply::run_with(&apply, out, true).await;
+    let holder = match dir.holder() {
+        Some(holder) => holder,
+        None => {
+            // No apply runs: this command applies (resuming the stream) and cuts over when
+            // ready, unless an apply started meanwhile (then it is asked, as below).
+            report::say(out, "cutover", "no apply is running: resuming the stream to cut over")
+                .map_err(io_err)?;
+            let apply = ApplyArgs {
+                file: args.file.clone(),
+                auto_approve: true,
+                jobs: None,
+                connect: args.connect.clone(),
+            };
+            let result = super::apply::run_with(&apply, out, true).await;
+            match started_meanwhile(result, &dir) {
+                Ok(holder) => holder,
+                Err(result) => return result,
+            }
+        }
     };
     let asked = now_f64();
     let request = dir.path().join(crate::execute::CUTOVER_REQUEST);
@@ -112,10 +120,52 @@ pub async fn run(args: &CutoverArgs, out: &mut dyn Write) -> miette::Result<Outc
     }
 }
 
+/// The holder of the lock, when `result` (of this command's own apply) is the refusal of a lock
+/// that an apply started since `holder()` found none has taken: that apply is then asked to cut
+/// over. Otherwise the result as it is.
+pub(super) fn started_meanwhile(
+    result: miette::Result<Outcome>,
+    dir: &StateDir,
+) -> Result<String, miette::Result<Outcome>> {
+    match result {
+        Err(e) if matches!(e.downcast_ref(), Some(crate::state::StateError::Locked { .. })) => {
+            dir.holder().ok_or(Err(e))
+        }
+        other => Err(other),
+    }
+}
+
 fn confirmed(out: &mut dyn Write) -> miette::Result<bool> {
     super::confirm(
         out,
         crate::report::cutover_prompt,
         "pass --auto-approve to cut over without confirmation",
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn locked(dir: &StateDir) -> miette::Result<Outcome> {
+        Ok(dir.lock("cutover m.yaml").map(|_| Outcome::Done)?)
+    }
+
+    #[test]
+    fn a_cutover_whose_own_apply_finds_the_lock_just_taken_asks_the_apply_that_took_it() {
+        let path = std::env::temp_dir().join(format!("pgtransit-meanwhile-{}", std::process::id()));
+        let dir = StateDir::new(path.clone());
+        let held = dir.lock("apply m.yaml").unwrap();
+        let holder = started_meanwhile(locked(&dir), &dir).unwrap();
+        assert!(holder.contains("running `pgtransit apply m.yaml`"), "{holder}");
+        // Any other failure is the command's result, as it is.
+        let other = started_meanwhile(Err(miette::miette!("the source is gone")), &dir);
+        assert!(matches!(other, Err(Err(e)) if e.to_string() == "the source is gone"));
+        // A refusal whose holder has ended since is the result too.
+        let refused = locked(&dir);
+        drop(held);
+        let ended = started_meanwhile(refused, &dir);
+        assert!(matches!(ended, Err(Err(e)) if e.to_string().contains("holds the lock")));
+        std::fs::remove_dir_all(path).unwrap();
+    }
 }

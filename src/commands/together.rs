@@ -357,10 +357,17 @@ pub async fn cutover(
         jobs: None,
         connect: args.connect.clone(),
     };
-    let Some(holder) = dir.holder() else {
-        report::say(out, "cutover", "no apply is running: resuming the streams to cut over")
-            .map_err(io_err)?;
-        return super::several::apply(&apply, loaded, out, true).await;
+    let holder = match dir.holder() {
+        Some(holder) => holder,
+        None => {
+            report::say(out, "cutover", "no apply is running: resuming the streams to cut over")
+                .map_err(io_err)?;
+            let result = super::several::apply(&apply, loaded, out, true).await;
+            match super::cutover::started_meanwhile(result, &dir) {
+                Ok(holder) => holder,
+                Err(result) => return result,
+            }
+        }
     };
     let env = Env::from_process();
     // (Not a database excluded since, which the running apply does not run.)

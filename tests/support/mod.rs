@@ -11,8 +11,8 @@ mod online;
 mod proxy;
 pub use online::{
     apply_output, keep_writing_with, leftovers, poll, rows_differ, start_apply, start_apply_with,
-    state, state_file, stop, terminate, wait_exit, wait_for, wait_identical, wait_step_running,
-    wait_streaming,
+    state, state_file, stop, streams_in, terminate, wait_exit, wait_for, wait_identical,
+    wait_step_running, wait_streaming,
 };
 pub use proxy::Proxy;
 

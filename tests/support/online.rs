@@ -93,6 +93,13 @@ pub fn wait_step_running(dir: &TempDir, name: &str, step: &str, child: &mut Chil
     assert!(running, "{step} never ran: {}\n{}", state(dir, name), apply_output(dir));
 }
 
+/// Whether `member`'s state says that `child` (this apply, not one killed before it, whose
+/// state may still say it streamed) streams.
+pub fn streams_in(dir: &TempDir, member: &str, child: &Child) -> bool {
+    let s = &state(dir, member)["sync"];
+    s["streaming"] == true && s["pid"].as_u64() == Some(u64::from(child.id()))
+}
+
 /// Waits until this background apply streams with no lag (as `status` says: a killed apply's
 /// state may still say it streamed).
 pub fn wait_streaming(dir: &TempDir, name: &str, child: &mut Child) {

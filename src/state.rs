@@ -617,7 +617,19 @@ impl StateDir {
             .truncate(false)
             .open(&path)
             .map_err(io("cannot open the lock file", &path))?;
-        match file.try_lock() {
+        // `holder()` (of `status`, `cutover`) takes the lock for an instant when it is free: a
+        // lock held for that long is tried again.
+        let mut tries = 0;
+        let taken = loop {
+            match file.try_lock() {
+                Err(fs::TryLockError::WouldBlock) if tries < 10 => {
+                    tries += 1;
+                    std::thread::sleep(std::time::Duration::from_millis(20));
+                }
+                other => break other,
+            }
+        };
+        match taken {
             Ok(()) => {}
             Err(fs::TryLockError::WouldBlock) => {
                 let mut holder = String::new();
@@ -650,6 +662,7 @@ impl StateDir {
     }
 
     /// Who holds the lock, if anyone (a running `apply`): the holder's text.
+    /// (A free lock is taken for an instant to tell: [`StateDir::lock`] tries again meanwhile.)
     pub fn holder(&self) -> Option<String> {
         let path = self.dir.join("lock");
         let mut file = OpenOptions::new().read(true).write(true).open(&path).ok()?;
@@ -895,6 +908,25 @@ mod tests {
         let again = dir.lock("apply").unwrap();
         assert_eq!(again.taken_over, None, "a run that ended released its lock");
         drop(again);
+        fs::remove_dir_all(dir.path()).unwrap();
+    }
+
+    #[test]
+    fn a_lock_taken_for_an_instant_by_a_look_at_its_holder_does_not_refuse_an_apply() {
+        let dir = temp("lock-look");
+        assert_eq!(dir.holder(), None, "no lock file yet");
+        drop(dir.lock("apply").unwrap());
+        // What `holder()` does when the lock is free, for longer than it does.
+        let look = OpenOptions::new().read(true).write(true).open(dir.path().join("lock")).unwrap();
+        look.try_lock().unwrap();
+        let ends = std::thread::spawn(move || {
+            std::thread::sleep(std::time::Duration::from_millis(60));
+            drop(look);
+        });
+        let lock = dir.lock("apply plans/x.yaml").unwrap();
+        ends.join().unwrap();
+        assert!(dir.holder().is_some_and(|h| h.contains("apply plans/x.yaml")));
+        drop(lock);
         fs::remove_dir_all(dir.path()).unwrap();
     }
 

@@ -44,13 +44,23 @@ pub(crate) struct Progress(Arc<std::sync::atomic::AtomicU64>);
 /// Milliseconds since a fixed moment of this process (monotonic: a clock stepped by NTP does
 /// not fool the watchdog).
 fn monotonic_ms() -> u64 {
+    monotonic_ms_at(Instant::now())
+}
+
+/// [`monotonic_ms`] at `t`.
+fn monotonic_ms_at(t: Instant) -> u64 {
     static ORIGIN: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
-    ORIGIN.get_or_init(Instant::now).elapsed().as_millis() as u64
+    t.saturating_duration_since(*ORIGIN.get_or_init(Instant::now)).as_millis() as u64
 }
 
 impl Progress {
     pub(crate) fn now(&self) {
-        self.0.store(monotonic_ms(), std::sync::atomic::Ordering::Relaxed);
+        self.at(Instant::now());
+    }
+
+    /// Got somewhere at `t` (a time just read: the clock is read once).
+    pub(crate) fn at(&self, t: Instant) {
+        self.0.store(monotonic_ms_at(t), std::sync::atomic::Ordering::Relaxed);
     }
 
     fn idle_for(&self) -> Duration {

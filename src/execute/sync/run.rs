@@ -468,29 +468,53 @@ async fn run_stream(
     // spent on the target, the fence or the reports does not count).
     let mut waited = Duration::ZERO;
     loop {
-        a.pipe.beat.now();
-        // Between source transactions with a batch open (or its commit in flight), a quiet
-        // stream (nothing for IDLE) commits it at once and waits for it; otherwise wake up now and then for the reports and Ctrl-C.
-        let idle = (a.open || a.pipe.commits > 0) && a.in_source_tx.is_none();
-        let wake =
-            if idle { last_event + IDLE } else { Instant::now() + Duration::from_millis(50) };
-        let asked = Instant::now();
-        let next = tokio::select! {
-            // The target's results first: they move statements in flight on (a COPY's data
-            // goes once the server is ready for it). Then what the stream has ready (a
-            // deadline already past must not win).
-            biased;
-            r = a.pipe.progress() => {
+        // (The clock is read once a message: on some machines a read costs as much as a
+        // tenth of what pgtransit spends on a change.)
+        let mut now = Instant::now();
+        a.pipe.beat.at(now);
+        // The target's results first: they move statements in flight on (a COPY's data goes
+        // once the server is ready for it). Then what the stream has ready. What is ready now
+        // is taken without arming a timer (a timer a message costs more than most messages).
+        let ready = futures_util::FutureExt::now_or_never(async {
+            tokio::select! {
+                biased;
+                r = a.pipe.progress() => Err(r),
+                c = stream.next() => Ok(c),
+            }
+        });
+        let next = match ready {
+            Some(Err(r)) => {
                 r.map_err(pg)?;
                 continue;
             }
-            c = stream.next() => Some(c),
-            _ = tokio::time::sleep_until(wake.into()) => None,
+            Some(Ok(c)) => Some(c),
+            None => {
+                // Between source transactions with a batch open (or its commit in flight), a
+                // quiet stream (nothing for IDLE) commits it at once and waits for it;
+                // otherwise wake up now and then for the reports and Ctrl-C.
+                let idle = (a.open || a.pipe.commits > 0) && a.in_source_tx.is_none();
+                let wake = if idle { last_event + IDLE } else { now + Duration::from_millis(50) };
+                let next = tokio::select! {
+                    // (As above; a deadline already past must not win.)
+                    biased;
+                    r = a.pipe.progress() => {
+                        r.map_err(pg)?;
+                        continue;
+                    }
+                    c = stream.next() => Some(c),
+                    _ = tokio::time::sleep_until(wake.into()) => None,
+                };
+                // (After a wait, now is when it ended.)
+                let waited_until = Instant::now();
+                if next.is_none() {
+                    waited += waited_until - now;
+                }
+                now = waited_until;
+                next
+            }
         };
-        match &next {
-            None => waited += asked.elapsed(),
-            Some(Ok(Some(_))) => waited = Duration::ZERO,
-            Some(_) => {}
+        if let Some(Ok(Some(_))) = &next {
+            waited = Duration::ZERO;
         }
         match next {
             None => {
@@ -511,7 +535,7 @@ async fn run_stream(
                 ));
             }
             Some(Ok(Some(change))) => {
-                last_event = Instant::now();
+                last_event = now;
                 at_consistent_point(a, stream, &change, &mut pause_at).await?;
                 match change {
                     Change::Begin { xid, final_lsn, .. } => a.begin(xid, final_lsn),
@@ -577,7 +601,7 @@ async fn run_stream(
         // report: the databases' write gap is one.)
         let follow = fenced.is_none() && a.ctx.together.is_some_and(|(t, _)| t.fencing());
         let every = if follow { Duration::from_millis(50) } else { Duration::from_secs(1) };
-        if last_report.elapsed() >= every {
+        if now.saturating_duration_since(last_report) >= every {
             last_report = Instant::now();
             let (drift, failed) = {
                 let l = live.lock().expect("live lock");

@@ -36,7 +36,9 @@ use crate::execute::context::{Servers, db_message};
 use crate::execution_plan::VerifyTable;
 use crate::sql::qualified;
 use crate::state::{ChunkProof, Cursor, Proofs, now_f64};
-use crate::stream::{Tuple, Value, lsn_text};
+use crate::stream::lsn_text;
+#[cfg(test)]
+use crate::stream::{Tuple, Value};
 use crate::verify::{CHUNK, TableCheck};
 
 /// The longest the applier holds (its batch committed) for a round's consistent point to be
@@ -138,7 +140,9 @@ pub(crate) struct TableTouch {
 
 impl Touched {
     /// Records rows of `table` changed by the transaction committing at `lsn`: each tuple's
-    /// key (`keys` are the key columns' indexes; none: the table has no key).
+    /// key (`keys` are the key columns' indexes; none: the table has no key). (The applier
+    /// packs its keys itself, from text or binary: [`Touched::record_keys`].)
+    #[cfg(test)]
     pub(crate) fn record(
         &mut self,
         table: &Arc<str>,
@@ -147,17 +151,30 @@ impl Touched {
         tuples: &[&Tuple],
         lsn: u64,
     ) {
+        if keys.is_empty() {
+            self.record_whole(table, lsn);
+            return;
+        }
+        let packed = tuples.iter().map(|tuple| pack(keys.iter().map(|&i| tuple.get(i))));
+        self.record_keys(table, columns, packed, lsn);
+    }
+
+    /// [`Touched::record`] of keys packed already (see [`KeyPacker`]); a `None` is a key that
+    /// cannot be looked up (a value the stream did not send, unchanged TOAST): the table is
+    /// then compared whole.
+    pub(crate) fn record_keys(
+        &mut self,
+        table: &Arc<str>,
+        columns: impl FnOnce() -> Vec<(String, String)>,
+        keys: impl Iterator<Item = Option<Box<[u8]>>>,
+        lsn: u64,
+    ) {
         let t = self.tables.entry(table.clone()).or_default();
         if t.columns.is_empty() {
             t.columns = columns();
         }
-        if keys.is_empty() {
-            t.whole = Some(lsn);
-            return;
-        }
-        for tuple in tuples {
-            // (A key the stream did not send, unchanged TOAST, cannot be looked up by key.)
-            match pack(keys.iter().map(|&i| tuple.get(i))) {
+        for key in keys {
+            match key {
                 Some(key) => {
                     if t.keys.insert(key, lsn).is_none() {
                         self.count += 1;
@@ -752,26 +769,53 @@ fn in_fence_plan(
 }
 
 /// A key's values in one allocation (a key is kept long, and there can be many): per value,
-/// `0` (NULL), or `1`, its length (4 bytes) and its text. `None` if a value was not sent, or
-/// is not in text.
-fn pack<'a>(values: impl Iterator<Item = Option<&'a Value>> + Clone) -> Option<Box<[u8]>> {
-    let mut out = Vec::with_capacity(
-        values.clone().map(|v| if let Some(Value::Text(b)) = v { 5 + b.len() } else { 1 }).sum(),
-    );
+/// `0` (NULL), or `1`, its length (4 bytes) and its text.
+#[derive(Default)]
+pub(crate) struct KeyPacker(Vec<u8>);
+
+impl KeyPacker {
+    /// A NULL.
+    pub(crate) fn null(&mut self) {
+        self.0.push(0);
+    }
+
+    /// A value whose text `write` puts after what the buffer holds (false: it cannot).
+    pub(crate) fn text(&mut self, write: impl FnOnce(&mut Vec<u8>) -> bool) -> Option<()> {
+        self.0.push(1);
+        let at = self.0.len();
+        self.0.extend_from_slice(&[0; 4]);
+        if !write(&mut self.0) {
+            return None;
+        }
+        let len = u32::try_from(self.0.len() - at - 4).ok()?;
+        self.0[at..at + 4].copy_from_slice(&len.to_le_bytes());
+        Some(())
+    }
+
+    /// The packed key.
+    pub(crate) fn done(self) -> Box<[u8]> {
+        self.0.into_boxed_slice()
+    }
+}
+
+/// The key of `values` (see [`KeyPacker`]). `None` if a value was not sent, or is not in
+/// text.
+#[cfg(test)]
+fn pack<'a>(values: impl Iterator<Item = Option<&'a Value>>) -> Option<Box<[u8]>> {
+    let mut key = KeyPacker::default();
     for v in values {
         match v? {
-            Value::Text(b) => {
-                out.push(1);
-                out.extend_from_slice(&u32::try_from(b.len()).ok()?.to_le_bytes());
+            Value::Text(b) => key.text(|out| {
                 out.extend_from_slice(b);
-            }
-            Value::Null => out.push(0),
+                true
+            })?,
+            Value::Null => key.null(),
             // (Looked up in text: a key read back from binary is; one that could not be, or
             // unchanged TOAST, leaves the table compared whole.)
             Value::Unchanged | Value::Binary(_) => return None,
         }
     }
-    Some(out.into_boxed_slice())
+    Some(key.done())
 }
 
 /// The values [`pack`] packed.

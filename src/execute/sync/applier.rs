@@ -1251,10 +1251,10 @@ impl<'a> Applier<'a> {
     /// more recorded than changed, never less).
     fn touch(&self, c: &Change) {
         let Some(touched) = &self.touched else { return };
-        let (rel, tuples): (u32, Vec<&Tuple>) = match c {
-            Change::Insert { rel, new } => (*rel, vec![new]),
-            Change::Update { rel, old, new } => (*rel, old.iter().chain([new]).collect()),
-            Change::Delete { rel, old } => (*rel, vec![old]),
+        let (rel, tuples): (u32, [Option<&Tuple>; 2]) = match c {
+            Change::Insert { rel, new } => (*rel, [Some(new), None]),
+            Change::Update { rel, old, new } => (*rel, [old.as_ref(), Some(new)]),
+            Change::Delete { rel, old } => (*rel, [Some(old), None]),
             Change::Truncate { rels, .. } => {
                 let mut touched = touched.lock().expect("touched lock");
                 for t in rels.iter().filter_map(|r| self.tables.get(r)) {
@@ -1265,34 +1265,41 @@ impl<'a> Applier<'a> {
             _ => return,
         };
         let Some(t) = self.tables.get(&rel) else { return };
-        let keys = if t.full { vec![] } else { t.key_columns() };
-        let columns = || {
-            keys.iter().map(|&i| (t.rel.columns[i].name.clone(), t.type_names[i].clone())).collect()
-        };
-        if t.binary && !keys.is_empty() {
-            // Keys are kept, and looked up, in text: read back from binary (a key that cannot
-            // be stays binary, and the table is then compared whole).
-            let texts: Vec<Tuple> = tuples
-                .iter()
-                .map(|row| {
-                    keys.iter().map(|&i| super::text_form::key_text(&row[i], t.bases[i])).collect()
-                })
-                .collect();
-            let positions: Vec<usize> = (0..keys.len()).collect();
-            touched.lock().expect("touched lock").record(
-                &t.display,
-                columns,
-                &positions,
-                &texts.iter().collect::<Vec<_>>(),
-                self.final_lsn,
-            );
+        let keys = || t.rel.columns.iter().enumerate().filter(|(_, c)| c.key).map(|(i, _)| i);
+        if t.full || keys().next().is_none() {
+            touched.lock().expect("touched lock").record_whole(&t.display, self.final_lsn);
             return;
         }
-        touched.lock().expect("touched lock").record(
+        let columns =
+            || keys().map(|i| (t.rel.columns[i].name.clone(), t.type_names[i].clone())).collect();
+        // Keys are kept, and looked up, in text: one that came in binary is read back (a key
+        // that cannot be, or was not sent, leaves the table compared whole).
+        let pack = |row: &Tuple| {
+            let mut key = crate::execute::proof::KeyPacker::default();
+            for i in keys() {
+                match row.get(i)? {
+                    Value::Null => key.null(),
+                    Value::Text(b) => key.text(|out| {
+                        out.extend_from_slice(b);
+                        true
+                    })?,
+                    Value::Binary(b) => {
+                        {
+                            // (Bases are known for binary tables only; 0 reads nothing.)
+                            let base = t.bases.get(i).copied().unwrap_or(0);
+                            key.text(|out| super::text_form::write_key_text(b, base, out))?
+                        }
+                    }
+                    Value::Unchanged => return None,
+                }
+            }
+            Some(key.done())
+        };
+        let packed = tuples.into_iter().flatten().map(pack);
+        touched.lock().expect("touched lock").record_keys(
             &t.display,
             columns,
-            &keys,
-            &tuples,
+            packed,
             self.final_lsn,
         );
     }

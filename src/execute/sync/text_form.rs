@@ -2,10 +2,6 @@
 //! (`DateStyle = ISO`, `TimeZone = UTC`), for the key types continuous verification looks rows
 //! up by (`catalog::KEY_TYPES`): the keys it keeps are text, whichever form the stream has.
 
-use bytes::Bytes;
-
-use crate::stream::Value;
-
 /// A signed integer of 2, 4 or 8 bytes in binary (big-endian).
 pub(crate) fn binary_int(b: &[u8]) -> Option<i64> {
     Some(match b.len() {
@@ -18,26 +14,56 @@ pub(crate) fn binary_int(b: &[u8]) -> Option<i64> {
 
 /// A key value in text as the type's output function writes it, from its binary form (`base`:
 /// the built-in type it has, one of `catalog::KEY_TYPES`); left as it is when it cannot be.
-pub(crate) fn key_text(v: &Value, base: u32) -> Value {
+#[cfg(test)]
+pub(crate) fn key_text(v: &crate::stream::Value, base: u32) -> crate::stream::Value {
+    use crate::stream::Value;
     let Value::Binary(b) = v else { return v.clone() };
+    let mut out = Vec::new();
+    if write_key_text(b, base, &mut out) { Value::Text(out.into()) } else { v.clone() }
+}
+
+/// [`key_text`] of a value's binary form `b`, written after what `out` holds (the hot path of
+/// recording changed keys: the common types take no allocation of their own); false, and
+/// `out` as it was, when it cannot be.
+pub(crate) fn write_key_text(b: &[u8], base: u32, out: &mut Vec<u8>) -> bool {
+    use std::io::Write;
     let text = match base {
-        16 if b.len() == 1 => Some(if b[0] != 0 { "t".to_string() } else { "f".to_string() }),
-        20 | 21 | 23 => binary_int(b).map(|n| n.to_string()),
-        26 => <[u8; 4]>::try_from(&b[..]).ok().map(|o| u32::from_be_bytes(o).to_string()),
+        16 if b.len() == 1 => {
+            out.push(if b[0] != 0 { b't' } else { b'f' });
+            return true;
+        }
+        20 | 21 | 23 => {
+            return binary_int(b).is_some_and(|n| write!(out, "{n}").is_ok());
+        }
+        26 => {
+            return <[u8; 4]>::try_from(b)
+                .is_ok_and(|o| write!(out, "{}", u32::from_be_bytes(o)).is_ok());
+        }
         2950 if b.len() == 16 => {
-            let h: String = b.iter().map(|x| format!("{x:02x}")).collect();
-            Some(format!("{}-{}-{}-{}-{}", &h[..8], &h[8..12], &h[12..16], &h[16..20], &h[20..]))
+            for (k, x) in b.iter().enumerate() {
+                if matches!(k, 4 | 6 | 8 | 10) {
+                    out.push(b'-');
+                }
+                let _ = write!(out, "{x:02x}");
+            }
+            return true;
         }
         // text, name, bpchar, varchar: the same characters in both forms.
-        25 | 19 | 1042 | 1043 => return Value::Text(b.clone()),
-        1082 => <[u8; 4]>::try_from(&b[..]).ok().map(|d| date_text(i32::from_be_bytes(d))),
-        1114 | 1184 => <[u8; 8]>::try_from(&b[..])
+        25 | 19 | 1042 | 1043 => {
+            out.extend_from_slice(b);
+            return true;
+        }
+        1082 => <[u8; 4]>::try_from(b).ok().map(|d| date_text(i32::from_be_bytes(d))),
+        1114 | 1184 => <[u8; 8]>::try_from(b)
             .ok()
             .map(|t| timestamp_text(i64::from_be_bytes(t), if base == 1184 { "+00" } else { "" })),
         1700 => numeric_text(b),
         _ => None,
     };
-    text.map_or_else(|| v.clone(), |t| Value::Text(Bytes::from(t)))
+    text.is_some_and(|t| {
+        out.extend_from_slice(t.as_bytes());
+        true
+    })
 }
 
 /// A year, month and day from days since 2000-01-01 (the proleptic Gregorian calendar, years

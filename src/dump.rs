@@ -187,16 +187,15 @@ pub fn find_pg_dump(majors: &[i32]) -> Result<(PathBuf, i32), String> {
         };
     }
     let mut dirs: Vec<PathBuf> = vec![];
-    if let Some(dir) = std::env::var_os("PGTRANSIT_PG_BIN").filter(|d| !d.is_empty()) {
-        dirs.push(PathBuf::from(dir));
-    }
+    let chosen = std::env::var_os("PGTRANSIT_PG_BIN").filter(|d| !d.is_empty()).map(PathBuf::from);
+    dirs.extend(chosen.clone());
     if let Some(path) = std::env::var_os("PATH") {
         dirs.extend(std::env::split_paths(&path));
     }
     if let Ok(entries) = std::fs::read_dir("/usr/lib/postgresql") {
         dirs.extend(entries.filter_map(Result::ok).map(|e| e.path().join("bin")));
     }
-    let mut best: Option<(PathBuf, i32)> = None;
+    let mut best: Option<(PathBuf, i32, bool)> = None;
     let mut seen = std::collections::HashSet::new();
     for dir in dirs {
         let candidate = dir.join("pg_dump");
@@ -207,20 +206,16 @@ pub fn find_pg_dump(majors: &[i32]) -> Result<(PathBuf, i32), String> {
             continue;
         }
         let Some(major) = version_of(&candidate) else { continue };
-        // Of two of one version, a pg_dump itself rather than a wrapper that starts one
-        // (Debian's pg_wrapper, a Perl script: 50 ms more for every dump).
-        let real = |f: &Path| f.file_name().is_some_and(|n| n == "pg_dump");
-        let better = match &best {
-            None => true,
-            Some((path, m)) => {
-                major > *m
-                    || (major == *m && real(&file) && !path.canonicalize().is_ok_and(|f| real(&f)))
-            }
-        };
-        if better {
-            best = Some((candidate, major));
+        // Of two of one version, the one in PGTRANSIT_PG_BIN, else a pg_dump itself rather
+        // than a wrapper that starts one (Debian's pg_wrapper, a Perl script: 50 ms more for
+        // every dump); else the first.
+        let preferred =
+            chosen.as_ref() == Some(&dir) || file.file_name().is_some_and(|n| n == "pg_dump");
+        if best.as_ref().is_none_or(|(_, m, p)| (major, preferred) > (*m, *p)) {
+            best = Some((candidate, major, preferred));
         }
     }
+    let best = best.map(|(path, major, _)| (path, major));
     match best {
         Some((path, major)) if major >= need => Ok((path, major)),
         Some((path, major)) => Err(format!(
@@ -232,8 +227,9 @@ pub fn find_pg_dump(majors: &[i32]) -> Result<(PathBuf, i32), String> {
     }
 }
 
-/// `pg_dump (PostgreSQL) 15.18 (Debian 15.18-0+deb12u1)` → 15. Asked once per path in a
-/// process (a plan looks for a pg_dump for each server).
+/// `pg_dump (PostgreSQL) 15.18 (Debian 15.18-0+deb12u1)` → 15. A version found is asked once
+/// per path in a process (a plan looks for a pg_dump for each server); none found is asked
+/// again next time.
 fn version_of(pg_dump: &Path) -> Option<i32> {
     static KNOWN: std::sync::Mutex<Vec<(PathBuf, Option<i32>)>> = std::sync::Mutex::new(vec![]);
     let known = |k: &Vec<(PathBuf, Option<i32>)>| k.iter().find(|(p, _)| p == pg_dump).map(|v| v.1);
@@ -247,7 +243,9 @@ fn version_of(pg_dump: &Path) -> Option<i32> {
         version.split('.').next()?.parse().ok()
     };
     let major = asked();
-    KNOWN.lock().unwrap_or_else(|e| e.into_inner()).push((pg_dump.to_path_buf(), major));
+    if major.is_some() {
+        KNOWN.lock().unwrap_or_else(|e| e.into_inner()).push((pg_dump.to_path_buf(), major));
+    }
     major
 }
 

@@ -1295,11 +1295,12 @@ impl<'a> Applier<'a> {
             }
             Some(key.done())
         };
-        let packed = tuples.into_iter().flatten().map(pack);
+        // (Packed before the lock is taken: a verification round waits on it.)
+        let packed = tuples.map(|row| row.map(pack));
         touched.lock().expect("touched lock").record_keys(
             &t.display,
             columns,
-            packed,
+            packed.into_iter().flatten(),
             self.final_lsn,
         );
     }

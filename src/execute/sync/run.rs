@@ -467,10 +467,10 @@ async fn run_stream(
     // How long the applier has waited on the stream, in vain, since the last change came (time
     // spent on the target, the fence or the reports does not count).
     let mut waited = Duration::ZERO;
-    // One timer for the whole stream, moved before each wait: a later deadline is one atomic
-    // operation, where a timer per message registered and removed itself each time. (Not
-    // skipped when the stream has something ready: its `next()` must not be dropped while
-    // pending, as the replication client's end-of-stream is not cancel-safe.)
+    // One timer for the whole stream, moved when the loop waits, where a timer per message
+    // registered and removed itself each time. (The select is not skipped when the stream has
+    // something ready: its `next()` must not be dropped while pending, as the replication
+    // client's end of stream is not cancel-safe.)
     let sleep = tokio::time::sleep(Duration::from_millis(50));
     tokio::pin!(sleep);
     loop {
@@ -482,8 +482,8 @@ async fn run_stream(
         // stream (nothing for IDLE) commits it at once and waits for it; otherwise wake up now
         // and then for the reports and Ctrl-C.
         let idle = (a.open || a.pipe.commits > 0) && a.in_source_tx.is_none();
-        let wake = if idle { last_event + IDLE } else { now + Duration::from_millis(50) };
-        sleep.as_mut().reset(wake.into());
+        let wake: tokio::time::Instant =
+            if idle { last_event + IDLE } else { now + Duration::from_millis(50) }.into();
         let next = tokio::select! {
             // The target's results first: they move statements in flight on (a COPY's data
             // goes once the server is ready for it). Then what the stream has ready (a
@@ -494,7 +494,13 @@ async fn run_stream(
                 continue;
             }
             c = stream.next() => Some(c),
-            _ = &mut sleep => None,
+            // (The timer is moved only when it is waited on: not while the stream has more.)
+            _ = async {
+                if sleep.deadline() != wake {
+                    sleep.as_mut().reset(wake);
+                }
+                sleep.as_mut().await
+            } => None,
         };
         if next.is_none() {
             waited += now.elapsed();

@@ -408,6 +408,20 @@ fn report(
     known.then_some(lag_seconds)
 }
 
+/// A heartbeat came through the stream: this run's (its content says so) is no longer
+/// pending, nor any before it.
+fn heartbeat_seen(live: &std::sync::Mutex<Heartbeats>, content: &[u8]) {
+    let text = std::str::from_utf8(content).unwrap_or_default();
+    let mut l = live.lock().expect("live lock");
+    if let Some((nonce, seq)) = text.rsplit_once(':')
+        && nonce == l.nonce
+        && let Ok(seq) = seq.parse::<u64>()
+    {
+        l.own_seen = true;
+        l.pending.retain(|b| b.seq > seq);
+    }
+}
+
 /// Waited `waited` in vain, though the source says it sent a heartbeat as long ago: what it
 /// sends does not arrive.
 fn stalled(waited: Duration, live: &std::sync::Mutex<Heartbeats>) -> Result<(), ApplyError> {
@@ -555,15 +569,7 @@ async fn run_stream(
                         if a.in_source_tx.is_none() {
                             a.commit_all(stream).await?;
                         }
-                        let text = std::str::from_utf8(&content).unwrap_or_default();
-                        let mut l = live.lock().expect("live lock");
-                        if let Some((nonce, seq)) = text.rsplit_once(':')
-                            && nonce == l.nonce
-                            && let Ok(seq) = seq.parse::<u64>()
-                        {
-                            l.own_seen = true;
-                            l.pending.retain(|b| b.seq > seq);
-                        }
+                        heartbeat_seen(live, &content);
                     }
                     Change::KeepAlive { wal_end } => {
                         if !a.open

@@ -1284,11 +1284,9 @@ impl<'a> Applier<'a> {
                         true
                     })?,
                     Value::Binary(b) => {
-                        {
-                            // (Bases are known for binary tables only; 0 reads nothing.)
-                            let base = t.bases.get(i).copied().unwrap_or(0);
-                            key.text(|out| super::text_form::write_key_text(b, base, out))?
-                        }
+                        // (Bases are known for binary tables only; 0 reads nothing.)
+                        let base = t.bases.get(i).copied().unwrap_or(0);
+                        key.text(|out| super::text_form::write_key_text(b, base, out))?
                     }
                     Value::Unchanged => return None,
                 }

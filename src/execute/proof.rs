@@ -37,8 +37,6 @@ use crate::execution_plan::VerifyTable;
 use crate::sql::qualified;
 use crate::state::{ChunkProof, Cursor, Proofs, now_f64};
 use crate::stream::lsn_text;
-#[cfg(test)]
-use crate::stream::{Tuple, Value};
 use crate::verify::{CHUNK, TableCheck};
 
 /// The longest the applier holds (its batch committed) for a round's consistent point to be
@@ -139,29 +137,10 @@ pub(crate) struct TableTouch {
 }
 
 impl Touched {
-    /// Records rows of `table` changed by the transaction committing at `lsn`: each tuple's
-    /// key (`keys` are the key columns' indexes; none: the table has no key). (The applier
-    /// packs its keys itself, from text or binary: [`Touched::record_keys`].)
-    #[cfg(test)]
-    pub(crate) fn record(
-        &mut self,
-        table: &Arc<str>,
-        columns: impl FnOnce() -> Vec<(String, String)>,
-        keys: &[usize],
-        tuples: &[&Tuple],
-        lsn: u64,
-    ) {
-        if keys.is_empty() {
-            self.record_whole(table, lsn);
-            return;
-        }
-        let packed = tuples.iter().map(|tuple| pack(keys.iter().map(|&i| tuple.get(i))));
-        self.record_keys(table, columns, packed, lsn);
-    }
-
-    /// [`Touched::record`] of keys packed already (see [`KeyPacker`]); a `None` is a key that
-    /// cannot be looked up (a value the stream did not send, unchanged TOAST): the table is
-    /// then compared whole.
+    /// Records rows of `table` changed by the transaction committing at `lsn`, by their keys,
+    /// packed (see [`KeyPacker`]; the applier packs them from text or binary); a `None` is a
+    /// key that cannot be looked up (a value the stream did not send, unchanged TOAST): the
+    /// table is then compared whole.
     pub(crate) fn record_keys(
         &mut self,
         table: &Arc<str>,
@@ -798,26 +777,6 @@ impl KeyPacker {
     }
 }
 
-/// The key of `values` (see [`KeyPacker`]). `None` if a value was not sent, or is not in
-/// text.
-#[cfg(test)]
-fn pack<'a>(values: impl Iterator<Item = Option<&'a Value>>) -> Option<Box<[u8]>> {
-    let mut key = KeyPacker::default();
-    for v in values {
-        match v? {
-            Value::Text(b) => key.text(|out| {
-                out.extend_from_slice(b);
-                true
-            })?,
-            Value::Null => key.null(),
-            // (Looked up in text: a key read back from binary is; one that could not be, or
-            // unchanged TOAST, leaves the table compared whole.)
-            Value::Unchanged | Value::Binary(_) => return None,
-        }
-    }
-    Some(key.done())
-}
-
 /// The values [`pack`] packed.
 fn unpack(mut key: &[u8]) -> Vec<Option<String>> {
     let mut values = vec![];
@@ -853,6 +812,46 @@ fn key_text(columns: &[(String, String)], key: &[Option<String>]) -> String {
 mod tests {
     use super::*;
     use crate::state::TableProof;
+    use crate::stream::{Tuple, Value};
+
+    impl Touched {
+        /// Records rows of `table` changed by the transaction committing at `lsn`: each tuple's
+        /// key (`keys` are the key columns' indexes; none: the table has no key).
+        pub(crate) fn record(
+            &mut self,
+            table: &Arc<str>,
+            columns: impl FnOnce() -> Vec<(String, String)>,
+            keys: &[usize],
+            tuples: &[&Tuple],
+            lsn: u64,
+        ) {
+            if keys.is_empty() {
+                self.record_whole(table, lsn);
+                return;
+            }
+            let packed = tuples.iter().map(|tuple| pack(keys.iter().map(|&i| tuple.get(i))));
+            self.record_keys(table, columns, packed, lsn);
+        }
+    }
+
+    /// The key of `values` (see [`KeyPacker`]). `None` if a value was not sent, or is not in
+    /// text.
+    fn pack<'a>(values: impl Iterator<Item = Option<&'a Value>>) -> Option<Box<[u8]>> {
+        let mut key = KeyPacker::default();
+        for v in values {
+            match v? {
+                Value::Text(b) => key.text(|out| {
+                    out.extend_from_slice(b);
+                    true
+                })?,
+                Value::Null => key.null(),
+                // (Looked up in text: a key read back from binary is; one that could not be, or
+                // unchanged TOAST, leaves the table compared whole.)
+                Value::Unchanged | Value::Binary(_) => return None,
+            }
+        }
+        Some(key.done())
+    }
 
     fn proofs(lsn: &str, equal: bool) -> Proofs {
         let chunk = |after: Option<i64>, upto: Option<i64>| ChunkProof {

@@ -474,7 +474,12 @@ pub(crate) struct Table {
 
 impl Table {
     pub(crate) fn key_columns(&self) -> Vec<usize> {
-        self.rel.columns.iter().enumerate().filter(|(_, c)| c.key).map(|(i, _)| i).collect()
+        self.keys().collect()
+    }
+
+    /// The key columns' indexes.
+    fn keys(&self) -> impl Iterator<Item = usize> + '_ {
+        self.rel.columns.iter().enumerate().filter(|(_, c)| c.key).map(|(i, _)| i)
     }
 
     /// The types of a statement's parameters, in order: each the target column's own type, so
@@ -1265,18 +1270,17 @@ impl<'a> Applier<'a> {
             _ => return,
         };
         let Some(t) = self.tables.get(&rel) else { return };
-        let keys = || t.rel.columns.iter().enumerate().filter(|(_, c)| c.key).map(|(i, _)| i);
-        if t.full || keys().next().is_none() {
+        if t.full || t.keys().next().is_none() {
             touched.lock().expect("touched lock").record_whole(&t.display, self.final_lsn);
             return;
         }
         let columns =
-            || keys().map(|i| (t.rel.columns[i].name.clone(), t.type_names[i].clone())).collect();
+            || t.keys().map(|i| (t.rel.columns[i].name.clone(), t.type_names[i].clone())).collect();
         // Keys are kept, and looked up, in text: one that came in binary is read back (a key
         // that cannot be, or was not sent, leaves the table compared whole).
         let pack = |row: &Tuple| {
             let mut key = crate::execute::proof::KeyPacker::default();
-            for i in keys() {
+            for i in t.keys() {
                 match row.get(i)? {
                     Value::Null => key.null(),
                     Value::Text(b) => key.text(|out| {

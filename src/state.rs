@@ -617,7 +617,7 @@ impl StateDir {
             .truncate(false)
             .open(&path)
             .map_err(io("cannot open the lock file", &path))?;
-        // `holder()` (of `status`, `cutover`) takes the lock for an instant when it is free: a
+        // `holder()` (of `status`, `cutover`) shares the lock for an instant when it is free: a
         // lock held for that long is tried again.
         let mut tries = 0;
         let taken = loop {
@@ -662,14 +662,15 @@ impl StateDir {
     }
 
     /// Who holds the lock, if anyone (a running `apply`): the holder's text.
-    /// (A free lock is taken for an instant to tell: [`StateDir::lock`] tries again meanwhile.)
+    /// (A free lock is shared for an instant to tell, so looks never refuse each other;
+    /// [`StateDir::lock`] tries again meanwhile.)
     pub fn holder(&self) -> Option<String> {
         let path = self.dir.join("lock");
         let mut file = OpenOptions::new().read(true).write(true).open(&path).ok()?;
-        // A holder that has not written its text yet (just started), or another look like
-        // this one: asked again for a while before it is named "unknown".
+        // A holder that has not written its text yet (just started): asked again for a while
+        // before it is named "unknown".
         for _ in 0..10 {
-            match file.try_lock() {
+            match file.try_lock_shared() {
                 Ok(()) => return None,
                 Err(_) => {
                     let mut holder = String::new();
@@ -929,7 +930,7 @@ mod tests {
         let look = || {
             let look =
                 OpenOptions::new().read(true).write(true).open(dir.path().join("lock")).unwrap();
-            look.try_lock().unwrap();
+            look.try_lock_shared().unwrap();
             std::thread::spawn(move || {
                 std::thread::sleep(std::time::Duration::from_millis(60));
                 drop(look);
